@@ -1,0 +1,131 @@
+// Shared helpers for every nabla kernel.
+//
+// The kernels need no CUDA headers at all: libnvrtc alone compiles them. Half-precision types
+// are our own 16-bit structs converted with PTX `cvt` (f16) and bit arithmetic (bf16, exact
+// upward; round-to-nearest-even downward), so a user's machine needs no CUDA toolkit.
+//
+// Conventions:
+// - `Acc<T>::type` is the type arithmetic happens in: float for f16/bf16, T otherwise.
+// - `up(x)` converts a stored T to its Acc type, `down<T>(a)` converts back.
+// - Element loops are grid-stride loops over 64-bit indices, so tensors past 2^31 elements work.
+#pragma once
+#include "params.h"
+
+typedef long long i64;
+
+struct f16 { unsigned short bits; };
+struct bf16 { unsigned short bits; };
+
+#define NABLA_INF __int_as_float(0x7f800000)
+
+__device__ __forceinline__ float f16_to_float(f16 x) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+    return f;
+}
+__device__ __forceinline__ f16 float_to_f16(float f) {
+    f16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
+    return h;
+}
+__device__ __forceinline__ float bf16_to_float(bf16 x) {
+    return __uint_as_float(((unsigned int)x.bits) << 16);
+}
+__device__ __forceinline__ bf16 float_to_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    bf16 r;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep the sign, make it quiet
+        r.bits = (unsigned short)((u >> 16) | 0x0040u);
+        return r;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
+    r.bits = (unsigned short)(u >> 16);
+    return r;
+}
+
+template <typename T> struct Acc { typedef T type; };
+template <> struct Acc<f16> { typedef float type; };
+template <> struct Acc<bf16> { typedef float type; };
+
+__device__ __forceinline__ float up(f16 x) { return f16_to_float(x); }
+__device__ __forceinline__ float up(bf16 x) { return bf16_to_float(x); }
+__device__ __forceinline__ float up(float x) { return x; }
+__device__ __forceinline__ double up(double x) { return x; }
+__device__ __forceinline__ i64 up(i64 x) { return x; }
+
+template <typename T> __device__ __forceinline__ T down(typename Acc<T>::type a) { return a; }
+template <> __device__ __forceinline__ f16 down<f16>(float a) { return float_to_f16(a); }
+template <> __device__ __forceinline__ bf16 down<bf16>(float a) { return float_to_bf16(a); }
+
+// Conversions between any two element types go through double (exact for every source but
+// i64 beyond 2^53); half types are narrowed through float, as the CPU reference does.
+template <typename T> __device__ __forceinline__ double to_double(T x) { return (double)up(x); }
+template <typename T> __device__ __forceinline__ T from_double(double v) { return (T)v; }
+template <> __device__ __forceinline__ f16 from_double<f16>(double v) { return float_to_f16((float)v); }
+template <> __device__ __forceinline__ bf16 from_double<bf16>(double v) { return float_to_bf16((float)v); }
+template <> __device__ __forceinline__ i64 from_double<i64>(double v) {
+    // Saturating and NaN -> 0, like Rust's `as`, so both backends agree on every input.
+    if (v != v) return 0;
+    if (v >= 9.2233720368547758e18) return 0x7fffffffffffffffLL;
+    if (v <= -9.2233720368547758e18) return (i64)(-0x7fffffffffffffffLL - 1);
+    return (i64)v;
+}
+
+// Math overloads in the accumulation types (NVRTC offers the C names; we pick per type).
+__device__ __forceinline__ float m_exp(float x) { return expf(x); }
+__device__ __forceinline__ double m_exp(double x) { return exp(x); }
+__device__ __forceinline__ float m_log(float x) { return logf(x); }
+__device__ __forceinline__ double m_log(double x) { return log(x); }
+__device__ __forceinline__ float m_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double m_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float m_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double m_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float m_erf(float x) { return erff(x); }
+__device__ __forceinline__ double m_erf(double x) { return erf(x); }
+__device__ __forceinline__ float m_pow(float x, float y) { return powf(x, y); }
+__device__ __forceinline__ double m_pow(double x, double y) { return pow(x, y); }
+__device__ __forceinline__ float m_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ double m_abs(double x) { return fabs(x); }
+__device__ __forceinline__ i64 m_abs(i64 x) { return x < 0 ? -x : x; }
+
+template <typename A> __device__ __forceinline__ bool is_nan(A x) { return x != x; }
+
+// Storage offset of logical element i of a strided view.
+__device__ __forceinline__ i64 strided_offset(const StridedLayout& l, i64 i) {
+    if (l.contiguous) return l.offset + i;
+    i64 off = l.offset;
+#pragma unroll 1
+    for (int d = (int)l.ndim - 1; d >= 0; --d) {
+        const i64 size = l.shape[d];
+        off += (i % size) * l.strides[d];
+        i /= size;
+    }
+    return off;
+}
+
+#define GRID_STRIDE_LOOP(i, n) \
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)blockDim.x * gridDim.x)
+
+// Warp-level sum/max/min with shuffles; lanes of a full warp must all take part.
+template <typename A, typename Op>
+__device__ __forceinline__ A warp_reduce(A v, Op op) {
+    for (int delta = 16; delta > 0; delta >>= 1) v = op(v, __shfl_down_sync(0xffffffffu, v, delta));
+    return v;
+}
+
+// Block-wide reduction for blockDim.x a multiple of 32 (at most 1024). The result is valid in
+// thread 0. `scratch` holds 32 values; `identity` pads the lanes past the last warp.
+template <typename A, typename Op>
+__device__ __forceinline__ A block_reduce(A v, Op op, A* scratch, A identity) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_reduce(v, op);
+    __syncthreads();  // scratch may still be read by an earlier call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    const int warps = blockDim.x >> 5;
+    if (warp == 0) {
+        v = lane < warps ? scratch[lane] : identity;
+        v = warp_reduce(v, op);
+    }
+    return v;
+}

@@ -1,0 +1,53 @@
+// Kernel parameter structs, passed to kernels by value.
+//
+// This header is the single source of truth: `src/cuda/params.rs` is generated from it
+// (tests/params_mirror.rs renders the Rust mirror and fails when the committed file drifts;
+// run it with NABLA_BLESS=1 to rewrite the mirror). Keep every field a 64-bit integer or a
+// double so the C and Rust layouts agree without padding rules.
+#pragma once
+
+#define NABLA_MAX_DIMS 8
+
+// A strided view of a tensor: element i (row-major over `shape`) lives at
+// offset + sum_d(index_d * strides[d]). `contiguous` is 1 when strides are row-major, which
+// lets kernels skip the index arithmetic.
+struct StridedLayout {
+    long long ndim;
+    long long contiguous;
+    long long offset;
+    long long shape[NABLA_MAX_DIMS];
+    long long strides[NABLA_MAX_DIMS];
+};
+
+// A batched matrix product C[b] = A[b] x B[b] with A[b] m x k and B[b] k x n.
+// Batch index b is unravelled over batch_shape; the batch strides of a broadcast operand are 0.
+// Row and column strides express transposed operands without copies. C is contiguous.
+struct MatmulParams {
+    long long m;
+    long long n;
+    long long k;
+    long long batch;
+    long long batch_ndim;
+    long long batch_shape[NABLA_MAX_DIMS];
+    long long a_batch_strides[NABLA_MAX_DIMS];
+    long long b_batch_strides[NABLA_MAX_DIMS];
+    long long a_offset;
+    long long a_row_stride;
+    long long a_col_stride;
+    long long b_offset;
+    long long b_row_stride;
+    long long b_col_stride;
+};
+
+// A reduction of `outer` rows of `inner` elements each. Element (row, i) is logical element
+// row * inner + i of `src`. Each row is cut into `splits` chunks of `chunk` elements; the
+// result for (row, chunk) goes to out[row * splits + chunk]. Sums are multiplied by `scale`
+// (1/n for a mean).
+struct ReduceParams {
+    long long outer;
+    long long inner;
+    long long splits;
+    long long chunk;
+    double scale;
+    struct StridedLayout src;
+};

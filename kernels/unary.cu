@@ -1,0 +1,48 @@
+// Elementwise unary ops: out[i] = f(in[strided i]).
+//
+// One thread per element in a grid-stride loop; the input may be any strided view, the output
+// is contiguous. Memory bound: one read and one write per element, so the goal is the card's
+// DRAM bandwidth on contiguous inputs. Math runs in Acc<T> (float for f16/bf16).
+#include "nabla.cuh"
+
+struct Neg { template <typename A> __device__ A operator()(A x) const { return -x; } };
+struct Abs { template <typename A> __device__ A operator()(A x) const { return m_abs(x); } };
+struct Exp { template <typename A> __device__ A operator()(A x) const { return m_exp(x); } };
+struct Log { template <typename A> __device__ A operator()(A x) const { return m_log(x); } };
+struct Sqrt { template <typename A> __device__ A operator()(A x) const { return m_sqrt(x); } };
+struct Tanh { template <typename A> __device__ A operator()(A x) const { return m_tanh(x); } };
+struct Sigmoid {
+    template <typename A> __device__ A operator()(A x) const { return A(1) / (A(1) + m_exp(-x)); }
+};
+// NaN stays NaN, as in PyTorch.
+struct Relu { template <typename A> __device__ A operator()(A x) const { return x < A(0) ? A(0) : x; } };
+// The exact GELU, 0.5 x (1 + erf(x / sqrt 2)), PyTorch's default.
+struct Gelu {
+    template <typename A> __device__ A operator()(A x) const {
+        return A(0.5) * x * (A(1) + m_erf(x * A(0.70710678118654752440)));
+    }
+};
+
+template <typename T, typename Op>
+__device__ void unary(const T* in, T* out, i64 n, StridedLayout l) {
+    Op op;
+    GRID_STRIDE_LOOP(i, n) { out[i] = down<T>(op(up(in[strided_offset(l, i)]))); }
+}
+
+#define UNARY(name, Op, T, tname) \
+    extern "C" __global__ void unary_##name##_##tname(const T* in, T* out, i64 n, StridedLayout l) { \
+        unary<T, Op>(in, out, n, l); \
+    }
+
+#define UNARY_FLOAT(name, Op) \
+    UNARY(name, Op, float, f32) UNARY(name, Op, double, f64) UNARY(name, Op, f16, f16) UNARY(name, Op, bf16, bf16)
+
+UNARY_FLOAT(neg, Neg) UNARY(neg, Neg, i64, i64)
+UNARY_FLOAT(abs, Abs) UNARY(abs, Abs, i64, i64)
+UNARY_FLOAT(relu, Relu) UNARY(relu, Relu, i64, i64)
+UNARY_FLOAT(exp, Exp)
+UNARY_FLOAT(log, Log)
+UNARY_FLOAT(sqrt, Sqrt)
+UNARY_FLOAT(tanh, Tanh)
+UNARY_FLOAT(sigmoid, Sigmoid)
+UNARY_FLOAT(gelu, Gelu)

@@ -1,0 +1,163 @@
+//! Where each kernel module's code comes from, and the on-disk cache of runtime compiles.
+//!
+//! For a device of compute capability X.Y a module is loaded from the first of:
+//! 1. the build-time CUBIN for `sm_XY`, or for `sm_XW` with W < Y (same major: binary compatible);
+//! 2. a CUBIN for `sm_XY` compiled now by the runtime NVRTC, or found in the disk cache, which is
+//!    keyed by source hash, arch, NVRTC version and options so a second start is instant;
+//! 3. the build-time PTX, JIT-compiled by the driver.
+//!
+//! An image the driver rejects (say, PTX newer than the driver) falls through to the next.
+
+use super::nvrtc;
+use crate::{Error, Result};
+use cudarc::driver::{CudaContext, CudaModule};
+use cudarc::nvrtc::Ptx;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A kernel module compiled into the binary: its source and the images built for it.
+pub struct EmbeddedModule {
+    /// The module's name: `kernels/<name>.cu`.
+    pub name: &'static str,
+    /// The `.cu` source.
+    pub source: &'static str,
+    /// (arch, image): CUBIN for `sm_*`, PTX for `compute_*`.
+    pub images: &'static [(&'static str, &'static [u8])],
+}
+
+include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+
+/// Options every runtime compile passes to NVRTC (part of the cache key).
+const RUNTIME_OPTIONS: &[&str] = &[];
+
+/// Where a loaded module came from, for `nabla info`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModuleOrigin {
+    /// A CUBIN compiled at build time for this arch.
+    BuildCubin(String),
+    /// Compiled by the runtime NVRTC just now, and written to the cache.
+    RuntimeNvrtc(String),
+    /// Read from the disk cache of an earlier runtime compile.
+    DiskCache(String),
+    /// Build-time PTX, JIT-compiled by the driver.
+    BuildPtx(String),
+}
+
+impl std::fmt::Display for ModuleOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModuleOrigin::BuildCubin(a) => write!(f, "build-time CUBIN {a}"),
+            ModuleOrigin::RuntimeNvrtc(a) => write!(f, "runtime NVRTC {a} (now cached)"),
+            ModuleOrigin::DiskCache(a) => write!(f, "disk cache {a}"),
+            ModuleOrigin::BuildPtx(a) => write!(f, "build-time PTX {a}, driver JIT"),
+        }
+    }
+}
+
+/// The embedded module called `name`.
+pub fn module(name: &str) -> Option<&'static EmbeddedModule> {
+    MODULES.iter().find(|m| m.name == name)
+}
+
+/// Loads `name` into `ctx` for a device of compute capability `(major, minor)`.
+pub(crate) fn load(ctx: &Arc<CudaContext>, name: &str, (major, minor): (i32, i32)) -> Result<(Arc<CudaModule>, ModuleOrigin)> {
+    let module = module(name).ok_or_else(|| Error::KernelCompile { module: name.to_string(), log: "no such module".into() })?;
+    let mut rejected = Vec::new();
+
+    // 1. Build-time CUBIN, exact arch first, then older minors of the same major.
+    for m in (0..=minor).rev() {
+        let arch = format!("sm_{major}{m}");
+        if let Some((_, image)) = module.images.iter().find(|(a, _)| *a == arch) {
+            match ctx.load_module(Ptx::from_binary(image.to_vec())) {
+                Ok(loaded) => return Ok((loaded, ModuleOrigin::BuildCubin(arch))),
+                Err(e) => rejected.push(format!("{arch}: {e}")),
+            }
+        }
+    }
+
+    // 2. Runtime NVRTC for the exact arch, through the disk cache.
+    let arch = format!("sm_{major}{minor}");
+    match runtime_cubin(module, &arch) {
+        Ok((cubin, origin)) => match ctx.load_module(Ptx::from_binary(cubin)) {
+            Ok(loaded) => return Ok((loaded, origin)),
+            Err(e) => rejected.push(format!("runtime {arch}: {e}")),
+        },
+        Err(e) => rejected.push(format!("runtime NVRTC: {e}")),
+    }
+
+    // 3. Build-time PTX.
+    for (arch, image) in module.images.iter().filter(|(a, _)| a.starts_with("compute_")) {
+        let text = String::from_utf8_lossy(image).trim_end_matches('\0').to_string();
+        match ctx.load_module(Ptx::from_src(text)) {
+            Ok(loaded) => return Ok((loaded, ModuleOrigin::BuildPtx(arch.to_string()))),
+            Err(e) => rejected.push(format!("{arch}: {e}")),
+        }
+    }
+    Err(Error::KernelCompile { module: name.to_string(), log: format!("no loadable image for sm_{major}{minor}: {}", rejected.join("; ")) })
+}
+
+/// A CUBIN of `module` for `arch` from the cache, or compiled now and cached.
+fn runtime_cubin(module: &EmbeddedModule, arch: &str) -> Result<(Vec<u8>, ModuleOrigin)> {
+    if !nvrtc::available() {
+        return Err(Error::KernelCompile { module: module.name.into(), log: "libnvrtc is not loadable".into() });
+    }
+    let version = nvrtc::version().map_err(|log| Error::KernelCompile { module: module.name.into(), log })?;
+    let path = cache_dir().map(|dir| dir.join(format!("{}-{arch}-{:016x}.cubin", module.name, cache_key(module, arch, version))));
+    if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
+        if !bytes.is_empty() {
+            return Ok((bytes, ModuleOrigin::DiskCache(arch.to_string())));
+        }
+    }
+    let cubin = nvrtc::compile(&format!("{}.cu", module.name), module.source, HEADERS, arch, RUNTIME_OPTIONS)
+        .map_err(|log| Error::KernelCompile { module: module.name.into(), log })?;
+    if let Some(path) = path {
+        // The cache is an optimisation: failing to write it only costs the next start time.
+        let _ = write_atomically(&path, &cubin);
+    }
+    Ok((cubin, ModuleOrigin::RuntimeNvrtc(arch.to_string())))
+}
+
+/// The kernel cache folder: `$NABLA_KERNEL_CACHE`, else `$XDG_CACHE_HOME/nabla/kernels`, else
+/// `~/.cache/nabla/kernels`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("NABLA_KERNEL_CACHE") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("nabla").join("kernels"))
+}
+
+/// FNV-1a over everything that changes the compiled image.
+pub fn cache_key(module: &EmbeddedModule, arch: &str, nvrtc_version: (i32, i32)) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            hash = (hash ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash = (hash ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3); // field separator
+    };
+    eat(module.source.as_bytes());
+    for (name, text) in HEADERS {
+        eat(name.as_bytes());
+        eat(text.as_bytes());
+    }
+    eat(arch.as_bytes());
+    eat(format!("{}.{}", nvrtc_version.0, nvrtc_version.1).as_bytes());
+    for option in RUNTIME_OPTIONS {
+        eat(option.as_bytes());
+    }
+    hash
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see a
+/// partial file.
+pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,228 @@
+//! The CUDA backend: devices, device buffers, kernel modules and launches.
+//!
+//! One context and one stream per device; every op is queued on that stream, so ops are
+//! ordered without host synchronisation, and buffers are allocated and freed stream-ordered.
+//! Only downloads (and the index-range checks of indexing ops) wait for the device.
+
+pub mod kernels;
+pub mod nvrtc;
+pub(crate) mod params;
+
+use crate::{DType, Device, Error, Layout, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig};
+use kernels::ModuleOrigin;
+use params::{StridedLayout, NABLA_MAX_DIMS};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+// SAFETY: plain #[repr(C)] structs of i64/f64 fields, mirrored from kernels/params.h.
+unsafe impl DeviceRepr for params::StridedLayout {}
+unsafe impl DeviceRepr for params::MatmulParams {}
+unsafe impl DeviceRepr for params::ReduceParams {}
+
+/// Threads per block of the elementwise kernels.
+pub(crate) const ELEMENTWISE_THREADS: u32 = 256;
+
+/// A CUDA device with its context, stream and loaded kernel modules.
+pub struct CudaDevice {
+    ordinal: usize,
+    ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    arch: (i32, i32),
+    modules: Mutex<HashMap<String, (Arc<CudaModule>, ModuleOrigin)>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+}
+
+/// A device buffer of `len` elements of `dtype` (bytes, typed by the kernels that read it).
+pub(crate) struct CudaStorage {
+    pub(crate) buf: CudaSlice<u8>,
+    pub(crate) dtype: DType,
+    pub(crate) len: usize,
+    pub(crate) device: Arc<CudaDevice>,
+}
+
+/// Whether the CUDA driver library can be loaded (a missing one would otherwise panic).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen libcuda by its candidate names.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// The number of CUDA devices, 0 when there is no driver.
+pub fn device_count() -> usize {
+    if !driver_present() {
+        return 0;
+    }
+    CudaContext::device_count().map(|n| n.max(0) as usize).unwrap_or(0)
+}
+
+/// The driver's CUDA version as (major, minor), if a driver is present.
+pub fn driver_version() -> Option<(i32, i32)> {
+    if !driver_present() {
+        return None;
+    }
+    let mut version = 0;
+    // SAFETY: the driver library is present; `version` is valid for writes.
+    let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+    (status == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then_some((version / 1000, (version % 1000) / 10))
+}
+
+/// The device with this ordinal, created on first use and shared afterwards.
+pub(crate) fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
+    static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
+    let mut devices = DEVICES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(dev) = devices.get(&ordinal) {
+        return Ok(dev.clone());
+    }
+    if !driver_present() {
+        return Err(Error::CudaUnavailable("the CUDA driver library (libcuda) is not installed".into()));
+    }
+    let count = device_count();
+    if ordinal >= count {
+        return Err(Error::CudaUnavailable(format!("cuda:{ordinal} requested but {count} CUDA device(s) found")));
+    }
+    let ctx = CudaContext::new(ordinal).map_err(|e| Error::CudaUnavailable(format!("cuda:{ordinal}: {e}")))?;
+    // One stream per device orders everything, so cudarc's per-buffer events are not needed.
+    // SAFETY: nabla never uses a second stream.
+    unsafe { ctx.disable_event_tracking() };
+    let arch = ctx.compute_capability().map_err(|e| Error::CudaUnavailable(format!("cuda:{ordinal}: {e}")))?;
+    let dev = Arc::new(CudaDevice {
+        ordinal,
+        stream: ctx.default_stream(),
+        ctx,
+        arch,
+        modules: Mutex::new(HashMap::new()),
+        functions: Mutex::new(HashMap::new()),
+    });
+    devices.insert(ordinal, dev.clone());
+    Ok(dev)
+}
+
+impl CudaDevice {
+    /// This device as a [`Device`].
+    pub fn device(&self) -> Device {
+        Device::Cuda(self.ordinal)
+    }
+
+    /// Compute capability (major, minor).
+    pub fn arch(&self) -> (i32, i32) {
+        self.arch
+    }
+
+    /// The device's name, as the driver reports it.
+    pub fn name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|e| format!("(unknown: {e})"))
+    }
+
+    /// Total device memory in bytes.
+    pub fn total_memory(&self) -> usize {
+        self.ctx.total_mem().unwrap_or(0)
+    }
+
+    /// Loads a kernel module (if not yet loaded) and says where it came from.
+    pub fn load_module(&self, name: &str) -> Result<ModuleOrigin> {
+        self.module(name).map(|(_, origin)| origin)
+    }
+
+    fn module(&self, name: &str) -> Result<(Arc<CudaModule>, ModuleOrigin)> {
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = modules.get(name) {
+            return Ok(found.clone());
+        }
+        let loaded = kernels::load(&self.ctx, name, self.arch)?;
+        modules.insert(name.to_string(), loaded.clone());
+        Ok(loaded)
+    }
+
+    /// The kernel `kernel` of module `module`, looked up once and cached.
+    pub(crate) fn function(&self, op: &'static str, module: &str, kernel: &str) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(kernel) {
+            return Ok(f.clone());
+        }
+        let (loaded, _) = self.module(module)?;
+        let f = loaded.load_function(kernel).map_err(|e| launch_error(op, kernel, e))?;
+        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(kernel.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// An uninitialised buffer of `len` elements. Every kernel that receives one writes all of it.
+    pub(crate) fn alloc(self: &Arc<Self>, op: &'static str, dtype: DType, len: usize) -> Result<CudaStorage> {
+        let bytes = len * dtype.size_in_bytes();
+        // SAFETY: callers fully overwrite the buffer before it is read. At least one byte, so
+        // empty tensors still own a valid allocation.
+        let buf = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| self.alloc_error(op, bytes, e))?;
+        Ok(CudaStorage { buf, dtype, len, device: self.clone() })
+    }
+
+    /// A zero-filled buffer of `len` elements.
+    pub(crate) fn alloc_zeros(self: &Arc<Self>, op: &'static str, dtype: DType, len: usize) -> Result<CudaStorage> {
+        let bytes = len * dtype.size_in_bytes();
+        let buf = self.stream.alloc_zeros::<u8>(bytes.max(1)).map_err(|e| self.alloc_error(op, bytes, e))?;
+        Ok(CudaStorage { buf, dtype, len, device: self.clone() })
+    }
+
+    /// Copies host bytes holding `len` elements of `dtype` to a new device buffer.
+    pub(crate) fn upload(self: &Arc<Self>, op: &'static str, dtype: DType, len: usize, bytes: &[u8]) -> Result<CudaStorage> {
+        let mut storage = self.alloc(op, dtype, len)?;
+        if !bytes.is_empty() {
+            let mut view = storage.buf.slice_mut(0..bytes.len());
+            self.stream.memcpy_htod(bytes, &mut view).map_err(|e| cuda_error(op, e))?;
+        }
+        Ok(storage)
+    }
+
+    fn alloc_error(&self, op: &'static str, bytes: usize, e: DriverError) -> Error {
+        if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            Error::OutOfMemory { op, bytes, device: self.device() }
+        } else {
+            cuda_error(op, e)
+        }
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| cuda_error("synchronize", e))
+    }
+}
+
+impl CudaStorage {
+    /// Copies the whole buffer to the host (waits for queued work).
+    pub(crate) fn download(&self, op: &'static str) -> Result<Vec<u8>> {
+        let bytes = self.len * self.dtype.size_in_bytes();
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        self.device.stream.clone_dtoh(&self.buf.slice(0..bytes)).map_err(|e| cuda_error(op, e))
+    }
+}
+
+pub(crate) fn cuda_error(op: &'static str, e: DriverError) -> Error {
+    Error::Cuda { op, detail: e.to_string() }
+}
+
+pub(crate) fn launch_error(op: &'static str, kernel: &str, e: DriverError) -> Error {
+    Error::KernelLaunch { op, kernel: kernel.to_string(), detail: e.to_string() }
+}
+
+/// A 1-D launch covering `n` elements with a grid-stride loop.
+pub(crate) fn elementwise_config(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, 1 << 16) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ELEMENTWISE_THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The kernel-side description of a view; CUDA kernels take at most NABLA_MAX_DIMS dims.
+pub(crate) fn strided_layout(op: &'static str, layout: &Layout) -> Result<StridedLayout> {
+    if layout.rank() > NABLA_MAX_DIMS {
+        return Err(Error::invalid(op, format!("CUDA kernels take at most {NABLA_MAX_DIMS} dims, got shape {:?}", layout.shape())));
+    }
+    let mut out = StridedLayout {
+        ndim: layout.rank() as i64,
+        contiguous: layout.is_contiguous() as i64,
+        offset: layout.offset() as i64,
+        ..Default::default()
+    };
+    for (d, (&size, &stride)) in layout.shape().iter().zip(layout.strides()).enumerate() {
+        out.shape[d] = size as i64;
+        out.strides[d] = stride as i64;
+    }
+    Ok(out)
+}

@@ -1,0 +1,48 @@
+//! Generated from kernels/params.h by tests/params_mirror.rs (NABLA_BLESS=1 rewrites it): do not edit.
+//! Rust mirrors of the kernel parameter structs, passed to kernels by value.
+
+/// Mirror of `NABLA_MAX_DIMS`.
+pub const NABLA_MAX_DIMS: usize = 8;
+
+/// Mirror of `struct StridedLayout` in kernels/params.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StridedLayout {
+    pub ndim: i64,
+    pub contiguous: i64,
+    pub offset: i64,
+    pub shape: [i64; NABLA_MAX_DIMS],
+    pub strides: [i64; NABLA_MAX_DIMS],
+}
+
+/// Mirror of `struct MatmulParams` in kernels/params.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MatmulParams {
+    pub m: i64,
+    pub n: i64,
+    pub k: i64,
+    pub batch: i64,
+    pub batch_ndim: i64,
+    pub batch_shape: [i64; NABLA_MAX_DIMS],
+    pub a_batch_strides: [i64; NABLA_MAX_DIMS],
+    pub b_batch_strides: [i64; NABLA_MAX_DIMS],
+    pub a_offset: i64,
+    pub a_row_stride: i64,
+    pub a_col_stride: i64,
+    pub b_offset: i64,
+    pub b_row_stride: i64,
+    pub b_col_stride: i64,
+}
+
+/// Mirror of `struct ReduceParams` in kernels/params.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ReduceParams {
+    pub outer: i64,
+    pub inner: i64,
+    pub splits: i64,
+    pub chunk: i64,
+    pub scale: f64,
+    pub src: StridedLayout,
+}

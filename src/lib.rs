@@ -1,0 +1,42 @@
+//! # nabla
+//!
+//! A deep-learning framework whose GPU work runs on handwritten CUDA C kernels (`kernels/*.cu`),
+//! compiled with NVRTC at build time (or at first use), and whose every op has a CPU reference
+//! implementation that the tests hold the kernels to.
+//!
+//! The layers, top to bottom: [`Tensor`] (a view over shared storage) → the ops
+//! ([`ops`], one file per family: API, CPU reference, CUDA launch) → the backends (the CPU
+//! reference computes in f64; [`cuda`] owns devices, buffers and modules) → `kernels/*.cu`.
+//!
+//! ```
+//! use nabla::{DType, Device, Generator, Tensor};
+//! # fn main() -> nabla::Result<()> {
+//! let device = Device::Cpu; // or Device::cuda_if_available()
+//! let mut rng = Generator::new(0);
+//! let x = Tensor::randn(&[4, 3], DType::F32, &device, &mut rng)?;
+//! let w = Tensor::randn(&[3, 2], DType::F32, &device, &mut rng)?;
+//! let y = x.matmul(&w)?.relu()?.sum(&[1], false)?;
+//! assert_eq!(y.shape(), &[4]);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod cuda;
+mod device;
+mod dtype;
+mod error;
+mod layout;
+pub mod ops;
+mod rng;
+mod storage;
+mod tensor;
+
+pub use device::Device;
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use layout::{broadcast_shapes, contiguous_strides, Layout, StridedOffsets};
+pub use ops::binary::BinaryOp;
+pub use ops::reduce::ReduceOp;
+pub use ops::unary::{erf, UnaryOp};
+pub use rng::Generator;
+pub use tensor::Tensor;

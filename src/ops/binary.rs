@@ -1,0 +1,306 @@
+//! Elementwise binary ops with NumPy broadcasting, their scalar forms, comparisons and
+//! `where` (`kernels/binary.cu`).
+
+use crate::cuda::{elementwise_config, launch_error, strided_layout};
+use crate::layout::broadcast_shapes;
+use crate::storage::{CpuStorage, Storage};
+use crate::{DType, Error, Result, Tensor};
+use cudarc::driver::PushKernelArg;
+
+/// An elementwise function of two tensors. Comparisons give 1 or 0 in the operands' dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    /// a + b
+    Add,
+    /// a - b
+    Sub,
+    /// a * b
+    Mul,
+    /// a / b (integers: truncated, and 0 where b is 0)
+    Div,
+    /// a^b (floats only)
+    Pow,
+    /// The larger, NaN-propagating (torch.maximum).
+    Maximum,
+    /// The smaller, NaN-propagating (torch.minimum).
+    Minimum,
+    /// a == b
+    Eq,
+    /// a != b
+    Ne,
+    /// a < b
+    Lt,
+    /// a <= b
+    Le,
+    /// a > b
+    Gt,
+    /// a >= b
+    Ge,
+}
+
+impl BinaryOp {
+    /// Every binary op.
+    pub const ALL: [BinaryOp; 13] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Pow,
+        BinaryOp::Maximum,
+        BinaryOp::Minimum,
+        BinaryOp::Eq,
+        BinaryOp::Ne,
+        BinaryOp::Lt,
+        BinaryOp::Le,
+        BinaryOp::Gt,
+        BinaryOp::Ge,
+    ];
+
+    /// The op's name, as in messages and kernel names.
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Pow => "pow",
+            BinaryOp::Maximum => "maximum",
+            BinaryOp::Minimum => "minimum",
+            BinaryOp::Eq => "eq",
+            BinaryOp::Ne => "ne",
+            BinaryOp::Lt => "lt",
+            BinaryOp::Le => "le",
+            BinaryOp::Gt => "gt",
+            BinaryOp::Ge => "ge",
+        }
+    }
+
+    /// Whether the op is defined for `dtype` (all but pow take integers).
+    pub fn supports(self, dtype: DType) -> bool {
+        dtype.is_float() || self != BinaryOp::Pow
+    }
+
+    /// The CPU reference, in f64; `integer` selects integer division.
+    pub fn apply(self, a: f64, b: f64, integer: bool) -> f64 {
+        let flag = |c: bool| if c { 1.0 } else { 0.0 };
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div if integer => {
+                if b == 0.0 {
+                    0.0
+                } else {
+                    (a / b).trunc()
+                }
+            }
+            BinaryOp::Div => a / b,
+            BinaryOp::Pow => a.powf(b),
+            BinaryOp::Maximum => {
+                if a.is_nan() || a > b {
+                    a
+                } else {
+                    b
+                }
+            }
+            BinaryOp::Minimum => {
+                if a.is_nan() || a < b {
+                    a
+                } else {
+                    b
+                }
+            }
+            BinaryOp::Eq => flag(a == b),
+            BinaryOp::Ne => flag(a != b),
+            BinaryOp::Lt => flag(a < b),
+            BinaryOp::Le => flag(a <= b),
+            BinaryOp::Gt => flag(a > b),
+            BinaryOp::Ge => flag(a >= b),
+        }
+    }
+
+    fn kernel_name(self, scalar: bool, dtype: DType) -> String {
+        format!("{}_{}_{dtype}", if scalar { "scalar" } else { "binary" }, self.name())
+    }
+
+    fn check(self, t: &Tensor) -> Result<()> {
+        if self.supports(t.dtype) {
+            Ok(())
+        } else {
+            Err(Error::unsupported(self.name(), t.dtype, " (needs a floating-point tensor)"))
+        }
+    }
+}
+
+pub(crate) fn kernel_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for op in BinaryOp::ALL {
+        for dtype in DType::ALL.into_iter().filter(|d| op.supports(*d)) {
+            names.push(op.kernel_name(false, dtype));
+            names.push(op.kernel_name(true, dtype));
+        }
+    }
+    names.extend(DType::ALL.iter().map(|d| format!("where_{d}")));
+    names
+}
+
+impl Tensor {
+    /// `op` applied to the two tensors broadcast to a common shape.
+    pub fn binary(&self, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
+        let name = op.name();
+        self.check_same(name, rhs)?;
+        op.check(self)?;
+        let shape = broadcast_shapes(name, self.shape(), rhs.shape())?;
+        let (la, lb) = (self.layout.broadcast_as(&shape)?, rhs.layout.broadcast_as(&shape)?);
+        let n = la.numel();
+        match (self.storage(), rhs.storage()) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                let integer = !self.dtype.is_float();
+                let values: Vec<f64> = a
+                    .gather_f64(&la)
+                    .into_iter()
+                    .zip(b.gather_f64(&lb))
+                    .map(|(x, y)| op.apply(x, y, integer))
+                    .collect();
+                Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &values), &shape))
+            }
+            (Storage::Cuda(a), Storage::Cuda(b)) => {
+                let dev = a.device.clone();
+                let mut out = dev.alloc(name, self.dtype, n)?;
+                if n > 0 {
+                    let kernel = op.kernel_name(false, self.dtype);
+                    let f = dev.function(name, "binary", &kernel)?;
+                    let (ka, kb) = (strided_layout(name, &la)?, strided_layout(name, &lb)?);
+                    let n_arg = n as i64;
+                    let mut launch = dev.stream.launch_builder(&f);
+                    launch.arg(&a.buf).arg(&b.buf).arg(&mut out.buf).arg(&n_arg).arg(&ka).arg(&kb);
+                    // SAFETY: binary_<op>_<T>(const T*, const T*, T* out, i64 n, StridedLayout x2)
+                    // reads n elements through each broadcast layout and writes n contiguous.
+                    unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(name, &kernel, e))?;
+                }
+                Ok(Tensor::from_cuda(out, &shape))
+            }
+            _ => unreachable!("check_same rejects mixed devices"),
+        }
+    }
+
+    /// `op` applied to every element and the scalar `value` (rounded to the compute type).
+    pub fn binary_scalar(&self, op: BinaryOp, value: f64) -> Result<Tensor> {
+        let name = op.name();
+        op.check(self)?;
+        let n = self.numel();
+        match self.storage() {
+            Storage::Cpu(a) => {
+                let integer = !self.dtype.is_float();
+                // The scalar is rounded to the compute type first, as the kernels do.
+                let s = match self.dtype {
+                    DType::F64 => value,
+                    DType::I64 => value as i64 as f64,
+                    _ => value as f32 as f64,
+                };
+                let values: Vec<f64> = a.gather_f64(&self.layout).into_iter().map(|x| op.apply(x, s, integer)).collect();
+                Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &values), self.shape()))
+            }
+            Storage::Cuda(a) => {
+                let dev = a.device.clone();
+                let mut out = dev.alloc(name, self.dtype, n)?;
+                if n > 0 {
+                    let kernel = op.kernel_name(true, self.dtype);
+                    let f = dev.function(name, "binary", &kernel)?;
+                    let la = strided_layout(name, &self.layout)?;
+                    let n_arg = n as i64;
+                    let mut launch = dev.stream.launch_builder(&f);
+                    launch.arg(&a.buf).arg(&mut out.buf).arg(&n_arg).arg(&la).arg(&value);
+                    // SAFETY: scalar_<op>_<T>(const T*, T* out, i64 n, StridedLayout, double)
+                    // reads n elements through the layout and writes n contiguous.
+                    unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(name, &kernel, e))?;
+                }
+                Ok(Tensor::from_cuda(out, self.shape()))
+            }
+        }
+    }
+
+    /// Elementwise `if self != 0 { on_true } else { on_false }`, all three broadcast together.
+    /// The condition has the values' dtype (comparisons produce such masks).
+    pub fn where_cond(&self, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
+        const OP: &str = "where";
+        self.check_same(OP, on_true)?;
+        self.check_same(OP, on_false)?;
+        let shape = broadcast_shapes(OP, &broadcast_shapes(OP, self.shape(), on_true.shape())?, on_false.shape())?;
+        let (lc, la, lb) = (self.layout.broadcast_as(&shape)?, on_true.layout.broadcast_as(&shape)?, on_false.layout.broadcast_as(&shape)?);
+        let n = lc.numel();
+        match (self.storage(), on_true.storage(), on_false.storage()) {
+            (Storage::Cpu(c), Storage::Cpu(a), Storage::Cpu(b)) => {
+                let take: Vec<bool> = c.gather_f64(&lc).into_iter().map(|v| v != 0.0).collect();
+                // Copy whole elements (not through f64) so integers stay exact.
+                let mut out = b.gather_same(&lb);
+                select_into(&mut out, &a.gather_same(&la), &take);
+                Ok(Tensor::from_cpu(out, &shape))
+            }
+            (Storage::Cuda(c), Storage::Cuda(a), Storage::Cuda(b)) => {
+                let dev = c.device.clone();
+                let mut out = dev.alloc(OP, self.dtype, n)?;
+                if n > 0 {
+                    let kernel = format!("where_{}", self.dtype);
+                    let f = dev.function(OP, "binary", &kernel)?;
+                    let (kc, ka, kb) = (strided_layout(OP, &lc)?, strided_layout(OP, &la)?, strided_layout(OP, &lb)?);
+                    let n_arg = n as i64;
+                    let mut launch = dev.stream.launch_builder(&f);
+                    launch.arg(&c.buf).arg(&a.buf).arg(&b.buf).arg(&mut out.buf).arg(&n_arg).arg(&kc).arg(&ka).arg(&kb);
+                    // SAFETY: where_<T>(const T* c, const T* a, const T* b, T* out, i64 n,
+                    // StridedLayout x3) reads n elements through each layout and writes n.
+                    unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(OP, &kernel, e))?;
+                }
+                Ok(Tensor::from_cuda(out, &shape))
+            }
+            _ => unreachable!("check_same rejects mixed devices"),
+        }
+    }
+}
+
+/// out[i] = a[i] where take[i]; both dense and of one dtype.
+fn select_into(out: &mut CpuStorage, a: &CpuStorage, take: &[bool]) {
+    crate::storage::with_cpu_vec!(out, o => {
+        let values = a.gather(&crate::Layout::contiguous(&[take.len()]));
+        for ((slot, v), &t) in o.iter_mut().zip(values).zip(take) {
+            if t {
+                *slot = v;
+            }
+        }
+    })
+}
+
+/// The binary-op methods: `a.add(&b)`, `a.add_scalar(2.0)`, `a.lt(&b)`...
+macro_rules! binary_methods {
+    ($($method:ident, $scalar:ident => $op:ident, $doc:literal;)*) => {
+        impl Tensor {
+            $(
+                #[doc = concat!($doc, ", broadcasting.")]
+                pub fn $method(&self, rhs: &Tensor) -> Result<Tensor> {
+                    self.binary(BinaryOp::$op, rhs)
+                }
+
+                #[doc = concat!($doc, " with a scalar right-hand side.")]
+                pub fn $scalar(&self, rhs: f64) -> Result<Tensor> {
+                    self.binary_scalar(BinaryOp::$op, rhs)
+                }
+            )*
+        }
+    };
+}
+
+binary_methods! {
+    add, add_scalar => Add, "Elementwise a + b";
+    sub, sub_scalar => Sub, "Elementwise a - b";
+    mul, mul_scalar => Mul, "Elementwise a * b";
+    div, div_scalar => Div, "Elementwise a / b";
+    pow, pow_scalar => Pow, "Elementwise a ^ b";
+    maximum, maximum_scalar => Maximum, "Elementwise NaN-propagating max(a, b)";
+    minimum, minimum_scalar => Minimum, "Elementwise NaN-propagating min(a, b)";
+    eq, eq_scalar => Eq, "1 where a == b, else 0";
+    ne, ne_scalar => Ne, "1 where a != b, else 0";
+    lt, lt_scalar => Lt, "1 where a < b, else 0";
+    le, le_scalar => Le, "1 where a <= b, else 0";
+    gt, gt_scalar => Gt, "1 where a > b, else 0";
+    ge, ge_scalar => Ge, "1 where a >= b, else 0";
+}

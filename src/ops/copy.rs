@@ -1,0 +1,127 @@
+//! Copies: `contiguous`, `to_dtype`, `cat` and `stack`, all one strided copy with conversion
+//! (`kernels/copy.cu`): every element of a source view goes to the same logical position of a
+//! destination view, converted to the destination dtype.
+
+use crate::cuda::{self, elementwise_config, launch_error, strided_layout, CudaStorage};
+use crate::layout::{normalize_axis, Layout};
+use crate::storage::{with_cpu_vec, CpuStorage, Storage};
+use crate::{DType, Device, Error, Result, Tensor};
+use cudarc::driver::PushKernelArg;
+
+pub(crate) fn kernel_names() -> Vec<String> {
+    DType::ALL.iter().flat_map(|s| DType::ALL.iter().map(move |d| format!("cast_{s}_{d}"))).collect()
+}
+
+impl Tensor {
+    /// A row-major copy, or the tensor itself when it already is row-major.
+    pub fn contiguous(&self) -> Result<Tensor> {
+        if self.is_contiguous() {
+            Ok(self.clone())
+        } else {
+            self.copy_contiguous()
+        }
+    }
+
+    /// A new row-major tensor with the same values (always copies).
+    pub(crate) fn copy_contiguous(&self) -> Result<Tensor> {
+        self.convert("contiguous", self.dtype)
+    }
+
+    /// The values converted to `dtype` (the tensor itself when it already has it). Floats to
+    /// integers truncate toward zero and saturate; NaN becomes 0.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype {
+            return Ok(self.clone());
+        }
+        self.convert("to_dtype", dtype)
+    }
+
+    fn convert(&self, op: &'static str, dtype: DType) -> Result<Tensor> {
+        let mut out = Tensor::empty_for_copy(op, self.shape(), dtype, self.device)?;
+        copy_into(op, self, &mut out, &Layout::contiguous(self.shape()))?;
+        Ok(out)
+    }
+
+    /// Joins tensors along an existing dim; all other dims must match.
+    pub fn cat(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
+        let first = tensors.first().ok_or_else(|| Error::invalid("cat", "needs at least one tensor"))?;
+        let d = normalize_axis("cat", dim, first.shape())?;
+        let mut shape = first.shape().to_vec();
+        shape[d] = 0;
+        for t in tensors {
+            first.check_same("cat", t)?;
+            let fits = t.rank() == first.rank() && (0..t.rank()).all(|i| i == d || t.shape()[i] == first.shape()[i]);
+            if !fits {
+                let shapes: Vec<&[usize]> = tensors.iter().map(|t| t.shape()).collect();
+                return Err(Error::shape("cat", format!("shapes {shapes:?} differ outside dim {d}")));
+            }
+            shape[d] += t.shape()[d];
+        }
+        let mut out = Tensor::empty_for_copy("cat", &shape, first.dtype, first.device)?;
+        let whole = Layout::contiguous(&shape);
+        let mut start = 0;
+        for t in tensors {
+            let part = whole.narrow(d as isize, start, t.shape()[d])?;
+            copy_into("cat", t, &mut out, &part)?;
+            start += t.shape()[d];
+        }
+        Ok(out)
+    }
+
+    /// Joins same-shaped tensors along a new dim.
+    pub fn stack(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
+        let expanded: Vec<Tensor> = tensors.iter().map(|t| t.unsqueeze(dim)).collect::<Result<_>>()?;
+        let refs: Vec<&Tensor> = expanded.iter().collect();
+        Tensor::cat(&refs, dim)
+    }
+
+    /// A fresh tensor whose every element the caller overwrites.
+    fn empty_for_copy(op: &'static str, shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+        let numel = shape.iter().product();
+        match device {
+            Device::Cpu => Ok(Tensor::from_cpu(CpuStorage::from_f64(dtype, &vec![0.0; numel]), shape)),
+            Device::Cuda(ordinal) => Ok(Tensor::from_cuda(cuda::device(ordinal)?.alloc(op, dtype, numel)?, shape)),
+        }
+    }
+}
+
+/// Copies `src` into the `dst_layout` view of `dst`, which the caller owns alone.
+fn copy_into(op: &'static str, src: &Tensor, dst: &mut Tensor, dst_layout: &Layout) -> Result<()> {
+    let storage = std::sync::Arc::get_mut(&mut dst.storage).ok_or_else(|| Error::invalid(op, "destination storage is shared"))?;
+    match (src.storage(), storage) {
+        (Storage::Cpu(s), Storage::Cpu(d)) => {
+            cpu_copy(s, &src.layout, d, dst_layout);
+            Ok(())
+        }
+        (Storage::Cuda(s), Storage::Cuda(d)) => cuda_copy(op, s, &src.layout, d, dst_layout),
+        _ => Err(Error::DeviceMismatch { op, lhs: src.device, rhs: dst.device }),
+    }
+}
+
+/// CPU reference: element-by-element copy through the two views (exact within a dtype).
+fn cpu_copy(src: &CpuStorage, src_layout: &Layout, dst: &mut CpuStorage, dst_layout: &Layout) {
+    with_cpu_vec!(dst, d => {
+        let values = src.gather(src_layout);
+        for (o, v) in dst_layout.offsets().zip(values) {
+            d[o] = v;
+        }
+    })
+}
+
+fn cuda_copy(op: &'static str, src: &CudaStorage, src_layout: &Layout, dst: &mut CudaStorage, dst_layout: &Layout) -> Result<()> {
+    let n = src_layout.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let kernel = format!("cast_{}_{}", src.dtype, dst.dtype);
+    let dev = dst.device.clone();
+    let f = dev.function(op, "copy", &kernel)?;
+    let (ls, ld) = (strided_layout(op, src_layout)?, strided_layout(op, dst_layout)?);
+    let n_arg = n as i64;
+    let mut launch = dev.stream.launch_builder(&f);
+    launch.arg(&src.buf).arg(&mut dst.buf).arg(&n_arg).arg(&ls).arg(&ld);
+    // SAFETY: cast_<s>_<d>(const S*, D*, i64 n, StridedLayout, StridedLayout) reads n elements
+    // through `ls` and writes n through `ld`, both inside their buffers.
+    unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(op, &kernel, e))?;
+    Ok(())
+}

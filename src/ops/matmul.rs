@@ -1,0 +1,122 @@
+//! Matrix products: 2-D, batched with broadcast batch dims, and transposed operands read
+//! through their strides without copies (`kernels/matmul.cu`).
+
+use crate::cuda::launch_error;
+use crate::cuda::params::{MatmulParams, NABLA_MAX_DIMS};
+use crate::layout::broadcast_shapes;
+use crate::storage::{CpuStorage, Storage};
+use crate::{DType, Error, Result, Tensor};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2, LinalgScalar};
+
+const TILE: usize = 64;
+const THREADS: u32 = 256;
+
+pub(crate) fn kernel_names() -> Vec<String> {
+    DType::ALL.iter().filter(|d| d.is_float()).map(|d| format!("matmul_{d}")).collect()
+}
+
+impl Tensor {
+    /// The matrix product, as `torch.matmul`: `[..., m, k] x [..., k, n] -> [..., m, n]` with the
+    /// batch dims broadcast; a 1-D operand is a row (left) or column (right) vector whose
+    /// dim is dropped from the result.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        const OP: &str = "matmul";
+        self.check_same(OP, rhs)?;
+        self.check_float(OP)?;
+        if self.rank() == 0 || rhs.rank() == 0 {
+            return Err(Error::shape(OP, format!("needs at least 1-D operands, got {:?} and {:?}", self.shape(), rhs.shape())));
+        }
+        if self.rank() == 1 {
+            return self.unsqueeze(0)?.matmul(rhs)?.squeeze(-2);
+        }
+        if rhs.rank() == 1 {
+            return self.matmul(&rhs.unsqueeze(-1)?)?.squeeze(-1);
+        }
+        let (m, k) = (self.shape()[self.rank() - 2], self.shape()[self.rank() - 1]);
+        let (k2, n) = (rhs.shape()[rhs.rank() - 2], rhs.shape()[rhs.rank() - 1]);
+        if k != k2 {
+            return Err(Error::shape(OP, format!("{:?} x {:?}: inner dims {k} and {k2} differ", self.shape(), rhs.shape())));
+        }
+        let batch_shape = broadcast_shapes(OP, &self.shape()[..self.rank() - 2], &rhs.shape()[..rhs.rank() - 2])?;
+        let batch: usize = batch_shape.iter().product();
+        let with = |tail: [usize; 2]| -> Vec<usize> { batch_shape.iter().copied().chain(tail).collect() };
+        let a = self.broadcast_as(&with([m, k]))?;
+        let b = rhs.broadcast_as(&with([k, n]))?;
+        let out_shape = with([m, n]);
+
+        match (a.storage(), b.storage()) {
+            (Storage::Cpu(sa), Storage::Cpu(sb)) => {
+                let out = match self.dtype {
+                    DType::F64 => CpuStorage::F64(cpu_matmul::<f64>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n)),
+                    DType::F32 => CpuStorage::F32(cpu_matmul::<f32>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n)),
+                    // 16-bit floats accumulate in f32, as on the GPU, then round once.
+                    dtype => {
+                        let c = cpu_matmul::<f32>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n);
+                        CpuStorage::from_f64(dtype, &c.iter().map(|&x| x as f64).collect::<Vec<_>>())
+                    }
+                };
+                Ok(Tensor::from_cpu(out, &out_shape))
+            }
+            (Storage::Cuda(sa), Storage::Cuda(sb)) => {
+                if batch_shape.len() > NABLA_MAX_DIMS {
+                    return Err(Error::invalid(OP, format!("at most {NABLA_MAX_DIMS} batch dims on CUDA, got {batch_shape:?}")));
+                }
+                let dev = sa.device.clone();
+                let mut out = dev.alloc(OP, self.dtype, batch * m * n)?;
+                if batch * m * n == 0 {
+                    return Ok(Tensor::from_cuda(out, &out_shape));
+                }
+                let (sa_, sb_) = (a.strides(), b.strides());
+                let r = batch_shape.len();
+                let mut p = MatmulParams {
+                    m: m as i64,
+                    n: n as i64,
+                    k: k as i64,
+                    batch: batch as i64,
+                    batch_ndim: r as i64,
+                    a_offset: a.offset() as i64,
+                    a_row_stride: sa_[r] as i64,
+                    a_col_stride: sa_[r + 1] as i64,
+                    b_offset: b.offset() as i64,
+                    b_row_stride: sb_[r] as i64,
+                    b_col_stride: sb_[r + 1] as i64,
+                    ..Default::default()
+                };
+                for d in 0..r {
+                    p.batch_shape[d] = batch_shape[d] as i64;
+                    p.a_batch_strides[d] = sa_[d] as i64;
+                    p.b_batch_strides[d] = sb_[d] as i64;
+                }
+                let kernel = format!("matmul_{}", self.dtype);
+                let f = dev.function(OP, "matmul", &kernel)?;
+                let cfg = LaunchConfig {
+                    grid_dim: (n.div_ceil(TILE).min(1 << 30) as u32, m.div_ceil(TILE).min(65535) as u32, batch.min(65535) as u32),
+                    block_dim: (THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut launch = dev.stream.launch_builder(&f);
+                launch.arg(&sa.buf).arg(&sb.buf).arg(&mut out.buf).arg(&p);
+                // SAFETY: matmul_<T>(const T* a, const T* b, T* c, MatmulParams) reads A and B
+                // through the params' strides (inside their buffers, as the views are) and
+                // writes batch * m * n contiguous elements of C.
+                unsafe { launch.launch(cfg) }.map_err(|e| launch_error(OP, &kernel, e))?;
+                Ok(Tensor::from_cuda(out, &out_shape))
+            }
+            _ => unreachable!("check_same rejects mixed devices"),
+        }
+    }
+}
+
+/// CPU reference: one ndarray GEMM per batch over dense row-major operands.
+fn cpu_matmul<T: LinalgScalar>(a: Vec<T>, b: Vec<T>, batch: usize, m: usize, k: usize, n: usize) -> Vec<T> {
+    let mut c = vec![T::zero(); batch * m * n];
+    for i in 0..batch {
+        let av = ArrayView2::from_shape((m, k), &a[i * m * k..(i + 1) * m * k]).expect("dense [m, k] block");
+        let bv = ArrayView2::from_shape((k, n), &b[i * k * n..(i + 1) * k * n]).expect("dense [k, n] block");
+        let mut cv = ArrayViewMut2::from_shape((m, n), &mut c[i * m * n..(i + 1) * m * n]).expect("dense [m, n] block");
+        general_mat_mul(T::one(), &av, &bv, T::zero(), &mut cv);
+    }
+    c
+}

@@ -1,0 +1,27 @@
+//! The ops. Each file holds one family: its public methods on [`Tensor`](crate::Tensor), its CPU
+//! reference (computing in f64 unless stated) and its CUDA launch (`kernels/<family>.cu`).
+//! Each family also lists the kernels its launches can name, so a test can check that every
+//! one of them exists in the compiled modules.
+
+pub mod binary;
+pub mod copy;
+pub mod fill;
+pub mod index;
+pub mod matmul;
+pub mod reduce;
+pub mod softmax;
+pub mod unary;
+
+/// Every kernel the host side can launch, as (module, kernel name).
+pub fn launchable_kernels() -> Vec<(&'static str, String)> {
+    let mut all = Vec::new();
+    all.extend(unary::kernel_names().into_iter().map(|k| ("unary", k)));
+    all.extend(binary::kernel_names().into_iter().map(|k| ("binary", k)));
+    all.extend(reduce::kernel_names().into_iter().map(|k| ("reduce", k)));
+    all.extend(softmax::kernel_names().into_iter().map(|k| ("softmax", k)));
+    all.extend(matmul::kernel_names().into_iter().map(|k| ("matmul", k)));
+    all.extend(copy::kernel_names().into_iter().map(|k| ("copy", k)));
+    all.extend(index::kernel_names().into_iter().map(|k| ("index", k)));
+    all.extend(fill::kernel_names().into_iter().map(|k| ("fill", k)));
+    all
+}

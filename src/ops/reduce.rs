@@ -1,0 +1,271 @@
+//! Reductions over any set of axes, or the whole tensor: sum, mean, max, min, and
+//! argmax/argmin along one axis (`kernels/reduce.cu`).
+
+use crate::cuda::params::ReduceParams;
+use crate::cuda::{launch_error, strided_layout, CudaDevice, CudaStorage};
+use crate::layout::{normalize_axis, Layout};
+use crate::storage::{CpuStorage, Storage};
+use crate::{DType, Error, Result, Tensor};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::sync::Arc;
+
+/// A reduction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    /// Σ x
+    Sum,
+    /// Σ x / n (floats only)
+    Mean,
+    /// The largest element, NaN-propagating.
+    Max,
+    /// The smallest element, NaN-propagating.
+    Min,
+}
+
+const THREADS: u32 = 256;
+/// Split long rows until about this many blocks run.
+const TARGET_BLOCKS: usize = 1024;
+/// ... but never into chunks shorter than this.
+const MIN_CHUNK: usize = 4096;
+
+impl ReduceOp {
+    /// The op's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Mean => "mean",
+            ReduceOp::Max => "max",
+            ReduceOp::Min => "min",
+        }
+    }
+
+    /// The kernel's op: mean is a scaled sum.
+    fn kernel_op(self) -> &'static str {
+        match self {
+            ReduceOp::Sum | ReduceOp::Mean => "sum",
+            ReduceOp::Max => "max",
+            ReduceOp::Min => "min",
+        }
+    }
+
+    /// The CPU reference over one row, in f64.
+    pub fn apply(self, row: &[f64]) -> f64 {
+        match self {
+            ReduceOp::Sum => row.iter().sum(),
+            ReduceOp::Mean => row.iter().sum::<f64>() / row.len() as f64,
+            ReduceOp::Max => row.iter().copied().fold(f64::NEG_INFINITY, |a, b| if a.is_nan() || a > b { a } else { b }),
+            ReduceOp::Min => row.iter().copied().fold(f64::INFINITY, |a, b| if a.is_nan() || a < b { a } else { b }),
+        }
+    }
+}
+
+pub(crate) fn kernel_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for op in ["sum", "max", "min"] {
+        for dtype in DType::ALL {
+            let acc = dtype.accumulator();
+            names.push(format!("reduce_{op}_{dtype}_{dtype}"));
+            if acc != dtype {
+                names.push(format!("reduce_{op}_{dtype}_{acc}"));
+                names.push(format!("reduce_{op}_{acc}_{dtype}"));
+            }
+        }
+    }
+    names.extend(DType::ALL.iter().flat_map(|d| [format!("argmax_{d}"), format!("argmin_{d}")]));
+    names
+}
+
+/// The tensor viewed as `outer` rows of `inner` reduced elements, and the output shape.
+struct Rows {
+    view: Layout,
+    outer: usize,
+    inner: usize,
+    out_shape: Vec<usize>,
+}
+
+fn rows(op: &'static str, t: &Tensor, axes: &[isize], keepdim: bool) -> Result<Rows> {
+    let rank = t.rank();
+    let mut reduced = vec![axes.is_empty(); rank];
+    for &axis in axes {
+        let a = normalize_axis(op, axis, t.shape())?;
+        if std::mem::replace(&mut reduced[a], true) {
+            return Err(Error::invalid(op, format!("axis {axis} is listed twice in {axes:?}")));
+        }
+    }
+    let kept: Vec<usize> = (0..rank).filter(|&d| !reduced[d]).collect();
+    let gone: Vec<usize> = (0..rank).filter(|&d| reduced[d]).collect();
+    let perm: Vec<usize> = kept.iter().chain(&gone).copied().collect();
+    let view = t.layout.permute(&perm)?;
+    let outer = kept.iter().map(|&d| t.shape()[d]).product();
+    let inner = gone.iter().map(|&d| t.shape()[d]).product();
+    let out_shape = if keepdim {
+        (0..rank).map(|d| if reduced[d] { 1 } else { t.shape()[d] }).collect()
+    } else {
+        kept.iter().map(|&d| t.shape()[d]).collect()
+    };
+    Ok(Rows { view, outer, inner, out_shape })
+}
+
+impl Tensor {
+    /// Reduces over `axes` (every axis when empty); `keepdim` keeps them with size 1.
+    pub fn reduce(&self, op: ReduceOp, axes: &[isize], keepdim: bool) -> Result<Tensor> {
+        let name = op.name();
+        if op == ReduceOp::Mean {
+            self.check_float(name)?;
+        }
+        let r = rows(name, self, axes, keepdim)?;
+        if r.inner == 0 && r.outer > 0 && matches!(op, ReduceOp::Max | ReduceOp::Min) {
+            return Err(Error::invalid(name, format!("cannot reduce an empty axis of shape {:?}", self.shape())));
+        }
+        match self.storage() {
+            Storage::Cpu(s) => {
+                let values = s.gather_f64(&r.view);
+                let out: Vec<f64> = (0..r.outer).map(|o| op.apply(&values[o * r.inner..(o + 1) * r.inner])).collect();
+                Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &out), &r.out_shape))
+            }
+            Storage::Cuda(s) => {
+                let scale = if op == ReduceOp::Mean { 1.0 / r.inner as f64 } else { 1.0 };
+                let out = cuda_reduce(name, op.kernel_op(), s, &r, scale)?;
+                Ok(Tensor::from_cuda(out, &r.out_shape))
+            }
+        }
+    }
+
+    /// Σ over `axes` (all when empty).
+    pub fn sum(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Sum, axes, keepdim)
+    }
+
+    /// Mean over `axes` (all when empty).
+    pub fn mean(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Mean, axes, keepdim)
+    }
+
+    /// Maximum over `axes` (all when empty).
+    pub fn max(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Max, axes, keepdim)
+    }
+
+    /// Minimum over `axes` (all when empty).
+    pub fn min(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Min, axes, keepdim)
+    }
+
+    /// Σ of all elements, as a 0-dim tensor.
+    pub fn sum_all(&self) -> Result<Tensor> {
+        self.sum(&[], false)
+    }
+
+    /// Mean of all elements, as a 0-dim tensor.
+    pub fn mean_all(&self) -> Result<Tensor> {
+        self.mean(&[], false)
+    }
+
+    /// Index of the largest element along `axis` (first one on ties; NaN counts as largest), as i64.
+    pub fn argmax(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
+        self.arg_reduce("argmax", true, axis, keepdim)
+    }
+
+    /// Index of the smallest element along `axis` (first one on ties; NaN counts as smallest), as i64.
+    pub fn argmin(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
+        self.arg_reduce("argmin", false, axis, keepdim)
+    }
+
+    fn arg_reduce(&self, name: &'static str, greater: bool, axis: isize, keepdim: bool) -> Result<Tensor> {
+        let r = rows(name, self, &[axis], keepdim)?;
+        if r.inner == 0 && r.outer > 0 {
+            return Err(Error::invalid(name, format!("cannot reduce an empty axis of shape {:?}", self.shape())));
+        }
+        match self.storage() {
+            Storage::Cpu(s) => {
+                let values = s.gather_f64(&r.view);
+                let out: Vec<i64> = (0..r.outer).map(|o| arg_best(&values[o * r.inner..(o + 1) * r.inner], greater) as i64).collect();
+                Ok(Tensor::from_cpu(CpuStorage::I64(out), &r.out_shape))
+            }
+            Storage::Cuda(s) => {
+                let dev = s.device.clone();
+                let mut out = dev.alloc(name, DType::I64, r.outer)?;
+                if r.outer > 0 {
+                    let kernel = format!("{name}_{}", self.dtype);
+                    let params = ReduceParams {
+                        outer: r.outer as i64,
+                        inner: r.inner as i64,
+                        splits: 1,
+                        chunk: r.inner as i64,
+                        scale: 1.0,
+                        src: strided_layout(name, &r.view)?,
+                    };
+                    launch_reduce(&dev, name, &kernel, &s.buf, &mut out, &params)?;
+                }
+                Ok(Tensor::from_cuda(out, &r.out_shape))
+            }
+        }
+    }
+}
+
+/// CPU reference of argmax/argmin: first index of the best value; NaN beats everything.
+fn arg_best(row: &[f64], greater: bool) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate().skip(1) {
+        let b = row[best];
+        if b.is_nan() {
+            break;
+        }
+        if v.is_nan() || (greater && v > b) || (!greater && v < b) {
+            best = i;
+        }
+    }
+    best
+}
+
+/// One pass, or two when few long rows would leave the GPU idle: the first folds chunks of
+/// each row into Acc-typed partials, the second folds the partials.
+fn cuda_reduce(name: &'static str, op: &str, src: &CudaStorage, r: &Rows, scale: f64) -> Result<CudaStorage> {
+    let dev = src.device.clone();
+    let dtype = src.dtype;
+    let mut out = dev.alloc(name, dtype, r.outer)?;
+    if r.outer == 0 {
+        return Ok(out);
+    }
+    let layout = strided_layout(name, &r.view)?;
+    let splits = TARGET_BLOCKS.div_ceil(r.outer).min(r.inner / MIN_CHUNK).max(1);
+    if splits == 1 {
+        let params = ReduceParams { outer: r.outer as i64, inner: r.inner as i64, splits: 1, chunk: r.inner as i64, scale, src: layout };
+        launch_reduce(&dev, name, &format!("reduce_{op}_{dtype}_{dtype}"), &src.buf, &mut out, &params)?;
+        return Ok(out);
+    }
+    let acc = dtype.accumulator();
+    let chunk = r.inner.div_ceil(splits);
+    let mut partials = dev.alloc(name, acc, r.outer * splits)?;
+    let first = ReduceParams { outer: r.outer as i64, inner: r.inner as i64, splits: splits as i64, chunk: chunk as i64, scale: 1.0, src: layout };
+    launch_reduce(&dev, name, &format!("reduce_{op}_{dtype}_{acc}"), &src.buf, &mut partials, &first)?;
+    let second = ReduceParams {
+        outer: r.outer as i64,
+        inner: splits as i64,
+        splits: 1,
+        chunk: splits as i64,
+        scale,
+        src: strided_layout(name, &Layout::contiguous(&[r.outer, splits]))?,
+    };
+    launch_reduce(&dev, name, &format!("reduce_{op}_{acc}_{dtype}"), &partials.buf, &mut out, &second)?;
+    Ok(out)
+}
+
+fn launch_reduce(
+    dev: &Arc<CudaDevice>,
+    name: &'static str,
+    kernel: &str,
+    src: &cudarc::driver::CudaSlice<u8>,
+    out: &mut CudaStorage,
+    params: &ReduceParams,
+) -> Result<()> {
+    let f = dev.function(name, "reduce", kernel)?;
+    let tasks = (params.outer * params.splits) as usize;
+    let cfg = LaunchConfig { grid_dim: (tasks.clamp(1, 65535) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    let mut launch = dev.stream.launch_builder(&f);
+    launch.arg(src).arg(&mut out.buf).arg(params);
+    // SAFETY: reduce_<op>_<in>_<out> / argmax_<T>(const In*, Out*, ReduceParams) reads the
+    // params' view of `src` and writes outer * splits outputs, which `out` holds.
+    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(name, kernel, e))?;
+    Ok(())
+}

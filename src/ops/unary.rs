@@ -1,0 +1,219 @@
+//! Elementwise unary ops (`kernels/unary.cu`).
+
+use crate::cuda::{elementwise_config, launch_error, strided_layout};
+use crate::storage::{CpuStorage, Storage};
+use crate::{DType, Error, Result, Tensor};
+use cudarc::driver::PushKernelArg;
+
+/// An elementwise function of one tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    /// -x
+    Neg,
+    /// |x|
+    Abs,
+    /// e^x
+    Exp,
+    /// Natural logarithm.
+    Log,
+    /// Square root.
+    Sqrt,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// 1 / (1 + e^-x)
+    Sigmoid,
+    /// max(x, 0), NaN kept.
+    Relu,
+    /// The exact GELU, x Φ(x) = 0.5 x (1 + erf(x / √2)).
+    Gelu,
+}
+
+impl UnaryOp {
+    /// Every unary op.
+    pub const ALL: [UnaryOp; 9] = [
+        UnaryOp::Neg,
+        UnaryOp::Abs,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+        UnaryOp::Gelu,
+    ];
+
+    /// The op's name, as in messages and kernel names.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Gelu => "gelu",
+        }
+    }
+
+    /// Whether the op is defined for `dtype` (integers take only neg, abs and relu).
+    pub fn supports(self, dtype: DType) -> bool {
+        dtype.is_float() || matches!(self, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu)
+    }
+
+    /// The CPU reference, in f64.
+    pub fn apply(self, x: f64) -> f64 {
+        match self {
+            UnaryOp::Neg => -x,
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            UnaryOp::Relu => {
+                if x < 0.0 {
+                    0.0
+                } else {
+                    x
+                }
+            }
+            UnaryOp::Gelu => 0.5 * x * (1.0 + erf(x * std::f64::consts::FRAC_1_SQRT_2)),
+        }
+    }
+
+    pub(crate) fn kernel_name(self, dtype: DType) -> String {
+        format!("unary_{}_{dtype}", self.name())
+    }
+}
+
+pub(crate) fn kernel_names() -> Vec<String> {
+    UnaryOp::ALL
+        .iter()
+        .flat_map(|op| DType::ALL.iter().filter(|d| op.supports(**d)).map(|d| op.kernel_name(*d)))
+        .collect()
+}
+
+impl Tensor {
+    /// Applies `op` to every element.
+    pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        let name = op.name();
+        if !op.supports(self.dtype) {
+            return Err(Error::unsupported(name, self.dtype, " (needs a floating-point tensor)"));
+        }
+        let n = self.numel();
+        match self.storage() {
+            Storage::Cpu(s) => {
+                let values: Vec<f64> = s.gather_f64(&self.layout).into_iter().map(|x| op.apply(x)).collect();
+                Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &values), self.shape()))
+            }
+            Storage::Cuda(s) => {
+                let dev = s.device.clone();
+                let mut out = dev.alloc(name, self.dtype, n)?;
+                if n > 0 {
+                    let kernel = op.kernel_name(self.dtype);
+                    let f = dev.function(name, "unary", &kernel)?;
+                    let layout = strided_layout(name, &self.layout)?;
+                    let n_arg = n as i64;
+                    let mut launch = dev.stream.launch_builder(&f);
+                    launch.arg(&s.buf).arg(&mut out.buf).arg(&n_arg).arg(&layout);
+                    // SAFETY: unary_<op>_<T>(const T* in, T* out, i64 n, StridedLayout) reads n
+                    // elements through the layout and writes n contiguous ones.
+                    unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(name, &kernel, e))?;
+                }
+                Ok(Tensor::from_cuda(out, self.shape()))
+            }
+        }
+    }
+
+    /// -x
+    pub fn neg(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Neg)
+    }
+
+    /// |x|
+    pub fn abs(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Abs)
+    }
+
+    /// e^x
+    pub fn exp(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Exp)
+    }
+
+    /// Natural logarithm.
+    pub fn log(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Log)
+    }
+
+    /// Square root.
+    pub fn sqrt(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sqrt)
+    }
+
+    /// Hyperbolic tangent.
+    pub fn tanh(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Tanh)
+    }
+
+    /// The logistic sigmoid 1 / (1 + e^-x).
+    pub fn sigmoid(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sigmoid)
+    }
+
+    /// max(x, 0).
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu)
+    }
+
+    /// The exact (erf) GELU, PyTorch's default.
+    pub fn gelu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Gelu)
+    }
+}
+
+/// The error function to within a few ulp of f64: its Maclaurin series for |x| < 2.5, and
+/// 1 - erfc(x) with erfc's continued fraction (modified Lentz) beyond.
+pub fn erf(x: f64) -> f64 {
+    if x.is_nan() {
+        return x;
+    }
+    let a = x.abs();
+    let magnitude = if a < 2.5 {
+        // erf(a) = 2/√π Σ (-1)^n a^(2n+1) / (n! (2n+1))
+        let (mut term, mut sum, a2) = (a, a, a * a);
+        for n in 1..200 {
+            term *= -a2 / n as f64;
+            let add = term / (2 * n + 1) as f64;
+            sum += add;
+            if add.abs() < 1e-17 * sum.abs() {
+                break;
+            }
+        }
+        sum * std::f64::consts::FRAC_2_SQRT_PI
+    } else if a > 6.0 {
+        1.0
+    } else {
+        // erfc(a) = e^(-a²)/√π · 1/(a + (1/2)/(a + 1/(a + (3/2)/(a + 2/(a + ...)))))
+        // evaluated as the equivalent fraction K = 1/(a+) (1/2)/(a+) (1)/(a+) ...
+        let tiny = 1e-300;
+        let mut f = a;
+        let (mut c, mut d) = (a, 0.0);
+        for k in 1..300 {
+            let num = k as f64 / 2.0;
+            d = a + num * d;
+            d = if d.abs() < tiny { tiny } else { d };
+            c = a + num / c;
+            c = if c.abs() < tiny { tiny } else { c };
+            d = 1.0 / d;
+            let delta = c * d;
+            f *= delta;
+            if (delta - 1.0).abs() < 1e-16 {
+                break;
+            }
+        }
+        1.0 - (-a * a).exp() / (f * std::f64::consts::PI.sqrt())
+    };
+    magnitude.copysign(x)
+}

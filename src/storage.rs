@@ -1,0 +1,139 @@
+//! The memory behind tensors: a typed host vector or a device buffer.
+
+use crate::cuda::CudaStorage;
+use crate::dtype::{DType, Element};
+use crate::layout::Layout;
+use half::{bf16, f16};
+
+/// A tensor's storage. Views share it through an `Arc`.
+pub(crate) enum Storage {
+    Cpu(CpuStorage),
+    Cuda(CudaStorage),
+}
+
+/// Host storage, one variant per dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum CpuStorage {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    I64(Vec<i64>),
+}
+
+/// Runs `$body` with `$v` bound to the typed vector inside a `CpuStorage`, whatever its dtype.
+macro_rules! with_cpu_vec {
+    ($storage:expr, $v:ident => $body:expr) => {
+        match $storage {
+            $crate::storage::CpuStorage::F32($v) => $body,
+            $crate::storage::CpuStorage::F64($v) => $body,
+            $crate::storage::CpuStorage::F16($v) => $body,
+            $crate::storage::CpuStorage::BF16($v) => $body,
+            $crate::storage::CpuStorage::I64($v) => $body,
+        }
+    };
+}
+pub(crate) use with_cpu_vec;
+
+impl CpuStorage {
+    /// Storage owning `data`, without conversion.
+    pub(crate) fn from_vec<T: Element>(data: Vec<T>) -> CpuStorage {
+        match T::DTYPE {
+            DType::F32 => CpuStorage::F32(reinterpret_vec(data)),
+            DType::F64 => CpuStorage::F64(reinterpret_vec(data)),
+            DType::F16 => CpuStorage::F16(reinterpret_vec(data)),
+            DType::BF16 => CpuStorage::BF16(reinterpret_vec(data)),
+            DType::I64 => CpuStorage::I64(reinterpret_vec(data)),
+        }
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F64(_) => DType::F64,
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::I64(_) => DType::I64,
+        }
+    }
+
+    /// The view's elements in row-major order, converted to `T`.
+    pub(crate) fn gather<T: Element>(&self, layout: &Layout) -> Vec<T> {
+        with_cpu_vec!(self, v => gather_converted(v, layout))
+    }
+
+    /// The view's elements in row-major order as f64: the CPU reference computes in f64.
+    pub(crate) fn gather_f64(&self, layout: &Layout) -> Vec<f64> {
+        self.gather::<f64>(layout)
+    }
+
+    /// The view's elements in row-major order, in the storage's own dtype (exact copy).
+    pub(crate) fn gather_same(&self, layout: &Layout) -> CpuStorage {
+        with_cpu_vec!(self, v => CpuStorage::from_vec(layout.offsets().map(|o| v[o]).collect()))
+    }
+
+    /// Storage of `dtype` holding `values` rounded to it.
+    pub(crate) fn from_f64(dtype: DType, values: &[f64]) -> CpuStorage {
+        match dtype {
+            DType::F32 => CpuStorage::F32(convert_slice(values)),
+            DType::F64 => CpuStorage::F64(values.to_vec()),
+            DType::F16 => CpuStorage::F16(convert_slice(values)),
+            DType::BF16 => CpuStorage::BF16(convert_slice(values)),
+            DType::I64 => CpuStorage::I64(convert_slice(values)),
+        }
+    }
+
+    /// Reinterprets the elements as little-endian bytes (for uploads).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        with_cpu_vec!(self, v => as_bytes(v))
+    }
+
+    /// Storage of `dtype` from raw bytes (for downloads). `bytes` holds whole elements.
+    pub(crate) fn from_bytes(dtype: DType, bytes: &[u8]) -> CpuStorage {
+        match dtype {
+            DType::F32 => CpuStorage::F32(from_bytes(bytes)),
+            DType::F64 => CpuStorage::F64(from_bytes(bytes)),
+            DType::F16 => CpuStorage::F16(from_bytes(bytes)),
+            DType::BF16 => CpuStorage::BF16(from_bytes(bytes)),
+            DType::I64 => CpuStorage::I64(from_bytes(bytes)),
+        }
+    }
+}
+
+fn gather_converted<S: Element, T: Element>(v: &[S], layout: &Layout) -> Vec<T> {
+    if S::DTYPE == T::DTYPE {
+        // Same type: a plain copy, exact for every value (i64 included).
+        let same: Vec<S> = layout.offsets().map(|o| v[o]).collect();
+        return reinterpret_vec(same);
+    }
+    layout.offsets().map(|o| T::from_f64(v[o].to_f64())).collect()
+}
+
+/// A `Vec<S>` as `Vec<T>` when S and T are the same type (each sealed Element type has its own
+/// DTYPE, so equal DTYPEs mean equal types).
+pub(crate) fn reinterpret_vec<S: Element, T: Element>(v: Vec<S>) -> Vec<T> {
+    assert_eq!(S::DTYPE, T::DTYPE, "reinterpret_vec between different element types");
+    // SAFETY: S and T are the same type (checked above).
+    let mut v = std::mem::ManuallyDrop::new(v);
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
+}
+
+fn convert_slice<T: Element>(values: &[f64]) -> Vec<T> {
+    values.iter().map(|&x| T::from_f64(x)).collect()
+}
+
+fn as_bytes<T: Element>(v: &[T]) -> &[u8] {
+    // SAFETY: every Element is a plain-old-data number without padding.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+fn from_bytes<T: Element>(bytes: &[u8]) -> Vec<T> {
+    let n = bytes.len() / std::mem::size_of::<T>();
+    let mut out: Vec<T> = vec![T::zero(); n];
+    // SAFETY: `out` has room for n elements of T, every bit pattern is a valid T, and the
+    // regions do not overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr().cast::<u8>(), n * std::mem::size_of::<T>());
+    }
+    out
+}
