@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use nabla::{DType, Device, Generator, Tensor};
+use std::io::Write;
+
+/// The first CUDA device, or `None` after printing a visible skip line. With
+/// `NABLA_REQUIRE_CUDA=1` a missing device fails the test instead.
+pub fn cuda_or_skip(test: &str) -> Option<Device> {
+    if nabla::cuda::device_count() > 0 {
+        return Some(Device::Cuda(0));
+    }
+    if std::env::var("NABLA_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+        panic!("{test}: NABLA_REQUIRE_CUDA=1 but no CUDA device was found");
+    }
+    // Straight to the stderr handle, which libtest does not capture, so the skip is visible.
+    let _ = writeln!(std::io::stderr(), "{test}: skipped: no CUDA device");
+    None
+}
+
+/// Per-dtype tolerance (absolute, relative) for a GPU result against the f64-computed CPU
+/// reference rounded to the same dtype: a few ulp of the dtype's precision.
+pub fn tolerance(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F64 => (1e-12, 1e-12),
+        DType::F32 => (1e-5, 1e-5),
+        DType::F16 => (1e-3, 2e-3),
+        DType::BF16 => (8e-3, 1.6e-2),
+        DType::I64 => (0.0, 0.0),
+    }
+}
+
+/// Asserts that two tensors have one shape and every element agrees within (atol, rtol);
+/// NaNs must match NaNs and infinities must match exactly.
+pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, (atol, rtol): (f64, f64)) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shapes differ");
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtypes differ");
+    let g = got.to_vec::<f64>().unwrap();
+    let w = want.to_vec::<f64>().unwrap();
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * b.abs();
+        assert!(ok, "{what}: element {i} of shape {:?}: got {a}, want {b} (atol {atol}, rtol {rtol})", got.shape());
+    }
+}
+
+/// Seeded normal values of `dtype` on the CPU.
+pub fn randn(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
+    Tensor::randn(shape, dtype, &Device::Cpu, &mut Generator::new(seed)).unwrap()
+}
+
+/// Seeded uniform values in [low, high) of `dtype` on the CPU.
+pub fn uniform(shape: &[usize], low: f64, high: f64, dtype: DType, seed: u64) -> Tensor {
+    Tensor::uniform(shape, low, high, dtype, &Device::Cpu, &mut Generator::new(seed)).unwrap()
+}
+
+/// The float dtypes every float op is tested in.
+pub const FLOATS: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
+
+/// Shapes that are not multiples of any block or tile, plus the edge cases.
+pub const SHAPES: &[&[usize]] = &[&[0], &[1], &[7], &[3, 5], &[33, 65], &[2, 3, 257], &[1031], &[4, 0, 3]];
