@@ -40,10 +40,8 @@ fn main() {
     }
     sources.sort();
     headers.sort();
-    let header_texts: Vec<(String, String)> = headers
-        .iter()
-        .map(|p| (file_name(p), std::fs::read_to_string(p).expect("header is readable")))
-        .collect();
+    let header_texts: Vec<(String, String)> =
+        headers.iter().map(|p| (file_name(p), std::fs::read_to_string(p).expect("header is readable"))).collect();
     let header_refs: Vec<(&str, &str)> = header_texts.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
 
     let wanted = std::env::var("NABLA_BUILD_NVRTC").map(|v| v != "0").unwrap_or(true);
@@ -119,7 +117,12 @@ fn main() {
     std::fs::write(out_dir.join("kernels.rs"), generated).expect("OUT_DIR is writable");
 }
 
-fn compile_one(src: &Path, arch: &str, headers: &[(&str, &str)], out_dir: &Path) -> Result<(String, String, PathBuf), String> {
+fn compile_one(
+    src: &Path,
+    arch: &str,
+    headers: &[(&str, &str)],
+    out_dir: &Path,
+) -> Result<(String, String, PathBuf), String> {
     let module = module_name(src);
     let text = std::fs::read_to_string(src).map_err(|e| format!("{}: {e}", src.display()))?;
     let image = nvrtc::compile(&file_name(src), &text, headers, arch, &[])?;

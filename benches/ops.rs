@@ -1,1 +1,108 @@
-fn main(){}
+//! Criterion benches of the core kernels on the CPU reference and, when present, the GPU:
+//! elementwise add and sum (bytes moved per second), softmax over rows, and f32/f16 matmul
+//! (FLOP/s, reported by criterion as "elements" per second). GPU iterations end with a device
+//! synchronize inside the measured closure, so they time the kernels, not the queueing.
+//!
+//! `cargo bench --bench ops`; on the GPU machine through ../shared/gpu (see docs/benchmarks.md).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use nabla::{DType, Device, Generator, Tensor};
+
+fn devices() -> Vec<Device> {
+    let mut out = vec![Device::Cpu];
+    if nabla::cuda::device_count() > 0 {
+        out.push(Device::Cuda(0));
+    }
+    out
+}
+
+/// Larger problems on the GPU, where small ones only measure launch latency.
+fn size(device: Device, cpu: usize, gpu: usize) -> usize {
+    if device.is_cuda() {
+        gpu
+    } else {
+        cpu
+    }
+}
+
+fn randn(shape: &[usize], dtype: DType, device: Device) -> Tensor {
+    Tensor::randn(shape, dtype, &device, &mut Generator::new(0)).unwrap()
+}
+
+fn elementwise(c: &mut Criterion) {
+    let mut group = c.benchmark_group("add_f32");
+    for device in devices() {
+        let n = size(device, 1 << 20, 1 << 26);
+        let (a, b) = (randn(&[n], DType::F32, device), randn(&[n], DType::F32, device));
+        group.throughput(Throughput::Bytes(3 * 4 * n as u64));
+        group.bench_function(BenchmarkId::new(device.to_string(), n), |bench| {
+            bench.iter(|| {
+                let out = a.add(&b).unwrap();
+                device.synchronize().unwrap();
+                out
+            })
+        });
+    }
+    group.finish();
+}
+
+fn sum(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sum_f32");
+    for device in devices() {
+        let n = size(device, 1 << 20, 1 << 26);
+        let x = randn(&[n], DType::F32, device);
+        group.throughput(Throughput::Bytes(4 * n as u64));
+        group.bench_function(BenchmarkId::new(device.to_string(), n), |bench| {
+            bench.iter(|| {
+                let out = x.sum_all().unwrap();
+                device.synchronize().unwrap();
+                out
+            })
+        });
+    }
+    group.finish();
+}
+
+fn softmax(c: &mut Criterion) {
+    let mut group = c.benchmark_group("softmax_f32");
+    for device in devices() {
+        let rows = size(device, 256, 8192);
+        let cols = 4096;
+        let x = randn(&[rows, cols], DType::F32, device);
+        group.throughput(Throughput::Bytes(3 * 4 * (rows * cols) as u64));
+        group.bench_function(BenchmarkId::new(device.to_string(), format!("{rows}x{cols}")), |bench| {
+            bench.iter(|| {
+                let out = x.softmax(-1).unwrap();
+                device.synchronize().unwrap();
+                out
+            })
+        });
+    }
+    group.finish();
+}
+
+fn matmul(c: &mut Criterion) {
+    for dtype in [DType::F32, DType::F16] {
+        let mut group = c.benchmark_group(format!("matmul_{dtype}_flops"));
+        for device in devices() {
+            let n = size(device, 256, 4096);
+            let (a, b) = (randn(&[n, n], dtype, device), randn(&[n, n], dtype, device));
+            group.throughput(Throughput::Elements(2 * (n * n * n) as u64));
+            group.bench_function(BenchmarkId::new(device.to_string(), n), |bench| {
+                bench.iter(|| {
+                    let out = a.matmul(&b).unwrap();
+                    device.synchronize().unwrap();
+                    out
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = elementwise, sum, softmax, matmul
+}
+criterion_main!(benches);

@@ -19,6 +19,15 @@ impl Device {
         }
     }
 
+    /// Waits until every op queued on this device has finished (a no-op on the CPU, whose ops
+    /// finish before they return). For timing and for handing buffers to other libraries.
+    pub fn synchronize(self) -> crate::Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(ordinal) => crate::cuda::cuda_device(ordinal)?.synchronize(),
+        }
+    }
+
     /// Whether this is a CUDA device.
     pub fn is_cuda(self) -> bool {
         matches!(self, Device::Cuda(_))
@@ -42,11 +51,9 @@ impl std::str::FromStr for Device {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
             "auto" => Ok(Device::cuda_if_available()),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| crate::Error::invalid("device", format!("unknown device `{s}` (cpu, cuda, cuda:N, auto)"))),
+            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Device::Cuda).ok_or_else(|| {
+                crate::Error::invalid("device", format!("unknown device `{s}` (cpu, cuda, cuda:N, auto)"))
+            }),
         }
     }
 }

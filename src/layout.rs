@@ -114,7 +114,8 @@ impl Layout {
     /// Reorders the dimensions: output dim i is input dim `dims[i]`.
     pub fn permute(&self, dims: &[usize]) -> Result<Layout> {
         let mut seen = vec![false; self.rank()];
-        if dims.len() != self.rank() || dims.iter().any(|&d| d >= self.rank() || std::mem::replace(&mut seen[d], true)) {
+        if dims.len() != self.rank() || dims.iter().any(|&d| d >= self.rank() || std::mem::replace(&mut seen[d], true))
+        {
             return Err(Error::invalid(
                 "permute",
                 format!("{dims:?} is not a permutation of the dims of a tensor of shape {:?}", self.shape),
@@ -179,7 +180,10 @@ impl Layout {
     pub fn squeeze(&self, dim: isize) -> Result<Layout> {
         let d = normalize_axis("squeeze", dim, &self.shape)?;
         if self.shape[d] != 1 {
-            return Err(Error::shape("squeeze", format!("dim {d} of shape {:?} has size {}, not 1", self.shape, self.shape[d])));
+            return Err(Error::shape(
+                "squeeze",
+                format!("dim {d} of shape {:?} has size {}, not 1", self.shape, self.shape[d]),
+            ));
         }
         let mut out = self.clone();
         out.shape.remove(d);

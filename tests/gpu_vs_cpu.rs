@@ -41,8 +41,12 @@ fn unary_ops_match_cpu_reference_for_every_dtype_shape_and_strided_view() {
                 compare(&format!("{op:?} {dtype} {shape:?}"), dev, &[x], tolerance(dtype), |t| t[0].unary(op));
             }
             let x = unary_input(op, &[33, 65], dtype, 99);
-            compare(&format!("{op:?} {dtype} transposed"), dev, &[x.clone()], tolerance(dtype), |t| t[0].t()?.unary(op));
-            compare(&format!("{op:?} {dtype} narrowed"), dev, &[x], tolerance(dtype), |t| t[0].narrow(1, 3, 40)?.unary(op));
+            compare(&format!("{op:?} {dtype} transposed"), dev, std::slice::from_ref(&x), tolerance(dtype), |t| {
+                t[0].t()?.unary(op)
+            });
+            compare(&format!("{op:?} {dtype} narrowed"), dev, &[x], tolerance(dtype), |t| {
+                t[0].narrow(1, 3, 40)?.unary(op)
+            });
         }
     }
 }
@@ -55,7 +59,9 @@ fn binary_inputs(op: BinaryOp, a: &[usize], b: &[usize], dtype: DType, seed: u64
     }
     let ints = |shape: &[usize], s| integers(shape, -3, 4, s).to_dtype(dtype).unwrap();
     match op {
-        BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => [ints(a, seed), ints(b, seed + 1)],
+        BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
+            [ints(a, seed), ints(b, seed + 1)]
+        }
         BinaryOp::Div => [uniform(a, -4.0, 4.0, dtype, seed), uniform(b, 0.25, 4.0, dtype, seed + 1)],
         BinaryOp::Pow => [uniform(a, 0.1, 3.0, dtype, seed), uniform(b, -2.0, 2.0, dtype, seed + 1)],
         _ => [uniform(a, -4.0, 4.0, dtype, seed), uniform(b, -4.0, 4.0, dtype, seed + 1)],
@@ -82,7 +88,9 @@ fn binary_ops_match_cpu_reference_with_broadcasting_scalars_and_views() {
                 let inputs = binary_inputs(op, a, b, dtype, 10 * i as u64);
                 compare(&format!("{op:?} {dtype} {a:?} {b:?}"), dev, &inputs, tol, |t| t[0].binary(op, &t[1]));
                 let scalar = if op == BinaryOp::Pow { 1.5 } else { 1.75 };
-                compare(&format!("{op:?} {dtype} {a:?} scalar"), dev, &inputs[..1], tol, |t| t[0].binary_scalar(op, scalar));
+                compare(&format!("{op:?} {dtype} {a:?} scalar"), dev, &inputs[..1], tol, |t| {
+                    t[0].binary_scalar(op, scalar)
+                });
             }
             let inputs = binary_inputs(op, &[65, 33], &[33, 65], dtype, 7);
             compare(&format!("{op:?} {dtype} transposed lhs"), dev, &inputs, tol, |t| t[0].t()?.binary(op, &t[1]));
@@ -118,7 +126,11 @@ fn reductions_match_cpu_reference_over_any_axes_including_two_pass_sums() {
     ];
     for dtype in DType::ALL {
         for (i, (shape, axes)) in cases.iter().enumerate() {
-            let x = if dtype == DType::I64 { integers(shape, -1000, 1000, i as u64) } else { randn(shape, dtype, i as u64) };
+            let x = if dtype == DType::I64 {
+                integers(shape, -1000, 1000, i as u64)
+            } else {
+                randn(shape, dtype, i as u64)
+            };
             let sum_abs = x.abs().unwrap().to_dtype(DType::F64).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
             // Sums differ from the f64 reference by the accumulation's rounding, bounded by eps * Σ|x|.
             let acc_eps = match dtype {
@@ -129,7 +141,9 @@ fn reductions_match_cpu_reference_over_any_axes_including_two_pass_sums() {
             let (atol, rtol) = tolerance(dtype);
             let sum_tol = (atol + acc_eps * sum_abs, rtol);
             for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min] {
-                if (op == ReduceOp::Mean && dtype == DType::I64) || (x.numel() == 0 && matches!(op, ReduceOp::Max | ReduceOp::Min)) {
+                if (op == ReduceOp::Mean && dtype == DType::I64)
+                    || (x.numel() == 0 && matches!(op, ReduceOp::Max | ReduceOp::Min))
+                {
                     continue;
                 }
                 let tol = match op {
@@ -137,14 +151,30 @@ fn reductions_match_cpu_reference_over_any_axes_including_two_pass_sums() {
                     ReduceOp::Max | ReduceOp::Min => (0.0, 0.0),
                 };
                 for keepdim in [false, true] {
-                    compare(&format!("{op:?} {dtype} {shape:?} {axes:?} keepdim={keepdim}"), dev, &[x.clone()], tol, |t| {
-                        t[0].reduce(op, axes, keepdim)
-                    });
+                    compare(
+                        &format!("{op:?} {dtype} {shape:?} {axes:?} keepdim={keepdim}"),
+                        dev,
+                        std::slice::from_ref(&x),
+                        tol,
+                        |t| t[0].reduce(op, axes, keepdim),
+                    );
                 }
             }
             if axes.len() == 1 && x.numel() > 0 {
-                compare(&format!("argmax {dtype} {shape:?} {axes:?}"), dev, &[x.clone()], (0.0, 0.0), |t| t[0].argmax(axes[0], false));
-                compare(&format!("argmin {dtype} {shape:?} {axes:?}"), dev, &[x.clone()], (0.0, 0.0), |t| t[0].argmin(axes[0], true));
+                compare(
+                    &format!("argmax {dtype} {shape:?} {axes:?}"),
+                    dev,
+                    std::slice::from_ref(&x),
+                    (0.0, 0.0),
+                    |t| t[0].argmax(axes[0], false),
+                );
+                compare(
+                    &format!("argmin {dtype} {shape:?} {axes:?}"),
+                    dev,
+                    std::slice::from_ref(&x),
+                    (0.0, 0.0),
+                    |t| t[0].argmin(axes[0], true),
+                );
             }
         }
         let x = randn(&[65, 33], dtype, 5);
@@ -155,12 +185,22 @@ fn reductions_match_cpu_reference_over_any_axes_including_two_pass_sums() {
 #[test]
 fn softmax_and_log_softmax_match_cpu_reference_along_every_axis() {
     let Some(dev) = cuda_or_skip("softmax") else { return };
-    let cases: &[(&[usize], isize)] = &[(&[1, 1], -1), (&[7, 33], -1), (&[7, 33], 0), (&[4, 1000], 1), (&[2, 3, 5], 1), (&[3, 0], 0), (&[2, 4097], -1)];
+    let cases: &[(&[usize], isize)] = &[
+        (&[1, 1], -1),
+        (&[7, 33], -1),
+        (&[7, 33], 0),
+        (&[4, 1000], 1),
+        (&[2, 3, 5], 1),
+        (&[3, 0], 0),
+        (&[2, 4097], -1),
+    ];
     for dtype in common::FLOATS {
         for (i, (shape, axis)) in cases.iter().enumerate() {
             let x = uniform(shape, -8.0, 8.0, dtype, i as u64);
             let tol = tolerance(dtype);
-            compare(&format!("softmax {dtype} {shape:?} axis {axis}"), dev, &[x.clone()], tol, |t| t[0].softmax(*axis));
+            compare(&format!("softmax {dtype} {shape:?} axis {axis}"), dev, std::slice::from_ref(&x), tol, |t| {
+                t[0].softmax(*axis)
+            });
             compare(&format!("log_softmax {dtype} {shape:?} axis {axis}"), dev, &[x], tol, |t| t[0].log_softmax(*axis));
         }
     }
@@ -193,9 +233,12 @@ fn matmul_matches_cpu_reference_for_odd_batched_broadcast_and_transposed_shapes(
         let inputs = [randn(&[45, 77], dtype, 50), randn(&[91, 45], dtype, 51)];
         compare(&format!("matmul {dtype} aᵀ x bᵀ"), dev, &inputs, tol, |t| t[0].t()?.matmul(&t[1].t()?));
         let inputs = [randn(&[2, 77, 45], dtype, 52), randn(&[77, 33], dtype, 53)];
-        compare(&format!("matmul {dtype} batched aᵀ, shared b"), dev, &inputs, tol, |t| t[0].transpose(1, 2)?.matmul(&t[1]));
+        compare(&format!("matmul {dtype} batched aᵀ, shared b"), dev, &inputs, tol, |t| {
+            t[0].transpose(1, 2)?.matmul(&t[1])
+        });
     }
-    let ints = [integers(&[2, 2], 0, 3, 1).to_device(&dev).unwrap(), integers(&[2, 2], 0, 3, 2).to_device(&dev).unwrap()];
+    let ints =
+        [integers(&[2, 2], 0, 3, 1).to_device(&dev).unwrap(), integers(&[2, 2], 0, 3, 2).to_device(&dev).unwrap()];
     assert!(matches!(ints[0].matmul(&ints[1]), Err(Error::UnsupportedDType { op: "matmul", .. })));
 }
 
@@ -203,16 +246,28 @@ fn matmul_matches_cpu_reference_for_odd_batched_broadcast_and_transposed_shapes(
 fn casts_copies_cat_and_stack_match_cpu_reference_exactly() {
     let Some(dev) = cuda_or_skip("copy") else { return };
     for from in DType::ALL {
-        let x = if from == DType::I64 { integers(&[33, 65], -70_000, 70_000, 1) } else { uniform(&[33, 65], -300.0, 300.0, from, 1) };
+        let x = if from == DType::I64 {
+            integers(&[33, 65], -70_000, 70_000, 1)
+        } else {
+            uniform(&[33, 65], -300.0, 300.0, from, 1)
+        };
         for to in DType::ALL {
-            compare(&format!("cast {from} -> {to}"), dev, &[x.clone()], (0.0, 0.0), |t| t[0].to_dtype(to));
-            compare(&format!("cast {from} -> {to} transposed"), dev, &[x.clone()], (0.0, 0.0), |t| t[0].t()?.to_dtype(to));
+            compare(&format!("cast {from} -> {to}"), dev, std::slice::from_ref(&x), (0.0, 0.0), |t| t[0].to_dtype(to));
+            compare(&format!("cast {from} -> {to} transposed"), dev, std::slice::from_ref(&x), (0.0, 0.0), |t| {
+                t[0].t()?.to_dtype(to)
+            });
         }
-        compare(&format!("contiguous {from}"), dev, &[x.clone()], (0.0, 0.0), |t| t[0].permute(&[1, 0])?.narrow(0, 5, 50)?.contiguous());
+        compare(&format!("contiguous {from}"), dev, std::slice::from_ref(&x), (0.0, 0.0), |t| {
+            t[0].permute(&[1, 0])?.narrow(0, 5, 50)?.contiguous()
+        });
         let y = x.narrow(1, 0, 7).unwrap().contiguous().unwrap();
         compare(&format!("cat {from}"), dev, &[x.clone(), y], (0.0, 0.0), |t| Tensor::cat(&[&t[0], &t[1], &t[0]], 1));
-        compare(&format!("stack {from}"), dev, &[x.clone()], (0.0, 0.0), |t| Tensor::stack(&[&t[0], &t[0].t()?.t()?], 2));
-        compare(&format!("broadcast copy {from}"), dev, &[x.narrow(0, 0, 1).unwrap()], (0.0, 0.0), |t| t[0].broadcast_as(&[4, 33, 65])?.contiguous());
+        compare(&format!("stack {from}"), dev, std::slice::from_ref(&x), (0.0, 0.0), |t| {
+            Tensor::stack(&[&t[0], &t[0].t()?.t()?], 2)
+        });
+        compare(&format!("broadcast copy {from}"), dev, &[x.narrow(0, 0, 1).unwrap()], (0.0, 0.0), |t| {
+            t[0].broadcast_as(&[4, 33, 65])?.contiguous()
+        });
     }
 }
 
@@ -223,11 +278,15 @@ fn index_select_gather_and_one_hot_match_cpu_reference_and_reject_bad_indices() 
         let x = randn(&[17, 33, 5], dtype, 3);
         for (dim, size) in [(0, 17), (1, 33), (2, 5)] {
             let idx = integers(&[29], 0, size, dim as u64);
-            compare(&format!("index_select {dtype} dim {dim}"), dev, &[x.clone(), idx], (0.0, 0.0), |t| t[0].index_select(dim, &t[1]));
+            compare(&format!("index_select {dtype} dim {dim}"), dev, &[x.clone(), idx], (0.0, 0.0), |t| {
+                t[0].index_select(dim, &t[1])
+            });
             let mut shape = [17, 33, 5];
             shape[dim as usize] = 4;
             let g = integers(&shape, 0, size, 7 + dim as u64);
-            compare(&format!("gather {dtype} dim {dim}"), dev, &[x.clone(), g], (0.0, 0.0), |t| t[0].gather(dim, &t[1]));
+            compare(&format!("gather {dtype} dim {dim}"), dev, &[x.clone(), g], (0.0, 0.0), |t| {
+                t[0].gather(dim, &t[1])
+            });
         }
         let labels = integers(&[257], 0, 10, 4);
         compare(&format!("one_hot {dtype}"), dev, &[labels], (0.0, 0.0), |t| t[0].one_hot(10, dtype));

@@ -31,8 +31,10 @@ fn every_kernel_module_compiles_for_sm80_and_sm90_and_exports_every_launched_ker
     if !nvrtc_or_skip("kernels_compile") {
         return;
     }
-    let jobs: Vec<(&kernels::EmbeddedModule, &str)> =
-        kernels::MODULES.iter().flat_map(|m| ["compute_80", "sm_80", "sm_90"].into_iter().map(move |a| (m, a))).collect();
+    let jobs: Vec<(&kernels::EmbeddedModule, &str)> = kernels::MODULES
+        .iter()
+        .flat_map(|m| ["compute_80", "sm_80", "sm_90"].into_iter().map(move |a| (m, a)))
+        .collect();
     // Two workers: NVRTC is single-threaded per program.
     let results: Vec<(String, String, Result<Vec<u8>, String>)> = std::thread::scope(|s| {
         let halves: Vec<_> = (0..2)
@@ -40,7 +42,13 @@ fn every_kernel_module_compiles_for_sm80_and_sm90_and_exports_every_launched_ker
                 let mine: Vec<_> = jobs.iter().skip(w).step_by(2).copied().collect();
                 s.spawn(move || {
                     mine.into_iter()
-                        .map(|(m, arch)| (m.name.to_string(), arch.to_string(), nvrtc::compile(&format!("{}.cu", m.name), m.source, kernels::HEADERS, arch, &[])))
+                        .map(|(m, arch)| {
+                            (
+                                m.name.to_string(),
+                                arch.to_string(),
+                                nvrtc::compile(&format!("{}.cu", m.name), m.source, kernels::HEADERS, arch, &[]),
+                            )
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -61,7 +69,10 @@ fn every_kernel_module_compiles_for_sm80_and_sm90_and_exports_every_launched_ker
     assert!(launchable.len() > 250, "the registry lists every (op, dtype) kernel");
     for (module, kernel) in launchable {
         let found = entries.get(module).unwrap_or_else(|| panic!("module {module} is not in kernels/"));
-        assert!(found.contains(&kernel), "kernel {kernel} is launched by the host but missing from kernels/{module}.cu");
+        assert!(
+            found.contains(&kernel),
+            "kernel {kernel} is launched by the host but missing from kernels/{module}.cu"
+        );
     }
 }
 
@@ -70,7 +81,8 @@ fn compile_errors_carry_nvrtcs_log() {
     if !nvrtc_or_skip("compile_errors") {
         return;
     }
-    let err = nvrtc::compile("broken.cu", "extern \"C\" __global__ void k() { undefined_thing(); }", &[], "sm_80", &[]).unwrap_err();
+    let err = nvrtc::compile("broken.cu", "extern \"C\" __global__ void k() { undefined_thing(); }", &[], "sm_80", &[])
+        .unwrap_err();
     assert!(err.contains("broken.cu") && err.contains("undefined_thing"), "{err}");
 }
 

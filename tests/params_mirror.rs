@@ -10,14 +10,19 @@ fn rust_type(c_type: &str) -> String {
     match c_type {
         "long long" => "i64".to_string(),
         "double" => "f64".to_string(),
-        other => other.strip_prefix("struct ").unwrap_or_else(|| panic!("unsupported C type `{other}` in params.h")).to_string(),
+        other => other
+            .strip_prefix("struct ")
+            .unwrap_or_else(|| panic!("unsupported C type `{other}` in params.h"))
+            .to_string(),
     }
 }
 
 /// Renders the mirror of the header's `#define`s and structs.
 fn render(header: &str) -> String {
     let mut out = String::new();
-    out.push_str("//! Generated from kernels/params.h by tests/params_mirror.rs (NABLA_BLESS=1 rewrites it): do not edit.\n");
+    out.push_str(
+        "//! Generated from kernels/params.h by tests/params_mirror.rs (NABLA_BLESS=1 rewrites it): do not edit.\n",
+    );
     out.push_str("//! Rust mirrors of the kernel parameter structs, passed to kernels by value.\n");
     let mut in_struct = false;
     for raw in header.lines() {
@@ -37,7 +42,10 @@ fn render(header: &str) -> String {
             let decl = line.trim_end_matches(';');
             let (c_type, field) = decl.rsplit_once(' ').expect("a field is `type name;`");
             match field.split_once('[') {
-                Some((name, len)) => writeln!(out, "    pub {name}: [{}; {}],", rust_type(c_type.trim()), len.trim_end_matches(']')).unwrap(),
+                Some((name, len)) => {
+                    writeln!(out, "    pub {name}: [{}; {}],", rust_type(c_type.trim()), len.trim_end_matches(']'))
+                        .unwrap()
+                }
                 None => writeln!(out, "    pub {field}: {},", rust_type(c_type.trim())).unwrap(),
             }
         }
@@ -63,8 +71,12 @@ fn rust_mirror_of_kernel_params_matches_the_header() {
 
 #[test]
 fn renderer_handles_every_field_form() {
-    let header = "#define N 4\nstruct A {\n    long long x; // c\n    double y;\n    long long z[N];\n    struct B w;\n};\n";
+    let header =
+        "#define N 4\nstruct A {\n    long long x; // c\n    double y;\n    long long z[N];\n    struct B w;\n};\n";
     let r = render(header);
     assert!(r.contains("pub const N: usize = 4;"));
-    assert!(r.contains("pub struct A {\n    pub x: i64,\n    pub y: f64,\n    pub z: [i64; N],\n    pub w: B,\n}"), "{r}");
+    assert!(
+        r.contains("pub struct A {\n    pub x: i64,\n    pub y: f64,\n    pub z: [i64; N],\n    pub w: B,\n}"),
+        "{r}"
+    );
 }

@@ -60,8 +60,13 @@ pub fn module(name: &str) -> Option<&'static EmbeddedModule> {
 }
 
 /// Loads `name` into `ctx` for a device of compute capability `(major, minor)`.
-pub(crate) fn load(ctx: &Arc<CudaContext>, name: &str, (major, minor): (i32, i32)) -> Result<(Arc<CudaModule>, ModuleOrigin)> {
-    let module = module(name).ok_or_else(|| Error::KernelCompile { module: name.to_string(), log: "no such module".into() })?;
+pub(crate) fn load(
+    ctx: &Arc<CudaContext>,
+    name: &str,
+    (major, minor): (i32, i32),
+) -> Result<(Arc<CudaModule>, ModuleOrigin)> {
+    let module =
+        module(name).ok_or_else(|| Error::KernelCompile { module: name.to_string(), log: "no such module".into() })?;
     let mut rejected = Vec::new();
 
     // 1. Build-time CUBIN, exact arch first, then older minors of the same major.
@@ -93,7 +98,10 @@ pub(crate) fn load(ctx: &Arc<CudaContext>, name: &str, (major, minor): (i32, i32
             Err(e) => rejected.push(format!("{arch}: {e}")),
         }
     }
-    Err(Error::KernelCompile { module: name.to_string(), log: format!("no loadable image for sm_{major}{minor}: {}", rejected.join("; ")) })
+    Err(Error::KernelCompile {
+        module: name.to_string(),
+        log: format!("no loadable image for sm_{major}{minor}: {}", rejected.join("; ")),
+    })
 }
 
 /// A CUBIN of `module` for `arch` from the cache, or compiled now and cached.
@@ -102,7 +110,8 @@ fn runtime_cubin(module: &EmbeddedModule, arch: &str) -> Result<(Vec<u8>, Module
         return Err(Error::KernelCompile { module: module.name.into(), log: "libnvrtc is not loadable".into() });
     }
     let version = nvrtc::version().map_err(|log| Error::KernelCompile { module: module.name.into(), log })?;
-    let path = cache_dir().map(|dir| dir.join(format!("{}-{arch}-{:016x}.cubin", module.name, cache_key(module, arch, version))));
+    let path = cache_dir()
+        .map(|dir| dir.join(format!("{}-{arch}-{:016x}.cubin", module.name, cache_key(module, arch, version))));
     if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
         if !bytes.is_empty() {
             return Ok((bytes, ModuleOrigin::DiskCache(arch.to_string())));

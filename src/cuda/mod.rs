@@ -9,7 +9,9 @@ pub mod nvrtc;
 pub(crate) mod params;
 
 use crate::{DType, Device, Error, Layout, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig,
+};
 use kernels::ModuleOrigin;
 use params::{StridedLayout, NABLA_MAX_DIMS};
 use std::collections::HashMap;
@@ -66,8 +68,8 @@ pub fn driver_version() -> Option<(i32, i32)> {
     (status == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then_some((version / 1000, (version % 1000) / 10))
 }
 
-/// The device with this ordinal, created on first use and shared afterwards.
-pub(crate) fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
+/// The CUDA device with this ordinal, created on first use and shared afterwards.
+pub fn cuda_device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
     let mut devices = DEVICES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     if let Some(dev) = devices.get(&ordinal) {
@@ -161,7 +163,13 @@ impl CudaDevice {
     }
 
     /// Copies host bytes holding `len` elements of `dtype` to a new device buffer.
-    pub(crate) fn upload(self: &Arc<Self>, op: &'static str, dtype: DType, len: usize, bytes: &[u8]) -> Result<CudaStorage> {
+    pub(crate) fn upload(
+        self: &Arc<Self>,
+        op: &'static str,
+        dtype: DType,
+        len: usize,
+        bytes: &[u8],
+    ) -> Result<CudaStorage> {
         let mut storage = self.alloc(op, dtype, len)?;
         if !bytes.is_empty() {
             let mut view = storage.buf.slice_mut(0..bytes.len());
@@ -212,7 +220,10 @@ pub(crate) fn elementwise_config(n: usize) -> LaunchConfig {
 /// The kernel-side description of a view; CUDA kernels take at most NABLA_MAX_DIMS dims.
 pub(crate) fn strided_layout(op: &'static str, layout: &Layout) -> Result<StridedLayout> {
     if layout.rank() > NABLA_MAX_DIMS {
-        return Err(Error::invalid(op, format!("CUDA kernels take at most {NABLA_MAX_DIMS} dims, got shape {:?}", layout.shape())));
+        return Err(Error::invalid(
+            op,
+            format!("CUDA kernels take at most {NABLA_MAX_DIMS} dims, got shape {:?}", layout.shape()),
+        ));
     }
     let mut out = StridedLayout {
         ndim: layout.rank() as i64,

@@ -79,9 +79,7 @@ pub fn compile(
 }
 
 fn to_cstrings<'a>(items: impl Iterator<Item = &'a str>) -> Result<Vec<CString>, String> {
-    items
-        .map(|s| CString::new(s).map_err(|_| "NVRTC input contains a NUL byte".to_string()))
-        .collect()
+    items.map(|s| CString::new(s).map_err(|_| "NVRTC input contains a NUL byte".to_string())).collect()
 }
 
 fn check(result: sys::nvrtcResult, what: &str) -> Result<(), String> {

@@ -198,7 +198,8 @@ impl Tensor {
                     DType::I64 => value as i64 as f64,
                     _ => value as f32 as f64,
                 };
-                let values: Vec<f64> = a.gather_f64(&self.layout).into_iter().map(|x| op.apply(x, s, integer)).collect();
+                let values: Vec<f64> =
+                    a.gather_f64(&self.layout).into_iter().map(|x| op.apply(x, s, integer)).collect();
                 Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &values), self.shape()))
             }
             Storage::Cuda(a) => {
@@ -227,7 +228,11 @@ impl Tensor {
         self.check_same(OP, on_true)?;
         self.check_same(OP, on_false)?;
         let shape = broadcast_shapes(OP, &broadcast_shapes(OP, self.shape(), on_true.shape())?, on_false.shape())?;
-        let (lc, la, lb) = (self.layout.broadcast_as(&shape)?, on_true.layout.broadcast_as(&shape)?, on_false.layout.broadcast_as(&shape)?);
+        let (lc, la, lb) = (
+            self.layout.broadcast_as(&shape)?,
+            on_true.layout.broadcast_as(&shape)?,
+            on_false.layout.broadcast_as(&shape)?,
+        );
         let n = lc.numel();
         match (self.storage(), on_true.storage(), on_false.storage()) {
             (Storage::Cpu(c), Storage::Cpu(a), Storage::Cpu(b)) => {

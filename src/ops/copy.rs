@@ -80,14 +80,15 @@ impl Tensor {
         let numel = shape.iter().product();
         match device {
             Device::Cpu => Ok(Tensor::from_cpu(CpuStorage::from_f64(dtype, &vec![0.0; numel]), shape)),
-            Device::Cuda(ordinal) => Ok(Tensor::from_cuda(cuda::device(ordinal)?.alloc(op, dtype, numel)?, shape)),
+            Device::Cuda(ordinal) => Ok(Tensor::from_cuda(cuda::cuda_device(ordinal)?.alloc(op, dtype, numel)?, shape)),
         }
     }
 }
 
 /// Copies `src` into the `dst_layout` view of `dst`, which the caller owns alone.
 fn copy_into(op: &'static str, src: &Tensor, dst: &mut Tensor, dst_layout: &Layout) -> Result<()> {
-    let storage = std::sync::Arc::get_mut(&mut dst.storage).ok_or_else(|| Error::invalid(op, "destination storage is shared"))?;
+    let storage =
+        std::sync::Arc::get_mut(&mut dst.storage).ok_or_else(|| Error::invalid(op, "destination storage is shared"))?;
     match (src.storage(), storage) {
         (Storage::Cpu(s), Storage::Cpu(d)) => {
             cpu_copy(s, &src.layout, d, dst_layout);
@@ -108,7 +109,13 @@ fn cpu_copy(src: &CpuStorage, src_layout: &Layout, dst: &mut CpuStorage, dst_lay
     })
 }
 
-fn cuda_copy(op: &'static str, src: &CudaStorage, src_layout: &Layout, dst: &mut CudaStorage, dst_layout: &Layout) -> Result<()> {
+fn cuda_copy(
+    op: &'static str,
+    src: &CudaStorage,
+    src_layout: &Layout,
+    dst: &mut CudaStorage,
+    dst_layout: &Layout,
+) -> Result<()> {
     let n = src_layout.numel();
     if n == 0 {
         return Ok(());

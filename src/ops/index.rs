@@ -66,9 +66,13 @@ impl Tensor {
         const OP: &str = "gather";
         check_indices(OP, self, index)?;
         let d = normalize_axis(OP, dim, self.shape())?;
-        let fits = index.rank() == self.rank() && (0..self.rank()).all(|i| i == d || index.shape()[i] == self.shape()[i]);
+        let fits =
+            index.rank() == self.rank() && (0..self.rank()).all(|i| i == d || index.shape()[i] == self.shape()[i]);
         if !fits {
-            return Err(Error::shape(OP, format!("index shape {:?} must match {:?} outside dim {d}", index.shape(), self.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("index shape {:?} must match {:?} outside dim {d}", index.shape(), self.shape()),
+            ));
         }
         let (outer, size, inner) = split_at(self.shape(), d);
         let idx_dim = index.shape()[d];

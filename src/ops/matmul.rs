@@ -26,7 +26,10 @@ impl Tensor {
         self.check_same(OP, rhs)?;
         self.check_float(OP)?;
         if self.rank() == 0 || rhs.rank() == 0 {
-            return Err(Error::shape(OP, format!("needs at least 1-D operands, got {:?} and {:?}", self.shape(), rhs.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("needs at least 1-D operands, got {:?} and {:?}", self.shape(), rhs.shape()),
+            ));
         }
         if self.rank() == 1 {
             return self.unsqueeze(0)?.matmul(rhs)?.squeeze(-2);
@@ -37,7 +40,10 @@ impl Tensor {
         let (m, k) = (self.shape()[self.rank() - 2], self.shape()[self.rank() - 1]);
         let (k2, n) = (rhs.shape()[rhs.rank() - 2], rhs.shape()[rhs.rank() - 1]);
         if k != k2 {
-            return Err(Error::shape(OP, format!("{:?} x {:?}: inner dims {k} and {k2} differ", self.shape(), rhs.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("{:?} x {:?}: inner dims {k} and {k2} differ", self.shape(), rhs.shape()),
+            ));
         }
         let batch_shape = broadcast_shapes(OP, &self.shape()[..self.rank() - 2], &rhs.shape()[..rhs.rank() - 2])?;
         let batch: usize = batch_shape.iter().product();
@@ -49,8 +55,12 @@ impl Tensor {
         match (a.storage(), b.storage()) {
             (Storage::Cpu(sa), Storage::Cpu(sb)) => {
                 let out = match self.dtype {
-                    DType::F64 => CpuStorage::F64(cpu_matmul::<f64>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n)),
-                    DType::F32 => CpuStorage::F32(cpu_matmul::<f32>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n)),
+                    DType::F64 => {
+                        CpuStorage::F64(cpu_matmul::<f64>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n))
+                    }
+                    DType::F32 => {
+                        CpuStorage::F32(cpu_matmul::<f32>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n))
+                    }
                     // 16-bit floats accumulate in f32, as on the GPU, then round once.
                     dtype => {
                         let c = cpu_matmul::<f32>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n);
@@ -61,7 +71,10 @@ impl Tensor {
             }
             (Storage::Cuda(sa), Storage::Cuda(sb)) => {
                 if batch_shape.len() > NABLA_MAX_DIMS {
-                    return Err(Error::invalid(OP, format!("at most {NABLA_MAX_DIMS} batch dims on CUDA, got {batch_shape:?}")));
+                    return Err(Error::invalid(
+                        OP,
+                        format!("at most {NABLA_MAX_DIMS} batch dims on CUDA, got {batch_shape:?}"),
+                    ));
                 }
                 let dev = sa.device.clone();
                 let mut out = dev.alloc(OP, self.dtype, batch * m * n)?;
@@ -92,7 +105,11 @@ impl Tensor {
                 let kernel = format!("matmul_{}", self.dtype);
                 let f = dev.function(OP, "matmul", &kernel)?;
                 let cfg = LaunchConfig {
-                    grid_dim: (n.div_ceil(TILE).min(1 << 30) as u32, m.div_ceil(TILE).min(65535) as u32, batch.min(65535) as u32),
+                    grid_dim: (
+                        n.div_ceil(TILE).min(1 << 30) as u32,
+                        m.div_ceil(TILE).min(65535) as u32,
+                        batch.min(65535) as u32,
+                    ),
                     block_dim: (THREADS, 1, 1),
                     shared_mem_bytes: 0,
                 };

@@ -53,7 +53,9 @@ impl ReduceOp {
         match self {
             ReduceOp::Sum => row.iter().sum(),
             ReduceOp::Mean => row.iter().sum::<f64>() / row.len() as f64,
-            ReduceOp::Max => row.iter().copied().fold(f64::NEG_INFINITY, |a, b| if a.is_nan() || a > b { a } else { b }),
+            ReduceOp::Max => {
+                row.iter().copied().fold(f64::NEG_INFINITY, |a, b| if a.is_nan() || a > b { a } else { b })
+            }
             ReduceOp::Min => row.iter().copied().fold(f64::INFINITY, |a, b| if a.is_nan() || a < b { a } else { b }),
         }
     }
@@ -179,7 +181,8 @@ impl Tensor {
         match self.storage() {
             Storage::Cpu(s) => {
                 let values = s.gather_f64(&r.view);
-                let out: Vec<i64> = (0..r.outer).map(|o| arg_best(&values[o * r.inner..(o + 1) * r.inner], greater) as i64).collect();
+                let out: Vec<i64> =
+                    (0..r.outer).map(|o| arg_best(&values[o * r.inner..(o + 1) * r.inner], greater) as i64).collect();
                 Ok(Tensor::from_cpu(CpuStorage::I64(out), &r.out_shape))
             }
             Storage::Cuda(s) => {
@@ -230,14 +233,28 @@ fn cuda_reduce(name: &'static str, op: &str, src: &CudaStorage, r: &Rows, scale:
     let layout = strided_layout(name, &r.view)?;
     let splits = TARGET_BLOCKS.div_ceil(r.outer).min(r.inner / MIN_CHUNK).max(1);
     if splits == 1 {
-        let params = ReduceParams { outer: r.outer as i64, inner: r.inner as i64, splits: 1, chunk: r.inner as i64, scale, src: layout };
+        let params = ReduceParams {
+            outer: r.outer as i64,
+            inner: r.inner as i64,
+            splits: 1,
+            chunk: r.inner as i64,
+            scale,
+            src: layout,
+        };
         launch_reduce(&dev, name, &format!("reduce_{op}_{dtype}_{dtype}"), &src.buf, &mut out, &params)?;
         return Ok(out);
     }
     let acc = dtype.accumulator();
     let chunk = r.inner.div_ceil(splits);
     let mut partials = dev.alloc(name, acc, r.outer * splits)?;
-    let first = ReduceParams { outer: r.outer as i64, inner: r.inner as i64, splits: splits as i64, chunk: chunk as i64, scale: 1.0, src: layout };
+    let first = ReduceParams {
+        outer: r.outer as i64,
+        inner: r.inner as i64,
+        splits: splits as i64,
+        chunk: chunk as i64,
+        scale: 1.0,
+        src: layout,
+    };
     launch_reduce(&dev, name, &format!("reduce_{op}_{dtype}_{acc}"), &src.buf, &mut partials, &first)?;
     let second = ReduceParams {
         outer: r.outer as i64,
@@ -261,7 +278,11 @@ fn launch_reduce(
 ) -> Result<()> {
     let f = dev.function(name, "reduce", kernel)?;
     let tasks = (params.outer * params.splits) as usize;
-    let cfg = LaunchConfig { grid_dim: (tasks.clamp(1, 65535) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig {
+        grid_dim: (tasks.clamp(1, 65535) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
     let mut launch = dev.stream.launch_builder(&f);
     launch.arg(src).arg(&mut out.buf).arg(params);
     // SAFETY: reduce_<op>_<in>_<out> / argmax_<T>(const In*, Out*, ReduceParams) reads the

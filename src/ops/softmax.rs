@@ -46,7 +46,7 @@ impl Tensor {
             return moved.softmax_impl(name, -1, log)?.transpose(a as isize, last as isize)?.contiguous();
         }
         let cols = self.shape()[last];
-        let rows = if cols == 0 { 0 } else { self.numel() / cols };
+        let rows = self.numel().checked_div(cols).unwrap_or(0);
         match self.storage() {
             Storage::Cpu(s) => {
                 let mut values = s.gather_f64(&self.layout);
@@ -63,7 +63,11 @@ impl Tensor {
                 if rows > 0 {
                     let kernel = format!("{name}_{}", self.dtype);
                     let f = dev.function(name, "softmax", &kernel)?;
-                    let cfg = LaunchConfig { grid_dim: (rows.min(65535) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+                    let cfg = LaunchConfig {
+                        grid_dim: (rows.min(65535) as u32, 1, 1),
+                        block_dim: (THREADS, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
                     let (rows_arg, cols_arg) = (rows as i64, cols as i64);
                     let mut launch = dev.stream.launch_builder(&f);
                     launch.arg(&s.buf).arg(&mut out.buf).arg(&rows_arg).arg(&cols_arg);

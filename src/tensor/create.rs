@@ -24,7 +24,10 @@ impl Tensor {
     }
 
     /// A tensor with the shape and values of an ndarray.
-    pub fn from_ndarray<T: Element, D: ndarray::Dimension>(array: &ndarray::Array<T, D>, device: &Device) -> Result<Tensor> {
+    pub fn from_ndarray<T: Element, D: ndarray::Dimension>(
+        array: &ndarray::Array<T, D>,
+        device: &Device,
+    ) -> Result<Tensor> {
         let shape = array.shape().to_vec();
         Tensor::from_vec(array.iter().copied().collect(), &shape, device)
     }
@@ -32,7 +35,8 @@ impl Tensor {
     /// The values as an ndarray of `T` (converting the dtype if it differs).
     pub fn to_ndarray<T: Element>(&self) -> Result<ndarray::ArrayD<T>> {
         let values = self.to_vec::<T>()?;
-        ndarray::ArrayD::from_shape_vec(self.shape().to_vec(), values).map_err(|e| Error::shape("to_ndarray", e.to_string()))
+        ndarray::ArrayD::from_shape_vec(self.shape().to_vec(), values)
+            .map_err(|e| Error::shape("to_ndarray", e.to_string()))
     }
 
     /// The values in row-major order as `T` (converting the dtype if it differs).
@@ -60,14 +64,17 @@ impl Tensor {
         match (self.storage(), device) {
             (Storage::Cpu(s), Device::Cuda(ordinal)) => {
                 let dense = s.gather_same(&self.layout);
-                let dev = cuda::device(*ordinal)?;
+                let dev = cuda::cuda_device(*ordinal)?;
                 let uploaded = dev.upload("to_device", self.dtype, self.numel(), dense.as_bytes())?;
                 Ok(Tensor::from_cuda(uploaded, self.shape()))
             }
             (Storage::Cuda(_), _) => {
                 let dense = self.dense()?;
                 let Storage::Cuda(s) = dense.storage() else { unreachable!("dense keeps the device") };
-                let host = CpuStorage::from_bytes(self.dtype, &s.download("to_device")?[..self.numel() * self.dtype.size_in_bytes()]);
+                let host = CpuStorage::from_bytes(
+                    self.dtype,
+                    &s.download("to_device")?[..self.numel() * self.dtype.size_in_bytes()],
+                );
                 Tensor::from_cpu(host, self.shape()).to_device(device)
             }
             (Storage::Cpu(_), Device::Cpu) => Ok(self.clone()),
@@ -80,7 +87,7 @@ impl Tensor {
         match device {
             Device::Cpu => Ok(Tensor::from_cpu(CpuStorage::from_f64(dtype, &vec![value; numel]), shape)),
             Device::Cuda(ordinal) => {
-                let dev = cuda::device(*ordinal)?;
+                let dev = cuda::cuda_device(*ordinal)?;
                 Ok(Tensor::from_cuda(crate::ops::fill::cuda_fill(&dev, dtype, numel, value)?, shape))
             }
         }
@@ -92,7 +99,7 @@ impl Tensor {
             Device::Cpu => Tensor::full(shape, 0.0, dtype, device),
             Device::Cuda(ordinal) => {
                 let numel = shape.iter().product();
-                Ok(Tensor::from_cuda(cuda::device(*ordinal)?.alloc_zeros("zeros", dtype, numel)?, shape))
+                Ok(Tensor::from_cuda(cuda::cuda_device(*ordinal)?.alloc_zeros("zeros", dtype, numel)?, shape))
             }
         }
     }
@@ -116,7 +123,10 @@ impl Tensor {
     /// negative step), as `torch.arange`.
     pub fn arange(start: f64, end: f64, step: f64, dtype: DType, device: &Device) -> Result<Tensor> {
         if step == 0.0 || !step.is_finite() || !start.is_finite() || !end.is_finite() {
-            return Err(Error::invalid("arange", format!("start {start}, end {end} and step {step} must be finite, step non-zero")));
+            return Err(Error::invalid(
+                "arange",
+                format!("start {start}, end {end} and step {step} must be finite, step non-zero"),
+            ));
         }
         let n = ((end - start) / step).ceil().max(0.0) as usize;
         match device {
@@ -125,7 +135,7 @@ impl Tensor {
                 Ok(Tensor::from_cpu(CpuStorage::from_f64(dtype, &values), &[n]))
             }
             Device::Cuda(ordinal) => {
-                let dev = cuda::device(*ordinal)?;
+                let dev = cuda::cuda_device(*ordinal)?;
                 Ok(Tensor::from_cuda(crate::ops::fill::cuda_arange(&dev, dtype, n, start, step)?, &[n]))
             }
         }
@@ -137,7 +147,14 @@ impl Tensor {
     }
 
     /// Uniform samples in [low, high).
-    pub fn uniform(shape: &[usize], low: f64, high: f64, dtype: DType, device: &Device, rng: &mut Generator) -> Result<Tensor> {
+    pub fn uniform(
+        shape: &[usize],
+        low: f64,
+        high: f64,
+        dtype: DType,
+        device: &Device,
+        rng: &mut Generator,
+    ) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
         let values: Vec<f64> = (0..numel).map(|_| low + (high - low) * rng.uniform()).collect();
         Tensor::from_cpu(CpuStorage::from_f64(dtype, &values), shape).to_device(device)
@@ -161,4 +178,3 @@ impl Tensor {
         Tensor::from_vec(values, shape, device)
     }
 }
-

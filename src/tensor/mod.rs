@@ -150,7 +150,9 @@ impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Tensor[{:?}, {}, {}]", self.shape(), self.dtype, self.device)?;
         const PREVIEW: usize = 8;
-        if let Ok(values) = self.flatten_all().and_then(|t| t.narrow(0, 0, t.numel().min(PREVIEW))).and_then(|t| t.to_vec::<f64>()) {
+        if let Ok(values) =
+            self.flatten_all().and_then(|t| t.narrow(0, 0, t.numel().min(PREVIEW))).and_then(|t| t.to_vec::<f64>())
+        {
             write!(f, " {values:?}")?;
             if self.numel() > PREVIEW {
                 write!(f, "...")?;
