@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench ops`; on the GPU machine through ../shared/gpu (see docs/benchmarks.md).
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nabla::{DType, Device, Generator, Tensor};
 
 fn devices() -> Vec<Device> {
@@ -18,11 +18,7 @@ fn devices() -> Vec<Device> {
 
 /// Larger problems on the GPU, where small ones only measure launch latency.
 fn size(device: Device, cpu: usize, gpu: usize) -> usize {
-    if device.is_cuda() {
-        gpu
-    } else {
-        cpu
-    }
+    if device.is_cuda() { gpu } else { cpu }
 }
 
 fn randn(shape: &[usize], dtype: DType, device: Device) -> Tensor {

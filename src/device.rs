@@ -12,11 +12,7 @@ pub enum Device {
 impl Device {
     /// `Cuda(0)` when a CUDA driver and at least one device are present, else `Cpu`.
     pub fn cuda_if_available() -> Device {
-        if crate::cuda::device_count() > 0 {
-            Device::Cuda(0)
-        } else {
-            Device::Cpu
-        }
+        if crate::cuda::device_count() > 0 { Device::Cuda(0) } else { Device::Cpu }
     }
 
     /// Waits until every op queued on this device has finished (a no-op on the CPU, whose ops

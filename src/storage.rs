@@ -4,11 +4,30 @@ use crate::cuda::CudaStorage;
 use crate::dtype::{DType, Element};
 use crate::layout::Layout;
 use half::{bf16, f16};
+use std::sync::{RwLock, RwLockReadGuard};
 
-/// A tensor's storage. Views share it through an `Arc`.
+/// A tensor's storage. Views share it through an `Arc`. Host memory sits behind a lock so
+/// in-place updates (optimizer steps, gradient accumulation) can write it; device memory is
+/// written by kernels through its pointer.
 pub(crate) enum Storage {
-    Cpu(CpuStorage),
+    Cpu(RwLock<CpuStorage>),
     Cuda(CudaStorage),
+}
+
+/// A borrowed view of a storage: host data under a read lock, or the device buffer.
+pub(crate) enum StorageRef<'a> {
+    Cpu(RwLockReadGuard<'a, CpuStorage>),
+    Cuda(&'a CudaStorage),
+}
+
+impl Storage {
+    /// Borrows the storage for reading.
+    pub(crate) fn get(&self) -> StorageRef<'_> {
+        match self {
+            Storage::Cpu(lock) => StorageRef::Cpu(lock.read().unwrap_or_else(|e| e.into_inner())),
+            Storage::Cuda(s) => StorageRef::Cuda(s),
+        }
+    }
 }
 
 /// Host storage, one variant per dtype.
@@ -44,6 +63,14 @@ impl CpuStorage {
             DType::F16 => CpuStorage::F16(reinterpret_vec(data)),
             DType::BF16 => CpuStorage::BF16(reinterpret_vec(data)),
             DType::I64 => CpuStorage::I64(reinterpret_vec(data)),
+        }
+    }
+
+    /// The elements, if this is i64 storage.
+    pub(crate) fn as_i64(&self) -> Option<&[i64]> {
+        match self {
+            CpuStorage::I64(v) => Some(v),
+            _ => None,
         }
     }
 

@@ -104,7 +104,7 @@ fn check(args: &[String]) -> Result<()> {
                 })?
             }
             other => {
-                return Err(nabla::Error::InvalidArgument { op: "check", detail: format!("unknown flag `{other}`") })
+                return Err(nabla::Error::InvalidArgument { op: "check", detail: format!("unknown flag `{other}`") });
             }
         }
     }

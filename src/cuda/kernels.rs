@@ -112,10 +112,10 @@ fn runtime_cubin(module: &EmbeddedModule, arch: &str) -> Result<(Vec<u8>, Module
     let version = nvrtc::version().map_err(|log| Error::KernelCompile { module: module.name.into(), log })?;
     let path = cache_dir()
         .map(|dir| dir.join(format!("{}-{arch}-{:016x}.cubin", module.name, cache_key(module, arch, version))));
-    if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
-        if !bytes.is_empty() {
-            return Ok((bytes, ModuleOrigin::DiskCache(arch.to_string())));
-        }
+    if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok())
+        && !bytes.is_empty()
+    {
+        return Ok((bytes, ModuleOrigin::DiskCache(arch.to_string())));
     }
     let cubin = nvrtc::compile(&format!("{}.cu", module.name), module.source, HEADERS, arch, RUNTIME_OPTIONS)
         .map_err(|log| Error::KernelCompile { module: module.name.into(), log })?;

@@ -13,7 +13,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig,
 };
 use kernels::ModuleOrigin;
-use params::{StridedLayout, NABLA_MAX_DIMS};
+use params::{NABLA_MAX_DIMS, StridedLayout};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 

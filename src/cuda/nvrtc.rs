@@ -6,7 +6,7 @@
 //! missing.
 
 use cudarc::nvrtc::sys;
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{CStr, CString, c_char};
 
 /// Whether libnvrtc can be loaded on this machine.
 pub fn available() -> bool {

@@ -3,7 +3,7 @@
 
 use crate::cuda::{elementwise_config, launch_error, strided_layout};
 use crate::layout::broadcast_shapes;
-use crate::storage::{CpuStorage, Storage};
+use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::PushKernelArg;
 
@@ -154,7 +154,7 @@ impl Tensor {
         let (la, lb) = (self.layout.broadcast_as(&shape)?, rhs.layout.broadcast_as(&shape)?);
         let n = la.numel();
         match (self.storage(), rhs.storage()) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => {
+            (StorageRef::Cpu(a), StorageRef::Cpu(b)) => {
                 let integer = !self.dtype.is_float();
                 let values: Vec<f64> = a
                     .gather_f64(&la)
@@ -164,7 +164,7 @@ impl Tensor {
                     .collect();
                 Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &values), &shape))
             }
-            (Storage::Cuda(a), Storage::Cuda(b)) => {
+            (StorageRef::Cuda(a), StorageRef::Cuda(b)) => {
                 let dev = a.device.clone();
                 let mut out = dev.alloc(name, self.dtype, n)?;
                 if n > 0 {
@@ -190,7 +190,7 @@ impl Tensor {
         op.check(self)?;
         let n = self.numel();
         match self.storage() {
-            Storage::Cpu(a) => {
+            StorageRef::Cpu(a) => {
                 let integer = !self.dtype.is_float();
                 // The scalar is rounded to the compute type first, as the kernels do.
                 let s = match self.dtype {
@@ -202,7 +202,7 @@ impl Tensor {
                     a.gather_f64(&self.layout).into_iter().map(|x| op.apply(x, s, integer)).collect();
                 Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &values), self.shape()))
             }
-            Storage::Cuda(a) => {
+            StorageRef::Cuda(a) => {
                 let dev = a.device.clone();
                 let mut out = dev.alloc(name, self.dtype, n)?;
                 if n > 0 {
@@ -235,14 +235,14 @@ impl Tensor {
         );
         let n = lc.numel();
         match (self.storage(), on_true.storage(), on_false.storage()) {
-            (Storage::Cpu(c), Storage::Cpu(a), Storage::Cpu(b)) => {
+            (StorageRef::Cpu(c), StorageRef::Cpu(a), StorageRef::Cpu(b)) => {
                 let take: Vec<bool> = c.gather_f64(&lc).into_iter().map(|v| v != 0.0).collect();
                 // Copy whole elements (not through f64) so integers stay exact.
                 let mut out = b.gather_same(&lb);
                 select_into(&mut out, &a.gather_same(&la), &take);
                 Ok(Tensor::from_cpu(out, &shape))
             }
-            (Storage::Cuda(c), Storage::Cuda(a), Storage::Cuda(b)) => {
+            (StorageRef::Cuda(c), StorageRef::Cuda(a), StorageRef::Cuda(b)) => {
                 let dev = c.device.clone();
                 let mut out = dev.alloc(OP, self.dtype, n)?;
                 if n > 0 {

@@ -2,9 +2,9 @@
 //! (`kernels/copy.cu`): every element of a source view goes to the same logical position of a
 //! destination view, converted to the destination dtype.
 
-use crate::cuda::{self, elementwise_config, launch_error, strided_layout, CudaStorage};
-use crate::layout::{normalize_axis, Layout};
-use crate::storage::{with_cpu_vec, CpuStorage, Storage};
+use crate::cuda::{self, CudaStorage, elementwise_config, launch_error, strided_layout};
+use crate::layout::{Layout, normalize_axis};
+use crate::storage::{CpuStorage, Storage, StorageRef, with_cpu_vec};
 use crate::{DType, Device, Error, Result, Tensor};
 use cudarc::driver::PushKernelArg;
 
@@ -15,11 +15,7 @@ pub(crate) fn kernel_names() -> Vec<String> {
 impl Tensor {
     /// A row-major copy, or the tensor itself when it already is row-major.
     pub fn contiguous(&self) -> Result<Tensor> {
-        if self.is_contiguous() {
-            Ok(self.clone())
-        } else {
-            self.copy_contiguous()
-        }
+        if self.is_contiguous() { Ok(self.clone()) } else { self.copy_contiguous() }
     }
 
     /// A new row-major tensor with the same values (always copies).
@@ -90,11 +86,11 @@ fn copy_into(op: &'static str, src: &Tensor, dst: &mut Tensor, dst_layout: &Layo
     let storage =
         std::sync::Arc::get_mut(&mut dst.storage).ok_or_else(|| Error::invalid(op, "destination storage is shared"))?;
     match (src.storage(), storage) {
-        (Storage::Cpu(s), Storage::Cpu(d)) => {
-            cpu_copy(s, &src.layout, d, dst_layout);
+        (StorageRef::Cpu(s), Storage::Cpu(d)) => {
+            cpu_copy(&s, &src.layout, d.get_mut().unwrap_or_else(|e| e.into_inner()), dst_layout);
             Ok(())
         }
-        (Storage::Cuda(s), Storage::Cuda(d)) => cuda_copy(op, s, &src.layout, d, dst_layout),
+        (StorageRef::Cuda(s), Storage::Cuda(d)) => cuda_copy(op, s, &src.layout, d, dst_layout),
         _ => Err(Error::DeviceMismatch { op, lhs: src.device, rhs: dst.device }),
     }
 }

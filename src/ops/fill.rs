@@ -1,7 +1,7 @@
 //! Constant fills and ranges on the device (`kernels/fill.cu`). The CPU side lives with the
 //! constructors in `tensor/create.rs`.
 
-use crate::cuda::{elementwise_config, launch_error, CudaDevice, CudaStorage};
+use crate::cuda::{CudaDevice, CudaStorage, elementwise_config, launch_error};
 use crate::{DType, Result};
 use cudarc::driver::PushKernelArg;
 use std::sync::Arc;

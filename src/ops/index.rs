@@ -3,9 +3,9 @@
 //! The CUDA kernels flag out-of-range indices in a device word that the host reads back, so a
 //! bad index is an `Err` on both backends (at the price of one wait per call).
 
-use crate::cuda::{elementwise_config, launch_error, CudaStorage};
+use crate::cuda::{CudaStorage, elementwise_config, launch_error};
 use crate::layout::normalize_axis;
-use crate::storage::{with_cpu_vec, CpuStorage, Storage};
+use crate::storage::{CpuStorage, StorageRef, with_cpu_vec};
 use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::PushKernelArg;
 
@@ -37,9 +37,10 @@ impl Tensor {
         out_shape[d] = n_idx;
         let (src, idx) = (self.dense()?, indices.dense()?);
         match (src.storage(), idx.storage()) {
-            (Storage::Cpu(s), Storage::Cpu(CpuStorage::I64(ix))) => {
+            (StorageRef::Cpu(s), StorageRef::Cpu(ix)) => {
+                let ix = ix.as_i64().expect("check_indices admits only i64 indices");
                 check_range(OP, ix, size)?;
-                let out = with_cpu_vec!(s, v => {
+                let out = with_cpu_vec!(&*s, v => {
                     let mut o = Vec::with_capacity(outer * n_idx * inner);
                     for a in 0..outer {
                         for &k in ix {
@@ -51,7 +52,7 @@ impl Tensor {
                 });
                 Ok(Tensor::from_cpu(out, &out_shape))
             }
-            (Storage::Cuda(s), Storage::Cuda(ix)) => {
+            (StorageRef::Cuda(s), StorageRef::Cuda(ix)) => {
                 let dims = [outer as i64, size as i64, n_idx as i64, inner as i64];
                 let out = cuda_index(OP, "index_select", Some(s), ix, self.dtype, outer * n_idx * inner, &dims, size)?;
                 Ok(Tensor::from_cuda(out, &out_shape))
@@ -78,9 +79,10 @@ impl Tensor {
         let idx_dim = index.shape()[d];
         let (src, idx) = (self.dense()?, index.dense()?);
         match (src.storage(), idx.storage()) {
-            (Storage::Cpu(s), Storage::Cpu(CpuStorage::I64(ix))) => {
+            (StorageRef::Cpu(s), StorageRef::Cpu(ix)) => {
+                let ix = ix.as_i64().expect("check_indices admits only i64 indices");
                 check_range(OP, ix, size)?;
-                let out = with_cpu_vec!(s, v => {
+                let out = with_cpu_vec!(&*s, v => {
                     let o: Vec<_> = ix
                         .iter()
                         .enumerate()
@@ -93,7 +95,7 @@ impl Tensor {
                 });
                 Ok(Tensor::from_cpu(out, index.shape()))
             }
-            (Storage::Cuda(s), Storage::Cuda(ix)) => {
+            (StorageRef::Cuda(s), StorageRef::Cuda(ix)) => {
                 let dims = [outer as i64, size as i64, idx_dim as i64, inner as i64];
                 let out = cuda_index(OP, "gather", Some(s), ix, self.dtype, index.numel(), &dims, size)?;
                 Ok(Tensor::from_cuda(out, index.shape()))
@@ -112,7 +114,8 @@ impl Tensor {
         out_shape.push(classes);
         let idx = self.dense()?;
         match idx.storage() {
-            Storage::Cpu(CpuStorage::I64(ix)) => {
+            StorageRef::Cpu(ix) => {
+                let ix = ix.as_i64().expect("dtype checked above");
                 check_range(OP, ix, classes)?;
                 let mut values = vec![0.0; ix.len() * classes];
                 for (r, &k) in ix.iter().enumerate() {
@@ -120,12 +123,11 @@ impl Tensor {
                 }
                 Ok(Tensor::from_cpu(CpuStorage::from_f64(dtype, &values), &out_shape))
             }
-            Storage::Cuda(ix) => {
+            StorageRef::Cuda(ix) => {
                 let dims = [ix.len as i64, classes as i64];
                 let out = cuda_index(OP, "one_hot", None, ix, dtype, ix.len * classes, &dims, classes)?;
                 Ok(Tensor::from_cuda(out, &out_shape))
             }
-            Storage::Cpu(_) => unreachable!("dtype checked above"),
         }
     }
 }

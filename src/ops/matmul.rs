@@ -4,7 +4,7 @@
 use crate::cuda::launch_error;
 use crate::cuda::params::{MatmulParams, NABLA_MAX_DIMS};
 use crate::layout::broadcast_shapes;
-use crate::storage::{CpuStorage, Storage};
+use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use ndarray::linalg::general_mat_mul;
@@ -53,7 +53,7 @@ impl Tensor {
         let out_shape = with([m, n]);
 
         match (a.storage(), b.storage()) {
-            (Storage::Cpu(sa), Storage::Cpu(sb)) => {
+            (StorageRef::Cpu(sa), StorageRef::Cpu(sb)) => {
                 let out = match self.dtype {
                     DType::F64 => {
                         CpuStorage::F64(cpu_matmul::<f64>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n))
@@ -69,7 +69,7 @@ impl Tensor {
                 };
                 Ok(Tensor::from_cpu(out, &out_shape))
             }
-            (Storage::Cuda(sa), Storage::Cuda(sb)) => {
+            (StorageRef::Cuda(sa), StorageRef::Cuda(sb)) => {
                 if batch_shape.len() > NABLA_MAX_DIMS {
                     return Err(Error::invalid(
                         OP,

@@ -2,9 +2,9 @@
 //! argmax/argmin along one axis (`kernels/reduce.cu`).
 
 use crate::cuda::params::ReduceParams;
-use crate::cuda::{launch_error, strided_layout, CudaDevice, CudaStorage};
-use crate::layout::{normalize_axis, Layout};
-use crate::storage::{CpuStorage, Storage};
+use crate::cuda::{CudaDevice, CudaStorage, launch_error, strided_layout};
+use crate::layout::{Layout, normalize_axis};
+use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use std::sync::Arc;
@@ -120,12 +120,12 @@ impl Tensor {
             return Err(Error::invalid(name, format!("cannot reduce an empty axis of shape {:?}", self.shape())));
         }
         match self.storage() {
-            Storage::Cpu(s) => {
+            StorageRef::Cpu(s) => {
                 let values = s.gather_f64(&r.view);
                 let out: Vec<f64> = (0..r.outer).map(|o| op.apply(&values[o * r.inner..(o + 1) * r.inner])).collect();
                 Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &out), &r.out_shape))
             }
-            Storage::Cuda(s) => {
+            StorageRef::Cuda(s) => {
                 let scale = if op == ReduceOp::Mean { 1.0 / r.inner as f64 } else { 1.0 };
                 let out = cuda_reduce(name, op.kernel_op(), s, &r, scale)?;
                 Ok(Tensor::from_cuda(out, &r.out_shape))
@@ -179,13 +179,13 @@ impl Tensor {
             return Err(Error::invalid(name, format!("cannot reduce an empty axis of shape {:?}", self.shape())));
         }
         match self.storage() {
-            Storage::Cpu(s) => {
+            StorageRef::Cpu(s) => {
                 let values = s.gather_f64(&r.view);
                 let out: Vec<i64> =
                     (0..r.outer).map(|o| arg_best(&values[o * r.inner..(o + 1) * r.inner], greater) as i64).collect();
                 Ok(Tensor::from_cpu(CpuStorage::I64(out), &r.out_shape))
             }
-            Storage::Cuda(s) => {
+            StorageRef::Cuda(s) => {
                 let dev = s.device.clone();
                 let mut out = dev.alloc(name, DType::I64, r.outer)?;
                 if r.outer > 0 {

@@ -2,7 +2,7 @@
 
 use crate::cuda::launch_error;
 use crate::layout::normalize_axis;
-use crate::storage::{CpuStorage, Storage};
+use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Result, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -48,16 +48,16 @@ impl Tensor {
         let cols = self.shape()[last];
         let rows = self.numel().checked_div(cols).unwrap_or(0);
         match self.storage() {
-            Storage::Cpu(s) => {
+            StorageRef::Cpu(s) => {
                 let mut values = s.gather_f64(&self.layout);
                 if cols > 0 {
                     values.chunks_mut(cols).for_each(|row| softmax_row(row, log));
                 }
                 Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &values), self.shape()))
             }
-            Storage::Cuda(_) => {
+            StorageRef::Cuda(_) => {
                 let dense = self.dense()?;
-                let Storage::Cuda(s) = dense.storage() else { unreachable!("dense keeps the device") };
+                let StorageRef::Cuda(s) = dense.storage() else { unreachable!("dense keeps the device") };
                 let dev = s.device.clone();
                 let mut out = dev.alloc(name, self.dtype, self.numel())?;
                 if rows > 0 {

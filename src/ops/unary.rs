@@ -1,7 +1,7 @@
 //! Elementwise unary ops (`kernels/unary.cu`).
 
 use crate::cuda::{elementwise_config, launch_error, strided_layout};
-use crate::storage::{CpuStorage, Storage};
+use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::PushKernelArg;
 
@@ -104,11 +104,11 @@ impl Tensor {
         }
         let n = self.numel();
         match self.storage() {
-            Storage::Cpu(s) => {
+            StorageRef::Cpu(s) => {
                 let values: Vec<f64> = s.gather_f64(&self.layout).into_iter().map(|x| op.apply(x)).collect();
                 Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &values), self.shape()))
             }
-            Storage::Cuda(s) => {
+            StorageRef::Cuda(s) => {
                 let dev = s.device.clone();
                 let mut out = dev.alloc(name, self.dtype, n)?;
                 if n > 0 {

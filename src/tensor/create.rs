@@ -5,7 +5,7 @@ use super::Tensor;
 use crate::cuda;
 use crate::dtype::Element;
 use crate::rng::Generator;
-use crate::storage::{CpuStorage, Storage};
+use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Device, Error, Result};
 
 impl Tensor {
@@ -43,8 +43,8 @@ impl Tensor {
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         let host = if self.device == Device::Cpu { self.clone() } else { self.to_device(&Device::Cpu)? };
         match host.storage() {
-            Storage::Cpu(s) => Ok(s.gather::<T>(&host.layout)),
-            Storage::Cuda(_) => unreachable!("to_device(Cpu) returns host storage"),
+            StorageRef::Cpu(s) => Ok(s.gather::<T>(&host.layout)),
+            StorageRef::Cuda(_) => unreachable!("to_device(Cpu) returns host storage"),
         }
     }
 
@@ -62,22 +62,22 @@ impl Tensor {
             return Ok(self.clone());
         }
         match (self.storage(), device) {
-            (Storage::Cpu(s), Device::Cuda(ordinal)) => {
+            (StorageRef::Cpu(s), Device::Cuda(ordinal)) => {
                 let dense = s.gather_same(&self.layout);
                 let dev = cuda::cuda_device(*ordinal)?;
                 let uploaded = dev.upload("to_device", self.dtype, self.numel(), dense.as_bytes())?;
                 Ok(Tensor::from_cuda(uploaded, self.shape()))
             }
-            (Storage::Cuda(_), _) => {
+            (StorageRef::Cuda(_), _) => {
                 let dense = self.dense()?;
-                let Storage::Cuda(s) = dense.storage() else { unreachable!("dense keeps the device") };
+                let StorageRef::Cuda(s) = dense.storage() else { unreachable!("dense keeps the device") };
                 let host = CpuStorage::from_bytes(
                     self.dtype,
                     &s.download("to_device")?[..self.numel() * self.dtype.size_in_bytes()],
                 );
                 Tensor::from_cpu(host, self.shape()).to_device(device)
             }
-            (Storage::Cpu(_), Device::Cpu) => Ok(self.clone()),
+            (StorageRef::Cpu(_), Device::Cpu) => Ok(self.clone()),
         }
     }
 

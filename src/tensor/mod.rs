@@ -4,7 +4,7 @@ mod create;
 mod views;
 
 use crate::layout::Layout;
-use crate::storage::{CpuStorage, Storage};
+use crate::storage::{CpuStorage, Storage, StorageRef};
 use crate::{DType, Device, Error, Result};
 use std::sync::Arc;
 
@@ -37,14 +37,14 @@ pub struct Tensor {
 impl Tensor {
     pub(crate) fn from_storage(storage: Storage, shape: &[usize]) -> Tensor {
         let (dtype, device) = match &storage {
-            Storage::Cpu(s) => (s.dtype(), Device::Cpu),
+            Storage::Cpu(s) => (s.read().unwrap_or_else(|e| e.into_inner()).dtype(), Device::Cpu),
             Storage::Cuda(s) => (s.dtype, s.device.device()),
         };
         Tensor { storage: Arc::new(storage), layout: Layout::contiguous(shape), dtype, device }
     }
 
     pub(crate) fn from_cpu(storage: CpuStorage, shape: &[usize]) -> Tensor {
-        Tensor::from_storage(Storage::Cpu(storage), shape)
+        Tensor::from_storage(Storage::Cpu(std::sync::RwLock::new(storage)), shape)
     }
 
     pub(crate) fn from_cuda(storage: crate::cuda::CudaStorage, shape: &[usize]) -> Tensor {
@@ -56,8 +56,9 @@ impl Tensor {
         Tensor { storage: self.storage.clone(), layout, dtype: self.dtype, device: self.device }
     }
 
-    pub(crate) fn storage(&self) -> &Storage {
-        &self.storage
+    /// The storage, borrowed for reading (host data stays read-locked while the guard lives).
+    pub(crate) fn storage(&self) -> StorageRef<'_> {
+        self.storage.get()
     }
 
     /// The sizes of each dimension.
@@ -138,11 +139,7 @@ impl Tensor {
     /// A contiguous tensor whose element 0 is storage element 0: what kernels that take plain
     /// pointers need. Returns `self` when it already is.
     pub(crate) fn dense(&self) -> Result<Tensor> {
-        if self.is_contiguous() && self.offset() == 0 {
-            Ok(self.clone())
-        } else {
-            self.copy_contiguous()
-        }
+        if self.is_contiguous() && self.offset() == 0 { Ok(self.clone()) } else { self.copy_contiguous() }
     }
 }
 
