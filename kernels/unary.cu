@@ -23,6 +23,21 @@ struct Gelu {
     }
 };
 
+// sign(x) in {-1, 0, 1}; NaN stays NaN.
+struct Sign {
+    template <typename A> __device__ A operator()(A x) const { return x > A(0) ? A(1) : (x < A(0) ? A(-1) : x); }
+};
+// The Heaviside step 1[x > 0]: ReLU's derivative.
+struct Step { template <typename A> __device__ A operator()(A x) const { return x > A(0) ? A(1) : A(0); } };
+// d/dx GELU = Φ(x) + x φ(x).
+struct GeluGrad {
+    template <typename A> __device__ A operator()(A x) const {
+        const A cdf = A(0.5) * (A(1) + m_erf(x * A(0.70710678118654752440)));
+        const A pdf = m_exp(A(-0.5) * x * x) * A(0.39894228040143267794);
+        return cdf + x * pdf;
+    }
+};
+
 template <typename T, typename Op>
 __device__ void unary(const T* in, T* out, i64 n, StridedLayout l) {
     Op op;
@@ -46,3 +61,6 @@ UNARY_FLOAT(sqrt, Sqrt)
 UNARY_FLOAT(tanh, Tanh)
 UNARY_FLOAT(sigmoid, Sigmoid)
 UNARY_FLOAT(gelu, Gelu)
+UNARY_FLOAT(sign, Sign) UNARY(sign, Sign, i64, i64)
+UNARY_FLOAT(step, Step) UNARY(step, Step, i64, i64)
+UNARY_FLOAT(gelu_grad, GeluGrad)

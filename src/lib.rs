@@ -21,6 +21,7 @@
 //! # }
 //! ```
 
+mod autograd;
 pub mod cuda;
 mod device;
 mod dtype;
@@ -31,6 +32,7 @@ mod rng;
 mod storage;
 mod tensor;
 
+pub use autograd::{NoGradGuard, is_grad_enabled, no_grad};
 pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};

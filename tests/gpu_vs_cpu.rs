@@ -335,3 +335,27 @@ fn mixing_devices_is_an_error_naming_the_op() {
     assert_eq!(a.add(&b).unwrap_err().to_string(), format!("add: device mismatch: cpu vs {dev}"));
     assert!(matches!(Tensor::zeros(&[1], DType::F32, &Device::Cuda(99)), Err(Error::CudaUnavailable(_))));
 }
+
+#[test]
+fn every_op_backward_on_the_gpu_matches_the_cpu_backward() {
+    let Some(dev) = cuda_or_skip("backward") else { return };
+    for dtype in [DType::F32, DType::F64] {
+        for (name, inputs, f) in common::grad_cases::cases() {
+            let grads_on = |device: &Device| -> Vec<Tensor> {
+                let leaves: Vec<Tensor> = inputs
+                    .iter()
+                    .map(|t| t.to_dtype(dtype).unwrap().to_device(device).unwrap().requires_grad_().unwrap())
+                    .collect();
+                let out = f(&leaves).unwrap_or_else(|e| panic!("{name} on {device}: {e}"));
+                let w = randn(out.shape(), dtype, 777).to_device(device).unwrap();
+                out.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+                leaves.iter().map(|l| l.grad().unwrap().to_device(&Device::Cpu).unwrap()).collect()
+            };
+            let (gpu, cpu) = (grads_on(&dev), grads_on(&Device::Cpu));
+            let (atol, rtol) = tolerance(dtype);
+            for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+                assert_close(&format!("{name} {dtype} d/d input {i}"), g, c, (atol * 10.0, rtol * 10.0));
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Elementwise binary ops with NumPy broadcasting, their scalar forms, comparisons and
 //! `where` (`kernels/binary.cu`).
 
+use crate::autograd::record;
 use crate::cuda::{elementwise_config, launch_error, strided_layout};
 use crate::layout::broadcast_shapes;
 use crate::storage::{CpuStorage, StorageRef};
@@ -119,6 +120,11 @@ impl BinaryOp {
         }
     }
 
+    /// Whether the op compares (its output carries no gradient).
+    pub fn is_comparison(self) -> bool {
+        matches!(self, BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge)
+    }
+
     fn kernel_name(self, scalar: bool, dtype: DType) -> String {
         format!("{}_{}_{dtype}", if scalar { "scalar" } else { "binary" }, self.name())
     }
@@ -147,6 +153,18 @@ pub(crate) fn kernel_names() -> Vec<String> {
 impl Tensor {
     /// `op` applied to the two tensors broadcast to a common shape.
     pub fn binary(&self, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
+        let out = self.binary_forward(op, rhs)?;
+        if op.is_comparison() {
+            return Ok(out);
+        }
+        let (a, b, y) = (self.detach(), rhs.detach(), out.detach());
+        Ok(record(out, &[self, rhs], move |g| {
+            let (ga, gb) = binary_backward(op, &a, &b, &y, g)?;
+            Ok(vec![Some(ga.sum_to(a.shape())?), Some(gb.sum_to(b.shape())?)])
+        }))
+    }
+
+    fn binary_forward(&self, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
         let name = op.name();
         self.check_same(name, rhs)?;
         op.check(self)?;
@@ -186,6 +204,15 @@ impl Tensor {
 
     /// `op` applied to every element and the scalar `value` (rounded to the compute type).
     pub fn binary_scalar(&self, op: BinaryOp, value: f64) -> Result<Tensor> {
+        let out = self.binary_scalar_forward(op, value)?;
+        if op.is_comparison() {
+            return Ok(out);
+        }
+        let x = self.detach();
+        Ok(record(out, &[self], move |g| Ok(vec![Some(scalar_backward(op, &x, value, g)?)])))
+    }
+
+    fn binary_scalar_forward(&self, op: BinaryOp, value: f64) -> Result<Tensor> {
         let name = op.name();
         op.check(self)?;
         let n = self.numel();
@@ -224,6 +251,17 @@ impl Tensor {
     /// Elementwise `if self != 0 { on_true } else { on_false }`, all three broadcast together.
     /// The condition has the values' dtype (comparisons produce such masks).
     pub fn where_cond(&self, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
+        let out = self.where_forward(on_true, on_false)?;
+        let (cond, a_shape, b_shape) = (self.detach(), on_true.shape().to_vec(), on_false.shape().to_vec());
+        Ok(record(out, &[self, on_true, on_false], move |g| {
+            let zeros = g.zeros_like()?;
+            let ga = cond.where_forward(g, &zeros)?.sum_to(&a_shape)?;
+            let gb = cond.where_forward(&zeros, g)?.sum_to(&b_shape)?;
+            Ok(vec![None, Some(ga), Some(gb)])
+        }))
+    }
+
+    fn where_forward(&self, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
         const OP: &str = "where";
         self.check_same(OP, on_true)?;
         self.check_same(OP, on_false)?;
@@ -259,6 +297,44 @@ impl Tensor {
                 Ok(Tensor::from_cuda(out, &shape))
             }
             _ => unreachable!("check_same rejects mixed devices"),
+        }
+    }
+}
+
+/// Gradients of a binary op at (a, b) with output y, in the broadcast shape.
+fn binary_backward(op: BinaryOp, a: &Tensor, b: &Tensor, y: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    Ok(match op {
+        BinaryOp::Add => (g.clone(), g.clone()),
+        BinaryOp::Sub => (g.clone(), g.neg()?),
+        BinaryOp::Mul => (g.mul(b)?, g.mul(a)?),
+        BinaryOp::Div => (g.div(b)?, g.mul(y)?.div(b)?.neg()?),
+        // d/da a^b = b a^(b-1); d/db a^b = a^b ln a
+        BinaryOp::Pow => (g.mul(b)?.mul(&a.pow(&b.add_scalar(-1.0)?)?)?, g.mul(y)?.mul(&a.log()?)?),
+        // Ties split the gradient evenly, as in PyTorch.
+        BinaryOp::Maximum | BinaryOp::Minimum => {
+            let (wins_a, wins_b) = if op == BinaryOp::Maximum { (a.gt(b)?, a.lt(b)?) } else { (a.lt(b)?, a.gt(b)?) };
+            let half_ties = a.eq(b)?.mul_scalar(0.5)?;
+            (g.mul(&wins_a.add(&half_ties)?)?, g.mul(&wins_b.add(&half_ties)?)?)
+        }
+        BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
+            unreachable!("comparisons record no backward")
+        }
+    })
+}
+
+/// The gradient of `x op s` with output y.
+fn scalar_backward(op: BinaryOp, x: &Tensor, s: f64, g: &Tensor) -> Result<Tensor> {
+    match op {
+        BinaryOp::Add | BinaryOp::Sub => Ok(g.clone()),
+        BinaryOp::Mul => g.mul_scalar(s),
+        BinaryOp::Div => g.div_scalar(s),
+        BinaryOp::Pow => g.mul(&x.pow_scalar(s - 1.0)?)?.mul_scalar(s),
+        BinaryOp::Maximum | BinaryOp::Minimum => {
+            let wins = if op == BinaryOp::Maximum { x.gt_scalar(s)? } else { x.lt_scalar(s)? };
+            g.mul(&wins.add(&x.eq_scalar(s)?.mul_scalar(0.5)?)?)
+        }
+        BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
+            unreachable!("comparisons record no backward")
         }
     }
 }

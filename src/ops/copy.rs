@@ -2,6 +2,7 @@
 //! (`kernels/copy.cu`): every element of a source view goes to the same logical position of a
 //! destination view, converted to the destination dtype.
 
+use crate::autograd::record;
 use crate::cuda::{self, CudaStorage, elementwise_config, launch_error, strided_layout};
 use crate::layout::{Layout, normalize_axis};
 use crate::storage::{CpuStorage, Storage, StorageRef, with_cpu_vec};
@@ -29,7 +30,12 @@ impl Tensor {
         if dtype == self.dtype {
             return Ok(self.clone());
         }
-        self.convert("to_dtype", dtype)
+        let out = self.convert("to_dtype", dtype)?;
+        if !dtype.is_float() {
+            return Ok(out);
+        }
+        let from = self.dtype;
+        Ok(record(out, &[self], move |g| Ok(vec![Some(g.to_dtype(from)?)])))
     }
 
     fn convert(&self, op: &'static str, dtype: DType) -> Result<Tensor> {
@@ -61,7 +67,16 @@ impl Tensor {
             copy_into("cat", t, &mut out, &part)?;
             start += t.shape()[d];
         }
-        Ok(out)
+        let sizes: Vec<usize> = tensors.iter().map(|t| t.shape()[d]).collect();
+        Ok(record(out, tensors, move |g| {
+            let mut start = 0;
+            let mut grads = Vec::with_capacity(sizes.len());
+            for &size in &sizes {
+                grads.push(Some(g.narrow(d as isize, start, size)?));
+                start += size;
+            }
+            Ok(grads)
+        }))
     }
 
     /// Joins same-shaped tensors along a new dim.

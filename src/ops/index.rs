@@ -3,6 +3,7 @@
 //! The CUDA kernels flag out-of-range indices in a device word that the host reads back, so a
 //! bad index is an `Err` on both backends (at the price of one wait per call).
 
+use crate::autograd::record;
 use crate::cuda::{CudaStorage, elementwise_config, launch_error};
 use crate::layout::normalize_axis;
 use crate::storage::{CpuStorage, StorageRef, with_cpu_vec};
@@ -10,11 +11,19 @@ use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::PushKernelArg;
 
 pub(crate) fn kernel_names() -> Vec<String> {
-    DType::ALL
+    let mut names: Vec<String> = DType::ALL
         .iter()
         .flat_map(|d| [format!("index_select_{d}"), format!("gather_{d}"), format!("one_hot_{d}")])
-        .collect()
+        .collect();
+    for d in SCATTER_DTYPES {
+        names.push(format!("index_add_{d}"));
+        names.push(format!("scatter_add_{d}"));
+    }
+    names
 }
+
+/// Dtypes with atomic-add kernels; f16/bf16 scatter through f32.
+const SCATTER_DTYPES: [DType; 3] = [DType::F32, DType::F64, DType::I64];
 
 /// The tensor as [outer, size of `dim`, inner].
 fn split_at(shape: &[usize], dim: usize) -> (usize, usize, usize) {
@@ -25,6 +34,14 @@ impl Tensor {
     /// The slices `indices[j]` along `dim`: `out[.., j, ..] = self[.., indices[j], ..]`.
     /// `indices` is a 1-D i64 tensor on the same device.
     pub fn index_select(&self, dim: isize, indices: &Tensor) -> Result<Tensor> {
+        let out = self.index_select_forward(dim, indices)?;
+        let (shape, idx) = (self.shape().to_vec(), indices.detach());
+        Ok(record(out, &[self], move |g| {
+            Ok(vec![Some(Tensor::zeros(&shape, g.dtype(), &g.device())?.index_add(dim, &idx, g)?)])
+        }))
+    }
+
+    fn index_select_forward(&self, dim: isize, indices: &Tensor) -> Result<Tensor> {
         const OP: &str = "index_select";
         check_indices(OP, self, indices)?;
         if indices.rank() != 1 {
@@ -54,7 +71,8 @@ impl Tensor {
             }
             (StorageRef::Cuda(s), StorageRef::Cuda(ix)) => {
                 let dims = [outer as i64, size as i64, n_idx as i64, inner as i64];
-                let out = cuda_index(OP, "index_select", Some(s), ix, self.dtype, outer * n_idx * inner, &dims, size)?;
+                let out =
+                    cuda_index(OP, "index_select", Some(s), ix, self.dtype, outer * n_idx * inner, &dims, size, None)?;
                 Ok(Tensor::from_cuda(out, &out_shape))
             }
             _ => unreachable!("check_indices rejects mixed devices and non-i64 indices"),
@@ -64,6 +82,14 @@ impl Tensor {
     /// Picks along `dim` per element: `out[i][j][k] = self[i][index[i][j][k]][k]` (for dim 1).
     /// `index` is i64 with this tensor's shape except, possibly, along `dim`.
     pub fn gather(&self, dim: isize, index: &Tensor) -> Result<Tensor> {
+        let out = self.gather_forward(dim, index)?;
+        let (shape, idx) = (self.shape().to_vec(), index.detach());
+        Ok(record(out, &[self], move |g| {
+            Ok(vec![Some(Tensor::zeros(&shape, g.dtype(), &g.device())?.scatter_add(dim, &idx, g)?)])
+        }))
+    }
+
+    fn gather_forward(&self, dim: isize, index: &Tensor) -> Result<Tensor> {
         const OP: &str = "gather";
         check_indices(OP, self, index)?;
         let d = normalize_axis(OP, dim, self.shape())?;
@@ -97,7 +123,7 @@ impl Tensor {
             }
             (StorageRef::Cuda(s), StorageRef::Cuda(ix)) => {
                 let dims = [outer as i64, size as i64, idx_dim as i64, inner as i64];
-                let out = cuda_index(OP, "gather", Some(s), ix, self.dtype, index.numel(), &dims, size)?;
+                let out = cuda_index(OP, "gather", Some(s), ix, self.dtype, index.numel(), &dims, size, None)?;
                 Ok(Tensor::from_cuda(out, index.shape()))
             }
             _ => unreachable!("check_indices rejects mixed devices and non-i64 indices"),
@@ -125,9 +151,114 @@ impl Tensor {
             }
             StorageRef::Cuda(ix) => {
                 let dims = [ix.len as i64, classes as i64];
-                let out = cuda_index(OP, "one_hot", None, ix, dtype, ix.len * classes, &dims, classes)?;
+                let out = cuda_index(OP, "one_hot", None, ix, dtype, ix.len * classes, &dims, classes, None)?;
                 Ok(Tensor::from_cuda(out, &out_shape))
             }
+        }
+    }
+}
+
+impl Tensor {
+    /// `self` plus `source` added at `indices` along `dim`: `out[.., indices[j], ..] += source[.., j, ..]`
+    /// (repeated indices accumulate). The adjoint of `index_select`.
+    pub fn index_add(&self, dim: isize, indices: &Tensor, source: &Tensor) -> Result<Tensor> {
+        const OP: &str = "index_add";
+        check_indices(OP, self, indices)?;
+        self.check_same(OP, source)?;
+        let d = normalize_axis(OP, dim, self.shape())?;
+        let mut expected = self.shape().to_vec();
+        expected[d] = indices.numel();
+        if indices.rank() != 1 || source.shape() != expected {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "indices {:?} and source {:?} do not fit {:?} along dim {d}",
+                    indices.shape(),
+                    source.shape(),
+                    self.shape()
+                ),
+            ));
+        }
+        let out = self.scatter_forward(OP, "index_add", d, indices, source)?;
+        let idx = indices.detach();
+        Ok(record(out, &[self, source], move |g| Ok(vec![Some(g.clone()), Some(g.index_select(dim, &idx)?)])))
+    }
+
+    /// `self` plus `src` added at `index` along `dim`: `out[i][index[i][j][k]][k] += src[i][j][k]`
+    /// (for dim 1). `index` and `src` share a shape that matches `self` outside `dim`. The
+    /// adjoint of `gather`.
+    pub fn scatter_add(&self, dim: isize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
+        const OP: &str = "scatter_add";
+        check_indices(OP, self, index)?;
+        self.check_same(OP, src)?;
+        let d = normalize_axis(OP, dim, self.shape())?;
+        let fits = index.shape() == src.shape()
+            && index.rank() == self.rank()
+            && (0..self.rank()).all(|i| i == d || index.shape()[i] == self.shape()[i]);
+        if !fits {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "index {:?} and src {:?} do not fit {:?} along dim {d}",
+                    index.shape(),
+                    src.shape(),
+                    self.shape()
+                ),
+            ));
+        }
+        let out = self.scatter_forward(OP, "scatter_add", d, index, src)?;
+        let idx = index.detach();
+        Ok(record(out, &[self, src], move |g| Ok(vec![Some(g.clone()), Some(g.gather(dim, &idx)?)])))
+    }
+
+    /// The shared body of index_add (1-D indices) and scatter_add (per-element indices).
+    fn scatter_forward(
+        &self,
+        op: &'static str,
+        kernel: &str,
+        d: usize,
+        index: &Tensor,
+        src: &Tensor,
+    ) -> Result<Tensor> {
+        let (outer, size, inner) = split_at(self.shape(), d);
+        let idx_dim = src.shape()[d];
+        let per_element = kernel == "scatter_add";
+        let (base, idx, source) = (self.dense()?, index.dense()?, src.dense()?);
+        match (base.storage(), idx.storage(), source.storage()) {
+            (StorageRef::Cpu(b), StorageRef::Cpu(ix), StorageRef::Cpu(s)) => {
+                let ix = ix.as_i64().expect("check_indices admits only i64 indices");
+                check_range(op, ix, size)?;
+                let mut out = b.gather_f64(&base.layout);
+                for (e, v) in s.gather_f64(&source.layout).into_iter().enumerate() {
+                    let (a, j, c) = (e / (idx_dim * inner), (e / inner) % idx_dim, e % inner);
+                    let k = if per_element { ix[e] } else { ix[j] } as usize;
+                    out[(a * size + k) * inner + c] += v;
+                }
+                Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &out), self.shape()))
+            }
+            (StorageRef::Cuda(_), StorageRef::Cuda(ix), StorageRef::Cuda(_))
+                if !SCATTER_DTYPES.contains(&self.dtype) =>
+            {
+                // 16-bit floats accumulate in an f32 copy.
+                let _ = ix;
+                let wide = self.to_dtype(DType::F32)?.detach();
+                let src32 = src.to_dtype(DType::F32)?.detach();
+                wide.scatter_forward(op, kernel, d, index, &src32)?.to_dtype(self.dtype)
+            }
+            (StorageRef::Cuda(b), StorageRef::Cuda(ix), StorageRef::Cuda(s)) => {
+                let dev = b.device.clone();
+                let mut out = dev.alloc(op, self.dtype, self.numel())?;
+                let bytes = self.numel() * self.dtype.size_in_bytes();
+                if bytes > 0 {
+                    dev.stream
+                        .memcpy_dtod(&b.buf.slice(0..bytes), &mut out.buf.slice_mut(0..bytes))
+                        .map_err(|e| crate::cuda::cuda_error(op, e))?;
+                }
+                let dims = [outer as i64, size as i64, idx_dim as i64, inner as i64];
+                let out = cuda_index(op, kernel, Some(s), ix, self.dtype, src.numel(), &dims, size, Some(out))?;
+                Ok(Tensor::from_cuda(out, self.shape()))
+            }
+            _ => unreachable!("check_same and check_indices reject mixed devices"),
         }
     }
 }
@@ -149,7 +280,8 @@ fn check_range(op: &'static str, indices: &[i64], size: usize) -> Result<()> {
     }
 }
 
-/// Launches `<kernel>_<dtype>` over `n` outputs and turns a raised range flag into an error.
+/// Launches `<kernel>_<dtype>` over `n` elements, writing a new buffer or adding into `into`,
+/// and turns a raised range flag into an error.
 #[allow(clippy::too_many_arguments)]
 fn cuda_index(
     op: &'static str,
@@ -160,9 +292,13 @@ fn cuda_index(
     n: usize,
     dims: &[i64],
     size: usize,
+    into: Option<CudaStorage>,
 ) -> Result<CudaStorage> {
     let dev = idx.device.clone();
-    let mut out = dev.alloc(op, dtype, n)?;
+    let mut out = match into {
+        Some(out) => out,
+        None => dev.alloc(op, dtype, n)?,
+    };
     if n == 0 {
         return Ok(out);
     }

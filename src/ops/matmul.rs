@@ -1,6 +1,7 @@
 //! Matrix products: 2-D, batched with broadcast batch dims, and transposed operands read
 //! through their strides without copies (`kernels/matmul.cu`).
 
+use crate::autograd::record;
 use crate::cuda::launch_error;
 use crate::cuda::params::{MatmulParams, NABLA_MAX_DIMS};
 use crate::layout::broadcast_shapes;
@@ -46,83 +47,103 @@ impl Tensor {
             ));
         }
         let batch_shape = broadcast_shapes(OP, &self.shape()[..self.rank() - 2], &rhs.shape()[..rhs.rank() - 2])?;
-        let batch: usize = batch_shape.iter().product();
         let with = |tail: [usize; 2]| -> Vec<usize> { batch_shape.iter().copied().chain(tail).collect() };
-        let a = self.broadcast_as(&with([m, k]))?;
-        let b = rhs.broadcast_as(&with([k, n]))?;
-        let out_shape = with([m, n]);
+        let a = self.with_layout(self.layout.broadcast_as(&with([m, k]))?);
+        let b = rhs.with_layout(rhs.layout.broadcast_as(&with([k, n]))?);
+        let out = matmul_forward(&a, &b, &batch_shape, [m, k, n], self.dtype)?;
+        let (a_in, b_in) = (a.detach(), b.detach());
+        let (a_shape, b_shape) = (self.shape().to_vec(), rhs.shape().to_vec());
+        Ok(record(out, &[self, rhs], move |g| {
+            // dA = g Bᵀ and dB = Aᵀ g over the broadcast batch, summed back to each operand.
+            let ga = g.matmul(&b_in.t()?)?.sum_to(&a_shape)?;
+            let gb = a_in.t()?.matmul(g)?.sum_to(&b_shape)?;
+            Ok(vec![Some(ga), Some(gb)])
+        }))
+    }
+}
 
-        match (a.storage(), b.storage()) {
-            (StorageRef::Cpu(sa), StorageRef::Cpu(sb)) => {
-                let out = match self.dtype {
-                    DType::F64 => {
-                        CpuStorage::F64(cpu_matmul::<f64>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n))
-                    }
-                    DType::F32 => {
-                        CpuStorage::F32(cpu_matmul::<f32>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n))
-                    }
-                    // 16-bit floats accumulate in f32, as on the GPU, then round once.
-                    dtype => {
-                        let c = cpu_matmul::<f32>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n);
-                        CpuStorage::from_f64(dtype, &c.iter().map(|&x| x as f64).collect::<Vec<_>>())
-                    }
-                };
-                Ok(Tensor::from_cpu(out, &out_shape))
-            }
-            (StorageRef::Cuda(sa), StorageRef::Cuda(sb)) => {
-                if batch_shape.len() > NABLA_MAX_DIMS {
-                    return Err(Error::invalid(
-                        OP,
-                        format!("at most {NABLA_MAX_DIMS} batch dims on CUDA, got {batch_shape:?}"),
-                    ));
+/// The product of operands already broadcast to `batch_shape + [m, k]` and `batch_shape + [k, n]`.
+fn matmul_forward(
+    a: &Tensor,
+    b: &Tensor,
+    batch_shape: &[usize],
+    [m, k, n]: [usize; 3],
+    dtype: DType,
+) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    let batch: usize = batch_shape.iter().product();
+    let out_shape: Vec<usize> = batch_shape.iter().copied().chain([m, n]).collect();
+
+    match (a.storage(), b.storage()) {
+        (StorageRef::Cpu(sa), StorageRef::Cpu(sb)) => {
+            let out = match dtype {
+                DType::F64 => {
+                    CpuStorage::F64(cpu_matmul::<f64>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n))
                 }
-                let dev = sa.device.clone();
-                let mut out = dev.alloc(OP, self.dtype, batch * m * n)?;
-                if batch * m * n == 0 {
-                    return Ok(Tensor::from_cuda(out, &out_shape));
+                DType::F32 => {
+                    CpuStorage::F32(cpu_matmul::<f32>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n))
                 }
-                let (sa_, sb_) = (a.strides(), b.strides());
-                let r = batch_shape.len();
-                let mut p = MatmulParams {
-                    m: m as i64,
-                    n: n as i64,
-                    k: k as i64,
-                    batch: batch as i64,
-                    batch_ndim: r as i64,
-                    a_offset: a.offset() as i64,
-                    a_row_stride: sa_[r] as i64,
-                    a_col_stride: sa_[r + 1] as i64,
-                    b_offset: b.offset() as i64,
-                    b_row_stride: sb_[r] as i64,
-                    b_col_stride: sb_[r + 1] as i64,
-                    ..Default::default()
-                };
-                for d in 0..r {
-                    p.batch_shape[d] = batch_shape[d] as i64;
-                    p.a_batch_strides[d] = sa_[d] as i64;
-                    p.b_batch_strides[d] = sb_[d] as i64;
+                // 16-bit floats accumulate in f32, as on the GPU, then round once.
+                dtype => {
+                    let c = cpu_matmul::<f32>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n);
+                    CpuStorage::from_f64(dtype, &c.iter().map(|&x| x as f64).collect::<Vec<_>>())
                 }
-                let kernel = format!("matmul_{}", self.dtype);
-                let f = dev.function(OP, "matmul", &kernel)?;
-                let cfg = LaunchConfig {
-                    grid_dim: (
-                        n.div_ceil(TILE).min(1 << 30) as u32,
-                        m.div_ceil(TILE).min(65535) as u32,
-                        batch.min(65535) as u32,
-                    ),
-                    block_dim: (THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                let mut launch = dev.stream.launch_builder(&f);
-                launch.arg(&sa.buf).arg(&sb.buf).arg(&mut out.buf).arg(&p);
-                // SAFETY: matmul_<T>(const T* a, const T* b, T* c, MatmulParams) reads A and B
-                // through the params' strides (inside their buffers, as the views are) and
-                // writes batch * m * n contiguous elements of C.
-                unsafe { launch.launch(cfg) }.map_err(|e| launch_error(OP, &kernel, e))?;
-                Ok(Tensor::from_cuda(out, &out_shape))
-            }
-            _ => unreachable!("check_same rejects mixed devices"),
+            };
+            Ok(Tensor::from_cpu(out, &out_shape))
         }
+        (StorageRef::Cuda(sa), StorageRef::Cuda(sb)) => {
+            if batch_shape.len() > NABLA_MAX_DIMS {
+                return Err(Error::invalid(
+                    OP,
+                    format!("at most {NABLA_MAX_DIMS} batch dims on CUDA, got {batch_shape:?}"),
+                ));
+            }
+            let dev = sa.device.clone();
+            let mut out = dev.alloc(OP, dtype, batch * m * n)?;
+            if batch * m * n == 0 {
+                return Ok(Tensor::from_cuda(out, &out_shape));
+            }
+            let (sa_, sb_) = (a.strides(), b.strides());
+            let r = batch_shape.len();
+            let mut p = MatmulParams {
+                m: m as i64,
+                n: n as i64,
+                k: k as i64,
+                batch: batch as i64,
+                batch_ndim: r as i64,
+                a_offset: a.offset() as i64,
+                a_row_stride: sa_[r] as i64,
+                a_col_stride: sa_[r + 1] as i64,
+                b_offset: b.offset() as i64,
+                b_row_stride: sb_[r] as i64,
+                b_col_stride: sb_[r + 1] as i64,
+                ..Default::default()
+            };
+            for d in 0..r {
+                p.batch_shape[d] = batch_shape[d] as i64;
+                p.a_batch_strides[d] = sa_[d] as i64;
+                p.b_batch_strides[d] = sb_[d] as i64;
+            }
+            let kernel = format!("matmul_{dtype}");
+            let f = dev.function(OP, "matmul", &kernel)?;
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    n.div_ceil(TILE).min(1 << 30) as u32,
+                    m.div_ceil(TILE).min(65535) as u32,
+                    batch.min(65535) as u32,
+                ),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = dev.stream.launch_builder(&f);
+            launch.arg(&sa.buf).arg(&sb.buf).arg(&mut out.buf).arg(&p);
+            // SAFETY: matmul_<T>(const T* a, const T* b, T* c, MatmulParams) reads A and B
+            // through the params' strides (inside their buffers, as the views are) and
+            // writes batch * m * n contiguous elements of C.
+            unsafe { launch.launch(cfg) }.map_err(|e| launch_error(OP, &kernel, e))?;
+            Ok(Tensor::from_cuda(out, &out_shape))
+        }
+        _ => unreachable!("check_same rejects mixed devices"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Reductions over any set of axes, or the whole tensor: sum, mean, max, min, and
 //! argmax/argmin along one axis (`kernels/reduce.cu`).
 
+use crate::autograd::record;
 use crate::cuda::params::ReduceParams;
 use crate::cuda::{CudaDevice, CudaStorage, launch_error, strided_layout};
 use crate::layout::{Layout, normalize_axis};
@@ -77,6 +78,18 @@ pub(crate) fn kernel_names() -> Vec<String> {
     names
 }
 
+/// The input's shape with the reduced axes (all when `axes` is empty) set to 1.
+fn kept_dims_shape(shape: &[usize], axes: &[isize]) -> Result<Vec<usize>> {
+    let mut out = shape.to_vec();
+    if axes.is_empty() {
+        out.iter_mut().for_each(|s| *s = 1);
+    }
+    for &axis in axes {
+        out[normalize_axis("reduce", axis, shape)?] = 1;
+    }
+    Ok(out)
+}
+
 /// The tensor viewed as `outer` rows of `inner` reduced elements, and the output shape.
 struct Rows {
     view: Layout,
@@ -111,6 +124,58 @@ fn rows(op: &'static str, t: &Tensor, axes: &[isize], keepdim: bool) -> Result<R
 impl Tensor {
     /// Reduces over `axes` (every axis when empty); `keepdim` keeps them with size 1.
     pub fn reduce(&self, op: ReduceOp, axes: &[isize], keepdim: bool) -> Result<Tensor> {
+        let out = self.reduce_forward(op, axes, keepdim)?;
+        let r = rows(op.name(), self, axes, keepdim)?;
+        let kept_shape: Vec<usize> = kept_dims_shape(self.shape(), axes)?;
+        let (x, y) = (self.detach(), out.detach());
+        Ok(record(out, &[self], move |g| {
+            // The output gradient, with the reduced axes back at size 1, spread over the input.
+            let spread = |t: &Tensor| -> Result<Tensor> { t.reshape(&kept_shape)?.broadcast_as(x.shape()) };
+            let gx = match op {
+                ReduceOp::Sum => spread(g)?.contiguous()?,
+                ReduceOp::Mean => spread(g)?.mul_scalar(1.0 / r.inner as f64)?,
+                // Every element equal to the extreme shares the gradient evenly.
+                ReduceOp::Max | ReduceOp::Min => {
+                    let hits = x.eq(&spread(&y)?)?;
+                    let count = hits.sum_forward_kept(&kept_shape)?;
+                    spread(g)?.mul(&hits)?.div(&spread(&count)?)?
+                }
+            };
+            Ok(vec![Some(gx)])
+        }))
+    }
+
+    /// Sums a gradient of a broadcast result back to `shape` (the shape before broadcasting).
+    pub fn sum_to(&self, shape: &[usize]) -> Result<Tensor> {
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        let lead = self
+            .rank()
+            .checked_sub(shape.len())
+            .ok_or_else(|| Error::shape("sum_to", format!("cannot sum {:?} down to {shape:?}", self.shape())))?;
+        let mut axes: Vec<isize> = (0..lead as isize).collect();
+        for (i, &size) in shape.iter().enumerate() {
+            match (size, self.shape()[lead + i]) {
+                (s, t) if s == t => {}
+                (1, _) => axes.push((lead + i) as isize),
+                _ => return Err(Error::shape("sum_to", format!("cannot sum {:?} down to {shape:?}", self.shape()))),
+            }
+        }
+        self.sum(&axes, true)?.reshape(shape)
+    }
+
+    /// Σ over the axes where `kept_shape` (same rank) has size 1, keeping them.
+    fn sum_forward_kept(&self, kept_shape: &[usize]) -> Result<Tensor> {
+        let axes: Vec<isize> =
+            (0..self.rank()).filter(|&d| kept_shape[d] == 1 && self.shape()[d] != 1).map(|d| d as isize).collect();
+        if axes.is_empty() {
+            return Ok(self.clone());
+        }
+        self.reduce_forward(ReduceOp::Sum, &axes, true)
+    }
+
+    fn reduce_forward(&self, op: ReduceOp, axes: &[isize], keepdim: bool) -> Result<Tensor> {
         let name = op.name();
         if op == ReduceOp::Mean {
             self.check_float(name)?;

@@ -1,5 +1,6 @@
 //! Numerically stable softmax and log-softmax along one axis (`kernels/softmax.cu`).
 
+use crate::autograd::record;
 use crate::cuda::launch_error;
 use crate::layout::normalize_axis;
 use crate::storage::{CpuStorage, StorageRef};
@@ -28,12 +29,18 @@ pub fn softmax_row(row: &mut [f64], log: bool) {
 impl Tensor {
     /// exp(x - max) / Σ exp(x - max) along `axis`.
     pub fn softmax(&self, axis: isize) -> Result<Tensor> {
-        self.softmax_impl("softmax", axis, false)
+        let out = self.softmax_impl("softmax", axis, false)?;
+        let y = out.detach();
+        // dx = y (g - Σ g y)
+        Ok(record(out, &[self], move |g| Ok(vec![Some(y.mul(&g.sub(&g.mul(&y)?.sum(&[axis], true)?)?)?)])))
     }
 
     /// x - max - log Σ exp(x - max) along `axis`.
     pub fn log_softmax(&self, axis: isize) -> Result<Tensor> {
-        self.softmax_impl("log_softmax", axis, true)
+        let out = self.softmax_impl("log_softmax", axis, true)?;
+        let y = out.detach();
+        // dx = g - softmax(x) Σ g
+        Ok(record(out, &[self], move |g| Ok(vec![Some(g.sub(&y.exp()?.mul(&g.sum(&[axis], true)?)?)?)])))
     }
 
     fn softmax_impl(&self, name: &'static str, axis: isize, log: bool) -> Result<Tensor> {

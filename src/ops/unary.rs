@@ -1,5 +1,6 @@
 //! Elementwise unary ops (`kernels/unary.cu`).
 
+use crate::autograd::record;
 use crate::cuda::{elementwise_config, launch_error, strided_layout};
 use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
@@ -26,11 +27,17 @@ pub enum UnaryOp {
     Relu,
     /// The exact GELU, x Φ(x) = 0.5 x (1 + erf(x / √2)).
     Gelu,
+    /// sign(x) in {-1, 0, 1} (NaN kept).
+    Sign,
+    /// The step 1[x > 0], ReLU's derivative.
+    Step,
+    /// GELU's derivative Φ(x) + x φ(x) (used by its backward; not itself differentiable here).
+    GeluGrad,
 }
 
 impl UnaryOp {
     /// Every unary op.
-    pub const ALL: [UnaryOp; 9] = [
+    pub const ALL: [UnaryOp; 12] = [
         UnaryOp::Neg,
         UnaryOp::Abs,
         UnaryOp::Exp,
@@ -40,6 +47,9 @@ impl UnaryOp {
         UnaryOp::Sigmoid,
         UnaryOp::Relu,
         UnaryOp::Gelu,
+        UnaryOp::Sign,
+        UnaryOp::Step,
+        UnaryOp::GeluGrad,
     ];
 
     /// The op's name, as in messages and kernel names.
@@ -54,12 +64,15 @@ impl UnaryOp {
             UnaryOp::Sigmoid => "sigmoid",
             UnaryOp::Relu => "relu",
             UnaryOp::Gelu => "gelu",
+            UnaryOp::Sign => "sign",
+            UnaryOp::Step => "step",
+            UnaryOp::GeluGrad => "gelu_grad",
         }
     }
 
-    /// Whether the op is defined for `dtype` (integers take only neg, abs and relu).
+    /// Whether the op is defined for `dtype` (integers take only neg, abs, relu, sign and step).
     pub fn supports(self, dtype: DType) -> bool {
-        dtype.is_float() || matches!(self, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu)
+        dtype.is_float() || matches!(self, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu | UnaryOp::Sign | UnaryOp::Step)
     }
 
     /// The CPU reference, in f64.
@@ -80,6 +93,27 @@ impl UnaryOp {
                 }
             }
             UnaryOp::Gelu => 0.5 * x * (1.0 + erf(x * std::f64::consts::FRAC_1_SQRT_2)),
+            UnaryOp::Sign => {
+                if x > 0.0 {
+                    1.0
+                } else if x < 0.0 {
+                    -1.0
+                } else {
+                    x
+                }
+            }
+            UnaryOp::Step => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            UnaryOp::GeluGrad => {
+                let cdf = 0.5 * (1.0 + erf(x * std::f64::consts::FRAC_1_SQRT_2));
+                let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                cdf + x * pdf
+            }
         }
     }
 
@@ -98,6 +132,12 @@ pub(crate) fn kernel_names() -> Vec<String> {
 impl Tensor {
     /// Applies `op` to every element.
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        let out = self.unary_forward(op)?;
+        let (x, y) = (self.detach(), out.detach());
+        Ok(record(out, &[self], move |g| Ok(vec![unary_backward(op, &x, &y, g)?])))
+    }
+
+    fn unary_forward(&self, op: UnaryOp) -> Result<Tensor> {
         let name = op.name();
         if !op.supports(self.dtype) {
             return Err(Error::unsupported(name, self.dtype, " (needs a floating-point tensor)"));
@@ -171,6 +211,29 @@ impl Tensor {
     pub fn gelu(&self) -> Result<Tensor> {
         self.unary(UnaryOp::Gelu)
     }
+
+    /// sign(x) in {-1, 0, 1}.
+    pub fn sign(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sign)
+    }
+}
+
+/// The gradient of `op` at x (with output y), given the output's gradient g.
+fn unary_backward(op: UnaryOp, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+    let gx = match op {
+        UnaryOp::Neg => g.neg()?,
+        UnaryOp::Abs => g.mul(&x.sign()?)?,
+        UnaryOp::Exp => g.mul(y)?,
+        UnaryOp::Log => g.div(x)?,
+        UnaryOp::Sqrt => g.div(y)?.mul_scalar(0.5)?,
+        UnaryOp::Tanh => g.mul(&y.mul(y)?.neg()?.add_scalar(1.0)?)?,
+        UnaryOp::Sigmoid => g.mul(&y.mul(&y.neg()?.add_scalar(1.0)?)?)?,
+        UnaryOp::Relu => g.mul(&x.unary_forward(UnaryOp::Step)?)?,
+        UnaryOp::Gelu => g.mul(&x.unary_forward(UnaryOp::GeluGrad)?)?,
+        // Piecewise constant: zero almost everywhere. GeluGrad is not differentiated further.
+        UnaryOp::Sign | UnaryOp::Step | UnaryOp::GeluGrad => return Ok(None),
+    };
+    Ok(Some(gx))
 }
 
 /// The error function to within a few ulp of f64: its Maclaurin series for |x| < 2.5, and

@@ -2,6 +2,7 @@
 //! draws, and moves between devices.
 
 use super::Tensor;
+use crate::autograd::record;
 use crate::cuda;
 use crate::dtype::Element;
 use crate::rng::Generator;
@@ -41,7 +42,7 @@ impl Tensor {
 
     /// The values in row-major order as `T` (converting the dtype if it differs).
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
-        let host = if self.device == Device::Cpu { self.clone() } else { self.to_device(&Device::Cpu)? };
+        let host = if self.device == Device::Cpu { self.clone() } else { self.transfer(&Device::Cpu)? };
         match host.storage() {
             StorageRef::Cpu(s) => Ok(s.gather::<T>(&host.layout)),
             StorageRef::Cuda(_) => unreachable!("to_device(Cpu) returns host storage"),
@@ -61,6 +62,12 @@ impl Tensor {
         if self.device == *device {
             return Ok(self.clone());
         }
+        let out = self.transfer(device)?;
+        let from = self.device;
+        Ok(record(out, &[self], move |g| Ok(vec![Some(g.to_device(&from)?)])))
+    }
+
+    fn transfer(&self, device: &Device) -> Result<Tensor> {
         match (self.storage(), device) {
             (StorageRef::Cpu(s), Device::Cuda(ordinal)) => {
                 let dense = s.gather_same(&self.layout);
@@ -75,7 +82,7 @@ impl Tensor {
                     self.dtype,
                     &s.download("to_device")?[..self.numel() * self.dtype.size_in_bytes()],
                 );
-                Tensor::from_cpu(host, self.shape()).to_device(device)
+                Tensor::from_cpu(host, self.shape()).transfer(device)
             }
             (StorageRef::Cpu(_), Device::Cpu) => Ok(self.clone()),
         }

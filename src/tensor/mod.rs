@@ -3,6 +3,7 @@
 mod create;
 mod views;
 
+use crate::autograd::Node;
 use crate::layout::Layout;
 use crate::storage::{CpuStorage, Storage, StorageRef};
 use crate::{DType, Device, Error, Result};
@@ -32,6 +33,8 @@ pub struct Tensor {
     pub(crate) layout: Layout,
     pub(crate) dtype: DType,
     pub(crate) device: Device,
+    /// Where this tensor sits in the autograd graph, if it tracks gradients.
+    pub(crate) node: Option<Arc<Node>>,
 }
 
 impl Tensor {
@@ -40,7 +43,7 @@ impl Tensor {
             Storage::Cpu(s) => (s.read().unwrap_or_else(|e| e.into_inner()).dtype(), Device::Cpu),
             Storage::Cuda(s) => (s.dtype, s.device.device()),
         };
-        Tensor { storage: Arc::new(storage), layout: Layout::contiguous(shape), dtype, device }
+        Tensor { storage: Arc::new(storage), layout: Layout::contiguous(shape), dtype, device, node: None }
     }
 
     pub(crate) fn from_cpu(storage: CpuStorage, shape: &[usize]) -> Tensor {
@@ -51,9 +54,10 @@ impl Tensor {
         Tensor::from_storage(Storage::Cuda(storage), shape)
     }
 
-    /// The same storage under another layout.
+    /// The same storage under another layout, outside the autograd graph (view ops record
+    /// their own backward).
     pub(crate) fn with_layout(&self, layout: Layout) -> Tensor {
-        Tensor { storage: self.storage.clone(), layout, dtype: self.dtype, device: self.device }
+        Tensor { storage: self.storage.clone(), layout, dtype: self.dtype, device: self.device, node: None }
     }
 
     /// The storage, borrowed for reading (host data stays read-locked while the guard lives).

@@ -1,16 +1,19 @@
 //! Views: new shapes and strides over the same storage, without copying.
 
 use super::Tensor;
-use crate::layout::normalize_axis;
+use crate::autograd::record;
+use crate::layout::{Layout, normalize_axis};
 use crate::{Error, Result};
 
 impl Tensor {
     /// The same elements under `shape`: a view when the tensor is contiguous, else a copy.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        match self.layout.reshape(shape)? {
-            Some(layout) => Ok(self.with_layout(layout)),
-            None => self.copy_contiguous()?.reshape(shape),
-        }
+        let out = match self.layout.reshape(shape)? {
+            Some(layout) => self.with_layout(layout),
+            None => self.copy_contiguous()?.with_layout(Layout::contiguous(shape)),
+        };
+        let from = self.shape().to_vec();
+        Ok(record(out, &[self], move |g| Ok(vec![Some(g.reshape(&from)?)])))
     }
 
     /// Merges dims `start..=end` into one (negative dims count from the back).
@@ -37,12 +40,18 @@ impl Tensor {
 
     /// Reorders the dims: output dim i is input dim `dims[i]`.
     pub fn permute(&self, dims: &[usize]) -> Result<Tensor> {
-        Ok(self.with_layout(self.layout.permute(dims)?))
+        let out = self.with_layout(self.layout.permute(dims)?);
+        let mut inverse = vec![0; dims.len()];
+        for (i, &d) in dims.iter().enumerate() {
+            inverse[d] = i;
+        }
+        Ok(record(out, &[self], move |g| Ok(vec![Some(g.permute(&inverse)?)])))
     }
 
     /// Swaps two dims.
     pub fn transpose(&self, a: isize, b: isize) -> Result<Tensor> {
-        Ok(self.with_layout(self.layout.transpose(a, b)?))
+        let out = self.with_layout(self.layout.transpose(a, b)?);
+        Ok(record(out, &[self], move |g| Ok(vec![Some(g.transpose(a, b)?)])))
     }
 
     /// Swaps the last two dims (a matrix transpose, batched).
@@ -55,21 +64,38 @@ impl Tensor {
 
     /// Elements `start..start + len` along `dim`.
     pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Tensor> {
-        Ok(self.with_layout(self.layout.narrow(dim, start, len)?))
+        let out = self.with_layout(self.layout.narrow(dim, start, len)?);
+        let (shape, d) = (self.shape().to_vec(), normalize_axis("narrow", dim, self.shape())?);
+        Ok(record(out, &[self], move |g| {
+            // The gradient of a slice: g in place, zeros around it.
+            let pad = |size: usize| {
+                let mut s = shape.clone();
+                s[d] = size;
+                Tensor::zeros(&s, g.dtype(), &g.device())
+            };
+            let (before, after) = (pad(start)?, pad(shape[d] - start - len)?);
+            Ok(vec![Some(Tensor::cat(&[&before, g, &after], d as isize)?)])
+        }))
     }
 
     /// Views the tensor as `shape` by NumPy broadcasting, without copying.
     pub fn broadcast_as(&self, shape: &[usize]) -> Result<Tensor> {
-        Ok(self.with_layout(self.layout.broadcast_as(shape)?))
+        let out = self.with_layout(self.layout.broadcast_as(shape)?);
+        let from = self.shape().to_vec();
+        Ok(record(out, &[self], move |g| Ok(vec![Some(g.sum_to(&from)?)])))
     }
 
     /// Removes dim `dim`, which must have size 1.
     pub fn squeeze(&self, dim: isize) -> Result<Tensor> {
-        Ok(self.with_layout(self.layout.squeeze(dim)?))
+        let out = self.with_layout(self.layout.squeeze(dim)?);
+        let from = self.shape().to_vec();
+        Ok(record(out, &[self], move |g| Ok(vec![Some(g.reshape(&from)?)])))
     }
 
     /// Inserts a dim of size 1 at `dim`.
     pub fn unsqueeze(&self, dim: isize) -> Result<Tensor> {
-        Ok(self.with_layout(self.layout.unsqueeze(dim)?))
+        let out = self.with_layout(self.layout.unsqueeze(dim)?);
+        let from = self.shape().to_vec();
+        Ok(record(out, &[self], move |g| Ok(vec![Some(g.reshape(&from)?)])))
     }
 }

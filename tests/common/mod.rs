@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod grad_cases;
+
 use nabla::{DType, Device, Generator, Tensor};
 use std::io::Write;
 

@@ -1,0 +1,210 @@
+//! Reverse-mode automatic differentiation.
+//!
+//! Every op whose inputs track gradients records a [`Node`] on its output: the inputs and a
+//! closure that maps the output's gradient to the inputs' gradients. `backward()` walks the
+//! graph from a scalar in reverse topological order, summing gradients where paths meet, and
+//! adds the result into each leaf's `grad` (so repeated backward passes accumulate, as in
+//! PyTorch, until `zero_grad`). Gradient closures run with recording switched off and use the
+//! ordinary ops, so a GPU graph differentiates on the GPU without host synchronisation.
+
+use crate::{Error, Result, Tensor};
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Maps the gradient of an op's output to the gradients of its inputs (None: no gradient).
+pub(crate) type BackwardFn = Box<dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
+
+/// A vertex of the autograd graph: a leaf (a tensor the user asked gradients for) or the
+/// record of the op that produced a tensor.
+pub(crate) struct Node {
+    id: usize,
+    inputs: Vec<Tensor>,
+    backward: Option<BackwardFn>,
+    grad: Mutex<Option<Tensor>>,
+}
+
+impl Node {
+    fn new(inputs: Vec<Tensor>, backward: Option<BackwardFn>) -> Arc<Node> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        Arc::new(Node { id: NEXT.fetch_add(1, Ordering::Relaxed), inputs, backward, grad: Mutex::new(None) })
+    }
+}
+
+thread_local! {
+    static RECORDING: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether ops on this thread record the autograd graph.
+pub fn is_grad_enabled() -> bool {
+    RECORDING.with(|r| r.get())
+}
+
+/// Switches graph recording off on this thread until dropped (like `torch.no_grad()`).
+pub struct NoGradGuard {
+    previous: bool,
+}
+
+impl NoGradGuard {
+    /// Stops recording; the previous state comes back when the guard drops.
+    pub fn new() -> Self {
+        NoGradGuard { previous: RECORDING.with(|r| r.replace(false)) }
+    }
+}
+
+impl Default for NoGradGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        RECORDING.with(|r| r.set(self.previous));
+    }
+}
+
+/// Runs `f` without recording the autograd graph.
+pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = NoGradGuard::new();
+    f()
+}
+
+/// Attaches the record of the op that made `out` from `inputs`, if any input tracks gradients
+/// and recording is on. `backward` gets the gradient of `out` and returns one entry per input.
+pub(crate) fn record(
+    out: Tensor,
+    inputs: &[&Tensor],
+    backward: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
+) -> Tensor {
+    if !is_grad_enabled() || !inputs.iter().any(|t| t.node.is_some()) {
+        return out;
+    }
+    let inputs = inputs.iter().map(|t| (*t).clone()).collect();
+    Tensor { node: Some(Node::new(inputs, Some(Box::new(backward)))), ..out }
+}
+
+impl Tensor {
+    /// This tensor as a leaf of the autograd graph: ops on it record, and `backward()` fills
+    /// its `grad()`. Shares the storage (like `requires_grad_()` in PyTorch).
+    pub fn requires_grad_(&self) -> Result<Tensor> {
+        if !self.dtype.is_float() {
+            return Err(Error::unsupported("requires_grad_", self.dtype, " (only floats have gradients)"));
+        }
+        Ok(Tensor { node: Some(Node::new(Vec::new(), None)), ..self.clone() })
+    }
+
+    /// Whether this tensor is part of the autograd graph (a leaf or an op's output).
+    pub fn requires_grad(&self) -> bool {
+        self.node.is_some()
+    }
+
+    /// The same values outside the graph: ops on it record nothing.
+    pub fn detach(&self) -> Tensor {
+        Tensor { node: None, ..self.clone() }
+    }
+
+    /// The gradient accumulated by `backward()` into this leaf, if any.
+    pub fn grad(&self) -> Option<Tensor> {
+        let node = self.node.as_ref()?;
+        node.grad.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces this leaf's gradient (`None` clears it, like `zero_grad(set_to_none=True)`).
+    pub fn set_grad(&self, grad: Option<Tensor>) -> Result<()> {
+        let node = self.node.as_ref().ok_or_else(|| Error::invalid("set_grad", "the tensor does not require grad"))?;
+        *node.grad.lock().unwrap_or_else(|e| e.into_inner()) = grad.map(|g| g.detach());
+        Ok(())
+    }
+
+    /// Clears this leaf's gradient.
+    pub fn zero_grad(&self) {
+        if let Some(node) = &self.node {
+            *node.grad.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// Back-propagates from this one-element tensor: adds d(self)/d(leaf) into every leaf's grad.
+    pub fn backward(&self) -> Result<()> {
+        if self.numel() != 1 {
+            return Err(Error::shape("backward", format!("needs a one-element tensor, got shape {:?}", self.shape())));
+        }
+        let seed = self.detach().ones_like()?;
+        self.backward_with(&seed)
+    }
+
+    /// Back-propagates `grad` (shaped like this tensor) through the graph.
+    pub fn backward_with(&self, grad: &Tensor) -> Result<()> {
+        let root = self.node.as_ref().ok_or_else(|| Error::invalid("backward", "the tensor does not require grad"))?;
+        if grad.shape() != self.shape() {
+            return Err(Error::shape(
+                "backward",
+                format!("gradient {:?} for a tensor of shape {:?}", grad.shape(), self.shape()),
+            ));
+        }
+        let _guard = NoGradGuard::new();
+        let order = topological_order(root);
+        let mut grads: HashMap<usize, Tensor> = HashMap::new();
+        grads.insert(root.id, grad.detach());
+        for node in order.iter().rev() {
+            let Some(g) = grads.remove(&node.id) else { continue };
+            let Some(backward) = &node.backward else {
+                // Leaves keep dense gradients (a broadcast view would reach optimizers as such).
+                let g = g.contiguous()?;
+                let mut slot = node.grad.lock().unwrap_or_else(|e| e.into_inner());
+                *slot = Some(match slot.take() {
+                    Some(previous) => previous.add(&g)?,
+                    None => g,
+                });
+                continue;
+            };
+            let input_grads = backward(&g)?;
+            for (input, input_grad) in node.inputs.iter().zip(input_grads) {
+                let (Some(input_node), Some(input_grad)) = (&input.node, input_grad) else { continue };
+                if input_grad.shape() != input.shape() {
+                    return Err(Error::shape(
+                        "backward",
+                        format!(
+                            "an op produced gradient {:?} for an input of shape {:?}",
+                            input_grad.shape(),
+                            input.shape()
+                        ),
+                    ));
+                }
+                let summed = match grads.remove(&input_node.id) {
+                    Some(previous) => previous.add(&input_grad)?,
+                    None => input_grad,
+                };
+                grads.insert(input_node.id, summed);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Nodes reachable from `root`, each after all nodes it depends on (inputs first).
+fn topological_order(root: &Arc<Node>) -> Vec<Arc<Node>> {
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    // Iterative DFS: (node, whether its inputs have been pushed).
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((node, expanded)) = stack.pop() {
+        if expanded {
+            order.push(node);
+            continue;
+        }
+        if !seen.insert(node.id) {
+            continue;
+        }
+        stack.push((node.clone(), true));
+        for input in &node.inputs {
+            if let Some(n) = &input.node
+                && !seen.contains(&n.id)
+            {
+                stack.push((n.clone(), false));
+            }
+        }
+    }
+    order
+}

@@ -1,0 +1,89 @@
+//! Differentiable cases shared by the finite-difference checks and the GPU backward tests: a
+//! name, f64 inputs on the CPU, and a function of the inputs. Inputs stay away from kinks
+//! (|x| > 0.1 for abs/relu, distinct values for max/min) so finite differences are valid.
+
+use super::{randn, uniform};
+use nabla::{DType, Device, Result, Tensor};
+
+pub type Case = (&'static str, Vec<Tensor>, Box<dyn Fn(&[Tensor]) -> Result<Tensor>>);
+
+fn away_from_zero(shape: &[usize], seed: u64) -> Tensor {
+    let x = uniform(shape, 0.2, 2.0, DType::F64, seed);
+    let sign = uniform(shape, -1.0, 1.0, DType::F64, seed + 100).sign().unwrap();
+    x.mul(&sign).unwrap()
+}
+
+fn ints(values: &[i64], shape: &[usize]) -> Tensor {
+    Tensor::from_vec(values.to_vec(), shape, &Device::Cpu).unwrap()
+}
+
+pub fn cases() -> Vec<Case> {
+    let mut out: Vec<Case> = Vec::new();
+    macro_rules! case {
+        ($name:expr, [$($input:expr),*], $f:expr) => {
+            out.push(($name, vec![$($input),*], Box::new($f)))
+        };
+    }
+    let x = || randn(&[3, 4], DType::F64, 1);
+    let pos = || uniform(&[3, 4], 0.3, 3.0, DType::F64, 2);
+    case!("neg", [x()], |t| t[0].neg());
+    case!("abs", [away_from_zero(&[3, 4], 3)], |t| t[0].abs());
+    case!("exp", [x()], |t| t[0].exp());
+    case!("log", [pos()], |t| t[0].log());
+    case!("sqrt", [pos()], |t| t[0].sqrt());
+    case!("tanh", [x()], |t| t[0].tanh());
+    case!("sigmoid", [x()], |t| t[0].sigmoid());
+    case!("relu", [away_from_zero(&[3, 4], 4)], |t| t[0].relu());
+    case!("gelu", [x()], |t| t[0].gelu());
+    let a = || randn(&[2, 3, 4], DType::F64, 5);
+    let b = || randn(&[3, 1], DType::F64, 6);
+    case!("add broadcast", [a(), b()], |t| t[0].add(&t[1]));
+    case!("sub broadcast", [a(), b()], |t| t[0].sub(&t[1]));
+    case!("mul broadcast", [a(), b()], |t| t[0].mul(&t[1]));
+    case!("div broadcast", [a(), away_from_zero(&[3, 1], 7)], |t| t[0].div(&t[1]));
+    case!("pow", [uniform(&[2, 3], 0.5, 2.0, DType::F64, 8), uniform(&[3], -1.5, 1.5, DType::F64, 9)], |t| {
+        t[0].pow(&t[1])
+    });
+    case!("maximum", [randn(&[4, 3], DType::F64, 10), randn(&[3], DType::F64, 11)], |t| t[0].maximum(&t[1]));
+    case!("minimum", [randn(&[4, 3], DType::F64, 12), randn(&[4, 1], DType::F64, 13)], |t| t[0].minimum(&t[1]));
+    case!("scalar ops", [pos()], |t| {
+        t[0].add_scalar(1.5)?.mul_scalar(-2.0)?.sub_scalar(0.25)?.div_scalar(3.0)?.neg()?.pow_scalar(1.7)
+    });
+    case!("maximum/minimum scalar", [x()], |t| t[0].maximum_scalar(0.05)?.minimum_scalar(0.9));
+    case!("where", [randn(&[3, 4], DType::F64, 14), randn(&[4], DType::F64, 15)], |t| {
+        t[0].gt_scalar(0.0)?.where_cond(&t[0], &t[1])
+    });
+    case!("sum axes", [a()], |t| t[0].sum(&[0, 2], false));
+    case!("mean keepdim", [a()], |t| t[0].mean(&[1], true));
+    case!("sum all", [a()], |t| t[0].sum_all());
+    case!("max", [a()], |t| t[0].max(&[2], false));
+    case!("min all", [a()], |t| t[0].min(&[], false));
+    case!("softmax", [a()], |t| t[0].softmax(-1));
+    case!("softmax axis 0", [a()], |t| t[0].softmax(0));
+    case!("log_softmax", [a()], |t| t[0].log_softmax(1));
+    case!("matmul 2-D", [randn(&[3, 5], DType::F64, 16), randn(&[5, 2], DType::F64, 17)], |t| t[0].matmul(&t[1]));
+    case!("matmul batched broadcast", [randn(&[2, 1, 3, 4], DType::F64, 18), randn(&[3, 4, 2], DType::F64, 19)], |t| {
+        t[0].matmul(&t[1])
+    });
+    case!("matmul transposed and vector", [randn(&[4, 3], DType::F64, 20), randn(&[4], DType::F64, 21)], |t| {
+        t[0].t()?.matmul(&t[1])
+    });
+    case!("reshape/permute/transpose", [a()], |t| t[0].reshape(&[6, 4])?.t()?.reshape(&[2, 2, 6])?.permute(&[2, 0, 1]));
+    case!("narrow", [a()], |t| t[0].narrow(2, 1, 2)?.narrow(0, 1, 1));
+    case!("broadcast_as", [b()], |t| t[0].broadcast_as(&[2, 3, 5]));
+    case!("squeeze/unsqueeze/flatten", [randn(&[3, 1, 4], DType::F64, 22)], |t| {
+        t[0].squeeze(1)?.unsqueeze(0)?.flatten(0, 1)?.contiguous()
+    });
+    case!("cat and stack", [randn(&[2, 3], DType::F64, 23), randn(&[2, 2], DType::F64, 24)], |t| {
+        Tensor::stack(&[&Tensor::cat(&[&t[0], &t[1]], 1)?, &Tensor::cat(&[&t[1], &t[0]], 1)?], 0)
+    });
+    case!("index_select", [a()], |t| t[0].index_select(1, &ints(&[2, 0, 2, 1], &[4])));
+    case!("gather", [randn(&[3, 4], DType::F64, 25)], |t| t[0].gather(1, &ints(&[0, 3, 3, 1, 2, 2], &[3, 2])));
+    case!("index_add", [randn(&[4, 3], DType::F64, 26), randn(&[3, 3], DType::F64, 27)], |t| {
+        t[0].index_add(0, &ints(&[1, 3, 1], &[3]), &t[1])
+    });
+    case!("scatter_add", [randn(&[3, 4], DType::F64, 28), randn(&[3, 2], DType::F64, 29)], |t| {
+        t[0].scatter_add(1, &ints(&[0, 3, 3, 3, 2, 1], &[3, 2]), &t[1])
+    });
+    out
+}
