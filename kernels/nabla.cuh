@@ -17,6 +17,7 @@ struct f16 { unsigned short bits; };
 struct bf16 { unsigned short bits; };
 
 #define NABLA_INF __int_as_float(0x7f800000)
+#define NABLA_NAN __int_as_float(0x7fc00000)
 
 __device__ __forceinline__ float f16_to_float(f16 x) {
     float f;

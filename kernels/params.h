@@ -51,3 +51,29 @@ struct ReduceParams {
     double scale;
     struct StridedLayout src;
 };
+
+// One SGD step: g' = g + weight_decay p; with momentum, buf = momentum buf + (1 - dampening) g'
+// (buf = g' on the first step) and g' = nesterov ? g' + momentum buf : buf; then p -= lr g'.
+struct SgdParams {
+    double lr;
+    double momentum;
+    double dampening;
+    double weight_decay;
+    long long nesterov;
+    long long first_step;
+};
+
+// One Adam/AdamW step at step t: m = beta1 m + (1 - beta1) g, v = beta2 v + (1 - beta2) g^2,
+// p -= lr (m / bias_correction1) / (sqrt(v / bias_correction2) + eps), with
+// bias_correction_i = 1 - beta_i^t. Weight decay adds weight_decay p to g (Adam) or scales p by
+// 1 - lr weight_decay first (AdamW, `decoupled` = 1).
+struct AdamParams {
+    double lr;
+    double beta1;
+    double beta2;
+    double eps;
+    double weight_decay;
+    double bias_correction1;
+    double bias_correction2;
+    long long decoupled;
+};

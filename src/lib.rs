@@ -23,14 +23,20 @@
 
 mod autograd;
 pub mod cuda;
+pub mod data;
 mod device;
 mod dtype;
 mod error;
+pub mod io;
 mod layout;
+pub mod metrics;
+pub mod nn;
 pub mod ops;
+pub mod optim;
 mod rng;
 mod storage;
 mod tensor;
+pub mod train;
 
 pub use autograd::{NoGradGuard, is_grad_enabled, no_grad};
 pub use device::Device;

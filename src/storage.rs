@@ -66,6 +66,17 @@ impl CpuStorage {
         }
     }
 
+    /// The elements as `T`, if this storage holds `T`.
+    pub(crate) fn typed_mut<T: Element>(&mut self) -> Option<&mut [T]> {
+        if self.dtype() != T::DTYPE {
+            return None;
+        }
+        let (ptr, len) = with_cpu_vec!(self, v => (v.as_mut_ptr().cast::<T>(), v.len()));
+        // SAFETY: the storage holds exactly T (equal DTYPEs mean equal types); the borrow of
+        // `self` is held by the returned slice.
+        Some(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+    }
+
     /// The elements, if this is i64 storage.
     pub(crate) fn as_i64(&self) -> Option<&[i64]> {
         match self {

@@ -204,6 +204,9 @@ fn matmul_matches_a_naive_f64_triple_loop_for_batched_broadcast_and_transposed_o
     let v = t(&[1., 0., -1.], &[3]);
     assert_eq!(vals(&m.matmul(&v).unwrap()), vec![-2., -2.]);
     assert_eq!(vals(&t(&[1., 1.], &[2]).matmul(&m).unwrap()), vec![5., 7., 9.]);
+    // an operand broadcast inside its matrix dims (stride 0) is read in place too
+    let rows = t(&[1., 2., 3.], &[1, 3]).broadcast_as(&[2, 3]).unwrap();
+    assert_eq!(vals(&rows.matmul(&m.t().unwrap()).unwrap()), vec![14., 32., 14., 32.]);
     let err = m.matmul(&m).unwrap_err().to_string();
     assert!(err.contains("matmul") && err.contains("[2, 3] x [2, 3]"), "{err}");
 }

@@ -5,14 +5,26 @@
 //! - `nabla check [--device auto|cpu|cuda[:N]] [--seed N]`: runs a small network's ops (matmul,
 //!   bias add, GELU, softmax, reductions) on the device and on the CPU reference, and prints the
 //!   largest difference of each.
+//! - `nabla train [--model mlp|perceptron] [--epochs N] ...`: trains on MNIST (the shipped subset
+//!   by default) with a progress bar and one line per epoch; writes a safetensors checkpoint
+//!   and a JSON history.
+//! - `nabla eval --checkpoint F [--data DIR]`: top-1/top-5 error, per-class precision and
+//!   recall, and the confusion matrix on the test split.
 
 use nabla::cuda::{self, kernels};
-use nabla::{DType, Device, Generator, Result, Tensor};
+use nabla::train::{self, ModelKind, OptimizerKind, TrainConfig};
+use nabla::{DType, Device, Generator, Result, Tensor, metrics};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: nabla <command>
 
 commands:
+  train [--model mlp|perceptron] [--epochs N] [--batch-size N] [--lr X]
+        [--optimizer sgd|adam|adamw] [--seed N] [--device auto|cpu|cuda[:N]]
+        [--data DIR] [--out DIR] [--resume CHECKPOINT] [--shift PIXELS] [--dropout P]
+                             train on MNIST (the shipped 8,000/2,000 subset unless --data)
+  eval --checkpoint F [--data DIR] [--device D]
+                             top-1/top-5 error, per-class precision/recall, confusion matrix
   info                       devices, driver and NVRTC versions, kernel module origins
   check [--device D] [--seed N]
                              run ops on D (auto|cpu|cuda|cuda:N, default auto) and on the CPU
@@ -22,7 +34,9 @@ commands:
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        None => info().and_then(|_| check(&[])),
+        None => train_cmd(&[]),
+        Some("train") => train_cmd(&args[1..]),
+        Some("eval") => eval_cmd(&args[1..]),
         Some("info") => info(),
         Some("check") => check(&args[1..]),
         Some("help" | "--help" | "-h") => {
@@ -40,6 +54,132 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--flag value` pairs, every flag known to the command.
+fn parse_flags<'a>(cmd: &'static str, args: &'a [String], known: &[&str]) -> Result<Vec<(&'a str, &'a str)>> {
+    let mut out = Vec::new();
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        if !known.contains(&flag.as_str()) {
+            return Err(nabla::Error::InvalidArgument {
+                op: cmd,
+                detail: format!("unknown flag `{flag}` (see `nabla help`)"),
+            });
+        }
+        let value = rest
+            .next()
+            .ok_or_else(|| nabla::Error::InvalidArgument { op: cmd, detail: format!("{flag} needs a value") })?;
+        out.push((flag.as_str(), value.as_str()));
+    }
+    Ok(out)
+}
+
+fn number<T: std::str::FromStr>(cmd: &'static str, flag: &str, value: &str) -> Result<T> {
+    value
+        .parse()
+        .map_err(|_| nabla::Error::InvalidArgument { op: cmd, detail: format!("{flag} takes a number, got `{value}`") })
+}
+
+fn train_cmd(args: &[String]) -> Result<()> {
+    let known = [
+        "--model",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--optimizer",
+        "--seed",
+        "--device",
+        "--data",
+        "--out",
+        "--resume",
+        "--shift",
+        "--dropout",
+    ];
+    let mut config = TrainConfig { device: Device::cuda_if_available(), verbose: true, ..TrainConfig::default() };
+    for (flag, value) in parse_flags("train", args, &known)? {
+        match flag {
+            "--model" => config.model = ModelKind::parse(value)?,
+            "--epochs" => config.epochs = number("train", flag, value)?,
+            "--batch-size" => config.batch_size = number("train", flag, value)?,
+            "--lr" => config.lr = number("train", flag, value)?,
+            "--optimizer" => config.optimizer = OptimizerKind::parse(value)?,
+            "--seed" => config.seed = number("train", flag, value)?,
+            "--device" => config.device = value.parse()?,
+            "--data" => config.data = Some(value.into()),
+            "--out" => config.out_dir = value.into(),
+            "--resume" => config.resume = Some(value.into()),
+            "--shift" => config.shift = number("train", flag, value)?,
+            "--dropout" => config.dropout = number("train", flag, value)?,
+            _ => unreachable!("parse_flags admits only known flags"),
+        }
+    }
+    if config.epochs == 0 || config.batch_size == 0 || config.lr.is_nan() || config.lr <= 0.0 {
+        return Err(nabla::Error::InvalidArgument {
+            op: "train",
+            detail: "--epochs, --batch-size and --lr must be positive".into(),
+        });
+    }
+    let data = config.data.as_ref().map_or("shipped MNIST subset".to_string(), |d| d.display().to_string());
+    println!(
+        "training {} on {} ({data}), {} epochs, batch {}, {:?} lr {}, seed {}",
+        config.model.name(),
+        config.device,
+        config.epochs,
+        config.batch_size,
+        config.optimizer,
+        config.lr,
+        config.seed
+    );
+    let started = std::time::Instant::now();
+    let outcome = train::train(&config)?;
+    println!(
+        "test accuracy {:.2}% ({:.1}s in all); checkpoint {}, history {}",
+        100.0 * outcome.test_accuracy,
+        started.elapsed().as_secs_f64(),
+        outcome.checkpoint.display(),
+        train::history_path(&outcome.checkpoint).display()
+    );
+    Ok(())
+}
+
+fn eval_cmd(args: &[String]) -> Result<()> {
+    let mut checkpoint = None;
+    let mut data: Option<std::path::PathBuf> = None;
+    let mut device = Device::cuda_if_available();
+    for (flag, value) in parse_flags("eval", args, &["--checkpoint", "--data", "--device"])? {
+        match flag {
+            "--checkpoint" => checkpoint = Some(std::path::PathBuf::from(value)),
+            "--data" => data = Some(value.into()),
+            "--device" => device = value.parse()?,
+            _ => unreachable!("parse_flags admits only known flags"),
+        }
+    }
+    let path = checkpoint
+        .ok_or_else(|| nabla::Error::InvalidArgument { op: "eval", detail: "--checkpoint F is required".into() })?;
+    let saved = nabla::io::safetensors::load(&path)?;
+    let kind = saved.metadata.get("model").map(String::as_str).ok_or_else(|| nabla::Error::InvalidArgument {
+        op: "eval",
+        detail: format!("{} has no `model` metadata (not written by nabla train)", path.display()),
+    })?;
+    let model = ModelKind::parse(kind)?.build(0.0, &device, &mut Generator::new(0))?;
+    nabla::io::load_into_module(&saved, &model)?;
+    let (_, _, test) = train::mnist_splits(data.as_deref(), &device)?;
+    let scores = train::predict(&model, &test)?;
+    let predictions = scores.argmax(-1, false)?;
+    let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, 10)?;
+    println!("{} on {} test images ({device})", path.display(), test.len());
+    println!(
+        "top-1 error {:.2}%  top-5 error {:.2}%",
+        100.0 * metrics::top_k_error(&scores, &test.targets, 1)?,
+        100.0 * metrics::top_k_error(&scores, &test.targets, 5)?
+    );
+    println!("class  precision  recall     f1  support");
+    for (c, s) in confusion.class_scores().iter().enumerate() {
+        println!("{c:>5}  {:>9.4}  {:>6.4}  {:>5.4}  {:>7}", s.precision, s.recall, s.f1, s.support);
+    }
+    println!("confusion matrix (rows: true class, columns: predicted)\n{confusion}");
+    Ok(())
 }
 
 fn info() -> Result<()> {

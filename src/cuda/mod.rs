@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 unsafe impl DeviceRepr for params::StridedLayout {}
 unsafe impl DeviceRepr for params::MatmulParams {}
 unsafe impl DeviceRepr for params::ReduceParams {}
+unsafe impl DeviceRepr for params::SgdParams {}
+unsafe impl DeviceRepr for params::AdamParams {}
 
 /// Threads per block of the elementwise kernels.
 pub(crate) const ELEMENTWISE_THREADS: u32 = 256;

@@ -46,3 +46,29 @@ pub struct ReduceParams {
     pub scale: f64,
     pub src: StridedLayout,
 }
+
+/// Mirror of `struct SgdParams` in kernels/params.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SgdParams {
+    pub lr: f64,
+    pub momentum: f64,
+    pub dampening: f64,
+    pub weight_decay: f64,
+    pub nesterov: i64,
+    pub first_step: i64,
+}
+
+/// Mirror of `struct AdamParams` in kernels/params.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AdamParams {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub bias_correction1: f64,
+    pub bias_correction2: f64,
+    pub decoupled: i64,
+}

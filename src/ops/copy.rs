@@ -39,9 +39,20 @@ impl Tensor {
     }
 
     fn convert(&self, op: &'static str, dtype: DType) -> Result<Tensor> {
-        let mut out = Tensor::empty_for_copy(op, self.shape(), dtype, self.device)?;
-        copy_into(op, self, &mut out, &Layout::contiguous(self.shape()))?;
+        let out = Tensor::empty_for_copy(op, self.shape(), dtype, self.device)?;
+        copy_into(op, self, &out, &Layout::contiguous(self.shape()))?;
         Ok(out)
+    }
+
+    /// Overwrites this tensor's elements, in place, with `src`'s (converted to this dtype):
+    /// every tensor sharing the storage sees the new values. Not recorded by autograd; for
+    /// loading weights and optimizer updates.
+    pub fn copy_(&self, src: &Tensor) -> Result<()> {
+        if self.shape() != src.shape() {
+            return Err(Error::shape("copy_", format!("cannot copy {:?} into {:?}", src.shape(), self.shape())));
+        }
+        let src = src.to_device(&self.device)?;
+        copy_into("copy_", &src, self, &self.layout)
     }
 
     /// Joins tensors along an existing dim; all other dims must match.
@@ -59,12 +70,12 @@ impl Tensor {
             }
             shape[d] += t.shape()[d];
         }
-        let mut out = Tensor::empty_for_copy("cat", &shape, first.dtype, first.device)?;
+        let out = Tensor::empty_for_copy("cat", &shape, first.dtype, first.device)?;
         let whole = Layout::contiguous(&shape);
         let mut start = 0;
         for t in tensors {
             let part = whole.narrow(d as isize, start, t.shape()[d])?;
-            copy_into("cat", t, &mut out, &part)?;
+            copy_into("cat", t, &out, &part)?;
             start += t.shape()[d];
         }
         let sizes: Vec<usize> = tensors.iter().map(|t| t.shape()[d]).collect();
@@ -96,13 +107,15 @@ impl Tensor {
     }
 }
 
-/// Copies `src` into the `dst_layout` view of `dst`, which the caller owns alone.
-fn copy_into(op: &'static str, src: &Tensor, dst: &mut Tensor, dst_layout: &Layout) -> Result<()> {
-    let storage =
-        std::sync::Arc::get_mut(&mut dst.storage).ok_or_else(|| Error::invalid(op, "destination storage is shared"))?;
-    match (src.storage(), storage) {
+/// Copies `src` into the `dst_layout` view of `dst`'s storage, in place.
+fn copy_into(op: &'static str, src: &Tensor, dst: &Tensor, dst_layout: &Layout) -> Result<()> {
+    if std::sync::Arc::ptr_eq(&src.storage, &dst.storage) {
+        // Reading and writing one storage: go through a copy of the source.
+        return copy_into(op, &src.copy_contiguous()?, dst, dst_layout);
+    }
+    match (src.storage(), &*dst.storage) {
         (StorageRef::Cpu(s), Storage::Cpu(d)) => {
-            cpu_copy(&s, &src.layout, d.get_mut().unwrap_or_else(|e| e.into_inner()), dst_layout);
+            cpu_copy(&s, &src.layout, &mut d.write().unwrap_or_else(|e| e.into_inner()), dst_layout);
             Ok(())
         }
         (StorageRef::Cuda(s), Storage::Cuda(d)) => cuda_copy(op, s, &src.layout, d, dst_layout),
@@ -124,7 +137,7 @@ fn cuda_copy(
     op: &'static str,
     src: &CudaStorage,
     src_layout: &Layout,
-    dst: &mut CudaStorage,
+    dst: &CudaStorage,
     dst_layout: &Layout,
 ) -> Result<()> {
     let n = src_layout.numel();
@@ -137,9 +150,10 @@ fn cuda_copy(
     let (ls, ld) = (strided_layout(op, src_layout)?, strided_layout(op, dst_layout)?);
     let n_arg = n as i64;
     let mut launch = dev.stream.launch_builder(&f);
-    launch.arg(&src.buf).arg(&mut dst.buf).arg(&n_arg).arg(&ls).arg(&ld);
+    launch.arg(&src.buf).arg(&dst.buf).arg(&n_arg).arg(&ls).arg(&ld);
     // SAFETY: cast_<s>_<d>(const S*, D*, i64 n, StridedLayout, StridedLayout) reads n elements
-    // through `ls` and writes n through `ld`, both inside their buffers.
+    // through `ls` and writes n through `ld`, both inside their buffers (distinct storages).
+    // The destination is device memory written by the kernel, so a shared handle suffices.
     unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(op, &kernel, e))?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use cudarc::driver::PushKernelArg;
 use std::sync::Arc;
 
 pub(crate) fn kernel_names() -> Vec<String> {
-    DType::ALL.iter().flat_map(|d| [format!("fill_{d}"), format!("arange_{d}")]).collect()
+    DType::ALL.iter().flat_map(|d| [format!("fill_{d}"), format!("arange_{d}"), format!("dropout_mask_{d}")]).collect()
 }
 
 /// A new buffer of `n` elements of `dtype`, all `value`.

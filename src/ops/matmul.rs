@@ -4,12 +4,12 @@
 use crate::autograd::record;
 use crate::cuda::launch_error;
 use crate::cuda::params::{MatmulParams, NABLA_MAX_DIMS};
-use crate::layout::broadcast_shapes;
+use crate::layout::{Layout, broadcast_shapes};
 use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2, LinalgScalar};
+use ndarray::{ArrayView2, ArrayViewMut2, LinalgScalar, ShapeBuilder};
 
 const TILE: usize = 64;
 const THREADS: u32 = 256;
@@ -76,16 +76,20 @@ fn matmul_forward(
 
     match (a.storage(), b.storage()) {
         (StorageRef::Cpu(sa), StorageRef::Cpu(sb)) => {
-            let out = match dtype {
-                DType::F64 => {
-                    CpuStorage::F64(cpu_matmul::<f64>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n))
+            let dims = [m, k, n];
+            let out = match (&*sa, &*sb) {
+                // f32 and f64 operands are read in place through their strides.
+                (CpuStorage::F32(va), CpuStorage::F32(vb)) => {
+                    CpuStorage::F32(cpu_matmul(va, &a.layout, vb, &b.layout, batch_shape, dims))
                 }
-                DType::F32 => {
-                    CpuStorage::F32(cpu_matmul::<f32>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n))
+                (CpuStorage::F64(va), CpuStorage::F64(vb)) => {
+                    CpuStorage::F64(cpu_matmul(va, &a.layout, vb, &b.layout, batch_shape, dims))
                 }
                 // 16-bit floats accumulate in f32, as on the GPU, then round once.
-                dtype => {
-                    let c = cpu_matmul::<f32>(sa.gather(&a.layout), sb.gather(&b.layout), batch, m, k, n);
+                _ => {
+                    let (da, db): (Vec<f32>, Vec<f32>) = (sa.gather(&a.layout), sb.gather(&b.layout));
+                    let (la, lb) = (Layout::contiguous(a.shape()), Layout::contiguous(b.shape()));
+                    let c = cpu_matmul(&da, &la, &db, &lb, batch_shape, dims);
                     CpuStorage::from_f64(dtype, &c.iter().map(|&x| x as f64).collect::<Vec<_>>())
                 }
             };
@@ -147,14 +151,39 @@ fn matmul_forward(
     }
 }
 
-/// CPU reference: one ndarray GEMM per batch over dense row-major operands.
-fn cpu_matmul<T: LinalgScalar>(a: Vec<T>, b: Vec<T>, batch: usize, m: usize, k: usize, n: usize) -> Vec<T> {
+/// CPU reference: one ndarray GEMM per batch, reading both operands through their (broadcast,
+/// possibly transposed) layouts without copying.
+fn cpu_matmul<T: LinalgScalar>(
+    a: &[T],
+    la: &Layout,
+    b: &[T],
+    lb: &Layout,
+    batch_shape: &[usize],
+    [m, k, n]: [usize; 3],
+) -> Vec<T> {
+    let batch: usize = batch_shape.iter().product();
     let mut c = vec![T::zero(); batch * m * n];
-    for i in 0..batch {
-        let av = ArrayView2::from_shape((m, k), &a[i * m * k..(i + 1) * m * k]).expect("dense [m, k] block");
-        let bv = ArrayView2::from_shape((k, n), &b[i * k * n..(i + 1) * k * n]).expect("dense [k, n] block");
-        let mut cv = ArrayViewMut2::from_shape((m, n), &mut c[i * m * n..(i + 1) * m * n]).expect("dense [m, n] block");
+    if m * k * n == 0 {
+        return c;
+    }
+    let r = batch_shape.len();
+    for (i, block) in c.chunks_mut(m * n).enumerate() {
+        let (mut oa, mut ob, mut rest) = (la.offset(), lb.offset(), i);
+        for d in (0..r).rev() {
+            let idx = rest % batch_shape[d];
+            rest /= batch_shape[d];
+            oa += idx * la.strides()[d];
+            ob += idx * lb.strides()[d];
+        }
+        let av = matrix(a, oa, (m, k), (la.strides()[r], la.strides()[r + 1]));
+        let bv = matrix(b, ob, (k, n), (lb.strides()[r], lb.strides()[r + 1]));
+        let mut cv = ArrayViewMut2::from_shape((m, n), block).expect("dense [m, n] block");
         general_mat_mul(T::one(), &av, &bv, T::zero(), &mut cv);
     }
     c
+}
+
+/// The rows x cols matrix at `offset` with the given element strides.
+fn matrix<T>(data: &[T], offset: usize, shape: (usize, usize), strides: (usize, usize)) -> ArrayView2<'_, T> {
+    ArrayView2::from_shape(shape.strides(strides), &data[offset..]).expect("the layout lies inside its storage")
 }

@@ -7,6 +7,7 @@ pub mod binary;
 pub mod copy;
 pub mod fill;
 pub mod index;
+pub mod loss;
 pub mod matmul;
 pub mod reduce;
 pub mod softmax;
@@ -23,5 +24,7 @@ pub fn launchable_kernels() -> Vec<(&'static str, String)> {
     all.extend(copy::kernel_names().into_iter().map(|k| ("copy", k)));
     all.extend(index::kernel_names().into_iter().map(|k| ("index", k)));
     all.extend(fill::kernel_names().into_iter().map(|k| ("fill", k)));
+    all.extend(loss::kernel_names().into_iter().map(|k| ("loss", k)));
+    all.extend(crate::optim::kernel_names().into_iter().map(|k| ("optim", k)));
     all
 }

@@ -85,5 +85,12 @@ pub fn cases() -> Vec<Case> {
     case!("scatter_add", [randn(&[3, 4], DType::F64, 28), randn(&[3, 2], DType::F64, 29)], |t| {
         t[0].scatter_add(1, &ints(&[0, 3, 3, 3, 2, 1], &[3, 2]), &t[1])
     });
+    case!("cross_entropy", [randn(&[5, 4], DType::F64, 30)], |t| t[0].cross_entropy(&ints(&[3, 0, 1, 3, 2], &[5])));
+    case!("mse_loss", [randn(&[3, 2], DType::F64, 31), randn(&[3, 2], DType::F64, 32)], |t| t[0].mse_loss(&t[1]));
+    case!(
+        "binary_cross_entropy_with_logits",
+        [randn(&[6], DType::F64, 33), uniform(&[6], 0.0, 1.0, DType::F64, 34)],
+        |t| { t[0].binary_cross_entropy_with_logits(&t[1]) }
+    );
     out
 }

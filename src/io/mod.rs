@@ -1,0 +1,40 @@
+//! Files: safetensors checkpoints, JSON, and loading checkpoints into modules.
+
+pub mod json;
+pub mod safetensors;
+
+use crate::nn::Module;
+use crate::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Saves a module's parameters under their dotted names, with metadata, atomically.
+pub fn save_module(path: &Path, module: &dyn Module, metadata: &BTreeMap<String, String>) -> Result<()> {
+    safetensors::save(path, &module.named_parameters(), metadata)
+}
+
+/// Copies a checkpoint's tensors into a module's parameters (in place, on their device).
+/// Every parameter must be present with its shape; extra tensors are an error too, so a
+/// checkpoint of another architecture is caught.
+pub fn load_into_module(checkpoint: &safetensors::Checkpoint, module: &dyn Module) -> Result<()> {
+    let params = module.named_parameters();
+    for (name, param) in &params {
+        let saved = checkpoint
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::invalid("load", format!("checkpoint has no tensor `{name}`")))?;
+        if saved.shape() != param.shape() {
+            return Err(Error::shape(
+                "load",
+                format!("`{name}` is {:?} in the checkpoint but {:?} in the model", saved.shape(), param.shape()),
+            ));
+        }
+    }
+    if let Some(extra) = checkpoint.tensors.keys().find(|k| !params.iter().any(|(n, _)| n == *k)) {
+        return Err(Error::invalid("load", format!("checkpoint tensor `{extra}` is not a parameter of this model")));
+    }
+    for (name, param) in &params {
+        param.copy_(&checkpoint.tensors[name])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,440 @@
+//! The training driver behind `nabla train`: a model, an optimizer and a data loader, one
+//! summary per epoch, checkpoints and a metric history written atomically, and resumption.
+
+use crate::data::{DataLoader, Dataset, mnist};
+use crate::io::json::Json;
+use crate::io::{load_into_module, safetensors, save_module};
+use crate::metrics;
+use crate::nn::{Activation, Mlp, Module};
+use crate::optim::{Adam, AdamConfig, LrSchedule, Optimizer, Sgd, SgdConfig};
+use crate::{DType, Device, Error, Generator, Result, Tensor};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Which network to train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// 784-512-512-10 ReLU multilayer perceptron.
+    Mlp,
+    /// A single linear layer 784-10 (the multi-class perceptron), trained by gradient descent.
+    Perceptron,
+}
+
+impl ModelKind {
+    /// Parses `mlp` or `perceptron`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "mlp" => Ok(ModelKind::Mlp),
+            "perceptron" => Ok(ModelKind::Perceptron),
+            _ => Err(Error::invalid("train", format!("unknown model `{name}` (mlp, perceptron)"))),
+        }
+    }
+
+    /// The name used on the command line and in checkpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Mlp => "mlp",
+            ModelKind::Perceptron => "perceptron",
+        }
+    }
+
+    /// Layer widths for 784-pixel, 10-class inputs.
+    pub fn sizes(self) -> Vec<usize> {
+        match self {
+            ModelKind::Mlp => vec![784, 512, 512, 10],
+            ModelKind::Perceptron => vec![784, 10],
+        }
+    }
+
+    /// A freshly initialised model, with dropout `p` between hidden layers.
+    pub fn build(self, dropout: f64, device: &Device, rng: &mut Generator) -> Result<Mlp> {
+        Mlp::new(&self.sizes(), Activation::Relu, dropout, device, rng)
+    }
+}
+
+/// Which optimizer to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerKind {
+    /// SGD with momentum 0.9.
+    Sgd,
+    /// Adam.
+    Adam,
+    /// AdamW (weight decay 0.01).
+    AdamW,
+}
+
+impl OptimizerKind {
+    /// Parses `sgd`, `adam` or `adamw`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "sgd" => Ok(OptimizerKind::Sgd),
+            "adam" => Ok(OptimizerKind::Adam),
+            "adamw" => Ok(OptimizerKind::AdamW),
+            _ => Err(Error::invalid("train", format!("unknown optimizer `{name}` (sgd, adam, adamw)"))),
+        }
+    }
+
+    fn build(self, params: Vec<Tensor>, lr: f64) -> Result<Box<dyn Optimizer>> {
+        Ok(match self {
+            OptimizerKind::Sgd => Box::new(Sgd::new(params, SgdConfig { momentum: 0.9, ..SgdConfig::new(lr) })?),
+            OptimizerKind::Adam => Box::new(Adam::new(params, AdamConfig::adam(lr))?),
+            OptimizerKind::AdamW => Box::new(Adam::new(params, AdamConfig::adamw(lr))?),
+        })
+    }
+}
+
+/// Everything `nabla train` takes.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// The network.
+    pub model: ModelKind,
+    /// Passes over the training split.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Peak learning rate (cosine-annealed to 0 over the run).
+    pub lr: f64,
+    /// The optimizer.
+    pub optimizer: OptimizerKind,
+    /// Seeds initialisation, shuffling and augmentation.
+    pub seed: u64,
+    /// Where to train.
+    pub device: Device,
+    /// An MNIST folder, or `None` for the shipped subset.
+    pub data: Option<PathBuf>,
+    /// Where checkpoint and history go.
+    pub out_dir: PathBuf,
+    /// A checkpoint to continue from.
+    pub resume: Option<PathBuf>,
+    /// Random shifts of up to this many pixels (0 disables augmentation).
+    pub shift: usize,
+    /// Dropout probability between hidden layers.
+    pub dropout: f64,
+    /// Print a progress bar and epoch lines.
+    pub verbose: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: ModelKind::Mlp,
+            epochs: 20,
+            batch_size: 64,
+            lr: 2e-3,
+            optimizer: OptimizerKind::Adam,
+            seed: 0,
+            device: Device::Cpu,
+            data: None,
+            out_dir: PathBuf::from("runs/mnist"),
+            resume: None,
+            shift: 2,
+            dropout: 0.0,
+            verbose: false,
+        }
+    }
+}
+
+/// One epoch's numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochSummary {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Validation accuracy.
+    pub val_accuracy: f64,
+    /// Wall time of the epoch.
+    pub seconds: f64,
+}
+
+/// What a training run produced.
+pub struct TrainOutcome {
+    /// The trained model.
+    pub model: Mlp,
+    /// Every epoch so far (including resumed ones).
+    pub history: Vec<EpochSummary>,
+    /// Accuracy on the test split.
+    pub test_accuracy: f64,
+    /// The checkpoint written.
+    pub checkpoint: PathBuf,
+}
+
+/// MNIST train / validation / test splits: the last 10% of the training file validates.
+/// The training split stays on the host, where batches are assembled and augmented before
+/// their upload (an upload from host memory does not wait for the device); validation and
+/// test go to `device`.
+pub fn mnist_splits(data: Option<&Path>, device: &Device) -> Result<(Dataset, Dataset, Dataset)> {
+    let (train, test) = match data {
+        Some(dir) => (mnist::load(dir, "train", &Device::Cpu)?, mnist::load(dir, "t10k", &Device::Cpu)?),
+        None => (mnist::shipped("train", &Device::Cpu)?, mnist::shipped("t10k", &Device::Cpu)?),
+    };
+    let (train, val) = train.split(0.1)?;
+    Ok((train, val.to_device(device)?, test.to_device(device)?))
+}
+
+/// Accuracy of `model` over `data` in batches (evaluation mode, no graph).
+pub fn evaluate(model: &dyn Module, data: &Dataset) -> Result<f64> {
+    let scores = predict(model, data)?;
+    metrics::accuracy(&scores, &data.targets)
+}
+
+/// The model's scores for every example, batched, without recording a graph.
+pub fn predict(model: &dyn Module, data: &Dataset) -> Result<Tensor> {
+    let _guard = crate::NoGradGuard::new();
+    let mut parts = Vec::new();
+    let n = data.len();
+    let mut start = 0;
+    while start < n {
+        let len = 1000.min(n - start);
+        parts.push(model.forward(&data.features.narrow(0, start, len)?)?);
+        start += len;
+    }
+    let refs: Vec<&Tensor> = parts.iter().collect();
+    Tensor::cat(&refs, 0)
+}
+
+/// Shifts each 28x28 image by a random offset in [-max, max]² (zero fill): cheap augmentation
+/// that helps an MLP generalise from few examples. Done on the host, seeded.
+fn shift_images(batch: &Tensor, max: usize, rng: &mut Generator) -> Result<Tensor> {
+    if max == 0 {
+        return Ok(batch.clone());
+    }
+    let (n, side) = (batch.shape()[0], 28usize);
+    let pixels = batch.to_vec::<f32>()?;
+    let mut out = vec![0f32; pixels.len()];
+    let span = 2 * max as u64 + 1;
+    for i in 0..n {
+        let dy = rng.below(span) as isize - max as isize;
+        let dx = rng.below(span) as isize - max as isize;
+        for y in 0..side as isize {
+            let sy = y - dy;
+            if !(0..side as isize).contains(&sy) {
+                continue;
+            }
+            for x in 0..side as isize {
+                let sx = x - dx;
+                if (0..side as isize).contains(&sx) {
+                    out[i * 784 + (y as usize) * side + x as usize] =
+                        pixels[i * 784 + (sy as usize) * side + sx as usize];
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, batch.shape(), &batch.device())
+}
+
+/// Runs the whole training: resumes if asked, trains the remaining epochs, checkpoints after
+/// every epoch, and measures test accuracy at the end.
+pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
+    train_with(config, |_| true)
+}
+
+/// [`train`], calling `keep_going` after every epoch (once its checkpoint is written): a
+/// `false` stops the run there (early stopping, or an interruption to resume later).
+pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary) -> bool) -> Result<TrainOutcome> {
+    let device = config.device;
+    let (train_set, val_set, test_set) = mnist_splits(config.data.as_deref(), &device)?;
+    let mut rng = Generator::new(config.seed);
+    let mut model = config.model.build(config.dropout, &device, &mut rng)?;
+    let mut history = Vec::new();
+    let mut first_epoch = 0;
+    if let Some(path) = &config.resume {
+        let checkpoint = safetensors::load(path)?;
+        if checkpoint.metadata.get("model").map(String::as_str) != Some(config.model.name()) {
+            return Err(Error::invalid(
+                "resume",
+                format!("{} is not a `{}` checkpoint", path.display(), config.model.name()),
+            ));
+        }
+        load_into_module(&checkpoint, &model)?;
+        history = read_history(&history_path(path))?;
+        first_epoch = history.len();
+    }
+    let mut optimizer = config.optimizer.build(model.parameters(), config.lr)?;
+    if let Some(path) = &config.resume {
+        let state_path = optimizer_path(path);
+        if state_path.exists() {
+            load_optimizer(&safetensors::load(&state_path)?, optimizer.as_mut(), &model)?;
+        }
+    }
+    // Each epoch's shuffle and augmentation come from its own seed, so a resumed run sees
+    // the same batches as an uninterrupted one.
+    let steps_per_epoch = train_set.len().div_ceil(config.batch_size);
+    let total_steps = steps_per_epoch * config.epochs;
+    let schedule = crate::optim::CosineLr { base: config.lr, min: 0.0, total: total_steps };
+    std::fs::create_dir_all(&config.out_dir)
+        .map_err(|source| Error::Io { path: config.out_dir.display().to_string(), source })?;
+    let checkpoint = config.out_dir.join("checkpoint.safetensors");
+
+    for epoch in first_epoch..config.epochs {
+        let started = Instant::now();
+        let epoch_seed = config.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
+        let mut loader = DataLoader::new(train_set.clone(), config.batch_size)?.shuffle(epoch_seed);
+        let mut augment = Generator::new(epoch_seed ^ 0xa5a5_a5a5);
+        let batches = loader.epoch()?;
+        let mut loss_sum = Tensor::zeros(&[], DType::F32, &device)?;
+        let mut progress = Progress::new(config.verbose, epoch + 1, config.epochs, batches.len());
+        for (i, batch) in batches.iter().enumerate() {
+            optimizer.set_lr(schedule.lr(epoch * steps_per_epoch + i));
+            let x = shift_images(&batch.features, config.shift, &mut augment)?.to_device(&device)?;
+            let y = batch.targets.to_device(&device)?;
+            let loss = model.forward(&x)?.cross_entropy(&y)?;
+            optimizer.zero_grad();
+            loss.backward()?;
+            optimizer.step()?;
+            loss_sum = crate::no_grad(|| loss_sum.add(&loss.detach()))?;
+            progress.step(i + 1, &loss)?;
+        }
+        let train_loss = loss_sum.to_scalar::<f64>()? / batches.len().max(1) as f64;
+        model.set_training(false);
+        let val_accuracy = evaluate(&model, &val_set)?;
+        model.set_training(true);
+        let summary =
+            EpochSummary { epoch: epoch + 1, train_loss, val_accuracy, seconds: started.elapsed().as_secs_f64() };
+        progress.finish(&summary);
+        history.push(summary.clone());
+        save_run(config, &checkpoint, &model, optimizer.as_ref(), &history)?;
+        if !keep_going(&summary) {
+            break;
+        }
+    }
+    model.set_training(false);
+    let test_accuracy = evaluate(&model, &test_set)?;
+    Ok(TrainOutcome { model, history, test_accuracy, checkpoint })
+}
+
+/// The metric history beside a checkpoint.
+pub fn history_path(checkpoint: &Path) -> PathBuf {
+    checkpoint.with_file_name("history.json")
+}
+
+fn optimizer_path(checkpoint: &Path) -> PathBuf {
+    checkpoint.with_file_name("optimizer.safetensors")
+}
+
+fn save_run(
+    config: &TrainConfig,
+    checkpoint: &Path,
+    model: &Mlp,
+    optimizer: &dyn Optimizer,
+    history: &[EpochSummary],
+) -> Result<()> {
+    let metadata = BTreeMap::from([
+        ("model".to_string(), config.model.name().to_string()),
+        ("sizes".to_string(), format!("{:?}", config.model.sizes())),
+        ("epochs_done".to_string(), history.len().to_string()),
+        ("seed".to_string(), config.seed.to_string()),
+        ("format".to_string(), "pt".to_string()),
+    ]);
+    save_module(checkpoint, model, &metadata)?;
+    safetensors::save(&optimizer_path(checkpoint), &optimizer_state(optimizer, model), &BTreeMap::new())?;
+    let records: Vec<Json> = history
+        .iter()
+        .map(|h| {
+            Json::Object(BTreeMap::from([
+                ("epoch".to_string(), Json::Number(h.epoch as f64)),
+                ("train_loss".to_string(), Json::Number(h.train_loss)),
+                ("val_accuracy".to_string(), Json::Number(h.val_accuracy)),
+                ("seconds".to_string(), Json::Number(h.seconds)),
+            ]))
+        })
+        .collect();
+    let text = Json::Array(records).to_string();
+    let path = history_path(checkpoint);
+    crate::cuda::kernels::write_atomically(&path, text.as_bytes())
+        .map_err(|source| Error::Io { path: path.display().to_string(), source })
+}
+
+/// Reads a metric history written by a training run.
+pub fn read_history(path: &Path) -> Result<Vec<EpochSummary>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+    let bad = |detail: &str| Error::invalid("history", format!("{}: {detail}", path.display()));
+    let json = Json::parse(&text).map_err(|e| bad(&e))?;
+    let records = json.as_array().ok_or_else(|| bad("not a list of epochs"))?;
+    records
+        .iter()
+        .map(|r| {
+            let num = |k: &str| r.get(k).and_then(Json::as_f64).ok_or_else(|| bad(&format!("an epoch lacks `{k}`")));
+            Ok(EpochSummary {
+                epoch: num("epoch")? as usize,
+                train_loss: num("train_loss")?,
+                val_accuracy: num("val_accuracy")?,
+                seconds: num("seconds")?,
+            })
+        })
+        .collect()
+}
+
+fn optimizer_state(optimizer: &dyn Optimizer, model: &Mlp) -> Vec<(String, Tensor)> {
+    let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+    optimizer.state().into_iter().filter_map(|(i, key, t)| names.get(i).map(|n| (format!("{n}.{key}"), t))).collect()
+}
+
+fn load_optimizer(checkpoint: &safetensors::Checkpoint, optimizer: &mut dyn Optimizer, model: &Mlp) -> Result<()> {
+    for (i, (name, _)) in model.named_parameters().iter().enumerate() {
+        let prefix = format!("{name}.");
+        let state: BTreeMap<String, Tensor> = checkpoint
+            .tensors
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|key| (key.to_string(), t.clone())))
+            .collect();
+        optimizer.set_state(i, &state)?;
+    }
+    Ok(())
+}
+
+/// A one-line progress bar on stderr: steps/s, the latest loss (read every few steps, the only
+/// host synchronisation of a step), and the time left.
+struct Progress {
+    enabled: bool,
+    epoch: usize,
+    epochs: usize,
+    total: usize,
+    started: Instant,
+    last_draw: Option<Instant>,
+}
+
+impl Progress {
+    fn new(enabled: bool, epoch: usize, epochs: usize, total: usize) -> Self {
+        Progress { enabled, epoch, epochs, total, started: Instant::now(), last_draw: None }
+    }
+
+    fn step(&mut self, done: usize, loss: &Tensor) -> Result<()> {
+        if !self.enabled || (done != self.total && self.last_draw.is_some_and(|t| t.elapsed().as_millis() < 250)) {
+            return Ok(());
+        }
+        self.last_draw = Some(Instant::now());
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let rate = done as f64 / elapsed.max(1e-9);
+        let eta = (self.total - done) as f64 / rate.max(1e-9);
+        let width = 30;
+        let filled = width * done / self.total.max(1);
+        let bar: String = "=".repeat(filled) + &" ".repeat(width - filled);
+        let loss = loss.to_scalar::<f64>()?;
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\repoch {}/{} [{bar}] {done}/{} {rate:.1} steps/s loss {loss:.4} ETA {eta:.0}s ",
+            self.epoch, self.epochs, self.total
+        );
+        let _ = err.flush();
+        Ok(())
+    }
+
+    fn finish(&self, s: &EpochSummary) {
+        if self.enabled {
+            eprint!("\r{}\r", " ".repeat(100));
+            println!(
+                "epoch {:>3}/{}  train loss {:.4}  val accuracy {:.2}%  {:.1}s",
+                s.epoch,
+                self.epochs,
+                s.train_loss,
+                100.0 * s.val_accuracy,
+                s.seconds
+            );
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Modules, initialisers, the neuron and the perceptron, losses and small learning problems.
+
+mod common;
+
+use common::*;
+use nabla::data::synthetic;
+use nabla::nn::{Activation, Dropout, Init, Linear, Mlp, Module, Neuron, Perceptron, Sequential, init};
+use nabla::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
+use nabla::{DType, Device, Error, Generator, Tensor, metrics};
+
+#[test]
+fn parameters_have_pytorch_names_and_layouts() {
+    let mut rng = Generator::new(0);
+    let mlp = Mlp::new(&[784, 512, 512, 10], Activation::Relu, 0.1, &Device::Cpu, &mut rng).unwrap();
+    let names: Vec<(String, Vec<usize>)> =
+        mlp.named_parameters().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+    let want = [
+        ("layers.0.weight", vec![512, 784]),
+        ("layers.0.bias", vec![512]),
+        ("layers.3.weight", vec![512, 512]),
+        ("layers.3.bias", vec![512]),
+        ("layers.6.weight", vec![10, 512]),
+        ("layers.6.bias", vec![10]),
+    ];
+    assert_eq!(names, want.iter().map(|(n, s)| (n.to_string(), s.clone())).collect::<Vec<_>>());
+    assert!(mlp.parameters().iter().all(|p| p.requires_grad()));
+    let seq = Sequential::new()
+        .push(Linear::new(3, 2, false, Init::Xavier, &Device::Cpu, &mut rng).unwrap())
+        .push(Activation::Tanh);
+    assert_eq!(seq.named_parameters().into_iter().map(|(n, _)| n).collect::<Vec<_>>(), vec!["0.weight"]);
+}
+
+#[test]
+fn linear_computes_x_w_transpose_plus_b_and_rejects_wrong_widths() {
+    let layer = Linear {
+        weight: Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], &Device::Cpu).unwrap(),
+        bias: Some(Tensor::from_vec(vec![0.5f32, -1.0], &[2], &Device::Cpu).unwrap()),
+    };
+    let x = Tensor::from_vec(vec![1.0f32, 0.0, -1.0], &[1, 3], &Device::Cpu).unwrap();
+    assert_eq!(layer.forward(&x).unwrap().to_vec::<f32>().unwrap(), vec![-1.5, -3.0]);
+    let err = layer.forward(&Tensor::zeros(&[1, 4], DType::F32, &Device::Cpu).unwrap()).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { op: "linear", .. }));
+}
+
+#[test]
+fn initialisers_draw_from_their_documented_ranges() {
+    let mut rng = Generator::new(1);
+    let x = init::xavier_uniform(&[200, 300], 300, 200, 1.0, DType::F64, &Device::Cpu, &mut rng)
+        .unwrap()
+        .to_vec::<f64>()
+        .unwrap();
+    let bound = (6.0f64 / 500.0).sqrt();
+    assert!(x.iter().all(|v| v.abs() <= bound));
+    assert!(x.iter().any(|v| v.abs() > 0.95 * bound));
+    let k =
+        init::kaiming_normal(&[400, 250], 250, DType::F64, &Device::Cpu, &mut rng).unwrap().to_vec::<f64>().unwrap();
+    let var = k.iter().map(|v| v * v).sum::<f64>() / k.len() as f64;
+    assert!((var - 2.0 / 250.0).abs() < 0.0005, "Kaiming variance {var}");
+}
+
+#[test]
+fn dropout_zeroes_about_p_in_training_scales_the_rest_and_is_identity_in_eval() {
+    let mut d = Dropout::new(0.25, 7).unwrap();
+    let x = Tensor::ones(&[10000], DType::F32, &Device::Cpu).unwrap();
+    let y = d.forward(&x).unwrap().to_vec::<f32>().unwrap();
+    let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / y.len() as f64;
+    assert!((kept - 0.75).abs() < 0.02, "kept {kept}");
+    assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+    assert_ne!(d.forward(&x).unwrap().to_vec::<f32>().unwrap(), y, "each call draws a new mask");
+    d.set_training(false);
+    assert_eq!(d.forward(&x).unwrap().to_vec::<f32>().unwrap(), vec![1.0; 10000]);
+    assert!(Dropout::new(1.0, 0).is_err());
+}
+
+#[test]
+fn perceptron_rule_separates_linearly_separable_data() {
+    let mut rng = Generator::new(3);
+    // label = 1 where 2a - b + 0.5 > 0, with a margin
+    let mut xs = Vec::new();
+    let mut ys = Vec::new();
+    while ys.len() < 200 {
+        let (a, b) = (2.0 * rng.uniform() - 1.0, 2.0 * rng.uniform() - 1.0);
+        let s = 2.0 * a - b + 0.5;
+        if s.abs() > 0.1 {
+            xs.extend([a, b]);
+            ys.push((s > 0.0) as i64 as f64);
+        }
+    }
+    let x = Tensor::from_vec(xs, &[200, 2], &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let y = Tensor::from_vec(ys, &[200], &Device::Cpu).unwrap();
+    let p = Perceptron::new(2, &Device::Cpu, &mut rng).unwrap();
+    let history = p.fit_rule(&x, &y, 100, 1.0).unwrap();
+    assert_eq!(*history.last().unwrap(), 0, "converges: mistakes per pass {history:?}");
+    let predicted = p.predict(&x).unwrap().to_dtype(DType::F64).unwrap();
+    assert_eq!(predicted.to_vec::<f64>().unwrap(), y.to_vec::<f64>().unwrap());
+}
+
+#[test]
+fn neuron_learns_a_logistic_boundary_by_gradient_descent() {
+    let data = synthetic::linear_regression(300, 3, 0.0, 4, &Device::Cpu).unwrap().0;
+    let labels = data.targets.gt_scalar(0.0).unwrap().reshape(&[300]).unwrap();
+    let neuron = Neuron::new(3, Activation::Identity, &Device::Cpu, &mut Generator::new(5)).unwrap();
+    let mut opt = Sgd::new(neuron.parameters(), SgdConfig { momentum: 0.9, ..SgdConfig::new(0.5) }).unwrap();
+    for _ in 0..200 {
+        opt.zero_grad();
+        neuron.score(&data.features).unwrap().binary_cross_entropy_with_logits(&labels).unwrap().backward().unwrap();
+        opt.step().unwrap();
+    }
+    let right = neuron.score(&data.features).unwrap().gt_scalar(0.0).unwrap().eq(&labels).unwrap().mean_all().unwrap();
+    assert!(right.to_scalar::<f64>().unwrap() > 0.97);
+}
+
+#[test]
+fn mlp_learns_xor_and_two_spirals() {
+    for (name, data, hidden, steps) in [
+        ("xor", synthetic::xor(400, 1, &Device::Cpu).unwrap(), 16, 300),
+        ("spirals", synthetic::two_spirals(200, 0.02, 2, &Device::Cpu).unwrap(), 64, 1500),
+    ] {
+        let mlp =
+            Mlp::new(&[2, hidden, hidden, 2], Activation::Tanh, 0.0, &Device::Cpu, &mut Generator::new(6)).unwrap();
+        let mut opt = Adam::new(mlp.parameters(), AdamConfig::adam(0.01)).unwrap();
+        for _ in 0..steps {
+            opt.zero_grad();
+            mlp.forward(&data.features).unwrap().cross_entropy(&data.targets).unwrap().backward().unwrap();
+            opt.step().unwrap();
+        }
+        let acc = metrics::accuracy(&mlp.forward(&data.features).unwrap(), &data.targets).unwrap();
+        assert!(acc > 0.97, "{name}: accuracy {acc}");
+    }
+}
+
+#[test]
+fn losses_match_their_definitions() {
+    let logits = randn(&[4, 5], DType::F64, 9);
+    let labels = Tensor::from_vec(vec![0i64, 4, 2, 2], &[4], &Device::Cpu).unwrap();
+    let fused = logits.cross_entropy(&labels).unwrap().to_scalar::<f64>().unwrap();
+    let composed =
+        logits.log_softmax(-1).unwrap().gather(1, &labels.unsqueeze(1).unwrap()).unwrap().mean_all().unwrap();
+    assert!((fused + composed.to_scalar::<f64>().unwrap()).abs() < 1e-12);
+    let bad = Tensor::from_vec(vec![0i64, 5, 0, 0], &[4], &Device::Cpu).unwrap();
+    assert!(matches!(
+        logits.cross_entropy(&bad),
+        Err(Error::IndexOutOfRange { op: "cross_entropy", index: 5, size: 5 })
+    ));
+    assert!(matches!(logits.cross_entropy(&labels.narrow(0, 0, 3).unwrap()), Err(Error::ShapeMismatch { .. })));
+    let (p, t) = (
+        Tensor::from_vec(vec![1.0f64, 2.0], &[2], &Device::Cpu).unwrap(),
+        Tensor::from_vec(vec![0.0f64, 4.0], &[2], &Device::Cpu).unwrap(),
+    );
+    assert_eq!(p.mse_loss(&t).unwrap().to_scalar::<f64>().unwrap(), 2.5);
+    let x = Tensor::from_vec(vec![2.0f64, -1.0], &[2], &Device::Cpu).unwrap();
+    let y = Tensor::from_vec(vec![1.0f64, 0.0], &[2], &Device::Cpu).unwrap();
+    let s = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let want = -((s(2.0)).ln() + (1.0 - s(-1.0)).ln()) / 2.0;
+    assert!((x.binary_cross_entropy_with_logits(&y).unwrap().to_scalar::<f64>().unwrap() - want).abs() < 1e-12);
+}
+
+#[test]
+fn cross_entropy_and_dropout_on_the_gpu_match_the_cpu() {
+    let Some(dev) = cuda_or_skip("losses") else { return };
+    for dtype in FLOATS {
+        let logits = randn(&[257, 10], dtype, 10);
+        let labels = Tensor::randint(0, 10, &[257], &Device::Cpu, &mut Generator::new(11)).unwrap();
+        let cpu = logits.cross_entropy(&labels).unwrap();
+        let gpu = logits.to_device(&dev).unwrap().cross_entropy(&labels.to_device(&dev).unwrap()).unwrap();
+        assert_close(&format!("cross_entropy {dtype}"), &gpu.to_device(&Device::Cpu).unwrap(), &cpu, tolerance(dtype));
+        let mask_cpu = Tensor::dropout_mask(&[1031], 0.7, 99, dtype, &Device::Cpu).unwrap();
+        let mask_gpu = Tensor::dropout_mask(&[1031], 0.7, 99, dtype, &dev).unwrap();
+        assert_close(
+            &format!("dropout mask {dtype}"),
+            &mask_gpu.to_device(&Device::Cpu).unwrap(),
+            &mask_cpu,
+            (0.0, 0.0),
+        );
+    }
+}
