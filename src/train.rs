@@ -326,6 +326,7 @@ fn save_run(
         ("sizes".to_string(), format!("{:?}", config.model.sizes())),
         ("epochs_done".to_string(), history.len().to_string()),
         ("seed".to_string(), config.seed.to_string()),
+        ("dropout".to_string(), config.dropout.to_string()),
         ("format".to_string(), "pt".to_string()),
     ]);
     save_module(checkpoint, model, &metadata)?;

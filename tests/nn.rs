@@ -93,6 +93,18 @@ fn perceptron_rule_separates_linearly_separable_data() {
     assert_eq!(*history.last().unwrap(), 0, "converges: mistakes per pass {history:?}");
     let predicted = p.predict(&x).unwrap().to_dtype(DType::F64).unwrap();
     assert_eq!(predicted.to_vec::<f64>().unwrap(), y.to_vec::<f64>().unwrap());
+
+    // the same perceptron trained by gradient descent on its score (logistic loss)
+    let by_gd = Perceptron::new(2, &Device::Cpu, &mut rng).unwrap();
+    let y32 = y.to_dtype(DType::F32).unwrap();
+    let mut opt = Sgd::new(by_gd.parameters(), SgdConfig { momentum: 0.9, ..SgdConfig::new(1.0) }).unwrap();
+    for _ in 0..300 {
+        opt.zero_grad();
+        by_gd.forward(&x).unwrap().binary_cross_entropy_with_logits(&y32).unwrap().backward().unwrap();
+        opt.step().unwrap();
+    }
+    let right = by_gd.predict(&x).unwrap().to_dtype(DType::F64).unwrap().eq(&y).unwrap().mean_all().unwrap();
+    assert!(right.to_scalar::<f64>().unwrap() >= 0.99);
 }
 
 #[test]

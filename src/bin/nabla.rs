@@ -43,9 +43,10 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             Ok(())
         }
-        Some(other) => {
-            Err(nabla::Error::InvalidArgument { op: "nabla", detail: format!("unknown command `{other}`\n{USAGE}") })
-        }
+        Some(other) => Err(nabla::Error::InvalidArgument {
+            op: "nabla",
+            detail: format!("unknown command `{other}` (see `nabla help`)"),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -162,7 +163,8 @@ fn eval_cmd(args: &[String]) -> Result<()> {
         op: "eval",
         detail: format!("{} has no `model` metadata (not written by nabla train)", path.display()),
     })?;
-    let model = ModelKind::parse(kind)?.build(0.0, &device, &mut Generator::new(0))?;
+    let dropout = saved.metadata.get("dropout").and_then(|d| d.parse().ok()).unwrap_or(0.0);
+    let model = ModelKind::parse(kind)?.build(dropout, &device, &mut Generator::new(0))?;
     nabla::io::load_into_module(&saved, &model)?;
     let (_, _, test) = train::mnist_splits(data.as_deref(), &device)?;
     let scores = train::predict(&model, &test)?;
