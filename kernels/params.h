@@ -77,3 +77,25 @@ struct AdamParams {
     double bias_correction2;
     long long decoupled;
 };
+
+// A 2-D convolution of NCHW input [n, c, h, w] with weight [o, c / groups, kh, kw], giving
+// [n, o, oh, ow]: out[n, o, y, x] = b[o] + Σ in[n, g cg + ci, y sh - ph + ky dh, x sw - pw + kx dw]
+// · w[o, ci, ky, kx] over ci < cg = c / groups, ky < kh, kx < kw, where g = o / (o / groups).
+struct Conv2dParams {
+    long long n;
+    long long c;
+    long long h;
+    long long w;
+    long long o;
+    long long kh;
+    long long kw;
+    long long oh;
+    long long ow;
+    long long sh;
+    long long sw;
+    long long ph;
+    long long pw;
+    long long dh;
+    long long dw;
+    long long groups;
+};

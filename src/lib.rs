@@ -44,6 +44,7 @@ pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use layout::{Layout, StridedOffsets, broadcast_shapes, contiguous_strides};
 pub use ops::binary::BinaryOp;
+pub use ops::conv::Conv2dOptions;
 pub use ops::reduce::ReduceOp;
 pub use ops::unary::{UnaryOp, erf};
 pub use rng::Generator;

@@ -23,6 +23,7 @@ unsafe impl DeviceRepr for params::MatmulParams {}
 unsafe impl DeviceRepr for params::ReduceParams {}
 unsafe impl DeviceRepr for params::SgdParams {}
 unsafe impl DeviceRepr for params::AdamParams {}
+unsafe impl DeviceRepr for params::Conv2dParams {}
 
 /// Threads per block of the elementwise kernels.
 pub(crate) const ELEMENTWISE_THREADS: u32 = 256;

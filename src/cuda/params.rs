@@ -72,3 +72,25 @@ pub struct AdamParams {
     pub bias_correction2: f64,
     pub decoupled: i64,
 }
+
+/// Mirror of `struct Conv2dParams` in kernels/params.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Conv2dParams {
+    pub n: i64,
+    pub c: i64,
+    pub h: i64,
+    pub w: i64,
+    pub o: i64,
+    pub kh: i64,
+    pub kw: i64,
+    pub oh: i64,
+    pub ow: i64,
+    pub sh: i64,
+    pub sw: i64,
+    pub ph: i64,
+    pub pw: i64,
+    pub dh: i64,
+    pub dw: i64,
+    pub groups: i64,
+}

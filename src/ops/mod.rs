@@ -4,6 +4,7 @@
 //! one of them exists in the compiled modules.
 
 pub mod binary;
+pub mod conv;
 pub mod copy;
 pub mod fill;
 pub mod index;
@@ -25,6 +26,7 @@ pub fn launchable_kernels() -> Vec<(&'static str, String)> {
     all.extend(index::kernel_names().into_iter().map(|k| ("index", k)));
     all.extend(fill::kernel_names().into_iter().map(|k| ("fill", k)));
     all.extend(loss::kernel_names().into_iter().map(|k| ("loss", k)));
+    all.extend(conv::kernel_names().into_iter().map(|k| ("conv2d", k)));
     all.extend(crate::optim::kernel_names().into_iter().map(|k| ("optim", k)));
     all
 }

@@ -92,5 +92,21 @@ pub fn cases() -> Vec<Case> {
         [randn(&[6], DType::F64, 33), uniform(&[6], 0.0, 1.0, DType::F64, 34)],
         |t| { t[0].binary_cross_entropy_with_logits(&t[1]) }
     );
+    let conv = |s: (usize, usize), p: (usize, usize), d: (usize, usize), g: usize| nabla::Conv2dOptions {
+        stride: s,
+        padding: p,
+        dilation: d,
+        groups: g,
+    };
+    case!(
+        "conv2d strided padded with bias",
+        [randn(&[2, 2, 6, 5], DType::F64, 35), randn(&[3, 2, 3, 2], DType::F64, 36), randn(&[3], DType::F64, 37)],
+        move |t| { t[0].conv2d(&t[1], Some(&t[2]), conv((2, 1), (1, 2), (1, 1), 1)) }
+    );
+    case!(
+        "conv2d dilated grouped",
+        [randn(&[1, 4, 7, 7], DType::F64, 38), randn(&[2, 2, 2, 3], DType::F64, 39)],
+        move |t| { t[0].conv2d(&t[1], None, conv((1, 2), (0, 1), (2, 1), 2)) }
+    );
     out
 }

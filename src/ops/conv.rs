@@ -1,0 +1,331 @@
+//! 2-D convolution over NCHW tensors with stride, padding, dilation and groups: forward and
+//! both backwards (`kernels/conv2d.cu`, implicit GEMMs). The CPU reference is the direct
+//! definition, walked as runs of output pixels along a row, in f64.
+
+use crate::autograd::record;
+use crate::cuda::params::Conv2dParams;
+use crate::cuda::{CudaDevice, launch_error};
+use crate::storage::{CpuStorage, StorageRef};
+use crate::{DType, Error, Result, Tensor};
+use cudarc::driver::CudaSlice;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::sync::Arc;
+
+/// Stride, padding, dilation and groups of a 2-D convolution (PyTorch's defaults: 1, 0, 1, 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dOptions {
+    /// Step between output pixels, (vertical, horizontal).
+    pub stride: (usize, usize),
+    /// Zero padding on each side, (vertical, horizontal).
+    pub padding: (usize, usize),
+    /// Spacing between kernel taps, (vertical, horizontal).
+    pub dilation: (usize, usize),
+    /// Channel groups: input and output channels split into this many independent convolutions
+    /// (groups = channels is a depthwise convolution).
+    pub groups: usize,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Conv2dOptions { stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 }
+    }
+}
+
+impl Conv2dOptions {
+    /// Square stride and padding, no dilation, one group.
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Conv2dOptions { stride: (stride, stride), padding: (padding, padding), ..Default::default() }
+    }
+}
+
+pub(crate) fn kernel_names() -> Vec<String> {
+    DType::ALL
+        .iter()
+        .filter(|d| d.is_float())
+        .flat_map(|d| [format!("conv2d_fwd_{d}"), format!("conv2d_bwd_input_{d}"), format!("conv2d_bwd_weight_{d}")])
+        .collect()
+}
+
+/// The sizes of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    opt: Conv2dOptions,
+}
+
+impl Dims {
+    fn params(&self) -> Conv2dParams {
+        let o = self.opt;
+        let i = |v: usize| v as i64;
+        Conv2dParams {
+            n: i(self.n),
+            c: i(self.c),
+            h: i(self.h),
+            w: i(self.w),
+            o: i(self.o),
+            kh: i(self.kh),
+            kw: i(self.kw),
+            oh: i(self.oh),
+            ow: i(self.ow),
+            sh: i(o.stride.0),
+            sw: i(o.stride.1),
+            ph: i(o.padding.0),
+            pw: i(o.padding.1),
+            dh: i(o.dilation.0),
+            dw: i(o.dilation.1),
+            groups: i(o.groups),
+        }
+    }
+
+    /// Every (input, output, weight) pairing of the convolution as runs along an output row:
+    /// `f(x, y, w, len)` covers y[y + t] ↔ x[x + t · stride_w] through weight w, t < len.
+    fn runs(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
+        let (sh, sw) = self.opt.stride;
+        let (ph, pw) = self.opt.padding;
+        let (dh, dw) = self.opt.dilation;
+        let (og, cg) = (self.o / self.opt.groups, self.c / self.opt.groups);
+        for n in 0..self.n {
+            for oc in 0..self.o {
+                let g = oc / og;
+                for ci in 0..cg {
+                    for ky in 0..self.kh {
+                        for kx in 0..self.kw {
+                            let widx = ((oc * cg + ci) * self.kh + ky) * self.kw + kx;
+                            // Output columns whose tap lands inside the input row: pw <= ox sw + kx dw < w + pw.
+                            let lo = (pw.saturating_sub(kx * dw)).div_ceil(sw);
+                            let hi = (self.w + pw).saturating_sub(kx * dw).div_ceil(sw).min(self.ow);
+                            if lo >= hi {
+                                continue;
+                            }
+                            for oy in 0..self.oh {
+                                let iy = (oy * sh + ky * dh) as isize - ph as isize;
+                                if iy < 0 || iy as usize >= self.h {
+                                    continue;
+                                }
+                                let x_row = ((n * self.c + g * cg + ci) * self.h + iy as usize) * self.w;
+                                let ix0 = lo * sw + kx * dw - pw;
+                                let y_row = ((n * self.o + oc) * self.oh + oy) * self.ow;
+                                f(x_row + ix0, y_row + lo, widx, hi - lo);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Tensor {
+    /// The 2-D convolution of `[N, C, H, W]` input with `[O, C / groups, KH, KW]` weight and
+    /// optional `[O]` bias, as `torch.nn.functional.conv2d` (a cross-correlation).
+    pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv2dOptions) -> Result<Tensor> {
+        const OP: &str = "conv2d";
+        self.check_same(OP, weight)?;
+        self.check_float(OP)?;
+        if let Some(b) = bias {
+            self.check_same(OP, b)?;
+        }
+        let d = conv_dims(self.shape(), weight.shape(), bias.map(|b| b.shape()), opt)?;
+        let out = conv_forward(&self.detach(), &weight.detach(), bias.map(Tensor::detach).as_ref(), d)?;
+        let (x, w) = (self.detach(), weight.detach());
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        Ok(record(out, &inputs, move |g| {
+            let gx = conv_backward_input(g, &w, d)?;
+            let gw = conv_backward_weight(g, &x, d)?;
+            let mut grads = vec![Some(gx), Some(gw)];
+            if d.has_bias() {
+                grads.push(Some(g.sum(&[0, 2, 3], false)?));
+            }
+            Ok(grads)
+        }))
+    }
+}
+
+fn conv_dims(x: &[usize], w: &[usize], bias: Option<&[usize]>, opt: Conv2dOptions) -> Result<DimsWithBias> {
+    const OP: &str = "conv2d";
+    let bad = |detail: String| Error::shape(OP, detail);
+    let ([n, c, h, wd], [o, cg, kh, kw]) = (x, w) else {
+        return Err(bad(format!("input must be [N, C, H, W] and weight [O, C/groups, KH, KW], got {x:?} and {w:?}")));
+    };
+    let (n, c, h, wd, o, cg, kh, kw) = (*n, *c, *h, *wd, *o, *cg, *kh, *kw);
+    let g = opt.groups;
+    if g == 0 || opt.stride.0 == 0 || opt.stride.1 == 0 || opt.dilation.0 == 0 || opt.dilation.1 == 0 {
+        return Err(Error::invalid(OP, format!("stride, dilation and groups must be positive, got {opt:?}")));
+    }
+    if c % g != 0 || o % g != 0 || cg * g != c {
+        return Err(bad(format!("input {x:?} and weight {w:?} do not fit {g} group(s)")));
+    }
+    if let Some(b) = bias
+        && b != [o]
+    {
+        return Err(bad(format!("bias {b:?} for {o} output channels")));
+    }
+    let span = |size: usize, pad: usize, k: usize, dil: usize, stride: usize| -> Option<usize> {
+        let reach = dil * (k.checked_sub(1)?) + 1;
+        (size + 2 * pad).checked_sub(reach).map(|v| v / stride + 1)
+    };
+    let (Some(oh), Some(ow)) = (
+        span(h, opt.padding.0, kh, opt.dilation.0, opt.stride.0),
+        span(wd, opt.padding.1, kw, opt.dilation.1, opt.stride.1),
+    ) else {
+        return Err(bad(format!(
+            "kernel {kh}x{kw} (dilation {:?}) is larger than the padded input {x:?}",
+            opt.dilation
+        )));
+    };
+    Ok(DimsWithBias(Dims { n, c, h, w: wd, o, kh, kw, oh, ow, opt }, bias.is_some()))
+}
+
+/// The dims, and whether a bias was given.
+#[derive(Clone, Copy, Debug)]
+struct DimsWithBias(Dims, bool);
+
+impl DimsWithBias {
+    fn has_bias(&self) -> bool {
+        self.1
+    }
+}
+
+fn conv_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, d: DimsWithBias) -> Result<Tensor> {
+    let d = d.0;
+    let out_shape = [d.n, d.o, d.oh, d.ow];
+    let (x, w) = (x.dense()?, w.dense()?);
+    match (x.storage(), w.storage()) {
+        (StorageRef::Cpu(xs), StorageRef::Cpu(ws)) => {
+            let (xv, wv) = (xs.gather_f64(&x.layout), ws.gather_f64(&w.layout));
+            let plane = d.oh * d.ow;
+            let mut y = vec![0.0; d.n * d.o * plane];
+            if let Some(b) = bias {
+                let bv = b.to_vec::<f64>()?;
+                y.chunks_mut(plane).enumerate().for_each(|(i, p)| p.fill(bv[i % d.o]));
+            }
+            let sw = d.opt.stride.1;
+            d.runs(|xi, yi, wi, len| {
+                let k = wv[wi];
+                for t in 0..len {
+                    y[yi + t] += k * xv[xi + t * sw];
+                }
+            });
+            Ok(Tensor::from_cpu(CpuStorage::from_f64(x.dtype, &y), &out_shape))
+        }
+        (StorageRef::Cuda(xs), StorageRef::Cuda(ws)) => {
+            let bias = bias.map(Tensor::dense).transpose()?;
+            let dev = xs.device.clone();
+            let y = dev.alloc("conv2d", x.dtype, out_shape.iter().product())?;
+            let b_storage = bias.as_ref().map(|b| b.storage());
+            let b_buf = match &b_storage {
+                Some(StorageRef::Cuda(b)) => Some(&b.buf),
+                _ => None,
+            };
+            let kernel = format!("conv2d_fwd_{}", x.dtype);
+            let buffers = [Some(&xs.buf), Some(&ws.buf), b_buf, Some(&y.buf)];
+            launch(&dev, &kernel, d, d.o / d.opt.groups, d.n * d.oh * d.ow, &buffers)?;
+            Ok(Tensor::from_cuda(y, &out_shape))
+        }
+        _ => unreachable!("check_same rejects mixed devices"),
+    }
+}
+
+fn conv_backward_input(dy: &Tensor, w: &Tensor, d: DimsWithBias) -> Result<Tensor> {
+    let d = d.0;
+    let in_shape = [d.n, d.c, d.h, d.w];
+    let (dy, w) = (dy.dense()?, w.dense()?);
+    match (dy.storage(), w.storage()) {
+        (StorageRef::Cpu(gs), StorageRef::Cpu(ws)) => {
+            let (gv, wv) = (gs.gather_f64(&dy.layout), ws.gather_f64(&w.layout));
+            let mut dx = vec![0.0; in_shape.iter().product()];
+            let sw = d.opt.stride.1;
+            d.runs(|xi, yi, wi, len| {
+                let k = wv[wi];
+                for t in 0..len {
+                    dx[xi + t * sw] += k * gv[yi + t];
+                }
+            });
+            Ok(Tensor::from_cpu(CpuStorage::from_f64(dy.dtype, &dx), &in_shape))
+        }
+        (StorageRef::Cuda(gs), StorageRef::Cuda(ws)) => {
+            let dx = gs.device.alloc("conv2d", dy.dtype, in_shape.iter().product())?;
+            let kernel = format!("conv2d_bwd_input_{}", dy.dtype);
+            let buffers = [Some(&gs.buf), Some(&ws.buf), Some(&dx.buf)];
+            launch(&gs.device, &kernel, d, d.c / d.opt.groups, d.n * d.h * d.w, &buffers)?;
+            Ok(Tensor::from_cuda(dx, &in_shape))
+        }
+        _ => unreachable!("one device throughout"),
+    }
+}
+
+fn conv_backward_weight(dy: &Tensor, x: &Tensor, d: DimsWithBias) -> Result<Tensor> {
+    let d = d.0;
+    let w_shape = [d.o, d.c / d.opt.groups, d.kh, d.kw];
+    let (dy, x) = (dy.dense()?, x.dense()?);
+    match (dy.storage(), x.storage()) {
+        (StorageRef::Cpu(gs), StorageRef::Cpu(xs)) => {
+            let (gv, xv) = (gs.gather_f64(&dy.layout), xs.gather_f64(&x.layout));
+            let mut dw = vec![0.0; w_shape.iter().product()];
+            let sw = d.opt.stride.1;
+            d.runs(|xi, yi, wi, len| {
+                dw[wi] += (0..len).map(|t| gv[yi + t] * xv[xi + t * sw]).sum::<f64>();
+            });
+            Ok(Tensor::from_cpu(CpuStorage::from_f64(dy.dtype, &dw), &w_shape))
+        }
+        (StorageRef::Cuda(gs), StorageRef::Cuda(xs)) => {
+            let dw = gs.device.alloc("conv2d", dy.dtype, w_shape.iter().product())?;
+            let k = (d.c / d.opt.groups) * d.kh * d.kw;
+            let kernel = format!("conv2d_bwd_weight_{}", dy.dtype);
+            launch(&gs.device, &kernel, d, d.o / d.opt.groups, k, &[Some(&gs.buf), Some(&xs.buf), Some(&dw.buf)])?;
+            Ok(Tensor::from_cuda(dw, &w_shape))
+        }
+        _ => unreachable!("one device throughout"),
+    }
+}
+
+/// Launches one of the conv kernels on a grid of 64 x 64 tiles over `rows` x `cols` per group,
+/// with the buffer pointers in kernel order (`None` passes a null pointer) and then the params.
+fn launch(
+    dev: &Arc<CudaDevice>,
+    kernel: &str,
+    d: Dims,
+    rows: usize,
+    cols: usize,
+    buffers: &[Option<&CudaSlice<u8>>],
+) -> Result<()> {
+    const OP: &str = "conv2d";
+    const TILE: usize = 64;
+    if rows * cols == 0 {
+        return Ok(());
+    }
+    let params = d.params();
+    let f = dev.function(OP, "conv2d", kernel)?;
+    let cfg = LaunchConfig {
+        grid_dim: (
+            cols.div_ceil(TILE).min(1 << 30) as u32,
+            rows.div_ceil(TILE).min(65535) as u32,
+            d.opt.groups.min(65535) as u32,
+        ),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let null: u64 = 0;
+    let mut l = dev.stream.launch_builder(&f);
+    for buffer in buffers {
+        match buffer {
+            Some(b) => l.arg(*b),
+            None => l.arg(&null),
+        };
+    }
+    l.arg(&params);
+    // SAFETY: the conv2d kernels take (pointers..., Conv2dParams); every buffer is dense with
+    // the sizes the params describe, the outputs hold rows x cols per group and are written
+    // only by this kernel (device memory, so shared handles suffice).
+    unsafe { l.launch(cfg) }.map_err(|e| launch_error(OP, kernel, e))?;
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Convolution: the CPU reference against an independent seven-loop definition and
+//! hand-computed values, gradients by finite differences, and the GPU against the CPU over
+//! random shapes (odd sizes, strides 1-4, padding 0-3, kernels 1-11, dilation, groups).
+
+mod common;
+
+use common::*;
+use nabla::{Conv2dOptions, DType, Device, Generator, Tensor};
+
+/// The definition, one output element at a time, in f64.
+fn naive_conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, o: Conv2dOptions) -> (Vec<usize>, Vec<f64>) {
+    let (xs, ws) = (x.shape().to_vec(), w.shape().to_vec());
+    let (n, c, h, wd) = (xs[0], xs[1], xs[2], xs[3]);
+    let (oc, cg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+    let oh = (h + 2 * o.padding.0 - o.dilation.0 * (kh - 1) - 1) / o.stride.0 + 1;
+    let ow = (wd + 2 * o.padding.1 - o.dilation.1 * (kw - 1) - 1) / o.stride.1 + 1;
+    let (xv, wv) = (x.to_vec::<f64>().unwrap(), w.to_vec::<f64>().unwrap());
+    let bv = b.map(|b| b.to_vec::<f64>().unwrap());
+    let og = oc / o.groups;
+    let mut out = vec![0.0; n * oc * oh * ow];
+    for b_ in 0..n {
+        for k in 0..oc {
+            let g = k / og;
+            for y in 0..oh {
+                for x_ in 0..ow {
+                    let mut acc = bv.as_ref().map_or(0.0, |b| b[k]);
+                    for ci in 0..cg {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (y * o.stride.0 + ky * o.dilation.0) as isize - o.padding.0 as isize;
+                                let ix = (x_ * o.stride.1 + kx * o.dilation.1) as isize - o.padding.1 as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                    let xi = ((b_ * c + g * cg + ci) * h + iy as usize) * wd + ix as usize;
+                                    acc += xv[xi] * wv[((k * cg + ci) * kh + ky) * kw + kx];
+                                }
+                            }
+                        }
+                    }
+                    out[((b_ * oc + k) * oh + y) * ow + x_] = acc;
+                }
+            }
+        }
+    }
+    (vec![n, oc, oh, ow], out)
+}
+
+/// (input shape, weight shape, options) covering the parameter space.
+fn cases() -> Vec<([usize; 4], [usize; 4], Conv2dOptions)> {
+    let opt = |s: (usize, usize), p: (usize, usize), d: (usize, usize), g| Conv2dOptions {
+        stride: s,
+        padding: p,
+        dilation: d,
+        groups: g,
+    };
+    vec![
+        ([1, 1, 5, 5], [1, 1, 3, 3], Conv2dOptions::default()),
+        ([2, 3, 7, 9], [4, 3, 3, 3], opt((1, 1), (1, 1), (1, 1), 1)),
+        ([1, 2, 13, 11], [5, 2, 5, 3], opt((2, 3), (2, 0), (1, 1), 1)),
+        ([3, 4, 10, 10], [6, 2, 3, 3], opt((1, 1), (1, 1), (1, 1), 2)),
+        ([1, 6, 9, 8], [6, 1, 3, 3], opt((2, 2), (1, 1), (1, 1), 6)),
+        ([2, 3, 15, 17], [3, 3, 3, 2], opt((1, 2), (3, 2), (2, 3), 1)),
+        ([1, 3, 23, 23], [7, 3, 11, 11], opt((4, 4), (2, 2), (1, 1), 1)),
+        ([2, 5, 6, 7], [3, 5, 1, 1], opt((1, 1), (0, 0), (1, 1), 1)),
+    ]
+}
+
+#[test]
+fn conv2d_matches_the_definition_for_strided_padded_dilated_and_grouped_inputs() {
+    for (i, (xs, ws, opt)) in cases().into_iter().enumerate() {
+        let x = randn(&xs, DType::F64, i as u64);
+        let w = randn(&ws, DType::F64, 100 + i as u64);
+        let b = randn(&[ws[0]], DType::F64, 200 + i as u64);
+        let y = x.conv2d(&w, Some(&b), opt).unwrap();
+        let (shape, want) = naive_conv(&x, &w, Some(&b), opt);
+        assert_eq!(y.shape(), &shape[..], "case {i}");
+        for (j, (g, w)) in y.to_vec::<f64>().unwrap().iter().zip(&want).enumerate() {
+            assert!((g - w).abs() < 1e-12, "case {i} element {j}: {g} vs {w}");
+        }
+    }
+}
+
+#[test]
+fn classic_kernels_give_hand_computed_outputs() {
+    // A 4x4 ramp: the Laplacian edge kernel vanishes inside, the box blur averages.
+    let x = Tensor::arange(0.0, 16.0, 1.0, DType::F64, &Device::Cpu).unwrap().reshape(&[1, 1, 4, 4]).unwrap();
+    let laplace =
+        Tensor::from_vec(vec![0.0, -1.0, 0.0, -1.0, 4.0, -1.0, 0.0, -1.0, 0.0], &[1, 1, 3, 3], &Device::Cpu).unwrap();
+    assert_eq!(x.conv2d(&laplace, None, Conv2dOptions::default()).unwrap().to_vec::<f64>().unwrap(), vec![0.0; 4]);
+    let blur = Tensor::full(&[1, 1, 3, 3], 1.0 / 9.0, DType::F64, &Device::Cpu).unwrap();
+    let y = x.conv2d(&blur, None, Conv2dOptions::default()).unwrap().to_vec::<f64>().unwrap();
+    for (g, w) in y.iter().zip([5.0, 6.0, 9.0, 10.0]) {
+        assert!((g - w).abs() < 1e-12);
+    }
+    // identity with padding 1 reproduces the image
+    let mut id = vec![0.0; 9];
+    id[4] = 1.0;
+    let identity = Tensor::from_vec(id, &[1, 1, 3, 3], &Device::Cpu).unwrap();
+    assert_eq!(
+        x.conv2d(&identity, None, Conv2dOptions::new(1, 1)).unwrap().to_vec::<f64>().unwrap(),
+        x.to_vec::<f64>().unwrap()
+    );
+}
+
+#[test]
+fn conv2d_rejects_mismatched_shapes_with_the_shapes_in_the_message() {
+    let x = Tensor::zeros(&[1, 3, 8, 8], DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros(&[4, 2, 3, 3], DType::F32, &Device::Cpu).unwrap();
+    let err = x.conv2d(&w, None, Conv2dOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("conv2d") && err.contains("[1, 3, 8, 8]") && err.contains("[4, 2, 3, 3]"), "{err}");
+    let big = Tensor::zeros(&[4, 3, 11, 11], DType::F32, &Device::Cpu).unwrap();
+    assert!(
+        x.conv2d(&big, None, Conv2dOptions::default())
+            .unwrap_err()
+            .to_string()
+            .contains("larger than the padded input")
+    );
+    let w3 = Tensor::zeros(&[4, 3, 3, 3], DType::F32, &Device::Cpu).unwrap();
+    let bias = Tensor::zeros(&[5], DType::F32, &Device::Cpu).unwrap();
+    assert!(x.conv2d(&w3, Some(&bias), Conv2dOptions::default()).is_err());
+    assert!(x.conv2d(&w3, None, Conv2dOptions { groups: 0, ..Default::default() }).is_err());
+    assert!(x.conv2d(&w3, None, Conv2dOptions { stride: (0, 1), ..Default::default() }).is_err());
+}
+
+#[test]
+fn conv2d_forward_and_backward_on_the_gpu_match_the_cpu_over_random_shapes() {
+    let Some(dev) = cuda_or_skip("conv2d") else { return };
+    let mut rng = Generator::new(42);
+    let mut shapes = cases();
+    for _ in 0..20 {
+        let groups = [1, 1, 2, 3][rng.below(4) as usize];
+        let cg = 1 + rng.below(5) as usize;
+        let og = 1 + rng.below(5) as usize;
+        let k = 1 + rng.below(7) as usize;
+        let d = 1 + rng.below(2) as usize;
+        let p = rng.below(4) as usize;
+        let s = 1 + rng.below(4) as usize;
+        let size = d * (k - 1) + 1 + rng.below(12) as usize;
+        let n = 1 + rng.below(3) as usize;
+        let opt = Conv2dOptions {
+            stride: (s, 1 + rng.below(4) as usize),
+            padding: (p, rng.below(4) as usize),
+            dilation: (d, 1),
+            groups,
+        };
+        shapes.push(([n, cg * groups, size, size + rng.below(5) as usize], [og * groups, cg, k, k], opt));
+    }
+    for dtype in FLOATS {
+        let (atol, rtol) = tolerance(dtype);
+        for (i, (xs, ws, opt)) in shapes.iter().enumerate() {
+            let x = randn(xs, dtype, i as u64);
+            let w = randn(ws, dtype, 50 + i as u64);
+            let b = randn(&[ws[0]], dtype, 90 + i as u64);
+            let depth = (ws[1] * ws[2] * ws[3]) as f64;
+            let tol = (atol * (depth.sqrt() + 1.0) * 4.0, rtol * 4.0);
+            let run = |device: &Device| -> Vec<Tensor> {
+                let leaves: Vec<Tensor> =
+                    [&x, &w, &b].iter().map(|t| t.to_device(device).unwrap().requires_grad_().unwrap()).collect();
+                let y = leaves[0].conv2d(&leaves[1], Some(&leaves[2]), *opt).unwrap();
+                let g = randn(y.shape(), dtype, 7).to_device(device).unwrap();
+                y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut out = vec![y.detach()];
+                out.extend(leaves.iter().map(|l| l.grad().unwrap()));
+                out.into_iter().map(|t| t.to_device(&Device::Cpu).unwrap()).collect()
+            };
+            let (gpu, cpu) = (run(&dev), run(&Device::Cpu));
+            for (what, (g, c)) in ["forward", "grad input", "grad weight", "grad bias"].iter().zip(gpu.iter().zip(&cpu))
+            {
+                // the weight and bias gradients sum over every output pixel
+                let scale = if *what == "forward" || *what == "grad input" {
+                    1.0
+                } else {
+                    (g.numel().max(1) as f64).sqrt() * 4.0
+                };
+                assert_close(
+                    &format!("conv2d {what} {dtype} case {i} {xs:?} {ws:?} {opt:?}"),
+                    g,
+                    c,
+                    (tol.0 * scale, tol.1),
+                );
+            }
+        }
+    }
+}
