@@ -99,3 +99,22 @@ struct Conv2dParams {
     long long dw;
     long long groups;
 };
+
+// 2-D pooling of NCHW [n, c, h, w] into [n, c, oh, ow] with a kh x kw window, stride (sh, sw)
+// and padding (ph, pw). Output (y, x) covers input rows y sh - ph .. + kh and columns
+// x sw - pw .. + kw. Adaptive pooling ignores the window fields: output y covers rows
+// floor(y h / oh) .. ceil((y + 1) h / oh).
+struct PoolParams {
+    long long n;
+    long long c;
+    long long h;
+    long long w;
+    long long oh;
+    long long ow;
+    long long kh;
+    long long kw;
+    long long sh;
+    long long sw;
+    long long ph;
+    long long pw;
+};

@@ -45,6 +45,7 @@ pub use error::{Error, Result};
 pub use layout::{Layout, StridedOffsets, broadcast_shapes, contiguous_strides};
 pub use ops::binary::BinaryOp;
 pub use ops::conv::Conv2dOptions;
+pub use ops::pool::Pool2dOptions;
 pub use ops::reduce::ReduceOp;
 pub use ops::unary::{UnaryOp, erf};
 pub use rng::Generator;

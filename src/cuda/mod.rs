@@ -24,6 +24,7 @@ unsafe impl DeviceRepr for params::ReduceParams {}
 unsafe impl DeviceRepr for params::SgdParams {}
 unsafe impl DeviceRepr for params::AdamParams {}
 unsafe impl DeviceRepr for params::Conv2dParams {}
+unsafe impl DeviceRepr for params::PoolParams {}
 
 /// Threads per block of the elementwise kernels.
 pub(crate) const ELEMENTWISE_THREADS: u32 = 256;

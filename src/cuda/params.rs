@@ -94,3 +94,21 @@ pub struct Conv2dParams {
     pub dw: i64,
     pub groups: i64,
 }
+
+/// Mirror of `struct PoolParams` in kernels/params.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PoolParams {
+    pub n: i64,
+    pub c: i64,
+    pub h: i64,
+    pub w: i64,
+    pub oh: i64,
+    pub ow: i64,
+    pub kh: i64,
+    pub kw: i64,
+    pub sh: i64,
+    pub sw: i64,
+    pub ph: i64,
+    pub pw: i64,
+}

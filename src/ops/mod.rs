@@ -10,6 +10,7 @@ pub mod fill;
 pub mod index;
 pub mod loss;
 pub mod matmul;
+pub mod pool;
 pub mod reduce;
 pub mod softmax;
 pub mod unary;
@@ -27,6 +28,7 @@ pub fn launchable_kernels() -> Vec<(&'static str, String)> {
     all.extend(fill::kernel_names().into_iter().map(|k| ("fill", k)));
     all.extend(loss::kernel_names().into_iter().map(|k| ("loss", k)));
     all.extend(conv::kernel_names().into_iter().map(|k| ("conv2d", k)));
+    all.extend(pool::kernel_names().into_iter().map(|k| ("pool", k)));
     all.extend(crate::optim::kernel_names().into_iter().map(|k| ("optim", k)));
     all
 }

@@ -108,5 +108,22 @@ pub fn cases() -> Vec<Case> {
         [randn(&[1, 4, 7, 7], DType::F64, 38), randn(&[2, 2, 2, 3], DType::F64, 39)],
         move |t| { t[0].conv2d(&t[1], None, conv((1, 2), (0, 1), (2, 1), 2)) }
     );
+    // distinct values, so max pooling has no ties within a window
+    let distinct = || {
+        randn(&[2, 2, 5, 6], DType::F64, 40)
+            .add(
+                &Tensor::arange(0.0, 120.0, 1.0, DType::F64, &Device::Cpu)
+                    .unwrap()
+                    .reshape(&[2, 2, 5, 6])
+                    .unwrap()
+                    .mul_scalar(1e-3)
+                    .unwrap(),
+            )
+            .unwrap()
+    };
+    let window = nabla::Pool2dOptions { kernel: (3, 2), stride: (2, 1), padding: (1, 1) };
+    case!("max_pool2d", [distinct()], move |t| t[0].max_pool2d(window));
+    case!("avg_pool2d", [distinct()], move |t| t[0].avg_pool2d(window));
+    case!("adaptive_avg_pool2d", [distinct()], |t| t[0].adaptive_avg_pool2d((3, 4)));
     out
 }
