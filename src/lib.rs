@@ -37,6 +37,8 @@ mod rng;
 mod storage;
 mod tensor;
 pub mod train;
+pub mod vision;
+pub mod viz;
 
 pub use autograd::{NoGradGuard, is_grad_enabled, no_grad};
 pub use device::Device;

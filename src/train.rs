@@ -1,11 +1,12 @@
 //! The training driver behind `nabla train`: a model, an optimizer and a data loader, one
 //! summary per epoch, checkpoints and a metric history written atomically, and resumption.
 
+use crate::data::augment::random_crop_flip;
 use crate::data::{DataLoader, Dataset, mnist};
 use crate::io::json::Json;
 use crate::io::{load_into_module, safetensors, save_module};
 use crate::metrics;
-use crate::nn::{Activation, Mlp, Module};
+use crate::nn::{Activation, AlexNet, LeNet5, Mlp, Module, ResNet};
 use crate::optim::{Adam, AdamConfig, LrSchedule, Optimizer, Sgd, SgdConfig};
 use crate::{DType, Device, Error, Generator, Result, Tensor};
 use std::collections::BTreeMap;
@@ -20,16 +21,24 @@ pub enum ModelKind {
     Mlp,
     /// A single linear layer 784-10 (the multi-class perceptron), trained by gradient descent.
     Perceptron,
+    /// LeNet-5 on 1x28x28 images.
+    LeNet5,
+    /// The AlexNet-style network (five conv, three fully connected layers) at half width.
+    AlexNet,
+    /// The small ResNet (three stages of basic blocks with batch norm), base width 16.
+    ResNet,
 }
 
 impl ModelKind {
-    /// Parses `mlp` or `perceptron`.
+    /// Every model, in the order `nabla help` lists them.
+    pub const ALL: [ModelKind; 5] =
+        [ModelKind::Mlp, ModelKind::Perceptron, ModelKind::LeNet5, ModelKind::AlexNet, ModelKind::ResNet];
+
+    /// Parses a model name (`mlp`, `perceptron`, `lenet5`, `alexnet`, `resnet`).
     pub fn parse(name: &str) -> Result<Self> {
-        match name {
-            "mlp" => Ok(ModelKind::Mlp),
-            "perceptron" => Ok(ModelKind::Perceptron),
-            _ => Err(Error::invalid("train", format!("unknown model `{name}` (mlp, perceptron)"))),
-        }
+        ModelKind::ALL.into_iter().find(|m| m.name() == name).ok_or_else(|| {
+            Error::invalid("train", format!("unknown model `{name}` (mlp, perceptron, lenet5, alexnet, resnet)"))
+        })
     }
 
     /// The name used on the command line and in checkpoints.
@@ -37,20 +46,35 @@ impl ModelKind {
         match self {
             ModelKind::Mlp => "mlp",
             ModelKind::Perceptron => "perceptron",
+            ModelKind::LeNet5 => "lenet5",
+            ModelKind::AlexNet => "alexnet",
+            ModelKind::ResNet => "resnet",
         }
     }
 
-    /// Layer widths for 784-pixel, 10-class inputs.
-    pub fn sizes(self) -> Vec<usize> {
-        match self {
-            ModelKind::Mlp => vec![784, 512, 512, 10],
-            ModelKind::Perceptron => vec![784, 10],
-        }
+    /// Whether the model takes images `[N, 1, 28, 28]` rather than flat pixels `[N, 784]`.
+    pub fn takes_images(self) -> bool {
+        matches!(self, ModelKind::LeNet5 | ModelKind::AlexNet | ModelKind::ResNet)
     }
 
-    /// A freshly initialised model, with dropout `p` between hidden layers.
-    pub fn build(self, dropout: f64, device: &Device, rng: &mut Generator) -> Result<Mlp> {
-        Mlp::new(&self.sizes(), Activation::Relu, dropout, device, rng)
+    /// A freshly initialised model for 28x28 digits, with dropout `p` between the MLP's
+    /// hidden layers.
+    pub fn build(self, dropout: f64, device: &Device, rng: &mut Generator) -> Result<Box<dyn Module>> {
+        Ok(match self {
+            ModelKind::Mlp => Box::new(Mlp::new(&[784, 512, 512, 10], Activation::Relu, dropout, device, rng)?),
+            ModelKind::Perceptron => Box::new(Mlp::new(&[784, 10], Activation::Relu, 0.0, device, rng)?),
+            ModelKind::LeNet5 => Box::new(LeNet5::new(1, 10, device, rng)?),
+            ModelKind::AlexNet => Box::new(AlexNet::new(1, 28, 10, 32, device, rng)?),
+            ModelKind::ResNet => Box::new(ResNet::new(1, 10, 16, device, rng)?),
+        })
+    }
+
+    /// The data in the layout the model takes.
+    pub fn prepare(self, data: &Dataset) -> Result<Dataset> {
+        if !self.takes_images() {
+            return Ok(data.clone());
+        }
+        Ok(Dataset { features: data.features.reshape(&[data.len(), 1, 28, 28])?, targets: data.targets.clone() })
     }
 }
 
@@ -152,7 +176,7 @@ pub struct EpochSummary {
 /// What a training run produced.
 pub struct TrainOutcome {
     /// The trained model.
-    pub model: Mlp,
+    pub model: Box<dyn Module>,
     /// Every epoch so far (including resumed ones).
     pub history: Vec<EpochSummary>,
     /// Accuracy on the test split.
@@ -195,34 +219,14 @@ pub fn predict(model: &dyn Module, data: &Dataset) -> Result<Tensor> {
     Tensor::cat(&refs, 0)
 }
 
-/// Shifts each 28x28 image by a random offset in [-max, max]² (zero fill): cheap augmentation
-/// that helps an MLP generalise from few examples. Done on the host, seeded.
-fn shift_images(batch: &Tensor, max: usize, rng: &mut Generator) -> Result<Tensor> {
+/// Random shifts of up to `max` pixels (zero fill): cheap augmentation that helps networks
+/// generalise from few digits. On the host, seeded.
+fn shift(batch: &Tensor, max: usize, rng: &mut Generator) -> Result<Tensor> {
     if max == 0 {
         return Ok(batch.clone());
     }
-    let (n, side) = (batch.shape()[0], 28usize);
-    let pixels = batch.to_vec::<f32>()?;
-    let mut out = vec![0f32; pixels.len()];
-    let span = 2 * max as u64 + 1;
-    for i in 0..n {
-        let dy = rng.below(span) as isize - max as isize;
-        let dx = rng.below(span) as isize - max as isize;
-        for y in 0..side as isize {
-            let sy = y - dy;
-            if !(0..side as isize).contains(&sy) {
-                continue;
-            }
-            for x in 0..side as isize {
-                let sx = x - dx;
-                if (0..side as isize).contains(&sx) {
-                    out[i * 784 + (y as usize) * side + x as usize] =
-                        pixels[i * 784 + (sy as usize) * side + sx as usize];
-                }
-            }
-        }
-    }
-    Tensor::from_vec(out, batch.shape(), &batch.device())
+    let images = batch.reshape(&[batch.shape()[0], 1, 28, 28])?;
+    random_crop_flip(&images, max, false, rng)?.reshape(batch.shape())
 }
 
 /// Runs the whole training: resumes if asked, trains the remaining epochs, checkpoints after
@@ -236,6 +240,8 @@ pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
 pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary) -> bool) -> Result<TrainOutcome> {
     let device = config.device;
     let (train_set, val_set, test_set) = mnist_splits(config.data.as_deref(), &device)?;
+    let (train_set, val_set, test_set) =
+        (config.model.prepare(&train_set)?, config.model.prepare(&val_set)?, config.model.prepare(&test_set)?);
     let mut rng = Generator::new(config.seed);
     let mut model = config.model.build(config.dropout, &device, &mut rng)?;
     let mut history = Vec::new();
@@ -248,7 +254,7 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
                 format!("{} is not a `{}` checkpoint", path.display(), config.model.name()),
             ));
         }
-        load_into_module(&checkpoint, &model)?;
+        load_into_module(&checkpoint, model.as_ref())?;
         history = read_history(&history_path(path))?;
         first_epoch = history.len();
     }
@@ -256,7 +262,7 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
     if let Some(path) = &config.resume {
         let state_path = optimizer_path(path);
         if state_path.exists() {
-            load_optimizer(&safetensors::load(&state_path)?, optimizer.as_mut(), &model)?;
+            load_optimizer(&safetensors::load(&state_path)?, optimizer.as_mut(), model.as_ref())?;
         }
     }
     // Each epoch's shuffle and augmentation come from its own seed, so a resumed run sees
@@ -278,7 +284,7 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
         let mut progress = Progress::new(config.verbose, epoch + 1, config.epochs, batches.len());
         for (i, batch) in batches.iter().enumerate() {
             optimizer.set_lr(schedule.lr(epoch * steps_per_epoch + i));
-            let x = shift_images(&batch.features, config.shift, &mut augment)?.to_device(&device)?;
+            let x = shift(&batch.features, config.shift, &mut augment)?.to_device(&device)?;
             let y = batch.targets.to_device(&device)?;
             let loss = model.forward(&x)?.cross_entropy(&y)?;
             optimizer.zero_grad();
@@ -289,19 +295,19 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
         }
         let train_loss = loss_sum.to_scalar::<f64>()? / batches.len().max(1) as f64;
         model.set_training(false);
-        let val_accuracy = evaluate(&model, &val_set)?;
+        let val_accuracy = evaluate(model.as_ref(), &val_set)?;
         model.set_training(true);
         let summary =
             EpochSummary { epoch: epoch + 1, train_loss, val_accuracy, seconds: started.elapsed().as_secs_f64() };
         progress.finish(&summary);
         history.push(summary.clone());
-        save_run(config, &checkpoint, &model, optimizer.as_ref(), &history)?;
+        save_run(config, &checkpoint, model.as_ref(), optimizer.as_ref(), &history)?;
         if !keep_going(&summary) {
             break;
         }
     }
     model.set_training(false);
-    let test_accuracy = evaluate(&model, &test_set)?;
+    let test_accuracy = evaluate(model.as_ref(), &test_set)?;
     Ok(TrainOutcome { model, history, test_accuracy, checkpoint })
 }
 
@@ -317,13 +323,12 @@ fn optimizer_path(checkpoint: &Path) -> PathBuf {
 fn save_run(
     config: &TrainConfig,
     checkpoint: &Path,
-    model: &Mlp,
+    model: &dyn Module,
     optimizer: &dyn Optimizer,
     history: &[EpochSummary],
 ) -> Result<()> {
     let metadata = BTreeMap::from([
         ("model".to_string(), config.model.name().to_string()),
-        ("sizes".to_string(), format!("{:?}", config.model.sizes())),
         ("epochs_done".to_string(), history.len().to_string()),
         ("seed".to_string(), config.seed.to_string()),
         ("dropout".to_string(), config.dropout.to_string()),
@@ -369,12 +374,16 @@ pub fn read_history(path: &Path) -> Result<Vec<EpochSummary>> {
         .collect()
 }
 
-fn optimizer_state(optimizer: &dyn Optimizer, model: &Mlp) -> Vec<(String, Tensor)> {
+fn optimizer_state(optimizer: &dyn Optimizer, model: &dyn Module) -> Vec<(String, Tensor)> {
     let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
     optimizer.state().into_iter().filter_map(|(i, key, t)| names.get(i).map(|n| (format!("{n}.{key}"), t))).collect()
 }
 
-fn load_optimizer(checkpoint: &safetensors::Checkpoint, optimizer: &mut dyn Optimizer, model: &Mlp) -> Result<()> {
+fn load_optimizer(
+    checkpoint: &safetensors::Checkpoint,
+    optimizer: &mut dyn Optimizer,
+    model: &dyn Module,
+) -> Result<()> {
     for (i, (name, _)) in model.named_parameters().iter().enumerate() {
         let prefix = format!("{name}.");
         let state: BTreeMap<String, Tensor> = checkpoint

@@ -182,3 +182,60 @@ fn csv_loader_reads_classes_and_values_and_names_bad_lines() {
         Err(Error::Io { .. })
     ));
 }
+
+#[test]
+fn cifar10_records_load_and_damaged_files_are_rejected() {
+    use nabla::data::cifar;
+    let dir = temp_dir("cifar");
+    let mut bytes = Vec::new();
+    for label in [3u8, 9] {
+        bytes.push(label);
+        bytes.extend((0..3072).map(|i| ((i + label as usize) % 256) as u8));
+    }
+    for (i, name) in [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write(&dir, name, &bytes[..if i == 5 { cifar::RECORD } else { bytes.len() }]);
+    }
+    let (train, test) = cifar::load_dir(&dir, &Device::Cpu).unwrap();
+    assert_eq!((train.features.shape(), test.len()), (&[10, 3, 32, 32][..], 1));
+    assert_eq!(train.targets.to_vec::<i64>().unwrap()[..2], [3, 9]);
+    let px = train.features.to_vec::<f32>().unwrap();
+    assert_eq!((px[0], px[1024], px[3072]), (3.0 / 255.0, ((1024 + 3) % 256) as f32 / 255.0, 9.0 / 255.0));
+    let err = cifar::parse("short", &bytes[..5000], &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("whole number"), "{err}");
+    let mut bad = bytes.clone();
+    bad[cifar::RECORD] = 10;
+    assert!(cifar::parse("bad label", &bad, &Device::Cpu).unwrap_err().to_string().contains("label 10"));
+    assert!(cifar::load_dir(&dir.join("missing"), &Device::Cpu).is_err());
+}
+
+#[test]
+fn crop_and_flip_augmentation_moves_pixels_without_changing_them() {
+    use nabla::data::augment::random_crop_flip;
+    let x = Tensor::arange(1.0, 17.0, 1.0, DType::F32, &Device::Cpu).unwrap().reshape(&[1, 1, 4, 4]).unwrap();
+    let same = random_crop_flip(&x, 0, false, &mut nabla::Generator::new(1)).unwrap();
+    assert_eq!(same.to_vec::<f32>().unwrap(), x.to_vec::<f32>().unwrap());
+    let mut flips = 0;
+    let mut rng = nabla::Generator::new(2);
+    for _ in 0..20 {
+        let y = random_crop_flip(&x, 0, true, &mut rng).unwrap().to_vec::<f32>().unwrap();
+        if y[0] == 4.0 {
+            flips += 1;
+            assert_eq!(&y[..4], &[4.0, 3.0, 2.0, 1.0]);
+        } else {
+            assert_eq!(y, x.to_vec::<f32>().unwrap());
+        }
+    }
+    assert!((4..=16).contains(&flips), "about half flip: {flips}");
+    let shifted = random_crop_flip(&x, 2, false, &mut nabla::Generator::new(3)).unwrap().to_vec::<f32>().unwrap();
+    assert!(shifted.iter().all(|v| *v == 0.0 || (1.0..=16.0).contains(v)));
+}

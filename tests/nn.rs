@@ -186,3 +186,65 @@ fn cross_entropy_and_dropout_on_the_gpu_match_the_cpu() {
         );
     }
 }
+
+#[test]
+fn convolutional_models_have_torchvision_names_and_the_right_output_shapes() {
+    use nabla::nn::{AlexNet, LeNet5, ResNet};
+    let mut rng = Generator::new(1);
+    let lenet = LeNet5::new(1, 10, &Device::Cpu, &mut rng).unwrap();
+    let names: Vec<(String, Vec<usize>)> =
+        lenet.named_parameters().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+    assert_eq!(names[0], ("features.0.weight".to_string(), vec![6, 1, 5, 5]));
+    assert_eq!(names[2], ("features.3.weight".to_string(), vec![16, 6, 5, 5]));
+    assert_eq!(names[4], ("classifier.0.weight".to_string(), vec![120, 400]));
+    assert_eq!(names.len(), 10);
+    let x = randn(&[2, 1, 28, 28], DType::F32, 2);
+    assert_eq!(lenet.forward(&x).unwrap().shape(), &[2, 10]);
+    let mut alex = AlexNet::new(1, 28, 10, 16, &Device::Cpu, &mut rng).unwrap();
+    let convs = alex.named_parameters().iter().filter(|(n, t)| n.starts_with("features") && t.rank() == 4).count();
+    let fcs = alex.named_parameters().iter().filter(|(n, t)| n.starts_with("classifier") && t.rank() == 2).count();
+    assert_eq!((convs, fcs), (5, 3));
+    alex.set_training(false);
+    assert_eq!(alex.forward(&x).unwrap().shape(), &[2, 10]);
+    let resnet = ResNet::new(3, 10, 8, &Device::Cpu, &mut rng).unwrap();
+    let names: Vec<String> = resnet.named_parameters().into_iter().map(|(n, _)| n).collect();
+    for expected in [
+        "conv1.weight",
+        "bn1.weight",
+        "layer1.0.conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer3.1.bn2.bias",
+        "fc.weight",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+    assert!(resnet.named_buffers().iter().any(|(n, _)| n == "layer2.0.downsample.1.running_var"));
+    let colour = randn(&[2, 3, 32, 32], DType::F32, 3);
+    assert_eq!(resnet.forward(&colour).unwrap().shape(), &[2, 10]);
+}
+
+#[test]
+fn batch_norm_normalises_per_channel_and_tracks_running_statistics() {
+    use nabla::nn::BatchNorm2d;
+    let mut bn = BatchNorm2d::new(2, &Device::Cpu).unwrap();
+    let x = randn(&[4, 2, 3, 3], DType::F32, 5).mul_scalar(3.0).unwrap().add_scalar(1.0).unwrap();
+    let y = bn.forward(&x).unwrap();
+    let mean = y.mean(&[0, 2, 3], false).unwrap().to_vec::<f64>().unwrap();
+    let var = y.mul(&y).unwrap().mean(&[0, 2, 3], false).unwrap().to_vec::<f64>().unwrap();
+    assert!(mean.iter().all(|m| m.abs() < 1e-5) && var.iter().all(|v| (v - 1.0).abs() < 1e-3), "{mean:?} {var:?}");
+    let (rm, rv) = bn.running_stats();
+    let batch_mean = x.mean(&[0, 2, 3], false).unwrap().to_vec::<f64>().unwrap();
+    for (r, b) in rm.to_vec::<f64>().unwrap().iter().zip(&batch_mean) {
+        assert!((r - 0.1 * b).abs() < 1e-5);
+    }
+    assert!(rv.to_vec::<f64>().unwrap().iter().all(|v| *v > 0.9), "variance moved toward the batch's (about 9)");
+    bn.set_training(false);
+    let z = bn.forward(&x).unwrap();
+    let want = x
+        .sub(&rm.reshape(&[1, 2, 1, 1]).unwrap())
+        .unwrap()
+        .div(&rv.add_scalar(1e-5).unwrap().sqrt().unwrap().reshape(&[1, 2, 1, 1]).unwrap())
+        .unwrap();
+    assert_close("eval batch norm", &z, &want, (1e-5, 1e-5));
+    assert!(bn.forward(&randn(&[1, 3, 2, 2], DType::F32, 1)).is_err());
+}

@@ -13,7 +13,6 @@ fn out_dir(name: &str) -> PathBuf {
 }
 
 fn weights(outcome: &train::TrainOutcome) -> Vec<Vec<f32>> {
-    use nabla::nn::Module;
     outcome.model.parameters().iter().map(|p: &Tensor| p.to_vec::<f32>().unwrap()).collect()
 }
 
@@ -27,6 +26,14 @@ fn mlp_with_adam_reaches_97_5_percent_on_the_shipped_test_split() {
     let history = train::read_history(&train::history_path(&outcome.checkpoint)).unwrap();
     assert_eq!(history.len(), config.epochs);
     assert!(history.last().unwrap().train_loss < history[0].train_loss);
+}
+
+#[test]
+fn lenet5_reaches_98_5_percent_on_the_shipped_test_split() {
+    let config = TrainConfig { model: ModelKind::LeNet5, out_dir: out_dir("lenet5"), ..TrainConfig::default() };
+    let outcome = train::train(&config).unwrap();
+    println!("LeNet-5 test accuracy {:.2}% after {} epochs", 100.0 * outcome.test_accuracy, outcome.history.len());
+    assert!(outcome.test_accuracy >= 0.985, "test accuracy {}", outcome.test_accuracy);
 }
 
 #[test]
@@ -81,7 +88,7 @@ fn cli_trains_evaluates_and_answers_bad_input_with_one_line() {
     let corrupt = dir.join("corrupt.safetensors");
     for args in [
         vec!["train", "--epochs", "zero"],
-        vec!["train", "--model", "resnet"],
+        vec!["train", "--model", "vgg99"],
         vec!["train", "--bogus", "1"],
         vec!["train", "--epochs"],
         vec!["train", "--data", "/nonexistent", "--device", "cpu"],

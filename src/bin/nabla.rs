@@ -12,19 +12,30 @@
 //!   recall, and the confusion matrix on the test split.
 
 use nabla::cuda::{self, kernels};
+use nabla::io::image::Image;
 use nabla::train::{self, ModelKind, OptimizerKind, TrainConfig};
-use nabla::{DType, Device, Generator, Result, Tensor, metrics};
+use nabla::{DType, Device, Generator, Result, Tensor, metrics, vision, viz};
+use std::path::Path;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: nabla <command>
 
 commands:
-  train [--model mlp|perceptron] [--epochs N] [--batch-size N] [--lr X]
+  train [--model mlp|perceptron|lenet5|alexnet|resnet] [--epochs N] [--batch-size N] [--lr X]
         [--optimizer sgd|adam|adamw] [--seed N] [--device auto|cpu|cuda[:N]]
         [--data DIR] [--out DIR] [--resume CHECKPOINT] [--shift PIXELS] [--dropout P]
                              train on MNIST (the shipped 8,000/2,000 subset unless --data)
   eval --checkpoint F [--data DIR] [--device D]
                              top-1/top-5 error, per-class precision/recall, confusion matrix
+  convolve --kernel NAME|ROWS IN OUT [--device D]
+                             apply a 3x3 classic kernel (identity, edge, edge-cross, edge-all,
+                             sharpen, box-blur, emboss) or your own (`0,-1,0;-1,5,-1;0,-1,0`)
+                             to a PNG/JPEG through conv2d, writing a PNG
+  viz filters CHECKPOINT OUT.png          first-layer filters as a grid
+  viz features CHECKPOINT IMAGE OUT_DIR   each conv layer's feature maps for one image
+  viz curves HISTORY.json OUT.png         training loss and validation accuracy per epoch
+  viz confusion CHECKPOINT OUT.png [--data DIR]
+                                          the test split's confusion matrix as a heat-map
   info                       devices, driver and NVRTC versions, kernel module origins
   check [--device D] [--seed N]
                              run ops on D (auto|cpu|cuda|cuda:N, default auto) and on the CPU
@@ -37,6 +48,8 @@ fn main() -> ExitCode {
         None => train_cmd(&[]),
         Some("train") => train_cmd(&args[1..]),
         Some("eval") => eval_cmd(&args[1..]),
+        Some("convolve") => convolve_cmd(&args[1..]),
+        Some("viz") => viz_cmd(&args[1..]),
         Some("info") => info(),
         Some("check") => check(&args[1..]),
         Some("help" | "--help" | "-h") => {
@@ -156,18 +169,11 @@ fn eval_cmd(args: &[String]) -> Result<()> {
             _ => unreachable!("parse_flags admits only known flags"),
         }
     }
-    let path = checkpoint
-        .ok_or_else(|| nabla::Error::InvalidArgument { op: "eval", detail: "--checkpoint F is required".into() })?;
-    let saved = nabla::io::safetensors::load(&path)?;
-    let kind = saved.metadata.get("model").map(String::as_str).ok_or_else(|| nabla::Error::InvalidArgument {
-        op: "eval",
-        detail: format!("{} has no `model` metadata (not written by nabla train)", path.display()),
-    })?;
-    let dropout = saved.metadata.get("dropout").and_then(|d| d.parse().ok()).unwrap_or(0.0);
-    let model = ModelKind::parse(kind)?.build(dropout, &device, &mut Generator::new(0))?;
-    nabla::io::load_into_module(&saved, &model)?;
+    let path = checkpoint.ok_or_else(|| usage_error("eval", "--checkpoint F is required"))?;
+    let (kind, model) = load_model(&path, &device)?;
     let (_, _, test) = train::mnist_splits(data.as_deref(), &device)?;
-    let scores = train::predict(&model, &test)?;
+    let test = kind.prepare(&test)?;
+    let scores = train::predict(model.as_ref(), &test)?;
     let predictions = scores.argmax(-1, false)?;
     let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, 10)?;
     println!("{} on {} test images ({device})", path.display(), test.len());
@@ -181,6 +187,139 @@ fn eval_cmd(args: &[String]) -> Result<()> {
         println!("{c:>5}  {:>9.4}  {:>6.4}  {:>5.4}  {:>7}", s.precision, s.recall, s.f1, s.support);
     }
     println!("confusion matrix (rows: true class, columns: predicted)\n{confusion}");
+    Ok(())
+}
+
+fn usage_error(op: &'static str, detail: impl Into<String>) -> nabla::Error {
+    nabla::Error::InvalidArgument { op, detail: detail.into() }
+}
+
+/// `--flag value` pairs and positional arguments.
+type SplitArgs<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
+
+/// Splits `--flag value` pairs (of `known` flags) from positional arguments.
+fn split_args<'a>(cmd: &'static str, args: &'a [String], known: &[&str]) -> Result<SplitArgs<'a>> {
+    let (mut flags, mut positional) = (Vec::new(), Vec::new());
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        if a.starts_with("--") {
+            if !known.contains(&a.as_str()) {
+                return Err(usage_error(cmd, format!("unknown flag `{a}` (see `nabla help`)")));
+            }
+            let v = rest.next().ok_or_else(|| usage_error(cmd, format!("{a} needs a value")))?;
+            flags.push((a.as_str(), v.as_str()));
+        } else {
+            positional.push(a.as_str());
+        }
+    }
+    Ok((flags, positional))
+}
+
+fn convolve_cmd(args: &[String]) -> Result<()> {
+    let (flags, files) = split_args("convolve", args, &["--kernel", "--device"])?;
+    let mut kernel = None;
+    let mut device = Device::cuda_if_available();
+    for (flag, value) in flags {
+        match flag {
+            "--kernel" => {
+                kernel = Some(if value.contains(',') {
+                    vision::parse_kernel(value)?
+                } else {
+                    vision::classic_kernel(value)?
+                })
+            }
+            _ => device = value.parse()?,
+        }
+    }
+    let kernel = kernel.ok_or_else(|| usage_error("convolve", "--kernel NAME|ROWS is required"))?;
+    let [input, output] = files[..] else {
+        return Err(usage_error("convolve", "needs an input image and an output PNG path"));
+    };
+    let image = Image::load(Path::new(input))?;
+    let result = vision::convolve(&image.to_tensor(&device)?, &kernel, &device)?;
+    Image::from_tensor(&result)?.save_png(Path::new(output))?;
+    println!(
+        "{input} ({}x{}, {} channel(s)) convolved on {device} -> {output}",
+        image.width, image.height, image.channels
+    );
+    Ok(())
+}
+
+/// The model a checkpoint written by `nabla train` holds, loaded on `device` in eval mode.
+fn load_model(path: &Path, device: &Device) -> Result<(ModelKind, Box<dyn nabla::nn::Module>)> {
+    let saved = nabla::io::safetensors::load(path)?;
+    let kind = saved.metadata.get("model").map(String::as_str).ok_or_else(|| {
+        usage_error("load", format!("{} has no `model` metadata (not written by nabla train)", path.display()))
+    })?;
+    let kind = ModelKind::parse(kind)?;
+    let dropout = saved.metadata.get("dropout").and_then(|d| d.parse().ok()).unwrap_or(0.0);
+    let mut model = kind.build(dropout, device, &mut Generator::new(0))?;
+    nabla::io::load_into_module(&saved, model.as_ref())?;
+    model.set_training(false);
+    Ok((kind, model))
+}
+
+fn viz_cmd(args: &[String]) -> Result<()> {
+    let (flags, pos) = split_args("viz", args, &["--data", "--device"])?;
+    let mut data: Option<std::path::PathBuf> = None;
+    let mut device = Device::cuda_if_available();
+    for (flag, value) in flags {
+        match flag {
+            "--data" => data = Some(value.into()),
+            _ => device = value.parse()?,
+        }
+    }
+    match pos[..] {
+        ["filters", checkpoint, out] => {
+            let (_, model) = load_model(Path::new(checkpoint), &device)?;
+            let (name, weight) = model
+                .named_parameters()
+                .into_iter()
+                .find(|(_, t)| t.rank() == 4)
+                .ok_or_else(|| usage_error("viz", format!("{checkpoint} has no convolution filters")))?;
+            viz::filter_grid(&weight)?.save_png(Path::new(out))?;
+            println!("{} filters of {name} {:?} -> {out}", weight.shape()[0], weight.shape());
+        }
+        ["features", checkpoint, image, out_dir] => {
+            let (kind, model) = load_model(Path::new(checkpoint), &device)?;
+            if !kind.takes_images() {
+                return Err(usage_error("viz", format!("{} has no convolutional layers", kind.name())));
+            }
+            let picture = Image::load(Path::new(image))?.with_channels(1).resize(28, 28);
+            let x = picture.to_tensor(&device)?.reshape(&[1, 1, 28, 28])?;
+            std::fs::create_dir_all(out_dir)
+                .map_err(|source| nabla::Error::Io { path: out_dir.to_string(), source })?;
+            for (name, maps) in nabla::no_grad(|| model.feature_maps(&x))? {
+                let path = Path::new(out_dir).join(format!("{name}.png"));
+                viz::feature_grid(&maps.squeeze(0)?)?.save_png(&path)?;
+                println!("{name} {:?} -> {}", maps.shape(), path.display());
+            }
+        }
+        ["curves", history, out] => {
+            let history = train::read_history(Path::new(history))?;
+            viz::curves(&history)?.save_png(Path::new(out))?;
+            println!("{} epochs -> {out} (left: training loss, right: validation accuracy)", history.len());
+        }
+        ["confusion", checkpoint, out] => {
+            let (kind, model) = load_model(Path::new(checkpoint), &device)?;
+            let (_, _, test) = train::mnist_splits(data.as_deref(), &device)?;
+            let test = kind.prepare(&test)?;
+            let predictions = train::predict(model.as_ref(), &test)?.argmax(-1, false)?;
+            let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, 10)?;
+            viz::confusion_heatmap(&confusion).save_png(Path::new(out))?;
+            println!(
+                "confusion of {} test images (accuracy {:.2}%) -> {out}",
+                test.len(),
+                100.0 * confusion.accuracy()
+            );
+        }
+        _ => {
+            return Err(usage_error(
+                "viz",
+                "expected filters|features|curves|confusion and their paths (see `nabla help`)",
+            ));
+        }
+    }
     Ok(())
 }
 

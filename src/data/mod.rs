@@ -1,6 +1,8 @@
 //! Data: datasets, a batching loader with seeded shuffling, the MNIST IDX reader, synthetic
 //! sets for tests and demos, and a CSV loader.
 
+pub mod augment;
+pub mod cifar;
 pub mod csv;
 pub mod mnist;
 pub mod synthetic;

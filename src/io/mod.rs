@@ -1,5 +1,6 @@
 //! Files: safetensors checkpoints, JSON, and loading checkpoints into modules.
 
+pub mod image;
 pub mod json;
 pub mod safetensors;
 
@@ -8,16 +9,23 @@ use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Saves a module's parameters under their dotted names, with metadata, atomically.
-pub fn save_module(path: &Path, module: &dyn Module, metadata: &BTreeMap<String, String>) -> Result<()> {
-    safetensors::save(path, &module.named_parameters(), metadata)
+/// A module's parameters and buffers (its state dict) under their dotted names.
+pub fn state_dict(module: &dyn Module) -> Vec<(String, crate::Tensor)> {
+    let mut all = module.named_parameters();
+    all.extend(module.named_buffers());
+    all
 }
 
-/// Copies a checkpoint's tensors into a module's parameters (in place, on their device).
+/// Saves a module's parameters and buffers under their dotted names, with metadata, atomically.
+pub fn save_module(path: &Path, module: &dyn Module, metadata: &BTreeMap<String, String>) -> Result<()> {
+    safetensors::save(path, &state_dict(module), metadata)
+}
+
+/// Copies a checkpoint's tensors into a module's parameters and buffers (in place, on their device).
 /// Every parameter must be present with its shape; extra tensors are an error too, so a
 /// checkpoint of another architecture is caught.
 pub fn load_into_module(checkpoint: &safetensors::Checkpoint, module: &dyn Module) -> Result<()> {
-    let params = module.named_parameters();
+    let params = state_dict(module);
     for (name, param) in &params {
         let saved = checkpoint
             .tensors

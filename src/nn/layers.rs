@@ -173,6 +173,17 @@ impl Sequential {
         self
     }
 
+    /// The output of every module in turn, named by position.
+    pub fn forward_each(&self, x: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        let mut h = x.clone();
+        let mut out = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h)?;
+            out.push((i.to_string(), h.clone()));
+        }
+        Ok(out)
+    }
+
     /// The number of modules.
     pub fn len(&self) -> usize {
         self.layers.len()
@@ -197,6 +208,16 @@ impl Module for Sequential {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             for (name, t) in layer.named_parameters() {
+                out.push((join(&i.to_string(), &name), t));
+            }
+        }
+        out
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (name, t) in layer.named_buffers() {
                 out.push((join(&i.to_string(), &name), t));
             }
         }
@@ -248,10 +269,19 @@ impl Module for Mlp {
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        self.layers.named_parameters().into_iter().map(|(n, t)| (join("layers", &n), t)).collect()
+        prefixed("layers", self.layers.named_parameters())
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        prefixed("layers", self.layers.named_buffers())
     }
 
     fn set_training(&mut self, training: bool) {
         self.layers.set_training(training);
     }
+}
+
+/// `prefix.name` for every entry.
+pub(crate) fn prefixed(prefix: &str, items: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    items.into_iter().map(|(n, t)| (join(prefix, &n), t)).collect()
 }

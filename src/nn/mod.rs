@@ -1,11 +1,15 @@
 //! Neural-network building blocks: the [`Module`] trait with PyTorch-style dotted parameter
 //! names, layers, activations, initialisers, the neuron, the perceptron and the MLP.
 
+mod conv;
 pub mod init;
 mod layers;
+mod models;
 mod perceptron;
 
+pub use conv::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Flatten, MaxPool2d};
 pub use layers::{Activation, Dropout, Init, Linear, Mlp, Sequential};
+pub use models::{AlexNet, LeNet5, ResNet};
 pub use perceptron::{Neuron, Perceptron};
 
 use crate::{Result, Tensor};
@@ -25,8 +29,19 @@ pub trait Module: Send + Sync {
         self.named_parameters().into_iter().map(|(_, t)| t).collect()
     }
 
+    /// State that is saved but not trained (batch-norm running statistics), dotted names.
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
     /// Switches between training (dropout active) and evaluation behaviour.
     fn set_training(&mut self, _training: bool) {}
+
+    /// The intermediate image-shaped activations for input `x`, named by the layer that made
+    /// them (for pictures of what a convolutional network sees); none by default.
+    fn feature_maps(&self, _x: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
 }
 
 /// `prefix.name` for nested modules, or `name` at the top.

@@ -136,12 +136,14 @@ impl Tensor {
         let d = conv_dims(self.shape(), weight.shape(), bias.map(|b| b.shape()), opt)?;
         let out = conv_forward(&self.detach(), &weight.detach(), bias.map(Tensor::detach).as_ref(), d)?;
         let (x, w) = (self.detach(), weight.detach());
+        let (x_needs, w_needs) = (self.requires_grad(), weight.requires_grad());
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
         Ok(record(out, &inputs, move |g| {
-            let gx = conv_backward_input(g, &w, d)?;
-            let gw = conv_backward_weight(g, &x, d)?;
-            let mut grads = vec![Some(gx), Some(gw)];
+            // Skip the gradients nobody asked for (the first layer's input, typically).
+            let gx = if x_needs { Some(conv_backward_input(g, &w, d)?) } else { None };
+            let gw = if w_needs { Some(conv_backward_weight(g, &x, d)?) } else { None };
+            let mut grads = vec![gx, gw];
             if d.has_bias() {
                 grads.push(Some(g.sum(&[0, 2, 3], false)?));
             }
@@ -211,8 +213,11 @@ fn conv_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, d: DimsWithBias) 
             let sw = d.opt.stride.1;
             d.runs(|xi, yi, wi, len| {
                 let k = wv[wi];
-                for t in 0..len {
-                    y[yi + t] += k * xv[xi + t * sw];
+                let out = &mut y[yi..yi + len];
+                if sw == 1 {
+                    out.iter_mut().zip(&xv[xi..xi + len]).for_each(|(o, v)| *o += k * v);
+                } else {
+                    out.iter_mut().zip(xv[xi..].iter().step_by(sw)).for_each(|(o, v)| *o += k * v);
                 }
             });
             Ok(Tensor::from_cpu(CpuStorage::from_f64(x.dtype, &y), &out_shape))
@@ -246,8 +251,11 @@ fn conv_backward_input(dy: &Tensor, w: &Tensor, d: DimsWithBias) -> Result<Tenso
             let sw = d.opt.stride.1;
             d.runs(|xi, yi, wi, len| {
                 let k = wv[wi];
-                for t in 0..len {
-                    dx[xi + t * sw] += k * gv[yi + t];
+                let grads = &gv[yi..yi + len];
+                if sw == 1 {
+                    dx[xi..xi + len].iter_mut().zip(grads).for_each(|(o, g)| *o += k * g);
+                } else {
+                    dx[xi..].iter_mut().step_by(sw).zip(grads).for_each(|(o, g)| *o += k * g);
                 }
             });
             Ok(Tensor::from_cpu(CpuStorage::from_f64(dy.dtype, &dx), &in_shape))
@@ -273,7 +281,12 @@ fn conv_backward_weight(dy: &Tensor, x: &Tensor, d: DimsWithBias) -> Result<Tens
             let mut dw = vec![0.0; w_shape.iter().product()];
             let sw = d.opt.stride.1;
             d.runs(|xi, yi, wi, len| {
-                dw[wi] += (0..len).map(|t| gv[yi + t] * xv[xi + t * sw]).sum::<f64>();
+                let grads = &gv[yi..yi + len];
+                dw[wi] += if sw == 1 {
+                    grads.iter().zip(&xv[xi..xi + len]).map(|(g, v)| g * v).sum::<f64>()
+                } else {
+                    grads.iter().zip(xv[xi..].iter().step_by(sw)).map(|(g, v)| g * v).sum::<f64>()
+                };
             });
             Ok(Tensor::from_cpu(CpuStorage::from_f64(dy.dtype, &dw), &w_shape))
         }

@@ -53,11 +53,13 @@ impl Tensor {
         let out = matmul_forward(&a, &b, &batch_shape, [m, k, n], self.dtype)?;
         let (a_in, b_in) = (a.detach(), b.detach());
         let (a_shape, b_shape) = (self.shape().to_vec(), rhs.shape().to_vec());
+        let (a_needs, b_needs) = (self.requires_grad(), rhs.requires_grad());
         Ok(record(out, &[self, rhs], move |g| {
-            // dA = g Bᵀ and dB = Aᵀ g over the broadcast batch, summed back to each operand.
-            let ga = g.matmul(&b_in.t()?)?.sum_to(&a_shape)?;
-            let gb = a_in.t()?.matmul(g)?.sum_to(&b_shape)?;
-            Ok(vec![Some(ga), Some(gb)])
+            // dA = g Bᵀ and dB = Aᵀ g over the broadcast batch, summed back to each operand;
+            // an operand outside the graph (a batch of inputs) gets none.
+            let ga = if a_needs { Some(g.matmul(&b_in.t()?)?.sum_to(&a_shape)?) } else { None };
+            let gb = if b_needs { Some(a_in.t()?.matmul(g)?.sum_to(&b_shape)?) } else { None };
+            Ok(vec![ga, gb])
         }))
     }
 }

@@ -1,0 +1,167 @@
+//! Convolutional layers: Conv2d, pooling, Flatten and BatchNorm2d, as in `torch.nn`.
+
+use super::{Module, init};
+use crate::{Conv2dOptions, DType, Device, Error, Generator, Pool2dOptions, Result, Tensor};
+use std::sync::Mutex;
+
+/// A learned 2-D filter bank: weight `[out, in / groups, kh, kw]`, bias `[out]`.
+pub struct Conv2d {
+    /// The filters.
+    pub weight: Tensor,
+    /// One bias per output channel.
+    pub bias: Option<Tensor>,
+    /// Stride, padding, dilation, groups.
+    pub options: Conv2dOptions,
+}
+
+impl Conv2d {
+    /// A layer with Kaiming-normal filters (for ReLU nets) and PyTorch's default bias range.
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        options: Conv2dOptions,
+        device: &Device,
+        rng: &mut Generator,
+    ) -> Result<Self> {
+        let groups = options.groups.max(1);
+        if !in_channels.is_multiple_of(groups) || !out_channels.is_multiple_of(groups) {
+            return Err(Error::invalid(
+                "conv2d",
+                format!("{in_channels} -> {out_channels} channels do not split into {groups} groups"),
+            ));
+        }
+        let fan_in = in_channels / groups * kernel * kernel;
+        let shape = [out_channels, in_channels / groups, kernel, kernel];
+        let weight = init::kaiming_normal(&shape, fan_in, DType::F32, device, rng)?.requires_grad_()?;
+        let bias = init::linear_default(&[out_channels], fan_in, DType::F32, device, rng)?.requires_grad_()?;
+        Ok(Conv2d { weight, bias: Some(bias), options })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.conv2d(&self.weight, self.bias.as_ref(), self.options)
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("weight".to_string(), self.weight.clone())];
+        out.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
+        out
+    }
+}
+
+/// Max pooling as a module.
+pub struct MaxPool2d(pub Pool2dOptions);
+
+impl Module for MaxPool2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.max_pool2d(self.0)
+    }
+}
+
+/// Average pooling as a module.
+pub struct AvgPool2d(pub Pool2dOptions);
+
+impl Module for AvgPool2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.avg_pool2d(self.0)
+    }
+}
+
+/// Adaptive average pooling to a fixed `(h, w)` as a module.
+pub struct AdaptiveAvgPool2d(pub (usize, usize));
+
+impl Module for AdaptiveAvgPool2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.adaptive_avg_pool2d(self.0)
+    }
+}
+
+/// Flattens every dim after the batch dim.
+pub struct Flatten;
+
+impl Module for Flatten {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.flatten(1, -1)
+    }
+}
+
+/// Batch normalisation over the channels of NCHW input, as `torch.nn.BatchNorm2d`: in
+/// training, normalise with the batch's per-channel mean and (biased) variance and fold them
+/// into running averages (the variance unbiased); in evaluation, use the running averages.
+/// Built from tensor ops, so autograd differentiates it and the GPU runs it without waiting.
+pub struct BatchNorm2d {
+    /// Per-channel scale γ.
+    pub weight: Tensor,
+    /// Per-channel shift β.
+    pub bias: Tensor,
+    running: Mutex<(Tensor, Tensor)>,
+    momentum: f64,
+    eps: f64,
+    training: bool,
+}
+
+impl BatchNorm2d {
+    /// A layer over `channels` with γ = 1, β = 0, momentum 0.1 and eps 1e-5.
+    pub fn new(channels: usize, device: &Device) -> Result<Self> {
+        Ok(BatchNorm2d {
+            weight: Tensor::ones(&[channels], DType::F32, device)?.requires_grad_()?,
+            bias: Tensor::zeros(&[channels], DType::F32, device)?.requires_grad_()?,
+            running: Mutex::new((
+                Tensor::zeros(&[channels], DType::F32, device)?,
+                Tensor::ones(&[channels], DType::F32, device)?,
+            )),
+            momentum: 0.1,
+            eps: 1e-5,
+            training: true,
+        })
+    }
+
+    /// The running mean and variance.
+    pub fn running_stats(&self) -> (Tensor, Tensor) {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = self.weight.numel();
+        if x.rank() != 4 || x.shape()[1] != c {
+            return Err(Error::shape("batch_norm2d", format!("input {:?} is not [N, {c}, H, W]", x.shape())));
+        }
+        let per_channel = |t: &Tensor| t.reshape(&[1, c, 1, 1]);
+        let (mean, var) = if self.training {
+            let mean = x.mean(&[0, 2, 3], true)?;
+            let centered = x.sub(&mean)?;
+            let var = centered.mul(&centered)?.mean(&[0, 2, 3], true)?;
+            let count = (x.numel() / c) as f64;
+            crate::no_grad(|| -> Result<()> {
+                let (rm, rv) = &*self.running.lock().unwrap_or_else(|e| e.into_inner());
+                let m = self.momentum;
+                let unbiased = var.detach().reshape(&[c])?.mul_scalar(count / (count - 1.0).max(1.0))?;
+                rm.copy_(&rm.mul_scalar(1.0 - m)?.add(&mean.detach().reshape(&[c])?.mul_scalar(m)?)?)?;
+                rv.copy_(&rv.mul_scalar(1.0 - m)?.add(&unbiased.mul_scalar(m)?)?)
+            })?;
+            (mean, var)
+        } else {
+            let (rm, rv) = self.running_stats();
+            (per_channel(&rm)?, per_channel(&rv)?)
+        };
+        let inv_std = var.add_scalar(self.eps)?.sqrt()?;
+        x.sub(&mean)?.div(&inv_std)?.mul(&per_channel(&self.weight)?)?.add(&per_channel(&self.bias)?)
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        vec![("weight".to_string(), self.weight.clone()), ("bias".to_string(), self.bias.clone())]
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        let (rm, rv) = self.running_stats();
+        vec![("running_mean".to_string(), rm), ("running_var".to_string(), rv)]
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+}
