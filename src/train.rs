@@ -436,8 +436,10 @@ impl Progress {
 
     fn finish(&self, s: &EpochSummary) {
         if self.enabled {
-            eprint!("\r{}\r", " ".repeat(100));
-            println!(
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r{}\r", " ".repeat(100));
+            let _ = writeln!(
+                std::io::stdout(),
                 "epoch {:>3}/{}  train loss {:.4}  val accuracy {:.2}%  {:.1}s",
                 s.epoch,
                 self.epochs,

@@ -18,6 +18,14 @@ use nabla::{DType, Device, Generator, Result, Tensor, metrics, vision, viz};
 use std::path::Path;
 use std::process::ExitCode;
 
+/// Prints a line to stdout, ignoring a closed pipe (`nabla eval ... | head` must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 const USAGE: &str = "usage: nabla <command>
 
 commands:
@@ -53,7 +61,7 @@ fn main() -> ExitCode {
         Some("info") => info(),
         Some("check") => check(&args[1..]),
         Some("help" | "--help" | "-h") => {
-            println!("{USAGE}");
+            out!("{USAGE}");
             Ok(())
         }
         Some(other) => Err(nabla::Error::InvalidArgument {
@@ -135,7 +143,7 @@ fn train_cmd(args: &[String]) -> Result<()> {
         });
     }
     let data = config.data.as_ref().map_or("shipped MNIST subset".to_string(), |d| d.display().to_string());
-    println!(
+    out!(
         "training {} on {} ({data}), {} epochs, batch {}, {:?} lr {}, seed {}",
         config.model.name(),
         config.device,
@@ -147,7 +155,7 @@ fn train_cmd(args: &[String]) -> Result<()> {
     );
     let started = std::time::Instant::now();
     let outcome = train::train(&config)?;
-    println!(
+    out!(
         "test accuracy {:.2}% ({:.1}s in all); checkpoint {}, history {}",
         100.0 * outcome.test_accuracy,
         started.elapsed().as_secs_f64(),
@@ -176,17 +184,17 @@ fn eval_cmd(args: &[String]) -> Result<()> {
     let scores = train::predict(model.as_ref(), &test)?;
     let predictions = scores.argmax(-1, false)?;
     let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, 10)?;
-    println!("{} on {} test images ({device})", path.display(), test.len());
-    println!(
+    out!("{} on {} test images ({device})", path.display(), test.len());
+    out!(
         "top-1 error {:.2}%  top-5 error {:.2}%",
         100.0 * metrics::top_k_error(&scores, &test.targets, 1)?,
         100.0 * metrics::top_k_error(&scores, &test.targets, 5)?
     );
-    println!("class  precision  recall     f1  support");
+    out!("class  precision  recall     f1  support");
     for (c, s) in confusion.class_scores().iter().enumerate() {
-        println!("{c:>5}  {:>9.4}  {:>6.4}  {:>5.4}  {:>7}", s.precision, s.recall, s.f1, s.support);
+        out!("{c:>5}  {:>9.4}  {:>6.4}  {:>5.4}  {:>7}", s.precision, s.recall, s.f1, s.support);
     }
-    println!("confusion matrix (rows: true class, columns: predicted)\n{confusion}");
+    out!("confusion matrix (rows: true class, columns: predicted)\n{confusion}");
     Ok(())
 }
 
@@ -238,10 +246,7 @@ fn convolve_cmd(args: &[String]) -> Result<()> {
     let image = Image::load(Path::new(input))?;
     let result = vision::convolve(&image.to_tensor(&device)?, &kernel, &device)?;
     Image::from_tensor(&result)?.save_png(Path::new(output))?;
-    println!(
-        "{input} ({}x{}, {} channel(s)) convolved on {device} -> {output}",
-        image.width, image.height, image.channels
-    );
+    out!("{input} ({}x{}, {} channel(s)) convolved on {device} -> {output}", image.width, image.height, image.channels);
     Ok(())
 }
 
@@ -278,7 +283,7 @@ fn viz_cmd(args: &[String]) -> Result<()> {
                 .find(|(_, t)| t.rank() == 4)
                 .ok_or_else(|| usage_error("viz", format!("{checkpoint} has no convolution filters")))?;
             viz::filter_grid(&weight)?.save_png(Path::new(out))?;
-            println!("{} filters of {name} {:?} -> {out}", weight.shape()[0], weight.shape());
+            out!("{} filters of {name} {:?} -> {out}", weight.shape()[0], weight.shape());
         }
         ["features", checkpoint, image, out_dir] => {
             let (kind, model) = load_model(Path::new(checkpoint), &device)?;
@@ -292,13 +297,13 @@ fn viz_cmd(args: &[String]) -> Result<()> {
             for (name, maps) in nabla::no_grad(|| model.feature_maps(&x))? {
                 let path = Path::new(out_dir).join(format!("{name}.png"));
                 viz::feature_grid(&maps.squeeze(0)?)?.save_png(&path)?;
-                println!("{name} {:?} -> {}", maps.shape(), path.display());
+                out!("{name} {:?} -> {}", maps.shape(), path.display());
             }
         }
         ["curves", history, out] => {
             let history = train::read_history(Path::new(history))?;
             viz::curves(&history)?.save_png(Path::new(out))?;
-            println!("{} epochs -> {out} (left: training loss, right: validation accuracy)", history.len());
+            out!("{} epochs -> {out} (left: training loss, right: validation accuracy)", history.len());
         }
         ["confusion", checkpoint, out] => {
             let (kind, model) = load_model(Path::new(checkpoint), &device)?;
@@ -307,11 +312,7 @@ fn viz_cmd(args: &[String]) -> Result<()> {
             let predictions = train::predict(model.as_ref(), &test)?.argmax(-1, false)?;
             let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, 10)?;
             viz::confusion_heatmap(&confusion).save_png(Path::new(out))?;
-            println!(
-                "confusion of {} test images (accuracy {:.2}%) -> {out}",
-                test.len(),
-                100.0 * confusion.accuracy()
-            );
+            out!("confusion of {} test images (accuracy {:.2}%) -> {out}", test.len(), 100.0 * confusion.accuracy());
         }
         _ => {
             return Err(usage_error(
@@ -324,44 +325,44 @@ fn viz_cmd(args: &[String]) -> Result<()> {
 }
 
 fn info() -> Result<()> {
-    println!("nabla {}", env!("CARGO_PKG_VERSION"));
+    out!("nabla {}", env!("CARGO_PKG_VERSION"));
     match kernels::BUILD_NVRTC_VERSION {
         Some((major, minor)) => {
             let archs: Vec<&str> = kernels::MODULES[0].images.iter().map(|(a, _)| *a).collect();
-            println!("kernels: built with NVRTC {major}.{minor} for {}", archs.join(", "));
+            out!("kernels: built with NVRTC {major}.{minor} for {}", archs.join(", "));
         }
-        None => println!("kernels: sources only (no NVRTC at build time); compiled at first use"),
+        None => out!("kernels: sources only (no NVRTC at build time); compiled at first use"),
     }
     if cuda::nvrtc::available() {
         match cuda::nvrtc::version() {
-            Ok((major, minor)) => println!("runtime NVRTC: {major}.{minor}"),
-            Err(e) => println!("runtime NVRTC: present, version unknown ({e})"),
+            Ok((major, minor)) => out!("runtime NVRTC: {major}.{minor}"),
+            Err(e) => out!("runtime NVRTC: present, version unknown ({e})"),
         }
     } else {
-        println!("runtime NVRTC: not found");
+        out!("runtime NVRTC: not found");
     }
     match kernels::cache_dir() {
-        Some(dir) => println!("kernel cache: {}", dir.display()),
-        None => println!("kernel cache: none (set NABLA_KERNEL_CACHE or HOME)"),
+        Some(dir) => out!("kernel cache: {}", dir.display()),
+        None => out!("kernel cache: none (set NABLA_KERNEL_CACHE or HOME)"),
     }
     match cuda::driver_version() {
-        Some((major, minor)) => println!("CUDA driver: {major}.{minor}"),
-        None => println!("CUDA driver: not found"),
+        Some((major, minor)) => out!("CUDA driver: {major}.{minor}"),
+        None => out!("CUDA driver: not found"),
     }
     let count = cuda::device_count();
-    println!("CUDA devices: {count}");
+    out!("CUDA devices: {count}");
     for ordinal in 0..count {
         let dev = cuda::cuda_device(ordinal)?;
         let (major, minor) = dev.arch();
-        println!(
+        out!(
             "cuda:{ordinal}: {}, compute capability {major}.{minor}, {:.1} GiB",
             dev.name(),
             dev.total_memory() as f64 / (1u64 << 30) as f64
         );
         for module in kernels::MODULES {
             match dev.load_module(module.name) {
-                Ok(origin) => println!("  {:<8} {origin}", module.name),
-                Err(e) => println!("  {:<8} FAILED: {e}", module.name),
+                Ok(origin) => out!("  {:<8} {origin}", module.name),
+                Err(e) => out!("  {:<8} FAILED: {e}", module.name),
             }
         }
     }
@@ -389,7 +390,7 @@ fn check(args: &[String]) -> Result<()> {
             }
         }
     }
-    println!("check on {device} against the CPU reference (seed {seed}):");
+    out!("check on {device} against the CPU reference (seed {seed}):");
     let mut rng = Generator::new(seed);
     let x = Tensor::randn(&[64, 784], DType::F32, &Device::Cpu, &mut rng)?;
     let w = Tensor::randn(&[784, 512], DType::F32, &Device::Cpu, &mut rng)?.mul_scalar(0.05)?;
@@ -410,7 +411,7 @@ fn check(args: &[String]) -> Result<()> {
     for ((name, g), (_, w)) in got.iter().zip(&want) {
         let (g, w) = (g.to_vec::<f64>()?, w.to_vec::<f64>()?);
         let worst = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        println!("  {name:<14} {} elements, max |device - cpu| = {worst:.3e}", g.len());
+        out!("  {name:<14} {} elements, max |device - cpu| = {worst:.3e}", g.len());
     }
     Ok(())
 }

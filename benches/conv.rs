@@ -1,0 +1,120 @@
+//! conv2d forward and forward+backward on the three layers, and one LeNet-5 training
+//! step at batch 256 with SGD momentum. The GPU runs every case (synchronising inside the
+//! timed closure); the CPU reference only the small ones. FLOP/s are reported as criterion
+//! "elements". PyTorch twin: `benches/peer/conv.py` (cuDNN, TF32 off), to be run in the same
+//! device session; ratios and the card go in docs/benchmarks.md.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use nabla::nn::{LeNet5, Module};
+use nabla::optim::{Optimizer, Sgd, SgdConfig};
+use nabla::{Conv2dOptions, DType, Device, Generator, Tensor};
+
+struct Layer {
+    name: &'static str,
+    input: [usize; 4],
+    out_channels: usize,
+    kernel: usize,
+    options: Conv2dOptions,
+    on_cpu: bool,
+}
+
+fn layers() -> Vec<Layer> {
+    vec![
+        Layer {
+            name: "lenet_c1",
+            input: [256, 1, 28, 28],
+            out_channels: 6,
+            kernel: 5,
+            options: Conv2dOptions::default(),
+            on_cpu: true,
+        },
+        Layer {
+            name: "resnet_3x3",
+            input: [64, 64, 56, 56],
+            out_channels: 64,
+            kernel: 3,
+            options: Conv2dOptions::new(1, 1),
+            on_cpu: false,
+        },
+        Layer {
+            name: "alexnet_c1",
+            input: [128, 3, 224, 224],
+            out_channels: 64,
+            kernel: 11,
+            options: Conv2dOptions::new(4, 2),
+            on_cpu: false,
+        },
+    ]
+}
+
+fn devices() -> Vec<Device> {
+    let mut out = vec![Device::Cpu];
+    if nabla::cuda::device_count() > 0 {
+        out.push(Device::Cuda(0));
+    }
+    out
+}
+
+fn conv(c: &mut Criterion) {
+    for layer in layers() {
+        let mut group = c.benchmark_group(format!("conv2d_{}", layer.name));
+        group.sample_size(10);
+        for device in devices() {
+            if device == Device::Cpu && !layer.on_cpu {
+                continue;
+            }
+            let mut rng = Generator::new(0);
+            let [n, ci, _, _] = layer.input;
+            let x = Tensor::randn(&layer.input, DType::F32, &device, &mut rng).unwrap();
+            let weight =
+                Tensor::randn(&[layer.out_channels, ci, layer.kernel, layer.kernel], DType::F32, &device, &mut rng)
+                    .unwrap();
+            let y = x.conv2d(&weight, None, layer.options).unwrap();
+            let (oh, ow) = (y.shape()[2], y.shape()[3]);
+            let flops = 2 * n * layer.out_channels * oh * ow * ci * layer.kernel * layer.kernel;
+            group.throughput(Throughput::Elements(flops as u64));
+            group.bench_function(format!("forward/{device}"), |b| {
+                b.iter(|| {
+                    let out = x.conv2d(&weight, None, layer.options).unwrap();
+                    device.synchronize().unwrap();
+                    out
+                })
+            });
+            let (xl, wl) = (x.requires_grad_().unwrap(), weight.requires_grad_().unwrap());
+            group.throughput(Throughput::Elements(3 * flops as u64));
+            group.bench_function(format!("forward_backward/{device}"), |b| {
+                b.iter(|| {
+                    xl.zero_grad();
+                    wl.zero_grad();
+                    xl.conv2d(&wl, None, layer.options).unwrap().sum_all().unwrap().backward().unwrap();
+                    device.synchronize().unwrap();
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+fn lenet_step(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lenet5_sgd_momentum_batch256");
+    group.sample_size(10);
+    for device in devices() {
+        let mut rng = Generator::new(0);
+        let model = LeNet5::new(1, 10, &device, &mut rng).unwrap();
+        let mut opt = Sgd::new(model.parameters(), SgdConfig { momentum: 0.9, ..SgdConfig::new(0.01) }).unwrap();
+        let x = Tensor::rand(&[256, 1, 28, 28], DType::F32, &device, &mut rng).unwrap();
+        let y = Tensor::randint(0, 10, &[256], &device, &mut rng).unwrap();
+        group.bench_function(device.to_string(), |b| {
+            b.iter(|| {
+                opt.zero_grad();
+                model.forward(&x).unwrap().cross_entropy(&y).unwrap().backward().unwrap();
+                opt.step().unwrap();
+                device.synchronize().unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, conv, lenet_step);
+criterion_main!(benches);

@@ -1,0 +1,69 @@
+"""PyTorch (cuDNN) twin of benches/conv.rs, timed with CUDA events after warm-up, median of 50,
+TF32 off: conv2d forward and forward+backward on the three layers, and one LeNet-5 training
+step at batch 256 with SGD momentum. Run it in the same device session as the nabla benches.
+
+    python3 benches/peer/conv.py
+"""
+import statistics
+
+import torch
+
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.benchmark = True
+dev = torch.device("cuda")
+
+
+def median_ms(fn, warmup=10, runs=50):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+LAYERS = [
+    ("lenet_c1", (256, 1, 28, 28), 6, 5, 1, 0),
+    ("resnet_3x3", (64, 64, 56, 56), 64, 3, 1, 1),
+    ("alexnet_c1", (128, 3, 224, 224), 64, 11, 4, 2),
+]
+
+for name, shape, out_c, k, stride, pad in LAYERS:
+    x = torch.randn(shape, device=dev, requires_grad=True)
+    w = torch.randn(out_c, shape[1], k, k, device=dev, requires_grad=True)
+    y = torch.nn.functional.conv2d(x, w, stride=stride, padding=pad)
+    flops = 2 * y.numel() * shape[1] * k * k
+    fwd = median_ms(lambda: torch.nn.functional.conv2d(x, w, stride=stride, padding=pad))
+
+    def fwd_bwd():
+        x.grad = None
+        w.grad = None
+        torch.nn.functional.conv2d(x, w, stride=stride, padding=pad).sum().backward()
+
+    both = median_ms(fwd_bwd)
+    print(f"{name}: forward {fwd:.3f} ms ({flops / fwd / 1e9:.1f} TFLOP/s), forward+backward {both:.3f} ms")
+
+model = torch.nn.Sequential(
+    torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+    torch.nn.Conv2d(6, 16, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+    torch.nn.Linear(400, 120), torch.nn.ReLU(), torch.nn.Linear(120, 84), torch.nn.ReLU(), torch.nn.Linear(84, 10),
+).to(dev)
+opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+xb = torch.rand(256, 1, 28, 28, device=dev)
+yb = torch.randint(0, 10, (256,), device=dev)
+
+
+def step():
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(xb), yb).backward()
+    opt.step()
+
+
+print(f"pytorch {torch.__version__} on {torch.cuda.get_device_name()}: lenet5 step {median_ms(step):.3f} ms")
