@@ -168,6 +168,44 @@ fn losses_match_their_definitions() {
 }
 
 #[test]
+fn batch_norm_and_conv_models_on_the_gpu_match_the_cpu() {
+    let Some(dev) = cuda_or_skip("batch norm") else { return };
+    use nabla::nn::{BatchNorm2d, LeNet5, ResNet};
+    let x = randn(&[4, 3, 9, 7], DType::F32, 1);
+    let run = |device: &Device| {
+        let mut bn = BatchNorm2d::new(3, device).unwrap();
+        let xl = x.to_device(device).unwrap().requires_grad_().unwrap();
+        let y = bn.forward(&xl).unwrap();
+        y.mul(&y).unwrap().sum_all().unwrap().backward().unwrap();
+        let (rm, rv) = bn.running_stats();
+        bn.set_training(false);
+        let eval = bn.forward(&xl.detach()).unwrap();
+        [y.detach(), xl.grad().unwrap(), bn.weight.grad().unwrap(), rm, rv, eval]
+            .map(|t| t.to_device(&Device::Cpu).unwrap())
+    };
+    let (gpu, cpu) = (run(&dev), run(&Device::Cpu));
+    for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+        assert_close(&format!("batch norm output {i}"), g, c, (1e-4, 1e-4));
+    }
+    for model in ["lenet5", "resnet"] {
+        let logits = |device: &Device| {
+            let mut rng = Generator::new(2);
+            let mut m: Box<dyn Module> = if model == "lenet5" {
+                Box::new(LeNet5::new(1, 10, device, &mut rng).unwrap())
+            } else {
+                Box::new(ResNet::new(1, 10, 8, device, &mut rng).unwrap())
+            };
+            m.set_training(false);
+            m.forward(&randn(&[3, 1, 28, 28], DType::F32, 3).to_device(device).unwrap())
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap()
+        };
+        assert_close(&format!("{model} logits"), &logits(&dev), &logits(&Device::Cpu), (1e-4, 1e-4));
+    }
+}
+
+#[test]
 fn cross_entropy_and_dropout_on_the_gpu_match_the_cpu() {
     let Some(dev) = cuda_or_skip("losses") else { return };
     for dtype in FLOATS {

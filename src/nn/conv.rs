@@ -87,6 +87,35 @@ impl Module for Flatten {
     }
 }
 
+/// The per-channel mean and biased variance of NCHW input, shaped `[1, C, 1, 1]`.
+pub fn batch_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let mean = x.mean(&[0, 2, 3], true)?;
+    let centered = x.sub(&mean)?;
+    let var = centered.mul(&centered)?.mean(&[0, 2, 3], true)?;
+    Ok((mean, var))
+}
+
+/// (x - mean) / √(var + eps) · γ + β per channel of NCHW input, with `[1, C, 1, 1]` statistics
+/// and `[C]` γ, β: the arithmetic of batch normalisation, differentiable through every input.
+pub fn batch_norm2d(
+    x: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let c = weight.numel();
+    if x.rank() != 4 || x.shape()[1] != c || bias.numel() != c {
+        return Err(Error::shape(
+            "batch_norm2d",
+            format!("input {:?} with {c} scales and {} shifts", x.shape(), bias.numel()),
+        ));
+    }
+    let per_channel = |t: &Tensor| t.reshape(&[1, c, 1, 1]);
+    x.sub(mean)?.div(&var.add_scalar(eps)?.sqrt()?)?.mul(&per_channel(weight)?)?.add(&per_channel(bias)?)
+}
+
 /// Batch normalisation over the channels of NCHW input, as `torch.nn.BatchNorm2d`: in
 /// training, normalise with the batch's per-channel mean and (biased) variance and fold them
 /// into running averages (the variance unbiased); in evaluation, use the running averages.
@@ -132,9 +161,7 @@ impl Module for BatchNorm2d {
         }
         let per_channel = |t: &Tensor| t.reshape(&[1, c, 1, 1]);
         let (mean, var) = if self.training {
-            let mean = x.mean(&[0, 2, 3], true)?;
-            let centered = x.sub(&mean)?;
-            let var = centered.mul(&centered)?.mean(&[0, 2, 3], true)?;
+            let (mean, var) = batch_stats(x)?;
             let count = (x.numel() / c) as f64;
             crate::no_grad(|| -> Result<()> {
                 let (rm, rv) = &*self.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,8 +175,7 @@ impl Module for BatchNorm2d {
             let (rm, rv) = self.running_stats();
             (per_channel(&rm)?, per_channel(&rv)?)
         };
-        let inv_std = var.add_scalar(self.eps)?.sqrt()?;
-        x.sub(&mean)?.div(&inv_std)?.mul(&per_channel(&self.weight)?)?.add(&per_channel(&self.bias)?)
+        batch_norm2d(x, &mean, &var, &self.weight, &self.bias, self.eps)
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {

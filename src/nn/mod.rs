@@ -7,7 +7,7 @@ mod layers;
 mod models;
 mod perceptron;
 
-pub use conv::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Flatten, MaxPool2d};
+pub use conv::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Flatten, MaxPool2d, batch_norm2d, batch_stats};
 pub use layers::{Activation, Dropout, Init, Linear, Mlp, Sequential};
 pub use models::{AlexNet, LeNet5, ResNet};
 pub use perceptron::{Neuron, Perceptron};

@@ -125,5 +125,13 @@ pub fn cases() -> Vec<Case> {
     case!("max_pool2d", [distinct()], move |t| t[0].max_pool2d(window));
     case!("avg_pool2d", [distinct()], move |t| t[0].avg_pool2d(window));
     case!("adaptive_avg_pool2d", [distinct()], |t| t[0].adaptive_avg_pool2d((3, 4)));
+    case!(
+        "batch norm in training (batch statistics)",
+        [randn(&[3, 2, 3, 2], DType::F64, 41), randn(&[2], DType::F64, 42), randn(&[2], DType::F64, 43)],
+        |t| {
+            let (mean, var) = nabla::nn::batch_stats(&t[0])?;
+            nabla::nn::batch_norm2d(&t[0], &mean, &var, &t[1], &t[2], 1e-5)
+        }
+    );
     out
 }
