@@ -52,29 +52,94 @@ impl ModelKind {
         }
     }
 
-    /// Whether the model takes images `[N, 1, 28, 28]` rather than flat pixels `[N, 784]`.
+    /// Whether the model takes images `[N, C, S, S]` rather than flat pixels `[N, C·S·S]`.
     pub fn takes_images(self) -> bool {
         matches!(self, ModelKind::LeNet5 | ModelKind::AlexNet | ModelKind::ResNet)
     }
 
-    /// A freshly initialised model for 28x28 digits, with dropout `p` between the MLP's
-    /// hidden layers.
-    pub fn build(self, dropout: f64, device: &Device, rng: &mut Generator) -> Result<Box<dyn Module>> {
+    /// A freshly initialised model for 10-class images of `data`, with dropout `p` between
+    /// the MLP's hidden layers.
+    pub fn build(self, data: DataKind, dropout: f64, device: &Device, rng: &mut Generator) -> Result<Box<dyn Module>> {
+        let (c, s) = data.image();
         Ok(match self {
-            ModelKind::Mlp => Box::new(Mlp::new(&[784, 512, 512, 10], Activation::Relu, dropout, device, rng)?),
-            ModelKind::Perceptron => Box::new(Mlp::new(&[784, 10], Activation::Relu, 0.0, device, rng)?),
-            ModelKind::LeNet5 => Box::new(LeNet5::new(1, 10, device, rng)?),
-            ModelKind::AlexNet => Box::new(AlexNet::new(1, 28, 10, 32, device, rng)?),
-            ModelKind::ResNet => Box::new(ResNet::new(1, 10, 16, device, rng)?),
+            ModelKind::Mlp => Box::new(Mlp::new(&[c * s * s, 512, 512, 10], Activation::Relu, dropout, device, rng)?),
+            ModelKind::Perceptron => Box::new(Mlp::new(&[c * s * s, 10], Activation::Relu, 0.0, device, rng)?),
+            ModelKind::LeNet5 => Box::new(LeNet5::new(c, s, 10, device, rng)?),
+            ModelKind::AlexNet => Box::new(AlexNet::new(c, s, 10, 32, device, rng)?),
+            ModelKind::ResNet => Box::new(ResNet::new(c, 10, 16, device, rng)?),
         })
     }
 
-    /// The data in the layout the model takes.
-    pub fn prepare(self, data: &Dataset) -> Result<Dataset> {
-        if !self.takes_images() {
-            return Ok(data.clone());
+    /// `data`'s examples in the layout the model takes: images `[N, C, S, S]` or flat rows.
+    pub fn prepare(self, kind: DataKind, data: &Dataset) -> Result<Dataset> {
+        let (c, s) = kind.image();
+        let shape = if self.takes_images() { vec![data.len(), c, s, s] } else { vec![data.len(), c * s * s] };
+        Ok(Dataset { features: data.features.reshape(&shape)?, targets: data.targets.clone() })
+    }
+}
+
+/// Which data set to train on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKind {
+    /// MNIST digits, 1x28x28 (the shipped subset unless a folder is given).
+    Mnist,
+    /// CIFAR-10 colour images, 3x32x32, from a folder of the binary files.
+    Cifar10,
+}
+
+impl DataKind {
+    /// Parses `mnist` or `cifar10`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "mnist" => Ok(DataKind::Mnist),
+            "cifar10" => Ok(DataKind::Cifar10),
+            _ => Err(Error::invalid("train", format!("unknown dataset `{name}` (mnist, cifar10)"))),
         }
-        Ok(Dataset { features: data.features.reshape(&[data.len(), 1, 28, 28])?, targets: data.targets.clone() })
+    }
+
+    /// The name used on the command line and in checkpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataKind::Mnist => "mnist",
+            DataKind::Cifar10 => "cifar10",
+        }
+    }
+
+    /// (channels, side) of the images.
+    pub fn image(self) -> (usize, usize) {
+        match self {
+            DataKind::Mnist => (1, 28),
+            DataKind::Cifar10 => (3, 32),
+        }
+    }
+
+    /// Train (on the host), validation (the training file's last 10%) and test splits, the
+    /// evaluation splits on `device`.
+    pub fn splits(self, dir: Option<&Path>, device: &Device) -> Result<(Dataset, Dataset, Dataset)> {
+        let (train, test) = match (self, dir) {
+            (DataKind::Mnist, Some(dir)) => {
+                (mnist::load(dir, "train", &Device::Cpu)?, mnist::load(dir, "t10k", &Device::Cpu)?)
+            }
+            (DataKind::Mnist, None) => (mnist::shipped("train", &Device::Cpu)?, mnist::shipped("t10k", &Device::Cpu)?),
+            (DataKind::Cifar10, Some(dir)) => crate::data::cifar::load_dir(dir, &Device::Cpu)?,
+            (DataKind::Cifar10, None) => {
+                return Err(Error::invalid("train", "cifar10 needs --data DIR (the binary version's folder)"));
+            }
+        };
+        let (train, val) = train.split(0.1)?;
+        Ok((train, val.to_device(device)?, test.to_device(device)?))
+    }
+
+    /// Random shifts of up to `shift` pixels, and left-right flips for natural images (not for
+    /// digits). On the host, seeded.
+    fn augment(self, batch: &Tensor, shift: usize, rng: &mut Generator) -> Result<Tensor> {
+        let flip = self == DataKind::Cifar10;
+        if shift == 0 && !flip {
+            return Ok(batch.clone());
+        }
+        let (c, s) = self.image();
+        let images = batch.reshape(&[batch.shape()[0], c, s, s])?;
+        random_crop_flip(&images, shift, flip, rng)?.reshape(batch.shape())
     }
 }
 
@@ -126,7 +191,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Where to train.
     pub device: Device,
-    /// An MNIST folder, or `None` for the shipped subset.
+    /// The data set.
+    pub dataset: DataKind,
+    /// The data set's folder (`None`: the shipped MNIST subset).
     pub data: Option<PathBuf>,
     /// Where checkpoint and history go.
     pub out_dir: PathBuf,
@@ -150,6 +217,7 @@ impl Default for TrainConfig {
             optimizer: OptimizerKind::Adam,
             seed: 0,
             device: Device::Cpu,
+            dataset: DataKind::Mnist,
             data: None,
             out_dir: PathBuf::from("runs/mnist"),
             resume: None,
@@ -185,17 +253,11 @@ pub struct TrainOutcome {
     pub checkpoint: PathBuf,
 }
 
-/// MNIST train / validation / test splits: the last 10% of the training file validates.
-/// The training split stays on the host, where batches are assembled and augmented before
-/// their upload (an upload from host memory does not wait for the device); validation and
-/// test go to `device`.
+/// MNIST train / validation / test splits (see [`DataKind::splits`]). The training split stays
+/// on the host, where batches are assembled and augmented before their upload (an upload from
+/// host memory does not wait for the device).
 pub fn mnist_splits(data: Option<&Path>, device: &Device) -> Result<(Dataset, Dataset, Dataset)> {
-    let (train, test) = match data {
-        Some(dir) => (mnist::load(dir, "train", &Device::Cpu)?, mnist::load(dir, "t10k", &Device::Cpu)?),
-        None => (mnist::shipped("train", &Device::Cpu)?, mnist::shipped("t10k", &Device::Cpu)?),
-    };
-    let (train, val) = train.split(0.1)?;
-    Ok((train, val.to_device(device)?, test.to_device(device)?))
+    DataKind::Mnist.splits(data, device)
 }
 
 /// Accuracy of `model` over `data` in batches (evaluation mode, no graph).
@@ -219,16 +281,6 @@ pub fn predict(model: &dyn Module, data: &Dataset) -> Result<Tensor> {
     Tensor::cat(&refs, 0)
 }
 
-/// Random shifts of up to `max` pixels (zero fill): cheap augmentation that helps networks
-/// generalise from few digits. On the host, seeded.
-fn shift(batch: &Tensor, max: usize, rng: &mut Generator) -> Result<Tensor> {
-    if max == 0 {
-        return Ok(batch.clone());
-    }
-    let images = batch.reshape(&[batch.shape()[0], 1, 28, 28])?;
-    random_crop_flip(&images, max, false, rng)?.reshape(batch.shape())
-}
-
 /// Runs the whole training: resumes if asked, trains the remaining epochs, checkpoints after
 /// every epoch, and measures test accuracy at the end.
 pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
@@ -239,11 +291,12 @@ pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
 /// `false` stops the run there (early stopping, or an interruption to resume later).
 pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary) -> bool) -> Result<TrainOutcome> {
     let device = config.device;
-    let (train_set, val_set, test_set) = mnist_splits(config.data.as_deref(), &device)?;
-    let (train_set, val_set, test_set) =
-        (config.model.prepare(&train_set)?, config.model.prepare(&val_set)?, config.model.prepare(&test_set)?);
+    let kind = config.dataset;
+    let (train_set, val_set, test_set) = kind.splits(config.data.as_deref(), &device)?;
+    let prepare = |d: &Dataset| config.model.prepare(kind, d);
+    let (train_set, val_set, test_set) = (prepare(&train_set)?, prepare(&val_set)?, prepare(&test_set)?);
     let mut rng = Generator::new(config.seed);
-    let mut model = config.model.build(config.dropout, &device, &mut rng)?;
+    let mut model = config.model.build(kind, config.dropout, &device, &mut rng)?;
     let mut history = Vec::new();
     let mut first_epoch = 0;
     if let Some(path) = &config.resume {
@@ -284,7 +337,7 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
         let mut progress = Progress::new(config.verbose, epoch + 1, config.epochs, batches.len());
         for (i, batch) in batches.iter().enumerate() {
             optimizer.set_lr(schedule.lr(epoch * steps_per_epoch + i));
-            let x = shift(&batch.features, config.shift, &mut augment)?.to_device(&device)?;
+            let x = kind.augment(&batch.features, config.shift, &mut augment)?.to_device(&device)?;
             let y = batch.targets.to_device(&device)?;
             let loss = model.forward(&x)?.cross_entropy(&y)?;
             optimizer.zero_grad();
@@ -329,6 +382,7 @@ fn save_run(
 ) -> Result<()> {
     let metadata = BTreeMap::from([
         ("model".to_string(), config.model.name().to_string()),
+        ("dataset".to_string(), config.dataset.name().to_string()),
         ("epochs_done".to_string(), history.len().to_string()),
         ("seed".to_string(), config.seed.to_string()),
         ("dropout".to_string(), config.dropout.to_string()),

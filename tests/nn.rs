@@ -191,7 +191,7 @@ fn batch_norm_and_conv_models_on_the_gpu_match_the_cpu() {
         let logits = |device: &Device| {
             let mut rng = Generator::new(2);
             let mut m: Box<dyn Module> = if model == "lenet5" {
-                Box::new(LeNet5::new(1, 10, device, &mut rng).unwrap())
+                Box::new(LeNet5::new(1, 28, 10, device, &mut rng).unwrap())
             } else {
                 Box::new(ResNet::new(1, 10, 8, device, &mut rng).unwrap())
             };
@@ -229,7 +229,7 @@ fn cross_entropy_and_dropout_on_the_gpu_match_the_cpu() {
 fn convolutional_models_have_torchvision_names_and_the_right_output_shapes() {
     use nabla::nn::{AlexNet, LeNet5, ResNet};
     let mut rng = Generator::new(1);
-    let lenet = LeNet5::new(1, 10, &Device::Cpu, &mut rng).unwrap();
+    let lenet = LeNet5::new(1, 28, 10, &Device::Cpu, &mut rng).unwrap();
     let names: Vec<(String, Vec<usize>)> =
         lenet.named_parameters().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
     assert_eq!(names[0], ("features.0.weight".to_string(), vec![6, 1, 5, 5]));

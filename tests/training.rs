@@ -57,6 +57,59 @@ fn the_same_seed_gives_the_same_cpu_run_and_resuming_continues_it_exactly() {
     assert_eq!(losses(&resumed), losses(&straight));
 }
 
+#[test]
+fn cli_trains_and_evaluates_convolutional_models_on_cifar10_files() {
+    let dir = out_dir("cifar");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = nabla::Generator::new(5);
+    let record = |rng: &mut nabla::Generator| -> Vec<u8> {
+        let label = rng.below(10) as u8;
+        let mut r = vec![label];
+        r.extend((0..3072).map(|i| ((i as u64 * (label as u64 + 1) + rng.below(16)) % 256) as u8));
+        r
+    };
+    for name in [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ] {
+        let bytes: Vec<u8> = (0..6).flat_map(|_| record(&mut rng)).collect();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let (d, out) = (dir.to_str().unwrap(), dir.join("run"));
+    for model in ["resnet", "lenet5"] {
+        let (ok, stdout, stderr) = nabla(&[
+            "train",
+            "--dataset",
+            "cifar10",
+            "--data",
+            d,
+            "--model",
+            model,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{model}: {stderr}");
+        assert!(stdout.contains("test accuracy"), "{stdout}");
+        let checkpoint = out.join("checkpoint.safetensors");
+        let (ok, stdout, stderr) =
+            nabla(&["eval", "--checkpoint", checkpoint.to_str().unwrap(), "--data", d, "--device", "cpu"]);
+        assert!(ok && stdout.contains("on 6 test images"), "{model}: {stdout}{stderr}");
+    }
+    let (ok, _, stderr) = nabla(&["train", "--dataset", "cifar10", "--device", "cpu"]);
+    assert!(!ok && stderr.contains("--data DIR"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn nabla(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_nabla")).args(args).output().unwrap();
     (

@@ -13,7 +13,7 @@
 
 use nabla::cuda::{self, kernels};
 use nabla::io::image::Image;
-use nabla::train::{self, ModelKind, OptimizerKind, TrainConfig};
+use nabla::train::{self, DataKind, ModelKind, OptimizerKind, TrainConfig};
 use nabla::{DType, Device, Generator, Result, Tensor, metrics, vision, viz};
 use std::path::Path;
 use std::process::ExitCode;
@@ -31,8 +31,10 @@ const USAGE: &str = "usage: nabla <command>
 commands:
   train [--model mlp|perceptron|lenet5|alexnet|resnet] [--epochs N] [--batch-size N] [--lr X]
         [--optimizer sgd|adam|adamw] [--seed N] [--device auto|cpu|cuda[:N]]
-        [--data DIR] [--out DIR] [--resume CHECKPOINT] [--shift PIXELS] [--dropout P]
+        [--dataset mnist|cifar10] [--data DIR] [--out DIR] [--resume CHECKPOINT]
+        [--shift PIXELS] [--dropout P]
                              train on MNIST (the shipped 8,000/2,000 subset unless --data)
+                             or CIFAR-10 (--dataset cifar10 --data DIR, binary version)
   eval --checkpoint F [--data DIR] [--device D]
                              top-1/top-5 error, per-class precision/recall, confusion matrix
   convolve --kernel NAME|ROWS IN OUT [--device D]
@@ -106,6 +108,7 @@ fn number<T: std::str::FromStr>(cmd: &'static str, flag: &str, value: &str) -> R
 fn train_cmd(args: &[String]) -> Result<()> {
     let known = [
         "--model",
+        "--dataset",
         "--epochs",
         "--batch-size",
         "--lr",
@@ -122,6 +125,7 @@ fn train_cmd(args: &[String]) -> Result<()> {
     for (flag, value) in parse_flags("train", args, &known)? {
         match flag {
             "--model" => config.model = ModelKind::parse(value)?,
+            "--dataset" => config.dataset = DataKind::parse(value)?,
             "--epochs" => config.epochs = number("train", flag, value)?,
             "--batch-size" => config.batch_size = number("train", flag, value)?,
             "--lr" => config.lr = number("train", flag, value)?,
@@ -178,9 +182,9 @@ fn eval_cmd(args: &[String]) -> Result<()> {
         }
     }
     let path = checkpoint.ok_or_else(|| usage_error("eval", "--checkpoint F is required"))?;
-    let (kind, model) = load_model(&path, &device)?;
-    let (_, _, test) = train::mnist_splits(data.as_deref(), &device)?;
-    let test = kind.prepare(&test)?;
+    let (kind, data_kind, model) = load_model(&path, &device)?;
+    let (_, _, test) = data_kind.splits(data.as_deref(), &device)?;
+    let test = kind.prepare(data_kind, &test)?;
     let scores = train::predict(model.as_ref(), &test)?;
     let predictions = scores.argmax(-1, false)?;
     let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, 10)?;
@@ -250,18 +254,20 @@ fn convolve_cmd(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The model a checkpoint written by `nabla train` holds, loaded on `device` in eval mode.
-fn load_model(path: &Path, device: &Device) -> Result<(ModelKind, Box<dyn nabla::nn::Module>)> {
+/// The model a checkpoint written by `nabla train` holds, loaded on `device` in eval mode, with
+/// the data set it was trained on.
+fn load_model(path: &Path, device: &Device) -> Result<(ModelKind, DataKind, Box<dyn nabla::nn::Module>)> {
     let saved = nabla::io::safetensors::load(path)?;
     let kind = saved.metadata.get("model").map(String::as_str).ok_or_else(|| {
         usage_error("load", format!("{} has no `model` metadata (not written by nabla train)", path.display()))
     })?;
     let kind = ModelKind::parse(kind)?;
+    let data = DataKind::parse(saved.metadata.get("dataset").map_or("mnist", String::as_str))?;
     let dropout = saved.metadata.get("dropout").and_then(|d| d.parse().ok()).unwrap_or(0.0);
-    let mut model = kind.build(dropout, device, &mut Generator::new(0))?;
+    let mut model = kind.build(data, dropout, device, &mut Generator::new(0))?;
     nabla::io::load_into_module(&saved, model.as_ref())?;
     model.set_training(false);
-    Ok((kind, model))
+    Ok((kind, data, model))
 }
 
 fn viz_cmd(args: &[String]) -> Result<()> {
@@ -276,7 +282,7 @@ fn viz_cmd(args: &[String]) -> Result<()> {
     }
     match pos[..] {
         ["filters", checkpoint, out] => {
-            let (_, model) = load_model(Path::new(checkpoint), &device)?;
+            let (_, _, model) = load_model(Path::new(checkpoint), &device)?;
             let (name, weight) = model
                 .named_parameters()
                 .into_iter()
@@ -286,12 +292,13 @@ fn viz_cmd(args: &[String]) -> Result<()> {
             out!("{} filters of {name} {:?} -> {out}", weight.shape()[0], weight.shape());
         }
         ["features", checkpoint, image, out_dir] => {
-            let (kind, model) = load_model(Path::new(checkpoint), &device)?;
+            let (kind, data_kind, model) = load_model(Path::new(checkpoint), &device)?;
             if !kind.takes_images() {
                 return Err(usage_error("viz", format!("{} has no convolutional layers", kind.name())));
             }
-            let picture = Image::load(Path::new(image))?.with_channels(1).resize(28, 28);
-            let x = picture.to_tensor(&device)?.reshape(&[1, 1, 28, 28])?;
+            let (c, s) = data_kind.image();
+            let picture = Image::load(Path::new(image))?.with_channels(c).resize(s, s);
+            let x = picture.to_tensor(&device)?.reshape(&[1, c, s, s])?;
             std::fs::create_dir_all(out_dir)
                 .map_err(|source| nabla::Error::Io { path: out_dir.to_string(), source })?;
             for (name, maps) in nabla::no_grad(|| model.feature_maps(&x))? {
@@ -306,9 +313,9 @@ fn viz_cmd(args: &[String]) -> Result<()> {
             out!("{} epochs -> {out} (left: training loss, right: validation accuracy)", history.len());
         }
         ["confusion", checkpoint, out] => {
-            let (kind, model) = load_model(Path::new(checkpoint), &device)?;
-            let (_, _, test) = train::mnist_splits(data.as_deref(), &device)?;
-            let test = kind.prepare(&test)?;
+            let (kind, data_kind, model) = load_model(Path::new(checkpoint), &device)?;
+            let (_, _, test) = data_kind.splits(data.as_deref(), &device)?;
+            let test = kind.prepare(data_kind, &test)?;
             let predictions = train::predict(model.as_ref(), &test)?.argmax(-1, false)?;
             let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, 10)?;
             viz::confusion_heatmap(&confusion).save_png(Path::new(out))?;

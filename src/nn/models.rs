@@ -9,8 +9,8 @@ use super::{
 use crate::nn::Init;
 use crate::{Conv2dOptions, Device, Generator, Pool2dOptions, Result, Tensor};
 
-/// LeNet-5 for `[N, C, 28, 28]` digits: conv5(6, pad 2) - maxpool - conv5(16) - maxpool -
-/// fc120 - fc84 - fc(classes), with ReLU activations.
+/// LeNet-5 for `[N, C, S, S]` images (S = 28 for digits, 32 for CIFAR): conv5(6, pad 2) -
+/// maxpool - conv5(16) - maxpool - fc120 - fc84 - fc(classes), with ReLU activations.
 pub struct LeNet5 {
     /// The convolutional part.
     pub features: Sequential,
@@ -19,8 +19,11 @@ pub struct LeNet5 {
 }
 
 impl LeNet5 {
-    /// A LeNet-5 for `in_channels`-channel 28x28 images and `classes` outputs.
-    pub fn new(in_channels: usize, classes: usize, device: &Device, rng: &mut Generator) -> Result<Self> {
+    /// A LeNet-5 for `in_channels`-channel `size` x `size` images (size ≥ 12) and `classes` outputs.
+    pub fn new(in_channels: usize, size: usize, classes: usize, device: &Device, rng: &mut Generator) -> Result<Self> {
+        let side = (size / 2).checked_sub(4).map(|s| s / 2).filter(|&s| s > 0).ok_or_else(|| {
+            crate::Error::invalid("lenet5", format!("{size}x{size} images are too small (at least 12x12)"))
+        })?;
         let features = Sequential::new()
             .push(Conv2d::new(in_channels, 6, 5, Conv2dOptions::new(1, 2), device, rng)?)
             .push(Activation::Relu)
@@ -29,7 +32,7 @@ impl LeNet5 {
             .push(Activation::Relu)
             .push(MaxPool2d(Pool2dOptions::new(2)));
         let classifier = Sequential::new()
-            .push(Linear::new(16 * 5 * 5, 120, true, Init::Kaiming, device, rng)?)
+            .push(Linear::new(16 * side * side, 120, true, Init::Kaiming, device, rng)?)
             .push(Activation::Relu)
             .push(Linear::new(120, 84, true, Init::Kaiming, device, rng)?)
             .push(Activation::Relu)
