@@ -5,7 +5,7 @@
 //! device session; ratios and the card go in docs/benchmarks.md.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use nabla::nn::{LeNet5, Module};
+use nabla::nn::{ConvNet, Module};
 use nabla::optim::{Optimizer, Sgd, SgdConfig};
 use nabla::{Conv2dOptions, DType, Device, Generator, Tensor};
 
@@ -100,7 +100,7 @@ fn lenet_step(c: &mut Criterion) {
     group.sample_size(10);
     for device in devices() {
         let mut rng = Generator::new(0);
-        let model = LeNet5::new(1, 28, 10, &device, &mut rng).unwrap();
+        let model = ConvNet::lenet5(1, 28, 10, &device, &mut rng).unwrap();
         let mut opt = Sgd::new(model.parameters(), SgdConfig { momentum: 0.9, ..SgdConfig::new(0.01) }).unwrap();
         let x = Tensor::rand(&[256, 1, 28, 28], DType::F32, &device, &mut rng).unwrap();
         let y = Tensor::randint(0, 10, &[256], &device, &mut rng).unwrap();

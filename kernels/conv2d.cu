@@ -21,6 +21,7 @@ struct ConvShape {
 
 template <typename T>
 struct ConvForward : ConvShape {
+    __device__ GroupOf<ConvForward<T>, typename Acc<T>::type> group(i64 g) const { return {*this, g}; }
     const T* x;
     const T* w;
     const T* bias;
@@ -48,6 +49,7 @@ struct ConvForward : ConvShape {
 
 template <typename T>
 struct ConvGradInput : ConvShape {
+    __device__ GroupOf<ConvGradInput<T>, typename Acc<T>::type> group(i64 g) const { return {*this, g}; }
     const T* dy;
     const T* w;
     T* dx;
@@ -77,6 +79,7 @@ struct ConvGradInput : ConvShape {
 
 template <typename T>
 struct ConvGradWeight : ConvShape {
+    __device__ GroupOf<ConvGradWeight<T>, typename Acc<T>::type> group(i64 g) const { return {*this, g}; }
     const T* dy;
     const T* x;
     T* dw;

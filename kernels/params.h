@@ -1,7 +1,7 @@
 // Kernel parameter structs, passed to kernels by value.
 //
 // This header is the single source of truth: `src/cuda/params.rs` is generated from it
-// (tests/params_mirror.rs renders the Rust mirror and fails when the committed file drifts;
+// (tests/all/params_mirror.rs renders the Rust mirror and fails when the committed file drifts;
 // run it with NABLA_BLESS=1 to rewrite the mirror). Keep every field a 64-bit integer or a
 // double so the C and Rust layouts agree without padding rules.
 #pragma once

@@ -1,7 +1,9 @@
 // A tiled GEMM engine over index functors: C(r, c) = Σ_k A(r, k) B(k, c) for every group g
-// (blockIdx.z), where a Problem supplies rows/cols/depth/groups, the loaders a(g, r, k) and
-// b(g, k, c), and store(g, r, c, value). Implicit-GEMM kernels (convolutions) gather their
-// operands in the loaders instead of materialising an im2col matrix.
+// (blockIdx.z: a batch entry of a matmul, a channel group of a convolution). A Problem supplies
+// rows(), cols(), depth(), groups() and group(g), which returns the group's view with the
+// loaders a(r, k), b(k, c) and store(r, c, value); per-group offsets are computed once there.
+// Implicit-GEMM kernels (convolutions) gather their operands in the loaders instead of
+// materialising an im2col matrix.
 //
 // Tiling: a 256-thread block computes a 64 x 64 tile of C, staging 64 x 16 of A and 16 x 64 of B
 // in shared memory per step (converted to Acc<T>); each thread keeps a 4 x 4 register tile with
@@ -17,6 +19,16 @@
 #define GEMM_TILE_K 16
 #define GEMM_THREADS 256
 
+// For problems whose loaders take the group index: group(g) binds it.
+template <typename P, typename A>
+struct GroupOf {
+    const P& p;
+    i64 g;
+    __device__ A a(i64 r, i64 k) const { return p.a(g, r, k); }
+    __device__ A b(i64 k, i64 c) const { return p.b(g, k, c); }
+    __device__ void store(i64 r, i64 c, A v) const { p.store(g, r, c, v); }
+};
+
 template <typename A, typename Problem>
 __device__ void tiled_gemm(const Problem& p) {
     __shared__ A as[GEMM_TILE_K][GEMM_TILE_M + 1];
@@ -26,6 +38,7 @@ __device__ void tiled_gemm(const Problem& p) {
     const i64 tiles_m = (rows + GEMM_TILE_M - 1) / GEMM_TILE_M;
     const i64 tiles_n = (cols + GEMM_TILE_N - 1) / GEMM_TILE_N;
     for (i64 g = blockIdx.z; g < p.groups(); g += gridDim.z) {
+        const auto q = p.group(g);
         for (i64 tm = blockIdx.y; tm < tiles_m; tm += gridDim.y) {
             for (i64 tn = blockIdx.x; tn < tiles_n; tn += gridDim.x) {
                 const i64 row0 = tm * GEMM_TILE_M, col0 = tn * GEMM_TILE_N;
@@ -38,12 +51,12 @@ __device__ void tiled_gemm(const Problem& p) {
                     for (int t = threadIdx.x; t < GEMM_TILE_M * GEMM_TILE_K; t += GEMM_THREADS) {
                         const int r = t / GEMM_TILE_K, kk = t % GEMM_TILE_K;
                         const i64 gr = row0 + r, gk = k0 + kk;
-                        as[kk][r] = (gr < rows && gk < depth) ? p.a(g, gr, gk) : A(0);
+                        as[kk][r] = (gr < rows && gk < depth) ? q.a(gr, gk) : A(0);
                     }
                     for (int t = threadIdx.x; t < GEMM_TILE_K * GEMM_TILE_N; t += GEMM_THREADS) {
                         const int kk = t / GEMM_TILE_N, cc = t % GEMM_TILE_N;
                         const i64 gk = k0 + kk, gc = col0 + cc;
-                        bs[kk][cc] = (gk < depth && gc < cols) ? p.b(g, gk, gc) : A(0);
+                        bs[kk][cc] = (gk < depth && gc < cols) ? q.b(gk, gc) : A(0);
                     }
                     __syncthreads();
 #pragma unroll
@@ -67,7 +80,7 @@ __device__ void tiled_gemm(const Problem& p) {
 #pragma unroll
                     for (int j = 0; j < 4; ++j) {
                         const i64 c = col0 + tx + 16 * j;
-                        if (c < cols) p.store(g, r, c, acc[i][j]);
+                        if (c < cols) q.store(r, c, acc[i][j]);
                     }
                 }
             }

@@ -6,7 +6,7 @@ use crate::data::{DataLoader, Dataset, mnist};
 use crate::io::json::Json;
 use crate::io::{load_into_module, safetensors, save_module};
 use crate::metrics;
-use crate::nn::{Activation, AlexNet, LeNet5, Mlp, Module, ResNet};
+use crate::nn::{Activation, ConvNet, Mlp, Module, ResNet};
 use crate::optim::{Adam, AdamConfig, LrSchedule, Optimizer, Sgd, SgdConfig};
 use crate::{DType, Device, Error, Generator, Result, Tensor};
 use std::collections::BTreeMap;
@@ -64,8 +64,8 @@ impl ModelKind {
         Ok(match self {
             ModelKind::Mlp => Box::new(Mlp::new(&[c * s * s, 512, 512, 10], Activation::Relu, dropout, device, rng)?),
             ModelKind::Perceptron => Box::new(Mlp::new(&[c * s * s, 10], Activation::Relu, 0.0, device, rng)?),
-            ModelKind::LeNet5 => Box::new(LeNet5::new(c, s, 10, device, rng)?),
-            ModelKind::AlexNet => Box::new(AlexNet::new(c, s, 10, 32, device, rng)?),
+            ModelKind::LeNet5 => Box::new(ConvNet::lenet5(c, s, 10, device, rng)?),
+            ModelKind::AlexNet => Box::new(ConvNet::alexnet(c, s, 10, 32, device, rng)?),
             ModelKind::ResNet => Box::new(ResNet::new(c, 10, 16, device, rng)?),
         })
     }

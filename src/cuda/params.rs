@@ -1,4 +1,4 @@
-//! Generated from kernels/params.h by tests/params_mirror.rs (NABLA_BLESS=1 rewrites it): do not edit.
+//! Generated from kernels/params.h by tests/all/params_mirror.rs (NABLA_BLESS=1 rewrites it): do not edit.
 //! Rust mirrors of the kernel parameter structs, passed to kernels by value.
 
 /// Mirror of `NABLA_MAX_DIMS`.

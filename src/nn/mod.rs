@@ -9,7 +9,7 @@ mod perceptron;
 
 pub use conv::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Flatten, MaxPool2d, batch_norm2d, batch_stats};
 pub use layers::{Activation, Dropout, Init, Linear, Mlp, Sequential};
-pub use models::{AlexNet, LeNet5, ResNet};
+pub use models::{BasicBlock, ConvNet, ResNet};
 pub use perceptron::{Neuron, Perceptron};
 
 use crate::{Result, Tensor};

@@ -9,18 +9,26 @@ use super::{
 use crate::nn::Init;
 use crate::{Conv2dOptions, Device, Generator, Pool2dOptions, Result, Tensor};
 
-/// LeNet-5 for `[N, C, S, S]` images (S = 28 for digits, 32 for CIFAR): conv5(6, pad 2) -
-/// maxpool - conv5(16) - maxpool - fc120 - fc84 - fc(classes), with ReLU activations.
-pub struct LeNet5 {
+/// A convolutional feature extractor followed by a fully connected classifier, as torchvision
+/// lays out LeNet and AlexNet (`features.0.weight`, `classifier.0.weight`).
+pub struct ConvNet {
     /// The convolutional part.
     pub features: Sequential,
     /// The fully connected part.
     pub classifier: Sequential,
 }
 
-impl LeNet5 {
-    /// A LeNet-5 for `in_channels`-channel `size` x `size` images (size ≥ 12) and `classes` outputs.
-    pub fn new(in_channels: usize, size: usize, classes: usize, device: &Device, rng: &mut Generator) -> Result<Self> {
+impl ConvNet {
+    /// LeNet-5 for `in_channels`-channel `size` x `size` images (S = 28 for digits, 32 for
+    /// CIFAR; at least 12) and `classes` outputs: conv5(6, pad 2) - maxpool - conv5(16) - maxpool
+    /// - fc120 - fc84 - fc(classes), with ReLU activations.
+    pub fn lenet5(
+        in_channels: usize,
+        size: usize,
+        classes: usize,
+        device: &Device,
+        rng: &mut Generator,
+    ) -> Result<Self> {
         let side = (size / 2).checked_sub(4).map(|s| s / 2).filter(|&s| s > 0).ok_or_else(|| {
             crate::Error::invalid("lenet5", format!("{size}x{size} images are too small (at least 12x12)"))
         })?;
@@ -37,45 +45,14 @@ impl LeNet5 {
             .push(Linear::new(120, 84, true, Init::Kaiming, device, rng)?)
             .push(Activation::Relu)
             .push(Linear::new(84, classes, true, Init::Default, device, rng)?);
-        Ok(LeNet5 { features, classifier })
-    }
-}
-
-impl Module for LeNet5 {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.classifier.forward(&self.features.forward(x)?.flatten(1, -1)?)
+        Ok(ConvNet { features, classifier })
     }
 
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut out = prefixed("features", self.features.named_parameters());
-        out.extend(prefixed("classifier", self.classifier.named_parameters()));
-        out
-    }
-
-    fn feature_maps(&self, x: &Tensor) -> Result<Vec<(String, Tensor)>> {
-        let maps = self.features.forward_each(x)?;
-        Ok(prefixed("features", maps).into_iter().filter(|(_, t)| t.rank() == 4).collect())
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.features.set_training(training);
-        self.classifier.set_training(training);
-    }
-}
-
-/// An AlexNet-style network scaled to small inputs: five convolutions (the first 5x5, the
-/// rest 3x3) with ReLU, three max-pools, then three fully connected layers with dropout.
-pub struct AlexNet {
-    /// The convolutional part.
-    pub features: Sequential,
-    /// The fully connected part.
-    pub classifier: Sequential,
-}
-
-impl AlexNet {
-    /// For `in_channels` x `size` x `size` inputs; `width` scales the channel counts
-    /// (64 gives AlexNet's 64-192-384-256-256; 32 halves them).
-    pub fn new(
+    /// An AlexNet-style network scaled to small `in_channels` x `size` x `size` inputs: five
+    /// convolutions (the first 5x5, the rest 3x3) with ReLU, three max-pools, then three fully
+    /// connected layers with dropout. `width` scales the channel counts (64 gives AlexNet's
+    /// 64-192-384-256-256; 32 halves them).
+    pub fn alexnet(
         in_channels: usize,
         size: usize,
         classes: usize,
@@ -110,11 +87,11 @@ impl AlexNet {
             .push(Linear::new(hidden, hidden, true, Init::Kaiming, device, rng)?)
             .push(Activation::Relu)
             .push(Linear::new(hidden, classes, true, Init::Default, device, rng)?);
-        Ok(AlexNet { features, classifier })
+        Ok(ConvNet { features, classifier })
     }
 }
 
-impl Module for AlexNet {
+impl Module for ConvNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.classifier.forward(&self.features.forward(x)?.flatten(1, -1)?)
     }

@@ -1,9 +1,7 @@
 //! Optimizers, schedules and gradient clipping: the CPU reference against hand-computed steps,
 //! and N steps on the GPU against N steps on the CPU.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use nabla::optim::{
     Adam, AdamConfig, ConstantLr, CosineLr, LrSchedule, Optimizer, Sgd, SgdConfig, StepLr, WarmupLr, clip_grad_norm,
 };

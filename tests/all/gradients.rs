@@ -1,10 +1,8 @@
 //! Every op's backward against central finite differences in f64 on the CPU, and the autograd
 //! engine's own rules: accumulation, zeroing, detach and no-grad scopes.
 
-mod common;
-
-use common::grad_cases::cases;
-use common::randn;
+use crate::common::grad_cases::cases;
+use crate::common::randn;
 use nabla::{DType, Device, Result, Tensor};
 
 /// The analytic gradients of Σ w ⊙ f(inputs) (fixed random w, so every output element counts

@@ -1,7 +1,7 @@
 //! `src/cuda/params.rs` is the Rust mirror of `kernels/params.h`, rendered by this test from the
 //! header (a small bindgen for the header's restricted C: structs of `long long`, `double`,
 //! fixed arrays and nested structs). The test fails when the committed mirror drifts;
-//! `NABLA_BLESS=1 cargo test --test params_mirror` rewrites it.
+//! `NABLA_BLESS=1 cargo test --release --test all params_mirror` rewrites it.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -21,7 +21,7 @@ fn rust_type(c_type: &str) -> String {
 fn render(header: &str) -> String {
     let mut out = String::new();
     out.push_str(
-        "//! Generated from kernels/params.h by tests/params_mirror.rs (NABLA_BLESS=1 rewrites it): do not edit.\n",
+        "//! Generated from kernels/params.h by tests/all/params_mirror.rs (NABLA_BLESS=1 rewrites it): do not edit.\n",
     );
     out.push_str("//! Rust mirrors of the kernel parameter structs, passed to kernels by value.\n");
     let mut in_struct = false;
@@ -65,7 +65,7 @@ fn rust_mirror_of_kernel_params_matches_the_header() {
     let committed = std::fs::read_to_string(&mirror_path).unwrap();
     assert!(
         committed == rendered,
-        "src/cuda/params.rs drifted from kernels/params.h; run NABLA_BLESS=1 cargo test --test params_mirror\n--- rendered ---\n{rendered}"
+        "src/cuda/params.rs drifted from kernels/params.h; run NABLA_BLESS=1 cargo test --release --test all params_mirror\n--- rendered ---\n{rendered}"
     );
 }
 

@@ -2,8 +2,6 @@
 //! (PNG round trips, JPEG decoding, image folders), pictures of training, and the
 //! `convolve` / `viz` commands.
 
-mod common;
-
 use nabla::io::image::{Image, load_image_folder};
 use nabla::metrics::ConfusionMatrix;
 use nabla::train::EpochSummary;

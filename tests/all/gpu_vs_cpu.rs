@@ -4,9 +4,7 @@
 //! Without a CUDA device each test prints `skipped: no CUDA device` (or fails when
 //! NABLA_REQUIRE_CUDA=1).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use nabla::{BinaryOp, DType, Device, Error, Generator, ReduceOp, Result, Tensor, UnaryOp};
 
 /// Runs `op` on the CPU inputs and on copies on `dev`, and compares every element.
@@ -194,7 +192,7 @@ fn softmax_and_log_softmax_match_cpu_reference_along_every_axis() {
         (&[3, 0], 0),
         (&[2, 4097], -1),
     ];
-    for dtype in common::FLOATS {
+    for dtype in crate::common::FLOATS {
         for (i, (shape, axis)) in cases.iter().enumerate() {
             let x = uniform(shape, -8.0, 8.0, dtype, i as u64);
             let tol = tolerance(dtype);
@@ -221,7 +219,7 @@ fn matmul_matches_cpu_reference_for_odd_batched_broadcast_and_transposed_shapes(
         (&[9], &[9, 4]),
         (&[6, 9], &[9]),
     ];
-    for dtype in common::FLOATS {
+    for dtype in crate::common::FLOATS {
         let (atol, rtol) = tolerance(dtype);
         for (i, (a, b)) in cases.iter().enumerate() {
             let k = *a.last().unwrap() as f64;
@@ -340,7 +338,7 @@ fn mixing_devices_is_an_error_naming_the_op() {
 fn every_op_backward_on_the_gpu_matches_the_cpu_backward() {
     let Some(dev) = cuda_or_skip("backward") else { return };
     for dtype in [DType::F32, DType::F64] {
-        for (name, inputs, f) in common::grad_cases::cases() {
+        for (name, inputs, f) in crate::common::grad_cases::cases() {
             let grads_on = |device: &Device| -> Vec<Tensor> {
                 let leaves: Vec<Tensor> = inputs
                     .iter()

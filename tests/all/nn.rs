@@ -1,8 +1,6 @@
 //! Modules, initialisers, the neuron and the perceptron, losses and small learning problems.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use nabla::data::synthetic;
 use nabla::nn::{Activation, Dropout, Init, Linear, Mlp, Module, Neuron, Perceptron, Sequential, init};
 use nabla::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
@@ -170,7 +168,7 @@ fn losses_match_their_definitions() {
 #[test]
 fn batch_norm_and_conv_models_on_the_gpu_match_the_cpu() {
     let Some(dev) = cuda_or_skip("batch norm") else { return };
-    use nabla::nn::{BatchNorm2d, LeNet5, ResNet};
+    use nabla::nn::{BatchNorm2d, ConvNet, ResNet};
     let x = randn(&[4, 3, 9, 7], DType::F32, 1);
     let run = |device: &Device| {
         let mut bn = BatchNorm2d::new(3, device).unwrap();
@@ -191,7 +189,7 @@ fn batch_norm_and_conv_models_on_the_gpu_match_the_cpu() {
         let logits = |device: &Device| {
             let mut rng = Generator::new(2);
             let mut m: Box<dyn Module> = if model == "lenet5" {
-                Box::new(LeNet5::new(1, 28, 10, device, &mut rng).unwrap())
+                Box::new(ConvNet::lenet5(1, 28, 10, device, &mut rng).unwrap())
             } else {
                 Box::new(ResNet::new(1, 10, 8, device, &mut rng).unwrap())
             };
@@ -227,9 +225,9 @@ fn cross_entropy_and_dropout_on_the_gpu_match_the_cpu() {
 
 #[test]
 fn convolutional_models_have_torchvision_names_and_the_right_output_shapes() {
-    use nabla::nn::{AlexNet, LeNet5, ResNet};
+    use nabla::nn::{ConvNet, ResNet};
     let mut rng = Generator::new(1);
-    let lenet = LeNet5::new(1, 28, 10, &Device::Cpu, &mut rng).unwrap();
+    let lenet = ConvNet::lenet5(1, 28, 10, &Device::Cpu, &mut rng).unwrap();
     let names: Vec<(String, Vec<usize>)> =
         lenet.named_parameters().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
     assert_eq!(names[0], ("features.0.weight".to_string(), vec![6, 1, 5, 5]));
@@ -238,7 +236,7 @@ fn convolutional_models_have_torchvision_names_and_the_right_output_shapes() {
     assert_eq!(names.len(), 10);
     let x = randn(&[2, 1, 28, 28], DType::F32, 2);
     assert_eq!(lenet.forward(&x).unwrap().shape(), &[2, 10]);
-    let mut alex = AlexNet::new(1, 28, 10, 16, &Device::Cpu, &mut rng).unwrap();
+    let mut alex = ConvNet::alexnet(1, 28, 10, 16, &Device::Cpu, &mut rng).unwrap();
     let convs = alex.named_parameters().iter().filter(|(n, t)| n.starts_with("features") && t.rank() == 4).count();
     let fcs = alex.named_parameters().iter().filter(|(n, t)| n.starts_with("classifier") && t.rank() == 2).count();
     assert_eq!((convs, fcs), (5, 3));

@@ -2,9 +2,7 @@
 //! hand-computed values, gradients by finite differences, and the GPU against the CPU over
 //! random shapes (odd sizes, strides 1-4, padding 0-3, kernels 1-11, dilation, groups).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use nabla::{Conv2dOptions, DType, Device, Generator, Tensor};
 
 /// The definition, one output element at a time, in f64.

@@ -1,8 +1,6 @@
 //! The CPU reference implementation against hand-computed values and independent f64 math.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use nabla::{DType, Device, Error, Generator, Tensor};
 
 fn t(values: &[f64], shape: &[usize]) -> Tensor {

@@ -1,8 +1,6 @@
 //! Pooling against hand-computed values, and the GPU against the CPU (forward and backward).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use nabla::{DType, Device, Generator, Pool2dOptions, Tensor};
 
 fn grid(values: &[f64], h: usize, w: usize) -> Tensor {

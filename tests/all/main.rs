@@ -1,0 +1,19 @@
+//! nabla's integration tests, one module per area, built as one test executable (so the
+//! kernels and data embedded in the library are linked once).
+
+mod common;
+
+mod checkpoint;
+mod conv;
+mod cpu_reference;
+mod data;
+mod gpu_vs_cpu;
+mod gradients;
+mod kernels_compile;
+mod metrics;
+mod nn;
+mod optim;
+mod params_mirror;
+mod pool;
+mod training;
+mod vision;
