@@ -91,6 +91,7 @@ pub fn cuda_device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     // SAFETY: nabla never uses a second stream.
     unsafe { ctx.disable_event_tracking() };
     let arch = ctx.compute_capability().map_err(|e| Error::CudaUnavailable(format!("cuda:{ordinal}: {e}")))?;
+    keep_pool_memory(&ctx);
     let dev = Arc::new(CudaDevice {
         ordinal,
         stream: ctx.default_stream(),
@@ -101,6 +102,29 @@ pub fn cuda_device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     });
     devices.insert(ordinal, dev.clone());
     Ok(dev)
+}
+
+/// Lets the device's stream-ordered memory pool keep freed memory instead of returning it to
+/// the driver at every synchronisation, so an op's allocation is a pool hit (a caching
+/// allocator, as PyTorch keeps its own). Best effort: a driver that refuses only costs speed.
+fn keep_pool_memory(ctx: &Arc<CudaContext>) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: the context is current on this thread (cudarc bound it when creating it) and both
+    // out-pointers are valid; the threshold value lives across the call.
+    unsafe {
+        if ctx.bind_to_thread().is_err()
+            || sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) != sys::CUresult::CUDA_SUCCESS
+        {
+            return;
+        }
+        let mut threshold = u64::MAX;
+        let _ = sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        );
+    }
 }
 
 impl CudaDevice {
