@@ -17,6 +17,17 @@ struct ConvShape {
     __device__ i64 og() const { return p.o / p.groups; }
     __device__ i64 cg() const { return p.c / p.groups; }
     __device__ i64 ksize() const { return cg() * p.kh * p.kw; }
+    // Input element k = (ci, ky, kx) of output pixel m = (n, oy, ox)'s receptive field in group g,
+    // zero in the padding.
+    template <typename T>
+    __device__ typename Acc<T>::type patch(const T* x, i64 g, i64 k, i64 m) const {
+        typedef typename Acc<T>::type A;
+        const i64 ci = k / (p.kh * p.kw), r = k % (p.kh * p.kw), ky = r / p.kw, kx = r % p.kw;
+        const i64 n = m / (p.oh * p.ow), q = m % (p.oh * p.ow), oy = q / p.ow, ox = q % p.ow;
+        const i64 iy = oy * p.sh - p.ph + ky * p.dh, ix = ox * p.sw - p.pw + kx * p.dw;
+        if (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) return A(0);
+        return (A)up(x[((n * p.c + g * cg() + ci) * p.h + iy) * p.w + ix]);
+    }
 };
 
 template <typename T>
@@ -32,13 +43,7 @@ struct ConvForward : ConvShape {
     __device__ i64 cols() const { return p.n * p.oh * p.ow; }
     __device__ i64 depth() const { return ksize(); }
     __device__ A a(i64 g, i64 o, i64 k) const { return (A)up(w[(g * og() + o) * ksize() + k]); }
-    __device__ A b(i64 g, i64 k, i64 m) const {
-        const i64 ci = k / (p.kh * p.kw), r = k % (p.kh * p.kw), ky = r / p.kw, kx = r % p.kw;
-        const i64 n = m / (p.oh * p.ow), q = m % (p.oh * p.ow), oy = q / p.ow, ox = q % p.ow;
-        const i64 iy = oy * p.sh - p.ph + ky * p.dh, ix = ox * p.sw - p.pw + kx * p.dw;
-        if (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) return A(0);
-        return (A)up(x[((n * p.c + g * cg() + ci) * p.h + iy) * p.w + ix]);
-    }
+    __device__ A b(i64 g, i64 k, i64 m) const { return patch(x, g, k, m); }
     __device__ void store(i64 g, i64 o, i64 m, A v) const {
         const i64 oc = g * og() + o;
         const i64 n = m / (p.oh * p.ow), q = m % (p.oh * p.ow);
@@ -92,13 +97,7 @@ struct ConvGradWeight : ConvShape {
         const i64 n = m / (p.oh * p.ow), q = m % (p.oh * p.ow);
         return (A)up(dy[(n * p.o + g * og() + o) * p.oh * p.ow + q]);
     }
-    __device__ A b(i64 g, i64 m, i64 k) const {
-        const i64 ci = k / (p.kh * p.kw), r = k % (p.kh * p.kw), ky = r / p.kw, kx = r % p.kw;
-        const i64 n = m / (p.oh * p.ow), q = m % (p.oh * p.ow), oy = q / p.ow, ox = q % p.ow;
-        const i64 iy = oy * p.sh - p.ph + ky * p.dh, ix = ox * p.sw - p.pw + kx * p.dw;
-        if (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) return A(0);
-        return (A)up(x[((n * p.c + g * cg() + ci) * p.h + iy) * p.w + ix]);
-    }
+    __device__ A b(i64 g, i64 m, i64 k) const { return patch(x, g, k, m); }
     __device__ void store(i64 g, i64 o, i64 k, A v) const { dw[(g * og() + o) * ksize() + k] = down<T>(v); }
 };
 
