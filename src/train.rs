@@ -57,16 +57,24 @@ impl ModelKind {
         matches!(self, ModelKind::LeNet5 | ModelKind::AlexNet | ModelKind::ResNet)
     }
 
-    /// A freshly initialised model for 10-class images of `data`, with dropout `p` between
-    /// the MLP's hidden layers.
-    pub fn build(self, data: DataKind, dropout: f64, device: &Device, rng: &mut Generator) -> Result<Box<dyn Module>> {
+    /// A freshly initialised model for `classes`-class images of `data`, with dropout `p`
+    /// between the MLP's hidden layers.
+    pub fn build(
+        self,
+        data: DataKind,
+        classes: usize,
+        dropout: f64,
+        device: &Device,
+        rng: &mut Generator,
+    ) -> Result<Box<dyn Module>> {
         let (c, s) = data.image();
+        let k = classes;
         Ok(match self {
-            ModelKind::Mlp => Box::new(Mlp::new(&[c * s * s, 512, 512, 10], Activation::Relu, dropout, device, rng)?),
-            ModelKind::Perceptron => Box::new(Mlp::new(&[c * s * s, 10], Activation::Relu, 0.0, device, rng)?),
-            ModelKind::LeNet5 => Box::new(ConvNet::lenet5(c, s, 10, device, rng)?),
-            ModelKind::AlexNet => Box::new(ConvNet::alexnet(c, s, 10, 32, device, rng)?),
-            ModelKind::ResNet => Box::new(ResNet::new(c, 10, 16, device, rng)?),
+            ModelKind::Mlp => Box::new(Mlp::new(&[c * s * s, 512, 512, k], Activation::Relu, dropout, device, rng)?),
+            ModelKind::Perceptron => Box::new(Mlp::new(&[c * s * s, k], Activation::Relu, 0.0, device, rng)?),
+            ModelKind::LeNet5 => Box::new(ConvNet::lenet5(c, s, k, device, rng)?),
+            ModelKind::AlexNet => Box::new(ConvNet::alexnet(c, s, k, 32, device, rng)?),
+            ModelKind::ResNet => Box::new(ResNet::new(c, k, 16, device, rng)?),
         })
     }
 
@@ -85,15 +93,31 @@ pub enum DataKind {
     Mnist,
     /// CIFAR-10 colour images, 3x32x32, from a folder of the binary files.
     Cifar10,
+    /// Your own images: one sub-folder per class of PNG/JPEG files, resized to 3x32x32, split
+    /// (after a fixed shuffle) 80% train, 10% validation, 10% test.
+    Folder,
+}
+
+/// The three splits of a data set, and its number of classes.
+pub struct Splits {
+    /// Training examples, on the host.
+    pub train: Dataset,
+    /// Validation examples, on the device.
+    pub val: Dataset,
+    /// Test examples, on the device.
+    pub test: Dataset,
+    /// The number of classes.
+    pub classes: usize,
 }
 
 impl DataKind {
-    /// Parses `mnist` or `cifar10`.
+    /// Parses `mnist`, `cifar10` or `folder`.
     pub fn parse(name: &str) -> Result<Self> {
         match name {
             "mnist" => Ok(DataKind::Mnist),
             "cifar10" => Ok(DataKind::Cifar10),
-            _ => Err(Error::invalid("train", format!("unknown dataset `{name}` (mnist, cifar10)"))),
+            "folder" => Ok(DataKind::Folder),
+            _ => Err(Error::invalid("train", format!("unknown dataset `{name}` (mnist, cifar10, folder)"))),
         }
     }
 
@@ -102,6 +126,7 @@ impl DataKind {
         match self {
             DataKind::Mnist => "mnist",
             DataKind::Cifar10 => "cifar10",
+            DataKind::Folder => "folder",
         }
     }
 
@@ -109,14 +134,36 @@ impl DataKind {
     pub fn image(self) -> (usize, usize) {
         match self {
             DataKind::Mnist => (1, 28),
-            DataKind::Cifar10 => (3, 32),
+            DataKind::Cifar10 | DataKind::Folder => (3, 32),
         }
     }
 
     /// Train (on the host), validation (the training file's last 10%) and test splits, the
     /// evaluation splits on `device`.
-    pub fn splits(self, dir: Option<&Path>, device: &Device) -> Result<(Dataset, Dataset, Dataset)> {
-        let (train, test) = match (self, dir) {
+    pub fn splits(self, dir: Option<&Path>, device: &Device) -> Result<Splits> {
+        let (train, test, classes) = match (self, dir) {
+            (DataKind::Folder, Some(dir)) => {
+                let (all, names) = crate::io::image::load_image_folder(dir, 32, 3, &Device::Cpu)?;
+                // Folders are read class by class: shuffle (fixed seed) before cutting the splits.
+                let mut order: Vec<usize> = (0..all.len()).collect();
+                Generator::new(0).shuffle(&mut order);
+                let (rest, test) = all.select(&order)?.split(0.1)?;
+                (rest, test, names.len())
+            }
+            (DataKind::Folder, None) => {
+                return Err(Error::invalid("train", "folder needs --data DIR (one sub-folder per class)"));
+            }
+            (kind, dir) => {
+                let (train, test) = kind.train_test(dir)?;
+                (train, test, 10)
+            }
+        };
+        let (train, val) = train.split(0.1)?;
+        Ok(Splits { train, val: val.to_device(device)?, test: test.to_device(device)?, classes })
+    }
+
+    fn train_test(self, dir: Option<&Path>) -> Result<(Dataset, Dataset)> {
+        Ok(match (self, dir) {
             (DataKind::Mnist, Some(dir)) => {
                 (mnist::load(dir, "train", &Device::Cpu)?, mnist::load(dir, "t10k", &Device::Cpu)?)
             }
@@ -125,15 +172,14 @@ impl DataKind {
             (DataKind::Cifar10, None) => {
                 return Err(Error::invalid("train", "cifar10 needs --data DIR (the binary version's folder)"));
             }
-        };
-        let (train, val) = train.split(0.1)?;
-        Ok((train, val.to_device(device)?, test.to_device(device)?))
+            (DataKind::Folder, _) => unreachable!("folders are split by `splits`"),
+        })
     }
 
     /// Random shifts of up to `shift` pixels, and left-right flips for natural images (not for
     /// digits). On the host, seeded.
     fn augment(self, batch: &Tensor, shift: usize, rng: &mut Generator) -> Result<Tensor> {
-        let flip = self == DataKind::Cifar10;
+        let flip = self != DataKind::Mnist;
         if shift == 0 && !flip {
             return Ok(batch.clone());
         }
@@ -257,7 +303,8 @@ pub struct TrainOutcome {
 /// on the host, where batches are assembled and augmented before their upload (an upload from
 /// host memory does not wait for the device).
 pub fn mnist_splits(data: Option<&Path>, device: &Device) -> Result<(Dataset, Dataset, Dataset)> {
-    DataKind::Mnist.splits(data, device)
+    let s = DataKind::Mnist.splits(data, device)?;
+    Ok((s.train, s.val, s.test))
 }
 
 /// Accuracy of `model` over `data` in batches (evaluation mode, no graph).
@@ -292,11 +339,12 @@ pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
 pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary) -> bool) -> Result<TrainOutcome> {
     let device = config.device;
     let kind = config.dataset;
-    let (train_set, val_set, test_set) = kind.splits(config.data.as_deref(), &device)?;
+    let Splits { train: train_set, val: val_set, test: test_set, classes } =
+        kind.splits(config.data.as_deref(), &device)?;
     let prepare = |d: &Dataset| config.model.prepare(kind, d);
     let (train_set, val_set, test_set) = (prepare(&train_set)?, prepare(&val_set)?, prepare(&test_set)?);
     let mut rng = Generator::new(config.seed);
-    let mut model = config.model.build(kind, config.dropout, &device, &mut rng)?;
+    let mut model = config.model.build(kind, classes, config.dropout, &device, &mut rng)?;
     let mut history = Vec::new();
     let mut first_epoch = 0;
     if let Some(path) = &config.resume {
@@ -364,6 +412,11 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
     Ok(TrainOutcome { model, history, test_accuracy, checkpoint })
 }
 
+/// The number of outputs of a classifier: the length of its last parameter (the final bias).
+fn model_classes(model: &dyn Module) -> usize {
+    model.named_parameters().last().map_or(0, |(_, t)| t.numel())
+}
+
 /// The metric history beside a checkpoint.
 pub fn history_path(checkpoint: &Path) -> PathBuf {
     checkpoint.with_file_name("history.json")
@@ -383,6 +436,7 @@ fn save_run(
     let metadata = BTreeMap::from([
         ("model".to_string(), config.model.name().to_string()),
         ("dataset".to_string(), config.dataset.name().to_string()),
+        ("classes".to_string(), model_classes(model).to_string()),
         ("epochs_done".to_string(), history.len().to_string()),
         ("seed".to_string(), config.seed.to_string()),
         ("dropout".to_string(), config.dropout.to_string()),

@@ -31,10 +31,11 @@ const USAGE: &str = "usage: nabla <command>
 commands:
   train [--model mlp|perceptron|lenet5|alexnet|resnet] [--epochs N] [--batch-size N] [--lr X]
         [--optimizer sgd|adam|adamw] [--seed N] [--device auto|cpu|cuda[:N]]
-        [--dataset mnist|cifar10] [--data DIR] [--out DIR] [--resume CHECKPOINT]
+        [--dataset mnist|cifar10|folder] [--data DIR] [--out DIR] [--resume CHECKPOINT]
         [--shift PIXELS] [--dropout P]
                              train on MNIST (the shipped 8,000/2,000 subset unless --data)
                              or CIFAR-10 (--dataset cifar10 --data DIR, binary version)
+                             or your images (--dataset folder --data DIR, a folder per class)
   eval --checkpoint F [--data DIR] [--device D]
                              top-1/top-5 error, per-class precision/recall, confusion matrix
   convolve --kernel NAME|ROWS IN OUT [--device D]
@@ -182,12 +183,11 @@ fn eval_cmd(args: &[String]) -> Result<()> {
         }
     }
     let path = checkpoint.ok_or_else(|| usage_error("eval", "--checkpoint F is required"))?;
-    let (kind, data_kind, model) = load_model(&path, &device)?;
-    let (_, _, test) = data_kind.splits(data.as_deref(), &device)?;
-    let test = kind.prepare(data_kind, &test)?;
+    let (kind, data_kind, classes, model) = load_model(&path, &device)?;
+    let test = kind.prepare(data_kind, &data_kind.splits(data.as_deref(), &device)?.test)?;
     let scores = train::predict(model.as_ref(), &test)?;
     let predictions = scores.argmax(-1, false)?;
-    let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, 10)?;
+    let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, classes)?;
     out!("{} on {} test images ({device})", path.display(), test.len());
     out!(
         "top-1 error {:.2}%  top-5 error {:.2}%",
@@ -256,7 +256,7 @@ fn convolve_cmd(args: &[String]) -> Result<()> {
 
 /// The model a checkpoint written by `nabla train` holds, loaded on `device` in eval mode, with
 /// the data set it was trained on.
-fn load_model(path: &Path, device: &Device) -> Result<(ModelKind, DataKind, Box<dyn nabla::nn::Module>)> {
+fn load_model(path: &Path, device: &Device) -> Result<(ModelKind, DataKind, usize, Box<dyn nabla::nn::Module>)> {
     let saved = nabla::io::safetensors::load(path)?;
     let kind = saved.metadata.get("model").map(String::as_str).ok_or_else(|| {
         usage_error("load", format!("{} has no `model` metadata (not written by nabla train)", path.display()))
@@ -264,10 +264,11 @@ fn load_model(path: &Path, device: &Device) -> Result<(ModelKind, DataKind, Box<
     let kind = ModelKind::parse(kind)?;
     let data = DataKind::parse(saved.metadata.get("dataset").map_or("mnist", String::as_str))?;
     let dropout = saved.metadata.get("dropout").and_then(|d| d.parse().ok()).unwrap_or(0.0);
-    let mut model = kind.build(data, dropout, device, &mut Generator::new(0))?;
+    let classes = saved.metadata.get("classes").and_then(|c| c.parse().ok()).unwrap_or(10);
+    let mut model = kind.build(data, classes, dropout, device, &mut Generator::new(0))?;
     nabla::io::load_into_module(&saved, model.as_ref())?;
     model.set_training(false);
-    Ok((kind, data, model))
+    Ok((kind, data, classes, model))
 }
 
 fn viz_cmd(args: &[String]) -> Result<()> {
@@ -282,7 +283,7 @@ fn viz_cmd(args: &[String]) -> Result<()> {
     }
     match pos[..] {
         ["filters", checkpoint, out] => {
-            let (_, _, model) = load_model(Path::new(checkpoint), &device)?;
+            let (_, _, _, model) = load_model(Path::new(checkpoint), &device)?;
             let (name, weight) = model
                 .named_parameters()
                 .into_iter()
@@ -292,7 +293,7 @@ fn viz_cmd(args: &[String]) -> Result<()> {
             out!("{} filters of {name} {:?} -> {out}", weight.shape()[0], weight.shape());
         }
         ["features", checkpoint, image, out_dir] => {
-            let (kind, data_kind, model) = load_model(Path::new(checkpoint), &device)?;
+            let (kind, data_kind, _, model) = load_model(Path::new(checkpoint), &device)?;
             if !kind.takes_images() {
                 return Err(usage_error("viz", format!("{} has no convolutional layers", kind.name())));
             }
@@ -313,11 +314,10 @@ fn viz_cmd(args: &[String]) -> Result<()> {
             out!("{} epochs -> {out} (left: training loss, right: validation accuracy)", history.len());
         }
         ["confusion", checkpoint, out] => {
-            let (kind, data_kind, model) = load_model(Path::new(checkpoint), &device)?;
-            let (_, _, test) = data_kind.splits(data.as_deref(), &device)?;
-            let test = kind.prepare(data_kind, &test)?;
+            let (kind, data_kind, classes, model) = load_model(Path::new(checkpoint), &device)?;
+            let test = kind.prepare(data_kind, &data_kind.splits(data.as_deref(), &device)?.test)?;
             let predictions = train::predict(model.as_ref(), &test)?.argmax(-1, false)?;
-            let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, 10)?;
+            let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, classes)?;
             viz::confusion_heatmap(&confusion).save_png(Path::new(out))?;
             out!("confusion of {} test images (accuracy {:.2}%) -> {out}", test.len(), 100.0 * confusion.accuracy());
         }
