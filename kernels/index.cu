@@ -8,34 +8,19 @@
 // with atomics, so their summation order (and last bits) may vary run to run.
 #include "nabla.cuh"
 
-// out[o, j, i] = src[o, idx[j], i]
-template <typename T>
-__device__ void index_select(const T* src, const i64* idx, T* out, i64 outer, i64 src_dim, i64 n_idx, i64 inner,
-                             int* bad) {
-    const i64 n = outer * n_idx * inner;
-    GRID_STRIDE_LOOP(e, n) {
-        const i64 i = e % inner;
-        const i64 j = (e / inner) % n_idx;
-        const i64 o = e / (inner * n_idx);
-        const i64 k = idx[j];
-        if (k < 0 || k >= src_dim) {
-            *bad = 1;
-            out[e] = from_double<T>(0.0);
-        } else {
-            out[e] = src[(o * src_dim + k) * inner + i];
-        }
-    }
+// The index of element e of an [outer, span, inner] index space: idx[j] for index_select and
+// index_add (one index per slice, PerElement = false), idx[e] for gather and scatter_add.
+template <bool PerElement>
+__device__ __forceinline__ i64 index_of(const i64* idx, i64 e, i64 span, i64 inner) {
+    return PerElement ? idx[e] : idx[(e / inner) % span];
 }
 
-// out[o, j, i] = src[o, idx[o, j, i], i]; idx and out are [outer, idx_dim, inner].
-template <typename T>
-__device__ void gather(const T* src, const i64* idx, T* out, i64 outer, i64 src_dim, i64 idx_dim, i64 inner,
-                       int* bad) {
-    const i64 n = outer * idx_dim * inner;
-    GRID_STRIDE_LOOP(e, n) {
-        const i64 i = e % inner;
-        const i64 o = e / (inner * idx_dim);
-        const i64 k = idx[e];
+// out[o, j, i] = src[o, k, i] with k = index_of(e) over out's [outer, span, inner].
+template <typename T, bool PerElement>
+__device__ void pick(const T* src, const i64* idx, T* out, i64 outer, i64 src_dim, i64 span, i64 inner, int* bad) {
+    GRID_STRIDE_LOOP(e, outer * span * inner) {
+        const i64 i = e % inner, o = e / (inner * span);
+        const i64 k = index_of<PerElement>(idx, e, span, inner);
         if (k < 0 || k >= src_dim) {
             *bad = 1;
             out[e] = from_double<T>(0.0);
@@ -62,31 +47,13 @@ __device__ __forceinline__ void atomic_add(i64* p, i64 v) {
     atomicAdd((unsigned long long*)p, (unsigned long long)v);  // two's complement: same bits
 }
 
-// out[o, idx[j], i] += src[o, j, i]; out is [outer, out_dim, inner], src [outer, n_idx, inner].
-template <typename T>
-__device__ void index_add(const T* src, const i64* idx, T* out, i64 outer, i64 out_dim, i64 n_idx, i64 inner,
-                          int* bad) {
-    GRID_STRIDE_LOOP(e, outer * n_idx * inner) {
-        const i64 i = e % inner;
-        const i64 j = (e / inner) % n_idx;
-        const i64 o = e / (inner * n_idx);
-        const i64 k = idx[j];
-        if (k < 0 || k >= out_dim) {
-            *bad = 1;
-        } else {
-            atomic_add(&out[(o * out_dim + k) * inner + i], src[e]);
-        }
-    }
-}
-
-// out[o, index[o, j, i], i] += src[o, j, i]; index and src are [outer, idx_dim, inner].
-template <typename T>
-__device__ void scatter_add(const T* src, const i64* idx, T* out, i64 outer, i64 out_dim, i64 idx_dim, i64 inner,
-                            int* bad) {
-    GRID_STRIDE_LOOP(e, outer * idx_dim * inner) {
-        const i64 i = e % inner;
-        const i64 o = e / (inner * idx_dim);
-        const i64 k = idx[e];
+// out[o, k, i] += src[o, j, i] with k = index_of(e) over src's [outer, span, inner]: the adjoint
+// of pick.
+template <typename T, bool PerElement>
+__device__ void scatter(const T* src, const i64* idx, T* out, i64 outer, i64 out_dim, i64 span, i64 inner, int* bad) {
+    GRID_STRIDE_LOOP(e, outer * span * inner) {
+        const i64 i = e % inner, o = e / (inner * span);
+        const i64 k = index_of<PerElement>(idx, e, span, inner);
         if (k < 0 || k >= out_dim) {
             *bad = 1;
         } else {
@@ -98,22 +65,22 @@ __device__ void scatter_add(const T* src, const i64* idx, T* out, i64 outer, i64
 #define SCATTER(T, tname) \
     extern "C" __global__ void index_add_##tname(const T* src, const i64* idx, T* out, i64 outer, i64 out_dim, \
                                                  i64 n_idx, i64 inner, int* bad) { \
-        index_add<T>(src, idx, out, outer, out_dim, n_idx, inner, bad); \
+        scatter<T, false>(src, idx, out, outer, out_dim, n_idx, inner, bad); \
     } \
     extern "C" __global__ void scatter_add_##tname(const T* src, const i64* idx, T* out, i64 outer, i64 out_dim, \
                                                    i64 idx_dim, i64 inner, int* bad) { \
-        scatter_add<T>(src, idx, out, outer, out_dim, idx_dim, inner, bad); \
+        scatter<T, true>(src, idx, out, outer, out_dim, idx_dim, inner, bad); \
     }
 SCATTER(float, f32) SCATTER(double, f64) SCATTER(i64, i64)
 
 #define INDEX(T, tname) \
     extern "C" __global__ void index_select_##tname(const T* src, const i64* idx, T* out, i64 outer, i64 src_dim, \
                                                     i64 n_idx, i64 inner, int* bad) { \
-        index_select<T>(src, idx, out, outer, src_dim, n_idx, inner, bad); \
+        pick<T, false>(src, idx, out, outer, src_dim, n_idx, inner, bad); \
     } \
     extern "C" __global__ void gather_##tname(const T* src, const i64* idx, T* out, i64 outer, i64 src_dim, \
                                               i64 idx_dim, i64 inner, int* bad) { \
-        gather<T>(src, idx, out, outer, src_dim, idx_dim, inner, bad); \
+        pick<T, true>(src, idx, out, outer, src_dim, idx_dim, inner, bad); \
     } \
     extern "C" __global__ void one_hot_##tname(const i64* idx, T* out, i64 rows, i64 classes, int* bad) { \
         one_hot<T>(idx, out, rows, classes, bad); \

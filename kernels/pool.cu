@@ -45,25 +45,6 @@ __device__ void max_pool_fwd(const T* x, T* y, i64* idx, PoolParams p) {
 }
 
 template <typename T>
-__device__ void max_pool_bwd(const T* dy, const i64* idx, T* dx, PoolParams p) {
-    typedef typename Acc<T>::type A;
-    GRID_STRIDE_LOOP(e, p.n * p.c * p.h * p.w) {
-        const i64 ix = e % p.w, iy = (e / p.w) % p.h, plane = e / (p.h * p.w);
-        i64 y0, y1, x0, x1;
-        covering(iy, p.kh, p.sh, p.ph, p.oh, &y0, &y1);
-        covering(ix, p.kw, p.sw, p.pw, p.ow, &x0, &x1);
-        A acc = A(0);
-        const i64 self_index = iy * p.w + ix;
-        for (i64 oy = y0; oy < y1; ++oy)
-            for (i64 ox = x0; ox < x1; ++ox) {
-                const i64 o = (plane * p.oh + oy) * p.ow + ox;
-                if (idx[o] == self_index) acc += up(dy[o]);
-            }
-        dx[e] = down<T>(acc);
-    }
-}
-
-template <typename T>
 __device__ void avg_pool_fwd(const T* x, T* y, PoolParams p) {
     typedef typename Acc<T>::type A;
     GRID_STRIDE_LOOP(e, p.n * p.c * p.oh * p.ow) {
@@ -82,8 +63,10 @@ __device__ void avg_pool_fwd(const T* x, T* y, PoolParams p) {
     }
 }
 
-template <typename T>
-__device__ void avg_pool_bwd(const T* dy, T* dx, PoolParams p) {
+// The gradient of input e gathered from every output window that covers it: for max pooling
+// where the saved index is e, for average pooling divided by the window size.
+template <typename T, bool Max>
+__device__ void window_pool_bwd(const T* dy, const i64* idx, T* dx, PoolParams p) {
     typedef typename Acc<T>::type A;
     GRID_STRIDE_LOOP(e, p.n * p.c * p.h * p.w) {
         const i64 ix = e % p.w, iy = (e / p.w) % p.h, plane = e / (p.h * p.w);
@@ -92,8 +75,11 @@ __device__ void avg_pool_bwd(const T* dy, T* dx, PoolParams p) {
         covering(ix, p.kw, p.sw, p.pw, p.ow, &x0, &x1);
         A acc = A(0);
         for (i64 oy = y0; oy < y1; ++oy)
-            for (i64 ox = x0; ox < x1; ++ox) acc += up(dy[(plane * p.oh + oy) * p.ow + ox]);
-        dx[e] = down<T>(acc / (A)(p.kh * p.kw));
+            for (i64 ox = x0; ox < x1; ++ox) {
+                const i64 o = (plane * p.oh + oy) * p.ow + ox;
+                if (!Max || idx[o] == iy * p.w + ix) acc += up(dy[o]);
+            }
+        dx[e] = down<T>(Max ? acc : acc / (A)(p.kh * p.kw));
     }
 }
 
@@ -135,10 +121,10 @@ __device__ void adaptive_bwd(const T* dy, T* dx, PoolParams p) {
 #define POOL(T, tname) \
     extern "C" __global__ void max_pool2d_fwd_##tname(const T* x, T* y, i64* idx, PoolParams p) { max_pool_fwd<T>(x, y, idx, p); } \
     extern "C" __global__ void max_pool2d_bwd_##tname(const T* dy, const i64* idx, T* dx, PoolParams p) { \
-        max_pool_bwd<T>(dy, idx, dx, p); \
+        window_pool_bwd<T, true>(dy, idx, dx, p); \
     } \
     extern "C" __global__ void avg_pool2d_fwd_##tname(const T* x, T* y, PoolParams p) { avg_pool_fwd<T>(x, y, p); } \
-    extern "C" __global__ void avg_pool2d_bwd_##tname(const T* dy, T* dx, PoolParams p) { avg_pool_bwd<T>(dy, dx, p); } \
+    extern "C" __global__ void avg_pool2d_bwd_##tname(const T* dy, T* dx, PoolParams p) { window_pool_bwd<T, false>(dy, nullptr, dx, p); } \
     extern "C" __global__ void adaptive_avg_pool2d_fwd_##tname(const T* x, T* y, PoolParams p) { adaptive_fwd<T>(x, y, p); } \
     extern "C" __global__ void adaptive_avg_pool2d_bwd_##tname(const T* dy, T* dx, PoolParams p) { adaptive_bwd<T>(dy, dx, p); }
 POOL(float, f32) POOL(double, f64) POOL(f16, f16) POOL(bf16, bf16)

@@ -299,14 +299,6 @@ pub struct TrainOutcome {
     pub checkpoint: PathBuf,
 }
 
-/// MNIST train / validation / test splits (see [`DataKind::splits`]). The training split stays
-/// on the host, where batches are assembled and augmented before their upload (an upload from
-/// host memory does not wait for the device).
-pub fn mnist_splits(data: Option<&Path>, device: &Device) -> Result<(Dataset, Dataset, Dataset)> {
-    let s = DataKind::Mnist.splits(data, device)?;
-    Ok((s.train, s.val, s.test))
-}
-
 /// Accuracy of `model` over `data` in batches (evaluation mode, no graph).
 pub fn evaluate(model: &dyn Module, data: &Dataset) -> Result<f64> {
     let scores = predict(model, data)?;
@@ -457,7 +449,7 @@ fn save_run(
         .collect();
     let text = Json::Array(records).to_string();
     let path = history_path(checkpoint);
-    crate::cuda::kernels::write_atomically(&path, text.as_bytes())
+    crate::io::write_atomically(&path, text.as_bytes())
         .map_err(|source| Error::Io { path: path.display().to_string(), source })
 }
 

@@ -121,7 +121,7 @@ fn runtime_cubin(module: &EmbeddedModule, arch: &str) -> Result<(Vec<u8>, Module
         .map_err(|log| Error::KernelCompile { module: module.name.into(), log })?;
     if let Some(path) = path {
         // The cache is an optimisation: failing to write it only costs the next start time.
-        let _ = write_atomically(&path, &cubin);
+        let _ = crate::io::write_atomically(&path, &cubin);
     }
     Ok((cubin, ModuleOrigin::RuntimeNvrtc(arch.to_string())))
 }
@@ -158,19 +158,4 @@ pub fn cache_key(module: &EmbeddedModule, arch: &str, nvrtc_version: (i32, i32))
         eat(option.as_bytes());
     }
     hash
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see a
-/// partial file.
-pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

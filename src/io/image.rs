@@ -99,7 +99,7 @@ impl Image {
     /// Writes a PNG file atomically.
     pub fn save_png(&self, path: &Path) -> Result<()> {
         let bytes = self.encode_png()?;
-        crate::cuda::kernels::write_atomically(path, &bytes)
+        crate::io::write_atomically(path, &bytes)
             .map_err(|source| Error::Io { path: path.display().to_string(), source })
     }
 

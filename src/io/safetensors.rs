@@ -66,8 +66,7 @@ pub fn serialize(tensors: &[(String, Tensor)], metadata: &BTreeMap<String, Strin
 /// Writes named tensors to `path` atomically.
 pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
     let bytes = serialize(tensors, metadata)?;
-    crate::cuda::kernels::write_atomically(path, &bytes)
-        .map_err(|source| Error::Io { path: path.display().to_string(), source })
+    crate::io::write_atomically(path, &bytes).map_err(|source| Error::Io { path: path.display().to_string(), source })
 }
 
 /// A loaded checkpoint: tensors by name, and the metadata.
