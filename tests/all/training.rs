@@ -1,8 +1,10 @@
 //! End-to-end training on the shipped MNIST subset: the accuracy target, determinism,
 //! resumption, and the command line's behaviour on good and bad input.
 
-use nabla::train::{self, ModelKind, TrainConfig};
-use nabla::{Device, Tensor};
+use crate::common::cuda_or_skip;
+use nabla::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
+use nabla::train::{self, DataKind, ModelKind, TrainConfig};
+use nabla::{Device, Generator, Tensor};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -34,6 +36,50 @@ fn lenet5_reaches_98_5_percent_on_the_shipped_test_split() {
     let outcome = train::train(&config).unwrap();
     println!("LeNet-5 test accuracy {:.2}% after {} epochs", 100.0 * outcome.test_accuracy, outcome.history.len());
     assert!(outcome.test_accuracy >= 0.985, "test accuracy {}", outcome.test_accuracy);
+}
+
+/// Five steps of `model` on one batch of the shipped digits with `optimizer` on `device`: the
+/// loss before each step and the parameters after the last.
+fn five_steps(model: ModelKind, adam: bool, device: &Device) -> (Vec<f64>, Vec<Vec<f32>>) {
+    let digits = nabla::data::mnist::shipped("train", &Device::Cpu).unwrap();
+    let batch = model.prepare(DataKind::Mnist, &digits.select(&(0..64).collect::<Vec<_>>()).unwrap()).unwrap();
+    let batch = batch.to_device(device).unwrap();
+    let net = model.build(DataKind::Mnist, 10, 0.0, device, &mut Generator::new(7)).unwrap();
+    let mut opt: Box<dyn Optimizer> = if adam {
+        Box::new(Adam::new(net.parameters(), AdamConfig::adam(1e-3)).unwrap())
+    } else {
+        Box::new(Sgd::new(net.parameters(), SgdConfig { momentum: 0.9, ..SgdConfig::new(0.05) }).unwrap())
+    };
+    let mut losses = Vec::new();
+    for _ in 0..5 {
+        opt.zero_grad();
+        let loss = net.forward(&batch.features).unwrap().cross_entropy(&batch.targets).unwrap();
+        losses.push(loss.to_scalar::<f64>().unwrap());
+        loss.backward().unwrap();
+        opt.step().unwrap();
+    }
+    (losses, net.parameters().iter().map(|p| p.to_vec::<f32>().unwrap()).collect())
+}
+
+#[test]
+fn training_steps_of_the_mlp_and_lenet5_on_the_gpu_follow_the_cpu_run() {
+    let Some(dev) = cuda_or_skip("training steps") else { return };
+    for (model, adam) in [(ModelKind::Mlp, true), (ModelKind::LeNet5, false)] {
+        let (gpu_losses, gpu_params) = five_steps(model, adam, &dev);
+        let (cpu_losses, cpu_params) = five_steps(model, adam, &Device::Cpu);
+        for (step, (g, c)) in gpu_losses.iter().zip(&cpu_losses).enumerate() {
+            assert!((g - c).abs() <= 1e-4 * c.abs(), "{model:?} loss before step {step}: gpu {g}, cpu {c}");
+        }
+        assert!(cpu_losses[4] < cpu_losses[0], "{model:?} learns: {cpu_losses:?}");
+        // Adam's first steps move every parameter by about lr whatever the gradient's size, so
+        // a rounding difference in a tiny gradient can flip a step: compare within 2 lr there.
+        let tol = if adam { 2e-3 } else { 1e-4 };
+        for (i, (g, c)) in gpu_params.iter().zip(&cpu_params).enumerate() {
+            for (j, (a, b)) in g.iter().zip(c).enumerate() {
+                assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{model:?} parameter {i}[{j}]: gpu {a}, cpu {b}");
+            }
+        }
+    }
 }
 
 #[test]

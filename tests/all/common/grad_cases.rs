@@ -13,8 +13,9 @@ fn away_from_zero(shape: &[usize], seed: u64) -> Tensor {
     x.mul(&sign).unwrap()
 }
 
-fn ints(values: &[i64], shape: &[usize]) -> Tensor {
-    Tensor::from_vec(values.to_vec(), shape, &Device::Cpu).unwrap()
+/// Class or position indices on the device of `like`, the case's first input.
+fn ints(values: &[i64], shape: &[usize], like: &Tensor) -> Tensor {
+    Tensor::from_vec(values.to_vec(), shape, &like.device()).unwrap()
 }
 
 pub fn cases() -> Vec<Case> {
@@ -77,15 +78,19 @@ pub fn cases() -> Vec<Case> {
     case!("cat and stack", [randn(&[2, 3], DType::F64, 23), randn(&[2, 2], DType::F64, 24)], |t| {
         Tensor::stack(&[&Tensor::cat(&[&t[0], &t[1]], 1)?, &Tensor::cat(&[&t[1], &t[0]], 1)?], 0)
     });
-    case!("index_select", [a()], |t| t[0].index_select(1, &ints(&[2, 0, 2, 1], &[4])));
-    case!("gather", [randn(&[3, 4], DType::F64, 25)], |t| t[0].gather(1, &ints(&[0, 3, 3, 1, 2, 2], &[3, 2])));
+    case!("index_select", [a()], |t| t[0].index_select(1, &ints(&[2, 0, 2, 1], &[4], &t[0])));
+    case!("gather", [randn(&[3, 4], DType::F64, 25)], |t| t[0].gather(1, &ints(&[0, 3, 3, 1, 2, 2], &[3, 2], &t[0])));
     case!("index_add", [randn(&[4, 3], DType::F64, 26), randn(&[3, 3], DType::F64, 27)], |t| {
-        t[0].index_add(0, &ints(&[1, 3, 1], &[3]), &t[1])
+        t[0].index_add(0, &ints(&[1, 3, 1], &[3], &t[0]), &t[1])
     });
     case!("scatter_add", [randn(&[3, 4], DType::F64, 28), randn(&[3, 2], DType::F64, 29)], |t| {
-        t[0].scatter_add(1, &ints(&[0, 3, 3, 3, 2, 1], &[3, 2]), &t[1])
+        t[0].scatter_add(1, &ints(&[0, 3, 3, 3, 2, 1], &[3, 2], &t[0]), &t[1])
     });
-    case!("cross_entropy", [randn(&[5, 4], DType::F64, 30)], |t| t[0].cross_entropy(&ints(&[3, 0, 1, 3, 2], &[5])));
+    case!("cross_entropy", [randn(&[5, 4], DType::F64, 30)], |t| t[0].cross_entropy(&ints(
+        &[3, 0, 1, 3, 2],
+        &[5],
+        &t[0]
+    )));
     case!("mse_loss", [randn(&[3, 2], DType::F64, 31), randn(&[3, 2], DType::F64, 32)], |t| t[0].mse_loss(&t[1]));
     case!(
         "binary_cross_entropy_with_logits",

@@ -1,23 +1,54 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod emulator;
 pub mod grad_cases;
 
 use nabla::{DType, Device, Generator, Tensor};
 use std::io::Write;
 
-/// The first CUDA device, or `None` after printing a visible skip line. With
-/// `NABLA_REQUIRE_CUDA=1` a missing device fails the test instead.
+/// The first CUDA device, or `None` after printing a visible skip line. Without a GPU (no CUDA
+/// driver at all) the tests run on the CPU emulator of CUDA instead, which executes the kernels'
+/// source (see `emulator`); `NABLA_EMULATE_CUDA=0` turns that off, and `NABLA_REQUIRE_EMULATOR=1`
+/// (CI) makes an emulator that cannot be built a failure. With `NABLA_REQUIRE_CUDA=1` only a
+/// real device counts, and a missing one fails the test.
 pub fn cuda_or_skip(test: &str) -> Option<Device> {
+    // Under NABLA_REQUIRE_CUDA the emulator is never loaded, so a device found is a real one.
     if nabla::cuda::device_count() > 0 {
+        note_emulation(test);
         return Some(Device::Cuda(0));
     }
     if std::env::var("NABLA_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
         panic!("{test}: NABLA_REQUIRE_CUDA=1 but no CUDA device was found");
     }
+    let emulate = !std::env::var("NABLA_EMULATE_CUDA").is_ok_and(|v| v == "0");
+    if emulate && !nabla::cuda::driver_present() {
+        match emulator::install() {
+            Ok(()) => {
+                let _ = EMULATED.set(true);
+                note_emulation(test);
+                return Some(Device::Cuda(0));
+            }
+            Err(reason) if std::env::var("NABLA_REQUIRE_EMULATOR").is_ok_and(|v| v == "1") => {
+                panic!("{test}: NABLA_REQUIRE_EMULATOR=1 but the CUDA emulator is unavailable: {reason}")
+            }
+            Err(reason) => {
+                let _ = writeln!(std::io::stderr(), "{test}: the CUDA emulator is unavailable: {reason}");
+            }
+        }
+    }
     // Straight to the stderr handle, which libtest does not capture, so the skip is visible.
     let _ = writeln!(std::io::stderr(), "{test}: skipped: no CUDA device");
     None
+}
+
+/// Whether this process loaded the CUDA emulator.
+static EMULATED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn note_emulation(test: &str) {
+    if EMULATED.get().is_some_and(|&e| e) {
+        let _ = writeln!(std::io::stderr(), "{test}: no GPU: the kernels run on the CPU emulator of CUDA");
+    }
 }
 
 /// Per-dtype tolerance (absolute, relative) for a GPU result against the f64-computed CPU

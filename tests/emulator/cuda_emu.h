@@ -1,0 +1,77 @@
+// The device side of nabla's CPU emulator of CUDA: what `kernels/*.cu` expect from the CUDA
+// compiler, made of plain C++ so g++ compiles the unchanged kernel sources for the host.
+//
+// Model: a launch runs its blocks one after another; the threads of a block are fibers
+// (ucontext) on one host thread, switched only where CUDA threads must meet — __syncthreads()
+// and warp shuffles. So `__shared__` is a function-level `static` (one block lives at a time),
+// atomics are plain read-modify-writes (nothing runs in between), and threadIdx is a global the
+// scheduler sets before it resumes a fiber. It checks the logic of a kernel (indexing, tiling,
+// barriers, reductions); it says nothing about speed, and nothing about races between blocks.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <type_traits>
+#include <utility>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(...)
+
+struct uint3 { unsigned int x, y, z; };
+struct dim3 { unsigned int x, y, z; };
+
+// Set by the scheduler (driver.cpp) for the fiber that runs.
+extern uint3 threadIdx;
+extern uint3 blockIdx;
+extern dim3 blockDim;
+extern dim3 gridDim;
+
+namespace emu {
+// Block-wide barrier; every live thread of the block must reach it.
+void block_barrier();
+// Swaps `bytes` bytes of this lane's value through the warp: all live lanes of the warp call it,
+// and `out` gets the value of lane `src_lane` (its own when that lane is out of range).
+void warp_exchange(const void* value, void* out, int bytes, int src_lane);
+int lane_id();
+
+// Registration of an `extern "C"` kernel under its name: the launch passes `void** params`, one
+// pointer per argument, as cuLaunchKernel does; the call unpacks them by the kernel's own types.
+void register_kernel(const char* name, std::function<void(void**)> run);
+template <typename... Args, std::size_t... I>
+void call_kernel(void (*kernel)(Args...), void** params, std::index_sequence<I...>) {
+    kernel(*static_cast<std::remove_cv_t<std::remove_reference_t<Args>>*>(params[I])...);
+}
+template <typename... Args>
+bool add_kernel(const char* name, void (*kernel)(Args...)) {
+    register_kernel(name, [kernel](void** params) { call_kernel(kernel, params, std::index_sequence_for<Args...>{}); });
+    return true;
+}
+}  // namespace emu
+
+inline void __syncthreads() { emu::block_barrier(); }
+
+template <typename T>
+inline T __shfl_down_sync(unsigned int, T v, unsigned int delta, int width = 32) {
+    const int lane = emu::lane_id();
+    const int src = lane % width + (int)delta < width ? lane + (int)delta : lane;
+    T out;
+    emu::warp_exchange(&v, &out, (int)sizeof(T), src);
+    return out;
+}
+
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline float __uint_as_float(unsigned int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline unsigned int __float_as_uint(float f) { unsigned int i; std::memcpy(&i, &f, 4); return i; }
+inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
+
+// Fibers never run between these reads and writes, so plain arithmetic is atomic here.
+template <typename T> inline T atomicAdd(T* p, T v) { const T old = *p; *p = old + v; return old; }
+
+// nabla.cuh converts f16 with PTX `cvt`; here the host's _Float16 (IEEE binary16, round to
+// nearest even) stands in for it.
+#define NABLA_HOST_F16 1
