@@ -8,42 +8,72 @@
 //                (terms whose division is inexact or lands outside the output are zero)
 // - grad weight: dW[o, (ci, ky, kx)] = Σ_{(n, y, x)} dY[n, o, y, x] · X[n, ci, ...]
 // Columns run over pixels (or the weight's contiguous K), so loads of X / dY and stores of
-// Y / dX coalesce along x. Compute bound for large layers, like the GEMM it is.
+// Y / dX coalesce along x. Compute bound for large layers, like the GEMM it is. The grad-weight
+// GEMM is short and deep (o x cg kh kw outputs, n oh ow depth), so the host splits its depth
+// over enough blocks to fill the card and adds the partial sums.
 #include "tiled_gemm.cuh"
 
-// Index helpers over the params (all 64-bit).
+// Index helpers over the params. The host guarantees that every per-axis coordinate and the
+// GEMM depths fit in 32 bits (n oh ow, n h w, cg kh kw and og kh kw below 2^31), so depth indices
+// are decomposed with 32-bit divisions; element offsets stay 64-bit.
 struct ConvShape {
     Conv2dParams p;
     __device__ i64 og() const { return p.o / p.groups; }
     __device__ i64 cg() const { return p.c / p.groups; }
     __device__ i64 ksize() const { return cg() * p.kh * p.kw; }
-    // Input element k = (ci, ky, kx) of output pixel m = (n, oy, ox)'s receptive field in group g,
-    // zero in the padding.
-    template <typename T>
-    __device__ typename Acc<T>::type patch(const T* x, i64 g, i64 k, i64 m) const {
-        typedef typename Acc<T>::type A;
-        const i64 ci = k / (p.kh * p.kw), r = k % (p.kh * p.kw), ky = r / p.kw, kx = r % p.kw;
-        const i64 n = m / (p.oh * p.ow), q = m % (p.oh * p.ow), oy = q / p.ow, ox = q % p.ow;
-        const i64 iy = oy * p.sh - p.ph + ky * p.dh, ix = ox * p.sw - p.pw + kx * p.dw;
-        if (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) return A(0);
-        return (A)up(x[((n * p.c + g * cg() + ci) * p.h + iy) * p.w + ix]);
-    }
+    __device__ int taps() const { return (int)(p.kh * p.kw); }
 };
 
+// An output pixel's receptive field: its image's group channels and its top-left input
+// coordinate (which may lie in the padding).
+template <typename T>
+struct Field {
+    const T* image;
+    int iy0, ix0;
+};
+
+// Input element k = (ci, ky, kx) of a receptive field, zero in the padding.
+template <typename T>
+__device__ __forceinline__ typename Acc<T>::type field_at(const ConvShape& s, const Field<T>& f, int k) {
+    typedef typename Acc<T>::type A;
+    const int taps = s.taps(), ci = k / taps, r = k - ci * taps, ky = r / (int)s.p.kw, kx = r - ky * (int)s.p.kw;
+    const int iy = f.iy0 + ky * (int)s.p.dh, ix = f.ix0 + kx * (int)s.p.dw;
+    if (iy < 0 || iy >= s.p.h || ix < 0 || ix >= s.p.w) return A(0);
+    return (A)up(f.image[(i64)ci * s.p.h * s.p.w + (i64)iy * s.p.w + ix]);
+}
+
+// The receptive field of output pixel m = (n, oy, ox) in group g.
+template <typename T>
+__device__ __forceinline__ Field<T> field_of(const ConvShape& s, const T* x, i64 g, i64 m) {
+    const int ohow = (int)(s.p.oh * s.p.ow), mi = (int)m, n = mi / ohow, q = mi - n * ohow;
+    const int oy = q / (int)s.p.ow, ox = q - oy * (int)s.p.ow;
+    Field<T> f;
+    f.image = x + ((i64)n * s.p.c + g * s.cg()) * s.p.h * s.p.w;
+    f.iy0 = oy * (int)s.p.sh - (int)s.p.ph;
+    f.ix0 = ox * (int)s.p.sw - (int)s.p.pw;
+    return f;
+}
+
+// Forward: rows are the group's output channels, columns output pixels, depth (ci, ky, kx).
 template <typename T>
 struct ConvForward : ConvShape {
-    __device__ GroupOf<ConvForward<T>, typename Acc<T>::type> group(i64 g) const { return {*this, g}; }
+    typedef typename Acc<T>::type A;
+    typedef const T* ARow;
+    typedef Field<T> BCol;
     const T* x;
     const T* w;
     const T* bias;
     T* y;
-    typedef typename Acc<T>::type A;
+    __device__ GroupOf<ConvForward<T>, A> group(i64 g, i64) const { return {*this, g}; }
     __device__ i64 groups() const { return p.groups; }
+    __device__ i64 splits() const { return 1; }
     __device__ i64 rows() const { return og(); }
     __device__ i64 cols() const { return p.n * p.oh * p.ow; }
     __device__ i64 depth() const { return ksize(); }
-    __device__ A a(i64 g, i64 o, i64 k) const { return (A)up(w[(g * og() + o) * ksize() + k]); }
-    __device__ A b(i64 g, i64 k, i64 m) const { return patch(x, g, k, m); }
+    __device__ ARow a_row(i64 g, i64 o) const { return w + (g * og() + o) * ksize(); }
+    __device__ BCol b_col(i64 g, i64 m) const { return field_of(*this, x, g, m); }
+    __device__ A a(ARow row, i64 k) const { return (A)up(row[k]); }
+    __device__ A b(const BCol& f, i64 k) const { return field_at(*this, f, (int)k); }
     __device__ void store(i64 g, i64 o, i64 m, A v) const {
         const i64 oc = g * og() + o;
         const i64 n = m / (p.oh * p.ow), q = m % (p.oh * p.ow);
@@ -52,29 +82,52 @@ struct ConvForward : ConvShape {
     }
 };
 
+// An input pixel's view of the output gradient: its image's group channels and the output
+// coordinate its (0, 0) tap would come from, before the stride division.
+template <typename T>
+struct Spread {
+    const T* grad;
+    int ty0, tx0;
+};
+
+// Grad input: rows are the group's input channels, columns input pixels, depth (o, ky, kx).
 template <typename T>
 struct ConvGradInput : ConvShape {
-    __device__ GroupOf<ConvGradInput<T>, typename Acc<T>::type> group(i64 g) const { return {*this, g}; }
+    typedef typename Acc<T>::type A;
+    typedef const T* ARow;
+    typedef Spread<T> BCol;
     const T* dy;
     const T* w;
     T* dx;
-    typedef typename Acc<T>::type A;
+    __device__ GroupOf<ConvGradInput<T>, A> group(i64 g, i64) const { return {*this, g}; }
     __device__ i64 groups() const { return p.groups; }
+    __device__ i64 splits() const { return 1; }
     __device__ i64 rows() const { return cg(); }
     __device__ i64 cols() const { return p.n * p.h * p.w; }
     __device__ i64 depth() const { return og() * p.kh * p.kw; }
-    __device__ A a(i64 g, i64 ci, i64 k) const {
-        const i64 o = k / (p.kh * p.kw), r = k % (p.kh * p.kw);
-        return (A)up(w[((g * og() + o) * cg() + ci) * p.kh * p.kw + r]);
+    // W[g og + o, ci, r] = row[o cg taps + r]
+    __device__ ARow a_row(i64 g, i64 ci) const { return w + (g * og() * cg() + ci) * p.kh * p.kw; }
+    __device__ A a(ARow row, i64 k) const {
+        const int taps = this->taps(), o = (int)k / taps, r = (int)k - o * taps;
+        return (A)up(row[(i64)o * cg() * taps + r]);
     }
-    __device__ A b(i64 g, i64 k, i64 m) const {
-        const i64 o = k / (p.kh * p.kw), r = k % (p.kh * p.kw), ky = r / p.kw, kx = r % p.kw;
-        const i64 n = m / (p.h * p.w), q = m % (p.h * p.w), iy = q / p.w, ix = q % p.w;
-        const i64 ty = iy + p.ph - ky * p.dh, tx = ix + p.pw - kx * p.dw;
-        if (ty < 0 || tx < 0 || ty % p.sh != 0 || tx % p.sw != 0) return A(0);
-        const i64 oy = ty / p.sh, ox = tx / p.sw;
+    __device__ BCol b_col(i64 g, i64 m) const {
+        const int hw = (int)(p.h * p.w), mi = (int)m, n = mi / hw, q = mi - n * hw;
+        const int iy = q / (int)p.w, ix = q - iy * (int)p.w;
+        BCol s;
+        s.grad = dy + ((i64)n * p.o + g * og()) * p.oh * p.ow;
+        s.ty0 = iy + (int)p.ph;
+        s.tx0 = ix + (int)p.pw;
+        return s;
+    }
+    __device__ A b(const BCol& s, i64 k) const {
+        const int taps = this->taps(), o = (int)k / taps, r = (int)k - o * taps;
+        const int ky = r / (int)p.kw, kx = r - ky * (int)p.kw;
+        const int ty = s.ty0 - ky * (int)p.dh, tx = s.tx0 - kx * (int)p.dw;
+        if (ty < 0 || tx < 0 || ty % (int)p.sh != 0 || tx % (int)p.sw != 0) return A(0);
+        const int oy = ty / (int)p.sh, ox = tx / (int)p.sw;
         if (oy >= p.oh || ox >= p.ow) return A(0);
-        return (A)up(dy[((n * p.o + g * og() + o) * p.oh + oy) * p.ow + ox]);
+        return (A)up(s.grad[(i64)o * p.oh * p.ow + (i64)oy * p.ow + ox]);
     }
     __device__ void store(i64 g, i64 ci, i64 m, A v) const {
         const i64 n = m / (p.h * p.w), q = m % (p.h * p.w);
@@ -82,42 +135,87 @@ struct ConvGradInput : ConvShape {
     }
 };
 
+// A weight tap (ci, ky, kx) seen from the output pixels: its input channel plane and the input
+// coordinate it reads for output (0, 0).
+template <typename T>
+struct Tap {
+    const T* plane;
+    int dy0, dx0;
+};
+
+// Grad weight: rows are the group's output channels, columns (ci, ky, kx), depth the output
+// pixels (n, oy, ox), usually long: split-K cuts it into p.splits ranges whose partial sums go
+// to `partial` [splits, o, ksize] (in Acc<T>), which the host adds up; with one split the
+// result goes straight to dw.
 template <typename T>
 struct ConvGradWeight : ConvShape {
-    __device__ GroupOf<ConvGradWeight<T>, typename Acc<T>::type> group(i64 g) const { return {*this, g}; }
+    typedef typename Acc<T>::type A;
+    typedef const T* ARow;
+    typedef Tap<T> BCol;
     const T* dy;
     const T* x;
     T* dw;
-    typedef typename Acc<T>::type A;
+    A* partial;
+    struct View {
+        const ConvGradWeight& c;
+        i64 g, s;
+        __device__ ARow a_row(i64 o) const { return c.dy + (g * c.og() + o) * c.p.oh * c.p.ow; }
+        __device__ BCol b_col(i64 k) const {
+            const int taps = c.taps(), ci = (int)k / taps, r = (int)k - ci * taps;
+            const int ky = r / (int)c.p.kw, kx = r - ky * (int)c.p.kw;
+            BCol t;
+            t.plane = c.x + (g * c.cg() + ci) * c.p.h * c.p.w;
+            t.dy0 = ky * (int)c.p.dh - (int)c.p.ph;
+            t.dx0 = kx * (int)c.p.dw - (int)c.p.pw;
+            return t;
+        }
+        // dY[n, g og + o, q] for output pixel m = (n, q)
+        __device__ A a(ARow row, i64 m) const {
+            const int ohow = (int)(c.p.oh * c.p.ow), n = (int)m / ohow, q = (int)m - n * ohow;
+            return (A)up(row[(i64)n * c.p.o * ohow + q]);
+        }
+        __device__ A b(const BCol& t, i64 m) const {
+            const int ohow = (int)(c.p.oh * c.p.ow), n = (int)m / ohow, q = (int)m - n * ohow;
+            const int oy = q / (int)c.p.ow, ox = q - oy * (int)c.p.ow;
+            const int iy = oy * (int)c.p.sh + t.dy0, ix = ox * (int)c.p.sw + t.dx0;
+            if (iy < 0 || iy >= c.p.h || ix < 0 || ix >= c.p.w) return A(0);
+            return (A)up(t.plane[(i64)n * c.p.c * c.p.h * c.p.w + (i64)iy * c.p.w + ix]);
+        }
+        __device__ void store(i64 o, i64 k, A v) const {
+            const i64 at = (g * c.og() + o) * c.ksize() + k;
+            if (c.p.splits > 1) {
+                c.partial[s * c.p.o * c.ksize() + at] = v;
+            } else {
+                c.dw[at] = down<T>(v);
+            }
+        }
+    };
+    __device__ View group(i64 g, i64 s) const { return {*this, g, s}; }
     __device__ i64 groups() const { return p.groups; }
+    __device__ i64 splits() const { return p.splits; }
     __device__ i64 rows() const { return og(); }
     __device__ i64 cols() const { return ksize(); }
     __device__ i64 depth() const { return p.n * p.oh * p.ow; }
-    __device__ A a(i64 g, i64 o, i64 m) const {
-        const i64 n = m / (p.oh * p.ow), q = m % (p.oh * p.ow);
-        return (A)up(dy[(n * p.o + g * og() + o) * p.oh * p.ow + q]);
-    }
-    __device__ A b(i64 g, i64 m, i64 k) const { return patch(x, g, k, m); }
-    __device__ void store(i64 g, i64 o, i64 k, A v) const { dw[(g * og() + o) * ksize() + k] = down<T>(v); }
 };
 
-#define CONV(T, tname) \
+#define CONV_TILE(T, suffix, tile) \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS) \
-        conv2d_fwd_##tname(const T* x, const T* w, const T* bias, T* y, Conv2dParams p) { \
+        conv2d_fwd_##suffix(const T* x, const T* w, const T* bias, T* y, Conv2dParams p) { \
         ConvForward<T> pb; \
         pb.p = p; pb.x = x; pb.w = w; pb.bias = bias; pb.y = y; \
-        tiled_gemm<Acc<T>::type>(pb); \
+        tiled_gemm<Acc<T>::type, tile, tile>(pb); \
     } \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS) \
-        conv2d_bwd_input_##tname(const T* dy, const T* w, T* dx, Conv2dParams p) { \
+        conv2d_bwd_input_##suffix(const T* dy, const T* w, T* dx, Conv2dParams p) { \
         ConvGradInput<T> pb; \
         pb.p = p; pb.dy = dy; pb.w = w; pb.dx = dx; \
-        tiled_gemm<Acc<T>::type>(pb); \
+        tiled_gemm<Acc<T>::type, tile, tile>(pb); \
     } \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS) \
-        conv2d_bwd_weight_##tname(const T* dy, const T* x, T* dw, Conv2dParams p) { \
+        conv2d_bwd_weight_##suffix(const T* dy, const T* x, T* dw, Acc<T>::type* partial, Conv2dParams p) { \
         ConvGradWeight<T> pb; \
-        pb.p = p; pb.dy = dy; pb.x = x; pb.dw = dw; \
-        tiled_gemm<Acc<T>::type>(pb); \
+        pb.p = p; pb.dy = dy; pb.x = x; pb.dw = dw; pb.partial = partial; \
+        tiled_gemm<Acc<T>::type, tile, tile>(pb); \
     }
+#define CONV(T, tname) CONV_TILE(T, tname, GEMM_TILES_LARGE) CONV_TILE(T, small_##tname, GEMM_TILES_SMALL)
 CONV(float, f32) CONV(double, f64) CONV(f16, f16) CONV(bf16, bf16)

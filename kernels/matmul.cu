@@ -1,7 +1,7 @@
 // Batched matrix product C[b] = A[b] x B[b], A[b] m x k and B[b] k x n, any strides, on the
-// tiled engine of tiled_gemm.cuh (64 x 64 tiles of C per 256-thread block, 4 x 4 register tiles,
-// shared-memory staging in Acc<T>). Operands are read through (row, column) strides, which gives
-// transposed operands without copies, and through per-batch strides unravelled over the batch
+// tiled engine of tiled_gemm.cuh (128 x 128 or 64 x 64 tiles of C per 256-thread block, 8 x 8
+// or 4 x 4 register tiles, shared-memory staging in Acc<T>). Operands are read through (row,
+// column) strides, which gives transposed operands without copies, and through per-batch strides unravelled over the batch
 // shape (once per batch entry), which gives broadcast batch dims. Compute bound on the FMA pipes
 // for large m, n, k; f16/bf16 accumulate in f32 (no tensor cores in this first path).
 #include "tiled_gemm.cuh"
@@ -14,8 +14,10 @@ struct MatmulBatch {
     const T* pb;
     T* pc;
     i64 a_rs, a_cs, b_rs, b_cs, n;
-    __device__ A a(i64 r, i64 k) const { return (A)up(pa[r * a_rs + k * a_cs]); }
-    __device__ A b(i64 k, i64 col) const { return (A)up(pb[k * b_rs + col * b_cs]); }
+    __device__ const T* a_row(i64 r) const { return pa + r * a_rs; }
+    __device__ const T* b_col(i64 col) const { return pb + col * b_cs; }
+    __device__ A a(const T* row, i64 k) const { return (A)up(row[k * a_cs]); }
+    __device__ A b(const T* column, i64 k) const { return (A)up(column[k * b_rs]); }
     __device__ void store(i64 r, i64 col, A v) const { pc[r * n + col] = down<T>(v); }
 };
 
@@ -29,7 +31,8 @@ struct MatmulProblem {
     __device__ i64 cols() const { return p.n; }
     __device__ i64 depth() const { return p.k; }
     __device__ i64 groups() const { return p.batch; }
-    __device__ MatmulBatch<T> group(i64 batch) const {
+    __device__ i64 splits() const { return 1; }
+    __device__ MatmulBatch<T> group(i64 batch, i64) const {
         i64 a_base = p.a_offset, b_base = p.b_offset, rest = batch;
         for (int d = (int)p.batch_ndim - 1; d >= 0; --d) {
             const i64 idx = rest % p.batch_shape[d];
@@ -50,10 +53,12 @@ struct MatmulProblem {
     }
 };
 
-#define MATMUL(T, tname) \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) matmul_##tname(const T* a, const T* b, T* c, MatmulParams p) { \
+#define MATMUL_TILE(T, name, tile) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) name(const T* a, const T* b, T* c, MatmulParams p) { \
         MatmulProblem<T> pb; \
         pb.a = a; pb.b = b; pb.c = c; pb.p = p; \
-        tiled_gemm<Acc<T>::type>(pb); \
+        tiled_gemm<Acc<T>::type, tile, tile>(pb); \
     }
+#define MATMUL(T, tname) \
+    MATMUL_TILE(T, matmul_##tname, GEMM_TILES_LARGE) MATMUL_TILE(T, matmul_small_##tname, GEMM_TILES_SMALL)
 MATMUL(float, f32) MATMUL(double, f64) MATMUL(f16, f16) MATMUL(bf16, bf16)

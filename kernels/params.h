@@ -98,6 +98,7 @@ struct Conv2dParams {
     long long dh;
     long long dw;
     long long groups;
+    long long splits;  // depth splits of the grad-weight GEMM (1: none)
 };
 
 // 2-D pooling of NCHW [n, c, h, w] into [n, c, oh, ow] with a kh x kw window, stride (sh, sw)

@@ -1,84 +1,124 @@
 // A tiled GEMM engine over index functors: C(r, c) = Σ_k A(r, k) B(k, c) for every group g
-// (blockIdx.z: a batch entry of a matmul, a channel group of a convolution). A Problem supplies
-// rows(), cols(), depth(), groups() and group(g), which returns the group's view with the
-// loaders a(r, k), b(k, c) and store(r, c, value); per-group offsets are computed once there.
-// Implicit-GEMM kernels (convolutions) gather their operands in the loaders instead of
-// materialising an im2col matrix.
+// (a batch entry of a matmul, a channel group of a convolution) and every split of the depth.
 //
-// Tiling: a 256-thread block computes a 64 x 64 tile of C, staging 64 x 16 of A and 16 x 64 of B
-// in shared memory per step (converted to Acc<T>); each thread keeps a 4 x 4 register tile with
-// rows and columns 16 apart (bank-conflict-free shared reads). B is loaded with consecutive
-// threads on consecutive columns and C stored the same way, so problems that put the
-// contiguous memory axis on the columns get coalesced loads and stores. Compute bound on the
-// FMA pipes for large problems.
+// A Problem supplies rows(), cols(), depth(), groups(), splits() and group(g, s), the view of
+// group g for depth split s. A view has per-row and per-column contexts, computed once per tile
+// (a pointer, a pixel's coordinates), and loaders that finish the address from the context and
+// a depth index: a_row(r) / a(ctx, k), b_col(c) / b(ctx, k), plus store(r, c, value).
+// Implicit-GEMM kernels (convolutions) gather their operands in the loaders instead of
+// materialising an im2col matrix; the contexts keep the expensive index arithmetic (64-bit
+// divisions) out of the inner loop.
+//
+// Tiling: a 256-thread block computes a BM x BN tile of C (128 x 128, or 64 x 64 for problems
+// too small to fill the card), stepping 8 deep. Each thread holds a (BM/16) x (BN/16) register
+// tile with rows and columns 16 apart, so shared-memory reads are broadcasts or conflict-free
+// and an 8 x 8 tile does 64 FMAs per 16 shared loads. The next step's operands are fetched into
+// registers while the current step computes (one tile of shared memory, register prefetch).
+// A is loaded with consecutive threads on consecutive k, B and C with consecutive threads on
+// consecutive columns, so problems whose contiguous axis is the columns coalesce. Split-K
+// (splits() > 1) gives each split a contiguous, step-aligned depth range; the problem's store
+// for split s writes a partial sum that the host reduces. Compute bound on the FMA pipes for
+// large problems: the goal is most of the card's FP32 peak.
 #pragma once
 #include "nabla.cuh"
 
-#define GEMM_TILE_M 64
-#define GEMM_TILE_N 64
-#define GEMM_TILE_K 16
+#define GEMM_TILE_K 8
 #define GEMM_THREADS 256
 
-// For problems whose loaders take the group index: group(g) binds it.
+// For problems whose loaders take the group index: group(g, s) binds it (no split-K).
 template <typename P, typename A>
 struct GroupOf {
     const P& p;
     i64 g;
-    __device__ A a(i64 r, i64 k) const { return p.a(g, r, k); }
-    __device__ A b(i64 k, i64 c) const { return p.b(g, k, c); }
+    typedef typename P::ARow ARow;
+    typedef typename P::BCol BCol;
+    __device__ ARow a_row(i64 r) const { return p.a_row(g, r); }
+    __device__ BCol b_col(i64 c) const { return p.b_col(g, c); }
+    __device__ A a(const ARow& row, i64 k) const { return p.a(row, k); }
+    __device__ A b(const BCol& col, i64 k) const { return p.b(col, k); }
     __device__ void store(i64 r, i64 c, A v) const { p.store(g, r, c, v); }
 };
 
-template <typename A, typename Problem>
+template <typename A, int BM, int BN, typename Problem>
 __device__ void tiled_gemm(const Problem& p) {
-    __shared__ A as[GEMM_TILE_K][GEMM_TILE_M + 1];
-    __shared__ A bs[GEMM_TILE_K][GEMM_TILE_N + 1];
+    constexpr int BK = GEMM_TILE_K;
+    constexpr int TM = BM / 16, TN = BN / 16;                 // register tile
+    constexpr int LA = BM * BK / GEMM_THREADS;                // A elements each thread loads
+    constexpr int LB = BK * BN / GEMM_THREADS;                // B elements each thread loads
+    constexpr int A_ROW_STEP = GEMM_THREADS / BK, B_K_STEP = GEMM_THREADS / BN;
+    __shared__ A as[BK][BM + 4];  // +4: the k-major stores of A hit 32 distinct banks
+    __shared__ A bs[BK][BN];
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-    const i64 rows = p.rows(), cols = p.cols(), depth = p.depth();
-    const i64 tiles_m = (rows + GEMM_TILE_M - 1) / GEMM_TILE_M;
-    const i64 tiles_n = (cols + GEMM_TILE_N - 1) / GEMM_TILE_N;
-    for (i64 g = blockIdx.z; g < p.groups(); g += gridDim.z) {
-        const auto q = p.group(g);
+    const int a_k = threadIdx.x % BK, a_r = threadIdx.x / BK;  // A: row a_r + i A_ROW_STEP, depth a_k
+    const int b_c = threadIdx.x % BN, b_k = threadIdx.x / BN;  // B: column b_c, depth b_k + i B_K_STEP
+    const i64 rows = p.rows(), cols = p.cols(), depth = p.depth(), splits = p.splits();
+    const i64 tiles_m = (rows + BM - 1) / BM, tiles_n = (cols + BN - 1) / BN;
+    const i64 chunk = ((depth + splits - 1) / splits + BK - 1) / BK * BK;
+    for (i64 z = blockIdx.z; z < p.groups() * splits; z += gridDim.z) {
+        const i64 g = z / splits, s = z % splits;
+        const i64 k_begin = s * chunk, k_end = k_begin + chunk < depth ? k_begin + chunk : depth;
+        const auto q = p.group(g, s);
+        typedef decltype(q.a_row(0)) ARow;
+        typedef decltype(q.b_col(0)) BCol;
         for (i64 tm = blockIdx.y; tm < tiles_m; tm += gridDim.y) {
             for (i64 tn = blockIdx.x; tn < tiles_n; tn += gridDim.x) {
-                const i64 row0 = tm * GEMM_TILE_M, col0 = tn * GEMM_TILE_N;
-                A acc[4][4];
+                const i64 row0 = tm * BM, col0 = tn * BN;
+                ARow a_ctx[LA];
+                bool a_ok[LA];
 #pragma unroll
-                for (int i = 0; i < 4; ++i)
+                for (int i = 0; i < LA; ++i) {
+                    const i64 r = row0 + a_r + i * A_ROW_STEP;
+                    a_ok[i] = r < rows;
+                    a_ctx[i] = q.a_row(a_ok[i] ? r : 0);
+                }
+                const bool b_ok = col0 + b_c < cols;
+                const BCol b_ctx = q.b_col(b_ok ? col0 + b_c : 0);
+                A next_a[LA], next_b[LB];
+                auto fetch = [&](i64 k0) {
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) acc[i][j] = A(0);
-                for (i64 k0 = 0; k0 < depth; k0 += GEMM_TILE_K) {
-                    for (int t = threadIdx.x; t < GEMM_TILE_M * GEMM_TILE_K; t += GEMM_THREADS) {
-                        const int r = t / GEMM_TILE_K, kk = t % GEMM_TILE_K;
-                        const i64 gr = row0 + r, gk = k0 + kk;
-                        as[kk][r] = (gr < rows && gk < depth) ? q.a(gr, gk) : A(0);
+                    for (int i = 0; i < LA; ++i) {
+                        const i64 k = k0 + a_k;
+                        next_a[i] = (a_ok[i] && k < k_end) ? q.a(a_ctx[i], k) : A(0);
                     }
-                    for (int t = threadIdx.x; t < GEMM_TILE_K * GEMM_TILE_N; t += GEMM_THREADS) {
-                        const int kk = t / GEMM_TILE_N, cc = t % GEMM_TILE_N;
-                        const i64 gk = k0 + kk, gc = col0 + cc;
-                        bs[kk][cc] = (gk < depth && gc < cols) ? q.b(gk, gc) : A(0);
+#pragma unroll
+                    for (int i = 0; i < LB; ++i) {
+                        const i64 k = k0 + b_k + i * B_K_STEP;
+                        next_b[i] = (b_ok && k < k_end) ? q.b(b_ctx, k) : A(0);
                     }
+                };
+                A acc[TM][TN];
+#pragma unroll
+                for (int i = 0; i < TM; ++i)
+#pragma unroll
+                    for (int j = 0; j < TN; ++j) acc[i][j] = A(0);
+                if (k_begin < k_end) fetch(k_begin);
+                for (i64 k0 = k_begin; k0 < k_end; k0 += BK) {
+#pragma unroll
+                    for (int i = 0; i < LA; ++i) as[a_k][a_r + i * A_ROW_STEP] = next_a[i];
+#pragma unroll
+                    for (int i = 0; i < LB; ++i) bs[b_k + i * B_K_STEP][b_c] = next_b[i];
                     __syncthreads();
+                    if (k0 + BK < k_end) fetch(k0 + BK);  // in flight while this step computes
 #pragma unroll
-                    for (int kk = 0; kk < GEMM_TILE_K; ++kk) {
-                        A ra[4], rb[4];
+                    for (int kk = 0; kk < BK; ++kk) {
+                        A ra[TM], rb[TN];
 #pragma unroll
-                        for (int i = 0; i < 4; ++i) ra[i] = as[kk][ty + 16 * i];
+                        for (int i = 0; i < TM; ++i) ra[i] = as[kk][ty + 16 * i];
 #pragma unroll
-                        for (int j = 0; j < 4; ++j) rb[j] = bs[kk][tx + 16 * j];
+                        for (int j = 0; j < TN; ++j) rb[j] = bs[kk][tx + 16 * j];
 #pragma unroll
-                        for (int i = 0; i < 4; ++i)
+                        for (int i = 0; i < TM; ++i)
 #pragma unroll
-                            for (int j = 0; j < 4; ++j) acc[i][j] += ra[i] * rb[j];
+                            for (int j = 0; j < TN; ++j) acc[i][j] += ra[i] * rb[j];
                     }
                     __syncthreads();
                 }
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
+                for (int i = 0; i < TM; ++i) {
                     const i64 r = row0 + ty + 16 * i;
                     if (r >= rows) continue;
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) {
+                    for (int j = 0; j < TN; ++j) {
                         const i64 c = col0 + tx + 16 * j;
                         if (c < cols) q.store(r, c, acc[i][j]);
                     }
@@ -87,3 +127,9 @@ __device__ void tiled_gemm(const Problem& p) {
         }
     }
 }
+
+// The two tile shapes every GEMM-shaped kernel is instantiated with: `name_tname` (128 x 128)
+// and `name_small_tname` (64 x 64). The host picks the small one when the large tiles would
+// leave most of the card idle.
+#define GEMM_TILES_LARGE 128
+#define GEMM_TILES_SMALL 64

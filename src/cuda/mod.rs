@@ -4,6 +4,7 @@
 //! ordered without host synchronisation, and buffers are allocated and freed stream-ordered.
 //! Only downloads (and the index-range checks of indexing ops) wait for the device.
 
+pub mod gemm;
 pub mod kernels;
 pub mod nvrtc;
 pub(crate) mod params;
@@ -35,6 +36,7 @@ pub struct CudaDevice {
     ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     arch: (i32, i32),
+    multiprocessors: usize,
     modules: Mutex<HashMap<String, (Arc<CudaModule>, ModuleOrigin)>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
 }
@@ -92,11 +94,15 @@ pub fn cuda_device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     unsafe { ctx.disable_event_tracking() };
     let arch = ctx.compute_capability().map_err(|e| Error::CudaUnavailable(format!("cuda:{ordinal}: {e}")))?;
     keep_pool_memory(&ctx);
+    let multiprocessors = ctx
+        .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_or(1, |n| n.max(1) as usize);
     let dev = Arc::new(CudaDevice {
         ordinal,
         stream: ctx.default_stream(),
         ctx,
         arch,
+        multiprocessors,
         modules: Mutex::new(HashMap::new()),
         functions: Mutex::new(HashMap::new()),
     });
@@ -141,6 +147,11 @@ impl CudaDevice {
     /// The device's name, as the driver reports it.
     pub fn name(&self) -> String {
         self.ctx.name().unwrap_or_else(|e| format!("(unknown: {e})"))
+    }
+
+    /// The number of streaming multiprocessors, which sizes grids that must fill the card.
+    pub fn multiprocessors(&self) -> usize {
+        self.multiprocessors
     }
 
     /// Total device memory in bytes.

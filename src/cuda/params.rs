@@ -93,6 +93,7 @@ pub struct Conv2dParams {
     pub dh: i64,
     pub dw: i64,
     pub groups: i64,
+    pub splits: i64,
 }
 
 /// Mirror of `struct PoolParams` in kernels/params.h.

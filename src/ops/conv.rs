@@ -3,12 +3,13 @@
 //! definition, walked as runs of output pixels along a row, in f64.
 
 use crate::autograd::record;
+use crate::cuda::gemm::{self, GemmPlan};
 use crate::cuda::params::Conv2dParams;
 use crate::cuda::{CudaDevice, launch_error};
 use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::CudaSlice;
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 use std::sync::Arc;
 
 /// Stride, padding, dilation and groups of a 2-D convolution (PyTorch's defaults: 1, 0, 1, 1).
@@ -39,12 +40,16 @@ impl Conv2dOptions {
 }
 
 pub(crate) fn kernel_names() -> Vec<String> {
+    let bases = ["conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"];
     DType::ALL
         .iter()
         .filter(|d| d.is_float())
-        .flat_map(|d| [format!("conv2d_fwd_{d}"), format!("conv2d_bwd_input_{d}"), format!("conv2d_bwd_weight_{d}")])
+        .flat_map(|d| bases.iter().flat_map(move |b| [format!("{b}_{d}"), format!("{b}_small_{d}")]))
         .collect()
 }
+
+/// Splits at most of the grad-weight GEMM's depth (the workspace holds one partial per split).
+const MAX_WEIGHT_SPLITS: usize = 128;
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +67,29 @@ struct Dims {
 }
 
 impl Dims {
+    /// Elements of one output channel's filter: cg kh kw.
+    fn ksize(&self) -> usize {
+        (self.c / self.opt.groups) * self.kh * self.kw
+    }
+
+    /// The GEMM plan for a `rows` x `cols` x `depth` product per group. The kernels decompose
+    /// pixel and filter indices in 32 bits, so sizes past that are refused here.
+    fn plan(&self, dev: &CudaDevice, rows: usize, cols: usize, depth: usize, max_splits: usize) -> Result<GemmPlan> {
+        let limit = i32::MAX as usize;
+        let og = self.o / self.opt.groups;
+        let sizes = [self.n * self.oh * self.ow, self.n * self.h * self.w, self.ksize(), og * self.kh * self.kw];
+        if sizes.iter().any(|&s| s > limit) {
+            return Err(Error::invalid(
+                "conv2d",
+                format!(
+                    "on CUDA, pixels per channel (n h w = {}, n oh ow = {}) and filter sizes must stay below 2^31",
+                    sizes[1], sizes[0]
+                ),
+            ));
+        }
+        Ok(gemm::plan(rows, cols, depth, self.opt.groups, dev.multiprocessors(), max_splits))
+    }
+
     fn params(&self) -> Conv2dParams {
         let o = self.opt;
         let i = |v: usize| v as i64;
@@ -82,6 +110,7 @@ impl Dims {
             dh: i(o.dilation.0),
             dw: i(o.dilation.1),
             groups: i(o.groups),
+            splits: 1,
         }
     }
 
@@ -231,9 +260,9 @@ fn conv_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, d: DimsWithBias) 
                 Some(StorageRef::Cuda(b)) => Some(&b.buf),
                 _ => None,
             };
-            let kernel = format!("conv2d_fwd_{}", x.dtype);
+            let plan = d.plan(&dev, d.o / d.opt.groups, d.n * d.oh * d.ow, d.ksize(), 1)?;
             let buffers = [Some(&xs.buf), Some(&ws.buf), b_buf, Some(&y.buf)];
-            launch(&dev, &kernel, d, d.o / d.opt.groups, d.n * d.oh * d.ow, &buffers)?;
+            launch(&dev, "conv2d_fwd", x.dtype, d, plan, &buffers)?;
             Ok(Tensor::from_cuda(y, &out_shape))
         }
         _ => unreachable!("check_same rejects mixed devices"),
@@ -262,9 +291,10 @@ fn conv_backward_input(dy: &Tensor, w: &Tensor, d: DimsWithBias) -> Result<Tenso
         }
         (StorageRef::Cuda(gs), StorageRef::Cuda(ws)) => {
             let dx = gs.device.alloc("conv2d", dy.dtype, in_shape.iter().product())?;
-            let kernel = format!("conv2d_bwd_input_{}", dy.dtype);
+            let og = d.o / d.opt.groups;
+            let plan = d.plan(&gs.device, d.c / d.opt.groups, d.n * d.h * d.w, og * d.kh * d.kw, 1)?;
             let buffers = [Some(&gs.buf), Some(&ws.buf), Some(&dx.buf)];
-            launch(&gs.device, &kernel, d, d.c / d.opt.groups, d.n * d.h * d.w, &buffers)?;
+            launch(&gs.device, "conv2d_bwd_input", dy.dtype, d, plan, &buffers)?;
             Ok(Tensor::from_cuda(dx, &in_shape))
         }
         _ => unreachable!("one device throughout"),
@@ -291,42 +321,43 @@ fn conv_backward_weight(dy: &Tensor, x: &Tensor, d: DimsWithBias) -> Result<Tens
             Ok(Tensor::from_cpu(CpuStorage::from_f64(dy.dtype, &dw), &w_shape))
         }
         (StorageRef::Cuda(gs), StorageRef::Cuda(xs)) => {
-            let dw = gs.device.alloc("conv2d", dy.dtype, w_shape.iter().product())?;
-            let k = (d.c / d.opt.groups) * d.kh * d.kw;
-            let kernel = format!("conv2d_bwd_weight_{}", dy.dtype);
-            launch(&gs.device, &kernel, d, d.o / d.opt.groups, k, &[Some(&gs.buf), Some(&xs.buf), Some(&dw.buf)])?;
-            Ok(Tensor::from_cuda(dw, &w_shape))
+            let dev = &gs.device;
+            let plan = d.plan(dev, d.o / d.opt.groups, d.ksize(), d.n * d.oh * d.ow, MAX_WEIGHT_SPLITS)?;
+            let dw = dev.alloc("conv2d", dy.dtype, w_shape.iter().product())?;
+            if plan.splits == 1 {
+                let buffers = [Some(&gs.buf), Some(&xs.buf), Some(&dw.buf), None];
+                launch(dev, "conv2d_bwd_weight", dy.dtype, d, plan, &buffers)?;
+                return Ok(Tensor::from_cuda(dw, &w_shape));
+            }
+            // Split-K: one partial sum per depth range in the accumulation type, then their sum.
+            let acc = if dy.dtype == DType::F64 { DType::F64 } else { DType::F32 };
+            let partial = dev.alloc("conv2d", acc, plan.splits * d.o * d.ksize())?;
+            let buffers = [Some(&gs.buf), Some(&xs.buf), Some(&dw.buf), Some(&partial.buf)];
+            launch(dev, "conv2d_bwd_weight", dy.dtype, d, plan, &buffers)?;
+            Tensor::from_cuda(partial, &[plan.splits, d.o * d.ksize()])
+                .sum(&[0], false)?
+                .to_dtype(dy.dtype)?
+                .reshape(&w_shape)
         }
         _ => unreachable!("one device throughout"),
     }
 }
 
-/// Launches one of the conv kernels on a grid of 64 x 64 tiles over `rows` x `cols` per group,
-/// with the buffer pointers in kernel order (`None` passes a null pointer) and then the params.
+/// Launches `base` (e.g. `conv2d_fwd`) for `dtype` as `plan` says, with the buffer pointers in
+/// kernel order (`None` passes a null pointer) and then the params.
 fn launch(
     dev: &Arc<CudaDevice>,
-    kernel: &str,
+    base: &str,
+    dtype: DType,
     d: Dims,
-    rows: usize,
-    cols: usize,
+    plan: GemmPlan,
     buffers: &[Option<&CudaSlice<u8>>],
 ) -> Result<()> {
     const OP: &str = "conv2d";
-    const TILE: usize = 64;
-    if rows * cols == 0 {
-        return Ok(());
-    }
-    let params = d.params();
-    let f = dev.function(OP, "conv2d", kernel)?;
-    let cfg = LaunchConfig {
-        grid_dim: (
-            cols.div_ceil(TILE).min(1 << 30) as u32,
-            rows.div_ceil(TILE).min(65535) as u32,
-            d.opt.groups.min(65535) as u32,
-        ),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let params = Conv2dParams { splits: plan.splits as i64, ..d.params() };
+    let kernel = plan.kernel(base, dtype);
+    let f = dev.function(OP, "conv2d", &kernel)?;
+    let cfg = plan.config();
     let null: u64 = 0;
     let mut l = dev.stream.launch_builder(&f);
     for buffer in buffers {
@@ -337,8 +368,8 @@ fn launch(
     }
     l.arg(&params);
     // SAFETY: the conv2d kernels take (pointers..., Conv2dParams); every buffer is dense with
-    // the sizes the params describe, the outputs hold rows x cols per group and are written
-    // only by this kernel (device memory, so shared handles suffice).
-    unsafe { l.launch(cfg) }.map_err(|e| launch_error(OP, kernel, e))?;
+    // the sizes the params describe, the outputs (and the grad-weight partial sums, splits x o x
+    // ksize) are written only by this kernel (device memory, so shared handles suffice).
+    unsafe { l.launch(cfg) }.map_err(|e| launch_error(OP, &kernel, e))?;
     Ok(())
 }

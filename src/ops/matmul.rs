@@ -2,20 +2,21 @@
 //! through their strides without copies (`kernels/matmul.cu`).
 
 use crate::autograd::record;
-use crate::cuda::launch_error;
 use crate::cuda::params::{MatmulParams, NABLA_MAX_DIMS};
+use crate::cuda::{gemm, launch_error};
 use crate::layout::{Layout, broadcast_shapes};
 use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, LinalgScalar, ShapeBuilder};
 
-const TILE: usize = 64;
-const THREADS: u32 = 256;
-
 pub(crate) fn kernel_names() -> Vec<String> {
-    DType::ALL.iter().filter(|d| d.is_float()).map(|d| format!("matmul_{d}")).collect()
+    DType::ALL
+        .iter()
+        .filter(|d| d.is_float())
+        .flat_map(|d| [format!("matmul_{d}"), format!("matmul_small_{d}")])
+        .collect()
 }
 
 impl Tensor {
@@ -130,17 +131,10 @@ fn matmul_forward(
                 p.a_batch_strides[d] = sa_[d] as i64;
                 p.b_batch_strides[d] = sb_[d] as i64;
             }
-            let kernel = format!("matmul_{dtype}");
+            let plan = gemm::plan(m, n, k, batch, dev.multiprocessors(), 1);
+            let kernel = plan.kernel("matmul", dtype);
             let f = dev.function(OP, "matmul", &kernel)?;
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    n.div_ceil(TILE).min(1 << 30) as u32,
-                    m.div_ceil(TILE).min(65535) as u32,
-                    batch.min(65535) as u32,
-                ),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = plan.config();
             let mut launch = dev.stream.launch_builder(&f);
             launch.arg(&sa.buf).arg(&sb.buf).arg(&mut out.buf).arg(&p);
             // SAFETY: matmul_<T>(const T* a, const T* b, T* c, MatmulParams) reads A and B

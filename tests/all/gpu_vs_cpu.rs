@@ -241,6 +241,19 @@ fn matmul_matches_cpu_reference_for_odd_batched_broadcast_and_transposed_shapes(
 }
 
 #[test]
+fn matmul_with_the_large_tiles_matches_cpu_reference_at_ragged_edges() {
+    let Some(dev) = cuda_or_skip("matmul large tiles") else { return };
+    // 12 x 13 tiles of 128: more blocks than the 132 SMs of an H100/H200 (and of the emulator),
+    // so the 128 x 128 instantiation runs; 1500 and 1601 leave partial tiles on both edges.
+    for dtype in [DType::F32, DType::BF16] {
+        let (atol, rtol) = tolerance(dtype);
+        let inputs = [randn(&[1500, 21], dtype, 60), randn(&[21, 1601], dtype, 61)];
+        let tol = (atol * 24.0, rtol * 2.0);
+        compare(&format!("matmul {dtype} 1500x21 x 21x1601"), dev, &inputs, tol, |t| t[0].matmul(&t[1]));
+    }
+}
+
+#[test]
 fn casts_copies_cat_and_stack_match_cpu_reference_exactly() {
     let Some(dev) = cuda_or_skip("copy") else { return };
     for from in DType::ALL {

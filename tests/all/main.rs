@@ -7,6 +7,7 @@ mod checkpoint;
 mod conv;
 mod cpu_reference;
 mod data;
+mod gemm_plan;
 mod gpu_vs_cpu;
 mod gradients;
 mod kernels_compile;
