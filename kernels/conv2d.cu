@@ -198,24 +198,24 @@ struct ConvGradWeight : ConvShape {
     __device__ i64 depth() const { return p.n * p.oh * p.ow; }
 };
 
-#define CONV_TILE(T, suffix, tile) \
+#define CONV(T, suffix, bm, bn) \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS) \
         conv2d_fwd_##suffix(const T* x, const T* w, const T* bias, T* y, Conv2dParams p) { \
         ConvForward<T> pb; \
         pb.p = p; pb.x = x; pb.w = w; pb.bias = bias; pb.y = y; \
-        tiled_gemm<Acc<T>::type, tile, tile>(pb); \
+        tiled_gemm<Acc<T>::type, bm, bn>(pb); \
     } \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS) \
         conv2d_bwd_input_##suffix(const T* dy, const T* w, T* dx, Conv2dParams p) { \
         ConvGradInput<T> pb; \
         pb.p = p; pb.dy = dy; pb.w = w; pb.dx = dx; \
-        tiled_gemm<Acc<T>::type, tile, tile>(pb); \
+        tiled_gemm<Acc<T>::type, bm, bn>(pb); \
     } \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS) \
         conv2d_bwd_weight_##suffix(const T* dy, const T* x, T* dw, Acc<T>::type* partial, Conv2dParams p) { \
         ConvGradWeight<T> pb; \
         pb.p = p; pb.dy = dy; pb.x = x; pb.dw = dw; pb.partial = partial; \
-        tiled_gemm<Acc<T>::type, tile, tile>(pb); \
+        tiled_gemm<Acc<T>::type, bm, bn>(pb); \
     }
-#define CONV(T, tname) CONV_TILE(T, tname, GEMM_TILES_LARGE) CONV_TILE(T, small_##tname, GEMM_TILES_SMALL)
-CONV(float, f32) CONV(double, f64) CONV(f16, f16) CONV(bf16, bf16)
+GEMM_INSTANTIATE(CONV, float, f32) GEMM_INSTANTIATE(CONV, double, f64)
+GEMM_INSTANTIATE(CONV, f16, f16) GEMM_INSTANTIATE(CONV, bf16, bf16)

@@ -1,9 +1,10 @@
 // Batched matrix product C[b] = A[b] x B[b], A[b] m x k and B[b] k x n, any strides, on the
-// tiled engine of tiled_gemm.cuh (128 x 128 or 64 x 64 tiles of C per 256-thread block, 8 x 8
-// or 4 x 4 register tiles, shared-memory staging in Acc<T>). Operands are read through (row,
-// column) strides, which gives transposed operands without copies, and through per-batch strides unravelled over the batch
-// shape (once per batch entry), which gives broadcast batch dims. Compute bound on the FMA pipes
-// for large m, n, k; f16/bf16 accumulate in f32 (no tensor cores in this first path).
+// tiled engine of tiled_gemm.cuh (128 x 128, 64 x 128 or 64 x 64 tiles of C per 256-thread
+// block, 8 x 8 to 4 x 4 register tiles, shared-memory staging in Acc<T>). Operands are read
+// through (row, column) strides, which gives transposed operands without copies, and through
+// per-batch strides unravelled over the batch shape (once per batch entry), which gives
+// broadcast batch dims. Compute bound on the FMA pipes for large m, n, k; f16/bf16 accumulate
+// in f32 (no tensor cores in this first path).
 #include "tiled_gemm.cuh"
 
 // One batch entry: the operands' bases and strides.
@@ -53,12 +54,12 @@ struct MatmulProblem {
     }
 };
 
-#define MATMUL_TILE(T, name, tile) \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) name(const T* a, const T* b, T* c, MatmulParams p) { \
+#define MATMUL(T, suffix, bm, bn) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) \
+        matmul_##suffix(const T* a, const T* b, T* c, MatmulParams p) { \
         MatmulProblem<T> pb; \
         pb.a = a; pb.b = b; pb.c = c; pb.p = p; \
-        tiled_gemm<Acc<T>::type, tile, tile>(pb); \
+        tiled_gemm<Acc<T>::type, bm, bn>(pb); \
     }
-#define MATMUL(T, tname) \
-    MATMUL_TILE(T, matmul_##tname, GEMM_TILES_LARGE) MATMUL_TILE(T, matmul_small_##tname, GEMM_TILES_SMALL)
-MATMUL(float, f32) MATMUL(double, f64) MATMUL(f16, f16) MATMUL(bf16, bf16)
+GEMM_INSTANTIATE(MATMUL, float, f32) GEMM_INSTANTIATE(MATMUL, double, f64)
+GEMM_INSTANTIATE(MATMUL, f16, f16) GEMM_INSTANTIATE(MATMUL, bf16, bf16)

@@ -119,3 +119,12 @@ struct PoolParams {
     long long ph;
     long long pw;
 };
+
+// Batch normalisation of NCHW input: n images, c channels, hw = h w positions per plane; eps
+// is added to the variance.
+struct BatchNormParams {
+    long long n;
+    long long c;
+    long long hw;
+    double eps;
+};

@@ -9,8 +9,9 @@
 // materialising an im2col matrix; the contexts keep the expensive index arithmetic (64-bit
 // divisions) out of the inner loop.
 //
-// Tiling: a 256-thread block computes a BM x BN tile of C (128 x 128, or 64 x 64 for problems
-// too small to fill the card), stepping 8 deep. Each thread holds a (BM/16) x (BN/16) register
+// Tiling: a 256-thread block computes a BM x BN tile of C (128 x 128; 64 x 128 for problems of
+// at most 64 rows, such as 64-channel convolutions; 64 x 64 for problems too small to fill the
+// card), stepping 8 deep. Each thread holds a (BM/16) x (BN/16) register
 // tile with rows and columns 16 apart, so shared-memory reads are broadcasts or conflict-free
 // and an 8 x 8 tile does 64 FMAs per 16 shared loads. The next step's operands are fetched into
 // registers while the current step computes (one tile of shared memory, register prefetch).
@@ -128,8 +129,8 @@ __device__ void tiled_gemm(const Problem& p) {
     }
 }
 
-// The two tile shapes every GEMM-shaped kernel is instantiated with: `name_tname` (128 x 128)
-// and `name_small_tname` (64 x 64). The host picks the small one when the large tiles would
-// leave most of the card idle.
-#define GEMM_TILES_LARGE 128
-#define GEMM_TILES_SMALL 64
+// The tile shapes every GEMM-shaped kernel is instantiated with, as `name_tname` (128 x 128),
+// `name_wide_tname` (64 x 128) and `name_small_tname` (64 x 64); the host picks one
+// (src/cuda/gemm.rs).
+#define GEMM_INSTANTIATE(KERNEL, T, tname) \
+    KERNEL(T, tname, 128, 128) KERNEL(T, wide_##tname, 64, 128) KERNEL(T, small_##tname, 64, 64)

@@ -4,10 +4,11 @@
 
 use cudarc::driver::LaunchConfig;
 
-/// Tile edge of the `name_dtype` instantiations.
-const LARGE_TILE: usize = 128;
-/// Tile edge of the `name_small_dtype` instantiations.
-const SMALL_TILE: usize = 64;
+/// Tile shapes (rows x columns of C per block) in the order the planner tries them, with the
+/// kernel-name infix of their instantiations (`GEMM_INSTANTIATE` in kernels/tiled_gemm.cuh).
+const LARGE: (usize, usize, &str) = (128, 128, "");
+const WIDE: (usize, usize, &str) = (64, 128, "wide_");
+const SMALL: (usize, usize, &str) = (64, 64, "small_");
 /// Threads per block of every GEMM kernel.
 const THREADS: u32 = 256;
 /// A depth split shorter than this costs more in partial sums than it gains in parallelism.
@@ -16,18 +17,24 @@ const MIN_SPLIT_DEPTH: usize = 512;
 /// How one GEMM-shaped kernel is launched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmPlan {
-    /// Tile edge (128 or 64).
-    pub tile: usize,
+    /// Tile shape: rows x columns of C per block (128 x 128, 64 x 128 or 64 x 64).
+    pub tile: (usize, usize),
+    infix: &'static str,
     /// Depth splits (1: none); each writes a partial sum the host adds up.
     pub splits: usize,
     grid: (u32, u32, u32),
 }
 
 impl GemmPlan {
-    /// The kernel name for `base` (e.g. `conv2d_fwd`) and dtype name: `base_f32` for the large
-    /// tiles, `base_small_f32` for the small ones.
+    /// The kernel name for `base` (e.g. `conv2d_fwd`) and dtype name: `base_f32` for 128 x 128
+    /// tiles, `base_wide_f32` for 64 x 128, `base_small_f32` for 64 x 64.
     pub fn kernel(&self, base: &str, dtype: impl std::fmt::Display) -> String {
-        if self.tile == SMALL_TILE { format!("{base}_small_{dtype}") } else { format!("{base}_{dtype}") }
+        format!("{base}_{}{dtype}", self.infix)
+    }
+
+    /// The name infixes of the tile instantiations, for the kernel registries.
+    pub fn infixes() -> [&'static str; 3] {
+        [LARGE.2, WIDE.2, SMALL.2]
     }
 
     /// The launch configuration (the kernels use static shared memory only).
@@ -37,9 +44,10 @@ impl GemmPlan {
 }
 
 /// Plans a GEMM of `groups` independent `rows` x `cols` products of depth `depth` on a card with
-/// `multiprocessors` SMs: large tiles when they give every SM a block, else small ones; then, up
-/// to `max_splits`, enough depth splits (each at least `MIN_SPLIT_DEPTH` deep) for about two
-/// blocks per SM. Grid axes beyond the hardware limits are covered by the kernels' loops.
+/// `multiprocessors` SMs: 128 x 128 tiles (64 x 128 when there are at most 64 rows) if they
+/// give every SM a block, else 64 x 64 ones; then, up to `max_splits`, enough depth splits (each
+/// at least `MIN_SPLIT_DEPTH` deep) for about two blocks per SM. Grid axes beyond the hardware
+/// limits are covered by the kernels' loops.
 pub fn plan(
     rows: usize,
     cols: usize,
@@ -48,14 +56,15 @@ pub fn plan(
     multiprocessors: usize,
     max_splits: usize,
 ) -> GemmPlan {
-    let blocks = |tile: usize| rows.div_ceil(tile) * cols.div_ceil(tile) * groups;
-    let tile = if blocks(LARGE_TILE) >= multiprocessors { LARGE_TILE } else { SMALL_TILE };
-    let wanted = (2 * multiprocessors).div_ceil(blocks(tile).max(1));
+    let blocks = |(tm, tn, _): (usize, usize, &str)| rows.div_ceil(tm) * cols.div_ceil(tn) * groups;
+    let big = if rows <= WIDE.0 { WIDE } else { LARGE };
+    let shape = if blocks(big) >= multiprocessors { big } else { SMALL };
+    let wanted = (2 * multiprocessors).div_ceil(blocks(shape).max(1));
     let splits = wanted.min(depth / MIN_SPLIT_DEPTH).min(max_splits).max(1);
     let grid = (
-        cols.div_ceil(tile).clamp(1, 1 << 30) as u32,
-        rows.div_ceil(tile).clamp(1, 65535) as u32,
+        cols.div_ceil(shape.1).clamp(1, 1 << 30) as u32,
+        rows.div_ceil(shape.0).clamp(1, 65535) as u32,
         (groups * splits).clamp(1, 65535) as u32,
     );
-    GemmPlan { tile, splits, grid }
+    GemmPlan { tile: (shape.0, shape.1), infix: shape.2, splits, grid }
 }

@@ -26,6 +26,7 @@ unsafe impl DeviceRepr for params::SgdParams {}
 unsafe impl DeviceRepr for params::AdamParams {}
 unsafe impl DeviceRepr for params::Conv2dParams {}
 unsafe impl DeviceRepr for params::PoolParams {}
+unsafe impl DeviceRepr for params::BatchNormParams {}
 
 /// Threads per block of the elementwise kernels.
 pub(crate) const ELEMENTWISE_THREADS: u32 = 256;

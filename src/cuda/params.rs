@@ -113,3 +113,13 @@ pub struct PoolParams {
     pub ph: i64,
     pub pw: i64,
 }
+
+/// Mirror of `struct BatchNormParams` in kernels/params.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BatchNormParams {
+    pub n: i64,
+    pub c: i64,
+    pub hw: i64,
+    pub eps: f64,
+}

@@ -87,7 +87,9 @@ impl Module for Flatten {
     }
 }
 
-/// The per-channel mean and biased variance of NCHW input, shaped `[1, C, 1, 1]`.
+/// The per-channel mean and biased variance of NCHW input, shaped `[1, C, 1, 1]`, composed of
+/// tensor ops: with [`batch_norm2d`], the definition the fused
+/// [`Tensor::batch_norm2d_train`] is tested against.
 pub fn batch_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
     let mean = x.mean(&[0, 2, 3], true)?;
     let centered = x.sub(&mean)?;
@@ -96,7 +98,9 @@ pub fn batch_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
 }
 
 /// (x - mean) / √(var + eps) · γ + β per channel of NCHW input, with `[1, C, 1, 1]` statistics
-/// and `[C]` γ, β: the arithmetic of batch normalisation, differentiable through every input.
+/// and `[C]` γ, β: the arithmetic of batch normalisation composed of tensor ops, differentiable
+/// through every input (the models use the fused [`Tensor::batch_norm2d_train`] and
+/// [`Tensor::batch_norm2d_eval`]).
 pub fn batch_norm2d(
     x: &Tensor,
     mean: &Tensor,
@@ -119,7 +123,7 @@ pub fn batch_norm2d(
 /// Batch normalisation over the channels of NCHW input, as `torch.nn.BatchNorm2d`: in
 /// training, normalise with the batch's per-channel mean and (biased) variance and fold them
 /// into running averages (the variance unbiased); in evaluation, use the running averages.
-/// Built from tensor ops, so autograd differentiates it and the GPU runs it without waiting.
+/// Runs on the fused batch-norm kernels (statistics, normalisation and one backward).
 pub struct BatchNorm2d {
     /// Per-channel scale γ.
     pub weight: Tensor,
@@ -159,23 +163,20 @@ impl Module for BatchNorm2d {
         if x.rank() != 4 || x.shape()[1] != c {
             return Err(Error::shape("batch_norm2d", format!("input {:?} is not [N, {c}, H, W]", x.shape())));
         }
-        let per_channel = |t: &Tensor| t.reshape(&[1, c, 1, 1]);
-        let (mean, var) = if self.training {
-            let (mean, var) = batch_stats(x)?;
-            let count = (x.numel() / c) as f64;
-            crate::no_grad(|| -> Result<()> {
-                let (rm, rv) = &*self.running.lock().unwrap_or_else(|e| e.into_inner());
-                let m = self.momentum;
-                let unbiased = var.detach().reshape(&[c])?.mul_scalar(count / (count - 1.0).max(1.0))?;
-                rm.copy_(&rm.mul_scalar(1.0 - m)?.add(&mean.detach().reshape(&[c])?.mul_scalar(m)?)?)?;
-                rv.copy_(&rv.mul_scalar(1.0 - m)?.add(&unbiased.mul_scalar(m)?)?)
-            })?;
-            (mean, var)
-        } else {
+        if !self.training {
             let (rm, rv) = self.running_stats();
-            (per_channel(&rm)?, per_channel(&rv)?)
-        };
-        batch_norm2d(x, &mean, &var, &self.weight, &self.bias, self.eps)
+            return x.batch_norm2d_eval(&rm, &rv, &self.weight, &self.bias, self.eps);
+        }
+        let (y, mean, var) = x.batch_norm2d_train(&self.weight, &self.bias, self.eps)?;
+        let count = (x.numel() / c) as f64;
+        crate::no_grad(|| -> Result<()> {
+            let (rm, rv) = &*self.running.lock().unwrap_or_else(|e| e.into_inner());
+            let m = self.momentum;
+            let unbiased = var.mul_scalar(count / (count - 1.0).max(1.0))?;
+            rm.copy_(&rm.mul_scalar(1.0 - m)?.add(&mean.mul_scalar(m)?)?)?;
+            rv.copy_(&rv.mul_scalar(1.0 - m)?.add(&unbiased.mul_scalar(m)?)?)
+        })?;
+        Ok(y)
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {

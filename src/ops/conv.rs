@@ -44,7 +44,7 @@ pub(crate) fn kernel_names() -> Vec<String> {
     DType::ALL
         .iter()
         .filter(|d| d.is_float())
-        .flat_map(|d| bases.iter().flat_map(move |b| [format!("{b}_{d}"), format!("{b}_small_{d}")]))
+        .flat_map(|d| bases.iter().flat_map(move |b| GemmPlan::infixes().map(|t| format!("{b}_{t}{d}"))))
         .collect()
 }
 

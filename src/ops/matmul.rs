@@ -2,8 +2,9 @@
 //! through their strides without copies (`kernels/matmul.cu`).
 
 use crate::autograd::record;
+use crate::cuda::gemm::{self, GemmPlan};
+use crate::cuda::launch_error;
 use crate::cuda::params::{MatmulParams, NABLA_MAX_DIMS};
-use crate::cuda::{gemm, launch_error};
 use crate::layout::{Layout, broadcast_shapes};
 use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
@@ -15,7 +16,7 @@ pub(crate) fn kernel_names() -> Vec<String> {
     DType::ALL
         .iter()
         .filter(|d| d.is_float())
-        .flat_map(|d| [format!("matmul_{d}"), format!("matmul_small_{d}")])
+        .flat_map(|d| GemmPlan::infixes().map(|t| format!("matmul_{t}{d}")))
         .collect()
 }
 

@@ -3,6 +3,7 @@
 //! Each family also lists the kernels its launches can name, so a test can check that every
 //! one of them exists in the compiled modules.
 
+pub mod batch_norm;
 pub mod binary;
 pub mod conv;
 pub mod copy;
@@ -29,6 +30,7 @@ pub fn launchable_kernels() -> Vec<(&'static str, String)> {
     all.extend(loss::kernel_names().into_iter().map(|k| ("loss", k)));
     all.extend(conv::kernel_names().into_iter().map(|k| ("conv2d", k)));
     all.extend(pool::kernel_names().into_iter().map(|k| ("pool", k)));
+    all.extend(batch_norm::kernel_names().into_iter().map(|k| ("batch_norm", k)));
     all.extend(crate::optim::kernel_names().into_iter().map(|k| ("optim", k)));
     all
 }

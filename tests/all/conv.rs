@@ -122,22 +122,25 @@ fn conv2d_rejects_mismatched_shapes_with_the_shapes_in_the_message() {
 #[test]
 fn conv2d_on_the_gpu_matches_the_cpu_with_large_tiles_and_a_split_weight_gradient() {
     let Some(dev) = cuda_or_skip("conv2d large tiles") else { return };
-    // Forward: 128 output channels x 5·64·64 pixels is 160 tiles of 128, more than the 132 SMs
-    // of an H100/H200 (and of the emulator), so the large tiles run. The weight gradient is
-    // 128 x 27 outputs, 20,480 pixels deep: its depth is split across blocks and summed.
+    // Forward: 128 (then 64) output channels x 5·64·64 pixels is 160 tiles of 128 x 128 (of
+    // 64 x 128), more than the 132 SMs of an H100/H200 (and of the emulator), so the large (the
+    // wide) tiles run. The weight gradient is 128 x 27 (64 x 27) outputs, 20,480 pixels deep:
+    // its depth is split across blocks and summed.
     let x = randn(&[5, 3, 66, 66], DType::F32, 1);
-    let w = randn(&[128, 3, 3, 3], DType::F32, 2);
-    let run = |device: &Device| -> Vec<Tensor> {
-        let (xl, wl) = (x.to_device(device).unwrap(), w.to_device(device).unwrap().requires_grad_().unwrap());
-        let y = xl.conv2d(&wl, None, Conv2dOptions::default()).unwrap();
-        let g = randn(y.shape(), DType::F32, 3).to_device(device).unwrap();
-        y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
-        [y.detach(), wl.grad().unwrap()].map(|t| t.to_device(&Device::Cpu).unwrap()).to_vec()
-    };
-    let (gpu, cpu) = (run(&dev), run(&Device::Cpu));
-    assert_close("conv2d forward, large tiles", &gpu[0], &cpu[0], (1e-4, 1e-5));
-    // each weight-gradient element sums 20,480 products of unit normals (about 143 in size)
-    assert_close("conv2d grad weight, split depth", &gpu[1], &cpu[1], (2e-2, 1e-5));
+    for channels in [128, 64] {
+        let w = randn(&[channels, 3, 3, 3], DType::F32, 2);
+        let run = |device: &Device| -> Vec<Tensor> {
+            let (xl, wl) = (x.to_device(device).unwrap(), w.to_device(device).unwrap().requires_grad_().unwrap());
+            let y = xl.conv2d(&wl, None, Conv2dOptions::default()).unwrap();
+            let g = randn(y.shape(), DType::F32, 3).to_device(device).unwrap();
+            y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            [y.detach(), wl.grad().unwrap()].map(|t| t.to_device(&Device::Cpu).unwrap()).to_vec()
+        };
+        let (gpu, cpu) = (run(&dev), run(&Device::Cpu));
+        assert_close(&format!("conv2d forward, {channels} channels"), &gpu[0], &cpu[0], (1e-4, 1e-5));
+        // each weight-gradient element sums 20,480 products of unit normals (about 143 in size)
+        assert_close(&format!("conv2d grad weight, {channels} channels"), &gpu[1], &cpu[1], (2e-2, 1e-5));
+    }
 }
 
 #[test]

@@ -243,13 +243,16 @@ fn matmul_matches_cpu_reference_for_odd_batched_broadcast_and_transposed_shapes(
 #[test]
 fn matmul_with_the_large_tiles_matches_cpu_reference_at_ragged_edges() {
     let Some(dev) = cuda_or_skip("matmul large tiles") else { return };
-    // 12 x 13 tiles of 128: more blocks than the 132 SMs of an H100/H200 (and of the emulator),
-    // so the 128 x 128 instantiation runs; 1500 and 1601 leave partial tiles on both edges.
+    // 12 x 13 tiles of 128 x 128, then 1 x 133 tiles of 64 x 128: more blocks than the 132 SMs
+    // of an H100/H200 (and of the emulator), so the large and then the wide instantiation run;
+    // the sizes leave partial tiles on the edges.
     for dtype in [DType::F32, DType::BF16] {
         let (atol, rtol) = tolerance(dtype);
-        let inputs = [randn(&[1500, 21], dtype, 60), randn(&[21, 1601], dtype, 61)];
         let tol = (atol * 24.0, rtol * 2.0);
-        compare(&format!("matmul {dtype} 1500x21 x 21x1601"), dev, &inputs, tol, |t| t[0].matmul(&t[1]));
+        for (m, n) in [(1500, 1601), (64, 16_999)] {
+            let inputs = [randn(&[m, 21], dtype, 60), randn(&[21, n], dtype, 61)];
+            compare(&format!("matmul {dtype} {m}x21 x 21x{n}"), dev, &inputs, tol, |t| t[0].matmul(&t[1]));
+        }
     }
 }
 

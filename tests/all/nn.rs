@@ -260,6 +260,80 @@ fn convolutional_models_have_torchvision_names_and_the_right_output_shapes() {
 }
 
 #[test]
+fn fused_batch_norm_matches_its_definition_from_tensor_ops_with_gradients() {
+    use nabla::nn::{batch_norm2d, batch_stats};
+    let x = randn(&[3, 4, 5, 2], DType::F64, 20).mul_scalar(2.0).unwrap().add_scalar(0.5).unwrap();
+    let (w, b) = (randn(&[4], DType::F64, 21), randn(&[4], DType::F64, 22));
+    let g = randn(&[3, 4, 5, 2], DType::F64, 23);
+    let grads = |fused: bool| -> Vec<Tensor> {
+        let leaves = [&x, &w, &b].map(|t| t.requires_grad_().unwrap());
+        let y = if fused {
+            let (y, mean, var) = leaves[0].batch_norm2d_train(&leaves[1], &leaves[2], 1e-5).unwrap();
+            let (m, v) = batch_stats(&x).unwrap();
+            assert_close("fused mean", &mean, &m.reshape(&[4]).unwrap(), (1e-12, 1e-12));
+            assert_close("fused variance", &var, &v.reshape(&[4]).unwrap(), (1e-12, 1e-12));
+            y
+        } else {
+            let (m, v) = batch_stats(&leaves[0]).unwrap();
+            batch_norm2d(&leaves[0], &m, &v, &leaves[1], &leaves[2], 1e-5).unwrap()
+        };
+        y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![y.detach()];
+        out.extend(leaves.iter().map(|l| l.grad().unwrap()));
+        out
+    };
+    let (fused, composed) = (grads(true), grads(false));
+    for (what, (f, c)) in ["output", "grad input", "grad weight", "grad bias"].iter().zip(fused.iter().zip(&composed)) {
+        assert_close(&format!("fused batch norm {what}"), f, c, (1e-10, 1e-10));
+    }
+    // bad input: wrong per-channel shapes, a batch of one value per channel, negative eps
+    let err = x.batch_norm2d_train(&randn(&[3], DType::F64, 1), &b, 1e-5).unwrap_err().to_string();
+    assert!(err.contains("batch_norm2d") && err.contains("[3, 4, 5, 2]") && err.contains("[3]"), "{err}");
+    let single = randn(&[1, 4, 1, 1], DType::F64, 2);
+    assert!(single.batch_norm2d_train(&w, &b, 1e-5).unwrap_err().to_string().contains("more than one value"));
+    assert!(x.batch_norm2d_train(&w, &b, -1.0).is_err());
+    assert!(randn(&[4, 5], DType::F64, 3).batch_norm2d_eval(&w, &w, &w, &b, 1e-5).is_err());
+}
+
+#[test]
+fn batch_norm_kernels_on_the_gpu_match_the_cpu_for_every_dtype() {
+    let Some(dev) = cuda_or_skip("batch norm kernels") else { return };
+    for dtype in FLOATS {
+        let (atol, rtol) = tolerance(dtype);
+        // 300 channels: more than one per block in flight; planes of 7 x 3 (odd, not a warp)
+        let x = randn(&[5, 300, 7, 3], dtype, 30).mul_scalar(1.5).unwrap().add_scalar(0.25).unwrap();
+        let (w, b) = (randn(&[300], dtype, 31), randn(&[300], dtype, 32));
+        let (rm, rv) = (randn(&[300], dtype, 33), uniform(&[300], 0.5, 2.0, dtype, 34));
+        let g = randn(&[5, 300, 7, 3], dtype, 35);
+        let run = |device: &Device, train: bool| -> Vec<Tensor> {
+            let leaves = [&x, &w, &b].map(|t| t.to_device(device).unwrap().requires_grad_().unwrap());
+            let mut out = Vec::new();
+            let y = if train {
+                let (y, mean, var) = leaves[0].batch_norm2d_train(&leaves[1], &leaves[2], 1e-5).unwrap();
+                out.extend([mean, var]);
+                y
+            } else {
+                let (m, v) = (rm.to_device(device).unwrap(), rv.to_device(device).unwrap());
+                leaves[0].batch_norm2d_eval(&m, &v, &leaves[1], &leaves[2], 1e-5).unwrap()
+            };
+            y.mul(&g.to_device(device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+            out.push(y.detach());
+            out.extend(leaves.iter().map(|l| l.grad().unwrap()));
+            out.into_iter().map(|t| t.to_device(&Device::Cpu).unwrap()).collect()
+        };
+        for train in [true, false] {
+            let (gpu, cpu) = (run(&dev, train), run(&Device::Cpu, train));
+            for (i, (a, c)) in gpu.iter().zip(&cpu).enumerate() {
+                // the weight and bias gradients sum 105 products per channel
+                let scale = if i + 2 >= gpu.len() { 12.0 } else { 4.0 };
+                let what = format!("batch norm {dtype} training={train} output {i}");
+                assert_close(&what, a, c, (atol * scale, rtol * scale));
+            }
+        }
+    }
+}
+
+#[test]
 fn batch_norm_normalises_per_channel_and_tracks_running_statistics() {
     use nabla::nn::BatchNorm2d;
     let mut bn = BatchNorm2d::new(2, &Device::Cpu).unwrap();

@@ -11,7 +11,9 @@
 // - each buffer ends at an unmapped page, so a read or write past its end stops the process
 //   with the kernel's name instead of passing silently;
 // - a barrier that not every live thread reaches (divergent __syncthreads or shuffle) fails the
-//   launch with CUDA_ERROR_LAUNCH_FAILED and a message, where a GPU would hang or misbehave.
+//   launch with CUDA_ERROR_LAUNCH_FAILED and a message, where a GPU would hang or misbehave;
+// - NABLA_EMULATOR_ORDER=reverse schedules blocks and threads last to first, so a result that
+//   depends on the order (a race) differs between two test runs.
 #include "cuda_emu.h"
 
 #include <sys/mman.h>
@@ -211,6 +213,17 @@ void wait_at(State barrier) {
     suspend(fibers[t]);
 }
 
+// NABLA_EMULATOR_ORDER=reverse runs blocks, and the threads of a block between barriers, last
+// to first. A kernel whose result depends on that order has a race (a missing __syncthreads,
+// two blocks writing one element), which running the tests in both orders exposes.
+bool reverse_order() {
+    static const bool reverse = [] {
+        const char* order = getenv("NABLA_EMULATOR_ORDER");
+        return order && std::strcmp(order, "reverse") == 0;
+    }();
+    return reverse;
+}
+
 // Runs one block; false (with launch.failure set) when its threads deadlock at a barrier.
 bool run_block() {
     launch.alive = launch.threads;
@@ -234,9 +247,11 @@ bool run_block() {
         prepare(f);
         f.state = State::Runnable;
     }
+    const bool reverse = reverse_order();
     while (launch.alive > 0) {
         bool ran = false;
-        for (int t = 0; t < launch.threads; ++t) {
+        for (int i = 0; i < launch.threads; ++i) {
+            const int t = reverse ? launch.threads - 1 - i : i;
             if (fibers[t].state != State::Runnable) continue;
             ran = true;
             set_thread_index(t);
@@ -513,12 +528,12 @@ EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, u
     gridDim = dim3{gx, gy, gz};
     blockDim = dim3{bx, by, bz};
     bool ok = true;
-    for (unsigned int z = 0; ok && z < gz; ++z)
-        for (unsigned int y = 0; ok && y < gy; ++y)
-            for (unsigned int x = 0; ok && x < gx; ++x) {
-                blockIdx = uint3{x, y, z};
-                ok = run_block();
-            }
+    const unsigned long long blocks = (unsigned long long)gx * gy * gz;
+    for (unsigned long long i = 0; ok && i < blocks; ++i) {
+        const unsigned long long b = reverse_order() ? blocks - 1 - i : i;
+        blockIdx = uint3{(unsigned int)(b % gx), (unsigned int)(b / gx % gy), (unsigned int)(b / ((unsigned long long)gx * gy))};
+        ok = run_block();
+    }
     launch.kernel = nullptr;
     if (!ok) {
         std::fprintf(stderr, "nabla CUDA emulator: kernel `%s` failed: %s\n", f->name.c_str(), launch.failure.c_str());

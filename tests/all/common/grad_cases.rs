@@ -138,5 +138,18 @@ pub fn cases() -> Vec<Case> {
             nabla::nn::batch_norm2d(&t[0], &mean, &var, &t[1], &t[2], 1e-5)
         }
     );
+    case!(
+        "batch norm fused, training",
+        [randn(&[3, 2, 2, 3], DType::F64, 44), randn(&[2], DType::F64, 45), randn(&[2], DType::F64, 46)],
+        |t| t[0].batch_norm2d_train(&t[1], &t[2], 1e-5).map(|(y, _, _)| y)
+    );
+    case!(
+        "batch norm fused, evaluation",
+        [randn(&[2, 3, 2, 2], DType::F64, 47), randn(&[3], DType::F64, 48), randn(&[3], DType::F64, 49)],
+        |t| {
+            let on = |values: Vec<f64>| Tensor::from_vec(values, &[3], &t[0].device())?.to_dtype(t[0].dtype());
+            t[0].batch_norm2d_eval(&on(vec![0.3, -0.2, 1.0])?, &on(vec![0.5, 2.0, 0.1])?, &t[1], &t[2], 1e-5)
+        }
+    );
     out
 }
