@@ -14,10 +14,13 @@
 #include "tiled_gemm.cuh"
 
 // Index helpers over the params. The host guarantees that every per-axis coordinate and the
-// GEMM depths fit in 32 bits (n oh ow, n h w, cg kh kw and og kh kw below 2^31), so depth indices
-// are decomposed with 32-bit divisions; element offsets stay 64-bit.
+// GEMM depths fit in 32 bits (n oh ow, n h w, cg kh kw and og kh kw below 2^31), so the inner
+// loops decompose depth indices in 32 bits, dividing by multiply and shift (FastDiv); element
+// offsets stay 64-bit.
 struct ConvShape {
-    Conv2dParams p;
+    // A reference to the kernel's __grid_constant__ parameter, read from the constant bank
+    // where it is used rather than copied into registers.
+    const Conv2dParams& p;
     __device__ i64 og() const { return p.o / p.groups; }
     __device__ i64 cg() const { return p.c / p.groups; }
     __device__ i64 ksize() const { return cg() * p.kh * p.kw; }
@@ -36,7 +39,8 @@ struct Field {
 template <typename T>
 __device__ __forceinline__ typename Acc<T>::type field_at(const ConvShape& s, const Field<T>& f, int k) {
     typedef typename Acc<T>::type A;
-    const int taps = s.taps(), ci = k / taps, r = k - ci * taps, ky = r / (int)s.p.kw, kx = r - ky * (int)s.p.kw;
+    const int ci = fast_div(k, s.p.div_taps), r = k - ci * s.taps();
+    const int ky = fast_div(r, s.p.div_kw), kx = r - ky * (int)s.p.kw;
     const int iy = f.iy0 + ky * (int)s.p.dh, ix = f.ix0 + kx * (int)s.p.dw;
     if (iy < 0 || iy >= s.p.h || ix < 0 || ix >= s.p.w) return A(0);
     return (A)up(f.image[(i64)ci * s.p.h * s.p.w + (i64)iy * s.p.w + ix]);
@@ -108,7 +112,7 @@ struct ConvGradInput : ConvShape {
     // W[g og + o, ci, r] = row[o cg taps + r]
     __device__ ARow a_row(i64 g, i64 ci) const { return w + (g * og() * cg() + ci) * p.kh * p.kw; }
     __device__ A a(ARow row, i64 k) const {
-        const int taps = this->taps(), o = (int)k / taps, r = (int)k - o * taps;
+        const int taps = this->taps(), o = fast_div((int)k, p.div_taps), r = (int)k - o * taps;
         return (A)up(row[(i64)o * cg() * taps + r]);
     }
     __device__ BCol b_col(i64 g, i64 m) const {
@@ -121,12 +125,12 @@ struct ConvGradInput : ConvShape {
         return s;
     }
     __device__ A b(const BCol& s, i64 k) const {
-        const int taps = this->taps(), o = (int)k / taps, r = (int)k - o * taps;
-        const int ky = r / (int)p.kw, kx = r - ky * (int)p.kw;
+        const int o = fast_div((int)k, p.div_taps), r = (int)k - o * taps();
+        const int ky = fast_div(r, p.div_kw), kx = r - ky * (int)p.kw;
         const int ty = s.ty0 - ky * (int)p.dh, tx = s.tx0 - kx * (int)p.dw;
-        if (ty < 0 || tx < 0 || ty % (int)p.sh != 0 || tx % (int)p.sw != 0) return A(0);
-        const int oy = ty / (int)p.sh, ox = tx / (int)p.sw;
-        if (oy >= p.oh || ox >= p.ow) return A(0);
+        if (ty < 0 || tx < 0) return A(0);
+        const int oy = fast_div(ty, p.div_sh), ox = fast_div(tx, p.div_sw);
+        if (oy * (int)p.sh != ty || ox * (int)p.sw != tx || oy >= p.oh || ox >= p.ow) return A(0);
         return (A)up(s.grad[(i64)o * p.oh * p.ow + (i64)oy * p.ow + ox]);
     }
     __device__ void store(i64 g, i64 ci, i64 m, A v) const {
@@ -171,12 +175,12 @@ struct ConvGradWeight : ConvShape {
         }
         // dY[n, g og + o, q] for output pixel m = (n, q)
         __device__ A a(ARow row, i64 m) const {
-            const int ohow = (int)(c.p.oh * c.p.ow), n = (int)m / ohow, q = (int)m - n * ohow;
+            const int ohow = (int)(c.p.oh * c.p.ow), n = fast_div((int)m, c.p.div_ohow), q = (int)m - n * ohow;
             return (A)up(row[(i64)n * c.p.o * ohow + q]);
         }
         __device__ A b(const BCol& t, i64 m) const {
-            const int ohow = (int)(c.p.oh * c.p.ow), n = (int)m / ohow, q = (int)m - n * ohow;
-            const int oy = q / (int)c.p.ow, ox = q - oy * (int)c.p.ow;
+            const int ohow = (int)(c.p.oh * c.p.ow), n = fast_div((int)m, c.p.div_ohow), q = (int)m - n * ohow;
+            const int oy = fast_div(q, c.p.div_ow), ox = q - oy * (int)c.p.ow;
             const int iy = oy * (int)c.p.sh + t.dy0, ix = ox * (int)c.p.sw + t.dx0;
             if (iy < 0 || iy >= c.p.h || ix < 0 || ix >= c.p.w) return A(0);
             return (A)up(t.plane[(i64)n * c.p.c * c.p.h * c.p.w + (i64)iy * c.p.w + ix]);
@@ -198,24 +202,22 @@ struct ConvGradWeight : ConvShape {
     __device__ i64 depth() const { return p.n * p.oh * p.ow; }
 };
 
-#define CONV(T, suffix, bm, bn) \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) \
-        conv2d_fwd_##suffix(const T* x, const T* w, const T* bias, T* y, Conv2dParams p) { \
-        ConvForward<T> pb; \
-        pb.p = p; pb.x = x; pb.w = w; pb.bias = bias; pb.y = y; \
+#define CONV(T, suffix, bm, bn, min_blocks) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, min_blocks) \
+        conv2d_fwd_##suffix(const T* x, const T* w, const T* bias, T* y, const __grid_constant__ Conv2dParams p) { \
+        const ConvForward<T> pb{{p}, x, w, bias, y}; \
         tiled_gemm<Acc<T>::type, bm, bn>(pb); \
     } \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) \
-        conv2d_bwd_input_##suffix(const T* dy, const T* w, T* dx, Conv2dParams p) { \
-        ConvGradInput<T> pb; \
-        pb.p = p; pb.dy = dy; pb.w = w; pb.dx = dx; \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, min_blocks) \
+        conv2d_bwd_input_##suffix(const T* dy, const T* w, T* dx, const __grid_constant__ Conv2dParams p) { \
+        const ConvGradInput<T> pb{{p}, dy, w, dx}; \
         tiled_gemm<Acc<T>::type, bm, bn>(pb); \
     } \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) \
-        conv2d_bwd_weight_##suffix(const T* dy, const T* x, T* dw, Acc<T>::type* partial, Conv2dParams p) { \
-        ConvGradWeight<T> pb; \
-        pb.p = p; pb.dy = dy; pb.x = x; pb.dw = dw; pb.partial = partial; \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, min_blocks) \
+        conv2d_bwd_weight_##suffix(const T* dy, const T* x, T* dw, Acc<T>::type* partial, \
+                                   const __grid_constant__ Conv2dParams p) { \
+        const ConvGradWeight<T> pb{{p}, dy, x, dw, partial}; \
         tiled_gemm<Acc<T>::type, bm, bn>(pb); \
     }
-GEMM_INSTANTIATE(CONV, float, f32) GEMM_INSTANTIATE(CONV, double, f64)
-GEMM_INSTANTIATE(CONV, f16, f16) GEMM_INSTANTIATE(CONV, bf16, bf16)
+GEMM_INSTANTIATE(CONV, float, f32, 1, 2) GEMM_INSTANTIATE(CONV, double, f64, 1, 1)
+GEMM_INSTANTIATE(CONV, f16, f16, 1, 2) GEMM_INSTANTIATE(CONV, bf16, bf16, 1, 2)

@@ -27,7 +27,9 @@ struct MatmulProblem {
     const T* a;
     const T* b;
     T* c;
-    MatmulParams p;
+    // A reference to the kernel's __grid_constant__ parameter: the batch loop indexes its
+    // arrays at run time, which on a copy would cost every thread a stack frame.
+    const MatmulParams& p;
     __device__ i64 rows() const { return p.m; }
     __device__ i64 cols() const { return p.n; }
     __device__ i64 depth() const { return p.k; }
@@ -54,12 +56,11 @@ struct MatmulProblem {
     }
 };
 
-#define MATMUL(T, suffix, bm, bn) \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) \
-        matmul_##suffix(const T* a, const T* b, T* c, MatmulParams p) { \
-        MatmulProblem<T> pb; \
-        pb.a = a; pb.b = b; pb.c = c; pb.p = p; \
+#define MATMUL(T, suffix, bm, bn, min_blocks) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, min_blocks) \
+        matmul_##suffix(const T* a, const T* b, T* c, const __grid_constant__ MatmulParams p) { \
+        const MatmulProblem<T> pb{a, b, c, p}; \
         tiled_gemm<Acc<T>::type, bm, bn>(pb); \
     }
-GEMM_INSTANTIATE(MATMUL, float, f32) GEMM_INSTANTIATE(MATMUL, double, f64)
-GEMM_INSTANTIATE(MATMUL, f16, f16) GEMM_INSTANTIATE(MATMUL, bf16, bf16)
+GEMM_INSTANTIATE(MATMUL, float, f32, 2, 2) GEMM_INSTANTIATE(MATMUL, double, f64, 1, 1)
+GEMM_INSTANTIATE(MATMUL, f16, f16, 2, 2) GEMM_INSTANTIATE(MATMUL, bf16, bf16, 2, 2)

@@ -120,6 +120,11 @@ __device__ __forceinline__ i64 strided_offset(const StridedLayout& l, i64 i) {
     return off;
 }
 
+// n / d.divisor for 0 <= n < 2^31, by multiply and shift (see FastDiv in params.h).
+__device__ __forceinline__ int fast_div(int n, const FastDiv& d) {
+    return (int)(((unsigned long long)(unsigned int)n * (unsigned long long)d.magic) >> d.shift);
+}
+
 #define GRID_STRIDE_LOOP(i, n) \
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)blockDim.x * gridDim.x)
 

@@ -78,6 +78,17 @@ struct AdamParams {
     long long decoupled;
 };
 
+// Division of a numerator below 2^31 by a divisor fixed for the launch, as a multiply and a
+// shift: n / divisor = (n · magic) >> shift with shift = 31 + ceil(log2 divisor) and
+// magic = ceil(2^shift / divisor) (Granlund and Montgomery), exact for every such n and a
+// fraction of the cost of an integer division on the GPU. The host fills it
+// (cuda::division_magic); kernels call fast_div() from nabla.cuh.
+struct FastDiv {
+    long long divisor;
+    long long magic;
+    long long shift;
+};
+
 // A 2-D convolution of NCHW input [n, c, h, w] with weight [o, c / groups, kh, kw], giving
 // [n, o, oh, ow]: out[n, o, y, x] = b[o] + Σ in[n, g cg + ci, y sh - ph + ky dh, x sw - pw + kx dw]
 // · w[o, ci, ky, kx] over ci < cg = c / groups, ky < kh, kx < kw, where g = o / (o / groups).
@@ -99,6 +110,13 @@ struct Conv2dParams {
     long long dw;
     long long groups;
     long long splits;  // depth splits of the grad-weight GEMM (1: none)
+    // The divisors of the implicit-GEMM loaders' inner loops.
+    struct FastDiv div_taps;  // kh kw
+    struct FastDiv div_kw;
+    struct FastDiv div_ow;
+    struct FastDiv div_ohow;  // oh ow
+    struct FastDiv div_sh;
+    struct FastDiv div_sw;
 };
 
 // 2-D pooling of NCHW [n, c, h, w] into [n, c, oh, ow] with a kh x kw window, stride (sh, sw)

@@ -131,6 +131,11 @@ __device__ void tiled_gemm(const Problem& p) {
 
 // The tile shapes every GEMM-shaped kernel is instantiated with, as `name_tname` (128 x 128),
 // `name_wide_tname` (64 x 128) and `name_small_tname` (64 x 64); the host picks one
-// (src/cuda/gemm.rs).
-#define GEMM_INSTANTIATE(KERNEL, T, tname) \
-    KERNEL(T, tname, 128, 128) KERNEL(T, wide_##tname, 64, 128) KERNEL(T, small_##tname, 64, 64)
+// (src/cuda/gemm.rs). KERNEL(T, suffix, BM, BN, MIN_BLOCKS) defines one, MIN_BLOCKS being its
+// __launch_bounds__ blocks per SM: 2 caps a thread at 128 registers, 1 at 255. The choices
+// (`large` for the 128 x 128 tile, `other` for the rest) keep every instantiation free of
+// register spills, as ptxas -v reports for sm_90: f32/f16/bf16 matmuls fit 128 registers; the
+// 128 x 128 convolutions, whose loaders carry more context, and f64 (two registers a value) take
+// one block per SM.
+#define GEMM_INSTANTIATE(KERNEL, T, tname, large, other) \
+    KERNEL(T, tname, 128, 128, large) KERNEL(T, wide_##tname, 64, 128, other) KERNEL(T, small_##tname, 64, 64, other)

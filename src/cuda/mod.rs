@@ -28,6 +28,26 @@ unsafe impl DeviceRepr for params::Conv2dParams {}
 unsafe impl DeviceRepr for params::PoolParams {}
 unsafe impl DeviceRepr for params::BatchNormParams {}
 
+/// The multiplier and shift that divide any n < 2^31 by `divisor` (1 ≤ divisor < 2^31) as
+/// `(n · magic) >> shift` (Granlund and Montgomery): shift = 31 + ⌈log2 divisor⌉, magic =
+/// ⌈2^shift / divisor⌉, which fits in 33 bits. Kernels use it through `FastDiv` and
+/// `fast_div()` (kernels/nabla.cuh).
+pub fn division_magic(divisor: u32) -> (u64, u32) {
+    let divisor = divisor.max(1);
+    let shift = 31 + (u32::BITS - (divisor - 1).leading_zeros());
+    let magic = (1u128 << shift).div_ceil(divisor as u128);
+    (magic as u64, shift)
+}
+
+impl params::FastDiv {
+    /// Division by `divisor` (clamped to at least 1) for kernels.
+    pub(crate) fn new(divisor: usize) -> Self {
+        let divisor = divisor.clamp(1, i32::MAX as usize);
+        let (magic, shift) = division_magic(divisor as u32);
+        params::FastDiv { divisor: divisor as i64, magic: magic as i64, shift: shift as i64 }
+    }
+}
+
 /// Threads per block of the elementwise kernels.
 pub(crate) const ELEMENTWISE_THREADS: u32 = 256;
 

@@ -40,6 +40,18 @@ pub fn compile(
     arch: &str,
     extra_options: &[&str],
 ) -> Result<Vec<u8>, String> {
+    compile_with_log(name, source, headers, arch, extra_options).map(|(image, _)| image)
+}
+
+/// [`compile`], also returning NVRTC's log of a successful compile (with
+/// `--ptxas-options=-v`, ptxas's register and spill report per kernel).
+pub fn compile_with_log(
+    name: &str,
+    source: &str,
+    headers: &[(&str, &str)],
+    arch: &str,
+    extra_options: &[&str],
+) -> Result<(Vec<u8>, String), String> {
     let output = if arch.starts_with("sm_") { Output::Cubin } else { Output::Ptx };
     let c_source = CString::new(source).map_err(|_| format!("{name}: source contains a NUL byte"))?;
     let c_name = CString::new(name).map_err(|_| format!("{name}: name contains a NUL byte"))?;
@@ -75,7 +87,8 @@ pub fn compile(
         let log = program.log().unwrap_or_else(|e| format!("(no log: {e})"));
         return Err(format!("{name} for {arch} ({}):\n{log}", options.join(" ")));
     }
-    program.image(output)
+    let log = program.log().unwrap_or_default();
+    Ok((program.image(output)?, log))
 }
 
 fn to_cstrings<'a>(items: impl Iterator<Item = &'a str>) -> Result<Vec<CString>, String> {

@@ -73,6 +73,15 @@ pub struct AdamParams {
     pub decoupled: i64,
 }
 
+/// Mirror of `struct FastDiv` in kernels/params.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FastDiv {
+    pub divisor: i64,
+    pub magic: i64,
+    pub shift: i64,
+}
+
 /// Mirror of `struct Conv2dParams` in kernels/params.h.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -94,6 +103,12 @@ pub struct Conv2dParams {
     pub dw: i64,
     pub groups: i64,
     pub splits: i64,
+    pub div_taps: FastDiv,
+    pub div_kw: FastDiv,
+    pub div_ow: FastDiv,
+    pub div_ohow: FastDiv,
+    pub div_sh: FastDiv,
+    pub div_sw: FastDiv,
 }
 
 /// Mirror of `struct PoolParams` in kernels/params.h.

@@ -4,7 +4,7 @@
 
 use crate::autograd::record;
 use crate::cuda::gemm::{self, GemmPlan};
-use crate::cuda::params::Conv2dParams;
+use crate::cuda::params::{Conv2dParams, FastDiv};
 use crate::cuda::{CudaDevice, launch_error};
 use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
@@ -111,6 +111,12 @@ impl Dims {
             dw: i(o.dilation.1),
             groups: i(o.groups),
             splits: 1,
+            div_taps: FastDiv::new(self.kh * self.kw),
+            div_kw: FastDiv::new(self.kw),
+            div_ow: FastDiv::new(self.ow),
+            div_ohow: FastDiv::new(self.oh * self.ow),
+            div_sh: FastDiv::new(o.stride.0),
+            div_sw: FastDiv::new(o.stride.1),
         }
     }
 

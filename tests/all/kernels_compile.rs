@@ -95,3 +95,45 @@ fn cache_key_changes_with_arch_and_nvrtc_version() {
     assert_ne!(a, kernels::cache_key(module, "sm_90", (12, 8)));
     assert_ne!(a, kernels::cache_key(kernels::module("binary").unwrap(), "sm_90", (13, 0)));
 }
+
+/// ptxas's report per kernel: (name, stack frame bytes, spill store bytes, spill load bytes).
+fn ptxas_report(log: &str) -> Vec<(String, u64, u64, u64)> {
+    let mut out = Vec::new();
+    let mut name = None;
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            name = rest.split('\'').next().map(str::to_string);
+        } else if line.contains("bytes stack frame") {
+            let numbers: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+            if let (Some(kernel), &[stack, stores, loads]) = (name.take(), numbers.as_slice()) {
+                out.push((kernel, stack, stores, loads));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn gemm_kernels_fit_in_registers_without_spills_or_stack_on_sm90() {
+    if !nvrtc_or_skip("gemm registers") {
+        return;
+    }
+    // A spill or a stack frame (a parameter struct copied to local memory) in the GEMM engine's
+    // inner loop costs far more than its arithmetic; f64 is exempt (no speed goal).
+    for name in ["matmul", "conv2d"] {
+        let module = kernels::module(name).expect("embedded");
+        let (_, log) = nvrtc::compile_with_log(
+            &format!("{name}.cu"),
+            module.source,
+            kernels::HEADERS,
+            "sm_90",
+            &["--ptxas-options=-v"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let report = ptxas_report(&log);
+        assert!(report.len() >= 12, "{name}: ptxas reported {} kernels:\n{log}", report.len());
+        for (kernel, stack, stores, loads) in report.into_iter().filter(|r| !r.0.ends_with("_f64")) {
+            assert_eq!((stack, stores, loads), (0, 0, 0), "{kernel}: stack frame, spill stores, spill loads in bytes");
+        }
+    }
+}

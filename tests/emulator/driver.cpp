@@ -8,8 +8,9 @@
 // What it checks beyond the kernels' arithmetic:
 // - device memory is filled with 0xff bytes (NaN for floats) when allocated, so a kernel that
 //   reads what nobody wrote shows up as NaN in the comparison with the CPU reference;
-// - each buffer ends at an unmapped page, so a read or write past its end stops the process
-//   with the kernel's name instead of passing silently;
+// - each buffer ends at an unmapped page (starts after one, in reverse order), so a read or
+//   write past its end (before its start) stops the process with the kernel's name instead of
+//   passing silently;
 // - a barrier that not every live thread reaches (divergent __syncthreads or shuffle) fails the
 //   launch with CUDA_ERROR_LAUNCH_FAILED and a message, where a GPU would hang or misbehave;
 // - NABLA_EMULATOR_ORDER=reverse schedules blocks and threads last to first, so a result that
@@ -350,19 +351,25 @@ std::mutex memory_mutex;
 std::map<CUdeviceptr, Mapping> allocations;
 size_t page_size() { return (size_t)sysconf(_SC_PAGESIZE); }
 
+// Each allocation touches an unmapped page: after its end, or (in reverse order, so that CI's
+// second run checks the other side) before its start.
 CUresult allocate(CUdeviceptr* out, size_t bytes) {
     const size_t page = page_size();
-    const size_t rounded = (bytes + 15) / 16 * 16;
+    const size_t rounded = std::max<size_t>(16, (bytes + 15) / 16 * 16);
     const size_t data_pages = (rounded + page - 1) / page;
     const size_t total = (data_pages + 1) * page;
     void* base = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
-    char* guard = (char*)base + data_pages * page;
-    mprotect(guard, page, PROT_NONE);
-    char* data = guard - rounded;
+    char* data;
+    if (reverse_order()) {
+        mprotect(base, page, PROT_NONE);
+        data = (char*)base + page;
+    } else {
+        char* guard = (char*)base + data_pages * page;
+        mprotect(guard, page, PROT_NONE);
+        data = guard - rounded;
+    }
     std::memset(data, 0xff, rounded);
-    // A zero-byte allocation still gets a distinct address (inside the mapping, before the guard).
-    if (rounded == 0) data = guard - 16;
     std::lock_guard<std::mutex> lock(memory_mutex);
     allocations[(CUdeviceptr)data] = Mapping{base, total};
     *out = (CUdeviceptr)data;
@@ -566,27 +573,31 @@ EXPORT CUresult cuEventElapsedTime_v2(float* ms, CUevent start, CUevent end) {
 }
 EXPORT CUresult cuEventElapsedTime(float* ms, CUevent start, CUevent end) { return cuEventElapsedTime_v2(ms, start, end); }
 
+// The errors this driver returns: code, name, description.
+struct ErrorText {
+    CUresult code;
+    const char* name;
+    const char* text;
+};
+static const ErrorText kErrors[] = {
+    {CUDA_SUCCESS, "CUDA_SUCCESS", "no error"},
+    {CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
+    {CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
+    {CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
+    {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {CUDA_ERROR_LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure (emulator: see stderr)"},
+};
+static const ErrorText& error_text(CUresult code) {
+    static const ErrorText unknown = {-1, "CUDA_ERROR_UNKNOWN", "unknown error"};
+    for (const ErrorText& e : kErrors)
+        if (e.code == code) return e;
+    return unknown;
+}
 EXPORT CUresult cuGetErrorString(CUresult error, const char** text) {
-    switch (error) {
-        case CUDA_SUCCESS: *text = "no error"; break;
-        case CUDA_ERROR_INVALID_VALUE: *text = "invalid argument"; break;
-        case CUDA_ERROR_OUT_OF_MEMORY: *text = "out of memory"; break;
-        case CUDA_ERROR_INVALID_DEVICE: *text = "invalid device ordinal"; break;
-        case CUDA_ERROR_NOT_FOUND: *text = "named symbol not found"; break;
-        case CUDA_ERROR_LAUNCH_FAILED: *text = "unspecified launch failure (emulator: see stderr)"; break;
-        default: *text = "unknown error"; break;
-    }
+    *text = error_text(error).text;
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuGetErrorName(CUresult error, const char** text) {
-    switch (error) {
-        case CUDA_SUCCESS: *text = "CUDA_SUCCESS"; break;
-        case CUDA_ERROR_INVALID_VALUE: *text = "CUDA_ERROR_INVALID_VALUE"; break;
-        case CUDA_ERROR_OUT_OF_MEMORY: *text = "CUDA_ERROR_OUT_OF_MEMORY"; break;
-        case CUDA_ERROR_INVALID_DEVICE: *text = "CUDA_ERROR_INVALID_DEVICE"; break;
-        case CUDA_ERROR_NOT_FOUND: *text = "CUDA_ERROR_NOT_FOUND"; break;
-        case CUDA_ERROR_LAUNCH_FAILED: *text = "CUDA_ERROR_LAUNCH_FAILED"; break;
-        default: *text = "CUDA_ERROR_UNKNOWN"; break;
-    }
+    *text = error_text(error).name;
     return CUDA_SUCCESS;
 }

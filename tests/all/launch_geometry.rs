@@ -1,6 +1,8 @@
-//! The launch geometry of the tiled GEMM engine that matmul and conv2d share: which tile
-//! instantiation runs, how a deep product is split, and the grid.
+//! Launch geometry: the tiles, depth splits and grid of the GEMM engine that matmul and conv2d
+//! share, and the multiply-and-shift divisions the conv loaders use instead of integer division.
 
+use nabla::Generator;
+use nabla::cuda::division_magic;
 use nabla::cuda::gemm::plan;
 
 #[test]
@@ -46,4 +48,26 @@ fn grids_stay_within_the_hardware_limits() {
     assert!(x >= 1 && y <= 65535 && z <= 65535, "{x} {y} {z}");
     let empty = plan(0, 0, 0, 1, 132, 4);
     assert_eq!(empty.config().grid_dim, (1, 1, 1));
+}
+
+#[test]
+fn multiply_and_shift_division_is_exact_below_2_pow_31() {
+    let divide = |n: u32, d: u32| {
+        let (magic, shift) = division_magic(d);
+        ((n as u64 * magic) >> shift) as u32
+    };
+    let mut rng = Generator::new(9);
+    let edges = [1u32, 2, 3, 5, 7, 9, 25, 49, 121, 3025, 65_535, 65_536, (1 << 30) + 1, i32::MAX as u32];
+    for &d in &edges {
+        for n in
+            [0, 1, d - 1, d, d + 1, 2 * d - 1, i32::MAX as u32 - 1, i32::MAX as u32].map(|n| n.min(i32::MAX as u32))
+        {
+            assert_eq!(divide(n, d), n / d, "{n} / {d}");
+        }
+    }
+    for _ in 0..200_000 {
+        let d = 1 + (rng.next_u64() % (1 << (1 + rng.next_u64() % 31))) as u32;
+        let n = (rng.next_u64() % (1u64 << 31)) as u32;
+        assert_eq!(divide(n, d.min(i32::MAX as u32)), n / d.min(i32::MAX as u32), "{n} / {d}");
+    }
 }
