@@ -53,19 +53,19 @@ struct ReduceParams {
 };
 
 // One SGD step: g' = g + weight_decay p; with momentum, buf = momentum buf + (1 - dampening) g'
-// (buf = g' on the first step) and g' = nesterov ? g' + momentum buf : buf; then p -= lr g'.
+// (buf = g' on the tensor's first step, TensorList::first_step) and g' = nesterov ? g' +
+// momentum buf : buf; then p -= lr g'.
 struct SgdParams {
     double lr;
     double momentum;
     double dampening;
     double weight_decay;
     long long nesterov;
-    long long first_step;
 };
 
 // One Adam/AdamW step at step t: m = beta1 m + (1 - beta1) g, v = beta2 v + (1 - beta2) g^2,
 // p -= lr (m / bias_correction1) / (sqrt(v / bias_correction2) + eps), with
-// bias_correction_i = 1 - beta_i^t. Weight decay adds weight_decay p to g (Adam) or scales p by
+// bias_correction_i = 1 - beta_i^t per tensor (in TensorList). Weight decay adds weight_decay p to g (Adam) or scales p by
 // 1 - lr weight_decay first (AdamW, `decoupled` = 1).
 struct AdamParams {
     double lr;
@@ -73,8 +73,6 @@ struct AdamParams {
     double beta2;
     double eps;
     double weight_decay;
-    double bias_correction1;
-    double bias_correction2;
     long long decoupled;
 };
 
@@ -87,6 +85,27 @@ struct FastDiv {
     long long divisor;
     long long magic;
     long long shift;
+};
+
+// Up to NABLA_MAX_TENSORS parameters updated by one optimizer launch, with their buffers as
+// device addresses. Tensor t has numel[t] elements and owns blocks first_block[t] ..
+// first_block[t + 1] - 1, each covering `chunk` consecutive elements. The per-tensor step state:
+// Adam's bias corrections 1 - beta^t (t counts each tensor's own steps), SGD's first_step (the
+// momentum buffer starts as the gradient).
+#define NABLA_MAX_TENSORS 24
+#define NABLA_MAX_TENSOR_BOUNDS 25  // NABLA_MAX_TENSORS + 1
+struct TensorList {
+    long long count;
+    long long chunk;
+    long long numel[NABLA_MAX_TENSORS];
+    long long first_block[NABLA_MAX_TENSOR_BOUNDS];
+    long long param[NABLA_MAX_TENSORS];
+    long long grad[NABLA_MAX_TENSORS];
+    long long state0[NABLA_MAX_TENSORS];
+    long long state1[NABLA_MAX_TENSORS];
+    double bias_correction1[NABLA_MAX_TENSORS];
+    double bias_correction2[NABLA_MAX_TENSORS];
+    long long first_step[NABLA_MAX_TENSORS];
 };
 
 // A 2-D convolution of NCHW input [n, c, h, w] with weight [o, c / groups, kh, kw], giving

@@ -26,6 +26,7 @@ unsafe impl DeviceRepr for params::SgdParams {}
 unsafe impl DeviceRepr for params::AdamParams {}
 unsafe impl DeviceRepr for params::Conv2dParams {}
 unsafe impl DeviceRepr for params::PoolParams {}
+unsafe impl DeviceRepr for params::TensorList {}
 unsafe impl DeviceRepr for params::BatchNormParams {}
 
 /// The multiplier and shift that divide any n < 2^31 by `divisor` (1 ≤ divisor < 2^31) as

@@ -56,7 +56,6 @@ pub struct SgdParams {
     pub dampening: f64,
     pub weight_decay: f64,
     pub nesterov: i64,
-    pub first_step: i64,
 }
 
 /// Mirror of `struct AdamParams` in kernels/params.h.
@@ -68,8 +67,6 @@ pub struct AdamParams {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
-    pub bias_correction1: f64,
-    pub bias_correction2: f64,
     pub decoupled: i64,
 }
 
@@ -80,6 +77,29 @@ pub struct FastDiv {
     pub divisor: i64,
     pub magic: i64,
     pub shift: i64,
+}
+
+/// Mirror of `NABLA_MAX_TENSORS`.
+pub const NABLA_MAX_TENSORS: usize = 24;
+
+/// Mirror of `NABLA_MAX_TENSOR_BOUNDS`.
+pub const NABLA_MAX_TENSOR_BOUNDS: usize = 25;
+
+/// Mirror of `struct TensorList` in kernels/params.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TensorList {
+    pub count: i64,
+    pub chunk: i64,
+    pub numel: [i64; NABLA_MAX_TENSORS],
+    pub first_block: [i64; NABLA_MAX_TENSOR_BOUNDS],
+    pub param: [i64; NABLA_MAX_TENSORS],
+    pub grad: [i64; NABLA_MAX_TENSORS],
+    pub state0: [i64; NABLA_MAX_TENSORS],
+    pub state1: [i64; NABLA_MAX_TENSORS],
+    pub bias_correction1: [f64; NABLA_MAX_TENSORS],
+    pub bias_correction2: [f64; NABLA_MAX_TENSORS],
+    pub first_step: [i64; NABLA_MAX_TENSORS],
 }
 
 /// Mirror of `struct Conv2dParams` in kernels/params.h.

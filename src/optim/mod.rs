@@ -1,20 +1,21 @@
 //! Optimizers, learning-rate schedules and gradient clipping.
 //!
-//! Each optimizer step is one fused kernel per parameter (`kernels/optim.cu`) that reads the
-//! parameter, its gradient and its state once and updates parameter and state in place; the
-//! CPU reference runs the same arithmetic in f64. Hyper-parameters travel as kernel arguments,
+//! On the GPU an optimizer step is one fused kernel launch per 24 parameters of a dtype
+//! (`kernels/optim.cu`, a list of parameters by value) that reads each parameter, its gradient
+//! and its state once and updates parameter and state in place; the CPU reference runs the same
+//! arithmetic in f64, parameter by parameter. Hyper-parameters travel as kernel arguments,
 //! so a schedule changing the learning rate costs no host synchronisation.
 
 mod schedule;
 
 pub use schedule::{ConstantLr, CosineLr, LrSchedule, StepLr, WarmupLr};
 
-use crate::cuda::params::{AdamParams, SgdParams};
-use crate::cuda::{elementwise_config, launch_error};
+use crate::cuda::params::{AdamParams, NABLA_MAX_TENSORS, SgdParams, TensorList};
+use crate::cuda::{CudaStorage, launch_error};
 use crate::dtype::Element;
 use crate::storage::{CpuStorage, Storage, StorageRef, with_cpu_vec};
 use crate::{DType, Device, Error, Result, Tensor};
-use cudarc::driver::{DeviceRepr, PushKernelArg};
+use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use std::collections::BTreeMap;
 
 /// Something that updates parameters from their gradients.
@@ -92,6 +93,7 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self) -> Result<()> {
         let c = self.config;
+        let mut on_device = DeviceSteps::default();
         for (p, buf) in self.params.iter().zip(self.momentum.iter_mut()) {
             let Some(g) = p.grad() else { continue };
             let first_step = buf.is_none();
@@ -99,15 +101,11 @@ impl Optimizer for Sgd {
                 Some(b) => b.clone(),
                 None => buf.insert(p.detach().zeros_like()?).clone(),
             };
-            let args = SgdParams {
-                lr: c.lr,
-                momentum: c.momentum,
-                dampening: c.dampening,
-                weight_decay: c.weight_decay,
-                nesterov: c.nesterov as i64,
-                first_step: first_step as i64,
-            };
-            fused_step("sgd", "sgd_step", p, &g, [&state], &args, |p, g, s| {
+            if p.device().is_cuda() {
+                on_device.push("sgd", p, &g, [&state], (1.0, 1.0), first_step)?;
+                continue;
+            }
+            cpu_step("sgd", p, &g, [&state], |p, g, s| {
                 let mut grad = g + c.weight_decay * p;
                 if c.momentum != 0.0 {
                     let b = if first_step { grad } else { c.momentum * s[0] + (1.0 - c.dampening) * grad };
@@ -117,7 +115,14 @@ impl Optimizer for Sgd {
                 p - c.lr * grad
             })?;
         }
-        Ok(())
+        let args = SgdParams {
+            lr: c.lr,
+            momentum: c.momentum,
+            dampening: c.dampening,
+            weight_decay: c.weight_decay,
+            nesterov: c.nesterov as i64,
+        };
+        on_device.launch("sgd", "sgd_step", &args)
     }
 
     fn lr(&self) -> f64 {
@@ -206,6 +211,7 @@ impl Adam {
 impl Optimizer for Adam {
     fn step(&mut self) -> Result<()> {
         let c = self.config;
+        let mut on_device = DeviceSteps::default();
         for (p, slot) in self.params.iter().zip(self.state.iter_mut()) {
             let Some(g) = p.grad() else { continue };
             if slot.is_none() {
@@ -214,17 +220,11 @@ impl Optimizer for Adam {
             let (m, v, t) = slot.as_mut().expect("initialised above");
             *t += 1;
             let (bc1, bc2) = (1.0 - c.beta1.powi(*t as i32), 1.0 - c.beta2.powi(*t as i32));
-            let args = AdamParams {
-                lr: c.lr,
-                beta1: c.beta1,
-                beta2: c.beta2,
-                eps: c.eps,
-                weight_decay: c.weight_decay,
-                bias_correction1: bc1,
-                bias_correction2: bc2,
-                decoupled: c.decoupled as i64,
-            };
-            fused_step("adam", "adam_step", p, &g, [m, v], &args, |mut p, mut g, s| {
+            if p.device().is_cuda() {
+                on_device.push("adam", p, &g, [m, v], (bc1, bc2), false)?;
+                continue;
+            }
+            cpu_step("adam", p, &g, [m, v], |mut p, mut g, s| {
                 if c.weight_decay != 0.0 {
                     if c.decoupled {
                         p *= 1.0 - c.lr * c.weight_decay;
@@ -237,7 +237,15 @@ impl Optimizer for Adam {
                 p - c.lr * (s[0] / bc1) / ((s[1] / bc2).sqrt() + c.eps)
             })?;
         }
-        Ok(())
+        let args = AdamParams {
+            lr: c.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            decoupled: c.decoupled as i64,
+        };
+        on_device.launch("adam", "adam_step", &args)
     }
 
     fn lr(&self) -> f64 {
@@ -344,62 +352,121 @@ fn check_params(op: &'static str, params: &[Tensor]) -> Result<()> {
     Ok(())
 }
 
-/// Updates `p` and its `state` tensors in place: one fused kernel on the GPU, or `update`
-/// (param, grad, state) -> new param per element in f64 on the CPU.
-fn fused_step<const N: usize>(
+/// Updates the CPU parameter `p` and its `state` tensors in place with `update` (param, grad,
+/// state) -> new param, per element in f64: the reference of the fused kernels.
+fn cpu_step<const N: usize>(
     op: &'static str,
-    kernel: &str,
     p: &Tensor,
     g: &Tensor,
     state: [&Tensor; N],
-    args: &impl DeviceRepr,
     update: impl Fn(f64, f64, &mut [f64; N]) -> f64,
 ) -> Result<()> {
     if g.shape() != p.shape() {
         return Err(Error::shape(op, format!("gradient {:?} for parameter {:?}", g.shape(), p.shape())));
     }
-    let g = g.to_dtype(p.dtype())?.dense()?;
-    match p.device() {
-        Device::Cpu => {
-            let grads = g.to_vec::<f64>()?;
-            let n = p.numel();
-            let mut p_guard = cpu_write(op, p)?;
-            let mut state_guards = state.iter().map(|s| cpu_write(op, s)).collect::<Result<Vec<_>>>()?;
-            let Ok(mut state_guards) = <[_; N]>::try_from(std::mem::take(&mut state_guards)) else {
-                unreachable!("one guard per state tensor")
-            };
-            with_cpu_vec!(&mut *p_guard, values => update_in_place(&mut values[..n], &mut state_guards, &grads, &update));
-            Ok(())
+    let grads = g.to_dtype(p.dtype())?.to_vec::<f64>()?;
+    let n = p.numel();
+    let mut p_guard = cpu_write(op, p)?;
+    let mut state_guards = state.iter().map(|s| cpu_write(op, s)).collect::<Result<Vec<_>>>()?;
+    let Ok(mut state_guards) = <[_; N]>::try_from(std::mem::take(&mut state_guards)) else {
+        unreachable!("one guard per state tensor")
+    };
+    with_cpu_vec!(&mut *p_guard, values => update_in_place(&mut values[..n], &mut state_guards, &grads, &update));
+    Ok(())
+}
+
+/// Elements each block of an optimizer launch updates.
+const STEP_CHUNK: usize = 2048;
+
+/// One device parameter's update: parameter, gradient (dense, in the parameter's dtype), up to
+/// two state tensors, and its own step state.
+struct DeviceStep {
+    param: Tensor,
+    grad: Tensor,
+    state: Vec<Tensor>,
+    bias_correction: (f64, f64),
+    first_step: bool,
+}
+
+/// The device parameters of one optimizer step, launched together by dtype and device.
+#[derive(Default)]
+struct DeviceSteps(Vec<DeviceStep>);
+
+impl DeviceSteps {
+    fn push<const N: usize>(
+        &mut self,
+        op: &'static str,
+        p: &Tensor,
+        g: &Tensor,
+        state: [&Tensor; N],
+        bias_correction: (f64, f64),
+        first_step: bool,
+    ) -> Result<()> {
+        if g.shape() != p.shape() {
+            return Err(Error::shape(op, format!("gradient {:?} for parameter {:?}", g.shape(), p.shape())));
         }
-        Device::Cuda(_) => {
-            let n = p.numel();
-            if n == 0 {
-                return Ok(());
-            }
-            let (ps, gs) = (p.storage(), g.storage());
-            let states: Vec<_> = state.iter().map(|s| s.storage()).collect();
-            let (StorageRef::Cuda(pc), StorageRef::Cuda(gc)) = (&ps, &gs) else {
-                return Err(Error::invalid(op, "gradient and parameter are on different devices"));
-            };
-            let dev = pc.device.clone();
-            let name = format!("{kernel}_{}", p.dtype());
-            let f = dev.function(op, "optim", &name)?;
-            let n_arg = n as i64;
-            let mut launch = dev.stream.launch_builder(&f);
-            launch.arg(&pc.buf).arg(&gc.buf);
-            for s in &states {
-                match s {
-                    StorageRef::Cuda(sc) => launch.arg(&sc.buf),
-                    StorageRef::Cpu(_) => return Err(Error::invalid(op, "optimizer state is not on the device")),
-                };
-            }
-            launch.arg(&n_arg).arg(args);
-            // SAFETY: sgd_step_<T>(T* p, const T* g, T* buf, i64 n, SgdParams) and
-            // adam_step_<T>(T* p, const T* g, T* m, T* v, i64 n, AdamParams) read and write n
-            // elements of dense buffers of the parameter's size. Parameter and state are device
-            // memory written only by this kernel.
-            unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(op, &name, e))?;
-            Ok(())
-        }
+        let grad = g.to_dtype(p.dtype())?.dense()?;
+        let state = state.iter().map(|s| (*s).clone()).collect();
+        self.0.push(DeviceStep { param: p.clone(), grad, state, bias_correction, first_step });
+        Ok(())
     }
+
+    /// Launches `{kernel}_{dtype}` once per NABLA_MAX_TENSORS parameters of a dtype and device.
+    fn launch(self, op: &'static str, kernel: &str, args: &impl DeviceRepr) -> Result<()> {
+        let mut groups: BTreeMap<(String, String), Vec<DeviceStep>> = BTreeMap::new();
+        for step in self.0.into_iter().filter(|s| s.param.numel() > 0) {
+            let key = (step.param.device().to_string(), step.param.dtype().to_string());
+            groups.entry(key).or_default().push(step);
+        }
+        for ((_, dtype), steps) in groups {
+            for batch in steps.chunks(NABLA_MAX_TENSORS) {
+                launch_list(op, &format!("{kernel}_{dtype}"), batch, args)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn device_storage<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a CudaStorage> {
+    match t.storage() {
+        StorageRef::Cuda(s) => Ok(s),
+        StorageRef::Cpu(_) => Err(Error::invalid(op, "optimizer state and gradient must be on the parameter's device")),
+    }
+}
+
+/// One launch over at most NABLA_MAX_TENSORS parameters of one dtype and device.
+fn launch_list(op: &'static str, kernel: &str, batch: &[DeviceStep], args: &impl DeviceRepr) -> Result<()> {
+    let dev = device_storage(op, &batch[0].param)?.device.clone();
+    let mut list = TensorList { count: batch.len() as i64, chunk: STEP_CHUNK as i64, ..Default::default() };
+    // cudarc's guard that comes with a raw address records an event only under event tracking,
+    // which nabla turns off (one stream orders everything), so it may drop at once.
+    let address = |t: &Tensor| -> Result<i64> { Ok(device_storage(op, t)?.buf.device_ptr(&dev.stream).0 as i64) };
+    let mut blocks = 0;
+    for (i, step) in batch.iter().enumerate() {
+        let n = step.param.numel();
+        list.numel[i] = n as i64;
+        list.first_block[i] = blocks as i64;
+        blocks += n.div_ceil(STEP_CHUNK);
+        list.param[i] = address(&step.param)?;
+        list.grad[i] = address(&step.grad)?;
+        list.state0[i] = step.state.first().map(address).transpose()?.unwrap_or(0);
+        list.state1[i] = step.state.get(1).map(address).transpose()?.unwrap_or(0);
+        (list.bias_correction1[i], list.bias_correction2[i]) = step.bias_correction;
+        list.first_step[i] = step.first_step as i64;
+    }
+    list.first_block[batch.len()] = blocks as i64;
+    let f = dev.function(op, "optim", kernel)?;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks.clamp(1, i32::MAX as usize) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = dev.stream.launch_builder(&f);
+    launch.arg(&list).arg(args);
+    // SAFETY: sgd_step_<T>(TensorList, SgdParams) and adam_step_<T>(TensorList, AdamParams)
+    // read and write numel[t] elements at each listed address: dense device buffers of the
+    // parameter's size and dtype (parameters and state are contiguous, gradients made dense
+    // above), alive until the queued kernel has run (frees are stream-ordered after it).
+    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(op, kernel, e))?;
+    Ok(())
 }

@@ -2,7 +2,8 @@
 //! the GPU-vs-CPU tests run the source of every kernel against the CPU reference here and in CI.
 //!
 //! The emulator is one shared library: `driver.cpp` (the driver entry points cudarc calls, over
-//! host memory) and every kernel module compiled by the host's C++ compiler, with a registration
+//! host memory), `scheduler.cpp` (blocks and fiber threads) and every kernel module compiled by
+//! the host's C++ compiler, with a registration
 //! line for each kernel the host side can launch. Its soname is `libcuda.so`, so once it is
 //! loaded, cudarc's `dlopen("libcuda.so")` finds it. It is built once per source hash under
 //! Cargo's target tmp dir. Emulation checks the kernels' logic, never their speed.
@@ -41,6 +42,9 @@ fn build_and_load() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The emulator's own sources in tests/emulator.
+const EMULATOR_FILES: [&str; 4] = ["cuda_emu.h", "emulator.h", "driver.cpp", "scheduler.cpp"];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -82,8 +86,7 @@ fn fingerprint(units: &[(String, String)]) -> u64 {
             hash = (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
     };
-    let mut inputs: Vec<PathBuf> =
-        ["driver.cpp", "cuda_emu.h"].iter().map(|f| root().join("tests/emulator").join(f)).collect();
+    let mut inputs: Vec<PathBuf> = EMULATOR_FILES.iter().map(|f| root().join("tests/emulator").join(f)).collect();
     let mut kernel_files: Vec<PathBuf> = std::fs::read_dir(root().join("kernels"))
         .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
@@ -135,7 +138,8 @@ fn build() -> Result<PathBuf, String> {
     let staging = base.join(format!("staging-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
-    let mut sources = vec![root().join("tests/emulator/driver.cpp")];
+    let mut sources: Vec<PathBuf> =
+        EMULATOR_FILES.iter().filter(|f| f.ends_with(".cpp")).map(|f| root().join("tests/emulator").join(f)).collect();
     for (name, text) in &units {
         let path = staging.join(name);
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
