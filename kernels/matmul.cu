@@ -3,12 +3,13 @@
 // block, 8 x 8 to 4 x 4 register tiles, shared-memory staging in Acc<T>). Operands are read
 // through (row, column) strides, which gives transposed operands without copies, and through
 // per-batch strides unravelled over the batch shape (once per batch entry), which gives
-// broadcast batch dims. Compute bound on the FMA pipes for large m, n, k; f16/bf16 accumulate
+// broadcast batch dims. The linear_* kernels add a bias [n] to every row in the epilogue (the
+// Linear layer's x Wᵀ + b in one kernel). Compute bound on the FMA pipes for large m, n, k; f16/bf16 accumulate
 // in f32 (no tensor cores in this first path).
 #include "tiled_gemm.cuh"
 
 // One batch entry: the operands' bases and strides.
-template <typename T>
+template <typename T, bool Bias>
 struct MatmulBatch {
     typedef typename Acc<T>::type A;
     const T* pa;
@@ -19,13 +20,18 @@ struct MatmulBatch {
     __device__ const T* b_col(i64 col) const { return pb + col * b_cs; }
     __device__ A a(const T* row, i64 k) const { return (A)up(row[k * a_cs]); }
     __device__ A b(const T* column, i64 k) const { return (A)up(column[k * b_rs]); }
-    __device__ void store(i64 r, i64 col, A v) const { pc[r * n + col] = down<T>(v); }
+    const T* bias;  // [n], added to every row when Bias
+    __device__ void store(i64 r, i64 col, A v) const {
+        if (Bias) v += (A)up(bias[col]);
+        pc[r * n + col] = down<T>(v);
+    }
 };
 
-template <typename T>
+template <typename T, bool Bias>
 struct MatmulProblem {
     const T* a;
     const T* b;
+    const T* bias;
     T* c;
     // A reference to the kernel's __grid_constant__ parameter: the batch loop indexes its
     // arrays at run time, which on a copy would cost every thread a stack frame.
@@ -35,7 +41,7 @@ struct MatmulProblem {
     __device__ i64 depth() const { return p.k; }
     __device__ i64 groups() const { return p.batch; }
     __device__ i64 splits() const { return 1; }
-    __device__ MatmulBatch<T> group(i64 batch, i64) const {
+    __device__ MatmulBatch<T, Bias> group(i64 batch, i64) const {
         i64 a_base = p.a_offset, b_base = p.b_offset, rest = batch;
         for (int d = (int)p.batch_ndim - 1; d >= 0; --d) {
             const i64 idx = rest % p.batch_shape[d];
@@ -43,9 +49,10 @@ struct MatmulProblem {
             a_base += idx * p.a_batch_strides[d];
             b_base += idx * p.b_batch_strides[d];
         }
-        MatmulBatch<T> q;
+        MatmulBatch<T, Bias> q;
         q.pa = a + a_base;
         q.pb = b + b_base;
+        q.bias = bias;
         q.pc = c + batch * p.m * p.n;
         q.a_rs = p.a_row_stride;
         q.a_cs = p.a_col_stride;
@@ -56,11 +63,21 @@ struct MatmulProblem {
     }
 };
 
+// matmul_* compute A x B; linear_* add the bias in the epilogue (x Wᵀ + b), a separate
+// instantiation so the plain product keeps its registers.
 #define MATMUL(T, suffix, bm, bn, min_blocks) \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS, min_blocks) \
         matmul_##suffix(const T* a, const T* b, T* c, const __grid_constant__ MatmulParams p) { \
-        const MatmulProblem<T> pb{a, b, c, p}; \
+        const MatmulProblem<T, false> pb{a, b, nullptr, c, p}; \
+        tiled_gemm<Acc<T>::type, bm, bn>(pb); \
+    }
+#define LINEAR(T, suffix, bm, bn, min_blocks) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, min_blocks) \
+        linear_##suffix(const T* a, const T* b, const T* bias, T* c, const __grid_constant__ MatmulParams p) { \
+        const MatmulProblem<T, true> pb{a, b, bias, c, p}; \
         tiled_gemm<Acc<T>::type, bm, bn>(pb); \
     }
 GEMM_INSTANTIATE(MATMUL, float, f32, 2, 2) GEMM_INSTANTIATE(MATMUL, double, f64, 1, 1)
 GEMM_INSTANTIATE(MATMUL, f16, f16, 2, 2) GEMM_INSTANTIATE(MATMUL, bf16, bf16, 2, 2)
+GEMM_INSTANTIATE(LINEAR, float, f32, 1, 2) GEMM_INSTANTIATE(LINEAR, double, f64, 1, 1)
+GEMM_INSTANTIATE(LINEAR, f16, f16, 1, 2) GEMM_INSTANTIATE(LINEAR, bf16, bf16, 1, 2)

@@ -134,8 +134,8 @@ __device__ void tiled_gemm(const Problem& p) {
 // (src/cuda/gemm.rs). KERNEL(T, suffix, BM, BN, MIN_BLOCKS) defines one, MIN_BLOCKS being its
 // __launch_bounds__ blocks per SM: 2 caps a thread at 128 registers, 1 at 255. The choices
 // (`large` for the 128 x 128 tile, `other` for the rest) keep every instantiation free of
-// register spills, as ptxas -v reports for sm_90: f32/f16/bf16 matmuls fit 128 registers; the
-// 128 x 128 convolutions, whose loaders carry more context, and f64 (two registers a value) take
-// one block per SM.
+// register spills, as ptxas -v reports for sm_90 (a test holds them to it): f32/f16/bf16
+// matmuls fit 128 registers; the 128 x 128 convolutions and linear kernels, whose loaders or
+// epilogue carry more context, and f64 (two registers a value) take one block per SM.
 #define GEMM_INSTANTIATE(KERNEL, T, tname, large, other) \
     KERNEL(T, tname, 128, 128, large) KERNEL(T, wide_##tname, 64, 128, other) KERNEL(T, small_##tname, 64, 64, other)

@@ -57,11 +57,7 @@ impl Module for Linear {
                 format!("input {:?} does not end in {in_features} features", x.shape()),
             ));
         }
-        let y = x.matmul(&self.weight.t()?)?;
-        match &self.bias {
-            Some(b) => y.add(b),
-            None => Ok(y),
-        }
+        x.linear(&self.weight, self.bias.as_ref())
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {

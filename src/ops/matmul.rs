@@ -16,7 +16,8 @@ pub(crate) fn kernel_names() -> Vec<String> {
     DType::ALL
         .iter()
         .filter(|d| d.is_float())
-        .flat_map(|d| GemmPlan::infixes().map(|t| format!("matmul_{t}{d}")))
+        .flat_map(|d| GemmPlan::infixes().map(move |t| [format!("matmul_{t}{d}"), format!("linear_{t}{d}")]))
+        .flatten()
         .collect()
 }
 
@@ -25,9 +26,42 @@ impl Tensor {
     /// batch dims broadcast; a 1-D operand is a row (left) or column (right) vector whose
     /// dim is dropped from the result.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.matmul_plus("matmul", rhs, None)
+    }
+
+    /// The affine map of `torch.nn.functional.linear`: `x Wᵀ + b` for input `[..., in]`, weight
+    /// `[out, in]` and optional bias `[out]`, giving `[..., out]`. The bias is added in the
+    /// matrix product's epilogue (one kernel on the GPU, no second pass over the output).
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        const OP: &str = "linear";
+        let (Some(&features), [out, inputs]) = (self.shape().last(), weight.shape()) else {
+            return Err(Error::shape(
+                OP,
+                format!("input [..., in] and weight [out, in], got {:?} and {:?}", self.shape(), weight.shape()),
+            ));
+        };
+        if features != *inputs || bias.is_some_and(|b| b.shape() != [*out]) {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "input {:?}, weight {:?} and bias {:?} do not fit",
+                    self.shape(),
+                    weight.shape(),
+                    bias.map(|b| b.shape().to_vec())
+                ),
+            ));
+        }
+        self.matmul_plus(OP, &weight.t()?, bias)
+    }
+
+    /// `self x rhs`, plus `bias` (`[n]`, one value per output column) when given.
+    fn matmul_plus(&self, op: &'static str, rhs: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         const OP: &str = "matmul";
-        self.check_same(OP, rhs)?;
-        self.check_float(OP)?;
+        self.check_same(op, rhs)?;
+        if let Some(b) = bias {
+            self.check_same(op, b)?;
+        }
+        self.check_float(op)?;
         if self.rank() == 0 || rhs.rank() == 0 {
             return Err(Error::shape(
                 OP,
@@ -35,10 +69,10 @@ impl Tensor {
             ));
         }
         if self.rank() == 1 {
-            return self.unsqueeze(0)?.matmul(rhs)?.squeeze(-2);
+            return self.unsqueeze(0)?.matmul_plus(op, rhs, bias)?.squeeze(-2);
         }
         if rhs.rank() == 1 {
-            return self.matmul(&rhs.unsqueeze(-1)?)?.squeeze(-1);
+            return self.matmul_plus(op, &rhs.unsqueeze(-1)?, bias)?.squeeze(-1);
         }
         let (m, k) = (self.shape()[self.rank() - 2], self.shape()[self.rank() - 1]);
         let (k2, n) = (rhs.shape()[rhs.rank() - 2], rhs.shape()[rhs.rank() - 1]);
@@ -52,24 +86,34 @@ impl Tensor {
         let with = |tail: [usize; 2]| -> Vec<usize> { batch_shape.iter().copied().chain(tail).collect() };
         let a = self.with_layout(self.layout.broadcast_as(&with([m, k]))?);
         let b = rhs.with_layout(rhs.layout.broadcast_as(&with([k, n]))?);
-        let out = matmul_forward(&a, &b, &batch_shape, [m, k, n], self.dtype)?;
+        let bias_in = bias.map(|b| b.dense()).transpose()?.map(|b| b.detach());
+        let out = matmul_forward(&a, &b, bias_in.as_ref(), &batch_shape, [m, k, n], self.dtype)?;
         let (a_in, b_in) = (a.detach(), b.detach());
         let (a_shape, b_shape) = (self.shape().to_vec(), rhs.shape().to_vec());
         let (a_needs, b_needs) = (self.requires_grad(), rhs.requires_grad());
-        Ok(record(out, &[self, rhs], move |g| {
+        let mut inputs = vec![self, rhs];
+        inputs.extend(bias);
+        Ok(record(out, &inputs, move |g| {
             // dA = g Bᵀ and dB = Aᵀ g over the broadcast batch, summed back to each operand;
-            // an operand outside the graph (a batch of inputs) gets none.
+            // an operand outside the graph (a batch of inputs) gets none. The bias gets g
+            // summed over every row.
             let ga = if a_needs { Some(g.matmul(&b_in.t()?)?.sum_to(&a_shape)?) } else { None };
             let gb = if b_needs { Some(a_in.t()?.matmul(g)?.sum_to(&b_shape)?) } else { None };
-            Ok(vec![ga, gb])
+            let mut grads = vec![ga, gb];
+            if bias_in.is_some() {
+                grads.push(Some(g.sum_to(&[n])?));
+            }
+            Ok(grads)
         }))
     }
 }
 
-/// The product of operands already broadcast to `batch_shape + [m, k]` and `batch_shape + [k, n]`.
+/// The product of operands already broadcast to `batch_shape + [m, k]` and `batch_shape + [k, n]`,
+/// plus the dense `[n]` bias on every row when given.
 fn matmul_forward(
     a: &Tensor,
     b: &Tensor,
+    bias: Option<&Tensor>,
     batch_shape: &[usize],
     [m, k, n]: [usize; 3],
     dtype: DType,
@@ -81,20 +125,36 @@ fn matmul_forward(
     match (a.storage(), b.storage()) {
         (StorageRef::Cpu(sa), StorageRef::Cpu(sb)) => {
             let dims = [m, k, n];
+            // The bias in the accumulation type, added to each row before the result is stored.
+            let bias_values: Option<Vec<f64>> = bias.map(|t| t.to_vec::<f64>()).transpose()?;
+            let add_bias = |c: &mut [f64]| {
+                if let Some(bv) = &bias_values {
+                    c.chunks_mut(n.max(1)).for_each(|row| row.iter_mut().zip(bv).for_each(|(x, b)| *x += b));
+                }
+            };
             let out = match (&*sa, &*sb) {
                 // f32 and f64 operands are read in place through their strides.
                 (CpuStorage::F32(va), CpuStorage::F32(vb)) => {
-                    CpuStorage::F32(cpu_matmul(va, &a.layout, vb, &b.layout, batch_shape, dims))
+                    let mut c = cpu_matmul(va, &a.layout, vb, &b.layout, batch_shape, dims);
+                    if let Some(bv) = &bias_values {
+                        let bv: Vec<f32> = bv.iter().map(|&x| x as f32).collect();
+                        c.chunks_mut(n.max(1)).for_each(|row| row.iter_mut().zip(&bv).for_each(|(x, b)| *x += b));
+                    }
+                    CpuStorage::F32(c)
                 }
                 (CpuStorage::F64(va), CpuStorage::F64(vb)) => {
-                    CpuStorage::F64(cpu_matmul(va, &a.layout, vb, &b.layout, batch_shape, dims))
+                    let mut c = cpu_matmul(va, &a.layout, vb, &b.layout, batch_shape, dims);
+                    add_bias(&mut c);
+                    CpuStorage::F64(c)
                 }
                 // 16-bit floats accumulate in f32, as on the GPU, then round once.
                 _ => {
                     let (da, db): (Vec<f32>, Vec<f32>) = (sa.gather(&a.layout), sb.gather(&b.layout));
                     let (la, lb) = (Layout::contiguous(a.shape()), Layout::contiguous(b.shape()));
                     let c = cpu_matmul(&da, &la, &db, &lb, batch_shape, dims);
-                    CpuStorage::from_f64(dtype, &c.iter().map(|&x| x as f64).collect::<Vec<_>>())
+                    let mut c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+                    add_bias(&mut c);
+                    CpuStorage::from_f64(dtype, &c)
                 }
             };
             Ok(Tensor::from_cpu(out, &out_shape))
@@ -133,14 +193,20 @@ fn matmul_forward(
                 p.b_batch_strides[d] = sb_[d] as i64;
             }
             let plan = gemm::plan(m, n, k, batch, dev.multiprocessors(), 1);
-            let kernel = plan.kernel("matmul", dtype);
+            let kernel = plan.kernel(if bias.is_some() { "linear" } else { "matmul" }, dtype);
             let f = dev.function(OP, "matmul", &kernel)?;
             let cfg = plan.config();
+            let bias_storage = bias.map(|b| b.storage());
             let mut launch = dev.stream.launch_builder(&f);
-            launch.arg(&sa.buf).arg(&sb.buf).arg(&mut out.buf).arg(&p);
-            // SAFETY: matmul_<T>(const T* a, const T* b, T* c, MatmulParams) reads A and B
-            // through the params' strides (inside their buffers, as the views are) and
-            // writes batch * m * n contiguous elements of C.
+            launch.arg(&sa.buf).arg(&sb.buf);
+            if let Some(StorageRef::Cuda(sbias)) = &bias_storage {
+                launch.arg(&sbias.buf);
+            }
+            launch.arg(&mut out.buf).arg(&p);
+            // SAFETY: matmul_<T>(const T* a, const T* b, T* c, MatmulParams) and linear_<T>(a,
+            // b, const T* bias, c, params) read A and B through the params' strides (inside
+            // their buffers, as the views are) and the dense [n] bias, and write batch * m * n
+            // contiguous elements of C.
             unsafe { launch.launch(cfg) }.map_err(|e| launch_error(OP, &kernel, e))?;
             Ok(Tensor::from_cuda(out, &out_shape))
         }

@@ -228,6 +228,12 @@ fn matmul_matches_cpu_reference_for_odd_batched_broadcast_and_transposed_shapes(
             compare(&format!("matmul {dtype} {a:?} x {b:?}"), dev, &inputs, tol, |t| t[0].matmul(&t[1]));
         }
         let tol = (atol * 40.0, rtol * 2.0);
+        for (i, x_shape) in [&[7usize, 33][..], &[2, 3, 33], &[33]].into_iter().enumerate() {
+            let inputs = [randn(x_shape, dtype, 70 + i as u64), randn(&[65, 33], dtype, 75), randn(&[65], dtype, 76)];
+            compare(&format!("linear {dtype} {x_shape:?} x [65, 33]ᵀ + b"), dev, &inputs, tol, |t| {
+                t[0].linear(&t[1], Some(&t[2]))
+            });
+        }
         let inputs = [randn(&[45, 77], dtype, 50), randn(&[91, 45], dtype, 51)];
         compare(&format!("matmul {dtype} aᵀ x bᵀ"), dev, &inputs, tol, |t| t[0].t()?.matmul(&t[1].t()?));
         let inputs = [randn(&[2, 77, 45], dtype, 52), randn(&[77, 33], dtype, 53)];
@@ -252,6 +258,11 @@ fn matmul_with_the_large_tiles_matches_cpu_reference_at_ragged_edges() {
         for (m, n) in [(1500, 1601), (64, 16_999)] {
             let inputs = [randn(&[m, 21], dtype, 60), randn(&[21, n], dtype, 61)];
             compare(&format!("matmul {dtype} {m}x21 x 21x{n}"), dev, &inputs, tol, |t| t[0].matmul(&t[1]));
+            // the same shapes through the linear_* kernels, bias in the epilogue
+            let inputs = [randn(&[m, 21], dtype, 62), randn(&[n, 21], dtype, 63), randn(&[n], dtype, 64)];
+            compare(&format!("linear {dtype} {m}x21, {n} outputs"), dev, &inputs, tol, |t| {
+                t[0].linear(&t[1], Some(&t[2]))
+            });
         }
     }
 }

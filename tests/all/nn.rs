@@ -38,6 +38,12 @@ fn linear_computes_x_w_transpose_plus_b_and_rejects_wrong_widths() {
     assert_eq!(layer.forward(&x).unwrap().to_vec::<f32>().unwrap(), vec![-1.5, -3.0]);
     let err = layer.forward(&Tensor::zeros(&[1, 4], DType::F32, &Device::Cpu).unwrap()).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { op: "linear", .. }));
+    // the functional form checks the weight's rank and the bias's length, naming the shapes
+    let w = layer.weight.clone();
+    let err = x.linear(&w.reshape(&[6]).unwrap(), None).unwrap_err().to_string();
+    assert!(err.contains("linear") && err.contains("[6]"), "{err}");
+    let err = x.linear(&w, Some(&Tensor::zeros(&[3], DType::F32, &Device::Cpu).unwrap())).unwrap_err().to_string();
+    assert!(err.contains("linear") && err.contains("[3]"), "{err}");
 }
 
 #[test]

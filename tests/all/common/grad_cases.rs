@@ -69,6 +69,12 @@ pub fn cases() -> Vec<Case> {
     case!("matmul transposed and vector", [randn(&[4, 3], DType::F64, 20), randn(&[4], DType::F64, 21)], |t| {
         t[0].t()?.matmul(&t[1])
     });
+    case!("linear with bias, batched input", [a(), randn(&[5, 4], DType::F64, 50), randn(&[5], DType::F64, 51)], |t| {
+        t[0].linear(&t[1], Some(&t[2]))
+    });
+    case!("linear without bias, vector input", [randn(&[4], DType::F64, 52), randn(&[3, 4], DType::F64, 53)], |t| {
+        t[0].linear(&t[1], None)
+    });
     case!("reshape/permute/transpose", [a()], |t| t[0].reshape(&[6, 4])?.t()?.reshape(&[2, 2, 6])?.permute(&[2, 0, 1]));
     case!("narrow", [a()], |t| t[0].narrow(2, 1, 2)?.narrow(0, 1, 1));
     case!("broadcast_as", [b()], |t| t[0].broadcast_as(&[2, 3, 5]));
