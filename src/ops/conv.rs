@@ -329,16 +329,17 @@ fn conv_backward_weight(dy: &Tensor, x: &Tensor, d: DimsWithBias) -> Result<Tens
         (StorageRef::Cuda(gs), StorageRef::Cuda(xs)) => {
             let dev = &gs.device;
             let plan = d.plan(dev, d.o / d.opt.groups, d.ksize(), d.n * d.oh * d.ow, MAX_WEIGHT_SPLITS)?;
-            let dw = dev.alloc("conv2d", dy.dtype, w_shape.iter().product())?;
             if plan.splits == 1 {
+                let dw = dev.alloc("conv2d", dy.dtype, w_shape.iter().product())?;
                 let buffers = [Some(&gs.buf), Some(&xs.buf), Some(&dw.buf), None];
                 launch(dev, "conv2d_bwd_weight", dy.dtype, d, plan, &buffers)?;
                 return Ok(Tensor::from_cuda(dw, &w_shape));
             }
-            // Split-K: one partial sum per depth range in the accumulation type, then their sum.
+            // Split-K: one partial sum per depth range in the accumulation type (the kernel
+            // writes only these; dw stays null), then their sum.
             let acc = if dy.dtype == DType::F64 { DType::F64 } else { DType::F32 };
             let partial = dev.alloc("conv2d", acc, plan.splits * d.o * d.ksize())?;
-            let buffers = [Some(&gs.buf), Some(&xs.buf), Some(&dw.buf), Some(&partial.buf)];
+            let buffers = [Some(&gs.buf), Some(&xs.buf), None, Some(&partial.buf)];
             launch(dev, "conv2d_bwd_weight", dy.dtype, d, plan, &buffers)?;
             Tensor::from_cuda(partial, &[plan.splits, d.o * d.ksize()])
                 .sum(&[0], false)?

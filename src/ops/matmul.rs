@@ -126,25 +126,18 @@ fn matmul_forward(
         (StorageRef::Cpu(sa), StorageRef::Cpu(sb)) => {
             let dims = [m, k, n];
             // The bias in the accumulation type, added to each row before the result is stored.
-            let bias_values: Option<Vec<f64>> = bias.map(|t| t.to_vec::<f64>()).transpose()?;
-            let add_bias = |c: &mut [f64]| {
-                if let Some(bv) = &bias_values {
-                    c.chunks_mut(n.max(1)).for_each(|row| row.iter_mut().zip(bv).for_each(|(x, b)| *x += b));
-                }
-            };
+            let bias64: Option<Vec<f64>> = bias.map(|t| t.to_vec::<f64>()).transpose()?;
             let out = match (&*sa, &*sb) {
                 // f32 and f64 operands are read in place through their strides.
                 (CpuStorage::F32(va), CpuStorage::F32(vb)) => {
                     let mut c = cpu_matmul(va, &a.layout, vb, &b.layout, batch_shape, dims);
-                    if let Some(bv) = &bias_values {
-                        let bv: Vec<f32> = bv.iter().map(|&x| x as f32).collect();
-                        c.chunks_mut(n.max(1)).for_each(|row| row.iter_mut().zip(&bv).for_each(|(x, b)| *x += b));
-                    }
+                    let bias32: Option<Vec<f32>> = bias64.map(|b| b.iter().map(|&x| x as f32).collect());
+                    add_to_rows(&mut c, bias32.as_deref());
                     CpuStorage::F32(c)
                 }
                 (CpuStorage::F64(va), CpuStorage::F64(vb)) => {
                     let mut c = cpu_matmul(va, &a.layout, vb, &b.layout, batch_shape, dims);
-                    add_bias(&mut c);
+                    add_to_rows(&mut c, bias64.as_deref());
                     CpuStorage::F64(c)
                 }
                 // 16-bit floats accumulate in f32, as on the GPU, then round once.
@@ -153,7 +146,7 @@ fn matmul_forward(
                     let (la, lb) = (Layout::contiguous(a.shape()), Layout::contiguous(b.shape()));
                     let c = cpu_matmul(&da, &la, &db, &lb, batch_shape, dims);
                     let mut c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
-                    add_bias(&mut c);
+                    add_to_rows(&mut c, bias64.as_deref());
                     CpuStorage::from_f64(dtype, &c)
                 }
             };
@@ -211,6 +204,13 @@ fn matmul_forward(
             Ok(Tensor::from_cuda(out, &out_shape))
         }
         _ => unreachable!("check_same rejects mixed devices"),
+    }
+}
+
+/// Adds `bias` (one value per column) to every row of the row-major `c`.
+fn add_to_rows<T: Copy + std::ops::AddAssign>(c: &mut [T], bias: Option<&[T]>) {
+    if let Some(bias) = bias.filter(|b| !b.is_empty()) {
+        c.chunks_mut(bias.len()).for_each(|row| row.iter_mut().zip(bias).for_each(|(x, b)| *x += *b));
     }
 }
 
