@@ -4,7 +4,10 @@
 //! 1. the build-time CUBIN for `sm_XY`, or for `sm_XW` with W < Y (same major: binary compatible);
 //! 2. a CUBIN for `sm_XY` compiled now by the runtime NVRTC, or found in the disk cache, which is
 //!    keyed by source hash, arch, NVRTC version and options so a second start is instant;
-//! 3. the build-time PTX, JIT-compiled by the driver.
+//! 3. the build-time PTX, JIT-compiled by the driver;
+//! 4. the module's CUDA C source itself, which only a driver that compiles CUDA C accepts: the
+//!    CPU emulator of CUDA that the tests load on machines without a GPU (`tests/emulator/`),
+//!    so the tests need neither NVRTC nor a compiled image. A real driver rejects it.
 //!
 //! An image the driver rejects (say, PTX newer than the driver) falls through to the next.
 
@@ -41,6 +44,8 @@ pub enum ModuleOrigin {
     DiskCache(String),
     /// Build-time PTX, JIT-compiled by the driver.
     BuildPtx(String),
+    /// The CUDA C source, compiled by the driver itself (the CPU emulator of CUDA).
+    Source,
 }
 
 impl std::fmt::Display for ModuleOrigin {
@@ -50,6 +55,7 @@ impl std::fmt::Display for ModuleOrigin {
             ModuleOrigin::RuntimeNvrtc(a) => write!(f, "runtime NVRTC {a} (now cached)"),
             ModuleOrigin::DiskCache(a) => write!(f, "disk cache {a}"),
             ModuleOrigin::BuildPtx(a) => write!(f, "build-time PTX {a}, driver JIT"),
+            ModuleOrigin::Source => f.write_str("CUDA C source, compiled by the driver (CPU emulator)"),
         }
     }
 }
@@ -97,6 +103,13 @@ pub(crate) fn load(
             Ok(loaded) => return Ok((loaded, ModuleOrigin::BuildPtx(arch.to_string()))),
             Err(e) => rejected.push(format!("{arch}: {e}")),
         }
+    }
+
+    // 4. The source, for a driver that compiles CUDA C (the emulator). A real driver parses it
+    //    as PTX and refuses it, which costs microseconds.
+    match ctx.load_module(Ptx::from_src(module.source)) {
+        Ok(loaded) => return Ok((loaded, ModuleOrigin::Source)),
+        Err(e) => rejected.push(format!("CUDA C source: {e} (only the CPU emulator of CUDA loads source)")),
     }
     Err(Error::KernelCompile {
         module: name.to_string(),

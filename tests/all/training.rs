@@ -19,6 +19,7 @@ fn weights(outcome: &train::TrainOutcome) -> Vec<Vec<f32>> {
 }
 
 #[test]
+#[ignore = "a full training run (minutes on 2 cores): cargo test --release -- --ignored"]
 fn mlp_with_adam_reaches_97_5_percent_on_the_shipped_test_split() {
     let config = TrainConfig { out_dir: out_dir("target"), ..TrainConfig::default() };
     assert_eq!(config.model, ModelKind::Mlp);
@@ -31,6 +32,7 @@ fn mlp_with_adam_reaches_97_5_percent_on_the_shipped_test_split() {
 }
 
 #[test]
+#[ignore = "a full training run (minutes on 2 cores): cargo test --release -- --ignored"]
 fn lenet5_reaches_98_5_percent_on_the_shipped_test_split() {
     let config = TrainConfig { model: ModelKind::LeNet5, out_dir: out_dir("lenet5"), ..TrainConfig::default() };
     let outcome = train::train(&config).unwrap();
