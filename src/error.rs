@@ -128,7 +128,8 @@ impl Error {
         Error::ShapeMismatch { op, detail: detail.into() }
     }
 
-    pub(crate) fn invalid(op: &'static str, detail: impl Into<String>) -> Self {
+    /// An [`Error::InvalidArgument`] of `op`.
+    pub fn invalid(op: &'static str, detail: impl Into<String>) -> Self {
         Error::InvalidArgument { op, detail: detail.into() }
     }
 

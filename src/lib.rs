@@ -52,3 +52,11 @@ pub use ops::reduce::ReduceOp;
 pub use ops::unary::{UnaryOp, erf};
 pub use rng::Generator;
 pub use tensor::Tensor;
+
+/// Caps the threads of CPU matrix products at `threads` (at least 1). Call it before the first
+/// matrix product: the GEMM reads the setting once.
+pub fn set_num_threads(threads: usize) {
+    // SAFETY: `set_var` races with reads of the environment from other threads; this is meant
+    // for the start of `main`, before any other thread exists.
+    unsafe { std::env::set_var("MATMUL_NUM_THREADS", threads.max(1).to_string()) };
+}

@@ -31,9 +31,10 @@ pub fn top_k_error(scores: &Tensor, labels: &Tensor, k: usize) -> Result<f64> {
         let Some(&own) = usize::try_from(label).ok().and_then(|l| row.get(l)) else {
             return Err(Error::IndexOutOfRange { op: "top_k_error", index: label, size: c });
         };
-        // Classes ranked above the label: higher score, or equal score and lower index.
+        // Classes ranked above the label: higher score, or equal score and lower index. A NaN or
+        // infinite score anywhere in the row makes the prediction wrong, never right.
         let above = row.iter().enumerate().filter(|&(j, &v)| v > own || (v == own && (j as i64) < label)).count();
-        if above >= k {
+        if above >= k || row.iter().any(|v| !v.is_finite()) {
             misses += 1;
         }
     }

@@ -1,21 +1,13 @@
-//! The `nabla` command line.
-//!
-//! - `nabla info`: devices, compute capability, driver and NVRTC versions, and where each
-//!   kernel module comes from.
-//! - `nabla check [--device auto|cpu|cuda[:N]] [--seed N]`: runs a small network's ops (matmul,
-//!   bias add, GELU, softmax, reductions) on the device and on the CPU reference, and prints the
-//!   largest difference of each.
-//! - `nabla train [--model mlp|perceptron] [--epochs N] ...`: trains on MNIST (the shipped subset
-//!   by default) with a progress bar and one line per epoch; writes a safetensors checkpoint
-//!   and a JSON history.
-//! - `nabla eval --checkpoint F [--data DIR]`: top-1/top-5 error, per-class precision and
-//!   recall, and the confusion matrix on the test split.
+//! The `nabla` command line, on `clap`: `nabla <command> --help` lists every flag with its
+//! default and range; `nabla completions SHELL` prints shell completions.
 
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use nabla::cuda::{self, kernels};
 use nabla::io::image::Image;
-use nabla::train::{self, DataKind, ModelKind, OptimizerKind, TrainConfig};
+use nabla::nn::BatchNormOptions;
+use nabla::train::{self, DataKind, ModelKind, OptimizerKind, Report, TrainConfig};
 use nabla::{DType, Device, Generator, Result, Tensor, metrics, vision, viz};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Prints a line to stdout, ignoring a closed pipe (`nabla eval ... | head` must not panic).
@@ -26,51 +18,344 @@ macro_rules! out {
     }};
 }
 
-const USAGE: &str = "usage: nabla <command>
+/// A deep-learning framework whose GPU work runs on handwritten CUDA C kernels.
+///
+/// Trains and evaluates perceptrons, MLPs and convolutional networks on MNIST (a subset ships
+/// with the binary), CIFAR-10 or folders of your own images, on a CUDA GPU when one is present.
+#[derive(Parser)]
+#[command(name = "nabla", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// Threads for CPU matrix products (default: every core)
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-commands:
-  train [--model mlp|perceptron|lenet5|alexnet|resnet] [--epochs N] [--batch-size N] [--lr X]
-        [--optimizer sgd|adam|adamw] [--seed N] [--device auto|cpu|cuda[:N]]
-        [--dataset mnist|cifar10|folder] [--data DIR] [--out DIR] [--resume CHECKPOINT]
-        [--shift PIXELS] [--dropout P]
-                             train on MNIST (the shipped 8,000/2,000 subset unless --data)
-                             or CIFAR-10 (--dataset cifar10 --data DIR, binary version)
-                             or your images (--dataset folder --data DIR, a folder per class)
-  eval --checkpoint F [--data DIR] [--device D]
-                             top-1/top-5 error, per-class precision/recall, confusion matrix
-  convolve --kernel NAME|ROWS IN OUT [--device D]
-                             apply a 3x3 classic kernel (identity, edge, edge-cross, edge-all,
-                             sharpen, box-blur, emboss) or your own (`0,-1,0;-1,5,-1;0,-1,0`)
-                             to a PNG/JPEG through conv2d, writing a PNG
-  viz filters CHECKPOINT OUT.png          first-layer filters as a grid
-  viz features CHECKPOINT IMAGE OUT_DIR   each conv layer's feature maps for one image
-  viz curves HISTORY.json OUT.png         training loss and validation accuracy per epoch
-  viz confusion CHECKPOINT OUT.png [--data DIR]
-                                          the test split's confusion matrix as a heat-map
-  info                       devices, driver and NVRTC versions, kernel module origins
-  check [--device D] [--seed N]
-                             run ops on D (auto|cpu|cuda|cuda:N, default auto) and on the CPU
-                             reference, and print the largest difference of each
-  help                       this text";
+#[derive(Subcommand)]
+enum Command {
+    /// Train a network (the shipped MNIST subset unless --data) and write a checkpoint
+    Train(TrainArgs),
+    /// Top-1/top-5 error, per-class precision/recall/F1 and the confusion matrix on the test split
+    Eval(EvalArgs),
+    /// Each image's top classes with their probabilities
+    Predict(PredictArgs),
+    /// Apply a classic 3x3 image kernel, or your own, to a PNG/JPEG through conv2d
+    Convolve(ConvolveArgs),
+    /// Pictures: filters, feature maps, training curves, confusion matrices
+    #[command(subcommand)]
+    Viz(VizCommand),
+    /// Devices, driver and NVRTC versions, and where each kernel module comes from
+    Info,
+    /// Run a small network's ops on a GPU and on the CPU reference and print the largest differences
+    Check(CheckArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The networks, as the command line names them.
+#[derive(Clone, Copy, ValueEnum)]
+enum ModelArg {
+    /// 784-512-512-10 ReLU multilayer perceptron
+    Mlp,
+    /// One linear layer (the multi-class perceptron)
+    Perceptron,
+    /// LeNet-5
+    Lenet5,
+    /// An AlexNet-style network (five conv, three fully connected layers) at half width
+    Alexnet,
+    /// A small ResNet with batch norm (base width 16)
+    Resnet,
+}
+
+impl From<ModelArg> for ModelKind {
+    fn from(m: ModelArg) -> Self {
+        match m {
+            ModelArg::Mlp => ModelKind::Mlp,
+            ModelArg::Perceptron => ModelKind::Perceptron,
+            ModelArg::Lenet5 => ModelKind::LeNet5,
+            ModelArg::Alexnet => ModelKind::AlexNet,
+            ModelArg::Resnet => ModelKind::ResNet,
+        }
+    }
+}
+
+/// The data sets, as the command line names them.
+#[derive(Clone, Copy, ValueEnum)]
+enum DataArg {
+    /// MNIST digits (1x28x28)
+    Mnist,
+    /// CIFAR-10, the binary version's folder (3x32x32)
+    Cifar10,
+    /// Your images: one sub-folder per class of PNG/JPEG files
+    Folder,
+}
+
+impl From<DataArg> for DataKind {
+    fn from(d: DataArg) -> Self {
+        match d {
+            DataArg::Mnist => DataKind::Mnist,
+            DataArg::Cifar10 => DataKind::Cifar10,
+            DataArg::Folder => DataKind::Folder,
+        }
+    }
+}
+
+/// The optimizers, as the command line names them.
+#[derive(Clone, Copy, ValueEnum)]
+enum OptimizerArg {
+    /// SGD with momentum 0.9
+    Sgd,
+    /// Adam
+    Adam,
+    /// AdamW (weight decay 0.01)
+    Adamw,
+}
+
+impl From<OptimizerArg> for OptimizerKind {
+    fn from(o: OptimizerArg) -> Self {
+        match o {
+            OptimizerArg::Sgd => OptimizerKind::Sgd,
+            OptimizerArg::Adam => OptimizerKind::Adam,
+            OptimizerArg::Adamw => OptimizerKind::AdamW,
+        }
+    }
+}
+
+fn device(text: &str) -> std::result::Result<Device, String> {
+    text.parse::<Device>().map_err(|e| e.to_string())
+}
+
+fn positive(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{text}` is not a finite number > 0")),
+    }
+}
+
+fn probability(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{text}` is not a number in [0, 1)")),
+    }
+}
+
+fn momentum(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("`{text}` is not a number in (0, 1]")),
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The network
+    #[arg(long, value_enum, default_value = "mlp")]
+    model: ModelArg,
+    /// The data set
+    #[arg(long, value_enum, default_value = "mnist")]
+    dataset: DataArg,
+    /// The data set's folder (MNIST IDX files, CIFAR-10 binaries, or a folder per class)
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Passes over the training split in all; a resumed run continues up to this total [1..]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    epochs: u64,
+    /// Examples per step [1..=65536]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    batch_size: u64,
+    /// Peak learning rate, cosine-annealed to 0 over the run (> 0)
+    #[arg(long, default_value_t = 2e-3, value_parser = positive, allow_negative_numbers = true)]
+    lr: f64,
+    /// The optimizer
+    #[arg(long, value_enum, default_value = "adam")]
+    optimizer: OptimizerArg,
+    /// Seeds initialisation, shuffling, augmentation and a folder's split
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// auto (a GPU when present), cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto", value_parser = device)]
+    device: Device,
+    /// Where the checkpoint, optimizer state and history go (default: runs/<model>)
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// A checkpoint to continue from
+    #[arg(long, value_name = "CHECKPOINT")]
+    resume: Option<PathBuf>,
+    /// Random shifts of up to this many pixels (0: none; smaller than the image) [0..=64]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
+    shift: u64,
+    /// No random left-right flips (they are on for CIFAR-10 and folders, off for digits)
+    #[arg(long)]
+    no_flip: bool,
+    /// Dropout probability between the MLP's hidden layers [0, 1)
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    dropout: f64,
+    /// A folder data set's image side in pixels [8..=512] (default 32)
+    #[arg(long, value_name = "PIXELS", value_parser = clap::value_parser!(u64).range(8..=512))]
+    image_size: Option<u64>,
+    /// A folder data set's channels: 1 (grey) or 3 (RGB) (default 3)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3))]
+    channels: Option<u64>,
+    /// Batch norm's momentum, the newest batch's weight in the running statistics (0, 1]
+    #[arg(long, default_value_t = 0.1, value_parser = momentum)]
+    bn_momentum: f64,
+    /// Batch norm's eps, added to the variance (> 0)
+    #[arg(long, default_value_t = 1e-5, value_parser = positive)]
+    bn_eps: f64,
+    /// Print only the final line (no progress bar, no line per epoch)
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A checkpoint from `nabla train`, or a PyTorch state_dict saved with safetensors
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The model a plain state_dict holds (a nabla checkpoint says it itself)
+    #[arg(long, value_enum)]
+    model: Option<ModelArg>,
+    /// The data set of a plain state_dict (default mnist)
+    #[arg(long, value_enum)]
+    dataset: Option<DataArg>,
+    /// The data set's folder (default: the shipped MNIST subset)
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto", value_parser = device)]
+    device: Device,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// A checkpoint from `nabla train`, or a PyTorch state_dict saved with safetensors
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The model a plain state_dict holds
+    #[arg(long, value_enum)]
+    model: Option<ModelArg>,
+    /// How many classes to show per image [1..=100]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    top: u64,
+    /// auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto", value_parser = device)]
+    device: Device,
+    /// PNG or JPEG files
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+}
+
+/// What `convolve` does at the image's border.
+#[derive(Clone, Copy, ValueEnum)]
+enum BorderArg {
+    /// Pixels outside the image are 0
+    Zero,
+    /// Pixels outside the image mirror those inside (no dark frame)
+    Reflect,
+}
+
+#[derive(Args)]
+struct ConvolveArgs {
+    /// identity, edge, edge-cross, edge-all, sharpen, box-blur, emboss, or rows such as
+    /// `0,-1,0;-1,5,-1;0,-1,0` (any odd square size, 1x1 included)
+    #[arg(long)]
+    kernel: String,
+    /// Show the magnitude |response| (edges are mostly negative and come out black otherwise)
+    #[arg(long)]
+    abs: bool,
+    /// What lies beyond the image's edge
+    #[arg(long, value_enum, default_value = "zero")]
+    border: BorderArg,
+    /// auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto", value_parser = device)]
+    device: Device,
+    /// A PNG or JPEG image
+    input: PathBuf,
+    /// The output, a .png path
+    output: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum VizCommand {
+    /// The first convolution's filters as a labelled grid
+    Filters {
+        /// A checkpoint of a convolutional network
+        checkpoint: PathBuf,
+        /// The output .png
+        out: PathBuf,
+        /// auto, cpu, cuda or cuda:N
+        #[arg(long, default_value = "auto", value_parser = device)]
+        device: Device,
+    },
+    /// Each convolutional layer's feature maps for one image, a .png per layer
+    Features {
+        /// A checkpoint of a convolutional network
+        checkpoint: PathBuf,
+        /// A PNG or JPEG image
+        image: PathBuf,
+        /// The folder for the pictures
+        out_dir: PathBuf,
+        /// auto, cpu, cuda or cuda:N
+        #[arg(long, default_value = "auto", value_parser = device)]
+        device: Device,
+    },
+    /// Loss and accuracy per epoch (train and validation), and the numbers as .csv beside it
+    Curves {
+        /// A history.json written by `nabla train`
+        history: PathBuf,
+        /// The output .png (the .csv goes beside it)
+        out: PathBuf,
+    },
+    /// The test split's confusion matrix with class names and counts, and as .csv beside it
+    Confusion {
+        /// A checkpoint from `nabla train`
+        checkpoint: PathBuf,
+        /// The output .png (the .csv goes beside it)
+        out: PathBuf,
+        /// The data set's folder (default: the shipped MNIST subset)
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// auto, cpu, cuda or cuda:N
+        #[arg(long, default_value = "auto", value_parser = device)]
+        device: Device,
+    },
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The GPU to check: auto, cuda or cuda:N
+    #[arg(long, default_value = "auto", value_parser = device)]
+    device: Device,
+    /// Seed of the random inputs
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        None => train_cmd(&[]),
-        Some("train") => train_cmd(&args[1..]),
-        Some("eval") => eval_cmd(&args[1..]),
-        Some("convolve") => convolve_cmd(&args[1..]),
-        Some("viz") => viz_cmd(&args[1..]),
-        Some("info") => info(),
-        Some("check") => check(&args[1..]),
-        Some("help" | "--help" | "-h") => {
-            out!("{USAGE}");
+    let cli = Cli::parse();
+    if let Some(threads) = cli.threads {
+        nabla::set_num_threads(threads as usize);
+    }
+    let result = match cli.command {
+        None => {
+            let _ = Cli::command().print_help();
             Ok(())
         }
-        Some(other) => Err(nabla::Error::InvalidArgument {
-            op: "nabla",
-            detail: format!("unknown command `{other}` (see `nabla help`)"),
-        }),
+        Some(Command::Train(args)) => train_cmd(args),
+        Some(Command::Eval(args)) => eval_cmd(args),
+        Some(Command::Predict(args)) => predict_cmd(args),
+        Some(Command::Convolve(args)) => convolve_cmd(args),
+        Some(Command::Viz(viz)) => viz_cmd(viz),
+        Some(Command::Info) => info(),
+        Some(Command::Check(args)) => check(args),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "nabla", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,83 +366,42 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--flag value` pairs, every flag known to the command.
-fn parse_flags<'a>(cmd: &'static str, args: &'a [String], known: &[&str]) -> Result<Vec<(&'a str, &'a str)>> {
-    let mut out = Vec::new();
-    let mut rest = args.iter();
-    while let Some(flag) = rest.next() {
-        if !known.contains(&flag.as_str()) {
-            return Err(nabla::Error::InvalidArgument {
-                op: cmd,
-                detail: format!("unknown flag `{flag}` (see `nabla help`)"),
-            });
-        }
-        let value = rest
-            .next()
-            .ok_or_else(|| nabla::Error::InvalidArgument { op: cmd, detail: format!("{flag} needs a value") })?;
-        out.push((flag.as_str(), value.as_str()));
-    }
-    Ok(out)
-}
-
-fn number<T: std::str::FromStr>(cmd: &'static str, flag: &str, value: &str) -> Result<T> {
-    value
-        .parse()
-        .map_err(|_| nabla::Error::InvalidArgument { op: cmd, detail: format!("{flag} takes a number, got `{value}`") })
-}
-
-fn train_cmd(args: &[String]) -> Result<()> {
-    let known = [
-        "--model",
-        "--dataset",
-        "--epochs",
-        "--batch-size",
-        "--lr",
-        "--optimizer",
-        "--seed",
-        "--device",
-        "--data",
-        "--out",
-        "--resume",
-        "--shift",
-        "--dropout",
-    ];
-    let mut config = TrainConfig { device: Device::cuda_if_available(), verbose: true, ..TrainConfig::default() };
-    for (flag, value) in parse_flags("train", args, &known)? {
-        match flag {
-            "--model" => config.model = ModelKind::parse(value)?,
-            "--dataset" => config.dataset = DataKind::parse(value)?,
-            "--epochs" => config.epochs = number("train", flag, value)?,
-            "--batch-size" => config.batch_size = number("train", flag, value)?,
-            "--lr" => config.lr = number("train", flag, value)?,
-            "--optimizer" => config.optimizer = OptimizerKind::parse(value)?,
-            "--seed" => config.seed = number("train", flag, value)?,
-            "--device" => config.device = value.parse()?,
-            "--data" => config.data = Some(value.into()),
-            "--out" => config.out_dir = value.into(),
-            "--resume" => config.resume = Some(value.into()),
-            "--shift" => config.shift = number("train", flag, value)?,
-            "--dropout" => config.dropout = number("train", flag, value)?,
-            _ => unreachable!("parse_flags admits only known flags"),
-        }
-    }
-    if config.epochs == 0 || config.batch_size == 0 || config.lr.is_nan() || config.lr <= 0.0 {
-        return Err(nabla::Error::InvalidArgument {
-            op: "train",
-            detail: "--epochs, --batch-size and --lr must be positive".into(),
-        });
-    }
+fn train_cmd(args: TrainArgs) -> Result<()> {
+    let model: ModelKind = args.model.into();
+    let config = TrainConfig {
+        model,
+        epochs: args.epochs as usize,
+        batch_size: args.batch_size as usize,
+        lr: args.lr,
+        optimizer: args.optimizer.into(),
+        seed: args.seed,
+        device: args.device,
+        dataset: args.dataset.into(),
+        data: args.data,
+        out_dir: args.out.unwrap_or_else(|| PathBuf::from("runs").join(model.name())),
+        resume: args.resume,
+        shift: args.shift as usize,
+        flip: args.no_flip.then_some(false),
+        dropout: args.dropout,
+        channels: args.channels.map(|c| c as usize),
+        image_size: args.image_size.map(|s| s as usize),
+        batch_norm: BatchNormOptions { momentum: args.bn_momentum, eps: args.bn_eps },
+        report: Report::for_terminal(args.quiet),
+    };
+    config.validate()?;
     let data = config.data.as_ref().map_or("shipped MNIST subset".to_string(), |d| d.display().to_string());
-    out!(
-        "training {} on {} ({data}), {} epochs, batch {}, {:?} lr {}, seed {}",
-        config.model.name(),
-        config.device,
-        config.epochs,
-        config.batch_size,
-        config.optimizer,
-        config.lr,
-        config.seed
-    );
+    if !args.quiet {
+        out!(
+            "training {} on {} ({data}), {} epochs, batch {}, {:?} lr {}, seed {}",
+            config.model.name(),
+            config.device,
+            config.epochs,
+            config.batch_size,
+            config.optimizer,
+            config.lr,
+            config.seed
+        );
+    }
     let started = std::time::Instant::now();
     let outcome = train::train(&config)?;
     out!(
@@ -170,162 +414,157 @@ fn train_cmd(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn eval_cmd(args: &[String]) -> Result<()> {
-    let mut checkpoint = None;
-    let mut data: Option<std::path::PathBuf> = None;
-    let mut device = Device::cuda_if_available();
-    for (flag, value) in parse_flags("eval", args, &["--checkpoint", "--data", "--device"])? {
-        match flag {
-            "--checkpoint" => checkpoint = Some(std::path::PathBuf::from(value)),
-            "--data" => data = Some(value.into()),
-            "--device" => device = value.parse()?,
-            _ => unreachable!("parse_flags admits only known flags"),
-        }
+/// The test split of the data a trained model was made for, in the layout it takes.
+fn test_split(trained: &train::Trained, data: Option<&Path>, device: &Device) -> Result<nabla::data::Dataset> {
+    let meta = &trained.meta;
+    let splits = meta.dataset.splits(data, meta.geometry, meta.seed, device)?;
+    if splits.classes() != meta.class_names.len() {
+        return Err(nabla::Error::invalid(
+            "eval",
+            format!("the data has {} classes but the model {}", splits.classes(), meta.class_names.len()),
+        ));
     }
-    let path = checkpoint.ok_or_else(|| usage_error("eval", "--checkpoint F is required"))?;
-    let (kind, data_kind, classes, model) = load_model(&path, &device)?;
-    let test = kind.prepare(data_kind, &data_kind.splits(data.as_deref(), &device)?.test)?;
-    let scores = train::predict(model.as_ref(), &test)?;
+    meta.model.prepare(meta.geometry, &splits.test)
+}
+
+fn eval_cmd(args: EvalArgs) -> Result<()> {
+    let trained =
+        train::load_trained(&args.checkpoint, &args.device, args.model.map(Into::into), args.dataset.map(Into::into))?;
+    let test = test_split(&trained, args.data.as_deref(), &args.device)?;
+    let names = &trained.meta.class_names;
+    let scores = train::predict(trained.model.as_ref(), &test)?;
     let predictions = scores.argmax(-1, false)?;
-    let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, classes)?;
-    out!("{} on {} test images ({device})", path.display(), test.len());
+    let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, names.len())?;
+    out!("{} on {} test images ({})", args.checkpoint.display(), test.len(), args.device);
     out!(
         "top-1 error {:.2}%  top-5 error {:.2}%",
         100.0 * metrics::top_k_error(&scores, &test.targets, 1)?,
         100.0 * metrics::top_k_error(&scores, &test.targets, 5)?
     );
-    out!("class  precision  recall     f1  support");
-    for (c, s) in confusion.class_scores().iter().enumerate() {
-        out!("{c:>5}  {:>9.4}  {:>6.4}  {:>5.4}  {:>7}", s.precision, s.recall, s.f1, s.support);
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(5).max(5);
+    out!("{:>width$}  precision  recall     f1  support", "class");
+    for (name, s) in names.iter().zip(confusion.class_scores()) {
+        out!("{name:>width$}  {:>9.4}  {:>6.4}  {:>5.4}  {:>7}", s.precision, s.recall, s.f1, s.support);
     }
-    out!("confusion matrix (rows: true class, columns: predicted)\n{confusion}");
+    out!("confusion matrix (rows: true class, columns: predicted; classes in the order above)\n{confusion}");
     Ok(())
 }
 
-fn usage_error(op: &'static str, detail: impl Into<String>) -> nabla::Error {
-    nabla::Error::InvalidArgument { op, detail: detail.into() }
+fn predict_cmd(args: PredictArgs) -> Result<()> {
+    let trained = train::load_trained(&args.checkpoint, &args.device, args.model.map(Into::into), None)?;
+    let meta = &trained.meta;
+    let (c, s) = (meta.geometry.channels, meta.geometry.size);
+    for path in &args.images {
+        let picture = Image::load(path)?.with_channels(c).resize(s, s);
+        let x = picture.to_tensor(&args.device)?.reshape(&[1, c, s, s])?;
+        let x = meta
+            .model
+            .prepare(meta.geometry, &nabla::data::Dataset::new(x, Tensor::zeros(&[1], DType::I64, &args.device)?)?)?;
+        let probabilities = nabla::no_grad(|| trained.model.forward(&x.features)?.softmax(-1))?.to_vec::<f64>()?;
+        let mut ranked: Vec<(usize, f64)> = probabilities.into_iter().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let shown: Vec<String> = ranked
+            .iter()
+            .take(args.top as usize)
+            .map(|(class, p)| format!("{} {:.2}%", meta.class_names[*class], 100.0 * p))
+            .collect();
+        out!("{}: {}", path.display(), shown.join(", "));
+    }
+    Ok(())
 }
 
-/// `--flag value` pairs and positional arguments.
-type SplitArgs<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
-
-/// Splits `--flag value` pairs (of `known` flags) from positional arguments.
-fn split_args<'a>(cmd: &'static str, args: &'a [String], known: &[&str]) -> Result<SplitArgs<'a>> {
-    let (mut flags, mut positional) = (Vec::new(), Vec::new());
-    let mut rest = args.iter();
-    while let Some(a) = rest.next() {
-        if a.starts_with("--") {
-            if !known.contains(&a.as_str()) {
-                return Err(usage_error(cmd, format!("unknown flag `{a}` (see `nabla help`)")));
-            }
-            let v = rest.next().ok_or_else(|| usage_error(cmd, format!("{a} needs a value")))?;
-            flags.push((a.as_str(), v.as_str()));
-        } else {
-            positional.push(a.as_str());
-        }
+fn convolve_cmd(args: ConvolveArgs) -> Result<()> {
+    let is_png = args.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !is_png {
+        return Err(nabla::Error::invalid(
+            "convolve",
+            format!("the output {} must be a .png path (nabla writes PNG only)", args.output.display()),
+        ));
     }
-    Ok((flags, positional))
-}
-
-fn convolve_cmd(args: &[String]) -> Result<()> {
-    let (flags, files) = split_args("convolve", args, &["--kernel", "--device"])?;
-    let mut kernel = None;
-    let mut device = Device::cuda_if_available();
-    for (flag, value) in flags {
-        match flag {
-            "--kernel" => {
-                kernel = Some(if value.contains(',') {
-                    vision::parse_kernel(value)?
-                } else {
-                    vision::classic_kernel(value)?
-                })
-            }
-            _ => device = value.parse()?,
-        }
-    }
-    let kernel = kernel.ok_or_else(|| usage_error("convolve", "--kernel NAME|ROWS is required"))?;
-    let [input, output] = files[..] else {
-        return Err(usage_error("convolve", "needs an input image and an output PNG path"));
+    let kernel = if args.kernel.contains([',', ';']) || args.kernel.parse::<f64>().is_ok() {
+        vision::parse_kernel(&args.kernel)?
+    } else {
+        vision::classic_kernel(&args.kernel)?
     };
-    let image = Image::load(Path::new(input))?;
-    let result = vision::convolve(&image.to_tensor(&device)?, &kernel, &device)?;
-    Image::from_tensor(&result)?.save_png(Path::new(output))?;
-    out!("{input} ({}x{}, {} channel(s)) convolved on {device} -> {output}", image.width, image.height, image.channels);
+    let image = Image::load(&args.input)?;
+    let border = match args.border {
+        BorderArg::Zero => vision::Border::Zero,
+        BorderArg::Reflect => vision::Border::Reflect,
+    };
+    let mut result = vision::convolve_with(&image.to_tensor(&args.device)?, &kernel, border, &args.device)?;
+    if args.abs {
+        result = result.abs()?;
+    }
+    Image::from_tensor(&result)?.save_png(&args.output)?;
+    out!(
+        "{} ({}x{}, {} channel(s)) convolved on {} -> {}",
+        args.input.display(),
+        image.width,
+        image.height,
+        image.channels,
+        args.device,
+        args.output.display()
+    );
     Ok(())
 }
 
-/// The model a checkpoint written by `nabla train` holds, loaded on `device` in eval mode, with
-/// the data set it was trained on.
-fn load_model(path: &Path, device: &Device) -> Result<(ModelKind, DataKind, usize, Box<dyn nabla::nn::Module>)> {
-    let saved = nabla::io::safetensors::load(path)?;
-    let kind = saved.metadata.get("model").map(String::as_str).ok_or_else(|| {
-        usage_error("load", format!("{} has no `model` metadata (not written by nabla train)", path.display()))
-    })?;
-    let kind = ModelKind::parse(kind)?;
-    let data = DataKind::parse(saved.metadata.get("dataset").map_or("mnist", String::as_str))?;
-    let dropout = saved.metadata.get("dropout").and_then(|d| d.parse().ok()).unwrap_or(0.0);
-    let classes = saved.metadata.get("classes").and_then(|c| c.parse().ok()).unwrap_or(10);
-    let mut model = kind.build(data, classes, dropout, device, &mut Generator::new(0))?;
-    nabla::io::load_into_module(&saved, model.as_ref())?;
-    model.set_training(false);
-    Ok((kind, data, classes, model))
+/// Writes `text` to `path` (the CSV twin of a picture).
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    nabla::io::write_atomically(path, text.as_bytes())
+        .map_err(|source| nabla::Error::Io { path: path.display().to_string(), source })
 }
 
-fn viz_cmd(args: &[String]) -> Result<()> {
-    let (flags, pos) = split_args("viz", args, &["--data", "--device"])?;
-    let mut data: Option<std::path::PathBuf> = None;
-    let mut device = Device::cuda_if_available();
-    for (flag, value) in flags {
-        match flag {
-            "--data" => data = Some(value.into()),
-            _ => device = value.parse()?,
+fn viz_cmd(command: VizCommand) -> Result<()> {
+    match command {
+        VizCommand::Filters { checkpoint, out, device } => {
+            let trained = train::load_trained(&checkpoint, &device, None, None)?;
+            let (name, weight) =
+                trained.model.named_parameters().into_iter().find(|(_, t)| t.rank() == 4).ok_or_else(|| {
+                    nabla::Error::invalid("viz", format!("{} has no convolution filters", checkpoint.display()))
+                })?;
+            viz::filter_grid(&weight, &name)?.save_png(&out)?;
+            out!("{} filters of {name} {:?} -> {}", weight.shape()[0], weight.shape(), out.display());
         }
-    }
-    match pos[..] {
-        ["filters", checkpoint, out] => {
-            let (_, _, _, model) = load_model(Path::new(checkpoint), &device)?;
-            let (name, weight) = model
-                .named_parameters()
-                .into_iter()
-                .find(|(_, t)| t.rank() == 4)
-                .ok_or_else(|| usage_error("viz", format!("{checkpoint} has no convolution filters")))?;
-            viz::filter_grid(&weight)?.save_png(Path::new(out))?;
-            out!("{} filters of {name} {:?} -> {out}", weight.shape()[0], weight.shape());
-        }
-        ["features", checkpoint, image, out_dir] => {
-            let (kind, data_kind, _, model) = load_model(Path::new(checkpoint), &device)?;
-            if !kind.takes_images() {
-                return Err(usage_error("viz", format!("{} has no convolutional layers", kind.name())));
+        VizCommand::Features { checkpoint, image, out_dir, device } => {
+            let trained = train::load_trained(&checkpoint, &device, None, None)?;
+            let meta = &trained.meta;
+            if !meta.model.takes_images() {
+                return Err(nabla::Error::invalid("viz", format!("{} has no convolutional layers", meta.model.name())));
             }
-            let (c, s) = data_kind.image();
-            let picture = Image::load(Path::new(image))?.with_channels(c).resize(s, s);
+            let (c, s) = (meta.geometry.channels, meta.geometry.size);
+            let picture = Image::load(&image)?.with_channels(c).resize(s, s);
             let x = picture.to_tensor(&device)?.reshape(&[1, c, s, s])?;
-            std::fs::create_dir_all(out_dir)
-                .map_err(|source| nabla::Error::Io { path: out_dir.to_string(), source })?;
-            for (name, maps) in nabla::no_grad(|| model.feature_maps(&x))? {
-                let path = Path::new(out_dir).join(format!("{name}.png"));
-                viz::feature_grid(&maps.squeeze(0)?)?.save_png(&path)?;
+            std::fs::create_dir_all(&out_dir)
+                .map_err(|source| nabla::Error::Io { path: out_dir.display().to_string(), source })?;
+            for (name, maps) in nabla::no_grad(|| trained.model.feature_maps(&x))? {
+                let path = out_dir.join(format!("{name}.png"));
+                viz::feature_grid(&maps.squeeze(0)?, &name)?.save_png(&path)?;
                 out!("{name} {:?} -> {}", maps.shape(), path.display());
             }
         }
-        ["curves", history, out] => {
-            let history = train::read_history(Path::new(history))?;
-            viz::curves(&history)?.save_png(Path::new(out))?;
-            out!("{} epochs -> {out} (left: training loss, right: validation accuracy)", history.len());
+        VizCommand::Curves { history, out } => {
+            let history = train::read_history(&history)?;
+            viz::curves(&history)?.save_png(&out)?;
+            let csv = out.with_extension("csv");
+            write_text(&csv, &viz::curves_csv(&history))?;
+            out!("{} epochs -> {} and {}", history.len(), out.display(), csv.display());
         }
-        ["confusion", checkpoint, out] => {
-            let (kind, data_kind, classes, model) = load_model(Path::new(checkpoint), &device)?;
-            let test = kind.prepare(data_kind, &data_kind.splits(data.as_deref(), &device)?.test)?;
-            let predictions = train::predict(model.as_ref(), &test)?.argmax(-1, false)?;
-            let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, classes)?;
-            viz::confusion_heatmap(&confusion).save_png(Path::new(out))?;
-            out!("confusion of {} test images (accuracy {:.2}%) -> {out}", test.len(), 100.0 * confusion.accuracy());
-        }
-        _ => {
-            return Err(usage_error(
-                "viz",
-                "expected filters|features|curves|confusion and their paths (see `nabla help`)",
-            ));
+        VizCommand::Confusion { checkpoint, out, data, device } => {
+            let trained = train::load_trained(&checkpoint, &device, None, None)?;
+            let test = test_split(&trained, data.as_deref(), &device)?;
+            let names = &trained.meta.class_names;
+            let predictions = train::predict(trained.model.as_ref(), &test)?.argmax(-1, false)?;
+            let confusion = metrics::ConfusionMatrix::new(&predictions, &test.targets, names.len())?;
+            viz::confusion_heatmap(&confusion, names)?.save_png(&out)?;
+            let csv = out.with_extension("csv");
+            write_text(&csv, &viz::confusion_csv(&confusion, names))?;
+            out!(
+                "confusion of {} test images (accuracy {:.2}%) -> {} and {}",
+                test.len(),
+                100.0 * confusion.accuracy(),
+                out.display(),
+                csv.display()
+            );
         }
     }
     Ok(())
@@ -368,37 +607,23 @@ fn info() -> Result<()> {
         );
         for module in kernels::MODULES {
             match dev.load_module(module.name) {
-                Ok(origin) => out!("  {:<8} {origin}", module.name),
-                Err(e) => out!("  {:<8} FAILED: {e}", module.name),
+                Ok(origin) => out!("  {:<10} {origin}", module.name),
+                Err(e) => out!("  {:<10} FAILED: {e}", module.name),
             }
         }
     }
     Ok(())
 }
 
-fn check(args: &[String]) -> Result<()> {
-    let mut device = Device::cuda_if_available();
-    let mut seed = 0u64;
-    let mut rest = args.iter();
-    while let Some(flag) = rest.next() {
-        let value = rest
-            .next()
-            .ok_or_else(|| nabla::Error::InvalidArgument { op: "check", detail: format!("{flag} needs a value") })?;
-        match flag.as_str() {
-            "--device" => device = value.parse()?,
-            "--seed" => {
-                seed = value.parse().map_err(|_| nabla::Error::InvalidArgument {
-                    op: "check",
-                    detail: format!("--seed takes a whole number, got `{value}`"),
-                })?
-            }
-            other => {
-                return Err(nabla::Error::InvalidArgument { op: "check", detail: format!("unknown flag `{other}`") });
-            }
-        }
+fn check(args: CheckArgs) -> Result<()> {
+    let device = args.device;
+    if !device.is_cuda() {
+        return Err(nabla::Error::CudaUnavailable(
+            "`check` compares a GPU with the CPU reference, and no CUDA device was found (see `nabla info`)".into(),
+        ));
     }
-    out!("check on {device} against the CPU reference (seed {seed}):");
-    let mut rng = Generator::new(seed);
+    out!("check on {device} against the CPU reference (seed {}):", args.seed);
+    let mut rng = Generator::new(args.seed);
     let x = Tensor::randn(&[64, 784], DType::F32, &Device::Cpu, &mut rng)?;
     let w = Tensor::randn(&[784, 512], DType::F32, &Device::Cpu, &mut rng)?.mul_scalar(0.05)?;
     let b = Tensor::randn(&[512], DType::F32, &Device::Cpu, &mut rng)?;

@@ -189,11 +189,15 @@ pub fn load_image_folder(
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     classes.sort();
-    if classes.is_empty() {
-        return Err(bad(&dir.display().to_string(), "no class folders"));
+    if classes.len() < 2 {
+        return Err(bad(
+            &dir.display().to_string(),
+            format!("{} class folder(s) ({}); a classifier needs at least 2", classes.len(), classes.join(", ")),
+        ));
     }
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
+    let mut counts = vec![0usize; classes.len()];
     for (label, class) in classes.iter().enumerate() {
         let mut files: Vec<_> =
             std::fs::read_dir(dir.join(class)).map_err(io)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
@@ -206,12 +210,17 @@ pub fn load_image_folder(
             let image = Image::load(&file)?.with_channels(channels).resize(size, size);
             pixels.extend(image.to_tensor(&Device::Cpu)?.to_vec::<f32>()?);
             labels.push(label as i64);
+            counts[label] += 1;
         }
     }
-    let n = labels.len();
-    if n == 0 {
-        return Err(bad(&dir.display().to_string(), "no PNG or JPEG images in the class folders"));
+    if counts.contains(&0) {
+        let listed: Vec<String> = classes.iter().zip(&counts).map(|(c, n)| format!("{c}: {n}")).collect();
+        return Err(bad(
+            &dir.display().to_string(),
+            format!("every class folder needs PNG or JPEG images; images per class: {}", listed.join(", ")),
+        ));
     }
+    let n = labels.len();
     let features = Tensor::from_vec(pixels, &[n, channels, size, size], device)?;
     let data = crate::data::Dataset::new(features, Tensor::from_vec(labels, &[n], device)?)?;
     Ok((data, classes))

@@ -1,7 +1,6 @@
-//! Files: safetensors checkpoints, JSON, and loading checkpoints into modules.
+//! Files: safetensors checkpoints, images, and loading checkpoints into modules.
 
 pub mod image;
-pub mod json;
 pub mod safetensors;
 
 use crate::nn::Module;
@@ -21,11 +20,18 @@ pub fn save_module(path: &Path, module: &dyn Module, metadata: &BTreeMap<String,
     safetensors::save(path, &state_dict(module), metadata)
 }
 
+/// Whether a state-dict entry is batch norm's `num_batches_tracked`, which PyTorch saves and
+/// nabla writes but never needs: loading ignores it whether present or not.
+fn is_step_counter(name: &str) -> bool {
+    name.rsplit('.').next() == Some(crate::nn::NUM_BATCHES_TRACKED)
+}
+
 /// Copies a checkpoint's tensors into a module's parameters and buffers (in place, on their device).
 /// Every parameter must be present with its shape; extra tensors are an error too, so a
-/// checkpoint of another architecture is caught.
+/// checkpoint of another architecture is caught. Batch norm's `num_batches_tracked` is ignored.
 pub fn load_into_module(checkpoint: &safetensors::Checkpoint, module: &dyn Module) -> Result<()> {
-    let params = state_dict(module);
+    let params: Vec<(String, crate::Tensor)> =
+        state_dict(module).into_iter().filter(|(name, _)| !is_step_counter(name)).collect();
     for (name, param) in &params {
         let saved = checkpoint
             .tensors
@@ -38,24 +44,38 @@ pub fn load_into_module(checkpoint: &safetensors::Checkpoint, module: &dyn Modul
             ));
         }
     }
-    if let Some(extra) = checkpoint.tensors.keys().find(|k| !params.iter().any(|(n, _)| n == *k)) {
+    if let Some(extra) = checkpoint.tensors.keys().find(|k| !is_step_counter(k) && !params.iter().any(|(n, _)| n == *k))
+    {
         return Err(Error::invalid("load", format!("checkpoint tensor `{extra}` is not a parameter of this model")));
     }
     for (name, param) in &params {
-        param.copy_(&checkpoint.tensors[name])?;
+        let saved = &checkpoint.tensors[name];
+        let saved = if saved.dtype() == param.dtype() { saved.clone() } else { saved.to_dtype(param.dtype())? };
+        param.copy_(&saved)?;
     }
     Ok(())
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see a
-/// partial file.
+/// Writes `bytes` to `path` through a temporary file, an fsync and a rename (then an fsync of
+/// the folder), so readers never see a partial file and a crash leaves the old or the new one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    use std::io::Write as _;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename is durable once the folder's entry is on disk; not every file system lets
+        // a folder be opened for syncing, which only weakens durability, not atomicity.
+        if let Ok(folder) = std::fs::File::open(dir) {
+            let _ = folder.sync_all();
+        }
+        Ok(())
+    })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -120,6 +120,9 @@ pub fn batch_norm2d(
     x.sub(mean)?.div(&var.add_scalar(eps)?.sqrt()?)?.mul(&per_channel(weight)?)?.add(&per_channel(bias)?)
 }
 
+/// The name of PyTorch's batch-norm step counter, which nabla writes and never reads.
+pub const NUM_BATCHES_TRACKED: &str = "num_batches_tracked";
+
 /// Batch normalisation over the channels of NCHW input, as `torch.nn.BatchNorm2d`: in
 /// training, normalise with the batch's per-channel mean and (biased) variance and fold them
 /// into running averages (the variance unbiased); in evaluation, use the running averages.
@@ -130,14 +133,50 @@ pub struct BatchNorm2d {
     /// Per-channel shift β.
     pub bias: Tensor,
     running: Mutex<(Tensor, Tensor)>,
+    /// Training forward passes so far, saved as PyTorch's `num_batches_tracked`.
+    batches_tracked: std::sync::atomic::AtomicI64,
     momentum: f64,
     eps: f64,
     training: bool,
 }
 
+/// Batch norm's two settings, as `torch.nn.BatchNorm2d` takes them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormOptions {
+    /// Weight of the newest batch in the running averages, in (0, 1] (PyTorch's 0.1).
+    pub momentum: f64,
+    /// Added to the variance before the square root, > 0 (PyTorch's 1e-5).
+    pub eps: f64,
+}
+
+impl Default for BatchNormOptions {
+    fn default() -> Self {
+        BatchNormOptions { momentum: 0.1, eps: 1e-5 }
+    }
+}
+
+impl BatchNormOptions {
+    /// Checks both settings: momentum in (0, 1], eps finite and > 0.
+    pub fn validate(self) -> Result<Self> {
+        if !(self.momentum > 0.0 && self.momentum <= 1.0) {
+            return Err(Error::invalid("batch_norm2d", format!("momentum must be in (0, 1], got {}", self.momentum)));
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(Error::invalid("batch_norm2d", format!("eps must be finite and > 0, got {}", self.eps)));
+        }
+        Ok(self)
+    }
+}
+
 impl BatchNorm2d {
     /// A layer over `channels` with γ = 1, β = 0, momentum 0.1 and eps 1e-5.
     pub fn new(channels: usize, device: &Device) -> Result<Self> {
+        Self::with_options(channels, BatchNormOptions::default(), device)
+    }
+
+    /// A layer over `channels` with γ = 1, β = 0 and the given momentum and eps.
+    pub fn with_options(channels: usize, options: BatchNormOptions, device: &Device) -> Result<Self> {
+        let BatchNormOptions { momentum, eps } = options.validate()?;
         Ok(BatchNorm2d {
             weight: Tensor::ones(&[channels], DType::F32, device)?.requires_grad_()?,
             bias: Tensor::zeros(&[channels], DType::F32, device)?.requires_grad_()?,
@@ -145,8 +184,9 @@ impl BatchNorm2d {
                 Tensor::zeros(&[channels], DType::F32, device)?,
                 Tensor::ones(&[channels], DType::F32, device)?,
             )),
-            momentum: 0.1,
-            eps: 1e-5,
+            batches_tracked: std::sync::atomic::AtomicI64::new(0),
+            momentum,
+            eps,
             training: true,
         })
     }
@@ -169,6 +209,7 @@ impl Module for BatchNorm2d {
         }
         let (y, mean, var) = x.batch_norm2d_train(&self.weight, &self.bias, self.eps)?;
         let count = (x.numel() / c) as f64;
+        self.batches_tracked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         crate::no_grad(|| -> Result<()> {
             let (rm, rv) = &*self.running.lock().unwrap_or_else(|e| e.into_inner());
             let m = self.momentum;
@@ -185,7 +226,13 @@ impl Module for BatchNorm2d {
 
     fn named_buffers(&self) -> Vec<(String, Tensor)> {
         let (rm, rv) = self.running_stats();
-        vec![("running_mean".to_string(), rm), ("running_var".to_string(), rv)]
+        let tracked = self.batches_tracked.load(std::sync::atomic::Ordering::Relaxed);
+        let mut buffers = vec![("running_mean".to_string(), rm), ("running_var".to_string(), rv)];
+        // Written for PyTorch's sake; loading ignores it (see `io::load_into_module`).
+        if let Ok(count) = Tensor::from_vec(vec![tracked], &[], &Device::Cpu) {
+            buffers.push((NUM_BATCHES_TRACKED.to_string(), count));
+        }
+        buffers
     }
 
     fn set_training(&mut self, training: bool) {

@@ -7,7 +7,10 @@ mod layers;
 mod models;
 mod perceptron;
 
-pub use conv::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Flatten, MaxPool2d, batch_norm2d, batch_stats};
+pub use conv::{
+    AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, BatchNormOptions, Conv2d, Flatten, MaxPool2d, NUM_BATCHES_TRACKED,
+    batch_norm2d, batch_stats,
+};
 pub use layers::{Activation, Dropout, Init, Linear, Mlp, Sequential};
 pub use models::{BasicBlock, ConvNet, ResNet};
 pub use perceptron::{Neuron, Perceptron};

@@ -4,7 +4,8 @@
 
 use super::layers::prefixed;
 use super::{
-    Activation, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Module, Sequential,
+    Activation, AdaptiveAvgPool2d, BatchNorm2d, BatchNormOptions, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Module,
+    Sequential,
 };
 use crate::nn::Init;
 use crate::{Conv2dOptions, Device, Generator, Pool2dOptions, Result, Tensor};
@@ -124,7 +125,14 @@ pub struct BasicBlock {
 }
 
 impl BasicBlock {
-    fn new(input: usize, output: usize, stride: usize, device: &Device, rng: &mut Generator) -> Result<Self> {
+    fn new(
+        input: usize,
+        output: usize,
+        stride: usize,
+        bn: BatchNormOptions,
+        device: &Device,
+        rng: &mut Generator,
+    ) -> Result<Self> {
         let mut conv1 = Conv2d::new(input, output, 3, Conv2dOptions::new(stride, 1), device, rng)?;
         let mut conv2 = Conv2d::new(output, output, 3, Conv2dOptions::new(1, 1), device, rng)?;
         conv1.bias = None;
@@ -132,15 +140,15 @@ impl BasicBlock {
         let downsample = if stride != 1 || input != output {
             let mut proj = Conv2d::new(input, output, 1, Conv2dOptions::new(stride, 0), device, rng)?;
             proj.bias = None;
-            Some(Sequential::new().push(proj).push(BatchNorm2d::new(output, device)?))
+            Some(Sequential::new().push(proj).push(BatchNorm2d::with_options(output, bn, device)?))
         } else {
             None
         };
         Ok(BasicBlock {
             conv1,
-            bn1: BatchNorm2d::new(output, device)?,
+            bn1: BatchNorm2d::with_options(output, bn, device)?,
             conv2,
-            bn2: BatchNorm2d::new(output, device)?,
+            bn2: BatchNorm2d::with_options(output, bn, device)?,
             downsample,
         })
     }
@@ -200,6 +208,18 @@ pub struct ResNet {
 impl ResNet {
     /// A ResNet with base width `width` (16 gives the classic CIFAR ResNet-14 layout).
     pub fn new(in_channels: usize, classes: usize, width: usize, device: &Device, rng: &mut Generator) -> Result<Self> {
+        Self::with_batch_norm(in_channels, classes, width, BatchNormOptions::default(), device, rng)
+    }
+
+    /// [`ResNet::new`] with batch-norm layers of the given momentum and eps.
+    pub fn with_batch_norm(
+        in_channels: usize,
+        classes: usize,
+        width: usize,
+        bn: BatchNormOptions,
+        device: &Device,
+        rng: &mut Generator,
+    ) -> Result<Self> {
         let mut conv1 = Conv2d::new(in_channels, width, 3, Conv2dOptions::new(1, 1), device, rng)?;
         conv1.bias = None;
         let mut stages = Vec::new();
@@ -207,14 +227,14 @@ impl ResNet {
         for (i, out) in [width, 2 * width, 4 * width].into_iter().enumerate() {
             let stride = if i == 0 { 1 } else { 2 };
             let stage = Sequential::new()
-                .push(BasicBlock::new(channels, out, stride, device, rng)?)
-                .push(BasicBlock::new(out, out, 1, device, rng)?);
+                .push(BasicBlock::new(channels, out, stride, bn, device, rng)?)
+                .push(BasicBlock::new(out, out, 1, bn, device, rng)?);
             stages.push(stage);
             channels = out;
         }
         Ok(ResNet {
             conv1,
-            bn1: BatchNorm2d::new(width, device)?,
+            bn1: BatchNorm2d::with_options(width, bn, device)?,
             stages,
             pool: AdaptiveAvgPool2d((1, 1)),
             fc: Linear::new(channels, classes, true, Init::Default, device, rng)?,

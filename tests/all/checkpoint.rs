@@ -1,7 +1,7 @@
-//! safetensors checkpoints (round trips, validation of damaged files, atomic writes), loading
-//! into modules, and the JSON reader.
+//! safetensors checkpoints (round trips of every file dtype, validation of damaged files, atomic
+//! writes) and loading into modules, PyTorch's state dicts included.
 
-use nabla::io::json::Json;
+use nabla::io::safetensors::FileDtype;
 use nabla::io::{load_into_module, safetensors, save_module};
 use nabla::nn::{Activation, Mlp, Module};
 use nabla::{DType, Device, Generator, Tensor};
@@ -32,10 +32,9 @@ fn safetensors_round_trips_every_dtype_and_metadata() {
         assert_eq!((got.shape(), got.dtype()), (t.shape(), t.dtype()), "{name}");
         assert_eq!(got.to_vec::<f64>().unwrap(), t.to_vec::<f64>().unwrap(), "{name}");
     }
-    let header = Json::parse(std::str::from_utf8(&bytes[8..8 + header_len]).unwrap().trim_end()).unwrap();
-    let entry = header.get("a.weight").unwrap();
-    assert_eq!(entry.get("dtype").unwrap().as_str(), Some("F32"));
-    assert_eq!(entry.get("data_offsets").unwrap().as_array().unwrap().len(), 2);
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    assert_eq!(header["a.weight"]["dtype"], "F32");
+    assert_eq!(header["a.weight"]["data_offsets"].as_array().unwrap().len(), 2);
 }
 
 #[test]
@@ -51,17 +50,17 @@ fn damaged_safetensors_files_are_rejected_with_the_reason() {
     wrong_size.extend(header.replacen("[3,4]", "[3,5]", 1).as_bytes());
     wrong_size.extend(&bytes[8 + header_len..]);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("empty", Vec::new(), "too short"),
-        ("truncated data", bytes[..bytes.len() - 3].to_vec(), "claims bytes"),
-        ("header past the end", huge_header, "runs past the end"),
-        ("not JSON", bad_json, "not valid JSON"),
-        ("shape and bytes disagree", wrong_size, "claims bytes"),
-        ("trailing bytes", [bytes.clone(), vec![0; 4]].concat(), "trailing bytes"),
+        ("empty", Vec::new(), "header too small"),
+        ("truncated data", bytes[..bytes.len() - 3].to_vec(), "file not fully covered"),
+        ("header past the end", huge_header, "header too large"),
+        ("not JSON", bad_json, "invalid JSON in header"),
+        ("shape and bytes disagree", wrong_size, "invalid shape, data type, or offset"),
+        ("trailing bytes", [bytes.clone(), vec![0; 4]].concat(), "file not fully covered"),
     ];
     for (what, data, expected) in cases {
         let err =
             safetensors::deserialize(what, &data).err().unwrap_or_else(|| panic!("{what} was accepted")).to_string();
-        assert!(err.contains(expected), "{what}: {err}");
+        assert!(err.contains(expected) && err.contains(what), "{what}: {err}");
     }
 }
 
@@ -96,22 +95,97 @@ fn saving_is_atomic_and_loading_into_a_module_checks_names_and_shapes() {
 }
 
 #[test]
-fn json_parser_accepts_valid_text_and_rejects_malformed_text() {
-    let v = Json::parse(r#"{"a": [1, 2.5e1, -3], "b": "x\"\u00e9\n", "c": {"d": null, "e": true}}"#).unwrap();
-    assert_eq!(v.get("a").unwrap().as_array().unwrap()[1].as_f64(), Some(25.0));
-    assert_eq!(v.get("b").unwrap().as_str(), Some("x\"é\n"));
-    assert_eq!(Json::parse(&v.to_string()).unwrap(), v, "the writer's output parses back");
-    for bad in [
-        "",
-        "{",
-        "[1,]",
-        "{\"a\" 1}",
-        "{\"a\":1,\"a\":2}",
-        "tru",
-        "\"open",
-        "1 2",
-        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
-    ] {
-        assert!(Json::parse(bad).is_err(), "{bad:?} was accepted");
+fn every_integer_bool_and_float_file_dtype_is_written_and_read_back_exactly() {
+    let ints = Tensor::from_vec(vec![0i64, 1, 0, 1], &[2, 2], &Device::Cpu).unwrap();
+    let bytes = Tensor::from_vec(vec![0i64, 7, 255], &[3], &Device::Cpu).unwrap();
+    let signed = Tensor::from_vec(vec![-128i64, 5, 127], &[3], &Device::Cpu).unwrap();
+    let wide = Tensor::from_vec(vec![i32::MIN as i64, -1, i32::MAX as i64], &[3], &Device::Cpu).unwrap();
+    let floats = Tensor::from_vec(vec![0.5f32, -1.25, 3.0], &[3], &Device::Cpu).unwrap();
+    let cases = [
+        ("bool", ints.clone(), FileDtype::BOOL),
+        ("u8", bytes.clone(), FileDtype::U8),
+        ("i8", signed.clone(), FileDtype::I8),
+        ("i16", signed.clone(), FileDtype::I16),
+        ("u16", bytes.clone(), FileDtype::U16),
+        ("i32", wide.clone(), FileDtype::I32),
+        ("u32", bytes.clone(), FileDtype::U32),
+        ("u64", bytes.clone(), FileDtype::U64),
+        ("f16", floats.clone(), FileDtype::F16),
+        ("bf16", floats.clone(), FileDtype::BF16),
+        ("f64", floats.clone(), FileDtype::F64),
+    ];
+    let typed: Vec<(String, Tensor, FileDtype)> =
+        cases.iter().map(|(n, t, d)| (n.to_string(), t.clone(), *d)).collect();
+    let back = safetensors::deserialize("mem", &safetensors::serialize_as(&typed, &BTreeMap::new()).unwrap()).unwrap();
+    for (name, tensor, dtype) in &cases {
+        assert_eq!(back.file_dtypes[*name], *dtype, "{name}");
+        assert_eq!(back.tensors[*name].shape(), tensor.shape(), "{name}");
+        assert_eq!(back.tensors[*name].to_vec::<f64>().unwrap(), tensor.to_vec::<f64>().unwrap(), "{name}");
     }
+    assert_eq!(back.tensors["i32"].dtype(), DType::I64, "integers widen exactly to i64");
+    // Values that do not fit the requested file dtype are refused, naming the tensor.
+    for (tensor, dtype) in
+        [(signed.clone(), FileDtype::U8), (bytes.clone(), FileDtype::BOOL), (floats.clone(), FileDtype::I32)]
+    {
+        let err = safetensors::serialize_as(&[("x".into(), tensor, dtype)], &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("x:"), "{err}");
+    }
+    // 8-bit floats (written by hand: 0x38 is 1.0 in E4M3, 0x3c is 1.0 in E5M2) widen to f32.
+    let header = r#"{"e4":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]},"e5":{"dtype":"F8_E5M2","shape":[2],"data_offsets":[2,4]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header.as_bytes());
+    file.extend([0x38, 0xb8, 0x3c, 0x40]);
+    let eight = safetensors::deserialize("fp8", &file).unwrap();
+    assert_eq!(eight.tensors["e4"].to_vec::<f32>().unwrap(), vec![1.0, -1.0]);
+    assert_eq!(eight.tensors["e5"].to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
+}
+
+/// A ResNet's state dict as `torch.save(model.state_dict())` + `safetensors.torch.save_file`
+/// lay it out: no metadata, `num_batches_tracked` as an int64 scalar beside every batch norm.
+fn pytorch_state_dict(model: &dyn Module) -> Vec<(String, Tensor)> {
+    let mut tensors = nabla::io::state_dict(model);
+    tensors.retain(|(name, _)| !name.ends_with("num_batches_tracked"));
+    let norms: Vec<String> =
+        tensors.iter().filter_map(|(n, _)| n.strip_suffix(".running_var").map(str::to_string)).collect();
+    for norm in norms {
+        tensors
+            .push((format!("{norm}.num_batches_tracked"), Tensor::from_vec(vec![17i64], &[], &Device::Cpu).unwrap()));
+    }
+    tensors
+}
+
+#[test]
+fn pytorch_state_dicts_load_both_ways_and_num_batches_tracked_is_written_and_ignored() {
+    use nabla::nn::ResNet;
+    let dir = std::env::temp_dir().join(format!("nabla-torch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let a = ResNet::new(1, 10, 4, &Device::Cpu, &mut Generator::new(1)).unwrap();
+    // From PyTorch: a plain state dict (no metadata) loads into a fresh model.
+    let from_torch = dir.join("from_torch.safetensors");
+    safetensors::save(&from_torch, &pytorch_state_dict(&a), &BTreeMap::new()).unwrap();
+    let b = ResNet::new(1, 10, 4, &Device::Cpu, &mut Generator::new(2)).unwrap();
+    load_into_module(&safetensors::load(&from_torch).unwrap(), &b).unwrap();
+    for ((na, ta), (_, tb)) in nabla::io::state_dict(&a).iter().zip(nabla::io::state_dict(&b)) {
+        if !na.ends_with("num_batches_tracked") {
+            assert_eq!(ta.to_vec::<f64>().unwrap(), tb.to_vec::<f64>().unwrap(), "{na}");
+        }
+    }
+    // To PyTorch: nabla writes num_batches_tracked beside each batch norm, as an int64 scalar.
+    let to_torch = dir.join("to_torch.safetensors");
+    save_module(&to_torch, &b, &BTreeMap::new()).unwrap();
+    let saved = safetensors::load(&to_torch).unwrap();
+    let counter = &saved.tensors["bn1.num_batches_tracked"];
+    assert_eq!((counter.shape(), counter.dtype()), (&[][..], DType::I64));
+    assert_eq!(saved.file_dtypes["bn1.num_batches_tracked"], FileDtype::I64);
+    let names: Vec<&String> = saved.tensors.keys().collect();
+    let expected: Vec<String> = pytorch_state_dict(&a).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), expected.len());
+    assert!(expected.iter().all(|n| saved.tensors.contains_key(n)), "the same names as PyTorch's state dict");
+    // Without num_batches_tracked (older files) it loads too.
+    let mut plain = pytorch_state_dict(&a);
+    plain.retain(|(n, _)| !n.ends_with("num_batches_tracked"));
+    let older = dir.join("older.safetensors");
+    safetensors::save(&older, &plain, &BTreeMap::new()).unwrap();
+    load_into_module(&safetensors::load(&older).unwrap(), &b).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

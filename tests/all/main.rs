@@ -4,6 +4,7 @@
 mod common;
 
 mod checkpoint;
+mod cli;
 mod conv;
 mod cpu_reference;
 mod data;

@@ -44,9 +44,10 @@ fn lenet5_reaches_98_5_percent_on_the_shipped_test_split() {
 /// loss before each step and the parameters after the last.
 fn five_steps(model: ModelKind, adam: bool, device: &Device) -> (Vec<f64>, Vec<Vec<f32>>) {
     let digits = nabla::data::mnist::shipped("train", &Device::Cpu).unwrap();
-    let batch = model.prepare(DataKind::Mnist, &digits.select(&(0..64).collect::<Vec<_>>()).unwrap()).unwrap();
+    let geometry = DataKind::Mnist.geometry(None, None).unwrap();
+    let batch = model.prepare(geometry, &digits.select(&(0..64).collect::<Vec<_>>()).unwrap()).unwrap();
     let batch = batch.to_device(device).unwrap();
-    let net = model.build(DataKind::Mnist, 10, 0.0, device, &mut Generator::new(7)).unwrap();
+    let net = model.build(geometry, 10, 0.0, Default::default(), device, &mut Generator::new(7)).unwrap();
     let mut opt: Box<dyn Optimizer> = if adam {
         Box::new(Adam::new(net.parameters(), AdamConfig::adam(1e-3)).unwrap())
     } else {
@@ -171,7 +172,7 @@ fn cli_trains_on_an_image_folder_with_its_own_classes() {
                 .unwrap();
         }
     }
-    let out = dir.join("run");
+    let out = dir.with_extension("run");
     let (ok, stdout, stderr) = nabla(&[
         "train",
         "--dataset",
@@ -205,6 +206,7 @@ fn cli_trains_on_an_image_folder_with_its_own_classes() {
         "cpu",
     ]);
     assert!(ok && stdout.contains("on 3 test images"), "{stdout}{stderr}");
+    let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -121,32 +121,52 @@ fn image_folders_load_one_class_per_folder() {
 fn pictures_have_the_promised_layout() {
     let weights =
         Tensor::arange(0.0, 6.0 * 25.0, 1.0, DType::F32, &Device::Cpu).unwrap().reshape(&[6, 1, 5, 5]).unwrap();
-    let filters = viz::filter_grid(&weights).unwrap();
-    assert_eq!(filters.channels, 1);
-    assert!(filters.width > 3 * 5 && filters.height > 2 * 5);
-    let maps =
-        viz::feature_grid(&Tensor::rand(&[4, 7, 7], DType::F32, &Device::Cpu, &mut nabla::Generator::new(1)).unwrap())
-            .unwrap();
-    assert!(maps.width >= 2 * 7 && maps.height >= 2 * 7);
+    let filters = viz::filter_grid(&weights, "features.0.weight").unwrap();
+    assert_eq!(filters.channels, 3);
+    // Six 5x5 filters enlarged to at least 72 pixels a side, in a grid of 3 columns and 2 rows.
+    assert!(filters.width >= 3 * 72 && filters.height >= 2 * 72, "{}x{}", filters.width, filters.height);
+    // Each filter is stretched to its own range: black and white squares of 15x15 pixels.
+    let blacks = filters.data.chunks(3).filter(|p| *p == [0, 0, 0]).count();
+    assert!(blacks >= 6 * 15 * 15, "{blacks} black pixels");
+    let maps = viz::feature_grid(
+        &Tensor::rand(&[4, 7, 7], DType::F32, &Device::Cpu, &mut nabla::Generator::new(1)).unwrap(),
+        "features.1",
+    )
+    .unwrap();
+    assert!(maps.width >= 2 * 7 * 13 && maps.height >= 2 * 7 * 13, "7x7 maps enlarged to about 96 pixels");
+    for empty in [&[0usize, 1, 5, 5][..], &[2, 0, 5, 5]] {
+        assert!(viz::filter_grid(&Tensor::zeros(empty, DType::F32, &Device::Cpu).unwrap(), "w").is_err());
+    }
+    assert!(viz::feature_grid(&Tensor::zeros(&[0, 4, 4], DType::F32, &Device::Cpu).unwrap(), "m").is_err());
     let history: Vec<EpochSummary> = (1..=5)
         .map(|e| EpochSummary {
             epoch: e,
             train_loss: 1.0 / e as f64,
+            train_accuracy: Some(0.85 + 0.02 * e as f64),
+            val_loss: Some(1.2 / e as f64),
             val_accuracy: 0.9 + 0.01 * e as f64,
             seconds: 1.0,
         })
         .collect();
     let curves = viz::curves(&history).unwrap();
-    assert!(curves.data.chunks(3).any(|p| p == [200, 30, 30]) && curves.data.chunks(3).any(|p| p == [30, 60, 200]));
+    let has = |img: &nabla::io::image::Image, rgb: [u8; 3]| img.data.chunks(3).any(|p| p == rgb);
+    assert!(has(&curves, [200, 30, 30]) && has(&curves, [30, 60, 200]), "train in red, validation in blue");
+    let csv = viz::curves_csv(&history);
+    assert_eq!(csv.lines().next(), Some("epoch,train_loss,train_accuracy,val_loss,val_accuracy,seconds"));
+    let second: Vec<f64> = csv.lines().nth(2).unwrap().split(',').map(|v| v.parse().unwrap()).collect();
+    assert_eq!(second, vec![2.0, 0.5, history[1].train_accuracy.unwrap(), 0.6, history[1].val_accuracy, 1.0]);
     let cm = ConfusionMatrix::new(
         &Tensor::from_vec(vec![0i64, 1, 1], &[3], &Device::Cpu).unwrap(),
         &Tensor::from_vec(vec![0i64, 1, 0], &[3], &Device::Cpu).unwrap(),
         2,
     )
     .unwrap();
-    let heat = viz::confusion_heatmap(&cm);
-    let cell = |t: usize, p: usize| heat.data[((t * 24 + 12) * heat.width + p * 24 + 12) * 3];
-    assert!(cell(1, 1) < cell(0, 0) && cell(0, 0) < cell(1, 0), "darker means more of the row");
+    let names = vec!["cat".to_string(), "dog, big".to_string()];
+    let heat = viz::confusion_heatmap(&cm, &names).unwrap();
+    // Row "cat" splits 1/1 (half shade), row "dog" is all on the diagonal (full shade).
+    assert!(has(&heat, [8, 48, 107]) && has(&heat, [132, 152, 181]), "shares of the true class as shades");
+    assert!(viz::confusion_heatmap(&cm, &names[..1]).is_err(), "one name per class");
+    assert_eq!(viz::confusion_csv(&cm, &names), "true\\predicted,cat,\"dog, big\"\ncat,1,1\n\"dog, big\",0,1\n");
 }
 
 #[test]
