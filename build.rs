@@ -6,7 +6,15 @@
 //! the build with NVRTC's log. Without NVRTC the sources alone are embedded and compiled at
 //! first use for the device's exact architecture (see `src/cuda/kernels.rs`).
 //! `NABLA_BUILD_NVRTC=0` skips the build-time compile.
+//!
+//! CUBINs and PTX from NVRTC 13 need a CUDA 13 driver (r580+). For the many machines on 12.x
+//! drivers, `NABLA_NVRTC_LEGACY=/path/to/libnvrtc.so.12` (PyPI's `nvidia-cuda-nvrtc-cu12`, say
+//! 12.4) adds PTX for `NABLA_LEGACY_ARCHS` (default `compute_80`) compiled by that NVRTC, which
+//! any driver at least as new as it can JIT. Every image records the NVRTC version that made it,
+//! so the runtime knows which driver it needs.
 
+// The runtime half of the wrapper (the system-NVRTC helpers) is not used at build time.
+#[allow(dead_code)]
 #[path = "src/cuda/nvrtc.rs"]
 mod nvrtc;
 
@@ -26,6 +34,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=NABLA_CUDA_ARCHS");
     println!("cargo:rerun-if-env-changed=NABLA_BUILD_NVRTC");
     println!("cargo:rerun-if-env-changed=LD_LIBRARY_PATH");
+    println!("cargo:rerun-if-env-changed=NABLA_NVRTC_LEGACY");
+    println!("cargo:rerun-if-env-changed=NABLA_LEGACY_ARCHS");
 
     let mut sources = Vec::new();
     let mut headers = Vec::new();
@@ -45,7 +55,22 @@ fn main() {
     let header_refs: Vec<(&str, &str)> = header_texts.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
 
     let wanted = std::env::var("NABLA_BUILD_NVRTC").map(|v| v != "0").unwrap_or(true);
-    let nvrtc_version = if wanted && nvrtc::available() { nvrtc::version().ok() } else { None };
+    let system = if wanted { nvrtc::Nvrtc::system() } else { None };
+    let nvrtc_version = system.and_then(|n| n.version().ok());
+    let legacy = match std::env::var_os("NABLA_NVRTC_LEGACY").filter(|_| wanted) {
+        Some(path) => {
+            let lib = nvrtc::Nvrtc::open(Path::new(&path)).unwrap_or_else(|e| panic!("NABLA_NVRTC_LEGACY: {e}"));
+            let version = lib.version().unwrap_or_else(|e| panic!("NABLA_NVRTC_LEGACY: {e}"));
+            Some((lib, version))
+        }
+        None => None,
+    };
+    let legacy_archs: Vec<String> = std::env::var("NABLA_LEGACY_ARCHS")
+        .unwrap_or_else(|_| "compute_80".to_string())
+        .split(',')
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
     let archs: Vec<String> = std::env::var("NABLA_CUDA_ARCHS")
         .unwrap_or_else(|_| DEFAULT_ARCHS.to_string())
         .split(',')
@@ -53,13 +78,26 @@ fn main() {
         .filter(|a| !a.is_empty())
         .collect();
 
-    // (module, arch) -> image file, compiled on all cores.
-    let mut images: Vec<(String, String, PathBuf)> = Vec::new();
-    if nvrtc_version.is_some() {
-        let jobs: Vec<(&PathBuf, &String)> = sources.iter().flat_map(|s| archs.iter().map(move |a| (s, a))).collect();
+    // (module, arch, NVRTC version) -> image file, compiled on all cores.
+    let mut images: Vec<BuiltImage> = Vec::new();
+    let mut compilers: Vec<(&nvrtc::Nvrtc, (i32, i32), &[String])> = Vec::new();
+    if let (Some(lib), Some(version)) = (system, nvrtc_version) {
+        compilers.push((lib, version, &archs));
+    }
+    if let Some((lib, version)) = &legacy {
+        compilers.push((lib, *version, &legacy_archs));
+    }
+    if !compilers.is_empty() {
+        type Job<'a> = (&'a PathBuf, &'a String, &'a nvrtc::Nvrtc, (i32, i32));
+        let jobs: Vec<Job<'_>> = compilers
+            .iter()
+            .flat_map(|&(lib, version, archs)| {
+                sources.iter().flat_map(move |s| archs.iter().map(move |a| (s, a, lib, version)))
+            })
+            .collect();
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let results: Vec<Result<(String, String, PathBuf), String>> = std::thread::scope(|scope| {
-            let chunks: Vec<Vec<(&PathBuf, &String)>> =
+        let results: Vec<Result<BuiltImage, String>> = std::thread::scope(|scope| {
+            let chunks: Vec<Vec<Job<'_>>> =
                 (0..threads).map(|t| jobs.iter().skip(t).step_by(threads).cloned().collect()).collect();
             let handles: Vec<_> = chunks
                 .into_iter()
@@ -69,7 +107,7 @@ fn main() {
                     scope.spawn(move || {
                         chunk
                             .into_iter()
-                            .map(|(src, arch)| compile_one(src, arch, header_refs, out_dir))
+                            .map(|(src, arch, lib, version)| compile_one(lib, version, src, arch, header_refs, out_dir))
                             .collect::<Vec<_>>()
                     })
                 })
@@ -86,7 +124,7 @@ fn main() {
     }
 
     let mut generated = String::new();
-    let version = match nvrtc_version {
+    let version = match nvrtc_version.filter(|_| images.iter().any(|i| Some(i.2) == nvrtc_version)) {
         Some((major, minor)) => format!("Some(({major}, {minor}))"),
         None => "None".to_string(),
     };
@@ -106,9 +144,13 @@ fn main() {
         writeln!(generated, "        name: {module:?},").unwrap();
         writeln!(generated, "        source: include_str!({:?}),", src.display().to_string()).unwrap();
         writeln!(generated, "        images: &[").unwrap();
-        for (m, arch, file) in images.iter().filter(|(m, _, _)| *m == module) {
-            let _ = m;
-            writeln!(generated, "            ({arch:?}, include_bytes!({:?})),", file.display().to_string()).unwrap();
+        for (_, arch, (major, minor), file) in images.iter().filter(|(m, _, _, _)| *m == module) {
+            writeln!(
+                generated,
+                "            Image {{ arch: {arch:?}, nvrtc: ({major}, {minor}), bytes: include_bytes!({:?}) }},",
+                file.display().to_string()
+            )
+            .unwrap();
         }
         writeln!(generated, "        ],").unwrap();
         writeln!(generated, "    }},").unwrap();
@@ -117,18 +159,23 @@ fn main() {
     std::fs::write(out_dir.join("kernels.rs"), generated).expect("OUT_DIR is writable");
 }
 
+/// A compiled image: (module, arch, NVRTC version, file).
+type BuiltImage = (String, String, (i32, i32), PathBuf);
+
 fn compile_one(
+    lib: &nvrtc::Nvrtc,
+    version: (i32, i32),
     src: &Path,
     arch: &str,
     headers: &[(&str, &str)],
     out_dir: &Path,
-) -> Result<(String, String, PathBuf), String> {
+) -> Result<BuiltImage, String> {
     let module = module_name(src);
     let text = std::fs::read_to_string(src).map_err(|e| format!("{}: {e}", src.display()))?;
-    let image = nvrtc::compile(&file_name(src), &text, headers, arch, &[])?;
-    let file = out_dir.join(format!("{module}.{arch}.img"));
+    let image = lib.compile(&file_name(src), &text, headers, arch, &[])?;
+    let file = out_dir.join(format!("{module}.{arch}.nvrtc{}{}.img", version.0, version.1));
     std::fs::write(&file, image).map_err(|e| format!("{}: {e}", file.display()))?;
-    Ok((module, arch.to_string(), file))
+    Ok((module, arch.to_string(), version, file))
 }
 
 fn file_name(path: &Path) -> String {

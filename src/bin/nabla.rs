@@ -572,10 +572,28 @@ fn viz_cmd(command: VizCommand) -> Result<()> {
 
 fn info() -> Result<()> {
     out!("nabla {}", env!("CARGO_PKG_VERSION"));
-    match kernels::BUILD_NVRTC_VERSION {
-        Some((major, minor)) => {
-            let archs: Vec<&str> = kernels::MODULES[0].images.iter().map(|(a, _)| *a).collect();
-            out!("kernels: built with NVRTC {major}.{minor} for {}", archs.join(", "));
+    let driver = cuda::driver_version();
+    match kernels::MODULES.first().filter(|m| !m.images.is_empty()) {
+        Some(first) => {
+            out!("kernel images built in (each module has the same set):");
+            for image in first.images {
+                let needs = kernels::required_driver(image.arch, image.nvrtc);
+                let branch = kernels::driver_branch(needs).map_or(String::new(), |b| format!(" ({b}+)"));
+                let verdict = match driver {
+                    Some(d) if d >= needs => "usable here",
+                    Some(_) => "too new for this driver",
+                    None => "",
+                };
+                let kind = if image.arch.starts_with("sm_") { "CUBIN" } else { "PTX" };
+                out!(
+                    "  {:<11} {kind:<5} from NVRTC {}.{}: needs a CUDA {}.{} driver{branch}  {verdict}",
+                    image.arch,
+                    image.nvrtc.0,
+                    image.nvrtc.1,
+                    needs.0,
+                    needs.1
+                );
+            }
         }
         None => out!("kernels: sources only (no NVRTC at build time); compiled at first use"),
     }
@@ -591,8 +609,11 @@ fn info() -> Result<()> {
         Some(dir) => out!("kernel cache: {}", dir.display()),
         None => out!("kernel cache: none (set NABLA_KERNEL_CACHE or HOME)"),
     }
-    match cuda::driver_version() {
-        Some((major, minor)) => out!("CUDA driver: {major}.{minor}"),
+    match driver {
+        Some((major, minor)) => {
+            let branch = kernels::driver_branch((major, minor)).map_or(String::new(), |b| format!(", {b} or newer"));
+            out!("CUDA driver: CUDA {major}.{minor}{branch}")
+        }
         None => out!("CUDA driver: not found"),
     }
     let count = cuda::device_count();

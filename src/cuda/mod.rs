@@ -191,7 +191,8 @@ impl CudaDevice {
         if let Some(found) = modules.get(name) {
             return Ok(found.clone());
         }
-        let loaded = kernels::load(&self.ctx, name, self.arch)?;
+        let driver = driver_version().unwrap_or((0, 0));
+        let loaded = kernels::load(&self.ctx, name, self.arch, driver)?;
         modules.insert(name.to_string(), loaded.clone());
         Ok(loaded)
     }

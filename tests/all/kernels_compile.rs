@@ -137,3 +137,68 @@ fn gemm_kernels_fit_in_registers_without_spills_or_stack_on_sm90() {
         }
     }
 }
+
+#[test]
+fn an_image_needs_a_driver_at_least_as_new_as_the_nvrtc_that_made_it() {
+    // CUBINs: minor-version compatibility within a major.
+    assert_eq!(kernels::required_driver("sm_90", (13, 0)), (13, 0));
+    assert_eq!(kernels::required_driver("sm_90", (12, 4)), (12, 0));
+    // PTX: the driver's JIT must know the PTX version.
+    assert_eq!(kernels::required_driver("compute_80", (12, 4)), (12, 4));
+    let reason = kernels::too_new_for("sm_90", (13, 0), (12, 4)).expect("a CUDA 13 CUBIN on a 12.4 driver");
+    assert!(reason.contains("CUDA 13.0 driver (r580+)") && reason.contains("this one is CUDA 12.4"), "{reason}");
+    let reason = kernels::too_new_for("compute_80", (12, 4), (12, 2)).expect("12.4 PTX on a 12.2 driver");
+    assert!(reason.contains("PTX from NVRTC 12.4 needs a CUDA 12.4 driver (r550+)"), "{reason}");
+    assert_eq!(kernels::too_new_for("compute_80", (12, 4), (12, 4)), None);
+    assert_eq!(kernels::too_new_for("sm_80", (12, 4), (12, 1)), None);
+    assert_eq!(kernels::too_new_for("compute_80", (13, 0), (13, 0)), None);
+    assert_eq!(kernels::driver_branch((12, 7)), Some("r560"));
+    assert_eq!(kernels::driver_branch((14, 0)), None);
+}
+
+/// Runs in a child process (the driver version is read once per process): the CPU emulator of
+/// CUDA claims a CUDA 12.4 driver, and the modules must still load, from the CUDA 12 PTX when
+/// the build embedded one (CI sets NABLA_NVRTC_LEGACY), else from the source.
+#[test]
+fn an_older_driver_gets_the_cuda_12_ptx_and_the_emulator_refuses_newer_ptx() {
+    const CHILD: &str = "NABLA_TEST_OLD_DRIVER_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "kernels_compile::an_older_driver_gets_the_cuda_12_ptx_and_the_emulator_refuses_newer_ptx",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .env("NABLA_EMULATOR_DRIVER_VERSION", "12040")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("1 passed"), "child run failed:\n{text}");
+        return;
+    }
+    if nabla::cuda::driver_present() {
+        let _ = writeln!(std::io::stderr(), "old driver: skipped: a real CUDA driver is present");
+        return;
+    }
+    let Some(_) = crate::common::cuda_or_skip("old driver") else { return };
+    assert_eq!(nabla::cuda::driver_version(), Some((12, 4)), "the emulator claims a 12.4 driver");
+    let legacy = kernels::MODULES[0].images.iter().find(|i| i.arch.starts_with("compute_") && i.nvrtc.0 == 12);
+    if std::env::var("NABLA_REQUIRE_LEGACY_PTX").is_ok_and(|v| v == "1") {
+        assert!(legacy.is_some(), "NABLA_REQUIRE_LEGACY_PTX=1 but the build embedded no CUDA 12 PTX");
+    }
+    let dev = nabla::cuda::cuda_device(0).unwrap();
+    let origin = dev.load_module("unary").unwrap();
+    match legacy {
+        Some(image) => {
+            assert_eq!(origin, kernels::ModuleOrigin::BuildPtx(image.arch.to_string(), image.nvrtc));
+        }
+        None => assert_eq!(origin, kernels::ModuleOrigin::Source),
+    }
+    // And the emulator, like a 12.4 driver, refuses PTX of ISA 9.0 (CUDA 13) while taking 8.4.
+    let ptx = |isa: &str| format!("//\n// test\n.version {isa}\n.target sm_80\n.address_size 64\n");
+    let ctx = cudarc::driver::CudaContext::new(0).unwrap();
+    let err = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx("9.0"))).unwrap_err();
+    assert!(format!("{err:?}").contains("UNSUPPORTED_PTX_VERSION"), "{err:?}");
+    assert!(ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx("8.4"))).is_ok());
+}

@@ -25,6 +25,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -48,6 +49,8 @@ enum : CUresult {
     CUDA_ERROR_INVALID_VALUE = 1,
     CUDA_ERROR_OUT_OF_MEMORY = 2,
     CUDA_ERROR_INVALID_DEVICE = 101,
+    CUDA_ERROR_INVALID_PTX = 218,
+    CUDA_ERROR_UNSUPPORTED_PTX_VERSION = 222,
     CUDA_ERROR_NOT_FOUND = 500,
     CUDA_ERROR_LAUNCH_FAILED = 719,
 };
@@ -118,9 +121,27 @@ CUresult release_memory(CUdeviceptr ptr) {
 
 static int context_token, module_token, pool_token, stream_token;
 
+// The CUDA version this driver claims: 13.0, or NABLA_EMULATOR_DRIVER_VERSION (12040 for a 12.4
+// driver), so tests can see how the library treats images too new for an older driver.
+static int driver_version() {
+    const char* text = std::getenv("NABLA_EMULATOR_DRIVER_VERSION");
+    int version = text ? std::atoi(text) : 0;
+    return version >= 9000 ? version : 13000;
+}
+
+// The newest PTX ISA a driver of CUDA `version` can JIT (from the PTX ISA's release notes).
+static int newest_ptx_isa(int version) {
+    static const int table[][2] = {{12000, 80}, {12010, 81}, {12020, 82}, {12030, 83}, {12040, 84}, {12050, 85},
+                                   {12060, 85}, {12080, 87}, {12090, 88}, {13000, 90}};
+    int isa = 78;  // CUDA 11.8
+    for (const auto& row : table)
+        if (version >= row[0]) isa = row[1];
+    return isa;
+}
+
 EXPORT CUresult cuInit(unsigned int) { return CUDA_SUCCESS; }
 EXPORT CUresult cuDriverGetVersion(int* version) {
-    *version = 13000;
+    *version = driver_version();
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuDeviceGetCount(int* count) {
@@ -228,8 +249,19 @@ EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
     return CUDA_SUCCESS;
 }
 
-EXPORT CUresult cuModuleLoadData(CUmodule* module, const void*) {
-    *module = &module_token;  // every registered kernel is reachable from every module
+// Every registered kernel is reachable from every module, so any image loads, except PTX whose
+// `.version` is newer than this driver's JIT knows: that one is refused as a real driver refuses
+// it (CUDA_ERROR_UNSUPPORTED_PTX_VERSION).
+EXPORT CUresult cuModuleLoadData(CUmodule* module, const void* image) {
+    const char* text = (const char*)image;
+    const char* version = std::strstr(text, "\n.version ");
+    const bool is_ptx = std::strncmp(text, "//", 2) == 0 && version != nullptr;
+    if (is_ptx) {
+        int major = 0, minor = 0;
+        if (std::sscanf(version, "\n.version %d.%d", &major, &minor) != 2) return CUDA_ERROR_INVALID_PTX;
+        if (major * 10 + minor > newest_ptx_isa(driver_version())) return CUDA_ERROR_UNSUPPORTED_PTX_VERSION;
+    }
+    *module = &module_token;
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuModuleUnload(CUmodule) { return CUDA_SUCCESS; }
@@ -296,6 +328,9 @@ static const ErrorText kErrors[] = {
     {CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
     {CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
     {CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
+    {CUDA_ERROR_INVALID_PTX, "CUDA_ERROR_INVALID_PTX", "a PTX JIT compilation failed"},
+    {CUDA_ERROR_UNSUPPORTED_PTX_VERSION, "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
+     "the provided PTX was compiled with an unsupported toolchain."},
     {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
     {CUDA_ERROR_LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure (emulator: see stderr)"},
 };
