@@ -212,25 +212,3 @@ pub fn available() -> bool {
 pub fn version() -> Result<(i32, i32), String> {
     Nvrtc::system().ok_or("libnvrtc is not loadable")?.version()
 }
-
-/// Compiles with the system's NVRTC (see [`Nvrtc::compile`]).
-pub fn compile(
-    name: &str,
-    source: &str,
-    headers: &[(&str, &str)],
-    arch: &str,
-    extra_options: &[&str],
-) -> Result<Vec<u8>, String> {
-    Nvrtc::system().ok_or("libnvrtc is not loadable")?.compile(name, source, headers, arch, extra_options)
-}
-
-/// Compiles with the system's NVRTC and returns its log (see [`Nvrtc::compile_with_log`]).
-pub fn compile_with_log(
-    name: &str,
-    source: &str,
-    headers: &[(&str, &str)],
-    arch: &str,
-    extra_options: &[&str],
-) -> Result<(Vec<u8>, String), String> {
-    Nvrtc::system().ok_or("libnvrtc is not loadable")?.compile_with_log(name, source, headers, arch, extra_options)
-}

@@ -1,19 +1,10 @@
 //! The command line's conventions: help, version, completions, errors for unknown or extra
 //! arguments, class names through eval and predict, PyTorch state dicts, and `convolve`'s options.
 
+use crate::common::nabla;
 use nabla::Device;
 use nabla::io::image::Image;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn nabla(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nabla")).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("nabla-cli-{name}-{}", std::process::id()));
@@ -123,6 +114,7 @@ fn folder_runs_keep_class_names_for_eval_and_predict_and_bad_folders_are_refused
     let saved = nabla::io::safetensors::load(&checkpoint).unwrap();
     assert_eq!(saved.metadata["class_names"], r#"["bark","brick","grass"]"#);
     assert_eq!((saved.metadata["channels"].as_str(), saved.metadata["image_size"].as_str()), ("1", "16"));
+    assert_eq!(saved.tensors["classifier.4.weight"].shape(), &[3, 84], "three classes out");
     let c = checkpoint.to_str().unwrap();
     let (ok, stdout, stderr) = nabla(&["eval", "--checkpoint", c, "--data", d, "--device", "cpu"]);
     assert!(ok && stdout.contains("on 2 test images") && stdout.contains("brick"), "{stdout}{stderr}");

@@ -6,6 +6,11 @@ use nabla::cuda::{kernels, nvrtc};
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 
+/// The system's NVRTC (callers first ask `nvrtc_or_skip`).
+fn system_nvrtc() -> &'static nvrtc::Nvrtc {
+    nvrtc::Nvrtc::system().expect("checked by nvrtc_or_skip")
+}
+
 fn nvrtc_or_skip(test: &str) -> bool {
     if nvrtc::available() {
         return true;
@@ -46,7 +51,13 @@ fn every_kernel_module_compiles_for_sm80_and_sm90_and_exports_every_launched_ker
                             (
                                 m.name.to_string(),
                                 arch.to_string(),
-                                nvrtc::compile(&format!("{}.cu", m.name), m.source, kernels::HEADERS, arch, &[]),
+                                system_nvrtc().compile(
+                                    &format!("{}.cu", m.name),
+                                    m.source,
+                                    kernels::HEADERS,
+                                    arch,
+                                    &[],
+                                ),
                             )
                         })
                         .collect::<Vec<_>>()
@@ -81,7 +92,8 @@ fn compile_errors_carry_nvrtcs_log() {
     if !nvrtc_or_skip("compile_errors") {
         return;
     }
-    let err = nvrtc::compile("broken.cu", "extern \"C\" __global__ void k() { undefined_thing(); }", &[], "sm_80", &[])
+    let err = system_nvrtc()
+        .compile("broken.cu", "extern \"C\" __global__ void k() { undefined_thing(); }", &[], "sm_80", &[])
         .unwrap_err();
     assert!(err.contains("broken.cu") && err.contains("undefined_thing"), "{err}");
 }
@@ -122,14 +134,9 @@ fn gemm_kernels_fit_in_registers_without_spills_or_stack_on_sm90() {
     // inner loop costs far more than its arithmetic; f64 is exempt (no speed goal).
     for name in ["matmul", "conv2d"] {
         let module = kernels::module(name).expect("embedded");
-        let (_, log) = nvrtc::compile_with_log(
-            &format!("{name}.cu"),
-            module.source,
-            kernels::HEADERS,
-            "sm_90",
-            &["--ptxas-options=-v"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let (_, log) = system_nvrtc()
+            .compile_with_log(&format!("{name}.cu"), module.source, kernels::HEADERS, "sm_90", &["--ptxas-options=-v"])
+            .unwrap_or_else(|e| panic!("{e}"));
         let report = ptxas_report(&log);
         assert!(report.len() >= 12, "{name}: ptxas reported {} kernels:\n{log}", report.len());
         for (kernel, stack, stores, loads) in report.into_iter().filter(|r| !r.0.ends_with("_f64")) {

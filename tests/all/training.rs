@@ -2,11 +2,11 @@
 //! resumption, and the command line's behaviour on good and bad input.
 
 use crate::common::cuda_or_skip;
+use crate::common::nabla;
 use nabla::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
 use nabla::train::{self, DataKind, ModelKind, TrainConfig};
 use nabla::{Device, Generator, Tensor};
 use std::path::PathBuf;
-use std::process::Command;
 
 fn out_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("nabla-train-{name}-{}", std::process::id()));
@@ -157,66 +157,6 @@ fn cli_trains_and_evaluates_convolutional_models_on_cifar10_files() {
     let (ok, _, stderr) = nabla(&["train", "--dataset", "cifar10", "--device", "cpu"]);
     assert!(!ok && stderr.contains("--data DIR"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[test]
-fn cli_trains_on_an_image_folder_with_its_own_classes() {
-    use nabla::io::image::Image;
-    let dir = out_dir("folder");
-    for (c, class) in ["bark", "brick", "grass"].iter().enumerate() {
-        std::fs::create_dir_all(dir.join(class)).unwrap();
-        for i in 0..10 {
-            let data = (0..16 * 12 * 3).map(|p| ((p * (c + 1) * 7 + i * 3) % 256) as u8).collect();
-            Image { width: 16, height: 12, channels: 3, data }
-                .save_png(&dir.join(class).join(format!("{i}.png")))
-                .unwrap();
-        }
-    }
-    let out = dir.with_extension("run");
-    let (ok, stdout, stderr) = nabla(&[
-        "train",
-        "--dataset",
-        "folder",
-        "--data",
-        dir.to_str().unwrap(),
-        "--model",
-        "lenet5",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--device",
-        "cpu",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(ok, "{stderr}");
-    assert!(stdout.contains("test accuracy"), "{stdout}");
-    let checkpoint = out.join("checkpoint.safetensors");
-    let saved = nabla::io::safetensors::load(&checkpoint).unwrap();
-    assert_eq!(saved.metadata.get("classes").map(String::as_str), Some("3"));
-    assert_eq!(saved.tensors["classifier.4.weight"].shape(), &[3, 84]);
-    let (ok, stdout, stderr) = nabla(&[
-        "eval",
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--data",
-        dir.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
-    assert!(ok && stdout.contains("on 3 test images"), "{stdout}{stderr}");
-    let _ = std::fs::remove_dir_all(&out);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn nabla(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nabla")).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -91,3 +91,13 @@ pub const FLOATS: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16]
 
 /// Shapes that are not multiples of any block or tile, plus the edge cases.
 pub const SHAPES: &[&[usize]] = &[&[0], &[1], &[7], &[3, 5], &[33, 65], &[2, 3, 257], &[1031], &[4, 0, 3]];
+
+/// Runs the `nabla` binary with `args`: (success, stdout, stderr).
+pub fn nabla(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nabla")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
