@@ -165,3 +165,12 @@ struct BatchNormParams {
     long long hw;
     double eps;
 };
+
+// Layer normalisation over the last dimension: `rows` rows of `cols` contiguous values; eps is
+// added to the variance. `chunk` rows go to each block of the parameter-gradient kernel.
+struct LayerNormParams {
+    long long rows;
+    long long cols;
+    long long chunk;
+    double eps;
+};

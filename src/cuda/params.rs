@@ -158,3 +158,13 @@ pub struct BatchNormParams {
     pub hw: i64,
     pub eps: f64,
 }
+
+/// Mirror of `struct LayerNormParams` in kernels/params.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LayerNormParams {
+    pub rows: i64,
+    pub cols: i64,
+    pub chunk: i64,
+    pub eps: f64,
+}

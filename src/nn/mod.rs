@@ -6,6 +6,7 @@ pub mod init;
 mod layers;
 mod models;
 mod perceptron;
+mod transformer;
 
 pub use conv::{
     AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, BatchNormOptions, Conv2d, Flatten, MaxPool2d, NUM_BATCHES_TRACKED,
@@ -14,6 +15,7 @@ pub use conv::{
 pub use layers::{Activation, Dropout, Init, Linear, Mlp, Sequential};
 pub use models::{BasicBlock, ConvNet, ResNet};
 pub use perceptron::{Neuron, Perceptron};
+pub use transformer::{Embedding, LayerNorm};
 
 use crate::{Result, Tensor};
 

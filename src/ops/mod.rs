@@ -9,6 +9,7 @@ pub mod conv;
 pub mod copy;
 pub mod fill;
 pub mod index;
+pub mod layer_norm;
 pub mod loss;
 pub mod matmul;
 pub mod pool;
@@ -31,6 +32,7 @@ pub fn launchable_kernels() -> Vec<(&'static str, String)> {
     all.extend(conv::kernel_names().into_iter().map(|k| ("conv2d", k)));
     all.extend(pool::kernel_names().into_iter().map(|k| ("pool", k)));
     all.extend(batch_norm::kernel_names().into_iter().map(|k| ("batch_norm", k)));
+    all.extend(layer_norm::kernel_names().into_iter().map(|k| ("layer_norm", k)));
     all.extend(crate::optim::kernel_names().into_iter().map(|k| ("optim", k)));
     all
 }

@@ -18,4 +18,5 @@ mod optim;
 mod params_mirror;
 mod pool;
 mod training;
+mod transformer;
 mod vision;

@@ -157,5 +157,15 @@ pub fn cases() -> Vec<Case> {
             t[0].batch_norm2d_eval(&on(vec![0.3, -0.2, 1.0])?, &on(vec![0.5, 2.0, 0.1])?, &t[1], &t[2], 1e-5)
         }
     );
+    case!(
+        "layer norm with weight and bias",
+        [randn(&[2, 3, 5], DType::F64, 54), randn(&[5], DType::F64, 55), randn(&[5], DType::F64, 56)],
+        |t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5)
+    );
+    case!("layer norm without weight or bias", [randn(&[4, 7], DType::F64, 57)], |t| t[0].layer_norm(None, None, 1e-5));
+    case!("embedding lookup with repeated ids", [randn(&[5, 3], DType::F64, 58)], |t| {
+        let ids = ints(&[4, 0, 4, 2, 4, 1], &[2, 3], &t[0]);
+        t[0].index_select(0, &ids.reshape(&[6])?)?.reshape(&[2, 3, 3])
+    });
     out
 }
