@@ -174,3 +174,13 @@ struct LayerNormParams {
     long long chunk;
     double eps;
 };
+
+// Scaled dot-product attention over `bh` (batch x heads) independent heads: queries [bh, sq, d],
+// keys and values [bh, sk, d], dense; `causal` masks key j for query i when j > i.
+struct AttentionParams {
+    long long bh;
+    long long sq;
+    long long sk;
+    long long causal;
+    double scale;
+};

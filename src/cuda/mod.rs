@@ -29,6 +29,7 @@ unsafe impl DeviceRepr for params::PoolParams {}
 unsafe impl DeviceRepr for params::TensorList {}
 unsafe impl DeviceRepr for params::BatchNormParams {}
 unsafe impl DeviceRepr for params::LayerNormParams {}
+unsafe impl DeviceRepr for params::AttentionParams {}
 
 /// The multiplier and shift that divide any n < 2^31 by `divisor` (1 ≤ divisor < 2^31) as
 /// `(n · magic) >> shift` (Granlund and Montgomery): shift = 31 + ⌈log2 divisor⌉, magic =

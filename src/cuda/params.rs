@@ -168,3 +168,14 @@ pub struct LayerNormParams {
     pub chunk: i64,
     pub eps: f64,
 }
+
+/// Mirror of `struct AttentionParams` in kernels/params.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AttentionParams {
+    pub bh: i64,
+    pub sq: i64,
+    pub sk: i64,
+    pub causal: i64,
+    pub scale: f64,
+}

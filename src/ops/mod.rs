@@ -3,6 +3,7 @@
 //! Each family also lists the kernels its launches can name, so a test can check that every
 //! one of them exists in the compiled modules.
 
+pub mod attention;
 pub mod batch_norm;
 pub mod binary;
 pub mod conv;
@@ -33,6 +34,7 @@ pub fn launchable_kernels() -> Vec<(&'static str, String)> {
     all.extend(pool::kernel_names().into_iter().map(|k| ("pool", k)));
     all.extend(batch_norm::kernel_names().into_iter().map(|k| ("batch_norm", k)));
     all.extend(layer_norm::kernel_names().into_iter().map(|k| ("layer_norm", k)));
+    all.extend(attention::kernel_names().into_iter().map(|k| ("attention", k)));
     all.extend(crate::optim::kernel_names().into_iter().map(|k| ("optim", k)));
     all
 }

@@ -115,3 +115,132 @@ fn layer_norm_and_embedding_modules_have_pytorch_names_and_shapes() {
     assert!(emb.forward(&bad).is_err(), "an id past the table is an error");
     assert!(emb.forward(&Tensor::zeros(&[2], DType::F32, &Device::Cpu).unwrap()).is_err(), "ids must be integers");
 }
+
+/// Attention from ordinary ops: softmax(scale · Q Kᵀ, masked) V.
+fn attention_by_definition(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Tensor {
+    let d = *q.shape().last().unwrap();
+    let scores = q.matmul(&k.transpose(-2, -1).unwrap()).unwrap().mul_scalar(1.0 / (d as f64).sqrt()).unwrap();
+    let scores = if causal {
+        let (sq, sk) = (q.shape()[2], k.shape()[2]);
+        let mask = Tensor::causal_mask(sq, sk, q.dtype(), &q.device()).unwrap();
+        let hidden = Tensor::full(&[], f64::NEG_INFINITY, q.dtype(), &q.device()).unwrap();
+        mask.where_cond(&scores, &hidden).unwrap()
+    } else {
+        scores
+    };
+    scores.softmax(-1).unwrap().matmul(v).unwrap()
+}
+
+/// (output, dQ, dK, dV) of `attend` for the upstream gradient `g`, every tensor on the CPU.
+fn with_gradients(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    device: &Device,
+    attend: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+) -> Vec<Tensor> {
+    let leaves = [q, k, v].map(|t| t.to_device(device).unwrap().requires_grad_().unwrap());
+    let y = attend(&leaves[0], &leaves[1], &leaves[2]);
+    y.mul(&g.to_device(device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+    let mut out = vec![y.detach()];
+    out.extend(leaves.iter().map(|l| l.grad().unwrap()));
+    out.into_iter().map(|t| t.to_device(&Device::Cpu).unwrap()).collect()
+}
+
+#[test]
+fn fused_attention_matches_the_composed_definition_forward_and_backward() {
+    // (batch, heads, queries, keys, head_dim): more keys than queries, one query, odd sizes.
+    for (b, h, sq, sk, d) in [(2, 3, 7, 9, 5), (1, 2, 1, 6, 4), (1, 1, 8, 8, 16)] {
+        let q = randn(&[b, h, sq, d], DType::F64, 1);
+        let (k, v) = (randn(&[b, h, sk, d], DType::F64, 2), randn(&[b, h, sk, d], DType::F64, 3));
+        let g = randn(&[b, h, sq, d], DType::F64, 4);
+        for causal in [false, true] {
+            let fused = with_gradients(&q, &k, &v, &g, &Device::Cpu, |q, k, v| {
+                q.scaled_dot_product_attention(k, v, causal, None).unwrap()
+            });
+            let composed =
+                with_gradients(&q, &k, &v, &g, &Device::Cpu, |q, k, v| attention_by_definition(q, k, v, causal));
+            for (what, (f, c)) in ["output", "dq", "dk", "dv"].iter().zip(fused.iter().zip(&composed)) {
+                assert_close(
+                    &format!("attention [{b},{h},{sq},{sk},{d}] causal={causal} {what}"),
+                    f,
+                    c,
+                    (1e-10, 1e-10),
+                );
+            }
+        }
+    }
+    // The causal mask: ones on and below the diagonal.
+    let mask = Tensor::causal_mask(2, 3, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(mask.to_vec::<f32>().unwrap(), [1.0, 0.0, 0.0, 1.0, 1.0, 0.0]);
+}
+
+#[test]
+fn attention_refuses_mismatched_shapes_and_missing_keys_naming_them() {
+    let q = randn(&[2, 2, 3, 8], DType::F32, 1);
+    let cases = [
+        (randn(&[2, 2, 3, 4], DType::F32, 2), randn(&[2, 2, 3, 4], DType::F32, 3), "[2, 2, 3, 4]"),
+        (randn(&[2, 3, 3, 8], DType::F32, 2), randn(&[2, 3, 3, 8], DType::F32, 3), "[2, 3, 3, 8]"),
+        (randn(&[2, 2, 5, 8], DType::F32, 2), randn(&[2, 2, 4, 8], DType::F32, 3), "[2, 2, 4, 8]"),
+        (randn(&[2, 2, 0, 8], DType::F32, 2), randn(&[2, 2, 0, 8], DType::F32, 3), "no keys"),
+        (randn(&[4, 8], DType::F32, 2), randn(&[4, 8], DType::F32, 3), "[batch, heads, seq, head_dim]"),
+    ];
+    for (k, v, expected) in cases {
+        let err = q.scaled_dot_product_attention(&k, &v, false, None).unwrap_err().to_string();
+        assert!(err.contains("scaled_dot_product_attention") && err.contains(expected), "{err}");
+    }
+    let k = randn(&[2, 2, 3, 8], DType::F64, 2);
+    assert!(q.scaled_dot_product_attention(&k, &k, false, None).is_err(), "dtypes must agree");
+    let k = randn(&[2, 2, 3, 8], DType::F32, 2);
+    assert!(q.scaled_dot_product_attention(&k, &k, false, Some(f64::NAN)).is_err());
+}
+
+#[test]
+fn fused_attention_on_the_gpu_matches_the_cpu_for_every_dtype_head_size_and_ragged_length() {
+    let Some(dev) = cuda_or_skip("attention kernels") else { return };
+    // (batch, heads, queries, keys, head_dim): lengths that are no multiple of any tile.
+    let shapes = [(1, 1, 1, 1, 32), (2, 3, 7, 7, 64), (1, 2, 65, 65, 128), (1, 1, 129, 129, 16), (2, 1, 7, 65, 32)];
+    for dtype in FLOATS {
+        let (atol, rtol) = tolerance(dtype);
+        for (s, &(b, h, sq, sk, d)) in shapes.iter().enumerate() {
+            if dtype == DType::F64 && d > 64 {
+                continue;
+            }
+            let seed = 100 * s as u64;
+            let q = randn(&[b, h, sq, d], dtype, seed);
+            let (k, v) = (randn(&[b, h, sk, d], dtype, seed + 1), randn(&[b, h, sk, d], dtype, seed + 2));
+            let g = randn(&[b, h, sq, d], dtype, seed + 3);
+            for causal in [false, true] {
+                let attend =
+                    |q: &Tensor, k: &Tensor, v: &Tensor| q.scaled_dot_product_attention(k, v, causal, None).unwrap();
+                let (gpu, cpu) = (
+                    with_gradients(&q, &k, &v, &g, &dev, attend),
+                    with_gradients(&q, &k, &v, &g, &Device::Cpu, attend),
+                );
+                let scale = 4.0 + (sq.max(sk) as f64).sqrt();
+                for (i, (a, c)) in gpu.iter().zip(&cpu).enumerate() {
+                    let what = format!("attention {dtype} [{b},{h},{sq},{sk},{d}] causal={causal} output {i}");
+                    let grad = if i == 0 { 1.0 } else { 2.0 };
+                    assert_close(&what, a, c, (atol * scale * grad, rtol * scale * grad));
+                }
+            }
+        }
+    }
+    // A long sequence, f32 forward: 1000 queries over 1000 keys.
+    let (q, k, v) = (
+        randn(&[1, 1, 1000, 32], DType::F32, 7),
+        randn(&[1, 1, 1000, 32], DType::F32, 8),
+        randn(&[1, 1, 1000, 32], DType::F32, 9),
+    );
+    for causal in [false, true] {
+        let run = |device: &Device| {
+            let (q, k, v) = (q.to_device(device).unwrap(), k.to_device(device).unwrap(), v.to_device(device).unwrap());
+            q.scaled_dot_product_attention(&k, &v, causal, None).unwrap().to_device(&Device::Cpu).unwrap()
+        };
+        assert_close(&format!("attention f32 seq 1000 causal={causal}"), &run(&dev), &run(&Device::Cpu), (2e-4, 2e-4));
+    }
+    let odd = randn(&[1, 1, 4, 24], DType::F32, 1).to_device(&dev).unwrap();
+    let err = odd.scaled_dot_product_attention(&odd, &odd, false, None).unwrap_err().to_string();
+    assert!(err.contains("head_dim 24"), "{err}");
+}

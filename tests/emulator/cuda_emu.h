@@ -65,6 +65,26 @@ inline T __shfl_down_sync(unsigned int, T v, unsigned int delta, int width = 32)
     return out;
 }
 
+// Lane `src_lane` of each `width`-lane segment broadcasts its value.
+template <typename T>
+inline T __shfl_sync(unsigned int, T v, int src_lane, int width = 32) {
+    const int lane = emu::lane_id();
+    const int src = lane / width * width + (src_lane % width + width) % width;
+    T out;
+    emu::warp_exchange(&v, &out, (int)sizeof(T), src);
+    return out;
+}
+
+// Each lane reads the value of lane ^ mask (within its `width`-lane segment).
+template <typename T>
+inline T __shfl_xor_sync(unsigned int, T v, int mask, int width = 32) {
+    const int lane = emu::lane_id();
+    const int src = lane / width * width + ((lane % width) ^ mask) % width;
+    T out;
+    emu::warp_exchange(&v, &out, (int)sizeof(T), src);
+    return out;
+}
+
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline unsigned int __float_as_uint(float f) { unsigned int i; std::memcpy(&i, &f, 4); return i; }

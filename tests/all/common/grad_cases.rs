@@ -163,6 +163,24 @@ pub fn cases() -> Vec<Case> {
         |t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5)
     );
     case!("layer norm without weight or bias", [randn(&[4, 7], DType::F64, 57)], |t| t[0].layer_norm(None, None, 1e-5));
+    case!(
+        "scaled dot-product attention, causal, more keys than queries",
+        [
+            randn(&[1, 2, 3, 16], DType::F64, 59),
+            randn(&[1, 2, 5, 16], DType::F64, 60),
+            randn(&[1, 2, 5, 16], DType::F64, 61)
+        ],
+        |t| t[0].scaled_dot_product_attention(&t[1], &t[2], true, None)
+    );
+    case!(
+        "scaled dot-product attention, full, scale 0.5",
+        [
+            randn(&[2, 1, 4, 16], DType::F64, 62),
+            randn(&[2, 1, 4, 16], DType::F64, 63),
+            randn(&[2, 1, 4, 16], DType::F64, 64)
+        ],
+        |t| t[0].scaled_dot_product_attention(&t[1], &t[2], false, Some(0.5))
+    );
     case!("embedding lookup with repeated ids", [randn(&[5, 3], DType::F64, 58)], |t| {
         let ids = ints(&[4, 0, 4, 2, 4, 1], &[2, 3], &t[0]);
         t[0].index_select(0, &ids.reshape(&[6])?)?.reshape(&[2, 3, 3])
