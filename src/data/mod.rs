@@ -6,6 +6,7 @@ pub mod cifar;
 pub mod csv;
 pub mod mnist;
 pub mod synthetic;
+pub mod text;
 
 use crate::{DType, Device, Error, Generator, Result, Tensor};
 

@@ -244,3 +244,146 @@ fn fused_attention_on_the_gpu_matches_the_cpu_for_every_dtype_head_size_and_ragg
     let err = odd.scaled_dot_product_attention(&odd, &odd, false, None).unwrap_err().to_string();
     assert!(err.contains("head_dim 24"), "{err}");
 }
+
+fn tiny_gpt(vocab: usize, device: &Device, seed: u64) -> nabla::nn::Gpt {
+    let config = nabla::nn::GptConfig { vocab, context: 16, layers: 2, heads: 2, width: 32, dropout: 0.0 };
+    nabla::nn::Gpt::new(config, device, &mut Generator::new(seed)).unwrap()
+}
+
+#[test]
+fn gpt_has_nanogpt_names_and_ties_the_head_to_the_token_embedding() {
+    let gpt = tiny_gpt(20, &Device::Cpu, 1);
+    let names: Vec<String> = nabla::io::state_dict(&gpt).into_iter().map(|(n, _)| n).collect();
+    for expected in [
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+        "transformer.h.0.ln_1.weight",
+        "transformer.h.0.ln_1.bias",
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.0.attn.c_attn.bias",
+        "transformer.h.0.attn.c_proj.weight",
+        "transformer.h.1.ln_2.bias",
+        "transformer.h.1.mlp.c_fc.weight",
+        "transformer.h.1.mlp.c_proj.weight",
+        "transformer.ln_f.weight",
+        "lm_head.weight",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+    let params = gpt.named_parameters();
+    assert!(!params.iter().any(|(n, _)| n == "lm_head.weight"), "the tied head is one parameter");
+    let shape = |name: &str| params.iter().find(|(n, _)| n == name).unwrap().1.shape().to_vec();
+    assert_eq!(shape("transformer.h.0.attn.c_attn.weight"), [96, 32]);
+    assert_eq!(shape("transformer.h.0.mlp.c_fc.weight"), [128, 32]);
+    assert_eq!(shape("transformer.wpe.weight"), [16, 32]);
+    // Logits for every position; at initialisation the loss of other tokens than the inputs
+    // (the tied head favours the input's own token) is about ln(vocab).
+    let ids = Tensor::from_vec((0..24).map(|i| i % 20).collect::<Vec<i64>>(), &[2, 12], &Device::Cpu).unwrap();
+    let logits = gpt.forward(&ids).unwrap();
+    assert_eq!(logits.shape(), &[2, 12, 20]);
+    let others = Tensor::from_vec((0..24).map(|i| (i + 7) % 20).collect::<Vec<i64>>(), &[24], &Device::Cpu).unwrap();
+    let loss = logits.reshape(&[24, 20]).unwrap().cross_entropy(&others).unwrap();
+    assert!((loss.to_scalar::<f64>().unwrap() - 20f64.ln()).abs() < 0.1, "{loss:?}");
+    // Causal: changing a later token leaves earlier logits alone.
+    let mut later = ids.to_vec::<i64>().unwrap();
+    later[11] = 3;
+    let changed = gpt.forward(&Tensor::from_vec(later, &[2, 12], &Device::Cpu).unwrap()).unwrap();
+    let (a, b) = (logits.to_vec::<f32>().unwrap(), changed.to_vec::<f32>().unwrap());
+    assert_eq!(a[..11 * 20], b[..11 * 20], "positions before the change see the same context");
+    assert_ne!(a[11 * 20..12 * 20], b[11 * 20..12 * 20]);
+    let too_long = Tensor::zeros(&[1, 17], DType::I64, &Device::Cpu).unwrap();
+    assert!(gpt.forward(&too_long).unwrap_err().to_string().contains("context of 16"));
+    let config = nabla::nn::GptConfig { vocab: 5, context: 4, layers: 1, heads: 3, width: 32, dropout: 0.0 };
+    assert!(nabla::nn::Gpt::new(config, &Device::Cpu, &mut Generator::new(0)).is_err(), "3 heads do not divide 32");
+}
+
+#[test]
+fn tokenizer_round_trips_any_text_and_refuses_unknown_characters() {
+    use nabla::data::text::CharTokenizer;
+    let text = "Ο Πρόσπερος: «Καλημέρα»\nWe are such stuff as dreams are made on. 🌙";
+    let tok = CharTokenizer::from_corpus(text).unwrap();
+    let ids = tok.encode(text).unwrap();
+    assert_eq!(ids.len(), text.chars().count());
+    assert_eq!(tok.decode(&ids).unwrap(), text);
+    let stored = CharTokenizer::from_vocabulary(&tok.vocabulary()).unwrap();
+    assert_eq!(stored, tok, "the vocabulary string rebuilds the tokenizer");
+    let err = tok.encode("dreamz").unwrap_err().to_string();
+    assert!(err.contains("'z'") && err.contains("at 5"), "{err}");
+    assert!(tok.decode(&[tok.len() as i64]).is_err() && tok.decode(&[-1]).is_err());
+    assert!(CharTokenizer::from_corpus("").is_err(), "an empty text is refused");
+    assert!(CharTokenizer::from_vocabulary("abca").is_err());
+    let plays = nabla::data::text::shipped_plays();
+    assert_eq!(CharTokenizer::from_corpus(plays).unwrap().len(), 76, "the shipped plays' characters");
+}
+
+#[test]
+fn tiny_gpt_training_steps_on_the_gpu_follow_the_cpu_run() {
+    use nabla::optim::{Adam, AdamConfig, Optimizer};
+    let Some(dev) = cuda_or_skip("gpt steps") else { return };
+    let ids = Tensor::randint(0, 20, &[3, 16], &Device::Cpu, &mut Generator::new(5)).unwrap();
+    let run = |device: &Device| -> (Vec<f64>, Vec<Vec<f32>>) {
+        let gpt = tiny_gpt(20, device, 7);
+        let mut opt = Adam::new(gpt.parameters(), AdamConfig::adamw(3e-3)).unwrap();
+        let (x, y) = (ids.narrow(1, 0, 15).unwrap().to_device(device).unwrap(), ids.narrow(1, 1, 15).unwrap());
+        let y = y.reshape(&[45]).unwrap().to_device(device).unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..4 {
+            opt.zero_grad();
+            let loss = gpt.forward(&x).unwrap().reshape(&[45, 20]).unwrap().cross_entropy(&y).unwrap();
+            losses.push(loss.to_scalar::<f64>().unwrap());
+            loss.backward().unwrap();
+            opt.step().unwrap();
+        }
+        (losses, gpt.parameters().iter().map(|p| p.to_vec::<f32>().unwrap()).collect())
+    };
+    let ((gpu_losses, gpu_params), (cpu_losses, cpu_params)) = (run(&dev), run(&Device::Cpu));
+    assert!(cpu_losses[3] < cpu_losses[0], "it learns: {cpu_losses:?}");
+    for (g, c) in gpu_losses.iter().zip(&cpu_losses) {
+        assert!((g - c).abs() < 1e-4, "losses: gpu {gpu_losses:?}, cpu {cpu_losses:?}");
+    }
+    // Adam moves every parameter by about lr at first, so a rounding difference in a tiny
+    // gradient can flip a step: compare within 2 lr.
+    for (i, (g, c)) in gpu_params.iter().zip(&cpu_params).enumerate() {
+        for (j, (a, b)) in g.iter().zip(c).enumerate() {
+            assert!((a - b).abs() <= 6e-3 * (1.0 + b.abs()), "parameter {i}[{j}]: gpu {a}, cpu {b}");
+        }
+    }
+}
+
+#[test]
+fn a_short_run_on_the_shipped_plays_beats_the_unigram_loss() {
+    use nabla::data::text::{CharTokenizer, TokenStream, shipped_plays};
+    use nabla::optim::{Adam, AdamConfig, Optimizer};
+    let plays = shipped_plays();
+    let tok = CharTokenizer::from_corpus(plays).unwrap();
+    let stream = TokenStream::new(tok.encode(plays).unwrap());
+    let (train, val) = stream.split(0.9).unwrap();
+    // The unigram loss: the entropy of the training text's character frequencies, in nats.
+    let mut counts = vec![0f64; tok.len()];
+    for id in tok.encode(&plays[..plays.len() * 9 / 10]).unwrap() {
+        counts[id as usize] += 1.0;
+    }
+    let total: f64 = counts.iter().sum();
+    let unigram: f64 = counts.iter().filter(|&&c| c > 0.0).map(|&c| -(c / total) * (c / total).ln()).sum();
+    let gpt = tiny_gpt(tok.len(), &Device::Cpu, 3);
+    let mut opt = Adam::new(gpt.parameters(), AdamConfig::adamw(1e-2)).unwrap();
+    let mut rng = Generator::new(11);
+    let loss_of = |x: &Tensor, y: &Tensor| {
+        let (b, t) = (x.shape()[0], x.shape()[1]);
+        gpt.forward(x)
+            .unwrap()
+            .reshape(&[b * t, tok.len()])
+            .unwrap()
+            .cross_entropy(&y.reshape(&[b * t]).unwrap())
+            .unwrap()
+    };
+    for _ in 0..150 {
+        let (x, y) = train.random_batch(16, 16, &mut rng, &Device::Cpu).unwrap();
+        opt.zero_grad();
+        loss_of(&x, &y).backward().unwrap();
+        opt.step().unwrap();
+    }
+    let (x, y) = val.random_batch(64, 16, &mut rng, &Device::Cpu).unwrap();
+    let val_loss = nabla::no_grad(|| loss_of(&x, &y)).to_scalar::<f64>().unwrap();
+    assert!(val_loss < unigram - 0.3, "validation loss {val_loss} vs unigram {unigram}");
+}
