@@ -5,6 +5,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use nabla::cuda::{self, kernels};
 use nabla::io::image::Image;
 use nabla::nn::BatchNormOptions;
+use nabla::train::text::{Sampling, TextConfig};
 use nabla::train::{self, DataKind, ModelKind, OptimizerKind, Report, TrainConfig};
 use nabla::{DType, Device, Generator, Result, Tensor, metrics, vision, viz};
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a network (the shipped MNIST subset unless --data) and write a checkpoint
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Top-1/top-5 error, per-class precision/recall/F1 and the confusion matrix on the test split
     Eval(EvalArgs),
     /// Each image's top classes with their probabilities
@@ -49,6 +50,8 @@ enum Command {
     Info,
     /// Run a small network's ops on a GPU and on the CPU reference and print the largest differences
     Check(CheckArgs),
+    /// Continue a text with a trained gpt, streaming characters as they are drawn
+    Generate(GenerateArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout
     Completions {
         /// The shell
@@ -69,18 +72,34 @@ enum ModelArg {
     Alexnet,
     /// A small ResNet with batch norm (base width 16)
     Resnet,
+    /// A character-level GPT on a text (the shipped plays unless --data FILE)
+    Gpt,
 }
 
-impl From<ModelArg> for ModelKind {
-    fn from(m: ModelArg) -> Self {
-        match m {
-            ModelArg::Mlp => ModelKind::Mlp,
-            ModelArg::Perceptron => ModelKind::Perceptron,
-            ModelArg::Lenet5 => ModelKind::LeNet5,
-            ModelArg::Alexnet => ModelKind::AlexNet,
-            ModelArg::Resnet => ModelKind::ResNet,
+/// The image model a `--model` names; `gpt` is a text model with commands of its own.
+fn image_model(m: ModelArg) -> Result<ModelKind> {
+    Ok(match m {
+        ModelArg::Mlp => ModelKind::Mlp,
+        ModelArg::Perceptron => ModelKind::Perceptron,
+        ModelArg::Lenet5 => ModelKind::LeNet5,
+        ModelArg::Alexnet => ModelKind::AlexNet,
+        ModelArg::Resnet => ModelKind::ResNet,
+        ModelArg::Gpt => {
+            return Err(nabla::Error::invalid(
+                "nabla",
+                "a gpt is a text model: `eval --checkpoint F --text FILE` and `generate` take it",
+            ));
         }
-    }
+    })
+}
+
+/// nanoGPT's two recipes.
+#[derive(Clone, Copy, ValueEnum)]
+enum PresetArg {
+    /// For a laptop CPU
+    Cpu,
+    /// For a GPU
+    Gpu,
 }
 
 /// The data sets, as the command line names them.
@@ -164,12 +183,12 @@ struct TrainArgs {
     /// Passes over the training split in all; a resumed run continues up to this total [1..]
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     epochs: u64,
-    /// Examples per step [1..=65536]
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
-    batch_size: u64,
-    /// Peak learning rate, cosine-annealed to 0 over the run (> 0)
-    #[arg(long, default_value_t = 2e-3, value_parser = positive, allow_negative_numbers = true)]
-    lr: f64,
+    /// Examples per step [1..=65536] (default 64; gpt: the preset's)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    batch_size: Option<u64>,
+    /// Peak learning rate, cosine-annealed over the run, > 0 (default 2e-3; gpt: the preset's)
+    #[arg(long, value_parser = positive, allow_negative_numbers = true)]
+    lr: Option<f64>,
     /// The optimizer
     #[arg(long, value_enum, default_value = "adam")]
     optimizer: OptimizerArg,
@@ -191,9 +210,32 @@ struct TrainArgs {
     /// No random left-right flips (they are on for CIFAR-10 and folders, off for digits)
     #[arg(long)]
     no_flip: bool,
-    /// Dropout probability between the MLP's hidden layers [0, 1)
-    #[arg(long, default_value_t = 0.0, value_parser = probability)]
-    dropout: f64,
+    /// Dropout probability [0, 1): between the MLP's hidden layers; gpt: in its blocks
+    /// (default 0; gpt: the preset's)
+    #[arg(long, value_parser = probability)]
+    dropout: Option<f64>,
+    /// gpt: nanoGPT's recipe for a laptop (cpu: 4 layers, 4 heads, width 128, context 64,
+    /// batch 12, 2000 steps) or a GPU (gpu: 6, 6, 384, 256, batch 64, dropout 0.2, 5000 steps)
+    #[arg(long, value_enum, default_value = "cpu")]
+    preset: PresetArg,
+    /// gpt: transformer blocks [1..=96]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=96))]
+    layers: Option<u64>,
+    /// gpt: attention heads per block [1..=64]; width / heads must be 16, 32, 64 or 128 on a GPU
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    heads: Option<u64>,
+    /// gpt: features per position [1..=8192]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=8192))]
+    width: Option<u64>,
+    /// gpt: characters per window [1..=8192]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=8192))]
+    context: Option<u64>,
+    /// gpt: optimizer steps in all [1..]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    steps: Option<u64>,
+    /// gpt: report train and validation loss every this many steps [1..]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    eval_every: Option<u64>,
     /// A folder data set's image side in pixels [8..=512] (default 32)
     #[arg(long, value_name = "PIXELS", value_parser = clap::value_parser!(u64).range(8..=512))]
     image_size: Option<u64>,
@@ -225,6 +267,34 @@ struct EvalArgs {
     /// The data set's folder (default: the shipped MNIST subset)
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// gpt: the loss and perplexity of this UTF-8 text file
+    #[arg(long, value_name = "FILE")]
+    text: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto", value_parser = device)]
+    device: Device,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// A checkpoint written by `nabla train --model gpt`
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The text to continue (default: a newline)
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Characters to draw [1..=1000000]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    tokens: u64,
+    /// Divides the logits: below 1 sharper, above 1 more random (> 0)
+    #[arg(long, default_value_t = 0.8, value_parser = positive)]
+    temperature: f64,
+    /// Draw only from the k likeliest characters [1..]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    top_k: Option<u64>,
+    /// Seeds the draws
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto", value_parser = device)]
     device: Device,
@@ -345,9 +415,10 @@ fn main() -> ExitCode {
             let _ = Cli::command().print_help();
             Ok(())
         }
-        Some(Command::Train(args)) => train_cmd(args),
+        Some(Command::Train(args)) => train_cmd(*args),
         Some(Command::Eval(args)) => eval_cmd(args),
         Some(Command::Predict(args)) => predict_cmd(args),
+        Some(Command::Generate(args)) => generate_cmd(args),
         Some(Command::Convolve(args)) => convolve_cmd(args),
         Some(Command::Viz(viz)) => viz_cmd(viz),
         Some(Command::Info) => info(),
@@ -367,12 +438,15 @@ fn main() -> ExitCode {
 }
 
 fn train_cmd(args: TrainArgs) -> Result<()> {
-    let model: ModelKind = args.model.into();
+    if let ModelArg::Gpt = args.model {
+        return train_gpt(args);
+    }
+    let model = image_model(args.model)?;
     let config = TrainConfig {
         model,
         epochs: args.epochs as usize,
-        batch_size: args.batch_size as usize,
-        lr: args.lr,
+        batch_size: args.batch_size.unwrap_or(64) as usize,
+        lr: args.lr.unwrap_or(2e-3),
         optimizer: args.optimizer.into(),
         seed: args.seed,
         device: args.device,
@@ -382,7 +456,7 @@ fn train_cmd(args: TrainArgs) -> Result<()> {
         resume: args.resume,
         shift: args.shift as usize,
         flip: args.no_flip.then_some(false),
-        dropout: args.dropout,
+        dropout: args.dropout.unwrap_or(0.0),
         channels: args.channels.map(|c| c as usize),
         image_size: args.image_size.map(|s| s as usize),
         batch_norm: BatchNormOptions { momentum: args.bn_momentum, eps: args.bn_eps },
@@ -414,6 +488,44 @@ fn train_cmd(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn train_gpt(args: TrainArgs) -> Result<()> {
+    let preset = match args.preset {
+        PresetArg::Cpu => TextConfig::cpu_preset(),
+        PresetArg::Gpu => TextConfig::gpu_preset(),
+    };
+    let pick = |given: Option<u64>, default: usize| given.map_or(default, |v| v as usize);
+    let config = TextConfig {
+        data: args.data,
+        layers: pick(args.layers, preset.layers),
+        heads: pick(args.heads, preset.heads),
+        width: pick(args.width, preset.width),
+        context: pick(args.context, preset.context),
+        batch_size: pick(args.batch_size, preset.batch_size),
+        steps: pick(args.steps, preset.steps),
+        eval_every: pick(args.eval_every, preset.eval_every),
+        lr: args.lr.unwrap_or(preset.lr),
+        dropout: args.dropout.unwrap_or(preset.dropout),
+        seed: args.seed,
+        device: args.device,
+        out_dir: args.out.unwrap_or_else(|| PathBuf::from("runs/gpt")),
+        report: Report::for_terminal(args.quiet),
+        ..preset
+    };
+    let started = std::time::Instant::now();
+    let outcome = train::text::train_text(&config)?;
+    let last = outcome.reports.last().map_or(f64::NAN, |r| r.val_loss);
+    out!(
+        "validation loss {last:.4} nats/char ({:.3} bits) after {:.1}s; checkpoint {}",
+        last / std::f64::consts::LN_2,
+        started.elapsed().as_secs_f64(),
+        outcome.checkpoint.display()
+    );
+    let sampling = Sampling { temperature: 0.8, top_k: Some(40), seed: config.seed };
+    let sample = train::text::generate(&outcome.model, &outcome.tokenizer, "", 300, sampling, true, |_| {})?;
+    out!("a sample:\n{sample}");
+    Ok(())
+}
+
 /// The test split of the data a trained model was made for, in the layout it takes.
 fn test_split(trained: &train::Trained, data: Option<&Path>, device: &Device) -> Result<nabla::data::Dataset> {
     let meta = &trained.meta;
@@ -428,8 +540,26 @@ fn test_split(trained: &train::Trained, data: Option<&Path>, device: &Device) ->
 }
 
 fn eval_cmd(args: EvalArgs) -> Result<()> {
-    let trained =
-        train::load_trained(&args.checkpoint, &args.device, args.model.map(Into::into), args.dataset.map(Into::into))?;
+    if let Some(path) = &args.text {
+        let (model, tokenizer) = train::text::load_gpt(&args.checkpoint, &args.device)?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| nabla::Error::Io { path: path.display().to_string(), source })?;
+        let loss = train::text::text_file_loss(&model, &tokenizer, &text, &args.device)?;
+        out!(
+            "{}: {} characters, loss {loss:.4} nats/char ({:.3} bits), perplexity {:.2}",
+            path.display(),
+            text.chars().count(),
+            loss / std::f64::consts::LN_2,
+            loss.exp()
+        );
+        return Ok(());
+    }
+    let trained = train::load_trained(
+        &args.checkpoint,
+        &args.device,
+        args.model.map(image_model).transpose()?,
+        args.dataset.map(Into::into),
+    )?;
     let test = test_split(&trained, args.data.as_deref(), &args.device)?;
     let names = &trained.meta.class_names;
     let scores = train::predict(trained.model.as_ref(), &test)?;
@@ -450,8 +580,31 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+fn generate_cmd(args: GenerateArgs) -> Result<()> {
+    use std::io::Write as _;
+    let (model, tokenizer) = train::text::load_gpt(&args.checkpoint, &args.device)?;
+    let sampling = Sampling { temperature: args.temperature, top_k: args.top_k.map(|k| k as usize), seed: args.seed };
+    let started = std::time::Instant::now();
+    tokenizer.encode(&args.prompt)?; // an unknown character is an error before anything prints
+    let mut stdout = std::io::stdout();
+    let _ = write!(stdout, "{}", args.prompt);
+    let text = train::text::generate(&model, &tokenizer, &args.prompt, args.tokens as usize, sampling, true, |c| {
+        let _ = write!(stdout, "{c}");
+        let _ = stdout.flush();
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = writeln!(stdout);
+    eprintln!(
+        "{} characters in {seconds:.2}s ({:.0} tokens/s on {})",
+        text.chars().count(),
+        text.chars().count() as f64 / seconds.max(1e-9),
+        args.device
+    );
+    Ok(())
+}
+
 fn predict_cmd(args: PredictArgs) -> Result<()> {
-    let trained = train::load_trained(&args.checkpoint, &args.device, args.model.map(Into::into), None)?;
+    let trained = train::load_trained(&args.checkpoint, &args.device, args.model.map(image_model).transpose()?, None)?;
     let meta = &trained.meta;
     let (c, s) = (meta.geometry.channels, meta.geometry.size);
     for path in &args.images {

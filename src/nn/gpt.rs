@@ -88,9 +88,28 @@ impl MultiheadAttention {
     }
 }
 
-impl Module for MultiheadAttention {
-    /// `[B, T, width]` to `[B, T, width]`, each position attending to itself and those before.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+/// One attention layer's keys and values of the positions seen so far, `[B, heads, n, d]`.
+#[derive(Clone, Default)]
+pub struct KvCache {
+    keys: Option<Tensor>,
+    values: Option<Tensor>,
+}
+
+impl KvCache {
+    /// The number of cached positions.
+    pub fn len(&self) -> usize {
+        self.keys.as_ref().map_or(0, |k| k.shape()[2])
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl MultiheadAttention {
+    /// The query, key and value heads of `x` `[B, T, width]`, each `[B, heads, T, d]`.
+    fn heads_of(&self, x: &Tensor) -> Result<[Tensor; 3]> {
         let &[b, t, width] = x.shape() else {
             return Err(Error::shape("attention", format!("input must be [batch, time, width], got {:?}", x.shape())));
         };
@@ -99,9 +118,42 @@ impl Module for MultiheadAttention {
         let head = |i: usize| -> Result<Tensor> {
             qkv.narrow(2, i * width, width)?.reshape(&[b, t, self.heads, d])?.permute(&[0, 2, 1, 3])
         };
-        let y = head(0)?.scaled_dot_product_attention(&head(1)?, &head(2)?, true, None)?;
-        let y = y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, width])?;
-        self.dropout.forward(&self.c_proj.forward(&y)?)
+        Ok([head(0)?, head(1)?, head(2)?])
+    }
+
+    /// `[B, heads, T, d]` back to `[B, T, width]` through the output projection.
+    fn combine(&self, y: &Tensor) -> Result<Tensor> {
+        let &[b, h, t, d] = y.shape() else {
+            return Err(Error::shape("attention", format!("heads must be [B, heads, T, d], got {:?}", y.shape())));
+        };
+        self.dropout.forward(&self.c_proj.forward(&y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, h * d])?)?)
+    }
+
+    /// Attention of new positions `x` `[B, T, width]` given the keys and values of the earlier
+    /// ones in `cache`, which then holds these too: a prompt when the cache is empty (causal
+    /// among itself), else one position at a time, which sees every cached one. Each new token
+    /// then costs one position's projections and one row of scores.
+    pub fn forward_cached(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let [q, k, v] = self.heads_of(x)?;
+        let new = x.shape()[1];
+        if !cache.is_empty() && new != 1 {
+            return Err(Error::invalid("attention", format!("a filled cache takes one position at a time, got {new}")));
+        }
+        let (keys, values) = match (&cache.keys, &cache.values) {
+            (Some(ck), Some(cv)) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
+            _ => (k.contiguous()?, v.contiguous()?),
+        };
+        let y = q.scaled_dot_product_attention(&keys, &values, cache.is_empty(), None)?;
+        *cache = KvCache { keys: Some(keys), values: Some(values) };
+        self.combine(&y)
+    }
+}
+
+impl Module for MultiheadAttention {
+    /// `[B, T, width]` to `[B, T, width]`, each position attending to itself and those before.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let [q, k, v] = self.heads_of(x)?;
+        self.combine(&q.scaled_dot_product_attention(&k, &v, true, None)?)
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
@@ -168,6 +220,14 @@ impl Block {
     }
 }
 
+impl Block {
+    /// [`Module::forward`] for new positions, with the attention's keys and values cached.
+    pub fn forward_cached(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let x = x.add(&self.attn.forward_cached(&self.ln_1.forward(x)?, cache)?)?;
+        x.add(&self.mlp.forward(&self.ln_2.forward(&x)?)?)
+    }
+}
+
 impl Module for Block {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.add(&self.attn.forward(&self.ln_1.forward(x)?)?)?;
@@ -221,6 +281,50 @@ impl Gpt {
             ln_f: LayerNorm::new(config.width, device)?,
             dropout: Dropout::new(config.dropout, seed)?,
         })
+    }
+}
+
+/// The keys and values of every block for the positions a [`Gpt`] has seen.
+#[derive(Clone, Default)]
+pub struct GptCache {
+    layers: Vec<KvCache>,
+}
+
+impl GptCache {
+    /// The number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, KvCache::len)
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Gpt {
+    /// Next-token logits `[B, T, vocab]` for new positions `ids` `[B, T]` after those in
+    /// `cache` (a prompt when it is empty, then one token at a time), which then holds them
+    /// too. The same logits as [`Module::forward`] over the whole sequence, at the cost of the
+    /// new positions only.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut GptCache) -> Result<Tensor> {
+        let &[_, t] = ids.shape() else {
+            return Err(Error::shape("gpt", format!("ids must be [batch, time], got {:?}", ids.shape())));
+        };
+        let start = cache.len();
+        if start + t > self.config.context {
+            return Err(Error::shape(
+                "gpt",
+                format!("{} positions exceed the context of {}", start + t, self.config.context),
+            ));
+        }
+        cache.layers.resize_with(self.blocks.len(), KvCache::default);
+        let positions = Tensor::arange(start as f64, (start + t) as f64, 1.0, DType::I64, &ids.device())?;
+        let mut x = self.dropout.forward(&self.wte.forward(ids)?.add(&self.wpe.forward(&positions)?)?)?;
+        for (block, layer) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = block.forward_cached(&x, layer)?;
+        }
+        self.ln_f.forward(&x)?.linear(&self.wte.weight, None)
     }
 }
 

@@ -13,7 +13,7 @@ pub use conv::{
     AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, BatchNormOptions, Conv2d, Flatten, MaxPool2d, NUM_BATCHES_TRACKED,
     batch_norm2d, batch_stats,
 };
-pub use gpt::{Block, FeedForward, Gpt, GptConfig, MultiheadAttention};
+pub use gpt::{Block, FeedForward, Gpt, GptCache, GptConfig, KvCache, MultiheadAttention};
 pub use layers::{Activation, Dropout, Init, Linear, Mlp, Sequential};
 pub use models::{BasicBlock, ConvNet, ResNet};
 pub use perceptron::{Neuron, Perceptron};

@@ -3,6 +3,7 @@
 
 mod data;
 mod progress;
+pub mod text;
 
 pub use data::{CIFAR10_CLASSES, DataKind, Geometry, MIN_FOLDER_IMAGES, Splits};
 pub use progress::Report;

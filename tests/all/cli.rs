@@ -204,3 +204,87 @@ fn convolve_writes_png_only_and_offers_one_by_one_kernels_magnitudes_and_reflect
     assert!(!ok && stderr.contains("not a finite number"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn gpt_trains_generates_and_evaluates_through_the_cli_and_refuses_bad_input() {
+    let dir = temp_dir("gpt");
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "to be or not to be, that is the question. ".repeat(40)).unwrap();
+    let (t, out) = (text.to_str().unwrap(), dir.join("run"));
+    let (ok, stdout, stderr) = nabla(&[
+        "train",
+        "--model",
+        "gpt",
+        "--data",
+        t,
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--width",
+        "32",
+        "--context",
+        "16",
+        "--steps",
+        "30",
+        "--eval-every",
+        "15",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("step    15/30") && stdout.contains("bits/char") && stdout.contains("a sample:"),
+        "{stdout}"
+    );
+    let checkpoint = out.join("checkpoint.safetensors");
+    let saved = nabla::io::safetensors::load(&checkpoint).unwrap();
+    assert_eq!(saved.metadata["vocabulary"], " ,.abehinoqrstu", "the vocabulary travels in the checkpoint");
+    assert!(
+        saved.tensors.contains_key("lm_head.weight")
+            && saved.tensors.contains_key("transformer.h.0.attn.c_attn.weight")
+    );
+    let c = checkpoint.to_str().unwrap();
+    let (ok, stdout, stderr) =
+        nabla(&["generate", "--checkpoint", c, "--prompt", "to be", "--tokens", "20", "--device", "cpu"]);
+    assert!(ok && stdout.starts_with("to be") && stdout.trim_end().chars().count() == 25, "{stdout}{stderr}");
+    assert!(stderr.contains("tokens/s"), "{stderr}");
+    let (ok, stdout, stderr) = nabla(&["eval", "--checkpoint", c, "--text", t, "--device", "cpu"]);
+    assert!(ok && stdout.contains("perplexity"), "{stdout}{stderr}");
+
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let image_run = dir.join("mlp");
+    let (ok, _, stderr) = nabla(&[
+        "train",
+        "--model",
+        "perceptron",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        image_run.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let image = image_run.join("checkpoint.safetensors");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["generate", "--checkpoint", c, "--prompt", "Zebra", "--device", "cpu"], "'Z'"),
+        (vec!["train", "--model", "gpt", "--data", empty.to_str().unwrap(), "--device", "cpu"], "empty"),
+        (vec!["generate", "--checkpoint", image.to_str().unwrap(), "--device", "cpu"], "not a gpt"),
+        (vec!["eval", "--checkpoint", c, "--text", empty.to_str().unwrap(), "--device", "cpu"], "nothing to predict"),
+        (vec!["eval", "--checkpoint", image.to_str().unwrap(), "--model", "gpt", "--device", "cpu"], "text model"),
+        (vec!["generate", "--checkpoint", c, "--temperature", "0", "--device", "cpu"], "--temperature"),
+    ];
+    for (args, expected) in cases {
+        let (ok, stdout, stderr) = nabla(&args);
+        assert!(!ok && stderr.starts_with("error: ") && stderr.contains(expected), "{args:?}: {stdout}{stderr}");
+        assert!(stderr.lines().next().is_some_and(|l| l.contains(expected)), "the first line says it: {stderr}");
+        assert!(stdout.is_empty(), "nothing printed before the error: {stdout}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -387,3 +387,26 @@ fn a_short_run_on_the_shipped_plays_beats_the_unigram_loss() {
     let val_loss = nabla::no_grad(|| loss_of(&x, &y)).to_scalar::<f64>().unwrap();
     assert!(val_loss < unigram - 0.3, "validation loss {val_loss} vs unigram {unigram}");
 }
+
+#[test]
+fn generation_with_the_cache_draws_the_same_tokens_as_without_it() {
+    use nabla::data::text::CharTokenizer;
+    use nabla::train::text::{Sampling, generate};
+    let tok = CharTokenizer::from_corpus("abcdefghijklmnopqrst").unwrap();
+    let gpt = tiny_gpt(tok.len(), &Device::Cpu, 9);
+    // Within the context of 16: a prompt of 4 and 12 new characters.
+    let sampling = Sampling { temperature: 1.3, top_k: Some(8), seed: 4 };
+    let mut streamed = String::new();
+    let cached = generate(&gpt, &tok, "abca", 12, sampling, true, |c| streamed.push_str(c)).unwrap();
+    let uncached = generate(&gpt, &tok, "abca", 12, sampling, false, |_| {}).unwrap();
+    assert_eq!(cached.chars().count(), 12);
+    assert_eq!(cached, uncached, "the key/value cache changes the cost, not the tokens");
+    assert_eq!(streamed, cached, "every character is emitted as it is drawn");
+    let other = generate(&gpt, &tok, "abca", 12, Sampling { seed: 5, ..sampling }, true, |_| {}).unwrap();
+    assert_ne!(other, cached, "another seed draws other characters");
+    // Past the context the cache restarts from the window's last half and generation goes on.
+    assert_eq!(generate(&gpt, &tok, "", 40, sampling, true, |_| {}).unwrap().chars().count(), 40);
+    let err = generate(&gpt, &tok, "abc!", 3, sampling, true, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("'!'") && err.contains("at 3"), "{err}");
+    assert!(generate(&gpt, &tok, "a", 3, Sampling { temperature: 0.0, ..sampling }, true, |_| {}).is_err());
+}
