@@ -373,3 +373,61 @@ pub fn confusion_csv(cm: &ConfusionMatrix, class_names: &[String]) -> String {
     }
     out
 }
+
+/// Each head's attention weights `[heads, T, T]` over a text as heat-maps side by side: queries
+/// down the left, keys along the top, both labelled with the text's characters (a space shown
+/// as `␣`, a newline as `⏎`), white for 0 to dark blue for the row's largest weight of 1.
+pub fn attention_maps(weights: &Tensor, text: &[char], title: &str) -> Result<Image> {
+    let &[heads, t, t2] = weights.shape() else {
+        return Err(Error::shape("viz", format!("attention weights must be [heads, T, T], got {:?}", weights.shape())));
+    };
+    if t != t2 || t != text.len() || heads == 0 || t == 0 {
+        return Err(Error::shape(
+            "viz",
+            format!("attention weights {:?} for a text of {} characters", weights.shape(), text.len()),
+        ));
+    }
+    let w = weights.to_vec::<f64>()?;
+    let cell = (480 / t).clamp(6, 22) as i32;
+    let font = (cell - 2).clamp(6, 14) as u32;
+    let side = cell * t as i32;
+    let (margin, gap, top) = (18, 24, 56);
+    let columns = heads.min(4);
+    let rows = heads.div_ceil(columns);
+    let panel = margin + side + gap;
+    let (width, height) = (columns * panel as usize + 10, top as usize + rows * (side + margin + 30) as usize);
+    let shown = |c: char| match c {
+        ' ' => "␣".to_string(),
+        '\n' => "⏎".to_string(),
+        c => c.to_string(),
+    };
+    canvas(width, height, |root| {
+        let text_style =
+            |size: u32| TextStyle::from((FONT, size).into_font()).pos(Pos::new(HPos::Center, VPos::Center));
+        root.draw(&Text::new(title.to_string(), (8, 12), TextStyle::from((FONT, 18).into_font())))
+            .map_err(draw_error)?;
+        for h in 0..heads {
+            let (x0, y0) =
+                (10 + (h % columns) as i32 * panel + margin, top + (h / columns) as i32 * (side + margin + 30));
+            root.draw(&Text::new(format!("head {h}"), (x0 + side / 2, y0 - 24), text_style(13))).map_err(draw_error)?;
+            for i in 0..t {
+                for j in 0..t {
+                    let (x, y) = (x0 + j as i32 * cell, y0 + i as i32 * cell);
+                    let colour = blue(w[(h * t + i) * t + j]);
+                    root.draw(&Rectangle::new([(x, y), (x + cell - 1, y + cell - 1)], colour.filled()))
+                        .map_err(draw_error)?;
+                }
+                let label = shown(text[i]);
+                root.draw(&Text::new(
+                    label.clone(),
+                    (x0 - margin / 2, y0 + i as i32 * cell + cell / 2),
+                    text_style(font),
+                ))
+                .map_err(draw_error)?;
+                root.draw(&Text::new(label, (x0 + i as i32 * cell + cell / 2, y0 - 8), text_style(font)))
+                    .map_err(draw_error)?;
+            }
+        }
+        Ok(())
+    })
+}

@@ -72,6 +72,8 @@ enum ModelArg {
     Alexnet,
     /// A small ResNet with batch norm (base width 16)
     Resnet,
+    /// A small vision transformer (patches of a quarter of the side, width 64, 4 blocks of 4 heads)
+    Vit,
     /// A character-level GPT on a text (the shipped plays unless --data FILE)
     Gpt,
 }
@@ -84,6 +86,7 @@ fn image_model(m: ModelArg) -> Result<ModelKind> {
         ModelArg::Lenet5 => ModelKind::LeNet5,
         ModelArg::Alexnet => ModelKind::AlexNet,
         ModelArg::Resnet => ModelKind::ResNet,
+        ModelArg::Vit => ModelKind::Vit,
         ModelArg::Gpt => {
             return Err(nabla::Error::invalid(
                 "nabla",
@@ -379,6 +382,22 @@ enum VizCommand {
         history: PathBuf,
         /// The output .png (the .csv goes beside it)
         out: PathBuf,
+    },
+    /// A gpt's attention weights over a text, one heat-map per head, characters on both axes
+    Attention {
+        /// A checkpoint written by `nabla train --model gpt`
+        checkpoint: PathBuf,
+        /// The output .png
+        out: PathBuf,
+        /// The text (at most the model's context)
+        #[arg(long)]
+        text: String,
+        /// The block (default: the last)
+        #[arg(long)]
+        layer: Option<usize>,
+        /// auto, cpu, cuda or cuda:N
+        #[arg(long, default_value = "auto", value_parser = device)]
+        device: Device,
     },
     /// The test split's confusion matrix with class names and counts, and as .csv beside it
     Confusion {
@@ -701,6 +720,17 @@ fn viz_cmd(command: VizCommand) -> Result<()> {
             let csv = out.with_extension("csv");
             write_text(&csv, &viz::curves_csv(&history))?;
             out!("{} epochs -> {} and {}", history.len(), out.display(), csv.display());
+        }
+        VizCommand::Attention { checkpoint, out, text, layer, device } => {
+            let (model, tokenizer) = train::text::load_gpt(&checkpoint, &device)?;
+            let ids = tokenizer.encode(&text)?;
+            let layer = layer.unwrap_or(model.blocks.len().saturating_sub(1));
+            let x = Tensor::from_vec(ids.clone(), &[1, ids.len()], &device)?;
+            let weights = model.attention_weights(&x, layer)?;
+            let chars: Vec<char> = text.chars().collect();
+            viz::attention_maps(&weights, &chars, &format!("attention of block {layer} over {:?}", text))?
+                .save_png(&out)?;
+            out!("{} heads of block {layer} over {} characters -> {}", weights.shape()[0], chars.len(), out.display());
         }
         VizCommand::Confusion { checkpoint, out, data, device } => {
             let trained = train::load_trained(&checkpoint, &device, None, None)?;

@@ -61,12 +61,13 @@ pub struct MultiheadAttention {
     /// Mixes the heads' outputs: `[width, width]`.
     pub c_proj: Linear,
     heads: usize,
+    causal: bool,
     dropout: Dropout,
 }
 
 impl MultiheadAttention {
-    /// Attention over `width` features in `heads` heads, weights from N(0, 0.02²) (`c_proj`
-    /// from N(0, proj_std²)).
+    /// Causal attention over `width` features in `heads` heads, weights from N(0, 0.02²)
+    /// (`c_proj` from N(0, proj_std²)).
     pub fn new(
         width: usize,
         heads: usize,
@@ -83,8 +84,15 @@ impl MultiheadAttention {
             c_attn: linear(width, 3 * width, 0.02, device, rng)?,
             c_proj: linear(width, width, proj_std, device, rng)?,
             heads,
+            causal: true,
             dropout: Dropout::new(dropout, seed)?,
         })
+    }
+
+    /// The same attention with every position seeing every other (an encoder's, as in a ViT).
+    pub fn bidirectional(mut self) -> Self {
+        self.causal = false;
+        self
     }
 }
 
@@ -153,7 +161,7 @@ impl Module for MultiheadAttention {
     /// `[B, T, width]` to `[B, T, width]`, each position attending to itself and those before.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [q, k, v] = self.heads_of(x)?;
-        self.combine(&q.scaled_dot_product_attention(&k, &v, true, None)?)
+        self.combine(&q.scaled_dot_product_attention(&k, &v, self.causal, None)?)
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
@@ -204,17 +212,51 @@ pub struct Block {
     pub mlp: FeedForward,
 }
 
+/// The shape of one transformer block.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockConfig {
+    /// Features per position.
+    pub width: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// The MLP's hidden features (4 x width in GPT).
+    pub hidden: usize,
+    /// Blocks in the model, which scales the residual projections' initial weights.
+    pub layers: usize,
+    /// Dropout on the attention and MLP outputs.
+    pub dropout: f64,
+    /// Whether positions see only those before them (a decoder) or all (an encoder).
+    pub causal: bool,
+}
+
 impl Block {
-    /// A block of `config`'s width, heads and dropout.
+    /// A GPT block of `config`'s width, heads and dropout (causal, MLP of 4 x width).
     pub fn new(config: GptConfig, device: &Device, rng: &mut Generator) -> Result<Self> {
-        let proj_std = 0.02 / (2.0 * config.layers as f64).sqrt();
-        let w = config.width;
-        let attn = MultiheadAttention::new(w, config.heads, proj_std, config.dropout, device, rng)?;
+        let shape = BlockConfig {
+            width: config.width,
+            heads: config.heads,
+            hidden: 4 * config.width,
+            layers: config.layers,
+            dropout: config.dropout,
+            causal: true,
+        };
+        Self::with_config(shape, device, rng)
+    }
+
+    /// A block of any shape (weights from N(0, 0.02²), residual projections from
+    /// N(0, 0.02² / (2 layers)), as nanoGPT).
+    pub fn with_config(shape: BlockConfig, device: &Device, rng: &mut Generator) -> Result<Self> {
+        let proj_std = 0.02 / (2.0 * shape.layers.max(1) as f64).sqrt();
+        let w = shape.width;
+        let mut attn = MultiheadAttention::new(w, shape.heads, proj_std, shape.dropout, device, rng)?;
+        if !shape.causal {
+            attn = attn.bidirectional();
+        }
         let seed = rng.next_u64();
         let mlp = FeedForward {
-            c_fc: linear(w, 4 * w, 0.02, device, rng)?,
-            c_proj: linear(4 * w, w, proj_std, device, rng)?,
-            dropout: Dropout::new(config.dropout, seed)?,
+            c_fc: linear(w, shape.hidden, 0.02, device, rng)?,
+            c_proj: linear(shape.hidden, w, proj_std, device, rng)?,
+            dropout: Dropout::new(shape.dropout, seed)?,
         };
         Ok(Block { ln_1: LayerNorm::new(w, device)?, attn, ln_2: LayerNorm::new(w, device)?, mlp })
     }
@@ -325,6 +367,41 @@ impl Gpt {
             x = block.forward_cached(&x, layer)?;
         }
         self.ln_f.forward(&x)?.linear(&self.wte.weight, None)
+    }
+}
+
+impl Gpt {
+    /// The attention weights of block `layer` for `ids` `[1, T]`: `[heads, T, T]`, row i the
+    /// distribution of query i over the keys (zero past i), for pictures of what it attends to.
+    pub fn attention_weights(&self, ids: &Tensor, layer: usize) -> Result<Tensor> {
+        let &[1, t] = ids.shape() else {
+            return Err(Error::shape(
+                "gpt",
+                format!("attention weights take one sequence [1, T], got {:?}", ids.shape()),
+            ));
+        };
+        if layer >= self.blocks.len() || t > self.config.context {
+            return Err(Error::invalid(
+                "gpt",
+                format!(
+                    "layer {layer} of {} blocks, {t} positions of a context of {}",
+                    self.blocks.len(),
+                    self.config.context
+                ),
+            ));
+        }
+        let _guard = crate::NoGradGuard::new();
+        let positions = Tensor::arange(0.0, t as f64, 1.0, DType::I64, &ids.device())?;
+        let mut x = self.wte.forward(ids)?.add(&self.wpe.forward(&positions)?)?;
+        for block in &self.blocks[..layer] {
+            x = block.forward(&x)?;
+        }
+        let [q, k, _] = self.blocks[layer].attn.heads_of(&self.blocks[layer].ln_1.forward(&x)?)?;
+        let d = self.config.width / self.config.heads;
+        let scores = q.matmul(&k.transpose(-2, -1)?)?.mul_scalar(1.0 / (d as f64).sqrt())?;
+        let mask = Tensor::causal_mask(t, t, scores.dtype(), &scores.device())?;
+        let hidden = Tensor::full(&[], f64::NEG_INFINITY, scores.dtype(), &scores.device())?;
+        mask.where_cond(&scores, &hidden)?.softmax(-1)?.reshape(&[self.config.heads, t, t])
     }
 }
 

@@ -8,16 +8,18 @@ mod layers;
 mod models;
 mod perceptron;
 mod transformer;
+mod vit;
 
 pub use conv::{
     AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, BatchNormOptions, Conv2d, Flatten, MaxPool2d, NUM_BATCHES_TRACKED,
     batch_norm2d, batch_stats,
 };
-pub use gpt::{Block, FeedForward, Gpt, GptCache, GptConfig, KvCache, MultiheadAttention};
+pub use gpt::{Block, BlockConfig, FeedForward, Gpt, GptCache, GptConfig, KvCache, MultiheadAttention};
 pub use layers::{Activation, Dropout, Init, Linear, Mlp, Sequential};
 pub use models::{BasicBlock, ConvNet, ResNet};
 pub use perceptron::{Neuron, Perceptron};
 pub use transformer::{Embedding, LayerNorm};
+pub use vit::{Vit, VitConfig};
 
 use crate::{Result, Tensor};
 

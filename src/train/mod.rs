@@ -11,7 +11,7 @@ pub use progress::Report;
 use crate::data::{DataLoader, Dataset};
 use crate::io::{load_into_module, safetensors, save_module};
 use crate::metrics;
-use crate::nn::{Activation, BatchNormOptions, ConvNet, Mlp, Module, ResNet};
+use crate::nn::{Activation, BatchNormOptions, ConvNet, Mlp, Module, ResNet, Vit, VitConfig};
 use crate::optim::{Adam, AdamConfig, LrSchedule, Optimizer, Sgd, SgdConfig};
 use crate::{DType, Device, Error, Generator, Result, Tensor};
 use progress::Progress;
@@ -33,17 +33,25 @@ pub enum ModelKind {
     AlexNet,
     /// The small ResNet (three stages of basic blocks with batch norm), base width 16.
     ResNet,
+    /// A small vision transformer: 4 x 4 patches, width 64, 4 blocks of 4 heads, MLP 128.
+    Vit,
 }
 
 impl ModelKind {
     /// Every model, in the order `nabla help` lists them.
-    pub const ALL: [ModelKind; 5] =
-        [ModelKind::Mlp, ModelKind::Perceptron, ModelKind::LeNet5, ModelKind::AlexNet, ModelKind::ResNet];
+    pub const ALL: [ModelKind; 6] = [
+        ModelKind::Mlp,
+        ModelKind::Perceptron,
+        ModelKind::LeNet5,
+        ModelKind::AlexNet,
+        ModelKind::ResNet,
+        ModelKind::Vit,
+    ];
 
     /// Parses a model name (`mlp`, `perceptron`, `lenet5`, `alexnet`, `resnet`).
     pub fn parse(name: &str) -> Result<Self> {
         ModelKind::ALL.into_iter().find(|m| m.name() == name).ok_or_else(|| {
-            Error::invalid("train", format!("unknown model `{name}` (mlp, perceptron, lenet5, alexnet, resnet)"))
+            Error::invalid("train", format!("unknown model `{name}` (mlp, perceptron, lenet5, alexnet, resnet, vit)"))
         })
     }
 
@@ -55,12 +63,13 @@ impl ModelKind {
             ModelKind::LeNet5 => "lenet5",
             ModelKind::AlexNet => "alexnet",
             ModelKind::ResNet => "resnet",
+            ModelKind::Vit => "vit",
         }
     }
 
     /// Whether the model takes images `[N, C, S, S]` rather than flat pixels `[N, C·S·S]`.
     pub fn takes_images(self) -> bool {
-        matches!(self, ModelKind::LeNet5 | ModelKind::AlexNet | ModelKind::ResNet)
+        matches!(self, ModelKind::LeNet5 | ModelKind::AlexNet | ModelKind::ResNet | ModelKind::Vit)
     }
 
     /// A freshly initialised model for `classes`-class images of `geometry`, with dropout `p`
@@ -84,6 +93,7 @@ impl ModelKind {
             ModelKind::LeNet5 => Box::new(ConvNet::lenet5(c, s, k, device, rng)?),
             ModelKind::AlexNet => Box::new(ConvNet::alexnet(c, s, k, 32, device, rng)?),
             ModelKind::ResNet => Box::new(ResNet::with_batch_norm(c, k, 16, bn, device, rng)?),
+            ModelKind::Vit => Box::new(Vit::new(VitConfig::small(c, s, k), device, rng)?),
         })
     }
 

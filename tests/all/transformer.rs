@@ -410,3 +410,65 @@ fn generation_with_the_cache_draws_the_same_tokens_as_without_it() {
     assert!(err.contains("'!'") && err.contains("at 3"), "{err}");
     assert!(generate(&gpt, &tok, "a", 3, Sampling { temperature: 0.0, ..sampling }, true, |_| {}).is_err());
 }
+
+#[test]
+fn vit_turns_patches_into_tokens_and_its_gpu_run_follows_the_cpu_run() {
+    use nabla::nn::{Vit, VitConfig};
+    let config = VitConfig { channels: 1, size: 8, patch: 4, width: 32, layers: 2, heads: 2, hidden: 48, classes: 3 };
+    let vit = Vit::new(config, &Device::Cpu, &mut Generator::new(1)).unwrap();
+    let names: Vec<String> = vit.named_parameters().into_iter().map(|(n, _)| n).collect();
+    for expected in
+        ["patch_embed.weight", "cls_token", "pos_embed", "blocks.1.attn.c_attn.weight", "norm.weight", "head.bias"]
+    {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+    assert_eq!(vit.pos_embed.shape(), &[1, 5, 32], "four patches and the class token");
+    let x = nabla::Tensor::rand(&[5, 1, 8, 8], DType::F32, &Device::Cpu, &mut Generator::new(2)).unwrap();
+    assert_eq!(vit.forward(&x).unwrap().shape(), &[5, 3]);
+    // Bidirectional: the class token's output depends on the last patch too.
+    let mut changed = x.to_vec::<f32>().unwrap();
+    changed[63] += 1.0;
+    let y2 = vit.forward(&Tensor::from_vec(changed, &[5, 1, 8, 8], &Device::Cpu).unwrap()).unwrap();
+    assert_ne!(vit.forward(&x).unwrap().to_vec::<f32>().unwrap()[..3], y2.to_vec::<f32>().unwrap()[..3]);
+    let bad = VitConfig { patch: 3, ..config };
+    assert!(Vit::new(bad, &Device::Cpu, &mut Generator::new(1)).is_err(), "8 is no multiple of 3");
+
+    let Some(dev) = cuda_or_skip("vit") else { return };
+    let labels = Tensor::from_vec(vec![0i64, 1, 2, 1, 0], &[5], &Device::Cpu).unwrap();
+    let run = |device: &Device| -> Vec<Tensor> {
+        let vit = Vit::new(config, device, &mut Generator::new(1)).unwrap();
+        let loss = vit
+            .forward(&x.to_device(device).unwrap())
+            .unwrap()
+            .cross_entropy(&labels.to_device(device).unwrap())
+            .unwrap();
+        loss.backward().unwrap();
+        let mut out = vec![loss.detach()];
+        out.extend(vit.parameters().iter().map(|p| p.grad().unwrap()));
+        out.into_iter().map(|t| t.to_device(&Device::Cpu).unwrap()).collect()
+    };
+    for (i, (g, c)) in run(&dev).iter().zip(&run(&Device::Cpu)).enumerate() {
+        assert_close(&format!("vit loss and gradient {i}"), g, c, (1e-4, 1e-3));
+    }
+}
+
+#[test]
+fn attention_weights_are_causal_distributions_and_draw_as_labelled_heat_maps() {
+    let gpt = tiny_gpt(20, &Device::Cpu, 2);
+    let ids = Tensor::from_vec(vec![3i64, 1, 4, 1, 5, 9, 2], &[1, 7], &Device::Cpu).unwrap();
+    let weights = gpt.attention_weights(&ids, 1).unwrap();
+    assert_eq!(weights.shape(), &[2, 7, 7]);
+    let w = weights.to_vec::<f64>().unwrap();
+    for h in 0..2 {
+        for i in 0..7 {
+            let row = &w[(h * 7 + i) * 7..(h * 7 + i + 1) * 7];
+            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5, "row {i} of head {h} sums to 1");
+            assert!(row[i + 1..].iter().all(|&v| v == 0.0), "no weight on later positions");
+        }
+    }
+    let picture = nabla::viz::attention_maps(&weights, &"dreams\n".chars().collect::<Vec<_>>(), "block 1").unwrap();
+    assert!(picture.width > 2 * 7 * 22 && picture.height > 7 * 22, "{}x{}", picture.width, picture.height);
+    assert!(picture.data.chunks(3).any(|p| p[0] < 128 && p[2] > p[0]), "blue cells are drawn");
+    assert!(nabla::viz::attention_maps(&weights, &['a'], "x").is_err(), "one character per position");
+    assert!(gpt.attention_weights(&ids, 2).is_err(), "the model has two blocks");
+}
