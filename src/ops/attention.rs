@@ -11,7 +11,7 @@
 use crate::autograd::record;
 use crate::cuda::params::AttentionParams;
 use crate::cuda::{CudaStorage, launch_error};
-use crate::storage::{CpuStorage, StorageRef};
+use crate::storage::CpuStorage;
 use crate::{DType, Device, Error, Result, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -112,18 +112,14 @@ impl Tensor {
     }
 }
 
+/// The CPU reference's view of a tensor.
 fn values(t: &Tensor) -> Result<Vec<f64>> {
-    match t.storage() {
-        StorageRef::Cpu(s) => Ok(s.gather_f64(&t.layout)),
-        StorageRef::Cuda(_) => Err(Error::invalid(OP, "expected a CPU tensor")),
-    }
+    super::host_values(OP, t)
 }
 
+/// A tensor's device buffer.
 fn cuda(t: &Tensor) -> Result<&CudaStorage> {
-    match t.storage() {
-        StorageRef::Cuda(s) => Ok(s),
-        StorageRef::Cpu(_) => Err(Error::invalid(OP, "expected a CUDA tensor")),
-    }
+    super::device_buffer(OP, t)
 }
 
 /// The probabilities of one head `[sq, sk]` in f64, and each query's log-sum-exp.

@@ -9,7 +9,7 @@
 use crate::autograd::record;
 use crate::cuda::params::LayerNormParams;
 use crate::cuda::{CudaStorage, launch_error};
-use crate::storage::{CpuStorage, StorageRef};
+use crate::storage::CpuStorage;
 use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -79,18 +79,14 @@ impl Tensor {
     }
 }
 
+/// The CPU reference's view of a tensor.
 fn values(t: &Tensor) -> Result<Vec<f64>> {
-    match t.storage() {
-        StorageRef::Cpu(s) => Ok(s.gather_f64(&t.layout)),
-        StorageRef::Cuda(_) => Err(Error::invalid(OP, "expected a CPU tensor")),
-    }
+    super::host_values(OP, t)
 }
 
+/// A tensor's device buffer.
 fn cuda(t: &Tensor) -> Result<&CudaStorage> {
-    match t.storage() {
-        StorageRef::Cuda(s) => Ok(s),
-        StorageRef::Cpu(_) => Err(Error::invalid(OP, "expected a CUDA tensor")),
-    }
+    super::device_buffer(OP, t)
 }
 
 /// One block per row, grid-stride past 65,535 rows.

@@ -38,3 +38,20 @@ pub fn launchable_kernels() -> Vec<(&'static str, String)> {
     all.extend(crate::optim::kernel_names().into_iter().map(|k| ("optim", k)));
     all
 }
+
+/// A CPU tensor's elements in logical order as f64 (the CPU references' input); `op` names the
+/// caller in the error for a CUDA tensor.
+pub(crate) fn host_values(op: &'static str, t: &crate::Tensor) -> crate::Result<Vec<f64>> {
+    match t.storage() {
+        crate::storage::StorageRef::Cpu(s) => Ok(s.gather_f64(&t.layout)),
+        crate::storage::StorageRef::Cuda(_) => Err(crate::Error::invalid(op, "expected a CPU tensor")),
+    }
+}
+
+/// A CUDA tensor's device buffer; `op` names the caller in the error for a CPU tensor.
+pub(crate) fn device_buffer<'a>(op: &'static str, t: &'a crate::Tensor) -> crate::Result<&'a crate::cuda::CudaStorage> {
+    match t.storage() {
+        crate::storage::StorageRef::Cuda(s) => Ok(s),
+        crate::storage::StorageRef::Cpu(_) => Err(crate::Error::invalid(op, "expected a CUDA tensor")),
+    }
+}
