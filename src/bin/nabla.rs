@@ -245,6 +245,9 @@ struct TrainArgs {
     /// A folder data set's channels: 1 (grey) or 3 (RGB) (default 3)
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3))]
     channels: Option<u64>,
+    /// Epochs of linear learning-rate warm-up before the cosine (default: 2 for vit, else 0)
+    #[arg(long, value_name = "EPOCHS", value_parser = clap::value_parser!(u64).range(0..=1000))]
+    warmup: Option<u64>,
     /// Batch norm's momentum, the newest batch's weight in the running statistics (0, 1]
     #[arg(long, default_value_t = 0.1, value_parser = momentum)]
     bn_momentum: f64,
@@ -479,6 +482,7 @@ fn train_cmd(args: TrainArgs) -> Result<()> {
         channels: args.channels.map(|c| c as usize),
         image_size: args.image_size.map(|s| s as usize),
         batch_norm: BatchNormOptions { momentum: args.bn_momentum, eps: args.bn_eps },
+        warmup: args.warmup.map(|w| w as usize),
         report: Report::for_terminal(args.quiet),
     };
     config.validate()?;

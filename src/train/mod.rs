@@ -173,6 +173,9 @@ pub struct TrainConfig {
     pub image_size: Option<usize>,
     /// Batch norm's momentum and eps (the ResNet's layers).
     pub batch_norm: BatchNormOptions,
+    /// Epochs of linear learning-rate warm-up before the cosine; `None`: 2 for the ViT, 0 for
+    /// the others.
+    pub warmup: Option<usize>,
     /// What the run prints.
     pub report: Report,
 }
@@ -197,6 +200,7 @@ impl Default for TrainConfig {
             channels: None,
             image_size: None,
             batch_norm: BatchNormOptions::default(),
+            warmup: None,
             report: Report::Silent,
         }
     }
@@ -206,6 +210,11 @@ impl TrainConfig {
     /// The images' geometry for this data set and these options.
     pub fn geometry(&self) -> Result<Geometry> {
         self.dataset.geometry(self.channels, self.image_size)
+    }
+
+    /// Epochs of warm-up: as set, else 2 for the ViT and none for the others.
+    pub fn warmup_epochs(&self) -> usize {
+        self.warmup.unwrap_or(if self.model == ModelKind::Vit { 2 } else { 0 })
     }
 
     /// Whether batches are flipped left-right.
@@ -360,7 +369,12 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
     // the same batches as an uninterrupted one.
     let steps_per_epoch = train_set.len().div_ceil(config.batch_size);
     let total_steps = steps_per_epoch * config.epochs;
-    let schedule = crate::optim::CosineLr { base: config.lr, min: 0.0, total: total_steps };
+    // A linear warm-up (transformers need one), then cosine annealing to 0 over the rest.
+    let warmup = (config.warmup_epochs() * steps_per_epoch).min(total_steps);
+    let schedule = crate::optim::WarmupLr {
+        warmup,
+        after: crate::optim::CosineLr { base: config.lr, min: 0.0, total: total_steps - warmup },
+    };
     std::fs::create_dir_all(&config.out_dir)
         .map_err(|source| Error::Io { path: config.out_dir.display().to_string(), source })?;
     let checkpoint = config.out_dir.join("checkpoint.safetensors");
