@@ -21,6 +21,26 @@ fn bad(what: &str, detail: impl std::fmt::Display) -> Error {
     Error::invalid("image", format!("{what}: {detail}"))
 }
 
+/// The most pixels an image may claim in its header before anything is decoded: 2^26 (a
+/// 8192 x 8192 picture), or `NABLA_MAX_IMAGE_PIXELS`. A few bytes of header can claim billions
+/// of pixels; this turns such a file into an error instead of an allocation the machine cannot
+/// hold.
+pub fn max_pixels() -> u64 {
+    std::env::var("NABLA_MAX_IMAGE_PIXELS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(1 << 26)
+}
+
+/// Refuses a header's `width` x `height` over [`max_pixels`].
+fn check_size(what: &str, width: u64, height: u64) -> Result<()> {
+    let (pixels, limit) = (width.saturating_mul(height), max_pixels());
+    if pixels > limit {
+        return Err(bad(
+            what,
+            format!("{width}x{height} = {pixels} pixels exceeds the limit of {limit} (NABLA_MAX_IMAGE_PIXELS)"),
+        ));
+    }
+    Ok(())
+}
+
 impl Image {
     /// Decodes PNG or JPEG bytes (recognised by their signature); alpha is dropped, palettes
     /// and 16-bit samples are reduced to 8-bit grey or RGB.
@@ -38,6 +58,7 @@ impl Image {
         let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
         decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
         let mut reader = decoder.read_info().map_err(|e| bad(what, e))?;
+        check_size(what, reader.info().width as u64, reader.info().height as u64)?;
         let size = reader.output_buffer_size().ok_or_else(|| bad(what, "image too large"))?;
         let mut buf = vec![0; size];
         let info = reader.next_frame(&mut buf).map_err(|e| bad(what, e))?;
@@ -56,6 +77,11 @@ impl Image {
 
     fn decode_jpeg(what: &str, bytes: &[u8]) -> Result<Image> {
         let mut decoder = jpeg_decoder::Decoder::new(bytes);
+        decoder.read_info().map_err(|e| bad(what, e))?;
+        let header = decoder.info().ok_or_else(|| bad(what, "no image header"))?;
+        check_size(what, header.width as u64, header.height as u64)?;
+        let limit = usize::try_from(max_pixels().saturating_mul(4)).unwrap_or(usize::MAX);
+        decoder.set_max_decoding_buffer_size(limit);
         let pixels = decoder.decode().map_err(|e| bad(what, e))?;
         let info = decoder.info().ok_or_else(|| bad(what, "no image header"))?;
         let (w, h) = (info.width as usize, info.height as usize);

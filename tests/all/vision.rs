@@ -202,3 +202,28 @@ fn convolve_and_viz_commands_write_pngs() {
         );
     }
 }
+
+#[test]
+fn images_whose_headers_claim_too_many_pixels_are_refused_before_decoding() {
+    // A real 1x1 PNG whose header is rewritten to claim 9 x 2^31 - 1 pixels (CRC fixed up).
+    let mut png = Image { width: 1, height: 1, channels: 1, data: vec![7] }.encode_png().unwrap();
+    png[16..20].copy_from_slice(&9u32.to_be_bytes());
+    png[20..24].copy_from_slice(&2_147_483_647u32.to_be_bytes());
+    let mut crc = flate2::Crc::new();
+    crc.update(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+    let err = Image::decode("huge.png", &png).unwrap_err().to_string();
+    assert!(err.contains("9x2147483647") && err.contains("exceeds the limit"), "{err}");
+    // The same for a JPEG whose frame header claims 60000 x 60000.
+    let mut jpeg = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grey.jpg")).unwrap();
+    let sof = jpeg.windows(2).position(|w| w[0] == 0xff && (w[1] == 0xc0 || w[1] == 0xc2)).expect("a frame header");
+    jpeg[sof + 5..sof + 7].copy_from_slice(&60000u16.to_be_bytes());
+    jpeg[sof + 7..sof + 9].copy_from_slice(&60000u16.to_be_bytes());
+    let err = Image::decode("huge.jpg", &jpeg).unwrap_err().to_string();
+    assert!(err.contains("60000x60000") && err.contains("exceeds the limit"), "{err}");
+    // An ordinary image still decodes.
+    assert!(
+        Image::decode("ok.png", &Image { width: 3, height: 2, channels: 1, data: vec![0; 6] }.encode_png().unwrap())
+            .is_ok()
+    );
+}
