@@ -59,6 +59,11 @@ impl Layout {
         Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: 0 }
     }
 
+    /// A layout from its parts, unchecked: for backends splitting a view they already hold.
+    pub(crate) fn from_parts(shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Self {
+        Layout { shape, strides, offset }
+    }
+
     /// The sizes of each dimension.
     pub fn shape(&self) -> &[usize] {
         &self.shape

@@ -5,8 +5,10 @@
 //! implementation that the tests hold the kernels to.
 //!
 //! The layers, top to bottom: [`Tensor`] (a view over shared storage) → the ops
-//! ([`ops`], one file per family: API, CPU reference, CUDA launch) → the backends (the CPU
-//! reference computes in f64; [`cuda`] owns devices, buffers and modules) → `kernels/*.cu`.
+//! ([`ops`], one file per family: API, CPU reference, CUDA launch) → the backends ([`cpu`] computes
+//! in each op's own dtype over slices on a thread pool; [`cuda`] owns devices, buffers and
+//! modules) → `kernels/*.cu`. Each op also keeps its f64 reference, the definition the tests
+//! hold both backends to ([`cpu::reference`]).
 //!
 //! ```
 //! use nabla::{DType, Device, Generator, Tensor};
@@ -22,6 +24,7 @@
 //! ```
 
 mod autograd;
+pub mod cpu;
 pub mod cuda;
 pub mod data;
 mod device;
@@ -53,10 +56,4 @@ pub use ops::unary::{UnaryOp, erf};
 pub use rng::Generator;
 pub use tensor::Tensor;
 
-/// Caps the threads of CPU matrix products at `threads` (at least 1). Call it before the first
-/// matrix product: the GEMM reads the setting once.
-pub fn set_num_threads(threads: usize) {
-    // SAFETY: `set_var` races with reads of the environment from other threads; this is meant
-    // for the start of `main`, before any other thread exists.
-    unsafe { std::env::set_var("MATMUL_NUM_THREADS", threads.max(1).to_string()) };
-}
+pub use cpu::{num_threads, set_num_threads};

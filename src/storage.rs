@@ -77,6 +77,21 @@ impl CpuStorage {
         Some(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
     }
 
+    /// The elements as `T`, if this storage holds `T`.
+    pub(crate) fn typed<T: Element>(&self) -> Option<&[T]> {
+        if self.dtype() != T::DTYPE {
+            return None;
+        }
+        let (ptr, len) = with_cpu_vec!(self, v => (v.as_ptr().cast::<T>(), v.len()));
+        // SAFETY: the storage holds exactly T (equal DTYPEs mean equal types).
+        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+
+    /// The elements, if they have the element type of `_like`.
+    pub(crate) fn typed_like<T: Element>(&self, _like: &[T]) -> Option<&[T]> {
+        self.typed()
+    }
+
     /// The elements, if this is i64 storage.
     pub(crate) fn as_i64(&self) -> Option<&[i64]> {
         match self {

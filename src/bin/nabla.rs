@@ -26,7 +26,7 @@ macro_rules! out {
 #[derive(Parser)]
 #[command(name = "nabla", version, propagate_version = true, max_term_width = 100)]
 struct Cli {
-    /// Threads for CPU matrix products (default: every core)
+    /// Threads for CPU ops (default: NABLA_NUM_THREADS, else the physical cores)
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
     #[command(subcommand)]

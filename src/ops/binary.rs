@@ -2,8 +2,10 @@
 //! `where` (`kernels/binary.cu`).
 
 use crate::autograd::record;
+use crate::cpu::elementwise::{map, zip_map};
+use crate::cpu::{Float, Lane};
 use crate::cuda::{elementwise_config, launch_error, strided_layout};
-use crate::layout::broadcast_shapes;
+use crate::layout::{Layout, broadcast_shapes};
 use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::PushKernelArg;
@@ -173,6 +175,9 @@ impl Tensor {
         let n = la.numel();
         match (self.storage(), rhs.storage()) {
             (StorageRef::Cpu(a), StorageRef::Cpu(b)) => {
+                if let Some(out) = cpu_binary(op, &a, &la, &b, &lb) {
+                    return Ok(Tensor::from_cpu(out, &shape));
+                }
                 let integer = !self.dtype.is_float();
                 let values: Vec<f64> = a
                     .gather_f64(&la)
@@ -218,6 +223,9 @@ impl Tensor {
         let n = self.numel();
         match self.storage() {
             StorageRef::Cpu(a) => {
+                if let Some(out) = cpu_binary_scalar(op, &a, &self.layout, value) {
+                    return Ok(Tensor::from_cpu(out, self.shape()));
+                }
                 let integer = !self.dtype.is_float();
                 // The scalar is rounded to the compute type first, as the kernels do.
                 let s = match self.dtype {
@@ -300,6 +308,71 @@ impl Tensor {
         }
     }
 }
+
+/// The fast CPU path over float storage (None for integers, left to the reference): each
+/// element widened to the compute type, combined, rounded once.
+fn cpu_binary(op: BinaryOp, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Option<CpuStorage> {
+    if !crate::cpu::fast() {
+        return None;
+    }
+    crate::cpu::with_float_vec!(a, x => {
+        let y = b.typed_like(x)?;
+        let mut out = crate::cpu::vec_like(x, la.numel());
+        with_binary_fn!(op, f => zip_map(x, la, y, lb, &mut out, |p, q| f(Lane::widen(p), Lane::widen(q))));
+        CpuStorage::from_vec(out)
+    })
+}
+
+/// `x op value` over float storage, the scalar rounded to the compute type first.
+fn cpu_binary_scalar(op: BinaryOp, a: &CpuStorage, la: &Layout, value: f64) -> Option<CpuStorage> {
+    if !crate::cpu::fast() {
+        return None;
+    }
+    crate::cpu::with_float_vec!(a, x => {
+        let mut out = crate::cpu::vec_like(x, la.numel());
+        scalar_map(op, x, la, value, &mut out);
+        CpuStorage::from_vec(out)
+    })
+}
+
+fn scalar_map<S: Lane>(op: BinaryOp, x: &[S], la: &Layout, value: f64, out: &mut [S]) {
+    let s = <S::C as Float>::from_f64_(value);
+    with_binary_fn!(op, f => map(x, la, out, |v: S| f(v.widen(), s)));
+}
+
+/// Binds `$f` to `op` as a function on compute-type values and runs `$body`, once per op so
+/// each loop is monomorphised into straight-line (vectorisable) code; `$f` returns the
+/// stored type (rounded once).
+macro_rules! with_binary_fn {
+    ($op:expr, $f:ident => $body:expr) => {{
+        fn flag<C: Float>(c: bool) -> C {
+            if c { C::ONE } else { C::ZERO }
+        }
+        macro_rules! arm {
+            (|$a:ident, $b:ident| $e:expr) => {{
+                #[allow(unused_variables)]
+                let $f = |$a, $b| Lane::narrow($e);
+                $body
+            }};
+        }
+        match $op {
+            BinaryOp::Add => arm!(|a, b| a + b),
+            BinaryOp::Sub => arm!(|a, b| a - b),
+            BinaryOp::Mul => arm!(|a, b| a * b),
+            BinaryOp::Div => arm!(|a, b| a / b),
+            BinaryOp::Pow => arm!(|a, b| Float::from_f64_(Float::to_f64_(a).powf(Float::to_f64_(b)))),
+            BinaryOp::Maximum => arm!(|a, b| if a != a || a > b { a } else { b }),
+            BinaryOp::Minimum => arm!(|a, b| if a != a || a < b { a } else { b }),
+            BinaryOp::Eq => arm!(|a, b| flag(a == b)),
+            BinaryOp::Ne => arm!(|a, b| flag(a != b)),
+            BinaryOp::Lt => arm!(|a, b| flag(a < b)),
+            BinaryOp::Le => arm!(|a, b| flag(a <= b)),
+            BinaryOp::Gt => arm!(|a, b| flag(a > b)),
+            BinaryOp::Ge => arm!(|a, b| flag(a >= b)),
+        }
+    }};
+}
+use with_binary_fn;
 
 /// Gradients of a binary op at (a, b) with output y, in the broadcast shape.
 fn binary_backward(op: BinaryOp, a: &Tensor, b: &Tensor, y: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {

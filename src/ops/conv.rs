@@ -3,9 +3,12 @@
 //! definition, walked as runs of output pixels along a row, in f64.
 
 use crate::autograd::record;
+use crate::cpu::conv::{self as cpu_conv, ConvShape};
+use crate::cpu::gemm::Gemm;
 use crate::cuda::gemm::{self, GemmPlan};
 use crate::cuda::params::{Conv2dParams, FastDiv};
 use crate::cuda::{CudaDevice, launch_error};
+use crate::layout::Layout;
 use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::CudaSlice;
@@ -67,6 +70,25 @@ struct Dims {
 }
 
 impl Dims {
+    /// The sizes as the CPU backend takes them.
+    fn cpu_shape(&self) -> ConvShape {
+        ConvShape {
+            n: self.n,
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            o: self.o,
+            kh: self.kh,
+            kw: self.kw,
+            oh: self.oh,
+            ow: self.ow,
+            stride: self.opt.stride,
+            padding: self.opt.padding,
+            dilation: self.opt.dilation,
+            groups: self.opt.groups,
+        }
+    }
+
     /// Elements of one output channel's filter: cg kh kw.
     fn ksize(&self) -> usize {
         (self.c / self.opt.groups) * self.kh * self.kw
@@ -238,6 +260,11 @@ fn conv_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, d: DimsWithBias) 
     let (x, w) = (x.dense()?, w.dense()?);
     match (x.storage(), w.storage()) {
         (StorageRef::Cpu(xs), StorageRef::Cpu(ws)) => {
+            if crate::cpu::fast() {
+                let b = bias.map(|b| b.to_vec::<f64>()).transpose()?;
+                let y = fast_conv(Pass::Forward, &d, (&xs, &x.layout), (&ws, &w.layout), b.as_deref());
+                return Ok(Tensor::from_cpu(y, &out_shape));
+            }
             let (xv, wv) = (xs.gather_f64(&x.layout), ws.gather_f64(&w.layout));
             let plane = d.oh * d.ow;
             let mut y = vec![0.0; d.n * d.o * plane];
@@ -281,6 +308,10 @@ fn conv_backward_input(dy: &Tensor, w: &Tensor, d: DimsWithBias) -> Result<Tenso
     let (dy, w) = (dy.dense()?, w.dense()?);
     match (dy.storage(), w.storage()) {
         (StorageRef::Cpu(gs), StorageRef::Cpu(ws)) => {
+            if crate::cpu::fast() {
+                let dx = fast_conv(Pass::Input, &d, (&gs, &dy.layout), (&ws, &w.layout), None);
+                return Ok(Tensor::from_cpu(dx, &in_shape));
+            }
             let (gv, wv) = (gs.gather_f64(&dy.layout), ws.gather_f64(&w.layout));
             let mut dx = vec![0.0; in_shape.iter().product()];
             let sw = d.opt.stride.1;
@@ -313,6 +344,10 @@ fn conv_backward_weight(dy: &Tensor, x: &Tensor, d: DimsWithBias) -> Result<Tens
     let (dy, x) = (dy.dense()?, x.dense()?);
     match (dy.storage(), x.storage()) {
         (StorageRef::Cpu(gs), StorageRef::Cpu(xs)) => {
+            if crate::cpu::fast() {
+                let dw = fast_conv(Pass::Weight, &d, (&gs, &dy.layout), (&xs, &x.layout), None);
+                return Ok(Tensor::from_cpu(dw, &w_shape));
+            }
             let (gv, xv) = (gs.gather_f64(&dy.layout), xs.gather_f64(&x.layout));
             let mut dw = vec![0.0; w_shape.iter().product()];
             let sw = d.opt.stride.1;
@@ -347,6 +382,50 @@ fn conv_backward_weight(dy: &Tensor, x: &Tensor, d: DimsWithBias) -> Result<Tens
                 .reshape(&w_shape)
         }
         _ => unreachable!("one device throughout"),
+    }
+}
+
+/// Which fast CPU convolution to run.
+#[derive(Clone, Copy)]
+enum Pass {
+    /// y from (x, w).
+    Forward,
+    /// dx from (dy, w).
+    Input,
+    /// dw from (dy, x).
+    Weight,
+}
+
+/// Runs a fast CPU convolution pass on two dense operands (and the forward's bias) in the
+/// compute type: f32 and f64 read in place, 16-bit floats widened to f32 and the result
+/// rounded once.
+fn fast_conv(
+    pass: Pass,
+    d: &Dims,
+    a: (&CpuStorage, &Layout),
+    b: (&CpuStorage, &Layout),
+    bias: Option<&[f64]>,
+) -> CpuStorage {
+    fn run<T: Gemm>(pass: Pass, s: &ConvShape, a: &[T], b: &[T], bias: Option<&[f64]>) -> Vec<T> {
+        let bias: Option<Vec<T>> = bias.map(|v| v.iter().map(|&x| T::from_f64_(x)).collect());
+        match pass {
+            Pass::Forward => cpu_conv::forward(s, a, b, bias.as_deref()),
+            Pass::Input => cpu_conv::backward_input(s, a, b),
+            Pass::Weight => cpu_conv::backward_weight(s, a, b),
+        }
+    }
+    fn dense<'a, T: crate::Element>(s: &'a CpuStorage, l: &Layout) -> &'a [T] {
+        let all = s.typed::<T>().expect("dtype checked by the caller");
+        &all[l.offset()..l.offset() + l.numel()]
+    }
+    let shape = d.cpu_shape();
+    match a.0.dtype() {
+        DType::F64 => CpuStorage::F64(run(pass, &shape, dense(a.0, a.1), dense(b.0, b.1), bias)),
+        DType::F32 => CpuStorage::F32(run(pass, &shape, dense(a.0, a.1), dense(b.0, b.1), bias)),
+        dtype => {
+            let (wa, wb): (Vec<f32>, Vec<f32>) = (a.0.gather(a.1), b.0.gather(b.1));
+            crate::cpu::narrow_vec(dtype, &run(pass, &shape, &wa, &wb, bias))
+        }
     }
 }
 

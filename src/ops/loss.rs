@@ -45,6 +45,21 @@ impl Tensor {
                 if let Some(&bad) = labels.iter().find(|&&l| l < 0 || l as u64 >= cols as u64) {
                     return Err(Error::IndexOutOfRange { op: OP, index: bad, size: cols });
                 }
+                let fast = crate::cpu::fast().then(|| {
+                    let (o, n) = (x.layout.offset(), x.numel());
+                    crate::cpu::with_float_vec!(&*xs, v => crate::cpu::softmax::cross_entropy(&v[o..o + n], cols, labels))
+                });
+                if let Some(Some((losses, lses))) = fast {
+                    let out = (
+                        Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &losses), &[rows]),
+                        Tensor::from_cpu(CpuStorage::from_f64(self.dtype.accumulator(), &lses), &[rows]),
+                    );
+                    let out_mean = out.0.detach().mean_all()?;
+                    let (xd, yd, lse) = (x.detach(), y.detach(), out.1);
+                    return Ok(record(out_mean, &[self], move |g| {
+                        Ok(vec![Some(cross_entropy_backward(&xd, &yd, &lse, g, rows, cols)?)])
+                    }));
+                }
                 let values = xs.gather_f64(&x.layout);
                 let mut losses = Vec::with_capacity(rows);
                 let mut lses = Vec::with_capacity(rows);
@@ -156,6 +171,17 @@ fn cross_entropy_backward(
     let g = g.dense()?;
     match (x.storage(), labels.storage(), lse.storage(), g.storage()) {
         (StorageRef::Cpu(xs), StorageRef::Cpu(ys), StorageRef::Cpu(ls), StorageRef::Cpu(gs)) => {
+            if crate::cpu::fast() {
+                let (lses, labels) = (ls.gather_f64(&lse.layout), ys.as_i64().expect("i64"));
+                let factor = gs.gather_f64(&g.layout)[0] * scale;
+                let (o, n) = (x.layout.offset(), x.numel());
+                let dx = crate::cpu::with_float_vec!(&*xs, v => CpuStorage::from_vec(
+                    crate::cpu::softmax::cross_entropy_grad(&v[o..o + n], cols, labels, &lses, factor)
+                ));
+                if let Some(dx) = dx {
+                    return Ok(Tensor::from_cpu(dx, x.shape()));
+                }
+            }
             let (values, lses, labels) =
                 (xs.gather_f64(&x.layout), ls.gather_f64(&lse.layout), ys.as_i64().expect("i64"));
             let factor = gs.gather_f64(&g.layout)[0] * scale;

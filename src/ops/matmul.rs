@@ -2,15 +2,14 @@
 //! through their strides without copies (`kernels/matmul.cu`).
 
 use crate::autograd::record;
-use crate::cuda::gemm::{self, GemmPlan};
+use crate::cpu::gemm;
+use crate::cuda::gemm::GemmPlan;
 use crate::cuda::launch_error;
 use crate::cuda::params::{MatmulParams, NABLA_MAX_DIMS};
 use crate::layout::{Layout, broadcast_shapes};
 use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::PushKernelArg;
-use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2, LinalgScalar, ShapeBuilder};
 
 pub(crate) fn kernel_names() -> Vec<String> {
     DType::ALL
@@ -125,29 +124,35 @@ fn matmul_forward(
     match (a.storage(), b.storage()) {
         (StorageRef::Cpu(sa), StorageRef::Cpu(sb)) => {
             let dims = [m, k, n];
-            // The bias in the accumulation type, added to each row before the result is stored.
-            let bias64: Option<Vec<f64>> = bias.map(|t| t.to_vec::<f64>()).transpose()?;
+            let fast = crate::cpu::fast();
+            let bias_as = |dtype: DType| bias.map(|t| t.to_dtype(dtype)?.to_vec::<f64>()).transpose();
             let out = match (&*sa, &*sb) {
-                // f32 and f64 operands are read in place through their strides.
+                // f32 and f64 operands are read in place through their strides; the bias is
+                // accumulated onto (beta = 1) rather than added in a second pass.
                 (CpuStorage::F32(va), CpuStorage::F32(vb)) => {
-                    let mut c = cpu_matmul(va, &a.layout, vb, &b.layout, batch_shape, dims);
-                    let bias32: Option<Vec<f32>> = bias64.map(|b| b.iter().map(|&x| x as f32).collect());
-                    add_to_rows(&mut c, bias32.as_deref());
-                    CpuStorage::F32(c)
+                    let bias: Option<Vec<f32>> = bias_as(DType::F32)?.map(|b| b.iter().map(|&x| x as f32).collect());
+                    CpuStorage::F32(gemm::matmul(va, &a.layout, vb, &b.layout, batch_shape, dims, bias.as_deref()))
                 }
                 (CpuStorage::F64(va), CpuStorage::F64(vb)) => {
-                    let mut c = cpu_matmul(va, &a.layout, vb, &b.layout, batch_shape, dims);
-                    add_to_rows(&mut c, bias64.as_deref());
-                    CpuStorage::F64(c)
+                    let bias = bias_as(DType::F64)?;
+                    CpuStorage::F64(gemm::matmul(va, &a.layout, vb, &b.layout, batch_shape, dims, bias.as_deref()))
                 }
-                // 16-bit floats accumulate in f32, as on the GPU, then round once.
+                // 16-bit floats are widened to f32 and accumulate in f32, as on the GPU, then
+                // round once: the bias in f32 too (the fast path), or added in f64 after the
+                // product (the reference).
                 _ => {
                     let (da, db): (Vec<f32>, Vec<f32>) = (sa.gather(&a.layout), sb.gather(&b.layout));
                     let (la, lb) = (Layout::contiguous(a.shape()), Layout::contiguous(b.shape()));
-                    let c = cpu_matmul(&da, &la, &db, &lb, batch_shape, dims);
-                    let mut c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
-                    add_to_rows(&mut c, bias64.as_deref());
-                    CpuStorage::from_f64(dtype, &c)
+                    if fast {
+                        let bias: Option<Vec<f32>> = bias.map(|t| t.to_vec::<f32>()).transpose()?;
+                        let c = gemm::matmul(&da, &la, &db, &lb, batch_shape, dims, bias.as_deref());
+                        crate::cpu::narrow_vec(dtype, &c)
+                    } else {
+                        let c = gemm::matmul(&da, &la, &db, &lb, batch_shape, dims, None);
+                        let mut c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+                        add_to_rows(&mut c, bias_as(DType::F64)?.as_deref());
+                        CpuStorage::from_f64(dtype, &c)
+                    }
                 }
             };
             Ok(Tensor::from_cpu(out, &out_shape))
@@ -185,7 +190,7 @@ fn matmul_forward(
                 p.a_batch_strides[d] = sa_[d] as i64;
                 p.b_batch_strides[d] = sb_[d] as i64;
             }
-            let plan = gemm::plan(m, n, k, batch, dev.multiprocessors(), 1);
+            let plan = crate::cuda::gemm::plan(m, n, k, batch, dev.multiprocessors(), 1);
             let kernel = plan.kernel(if bias.is_some() { "linear" } else { "matmul" }, dtype);
             let f = dev.function(OP, "matmul", &kernel)?;
             let cfg = plan.config();
@@ -212,41 +217,4 @@ fn add_to_rows<T: Copy + std::ops::AddAssign>(c: &mut [T], bias: Option<&[T]>) {
     if let Some(bias) = bias.filter(|b| !b.is_empty()) {
         c.chunks_mut(bias.len()).for_each(|row| row.iter_mut().zip(bias).for_each(|(x, b)| *x += *b));
     }
-}
-
-/// CPU reference: one ndarray GEMM per batch, reading both operands through their (broadcast,
-/// possibly transposed) layouts without copying.
-fn cpu_matmul<T: LinalgScalar>(
-    a: &[T],
-    la: &Layout,
-    b: &[T],
-    lb: &Layout,
-    batch_shape: &[usize],
-    [m, k, n]: [usize; 3],
-) -> Vec<T> {
-    let batch: usize = batch_shape.iter().product();
-    let mut c = vec![T::zero(); batch * m * n];
-    if m * k * n == 0 {
-        return c;
-    }
-    let r = batch_shape.len();
-    for (i, block) in c.chunks_mut(m * n).enumerate() {
-        let (mut oa, mut ob, mut rest) = (la.offset(), lb.offset(), i);
-        for d in (0..r).rev() {
-            let idx = rest % batch_shape[d];
-            rest /= batch_shape[d];
-            oa += idx * la.strides()[d];
-            ob += idx * lb.strides()[d];
-        }
-        let av = matrix(a, oa, (m, k), (la.strides()[r], la.strides()[r + 1]));
-        let bv = matrix(b, ob, (k, n), (lb.strides()[r], lb.strides()[r + 1]));
-        let mut cv = ArrayViewMut2::from_shape((m, n), block).expect("dense [m, n] block");
-        general_mat_mul(T::one(), &av, &bv, T::zero(), &mut cv);
-    }
-    c
-}
-
-/// The rows x cols matrix at `offset` with the given element strides.
-fn matrix<T>(data: &[T], offset: usize, shape: (usize, usize), strides: (usize, usize)) -> ArrayView2<'_, T> {
-    ArrayView2::from_shape(shape.strides(strides), &data[offset..]).expect("the layout lies inside its storage")
 }

@@ -155,6 +155,28 @@ fn sizes(p: &PoolParams) -> [usize; 11] {
     [p.n * p.c, p.h, p.w, p.oh, p.ow, p.kh, p.kw, p.sh, p.sw, p.ph, p.pw].map(|v| v as usize)
 }
 
+/// Calls `f` with the clipped window of every output row and column (and the averages'
+/// divisors) as the CPU backend takes them.
+fn with_windows<R>(kind: Kind, p: &PoolParams, f: impl FnOnce(&crate::cpu::pool::PoolWindows) -> R) -> R {
+    let [_, h, w, oh, ow, kh, kw, sh, sw, ph, pw] = sizes(p);
+    let clip = |r: std::ops::Range<isize>, n: usize| {
+        (r.start.clamp(0, n as isize) as usize, r.end.clamp(0, n as isize) as usize)
+    };
+    let full_rows: Vec<usize> = (0..oh).map(|o| window(kind, o, h, oh, kh, sh, ph).len()).collect();
+    let full_cols: Vec<usize> = (0..ow).map(|o| window(kind, o, w, ow, kw, sw, pw).len()).collect();
+    let rows: Vec<(usize, usize)> = (0..oh).map(|o| clip(window(kind, o, h, oh, kh, sh, ph), h)).collect();
+    let cols: Vec<(usize, usize)> = (0..ow).map(|o| clip(window(kind, o, w, ow, kw, sw, pw), w)).collect();
+    let window_area = (kh * kw) as f64;
+    let avg = move |_: usize, _: usize| window_area;
+    let adaptive = |oy: usize, ox: usize| (full_rows[oy] * full_cols[ox]) as f64;
+    let divisor: Option<&(dyn Fn(usize, usize) -> f64 + Sync)> = match kind {
+        Kind::Max => None,
+        Kind::Avg => Some(&avg),
+        Kind::Adaptive => Some(&adaptive),
+    };
+    f(&crate::cpu::pool::PoolWindows { h, w, rows: &rows, cols: &cols, divisor })
+}
+
 /// The pooled tensor, and for max pooling the flat in-plane index of each chosen element.
 fn pool_forward(kind: Kind, x: &Tensor, p: PoolParams) -> Result<(Tensor, Option<Tensor>)> {
     let op = kind.name();
@@ -162,6 +184,21 @@ fn pool_forward(kind: Kind, x: &Tensor, p: PoolParams) -> Result<(Tensor, Option
     let out_shape = [p.n as usize, p.c as usize, oh, ow];
     match x.storage() {
         StorageRef::Cpu(s) => {
+            if crate::cpu::fast() {
+                let x = x.dense()?;
+                let StorageRef::Cpu(d) = x.storage() else { unreachable!("dense keeps the device") };
+                let (o, n) = (x.layout.offset(), x.numel());
+                let fast = with_windows(kind, &p, |win| {
+                    crate::cpu::with_float_vec!(&*d, v => {
+                        let (y, idx) = crate::cpu::pool::forward(&v[o..o + n], win);
+                        (CpuStorage::from_vec(y), idx)
+                    })
+                });
+                if let Some((y, idx)) = fast {
+                    let idx = (kind == Kind::Max).then(|| Tensor::from_cpu(CpuStorage::I64(idx), &out_shape));
+                    return Ok((Tensor::from_cpu(y, &out_shape), idx));
+                }
+            }
             let xv = s.gather_f64(&x.layout);
             let mut y = vec![0.0; planes * oh * ow];
             let mut idx = vec![0i64; if kind == Kind::Max { y.len() } else { 0 }];
@@ -231,6 +268,23 @@ fn pool_backward(kind: Kind, dy: &Tensor, idx: Option<&Tensor>, in_shape: &[usiz
     let dy = dy.dense()?;
     match dy.storage() {
         StorageRef::Cpu(s) => {
+            if crate::cpu::fast() {
+                let idx = idx.map(Tensor::dense).transpose()?;
+                let idx_ref = idx.as_ref().map(|i| (i.storage(), i.layout.offset()));
+                let iv = match &idx_ref {
+                    Some((StorageRef::Cpu(i), o)) => i.as_i64().map(|v| &v[*o..*o + dy.numel()]),
+                    _ => None,
+                };
+                let (o, n) = (dy.layout.offset(), dy.numel());
+                let fast = with_windows(kind, &p, |win| {
+                    crate::cpu::with_float_vec!(&*s, v => {
+                        CpuStorage::from_vec(crate::cpu::pool::backward(&v[o..o + n], iv, win))
+                    })
+                });
+                if let Some(dx) = fast {
+                    return Ok(Tensor::from_cpu(dx, in_shape));
+                }
+            }
             let gv = s.gather_f64(&dy.layout);
             let iv = idx.map(|i| i.to_vec::<i64>()).transpose()?;
             let mut dx = vec![0.0; planes * h * w];

@@ -2,6 +2,7 @@
 //! argmax/argmin along one axis (`kernels/reduce.cu`).
 
 use crate::autograd::record;
+use crate::cpu::reduce::Fold;
 use crate::cuda::params::ReduceParams;
 use crate::cuda::{CudaDevice, CudaStorage, launch_error, strided_layout};
 use crate::layout::{Layout, normalize_axis};
@@ -96,6 +97,8 @@ struct Rows {
     outer: usize,
     inner: usize,
     out_shape: Vec<usize>,
+    /// How many leading dims of `view` are kept (the rest are reduced).
+    kept_rank: usize,
 }
 
 fn rows(op: &'static str, t: &Tensor, axes: &[isize], keepdim: bool) -> Result<Rows> {
@@ -118,7 +121,7 @@ fn rows(op: &'static str, t: &Tensor, axes: &[isize], keepdim: bool) -> Result<R
     } else {
         kept.iter().map(|&d| t.shape()[d]).collect()
     };
-    Ok(Rows { view, outer, inner, out_shape })
+    Ok(Rows { view, outer, inner, out_shape, kept_rank: kept.len() })
 }
 
 impl Tensor {
@@ -186,6 +189,9 @@ impl Tensor {
         }
         match self.storage() {
             StorageRef::Cpu(s) => {
+                if let Some(out) = cpu_reduce(op, &s, &r) {
+                    return Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &out), &r.out_shape));
+                }
                 let values = s.gather_f64(&r.view);
                 let out: Vec<f64> = (0..r.outer).map(|o| op.apply(&values[o * r.inner..(o + 1) * r.inner])).collect();
                 Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &out), &r.out_shape))
@@ -269,6 +275,25 @@ impl Tensor {
             }
         }
     }
+}
+
+/// The fast CPU path over float storage, accumulating in f64 (None for integers, left to the
+/// reference).
+fn cpu_reduce(op: ReduceOp, s: &CpuStorage, r: &Rows) -> Option<Vec<f64>> {
+    if !crate::cpu::fast() {
+        return None;
+    }
+    let fold = match op {
+        ReduceOp::Sum | ReduceOp::Mean => Fold::Sum,
+        ReduceOp::Max => Fold::Max,
+        ReduceOp::Min => Fold::Min,
+    };
+    let mut out = crate::cpu::with_float_vec!(s, x => crate::cpu::reduce::reduce(fold, x, &r.view, r.kept_rank))?;
+    if op == ReduceOp::Mean {
+        let n = r.inner as f64;
+        out.iter_mut().for_each(|v| *v /= n);
+    }
+    Some(out)
 }
 
 /// CPU reference of argmax/argmin: first index of the best value; NaN beats everything.

@@ -56,6 +56,15 @@ impl Tensor {
         let rows = self.numel().checked_div(cols).unwrap_or(0);
         match self.storage() {
             StorageRef::Cpu(s) => {
+                if crate::cpu::fast() {
+                    let dense = self.dense()?;
+                    let StorageRef::Cpu(d) = dense.storage() else { unreachable!("dense keeps the device") };
+                    let (o, n) = (dense.layout.offset(), dense.numel());
+                    let out = crate::cpu::with_float_vec!(&*d, v => CpuStorage::from_vec(crate::cpu::softmax::softmax(&v[o..o + n], cols, log)));
+                    if let Some(out) = out {
+                        return Ok(Tensor::from_cpu(out, self.shape()));
+                    }
+                }
                 let mut values = s.gather_f64(&self.layout);
                 if cols > 0 {
                     values.chunks_mut(cols).for_each(|row| softmax_row(row, log));

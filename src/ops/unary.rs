@@ -1,6 +1,8 @@
 //! Elementwise unary ops (`kernels/unary.cu`).
 
 use crate::autograd::record;
+use crate::cpu::elementwise::map;
+use crate::cpu::{Float, Lane};
 use crate::cuda::{elementwise_config, launch_error, strided_layout};
 use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
@@ -145,6 +147,9 @@ impl Tensor {
         let n = self.numel();
         match self.storage() {
             StorageRef::Cpu(s) => {
+                if let Some(out) = cpu_unary(op, &s, &self.layout) {
+                    return Ok(Tensor::from_cpu(out, self.shape()));
+                }
                 let values: Vec<f64> = s.gather_f64(&self.layout).into_iter().map(|x| op.apply(x)).collect();
                 Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &values), self.shape()))
             }
@@ -216,6 +221,60 @@ impl Tensor {
     pub fn sign(&self) -> Result<Tensor> {
         self.unary(UnaryOp::Sign)
     }
+}
+
+/// The fast CPU path over float storage (None for integers, left to the reference). Exp and
+/// sigmoid use the vectorisable f32 exponential; log, tanh and the GELUs evaluate the
+/// reference's f64 formula per element.
+fn cpu_unary(op: UnaryOp, a: &CpuStorage, layout: &crate::Layout) -> Option<CpuStorage> {
+    if !crate::cpu::fast() {
+        return None;
+    }
+    crate::cpu::with_float_vec!(a, x => {
+        let mut out = crate::cpu::vec_like(x, layout.numel());
+        macro_rules! arm {
+            (|$v:ident| $e:expr) => {
+                map(x, layout, &mut out, |s| {
+                    let $v = Lane::widen(s);
+                    Lane::narrow($e)
+                })
+            };
+        }
+        macro_rules! exact {
+            ($op:expr) => {
+                arm!(|v| Float::from_f64_($op.apply(Float::to_f64_(v))))
+            };
+        }
+        match op {
+            UnaryOp::Neg => arm!(|v| -v),
+            UnaryOp::Abs => arm!(|v| if v < Float::ZERO { -v } else { v }),
+            UnaryOp::Exp => arm!(|v| v.exp_()),
+            UnaryOp::Sqrt => arm!(|v| v.sqrt_()),
+            UnaryOp::Sigmoid => arm!(|v| sigmoid(v)),
+            UnaryOp::Relu => arm!(|v| if v < Float::ZERO { Float::ZERO } else { v }),
+            UnaryOp::Sign => arm!(|v| sign(v)),
+            UnaryOp::Step => arm!(|v| if v > Float::ZERO { Float::ONE } else { Float::ZERO }),
+            UnaryOp::Log => exact!(UnaryOp::Log),
+            UnaryOp::Tanh => exact!(UnaryOp::Tanh),
+            UnaryOp::Gelu => exact!(UnaryOp::Gelu),
+            UnaryOp::GeluGrad => exact!(UnaryOp::GeluGrad),
+        }
+        CpuStorage::from_vec(out)
+    })
+}
+
+fn sign<C: Float>(v: C) -> C {
+    if v > C::ZERO {
+        C::ONE
+    } else if v < C::ZERO {
+        -C::ONE
+    } else {
+        v
+    }
+}
+
+fn sigmoid<C: Float>(v: C) -> C {
+    C::ONE / (C::ONE + (-v).exp_())
 }
 
 /// The gradient of `op` at x (with output y), given the output's gradient g.

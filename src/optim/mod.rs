@@ -10,12 +10,13 @@ mod schedule;
 
 pub use schedule::{ConstantLr, CosineLr, LrSchedule, StepLr, WarmupLr};
 
+use crate::cpu::{Float, Lane};
 use crate::cuda::params::{AdamParams, NABLA_MAX_TENSORS, SgdParams, TensorList};
 use crate::cuda::{CudaStorage, launch_error};
-use crate::dtype::Element;
-use crate::storage::{CpuStorage, Storage, StorageRef, with_cpu_vec};
+use crate::storage::{CpuStorage, Storage, StorageRef};
 use crate::{DType, Device, Error, Result, Tensor};
 use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 /// Something that updates parameters from their gradients.
@@ -105,15 +106,7 @@ impl Optimizer for Sgd {
                 on_device.push("sgd", p, &g, [&state], (1.0, 1.0), first_step)?;
                 continue;
             }
-            cpu_step("sgd", p, &g, [&state], |p, g, s| {
-                let mut grad = g + c.weight_decay * p;
-                if c.momentum != 0.0 {
-                    let b = if first_step { grad } else { c.momentum * s[0] + (1.0 - c.dampening) * grad };
-                    s[0] = b;
-                    grad = if c.nesterov { grad + c.momentum * b } else { b };
-                }
-                p - c.lr * grad
-            })?;
+            cpu_step("sgd", p, &g, [&state], &SgdUpdate { config: c, first_step })?;
         }
         let args = SgdParams {
             lr: c.lr,
@@ -224,18 +217,7 @@ impl Optimizer for Adam {
                 on_device.push("adam", p, &g, [m, v], (bc1, bc2), false)?;
                 continue;
             }
-            cpu_step("adam", p, &g, [m, v], |mut p, mut g, s| {
-                if c.weight_decay != 0.0 {
-                    if c.decoupled {
-                        p *= 1.0 - c.lr * c.weight_decay;
-                    } else {
-                        g += c.weight_decay * p;
-                    }
-                }
-                s[0] = c.beta1 * s[0] + (1.0 - c.beta1) * g;
-                s[1] = c.beta2 * s[1] + (1.0 - c.beta2) * g * g;
-                p - c.lr * (s[0] / bc1) / ((s[1] / bc2).sqrt() + c.eps)
-            })?;
+            cpu_step("adam", p, &g, [m, v], &AdamUpdate { config: c, bias_correction: (bc1, bc2) })?;
         }
         let args = AdamParams {
             lr: c.lr,
@@ -308,22 +290,97 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<Option<Tensor>
     Ok(Some(norm))
 }
 
-/// The CPU reference of a fused step: per element, in f64, writing parameter and state back.
-fn update_in_place<T: Element, const N: usize>(
-    values: &mut [T],
-    state_guards: &mut [std::sync::RwLockWriteGuard<'_, CpuStorage>; N],
-    grads: &[f64],
-    update: &impl Fn(f64, f64, &mut [f64; N]) -> f64,
-) {
-    let states: [&mut [T]; N] =
-        state_guards.each_mut().map(|guard| guard.typed_mut::<T>().expect("state has the parameter's dtype"));
-    for (i, value) in values.iter_mut().enumerate() {
-        let mut s: [f64; N] = std::array::from_fn(|j| states[j][i].to_f64());
-        *value = T::from_f64(update(value.to_f64(), grads[i], &mut s));
-        for j in 0..N {
-            states[j][i] = T::from_f64(s[j]);
+/// One optimizer's per-element update, generic over the compute type: the reference runs it in
+/// f64, the fast CPU path in the parameter's compute type (f32 for f32 and 16-bit floats).
+trait Update<const N: usize>: Sync {
+    /// The new parameter from (parameter, gradient), updating the `N` state values.
+    fn apply<C: Float>(&self, p: C, g: C, state: &mut [C; N]) -> C;
+}
+
+/// SGD with momentum, dampening, weight decay and Nesterov, as `torch.optim.SGD`.
+struct SgdUpdate {
+    config: SgdConfig,
+    first_step: bool,
+}
+
+impl Update<1> for SgdUpdate {
+    #[inline(always)]
+    fn apply<C: Float>(&self, p: C, g: C, s: &mut [C; 1]) -> C {
+        let c = &self.config;
+        let k = |v: f64| C::from_f64_(v);
+        let mut grad = g + k(c.weight_decay) * p;
+        if c.momentum != 0.0 {
+            let b = if self.first_step { grad } else { k(c.momentum) * s[0] + k(1.0 - c.dampening) * grad };
+            s[0] = b;
+            grad = if c.nesterov { grad + k(c.momentum) * b } else { b };
         }
+        p - k(c.lr) * grad
     }
+}
+
+/// Adam and AdamW (decoupled weight decay), as `torch.optim.Adam`/`AdamW`.
+struct AdamUpdate {
+    config: AdamConfig,
+    bias_correction: (f64, f64),
+}
+
+impl Update<2> for AdamUpdate {
+    #[inline(always)]
+    fn apply<C: Float>(&self, mut p: C, mut g: C, s: &mut [C; 2]) -> C {
+        let c = &self.config;
+        let k = |v: f64| C::from_f64_(v);
+        let (bc1, bc2) = self.bias_correction;
+        if c.weight_decay != 0.0 {
+            if c.decoupled {
+                p = p * k(1.0 - c.lr * c.weight_decay);
+            } else {
+                g = g + k(c.weight_decay) * p;
+            }
+        }
+        s[0] = k(c.beta1) * s[0] + k(1.0 - c.beta1) * g;
+        s[1] = k(c.beta2) * s[1] + k(1.0 - c.beta2) * g * g;
+        p - k(c.lr) * (s[0] * k(1.0 / bc1)) / ((s[1] * k(1.0 / bc2)).sqrt_() + k(c.eps))
+    }
+}
+
+/// Applies `update` to every element in place: parameter, gradient and state in one pass,
+/// in fixed chunks spread over the CPU pool (the reference: sequentially, in f64).
+fn update_in_place<T: Lane, const N: usize>(
+    values: &mut [T],
+    grads: &[T],
+    states: [&mut [T]; N],
+    update: &impl Update<N>,
+    fast: bool,
+) {
+    const CHUNK: usize = 1 << 14;
+    let one = |values: &mut [T], grads: &[T], states: [&mut [T]; N]| {
+        for (i, (value, &grad)) in values.iter_mut().zip(grads).enumerate() {
+            if fast {
+                let mut s: [T::C; N] = std::array::from_fn(|j| states[j][i].widen());
+                *value = T::narrow(update.apply(value.widen(), grad.widen(), &mut s));
+                for j in 0..N {
+                    states[j][i] = T::narrow(s[j]);
+                }
+            } else {
+                let mut s: [f64; N] = std::array::from_fn(|j| states[j][i].to_f64());
+                *value = T::from_f64(update.apply(value.to_f64(), grad.to_f64(), &mut s));
+                for j in 0..N {
+                    states[j][i] = T::from_f64(s[j]);
+                }
+            }
+        }
+    };
+    if !fast || values.len() < crate::cpu::PARALLEL_MIN {
+        one(values, grads, states);
+        return;
+    }
+    let mut state_chunks = states.map(|s| s.chunks_mut(CHUNK));
+    let tasks: Vec<(&mut [T], &[T], [&mut [T]; N])> = values
+        .chunks_mut(CHUNK)
+        .zip(grads.chunks(CHUNK))
+        .map(|(v, g)| (v, g, std::array::from_fn(|j| state_chunks[j].next().expect("state matches the parameter"))))
+        .collect();
+    crate::cpu::install(|| tasks.into_par_iter().for_each(|(v, g, s)| one(v, g, s)));
 }
 
 /// The host storage of a dense tensor, locked for writing.
@@ -352,27 +409,35 @@ fn check_params(op: &'static str, params: &[Tensor]) -> Result<()> {
     Ok(())
 }
 
-/// Updates the CPU parameter `p` and its `state` tensors in place with `update` (param, grad,
-/// state) -> new param, per element in f64: the reference of the fused kernels.
+/// Updates the CPU parameter `p` and its `state` tensors in place with `update`, reading the
+/// gradient where it lies (converted to the parameter's dtype first if it differs).
 fn cpu_step<const N: usize>(
     op: &'static str,
     p: &Tensor,
     g: &Tensor,
     state: [&Tensor; N],
-    update: impl Fn(f64, f64, &mut [f64; N]) -> f64,
+    update: &impl Update<N>,
 ) -> Result<()> {
     if g.shape() != p.shape() {
         return Err(Error::shape(op, format!("gradient {:?} for parameter {:?}", g.shape(), p.shape())));
     }
-    let grads = g.to_dtype(p.dtype())?.to_vec::<f64>()?;
+    let g = g.to_dtype(p.dtype())?.dense()?;
     let n = p.numel();
+    let g_ref = g.storage();
+    let StorageRef::Cpu(g_store) = &g_ref else {
+        return Err(Error::invalid(op, "the gradient is not on the parameter's device"));
+    };
+    let fast = crate::cpu::fast();
     let mut p_guard = cpu_write(op, p)?;
     let mut state_guards = state.iter().map(|s| cpu_write(op, s)).collect::<Result<Vec<_>>>()?;
-    let Ok(mut state_guards) = <[_; N]>::try_from(std::mem::take(&mut state_guards)) else {
-        unreachable!("one guard per state tensor")
-    };
-    with_cpu_vec!(&mut *p_guard, values => update_in_place(&mut values[..n], &mut state_guards, &grads, &update));
-    Ok(())
+    let (offset, _) = (g.layout.offset(), ());
+    crate::cpu::with_float_vec!(&mut *p_guard, values => {
+        let grads = &g_store.typed_like(values.as_slice()).expect("gradient converted to the parameter's dtype")[offset..offset + n];
+        let states: Vec<&mut [_]> = state_guards.iter_mut().map(|s| s.typed_mut().expect("state has the parameter's dtype")).collect();
+        let Ok(states) = <[_; N]>::try_from(states) else { unreachable!("one guard per state tensor") };
+        update_in_place(&mut values[..n], grads, states, update, fast)
+    })
+    .ok_or_else(|| Error::unsupported(op, p.dtype(), " (parameters must be floating point)"))
 }
 
 /// Elements each block of an optimizer launch updates.

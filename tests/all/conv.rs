@@ -136,7 +136,7 @@ fn conv2d_on_the_gpu_matches_the_cpu_with_large_tiles_and_a_split_weight_gradien
             y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
             [y.detach(), wl.grad().unwrap()].map(|t| t.to_device(&Device::Cpu).unwrap()).to_vec()
         };
-        let (gpu, cpu) = (run(&dev), run(&Device::Cpu));
+        let (gpu, cpu) = (run(&dev), nabla::cpu::reference(|| run(&Device::Cpu)));
         assert_close(&format!("conv2d forward, {channels} channels"), &gpu[0], &cpu[0], (1e-4, 1e-5));
         // each weight-gradient element sums 20,480 products of unit normals (about 143 in size)
         assert_close(&format!("conv2d grad weight, {channels} channels"), &gpu[1], &cpu[1], (2e-2, 1e-5));
@@ -145,60 +145,62 @@ fn conv2d_on_the_gpu_matches_the_cpu_with_large_tiles_and_a_split_weight_gradien
 
 #[test]
 fn conv2d_forward_and_backward_on_the_gpu_match_the_cpu_over_random_shapes() {
-    let Some(dev) = cuda_or_skip("conv2d") else { return };
-    let mut rng = Generator::new(42);
-    let mut shapes = cases();
-    for _ in 0..20 {
-        let groups = [1, 1, 2, 3][rng.below(4) as usize];
-        let cg = 1 + rng.below(5) as usize;
-        let og = 1 + rng.below(5) as usize;
-        let k = 1 + rng.below(7) as usize;
-        let d = 1 + rng.below(2) as usize;
-        let p = rng.below(4) as usize;
-        let s = 1 + rng.below(4) as usize;
-        let size = d * (k - 1) + 1 + rng.below(12) as usize;
-        let n = 1 + rng.below(3) as usize;
-        let opt = Conv2dOptions {
-            stride: (s, 1 + rng.below(4) as usize),
-            padding: (p, rng.below(4) as usize),
-            dilation: (d, 1),
-            groups,
-        };
-        shapes.push(([n, cg * groups, size, size + rng.below(5) as usize], [og * groups, cg, k, k], opt));
-    }
-    for dtype in FLOATS {
-        let (atol, rtol) = tolerance(dtype);
-        for (i, (xs, ws, opt)) in shapes.iter().enumerate() {
-            let x = randn(xs, dtype, i as u64);
-            let w = randn(ws, dtype, 50 + i as u64);
-            let b = randn(&[ws[0]], dtype, 90 + i as u64);
-            let depth = (ws[1] * ws[2] * ws[3]) as f64;
-            let tol = (atol * (depth.sqrt() + 1.0) * 4.0, rtol * 4.0);
-            let run = |device: &Device| -> Vec<Tensor> {
-                let leaves: Vec<Tensor> =
-                    [&x, &w, &b].iter().map(|t| t.to_device(device).unwrap().requires_grad_().unwrap()).collect();
-                let y = leaves[0].conv2d(&leaves[1], Some(&leaves[2]), *opt).unwrap();
-                let g = randn(y.shape(), dtype, 7).to_device(device).unwrap();
-                y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
-                let mut out = vec![y.detach()];
-                out.extend(leaves.iter().map(|l| l.grad().unwrap()));
-                out.into_iter().map(|t| t.to_device(&Device::Cpu).unwrap()).collect()
+    for dev in devices_under_test("conv2d") {
+        let mut rng = Generator::new(42);
+        let mut shapes = cases();
+        for _ in 0..20 {
+            let groups = [1, 1, 2, 3][rng.below(4) as usize];
+            let cg = 1 + rng.below(5) as usize;
+            let og = 1 + rng.below(5) as usize;
+            let k = 1 + rng.below(7) as usize;
+            let d = 1 + rng.below(2) as usize;
+            let p = rng.below(4) as usize;
+            let s = 1 + rng.below(4) as usize;
+            let size = d * (k - 1) + 1 + rng.below(12) as usize;
+            let n = 1 + rng.below(3) as usize;
+            let opt = Conv2dOptions {
+                stride: (s, 1 + rng.below(4) as usize),
+                padding: (p, rng.below(4) as usize),
+                dilation: (d, 1),
+                groups,
             };
-            let (gpu, cpu) = (run(&dev), run(&Device::Cpu));
-            for (what, (g, c)) in ["forward", "grad input", "grad weight", "grad bias"].iter().zip(gpu.iter().zip(&cpu))
-            {
-                // the weight and bias gradients sum over every output pixel
-                let scale = if *what == "forward" || *what == "grad input" {
-                    1.0
-                } else {
-                    (g.numel().max(1) as f64).sqrt() * 4.0
+            shapes.push(([n, cg * groups, size, size + rng.below(5) as usize], [og * groups, cg, k, k], opt));
+        }
+        for dtype in FLOATS {
+            let (atol, rtol) = tolerance(dtype);
+            for (i, (xs, ws, opt)) in shapes.iter().enumerate() {
+                let x = randn(xs, dtype, i as u64);
+                let w = randn(ws, dtype, 50 + i as u64);
+                let b = randn(&[ws[0]], dtype, 90 + i as u64);
+                let depth = (ws[1] * ws[2] * ws[3]) as f64;
+                let tol = (atol * (depth.sqrt() + 1.0) * 4.0, rtol * 4.0);
+                let run = |device: &Device| -> Vec<Tensor> {
+                    let leaves: Vec<Tensor> =
+                        [&x, &w, &b].iter().map(|t| t.to_device(device).unwrap().requires_grad_().unwrap()).collect();
+                    let y = leaves[0].conv2d(&leaves[1], Some(&leaves[2]), *opt).unwrap();
+                    let g = randn(y.shape(), dtype, 7).to_device(device).unwrap();
+                    y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+                    let mut out = vec![y.detach()];
+                    out.extend(leaves.iter().map(|l| l.grad().unwrap()));
+                    out.into_iter().map(|t| t.to_device(&Device::Cpu).unwrap()).collect()
                 };
-                assert_close(
-                    &format!("conv2d {what} {dtype} case {i} {xs:?} {ws:?} {opt:?}"),
-                    g,
-                    c,
-                    (tol.0 * scale, tol.1),
-                );
+                let (gpu, cpu) = (run(&dev), nabla::cpu::reference(|| run(&Device::Cpu)));
+                for (what, (g, c)) in
+                    ["forward", "grad input", "grad weight", "grad bias"].iter().zip(gpu.iter().zip(&cpu))
+                {
+                    // the weight and bias gradients sum over every output pixel
+                    let scale = if *what == "forward" || *what == "grad input" {
+                        1.0
+                    } else {
+                        (g.numel().max(1) as f64).sqrt() * 4.0
+                    };
+                    assert_close(
+                        &format!("conv2d {what} {dtype} case {i} {xs:?} {ws:?} {opt:?}"),
+                        g,
+                        c,
+                        (tol.0 * scale, tol.1),
+                    );
+                }
             }
         }
     }

@@ -9,7 +9,7 @@ use nabla::{BinaryOp, DType, Device, Error, Generator, ReduceOp, Result, Tensor,
 
 /// Runs `op` on the CPU inputs and on copies on `dev`, and compares every element.
 fn compare(what: &str, dev: Device, inputs: &[Tensor], tol: (f64, f64), op: impl Fn(&[Tensor]) -> Result<Tensor>) {
-    let want = op(inputs).unwrap_or_else(|e| panic!("{what}: CPU failed: {e}"));
+    let want = nabla::cpu::reference(|| op(inputs)).unwrap_or_else(|e| panic!("{what}: CPU failed: {e}"));
     let on_dev: Vec<Tensor> = inputs.iter().map(|t| t.to_device(&dev).unwrap()).collect();
     let got = op(&on_dev).unwrap_or_else(|e| panic!("{what}: {dev} failed: {e}"));
     assert_eq!(got.device(), dev, "{what}: result left the device");
@@ -31,20 +31,21 @@ fn unary_input(op: UnaryOp, shape: &[usize], dtype: DType, seed: u64) -> Tensor 
 
 #[test]
 fn unary_ops_match_cpu_reference_for_every_dtype_shape_and_strided_view() {
-    let Some(dev) = cuda_or_skip("unary") else { return };
-    for op in UnaryOp::ALL {
-        for dtype in DType::ALL.into_iter().filter(|d| op.supports(*d)) {
-            for (i, shape) in SHAPES.iter().enumerate() {
-                let x = unary_input(op, shape, dtype, i as u64);
-                compare(&format!("{op:?} {dtype} {shape:?}"), dev, &[x], tolerance(dtype), |t| t[0].unary(op));
+    for dev in devices_under_test("unary") {
+        for op in UnaryOp::ALL {
+            for dtype in DType::ALL.into_iter().filter(|d| op.supports(*d)) {
+                for (i, shape) in SHAPES.iter().enumerate() {
+                    let x = unary_input(op, shape, dtype, i as u64);
+                    compare(&format!("{op:?} {dtype} {shape:?}"), dev, &[x], tolerance(dtype), |t| t[0].unary(op));
+                }
+                let x = unary_input(op, &[33, 65], dtype, 99);
+                compare(&format!("{op:?} {dtype} transposed"), dev, std::slice::from_ref(&x), tolerance(dtype), |t| {
+                    t[0].t()?.unary(op)
+                });
+                compare(&format!("{op:?} {dtype} narrowed"), dev, &[x], tolerance(dtype), |t| {
+                    t[0].narrow(1, 3, 40)?.unary(op)
+                });
             }
-            let x = unary_input(op, &[33, 65], dtype, 99);
-            compare(&format!("{op:?} {dtype} transposed"), dev, std::slice::from_ref(&x), tolerance(dtype), |t| {
-                t[0].t()?.unary(op)
-            });
-            compare(&format!("{op:?} {dtype} narrowed"), dev, &[x], tolerance(dtype), |t| {
-                t[0].narrow(1, 3, 40)?.unary(op)
-            });
         }
     }
 }
@@ -78,172 +79,183 @@ const BROADCAST_PAIRS: &[(&[usize], &[usize])] = &[
 
 #[test]
 fn binary_ops_match_cpu_reference_with_broadcasting_scalars_and_views() {
-    let Some(dev) = cuda_or_skip("binary") else { return };
-    for op in BinaryOp::ALL {
-        for dtype in DType::ALL.into_iter().filter(|d| op.supports(*d)) {
-            let tol = tolerance(dtype);
-            for (i, (a, b)) in BROADCAST_PAIRS.iter().enumerate() {
-                let inputs = binary_inputs(op, a, b, dtype, 10 * i as u64);
-                compare(&format!("{op:?} {dtype} {a:?} {b:?}"), dev, &inputs, tol, |t| t[0].binary(op, &t[1]));
-                let scalar = if op == BinaryOp::Pow { 1.5 } else { 1.75 };
-                compare(&format!("{op:?} {dtype} {a:?} scalar"), dev, &inputs[..1], tol, |t| {
-                    t[0].binary_scalar(op, scalar)
-                });
+    for dev in devices_under_test("binary") {
+        for op in BinaryOp::ALL {
+            for dtype in DType::ALL.into_iter().filter(|d| op.supports(*d)) {
+                let tol = tolerance(dtype);
+                for (i, (a, b)) in BROADCAST_PAIRS.iter().enumerate() {
+                    let inputs = binary_inputs(op, a, b, dtype, 10 * i as u64);
+                    compare(&format!("{op:?} {dtype} {a:?} {b:?}"), dev, &inputs, tol, |t| t[0].binary(op, &t[1]));
+                    let scalar = if op == BinaryOp::Pow { 1.5 } else { 1.75 };
+                    compare(&format!("{op:?} {dtype} {a:?} scalar"), dev, &inputs[..1], tol, |t| {
+                        t[0].binary_scalar(op, scalar)
+                    });
+                }
+                let inputs = binary_inputs(op, &[65, 33], &[33, 65], dtype, 7);
+                compare(&format!("{op:?} {dtype} transposed lhs"), dev, &inputs, tol, |t| t[0].t()?.binary(op, &t[1]));
             }
-            let inputs = binary_inputs(op, &[65, 33], &[33, 65], dtype, 7);
-            compare(&format!("{op:?} {dtype} transposed lhs"), dev, &inputs, tol, |t| t[0].t()?.binary(op, &t[1]));
         }
     }
 }
 
 #[test]
 fn where_cond_matches_cpu_reference_with_broadcasting() {
-    let Some(dev) = cuda_or_skip("where") else { return };
-    for dtype in DType::ALL {
-        let cond = integers(&[3, 1, 257], 0, 2, 1).to_dtype(dtype).unwrap();
-        let a = integers(&[3, 5, 257], -50, 50, 2).to_dtype(dtype).unwrap();
-        let b = integers(&[257], -50, 50, 3).to_dtype(dtype).unwrap();
-        compare(&format!("where {dtype}"), dev, &[cond, a, b], (0.0, 0.0), |t| t[0].where_cond(&t[1], &t[2]));
+    for dev in devices_under_test("where") {
+        for dtype in DType::ALL {
+            let cond = integers(&[3, 1, 257], 0, 2, 1).to_dtype(dtype).unwrap();
+            let a = integers(&[3, 5, 257], -50, 50, 2).to_dtype(dtype).unwrap();
+            let b = integers(&[257], -50, 50, 3).to_dtype(dtype).unwrap();
+            compare(&format!("where {dtype}"), dev, &[cond, a, b], (0.0, 0.0), |t| t[0].where_cond(&t[1], &t[2]));
+        }
     }
 }
 
 #[test]
 fn reductions_match_cpu_reference_over_any_axes_including_two_pass_sums() {
-    let Some(dev) = cuda_or_skip("reduce") else { return };
-    let cases: &[(&[usize], &[isize])] = &[
-        (&[1], &[]),
-        (&[0], &[]),
-        (&[1031], &[]),
-        (&[33, 65], &[0]),
-        (&[33, 65], &[1]),
-        (&[2, 3, 257], &[0, 2]),
-        (&[2, 3, 257], &[1]),
-        (&[4, 0, 3], &[0]),
-        (&[3, 100_003], &[1]),
-        (&[300_007], &[]),
-    ];
-    for dtype in DType::ALL {
-        for (i, (shape, axes)) in cases.iter().enumerate() {
-            let x = if dtype == DType::I64 {
-                integers(shape, -1000, 1000, i as u64)
-            } else {
-                randn(shape, dtype, i as u64)
-            };
-            let sum_abs = x.abs().unwrap().to_dtype(DType::F64).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-            // Sums differ from the f64 reference by the accumulation's rounding, bounded by eps * Σ|x|.
-            let acc_eps = match dtype {
-                DType::F64 => 1e-14,
-                DType::I64 => 0.0,
-                _ => 2e-6,
-            };
-            let (atol, rtol) = tolerance(dtype);
-            let sum_tol = (atol + acc_eps * sum_abs, rtol);
-            for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min] {
-                if (op == ReduceOp::Mean && dtype == DType::I64)
-                    || (x.numel() == 0 && matches!(op, ReduceOp::Max | ReduceOp::Min))
-                {
-                    continue;
-                }
-                let tol = match op {
-                    ReduceOp::Sum | ReduceOp::Mean => sum_tol,
-                    ReduceOp::Max | ReduceOp::Min => (0.0, 0.0),
+    for dev in devices_under_test("reduce") {
+        let cases: &[(&[usize], &[isize])] = &[
+            (&[1], &[]),
+            (&[0], &[]),
+            (&[1031], &[]),
+            (&[33, 65], &[0]),
+            (&[33, 65], &[1]),
+            (&[2, 3, 257], &[0, 2]),
+            (&[2, 3, 257], &[1]),
+            (&[4, 0, 3], &[0]),
+            (&[3, 100_003], &[1]),
+            (&[300_007], &[]),
+        ];
+        for dtype in DType::ALL {
+            for (i, (shape, axes)) in cases.iter().enumerate() {
+                let x = if dtype == DType::I64 {
+                    integers(shape, -1000, 1000, i as u64)
+                } else {
+                    randn(shape, dtype, i as u64)
                 };
-                for keepdim in [false, true] {
+                let sum_abs =
+                    x.abs().unwrap().to_dtype(DType::F64).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+                // Sums differ from the f64 reference by the accumulation's rounding, bounded by eps * Σ|x|.
+                let acc_eps = match dtype {
+                    DType::F64 => 1e-14,
+                    DType::I64 => 0.0,
+                    _ => 2e-6,
+                };
+                let (atol, rtol) = tolerance(dtype);
+                let sum_tol = (atol + acc_eps * sum_abs, rtol);
+                for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min] {
+                    if (op == ReduceOp::Mean && dtype == DType::I64)
+                        || (x.numel() == 0 && matches!(op, ReduceOp::Max | ReduceOp::Min))
+                    {
+                        continue;
+                    }
+                    let tol = match op {
+                        ReduceOp::Sum | ReduceOp::Mean => sum_tol,
+                        ReduceOp::Max | ReduceOp::Min => (0.0, 0.0),
+                    };
+                    for keepdim in [false, true] {
+                        compare(
+                            &format!("{op:?} {dtype} {shape:?} {axes:?} keepdim={keepdim}"),
+                            dev,
+                            std::slice::from_ref(&x),
+                            tol,
+                            |t| t[0].reduce(op, axes, keepdim),
+                        );
+                    }
+                }
+                if axes.len() == 1 && x.numel() > 0 {
                     compare(
-                        &format!("{op:?} {dtype} {shape:?} {axes:?} keepdim={keepdim}"),
+                        &format!("argmax {dtype} {shape:?} {axes:?}"),
                         dev,
                         std::slice::from_ref(&x),
-                        tol,
-                        |t| t[0].reduce(op, axes, keepdim),
+                        (0.0, 0.0),
+                        |t| t[0].argmax(axes[0], false),
+                    );
+                    compare(
+                        &format!("argmin {dtype} {shape:?} {axes:?}"),
+                        dev,
+                        std::slice::from_ref(&x),
+                        (0.0, 0.0),
+                        |t| t[0].argmin(axes[0], true),
                     );
                 }
             }
-            if axes.len() == 1 && x.numel() > 0 {
-                compare(
-                    &format!("argmax {dtype} {shape:?} {axes:?}"),
-                    dev,
-                    std::slice::from_ref(&x),
-                    (0.0, 0.0),
-                    |t| t[0].argmax(axes[0], false),
-                );
-                compare(
-                    &format!("argmin {dtype} {shape:?} {axes:?}"),
-                    dev,
-                    std::slice::from_ref(&x),
-                    (0.0, 0.0),
-                    |t| t[0].argmin(axes[0], true),
-                );
-            }
+            let x = randn(&[65, 33], dtype, 5);
+            compare(&format!("sum {dtype} of a transposed view"), dev, &[x], (1e-2, 1e-2), |t| {
+                t[0].t()?.sum(&[1], false)
+            });
         }
-        let x = randn(&[65, 33], dtype, 5);
-        compare(&format!("sum {dtype} of a transposed view"), dev, &[x], (1e-2, 1e-2), |t| t[0].t()?.sum(&[1], false));
     }
 }
 
 #[test]
 fn softmax_and_log_softmax_match_cpu_reference_along_every_axis() {
-    let Some(dev) = cuda_or_skip("softmax") else { return };
-    let cases: &[(&[usize], isize)] = &[
-        (&[1, 1], -1),
-        (&[7, 33], -1),
-        (&[7, 33], 0),
-        (&[4, 1000], 1),
-        (&[2, 3, 5], 1),
-        (&[3, 0], 0),
-        (&[2, 4097], -1),
-    ];
-    for dtype in crate::common::FLOATS {
-        for (i, (shape, axis)) in cases.iter().enumerate() {
-            let x = uniform(shape, -8.0, 8.0, dtype, i as u64);
-            let tol = tolerance(dtype);
-            compare(&format!("softmax {dtype} {shape:?} axis {axis}"), dev, std::slice::from_ref(&x), tol, |t| {
-                t[0].softmax(*axis)
-            });
-            compare(&format!("log_softmax {dtype} {shape:?} axis {axis}"), dev, &[x], tol, |t| t[0].log_softmax(*axis));
+    for dev in devices_under_test("softmax") {
+        let cases: &[(&[usize], isize)] = &[
+            (&[1, 1], -1),
+            (&[7, 33], -1),
+            (&[7, 33], 0),
+            (&[4, 1000], 1),
+            (&[2, 3, 5], 1),
+            (&[3, 0], 0),
+            (&[2, 4097], -1),
+        ];
+        for dtype in crate::common::FLOATS {
+            for (i, (shape, axis)) in cases.iter().enumerate() {
+                let x = uniform(shape, -8.0, 8.0, dtype, i as u64);
+                let tol = tolerance(dtype);
+                compare(&format!("softmax {dtype} {shape:?} axis {axis}"), dev, std::slice::from_ref(&x), tol, |t| {
+                    t[0].softmax(*axis)
+                });
+                compare(&format!("log_softmax {dtype} {shape:?} axis {axis}"), dev, &[x], tol, |t| {
+                    t[0].log_softmax(*axis)
+                });
+            }
         }
     }
 }
 
 #[test]
 fn matmul_matches_cpu_reference_for_odd_batched_broadcast_and_transposed_shapes() {
-    let Some(dev) = cuda_or_skip("matmul") else { return };
-    let cases: &[(&[usize], &[usize])] = &[
-        (&[1, 1], &[1, 1]),
-        (&[7, 13], &[13, 5]),
-        (&[64, 64], &[64, 64]),
-        (&[65, 127], &[127, 33]),
-        (&[130, 70], &[70, 257]),
-        (&[3, 1, 17, 19], &[4, 19, 23]),
-        (&[5, 0], &[0, 3]),
-        (&[0, 4], &[4, 2]),
-        (&[9], &[9, 4]),
-        (&[6, 9], &[9]),
-    ];
-    for dtype in crate::common::FLOATS {
-        let (atol, rtol) = tolerance(dtype);
-        for (i, (a, b)) in cases.iter().enumerate() {
-            let k = *a.last().unwrap() as f64;
-            let tol = (atol * (k.sqrt() + 1.0) * 4.0, rtol * 2.0);
-            let inputs = [randn(a, dtype, 2 * i as u64), randn(b, dtype, 2 * i as u64 + 1)];
-            compare(&format!("matmul {dtype} {a:?} x {b:?}"), dev, &inputs, tol, |t| t[0].matmul(&t[1]));
-        }
-        let tol = (atol * 40.0, rtol * 2.0);
-        for (i, x_shape) in [&[7usize, 33][..], &[2, 3, 33], &[33]].into_iter().enumerate() {
-            let inputs = [randn(x_shape, dtype, 70 + i as u64), randn(&[65, 33], dtype, 75), randn(&[65], dtype, 76)];
-            compare(&format!("linear {dtype} {x_shape:?} x [65, 33]ᵀ + b"), dev, &inputs, tol, |t| {
-                t[0].linear(&t[1], Some(&t[2]))
+    for dev in devices_under_test("matmul") {
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[1, 1], &[1, 1]),
+            (&[7, 13], &[13, 5]),
+            (&[64, 64], &[64, 64]),
+            (&[65, 127], &[127, 33]),
+            (&[130, 70], &[70, 257]),
+            (&[3, 1, 17, 19], &[4, 19, 23]),
+            (&[5, 0], &[0, 3]),
+            (&[0, 4], &[4, 2]),
+            (&[9], &[9, 4]),
+            (&[6, 9], &[9]),
+        ];
+        for dtype in crate::common::FLOATS {
+            let (atol, rtol) = tolerance(dtype);
+            for (i, (a, b)) in cases.iter().enumerate() {
+                let k = *a.last().unwrap() as f64;
+                let tol = (atol * (k.sqrt() + 1.0) * 4.0, rtol * 2.0);
+                let inputs = [randn(a, dtype, 2 * i as u64), randn(b, dtype, 2 * i as u64 + 1)];
+                compare(&format!("matmul {dtype} {a:?} x {b:?}"), dev, &inputs, tol, |t| t[0].matmul(&t[1]));
+            }
+            let tol = (atol * 40.0, rtol * 2.0);
+            for (i, x_shape) in [&[7usize, 33][..], &[2, 3, 33], &[33]].into_iter().enumerate() {
+                let inputs =
+                    [randn(x_shape, dtype, 70 + i as u64), randn(&[65, 33], dtype, 75), randn(&[65], dtype, 76)];
+                compare(&format!("linear {dtype} {x_shape:?} x [65, 33]ᵀ + b"), dev, &inputs, tol, |t| {
+                    t[0].linear(&t[1], Some(&t[2]))
+                });
+            }
+            let inputs = [randn(&[45, 77], dtype, 50), randn(&[91, 45], dtype, 51)];
+            compare(&format!("matmul {dtype} aᵀ x bᵀ"), dev, &inputs, tol, |t| t[0].t()?.matmul(&t[1].t()?));
+            let inputs = [randn(&[2, 77, 45], dtype, 52), randn(&[77, 33], dtype, 53)];
+            compare(&format!("matmul {dtype} batched aᵀ, shared b"), dev, &inputs, tol, |t| {
+                t[0].transpose(1, 2)?.matmul(&t[1])
             });
         }
-        let inputs = [randn(&[45, 77], dtype, 50), randn(&[91, 45], dtype, 51)];
-        compare(&format!("matmul {dtype} aᵀ x bᵀ"), dev, &inputs, tol, |t| t[0].t()?.matmul(&t[1].t()?));
-        let inputs = [randn(&[2, 77, 45], dtype, 52), randn(&[77, 33], dtype, 53)];
-        compare(&format!("matmul {dtype} batched aᵀ, shared b"), dev, &inputs, tol, |t| {
-            t[0].transpose(1, 2)?.matmul(&t[1])
-        });
+        let ints =
+            [integers(&[2, 2], 0, 3, 1).to_device(&dev).unwrap(), integers(&[2, 2], 0, 3, 2).to_device(&dev).unwrap()];
+        assert!(matches!(ints[0].matmul(&ints[1]), Err(Error::UnsupportedDType { op: "matmul", .. })));
     }
-    let ints =
-        [integers(&[2, 2], 0, 3, 1).to_device(&dev).unwrap(), integers(&[2, 2], 0, 3, 2).to_device(&dev).unwrap()];
-    assert!(matches!(ints[0].matmul(&ints[1]), Err(Error::UnsupportedDType { op: "matmul", .. })));
 }
 
 #[test]
@@ -269,57 +281,63 @@ fn matmul_with_the_large_tiles_matches_cpu_reference_at_ragged_edges() {
 
 #[test]
 fn casts_copies_cat_and_stack_match_cpu_reference_exactly() {
-    let Some(dev) = cuda_or_skip("copy") else { return };
-    for from in DType::ALL {
-        let x = if from == DType::I64 {
-            integers(&[33, 65], -70_000, 70_000, 1)
-        } else {
-            uniform(&[33, 65], -300.0, 300.0, from, 1)
-        };
-        for to in DType::ALL {
-            compare(&format!("cast {from} -> {to}"), dev, std::slice::from_ref(&x), (0.0, 0.0), |t| t[0].to_dtype(to));
-            compare(&format!("cast {from} -> {to} transposed"), dev, std::slice::from_ref(&x), (0.0, 0.0), |t| {
-                t[0].t()?.to_dtype(to)
+    for dev in devices_under_test("copy") {
+        for from in DType::ALL {
+            let x = if from == DType::I64 {
+                integers(&[33, 65], -70_000, 70_000, 1)
+            } else {
+                uniform(&[33, 65], -300.0, 300.0, from, 1)
+            };
+            for to in DType::ALL {
+                compare(&format!("cast {from} -> {to}"), dev, std::slice::from_ref(&x), (0.0, 0.0), |t| {
+                    t[0].to_dtype(to)
+                });
+                compare(&format!("cast {from} -> {to} transposed"), dev, std::slice::from_ref(&x), (0.0, 0.0), |t| {
+                    t[0].t()?.to_dtype(to)
+                });
+            }
+            compare(&format!("contiguous {from}"), dev, std::slice::from_ref(&x), (0.0, 0.0), |t| {
+                t[0].permute(&[1, 0])?.narrow(0, 5, 50)?.contiguous()
+            });
+            let y = x.narrow(1, 0, 7).unwrap().contiguous().unwrap();
+            compare(&format!("cat {from}"), dev, &[x.clone(), y], (0.0, 0.0), |t| {
+                Tensor::cat(&[&t[0], &t[1], &t[0]], 1)
+            });
+            compare(&format!("stack {from}"), dev, std::slice::from_ref(&x), (0.0, 0.0), |t| {
+                Tensor::stack(&[&t[0], &t[0].t()?.t()?], 2)
+            });
+            compare(&format!("broadcast copy {from}"), dev, &[x.narrow(0, 0, 1).unwrap()], (0.0, 0.0), |t| {
+                t[0].broadcast_as(&[4, 33, 65])?.contiguous()
             });
         }
-        compare(&format!("contiguous {from}"), dev, std::slice::from_ref(&x), (0.0, 0.0), |t| {
-            t[0].permute(&[1, 0])?.narrow(0, 5, 50)?.contiguous()
-        });
-        let y = x.narrow(1, 0, 7).unwrap().contiguous().unwrap();
-        compare(&format!("cat {from}"), dev, &[x.clone(), y], (0.0, 0.0), |t| Tensor::cat(&[&t[0], &t[1], &t[0]], 1));
-        compare(&format!("stack {from}"), dev, std::slice::from_ref(&x), (0.0, 0.0), |t| {
-            Tensor::stack(&[&t[0], &t[0].t()?.t()?], 2)
-        });
-        compare(&format!("broadcast copy {from}"), dev, &[x.narrow(0, 0, 1).unwrap()], (0.0, 0.0), |t| {
-            t[0].broadcast_as(&[4, 33, 65])?.contiguous()
-        });
     }
 }
 
 #[test]
 fn index_select_gather_and_one_hot_match_cpu_reference_and_reject_bad_indices() {
-    let Some(dev) = cuda_or_skip("index") else { return };
-    for dtype in DType::ALL {
-        let x = randn(&[17, 33, 5], dtype, 3);
-        for (dim, size) in [(0, 17), (1, 33), (2, 5)] {
-            let idx = integers(&[29], 0, size, dim as u64);
-            compare(&format!("index_select {dtype} dim {dim}"), dev, &[x.clone(), idx], (0.0, 0.0), |t| {
-                t[0].index_select(dim, &t[1])
-            });
-            let mut shape = [17, 33, 5];
-            shape[dim as usize] = 4;
-            let g = integers(&shape, 0, size, 7 + dim as u64);
-            compare(&format!("gather {dtype} dim {dim}"), dev, &[x.clone(), g], (0.0, 0.0), |t| {
-                t[0].gather(dim, &t[1])
-            });
+    for dev in devices_under_test("index") {
+        for dtype in DType::ALL {
+            let x = randn(&[17, 33, 5], dtype, 3);
+            for (dim, size) in [(0, 17), (1, 33), (2, 5)] {
+                let idx = integers(&[29], 0, size, dim as u64);
+                compare(&format!("index_select {dtype} dim {dim}"), dev, &[x.clone(), idx], (0.0, 0.0), |t| {
+                    t[0].index_select(dim, &t[1])
+                });
+                let mut shape = [17, 33, 5];
+                shape[dim as usize] = 4;
+                let g = integers(&shape, 0, size, 7 + dim as u64);
+                compare(&format!("gather {dtype} dim {dim}"), dev, &[x.clone(), g], (0.0, 0.0), |t| {
+                    t[0].gather(dim, &t[1])
+                });
+            }
+            let labels = integers(&[257], 0, 10, 4);
+            compare(&format!("one_hot {dtype}"), dev, &[labels], (0.0, 0.0), |t| t[0].one_hot(10, dtype));
         }
-        let labels = integers(&[257], 0, 10, 4);
-        compare(&format!("one_hot {dtype}"), dev, &[labels], (0.0, 0.0), |t| t[0].one_hot(10, dtype));
+        let x = randn(&[4, 3], DType::F32, 1).to_device(&dev).unwrap();
+        let bad = Tensor::from_vec(vec![0i64, 4], &[2], &dev).unwrap();
+        assert!(matches!(x.index_select(0, &bad), Err(Error::IndexOutOfRange { op: "index_select", .. })));
+        assert!(matches!(bad.one_hot(4, DType::F32), Err(Error::IndexOutOfRange { op: "one_hot", .. })));
     }
-    let x = randn(&[4, 3], DType::F32, 1).to_device(&dev).unwrap();
-    let bad = Tensor::from_vec(vec![0i64, 4], &[2], &dev).unwrap();
-    assert!(matches!(x.index_select(0, &bad), Err(Error::IndexOutOfRange { op: "index_select", .. })));
-    assert!(matches!(bad.one_hot(4, DType::F32), Err(Error::IndexOutOfRange { op: "one_hot", .. })));
 }
 
 #[test]
@@ -363,23 +381,24 @@ fn mixing_devices_is_an_error_naming_the_op() {
 
 #[test]
 fn every_op_backward_on_the_gpu_matches_the_cpu_backward() {
-    let Some(dev) = cuda_or_skip("backward") else { return };
-    for dtype in [DType::F32, DType::F64] {
-        for (name, inputs, f) in crate::common::grad_cases::cases() {
-            let grads_on = |device: &Device| -> Vec<Tensor> {
-                let leaves: Vec<Tensor> = inputs
-                    .iter()
-                    .map(|t| t.to_dtype(dtype).unwrap().to_device(device).unwrap().requires_grad_().unwrap())
-                    .collect();
-                let out = f(&leaves).unwrap_or_else(|e| panic!("{name} on {device}: {e}"));
-                let w = randn(out.shape(), dtype, 777).to_device(device).unwrap();
-                out.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
-                leaves.iter().map(|l| l.grad().unwrap().to_device(&Device::Cpu).unwrap()).collect()
-            };
-            let (gpu, cpu) = (grads_on(&dev), grads_on(&Device::Cpu));
-            let (atol, rtol) = tolerance(dtype);
-            for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
-                assert_close(&format!("{name} {dtype} d/d input {i}"), g, c, (atol * 10.0, rtol * 10.0));
+    for dev in devices_under_test("backward") {
+        for dtype in [DType::F32, DType::F64] {
+            for (name, inputs, f) in crate::common::grad_cases::cases() {
+                let grads_on = |device: &Device| -> Vec<Tensor> {
+                    let leaves: Vec<Tensor> = inputs
+                        .iter()
+                        .map(|t| t.to_dtype(dtype).unwrap().to_device(device).unwrap().requires_grad_().unwrap())
+                        .collect();
+                    let out = f(&leaves).unwrap_or_else(|e| panic!("{name} on {device}: {e}"));
+                    let w = randn(out.shape(), dtype, 777).to_device(device).unwrap();
+                    out.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+                    leaves.iter().map(|l| l.grad().unwrap().to_device(&Device::Cpu).unwrap()).collect()
+                };
+                let (gpu, cpu) = (grads_on(&dev), nabla::cpu::reference(|| grads_on(&Device::Cpu)));
+                let (atol, rtol) = tolerance(dtype);
+                for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+                    assert_close(&format!("{name} {dtype} d/d input {i}"), g, c, (atol * 10.0, rtol * 10.0));
+                }
             }
         }
     }

@@ -173,59 +173,71 @@ fn losses_match_their_definitions() {
 
 #[test]
 fn batch_norm_and_conv_models_on_the_gpu_match_the_cpu() {
-    let Some(dev) = cuda_or_skip("batch norm") else { return };
-    use nabla::nn::{BatchNorm2d, ConvNet, ResNet};
-    let x = randn(&[4, 3, 9, 7], DType::F32, 1);
-    let run = |device: &Device| {
-        let mut bn = BatchNorm2d::new(3, device).unwrap();
-        let xl = x.to_device(device).unwrap().requires_grad_().unwrap();
-        let y = bn.forward(&xl).unwrap();
-        y.mul(&y).unwrap().sum_all().unwrap().backward().unwrap();
-        let (rm, rv) = bn.running_stats();
-        bn.set_training(false);
-        let eval = bn.forward(&xl.detach()).unwrap();
-        [y.detach(), xl.grad().unwrap(), bn.weight.grad().unwrap(), rm, rv, eval]
-            .map(|t| t.to_device(&Device::Cpu).unwrap())
-    };
-    let (gpu, cpu) = (run(&dev), run(&Device::Cpu));
-    for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
-        assert_close(&format!("batch norm output {i}"), g, c, (1e-4, 1e-4));
-    }
-    for model in ["lenet5", "resnet"] {
-        let logits = |device: &Device| {
-            let mut rng = Generator::new(2);
-            let mut m: Box<dyn Module> = if model == "lenet5" {
-                Box::new(ConvNet::lenet5(1, 28, 10, device, &mut rng).unwrap())
-            } else {
-                Box::new(ResNet::new(1, 10, 8, device, &mut rng).unwrap())
-            };
-            m.set_training(false);
-            m.forward(&randn(&[3, 1, 28, 28], DType::F32, 3).to_device(device).unwrap())
-                .unwrap()
-                .to_device(&Device::Cpu)
-                .unwrap()
+    for dev in devices_under_test("batch norm") {
+        use nabla::nn::{BatchNorm2d, ConvNet, ResNet};
+        let x = randn(&[4, 3, 9, 7], DType::F32, 1);
+        let run = |device: &Device| {
+            let mut bn = BatchNorm2d::new(3, device).unwrap();
+            let xl = x.to_device(device).unwrap().requires_grad_().unwrap();
+            let y = bn.forward(&xl).unwrap();
+            y.mul(&y).unwrap().sum_all().unwrap().backward().unwrap();
+            let (rm, rv) = bn.running_stats();
+            bn.set_training(false);
+            let eval = bn.forward(&xl.detach()).unwrap();
+            [y.detach(), xl.grad().unwrap(), bn.weight.grad().unwrap(), rm, rv, eval]
+                .map(|t| t.to_device(&Device::Cpu).unwrap())
         };
-        assert_close(&format!("{model} logits"), &logits(&dev), &logits(&Device::Cpu), (1e-4, 1e-4));
+        let (gpu, cpu) = (run(&dev), nabla::cpu::reference(|| run(&Device::Cpu)));
+        for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+            assert_close(&format!("batch norm output {i}"), g, c, (1e-4, 1e-4));
+        }
+        for model in ["lenet5", "resnet"] {
+            let logits = |device: &Device| {
+                let mut rng = Generator::new(2);
+                let mut m: Box<dyn Module> = if model == "lenet5" {
+                    Box::new(ConvNet::lenet5(1, 28, 10, device, &mut rng).unwrap())
+                } else {
+                    Box::new(ResNet::new(1, 10, 8, device, &mut rng).unwrap())
+                };
+                m.set_training(false);
+                m.forward(&randn(&[3, 1, 28, 28], DType::F32, 3).to_device(device).unwrap())
+                    .unwrap()
+                    .to_device(&Device::Cpu)
+                    .unwrap()
+            };
+            assert_close(
+                &format!("{model} logits"),
+                &logits(&dev),
+                &nabla::cpu::reference(|| logits(&Device::Cpu)),
+                (1e-4, 1e-4),
+            );
+        }
     }
 }
 
 #[test]
 fn cross_entropy_and_dropout_on_the_gpu_match_the_cpu() {
-    let Some(dev) = cuda_or_skip("losses") else { return };
-    for dtype in FLOATS {
-        let logits = randn(&[257, 10], dtype, 10);
-        let labels = Tensor::randint(0, 10, &[257], &Device::Cpu, &mut Generator::new(11)).unwrap();
-        let cpu = logits.cross_entropy(&labels).unwrap();
-        let gpu = logits.to_device(&dev).unwrap().cross_entropy(&labels.to_device(&dev).unwrap()).unwrap();
-        assert_close(&format!("cross_entropy {dtype}"), &gpu.to_device(&Device::Cpu).unwrap(), &cpu, tolerance(dtype));
-        let mask_cpu = Tensor::dropout_mask(&[1031], 0.7, 99, dtype, &Device::Cpu).unwrap();
-        let mask_gpu = Tensor::dropout_mask(&[1031], 0.7, 99, dtype, &dev).unwrap();
-        assert_close(
-            &format!("dropout mask {dtype}"),
-            &mask_gpu.to_device(&Device::Cpu).unwrap(),
-            &mask_cpu,
-            (0.0, 0.0),
-        );
+    for dev in devices_under_test("losses") {
+        for dtype in FLOATS {
+            let logits = randn(&[257, 10], dtype, 10);
+            let labels = Tensor::randint(0, 10, &[257], &Device::Cpu, &mut Generator::new(11)).unwrap();
+            let cpu = logits.cross_entropy(&labels).unwrap();
+            let gpu = logits.to_device(&dev).unwrap().cross_entropy(&labels.to_device(&dev).unwrap()).unwrap();
+            assert_close(
+                &format!("cross_entropy {dtype}"),
+                &gpu.to_device(&Device::Cpu).unwrap(),
+                &cpu,
+                tolerance(dtype),
+            );
+            let mask_cpu = Tensor::dropout_mask(&[1031], 0.7, 99, dtype, &Device::Cpu).unwrap();
+            let mask_gpu = Tensor::dropout_mask(&[1031], 0.7, 99, dtype, &dev).unwrap();
+            assert_close(
+                &format!("dropout mask {dtype}"),
+                &mask_gpu.to_device(&Device::Cpu).unwrap(),
+                &mask_cpu,
+                (0.0, 0.0),
+            );
+        }
     }
 }
 
@@ -303,37 +315,38 @@ fn fused_batch_norm_matches_its_definition_from_tensor_ops_with_gradients() {
 
 #[test]
 fn batch_norm_kernels_on_the_gpu_match_the_cpu_for_every_dtype() {
-    let Some(dev) = cuda_or_skip("batch norm kernels") else { return };
-    for dtype in FLOATS {
-        let (atol, rtol) = tolerance(dtype);
-        // 300 channels: more than one per block in flight; planes of 7 x 3 (odd, not a warp)
-        let x = randn(&[5, 300, 7, 3], dtype, 30).mul_scalar(1.5).unwrap().add_scalar(0.25).unwrap();
-        let (w, b) = (randn(&[300], dtype, 31), randn(&[300], dtype, 32));
-        let (rm, rv) = (randn(&[300], dtype, 33), uniform(&[300], 0.5, 2.0, dtype, 34));
-        let g = randn(&[5, 300, 7, 3], dtype, 35);
-        let run = |device: &Device, train: bool| -> Vec<Tensor> {
-            let leaves = [&x, &w, &b].map(|t| t.to_device(device).unwrap().requires_grad_().unwrap());
-            let mut out = Vec::new();
-            let y = if train {
-                let (y, mean, var) = leaves[0].batch_norm2d_train(&leaves[1], &leaves[2], 1e-5).unwrap();
-                out.extend([mean, var]);
-                y
-            } else {
-                let (m, v) = (rm.to_device(device).unwrap(), rv.to_device(device).unwrap());
-                leaves[0].batch_norm2d_eval(&m, &v, &leaves[1], &leaves[2], 1e-5).unwrap()
+    for dev in devices_under_test("batch norm kernels") {
+        for dtype in FLOATS {
+            let (atol, rtol) = tolerance(dtype);
+            // 300 channels: more than one per block in flight; planes of 7 x 3 (odd, not a warp)
+            let x = randn(&[5, 300, 7, 3], dtype, 30).mul_scalar(1.5).unwrap().add_scalar(0.25).unwrap();
+            let (w, b) = (randn(&[300], dtype, 31), randn(&[300], dtype, 32));
+            let (rm, rv) = (randn(&[300], dtype, 33), uniform(&[300], 0.5, 2.0, dtype, 34));
+            let g = randn(&[5, 300, 7, 3], dtype, 35);
+            let run = |device: &Device, train: bool| -> Vec<Tensor> {
+                let leaves = [&x, &w, &b].map(|t| t.to_device(device).unwrap().requires_grad_().unwrap());
+                let mut out = Vec::new();
+                let y = if train {
+                    let (y, mean, var) = leaves[0].batch_norm2d_train(&leaves[1], &leaves[2], 1e-5).unwrap();
+                    out.extend([mean, var]);
+                    y
+                } else {
+                    let (m, v) = (rm.to_device(device).unwrap(), rv.to_device(device).unwrap());
+                    leaves[0].batch_norm2d_eval(&m, &v, &leaves[1], &leaves[2], 1e-5).unwrap()
+                };
+                y.mul(&g.to_device(device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                out.push(y.detach());
+                out.extend(leaves.iter().map(|l| l.grad().unwrap()));
+                out.into_iter().map(|t| t.to_device(&Device::Cpu).unwrap()).collect()
             };
-            y.mul(&g.to_device(device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
-            out.push(y.detach());
-            out.extend(leaves.iter().map(|l| l.grad().unwrap()));
-            out.into_iter().map(|t| t.to_device(&Device::Cpu).unwrap()).collect()
-        };
-        for train in [true, false] {
-            let (gpu, cpu) = (run(&dev, train), run(&Device::Cpu, train));
-            for (i, (a, c)) in gpu.iter().zip(&cpu).enumerate() {
-                // the weight and bias gradients sum 105 products per channel
-                let scale = if i + 2 >= gpu.len() { 12.0 } else { 4.0 };
-                let what = format!("batch norm {dtype} training={train} output {i}");
-                assert_close(&what, a, c, (atol * scale, rtol * scale));
+            for train in [true, false] {
+                let (gpu, cpu) = (run(&dev, train), run(&Device::Cpu, train));
+                for (i, (a, c)) in gpu.iter().zip(&cpu).enumerate() {
+                    // the weight and bias gradients sum 105 products per channel
+                    let scale = if i + 2 >= gpu.len() { 12.0 } else { 4.0 };
+                    let what = format!("batch norm {dtype} training={train} output {i}");
+                    assert_close(&what, a, c, (atol * scale, rtol * scale));
+                }
             }
         }
     }

@@ -118,39 +118,41 @@ fn clip_grad_norm_scales_every_gradient_to_the_global_norm() {
 
 #[test]
 fn optimizer_steps_on_the_gpu_match_the_cpu_for_n_steps() {
-    let Some(dev) = cuda_or_skip("optimizer steps") else { return };
-    let run = |device: &Device, dtype: DType, which: usize| -> Vec<f64> {
-        let w = randn(&[33, 17], dtype, 1).to_device(device).unwrap().requires_grad_().unwrap();
-        let x = randn(&[65, 33], dtype, 2).to_device(device).unwrap();
-        let mut opt: Box<dyn Optimizer> = match which {
-            0 => Box::new(
-                Sgd::new(vec![w.clone()], SgdConfig { momentum: 0.9, weight_decay: 0.01, ..SgdConfig::new(0.05) })
-                    .unwrap(),
-            ),
-            1 => Box::new(
-                Sgd::new(vec![w.clone()], SgdConfig { momentum: 0.9, nesterov: true, ..SgdConfig::new(0.05) }).unwrap(),
-            ),
-            2 => Box::new(
-                Adam::new(vec![w.clone()], AdamConfig { weight_decay: 0.01, ..AdamConfig::adam(0.01) }).unwrap(),
-            ),
-            _ => Box::new(Adam::new(vec![w.clone()], AdamConfig::adamw(0.01)).unwrap()),
+    for dev in devices_under_test("optimizer steps") {
+        let run = |device: &Device, dtype: DType, which: usize| -> Vec<f64> {
+            let w = randn(&[33, 17], dtype, 1).to_device(device).unwrap().requires_grad_().unwrap();
+            let x = randn(&[65, 33], dtype, 2).to_device(device).unwrap();
+            let mut opt: Box<dyn Optimizer> = match which {
+                0 => Box::new(
+                    Sgd::new(vec![w.clone()], SgdConfig { momentum: 0.9, weight_decay: 0.01, ..SgdConfig::new(0.05) })
+                        .unwrap(),
+                ),
+                1 => Box::new(
+                    Sgd::new(vec![w.clone()], SgdConfig { momentum: 0.9, nesterov: true, ..SgdConfig::new(0.05) })
+                        .unwrap(),
+                ),
+                2 => Box::new(
+                    Adam::new(vec![w.clone()], AdamConfig { weight_decay: 0.01, ..AdamConfig::adam(0.01) }).unwrap(),
+                ),
+                _ => Box::new(Adam::new(vec![w.clone()], AdamConfig::adamw(0.01)).unwrap()),
+            };
+            for _ in 0..10 {
+                opt.zero_grad();
+                x.matmul(&w).unwrap().tanh().unwrap().sum_all().unwrap().backward().unwrap();
+                opt.step().unwrap();
+            }
+            w.to_vec::<f64>().unwrap()
         };
-        for _ in 0..10 {
-            opt.zero_grad();
-            x.matmul(&w).unwrap().tanh().unwrap().sum_all().unwrap().backward().unwrap();
-            opt.step().unwrap();
-        }
-        w.to_vec::<f64>().unwrap()
-    };
-    for dtype in [DType::F32, DType::F64] {
-        for which in 0..4 {
-            let (gpu, cpu) = (run(&dev, dtype, which), run(&Device::Cpu, dtype, which));
-            let tol = if dtype == DType::F64 { 1e-10 } else { 1e-4 };
-            for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
-                assert!(
-                    (g - c).abs() <= tol * (1.0 + c.abs()),
-                    "optimizer {which} {dtype} element {i}: gpu {g}, cpu {c}"
-                );
+        for dtype in [DType::F32, DType::F64] {
+            for which in 0..4 {
+                let (gpu, cpu) = (run(&dev, dtype, which), nabla::cpu::reference(|| run(&Device::Cpu, dtype, which)));
+                let tol = if dtype == DType::F64 { 1e-10 } else { 1e-4 };
+                for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+                    assert!(
+                        (g - c).abs() <= tol * (1.0 + c.abs()),
+                        "optimizer {which} {dtype} element {i}: gpu {g}, cpu {c}"
+                    );
+                }
             }
         }
     }
@@ -158,61 +160,66 @@ fn optimizer_steps_on_the_gpu_match_the_cpu_for_n_steps() {
 
 #[test]
 fn optimizer_steps_on_the_gpu_update_many_parameters_of_mixed_sizes_and_dtypes_like_the_cpu() {
-    let Some(dev) = cuda_or_skip("optimizer lists") else { return };
-    // 31 parameters: two dtypes (two launch groups), more than one list of 24 in f32, sizes
-    // around the 2048-element chunk of a block, an empty one, and two that sit out two steps
-    let sizes = [1, 5, 0, 2047, 2048, 2049, 5000, 3, 17, 64, 129, 1000, 7, 2, 300, 4096];
-    let specs: Vec<(usize, DType)> =
-        (0..31).map(|i| (sizes[i % sizes.len()], if i % 4 == 3 { DType::F64 } else { DType::F32 })).collect();
-    let run = |device: &Device, which: usize| -> Vec<Vec<f64>> {
-        let params: Vec<Tensor> = specs
-            .iter()
-            .enumerate()
-            .map(|(i, &(n, dtype))| {
-                randn(&[n], dtype, 100 + i as u64).to_device(device).unwrap().requires_grad_().unwrap()
-            })
-            .collect();
-        let mut opt: Box<dyn Optimizer> = match which {
-            0 => Box::new(
-                Sgd::new(params.clone(), SgdConfig { momentum: 0.9, weight_decay: 0.01, ..SgdConfig::new(0.05) })
-                    .unwrap(),
-            ),
-            1 => Box::new(
-                Sgd::new(params.clone(), SgdConfig { momentum: 0.8, nesterov: true, ..SgdConfig::new(0.1) }).unwrap(),
-            ),
-            2 => Box::new(
-                Adam::new(params.clone(), AdamConfig { weight_decay: 0.01, ..AdamConfig::adam(0.01) }).unwrap(),
-            ),
-            _ => Box::new(Adam::new(params.clone(), AdamConfig::adamw(0.01)).unwrap()),
-        };
-        for step in 0..4 {
-            opt.zero_grad();
-            let mut loss: Option<Tensor> = None;
-            for (i, p) in params.iter().enumerate() {
-                // parameters 6 and 20 sit out the first two steps (their own step counts lag)
-                if (i == 6 || i == 20) && step < 2 {
-                    continue;
+    for dev in devices_under_test("optimizer lists") {
+        // 31 parameters: two dtypes (two launch groups), more than one list of 24 in f32, sizes
+        // around the 2048-element chunk of a block, an empty one, and two that sit out two steps
+        let sizes = [1, 5, 0, 2047, 2048, 2049, 5000, 3, 17, 64, 129, 1000, 7, 2, 300, 4096];
+        let specs: Vec<(usize, DType)> =
+            (0..31).map(|i| (sizes[i % sizes.len()], if i % 4 == 3 { DType::F64 } else { DType::F32 })).collect();
+        let run = |device: &Device, which: usize| -> Vec<Vec<f64>> {
+            let params: Vec<Tensor> = specs
+                .iter()
+                .enumerate()
+                .map(|(i, &(n, dtype))| {
+                    randn(&[n], dtype, 100 + i as u64).to_device(device).unwrap().requires_grad_().unwrap()
+                })
+                .collect();
+            let mut opt: Box<dyn Optimizer> = match which {
+                0 => Box::new(
+                    Sgd::new(params.clone(), SgdConfig { momentum: 0.9, weight_decay: 0.01, ..SgdConfig::new(0.05) })
+                        .unwrap(),
+                ),
+                1 => Box::new(
+                    Sgd::new(params.clone(), SgdConfig { momentum: 0.8, nesterov: true, ..SgdConfig::new(0.1) })
+                        .unwrap(),
+                ),
+                2 => Box::new(
+                    Adam::new(params.clone(), AdamConfig { weight_decay: 0.01, ..AdamConfig::adam(0.01) }).unwrap(),
+                ),
+                _ => Box::new(Adam::new(params.clone(), AdamConfig::adamw(0.01)).unwrap()),
+            };
+            for step in 0..4 {
+                opt.zero_grad();
+                let mut loss: Option<Tensor> = None;
+                for (i, p) in params.iter().enumerate() {
+                    // parameters 6 and 20 sit out the first two steps (their own step counts lag)
+                    if (i == 6 || i == 20) && step < 2 {
+                        continue;
+                    }
+                    let term = p.tanh().unwrap().mul(p).unwrap().sum_all().unwrap().to_dtype(DType::F64).unwrap();
+                    loss = Some(match loss {
+                        Some(l) => l.add(&term).unwrap(),
+                        None => term,
+                    });
                 }
-                let term = p.tanh().unwrap().mul(p).unwrap().sum_all().unwrap().to_dtype(DType::F64).unwrap();
-                loss = Some(match loss {
-                    Some(l) => l.add(&term).unwrap(),
-                    None => term,
-                });
+                loss.unwrap().backward().unwrap();
+                opt.step().unwrap();
             }
-            loss.unwrap().backward().unwrap();
-            opt.step().unwrap();
-        }
-        let mut out: Vec<Vec<f64>> = params.iter().map(|p| p.to_vec::<f64>().unwrap()).collect();
-        out.extend(opt.state().iter().map(|(_, _, t)| t.to_vec::<f64>().unwrap()));
-        out
-    };
-    for which in 0..4 {
-        let (gpu, cpu) = (run(&dev, which), run(&Device::Cpu, which));
-        assert_eq!(gpu.len(), cpu.len());
-        for (t, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
-            assert_eq!(g.len(), c.len());
-            for (i, (a, b)) in g.iter().zip(c).enumerate() {
-                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "optimizer {which} tensor {t}[{i}]: gpu {a}, cpu {b}");
+            let mut out: Vec<Vec<f64>> = params.iter().map(|p| p.to_vec::<f64>().unwrap()).collect();
+            out.extend(opt.state().iter().map(|(_, _, t)| t.to_vec::<f64>().unwrap()));
+            out
+        };
+        for which in 0..4 {
+            let (gpu, cpu) = (run(&dev, which), nabla::cpu::reference(|| run(&Device::Cpu, which)));
+            assert_eq!(gpu.len(), cpu.len());
+            for (t, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+                assert_eq!(g.len(), c.len());
+                for (i, (a, b)) in g.iter().zip(c).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "optimizer {which} tensor {t}[{i}]: gpu {a}, cpu {b}"
+                    );
+                }
             }
         }
     }

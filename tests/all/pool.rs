@@ -44,49 +44,53 @@ fn pooling_rejects_bad_windows() {
 
 #[test]
 fn pooling_forward_and_backward_on_the_gpu_match_the_cpu() {
-    let Some(dev) = cuda_or_skip("pool") else { return };
-    let mut rng = Generator::new(9);
-    let mut cases = Vec::new();
-    for _ in 0..12 {
-        let k = 1 + rng.below(4) as usize;
-        let opt = Pool2dOptions {
-            kernel: (k, 1 + rng.below(3) as usize),
-            stride: (1 + rng.below(3) as usize, 1 + rng.below(3) as usize),
-            padding: (rng.below(k as u64 / 2 + 1) as usize, 0),
-        };
-        let shape = [
-            1 + rng.below(3) as usize,
-            1 + rng.below(4) as usize,
-            k + rng.below(9) as usize,
-            3 + rng.below(9) as usize,
-        ];
-        cases.push((shape, opt));
-    }
-    for dtype in FLOATS {
-        for (i, (shape, opt)) in cases.iter().enumerate() {
-            let x = randn(shape, dtype, i as u64);
-            for which in 0..3 {
-                let run = |device: &Device| -> (Tensor, Tensor) {
-                    let leaf = x.to_device(device).unwrap().requires_grad_().unwrap();
-                    let y = match which {
-                        0 => leaf.max_pool2d(*opt),
-                        1 => leaf.avg_pool2d(*opt),
-                        _ => leaf.adaptive_avg_pool2d((1 + shape[2] / 2, 2)),
-                    }
-                    .unwrap();
-                    let g = randn(y.shape(), dtype, 3).to_device(device).unwrap();
-                    y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
-                    (y.detach().to_device(&Device::Cpu).unwrap(), leaf.grad().unwrap().to_device(&Device::Cpu).unwrap())
-                };
-                let ((gy, gdx), (cy, cdx)) = (run(&dev), run(&Device::Cpu));
-                let tol = tolerance(dtype);
-                assert_close(&format!("pool {which} {dtype} {shape:?} {opt:?} forward"), &gy, &cy, tol);
-                assert_close(
-                    &format!("pool {which} {dtype} {shape:?} {opt:?} backward"),
-                    &gdx,
-                    &cdx,
-                    (tol.0 * 4.0, tol.1 * 2.0),
-                );
+    for dev in devices_under_test("pool") {
+        let mut rng = Generator::new(9);
+        let mut cases = Vec::new();
+        for _ in 0..12 {
+            let k = 1 + rng.below(4) as usize;
+            let opt = Pool2dOptions {
+                kernel: (k, 1 + rng.below(3) as usize),
+                stride: (1 + rng.below(3) as usize, 1 + rng.below(3) as usize),
+                padding: (rng.below(k as u64 / 2 + 1) as usize, 0),
+            };
+            let shape = [
+                1 + rng.below(3) as usize,
+                1 + rng.below(4) as usize,
+                k + rng.below(9) as usize,
+                3 + rng.below(9) as usize,
+            ];
+            cases.push((shape, opt));
+        }
+        for dtype in FLOATS {
+            for (i, (shape, opt)) in cases.iter().enumerate() {
+                let x = randn(shape, dtype, i as u64);
+                for which in 0..3 {
+                    let run = |device: &Device| -> (Tensor, Tensor) {
+                        let leaf = x.to_device(device).unwrap().requires_grad_().unwrap();
+                        let y = match which {
+                            0 => leaf.max_pool2d(*opt),
+                            1 => leaf.avg_pool2d(*opt),
+                            _ => leaf.adaptive_avg_pool2d((1 + shape[2] / 2, 2)),
+                        }
+                        .unwrap();
+                        let g = randn(y.shape(), dtype, 3).to_device(device).unwrap();
+                        y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+                        (
+                            y.detach().to_device(&Device::Cpu).unwrap(),
+                            leaf.grad().unwrap().to_device(&Device::Cpu).unwrap(),
+                        )
+                    };
+                    let ((gy, gdx), (cy, cdx)) = (run(&dev), nabla::cpu::reference(|| run(&Device::Cpu)));
+                    let tol = tolerance(dtype);
+                    assert_close(&format!("pool {which} {dtype} {shape:?} {opt:?} forward"), &gy, &cy, tol);
+                    assert_close(
+                        &format!("pool {which} {dtype} {shape:?} {opt:?} backward"),
+                        &gdx,
+                        &cdx,
+                        (tol.0 * 4.0, tol.1 * 2.0),
+                    );
+                }
             }
         }
     }

@@ -66,20 +66,21 @@ fn five_steps(model: ModelKind, adam: bool, device: &Device) -> (Vec<f64>, Vec<V
 
 #[test]
 fn training_steps_of_the_mlp_and_lenet5_on_the_gpu_follow_the_cpu_run() {
-    let Some(dev) = cuda_or_skip("training steps") else { return };
-    for (model, adam) in [(ModelKind::Mlp, true), (ModelKind::LeNet5, false)] {
-        let (gpu_losses, gpu_params) = five_steps(model, adam, &dev);
-        let (cpu_losses, cpu_params) = five_steps(model, adam, &Device::Cpu);
-        for (step, (g, c)) in gpu_losses.iter().zip(&cpu_losses).enumerate() {
-            assert!((g - c).abs() <= 1e-4 * c.abs(), "{model:?} loss before step {step}: gpu {g}, cpu {c}");
-        }
-        assert!(cpu_losses[4] < cpu_losses[0], "{model:?} learns: {cpu_losses:?}");
-        // Adam's first steps move every parameter by about lr whatever the gradient's size, so
-        // a rounding difference in a tiny gradient can flip a step: compare within 2 lr there.
-        let tol = if adam { 2e-3 } else { 1e-4 };
-        for (i, (g, c)) in gpu_params.iter().zip(&cpu_params).enumerate() {
-            for (j, (a, b)) in g.iter().zip(c).enumerate() {
-                assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{model:?} parameter {i}[{j}]: gpu {a}, cpu {b}");
+    for dev in crate::common::devices_under_test("training steps") {
+        for (model, adam) in [(ModelKind::Mlp, true), (ModelKind::LeNet5, false)] {
+            let (gpu_losses, gpu_params) = five_steps(model, adam, &dev);
+            let (cpu_losses, cpu_params) = nabla::cpu::reference(|| five_steps(model, adam, &Device::Cpu));
+            for (step, (g, c)) in gpu_losses.iter().zip(&cpu_losses).enumerate() {
+                assert!((g - c).abs() <= 1e-4 * c.abs(), "{model:?} loss before step {step}: gpu {g}, cpu {c}");
+            }
+            assert!(cpu_losses[4] < cpu_losses[0], "{model:?} learns: {cpu_losses:?}");
+            // Adam's first steps move every parameter by about lr whatever the gradient's size, so
+            // a rounding difference in a tiny gradient can flip a step: compare within 2 lr there.
+            let tol = if adam { 2e-3 } else { 1e-4 };
+            for (i, (g, c)) in gpu_params.iter().zip(&cpu_params).enumerate() {
+                for (j, (a, b)) in g.iter().zip(c).enumerate() {
+                    assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{model:?} parameter {i}[{j}]: gpu {a}, cpu {b}");
+                }
             }
         }
     }

@@ -42,6 +42,12 @@ pub fn cuda_or_skip(test: &str) -> Option<Device> {
     None
 }
 
+/// The devices whose ops a comparison test holds to the f64 reference: the fast CPU backend
+/// always, and the CUDA device (or its emulator) when [`cuda_or_skip`] finds one.
+pub fn devices_under_test(test: &str) -> Vec<Device> {
+    std::iter::once(Device::Cpu).chain(cuda_or_skip(test)).collect()
+}
+
 /// Whether this process loaded the CUDA emulator.
 static EMULATED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 

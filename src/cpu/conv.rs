@@ -1,0 +1,240 @@
+//! 2-D convolution on the CPU as GEMMs over unfolded patches (im2col), one image per task:
+//! for each group g, with K = C/groups · KH · KW rows of patch data and P = OH · OW columns,
+//! - forward: `y[n, g] (O/groups × P) = W_g (O/groups × K) · col (K × P)` (+ bias, beta = 1);
+//! - input gradient: `dcol = W_gᵀ · dy[n, g]`, folded back onto dx (col2im, a scatter-add);
+//! - weight gradient: `dW_g += dy[n, g] · colᵀ`, accumulated per fixed block of images and the
+//!   blocks summed in order, so results do not depend on the thread count.
+//!
+//! The patch matrix of one image is K × P elements (for a 3×3, 64-channel, 56² layer: 7 MB in
+//! f32), allocated once per task. A 1×1 convolution with unit stride and no padding reads the
+//! image itself as its patch matrix.
+
+use super::gemm::Gemm;
+use super::install;
+use rayon::prelude::*;
+
+/// The sizes of one convolution (already validated by the op).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvShape {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+}
+
+/// Images per block of the weight gradient's accumulation. Fixed, so the order of the sums is.
+const WEIGHT_BLOCK: usize = 4;
+
+impl ConvShape {
+    fn cg(&self) -> usize {
+        self.c / self.groups
+    }
+    fn og(&self) -> usize {
+        self.o / self.groups
+    }
+    /// Rows of one group's patch matrix.
+    fn k(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+    /// Columns of the patch matrix: output pixels per image.
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+    fn plain(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.padding == (0, 0)
+    }
+
+    /// For kernel column `kx`: the output columns whose input column lies inside the image,
+    /// as (first ox, end ox, input column of the first).
+    fn columns(&self, kx: usize) -> (usize, usize, isize) {
+        let (sw, pw, dw) = (self.stride.1 as isize, self.padding.1 as isize, self.dilation.1 as isize);
+        let start = |ox: isize| ox * sw - pw + kx as isize * dw;
+        let lo = (0..self.ow as isize).find(|&ox| start(ox) >= 0).unwrap_or(self.ow as isize);
+        let hi = (lo..self.ow as isize).find(|&ox| start(ox) >= self.w as isize).unwrap_or(self.ow as isize);
+        (lo as usize, hi as usize, start(lo))
+    }
+
+    /// The input row under output row `oy` for kernel row `ky`, if inside the image.
+    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
+        let iy = (oy * self.stride.0 + ky * self.dilation.0) as isize - self.padding.0 as isize;
+        (0..self.h as isize).contains(&iy).then_some(iy as usize)
+    }
+
+    /// Unfolds group `g` of one image (`x`: C × H × W) into `col` (K × P).
+    fn im2col<T: Gemm>(&self, x: &[T], g: usize, col: &mut [T]) {
+        let (p, sw) = (self.p(), self.stride.1);
+        let mut r = 0;
+        for ci in g * self.cg()..(g + 1) * self.cg() {
+            let plane = &x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
+            for ky in 0..self.kh {
+                for kx in 0..self.kw {
+                    let (lo, hi, ix0) = self.columns(kx);
+                    let row = &mut col[r * p..(r + 1) * p];
+                    for oy in 0..self.oh {
+                        let out = &mut row[oy * self.ow..(oy + 1) * self.ow];
+                        let Some(iy) = self.input_row(oy, ky) else {
+                            out.fill(T::ZERO);
+                            continue;
+                        };
+                        out[..lo].fill(T::ZERO);
+                        out[hi..].fill(T::ZERO);
+                        if lo >= hi {
+                            continue;
+                        }
+                        let src = &plane[iy * self.w + ix0.max(0) as usize..];
+                        if sw == 1 {
+                            out[lo..hi].copy_from_slice(&src[..hi - lo]);
+                        } else {
+                            out[lo..hi].iter_mut().zip(src.iter().step_by(sw)).for_each(|(o, &v)| *o = v);
+                        }
+                    }
+                    r += 1;
+                }
+            }
+        }
+    }
+
+    /// Folds `col` (K × P) back onto group `g` of one image's gradient (`dx`: C × H × W), adding.
+    fn col2im<T: Gemm>(&self, col: &[T], g: usize, dx: &mut [T]) {
+        let (p, sw) = (self.p(), self.stride.1);
+        let mut r = 0;
+        for ci in g * self.cg()..(g + 1) * self.cg() {
+            let plane = &mut dx[ci * self.h * self.w..(ci + 1) * self.h * self.w];
+            for ky in 0..self.kh {
+                for kx in 0..self.kw {
+                    let (lo, hi, ix0) = self.columns(kx);
+                    let row = &col[r * p..(r + 1) * p];
+                    for oy in 0..self.oh {
+                        let Some(iy) = self.input_row(oy, ky).filter(|_| lo < hi) else { continue };
+                        let src = &row[oy * self.ow + lo..oy * self.ow + hi];
+                        let dst = &mut plane[iy * self.w + ix0.max(0) as usize..];
+                        if sw == 1 {
+                            dst[..hi - lo].iter_mut().zip(src).for_each(|(d, &v)| *d += v);
+                        } else {
+                            dst.iter_mut().step_by(sw).zip(src).for_each(|(d, &v)| *d += v);
+                        }
+                    }
+                    r += 1;
+                }
+            }
+        }
+    }
+}
+
+/// C = A · B (+ C when `accumulate`) for dense row-major operands, A m × k, B k × n (either
+/// read transposed when its flag says so), C m × n.
+#[allow(clippy::too_many_arguments)]
+fn dense_gemm<T: Gemm>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[T],
+    a_t: bool,
+    b: &[T],
+    b_t: bool,
+    c: &mut [T],
+    accumulate: bool,
+) {
+    let a_strides = if a_t { [1, m as isize] } else { [k as isize, 1] };
+    let b_strides = if b_t { [1, k as isize] } else { [n as isize, 1] };
+    let beta = if accumulate { T::ONE } else { T::ZERO };
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "dense_gemm operands too small");
+    // SAFETY: the asserts above keep every addressed element inside its slice; `c` is a unique
+    // borrow, so it overlaps neither input.
+    unsafe { T::gemm(m, k, n, a.as_ptr(), a_strides, b.as_ptr(), b_strides, beta, c.as_mut_ptr(), [n as isize, 1]) }
+}
+
+/// Runs `body(image, per_image_output)` over `out` cut into one chunk per image, in parallel.
+fn per_image<T: Gemm>(out: &mut [T], per: usize, body: impl Fn(usize, &mut [T]) + Sync) {
+    if per == 0 {
+        return;
+    }
+    install(|| out.par_chunks_mut(per).enumerate().for_each(|(i, chunk)| body(i, chunk)));
+}
+
+/// The forward pass: `x` dense N × C × H × W, `w` dense O × C/groups × KH × KW, `bias` [O].
+pub(crate) fn forward<T: Gemm>(s: &ConvShape, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
+    let (k, p, og) = (s.k(), s.p(), s.og());
+    let mut y = vec![T::ZERO; s.n * s.o * p];
+    per_image(&mut y, s.o * p, |i, yi| {
+        let xi = &x[i * s.c * s.h * s.w..(i + 1) * s.c * s.h * s.w];
+        let mut col = if s.plain() { Vec::new() } else { vec![T::ZERO; k * p] };
+        for g in 0..s.groups {
+            let out = &mut yi[g * og * p..(g + 1) * og * p];
+            if let Some(b) = bias {
+                out.chunks_mut(p).zip(&b[g * og..]).for_each(|(row, &v)| row.fill(v));
+            }
+            let patches: &[T] = if s.plain() {
+                &xi[g * k * p..(g + 1) * k * p]
+            } else {
+                s.im2col(xi, g, &mut col);
+                &col
+            };
+            dense_gemm(og, k, p, &w[g * og * k..(g + 1) * og * k], false, patches, false, out, bias.is_some());
+        }
+    });
+    y
+}
+
+/// The input gradient from `dy` (N × O × OH × OW) and the weight.
+pub(crate) fn backward_input<T: Gemm>(s: &ConvShape, dy: &[T], w: &[T]) -> Vec<T> {
+    let (k, p, og) = (s.k(), s.p(), s.og());
+    let mut dx = vec![T::ZERO; s.n * s.c * s.h * s.w];
+    per_image(&mut dx, s.c * s.h * s.w, |i, dxi| {
+        let dyi = &dy[i * s.o * p..(i + 1) * s.o * p];
+        let mut col = vec![T::ZERO; if s.plain() { 0 } else { k * p }];
+        for g in 0..s.groups {
+            let wg = &w[g * og * k..(g + 1) * og * k];
+            let dyg = &dyi[g * og * p..(g + 1) * og * p];
+            if s.plain() {
+                dense_gemm(k, og, p, wg, true, dyg, false, &mut dxi[g * k * p..(g + 1) * k * p], false);
+            } else {
+                dense_gemm(k, og, p, wg, true, dyg, false, &mut col, false);
+                s.col2im(&col, g, dxi);
+            }
+        }
+    });
+    dx
+}
+
+/// The weight gradient (O × C/groups × KH × KW) from `dy` and the input.
+pub(crate) fn backward_weight<T: Gemm>(s: &ConvShape, dy: &[T], x: &[T]) -> Vec<T> {
+    let (k, p, og) = (s.k(), s.p(), s.og());
+    let size = s.o * k;
+    let blocks = s.n.div_ceil(WEIGHT_BLOCK);
+    let mut partials = vec![T::ZERO; blocks * size];
+    per_image(&mut partials, size, |b, dw| {
+        let mut col = vec![T::ZERO; if s.plain() { 0 } else { k * p }];
+        for i in b * WEIGHT_BLOCK..((b + 1) * WEIGHT_BLOCK).min(s.n) {
+            let xi = &x[i * s.c * s.h * s.w..(i + 1) * s.c * s.h * s.w];
+            let dyi = &dy[i * s.o * p..(i + 1) * s.o * p];
+            for g in 0..s.groups {
+                let patches: &[T] = if s.plain() {
+                    &xi[g * k * p..(g + 1) * k * p]
+                } else {
+                    s.im2col(xi, g, &mut col);
+                    &col
+                };
+                let dwg = &mut dw[g * og * k..(g + 1) * og * k];
+                dense_gemm(og, p, k, &dyi[g * og * p..(g + 1) * og * p], false, patches, true, dwg, true);
+            }
+        }
+    });
+    let mut dw = partials[..size.min(partials.len())].to_vec();
+    for block in partials.chunks(size).skip(1) {
+        dw.iter_mut().zip(block).for_each(|(a, &b)| *a += b);
+    }
+    if dw.is_empty() {
+        dw = vec![T::ZERO; size];
+    }
+    dw
+}

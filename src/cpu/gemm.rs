@@ -1,0 +1,157 @@
+//! Batched matrix products on the CPU: `matrixmultiply`'s packed, runtime-dispatched (AVX/FMA
+//! where the CPU has them) single-threaded kernels, threaded here on the shared pool by cutting
+//! the output into tiles of rows or columns. Each output element's sum over k runs in the same
+//! order whatever the tiling, so results do not depend on the thread count.
+//!
+//! Operands are read in place through their strides (transposed views cost nothing); the
+//! output is dense `[batch, m, n]`; an optional bias row is written first and accumulated onto
+//! (beta = 1), so `x Wᵀ + b` is one pass.
+
+use super::{Float, install, num_threads};
+use crate::layout::Layout;
+use rayon::prelude::*;
+
+/// A float type with a GEMM kernel.
+pub(crate) trait Gemm: Float {
+    /// C = alpha A B + beta C over raw strided matrices.
+    ///
+    /// # Safety
+    /// Every element addressed through the sizes and strides lies inside its allocation, and C
+    /// does not overlap A or B.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        a_strides: [isize; 2],
+        b: *const Self,
+        b_strides: [isize; 2],
+        beta: Self,
+        c: *mut Self,
+        c_strides: [isize; 2],
+    );
+}
+
+impl Gemm for f32 {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const f32,
+        [rsa, csa]: [isize; 2],
+        b: *const f32,
+        [rsb, csb]: [isize; 2],
+        beta: f32,
+        c: *mut f32,
+        [rsc, csc]: [isize; 2],
+    ) {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    }
+}
+
+impl Gemm for f64 {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const f64,
+        [rsa, csa]: [isize; 2],
+        b: *const f64,
+        [rsb, csb]: [isize; 2],
+        beta: f64,
+        c: *mut f64,
+        [rsc, csc]: [isize; 2],
+    ) {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { matrixmultiply::dgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    }
+}
+
+/// The output pointer, shared by tasks that write disjoint tiles of it.
+#[derive(Clone, Copy)]
+struct OutPtr<T>(*mut T);
+// SAFETY: each task writes only its own tile (disjoint rows or columns of one batch entry).
+unsafe impl<T> Send for OutPtr<T> {}
+unsafe impl<T> Sync for OutPtr<T> {}
+
+/// Below this many multiply-adds a product runs on the calling thread.
+const PARALLEL_FLOPS: usize = 1 << 18;
+
+/// `a x b (+ bias)` for `a` viewed as `batch_shape + [m, k]` through `la` and `b` as
+/// `batch_shape + [k, n]` through `lb` (broadcast batch dims have stride 0): dense
+/// `[batch, m, n]`.
+pub(crate) fn matmul<T: Gemm>(
+    a: &[T],
+    la: &Layout,
+    b: &[T],
+    lb: &Layout,
+    batch_shape: &[usize],
+    [m, k, n]: [usize; 3],
+    bias: Option<&[T]>,
+) -> Vec<T> {
+    let batch: usize = batch_shape.iter().product();
+    let mut c = vec![T::ZERO; batch * m * n];
+    if c.is_empty() {
+        return c;
+    }
+    if let Some(bias) = bias {
+        c.chunks_mut(n).for_each(|row| row.copy_from_slice(bias));
+    }
+    let beta = if bias.is_some() { T::ONE } else { T::ZERO };
+    let r = batch_shape.len();
+    let (sa, sb) = (la.strides(), lb.strides());
+    let a_strides = [sa[r] as isize, sa[r + 1] as isize];
+    let b_strides = [sb[r] as isize, sb[r + 1] as isize];
+    // Storage offsets of each batch entry's A and B.
+    let base = |i: usize| {
+        let (mut oa, mut ob, mut rest) = (la.offset(), lb.offset(), i);
+        for d in (0..r).rev() {
+            let idx = rest % batch_shape[d];
+            rest /= batch_shape[d];
+            oa += idx * sa[d];
+            ob += idx * sb[d];
+        }
+        (oa, ob)
+    };
+    // Tiles: (batch entry, first row, rows, first column, columns).
+    let threads = num_threads();
+    let flops = batch * m * n * k;
+    let wanted = if threads == 1 || flops < PARALLEL_FLOPS { 1 } else { (2 * threads).div_ceil(batch) };
+    let row_parts = wanted.min(m.div_ceil(16)).max(1);
+    let col_parts = wanted.div_ceil(row_parts).min(n.div_ceil(64)).max(1);
+    let (mb, nb) = (m.div_ceil(row_parts), n.div_ceil(col_parts));
+    let tiles: Vec<(usize, usize, usize)> = (0..batch)
+        .flat_map(|i| (0..m).step_by(mb).flat_map(move |r0| (0..n).step_by(nb).map(move |c0| (i, r0, c0))))
+        .collect();
+    let out = OutPtr(c.as_mut_ptr());
+    let run = |&(i, r0, c0): &(usize, usize, usize)| {
+        let out = out;
+        let (oa, ob) = base(i);
+        let (rows, cols) = (mb.min(m - r0), nb.min(n - c0));
+        // SAFETY: the views lie inside `a` and `b` (they are layouts of those storages, and the
+        // tile stays within [m, k] and [k, n]); the tile lies inside `c`, which is a fresh
+        // vector, and no two tiles overlap.
+        unsafe {
+            T::gemm(
+                rows,
+                k,
+                cols,
+                a.as_ptr().add(oa + r0 * sa[r]),
+                a_strides,
+                b.as_ptr().add(ob + c0 * sb[r + 1]),
+                b_strides,
+                beta,
+                out.0.add(i * m * n + r0 * n + c0),
+                [n as isize, 1],
+            )
+        }
+    };
+    if tiles.len() == 1 {
+        tiles.iter().for_each(run);
+    } else {
+        install(|| tiles.par_iter().for_each(run));
+    }
+    c
+}

@@ -1,0 +1,265 @@
+//! The fast CPU backend: ops computed in their own dtype (f32 for f32 and the 16-bit floats,
+//! f64 for f64) over slices, threaded on one rayon pool. It sits beside [`crate::cuda`]: the ops
+//! call into it with storage slices and layouts, never the other way round.
+//!
+//! Each op family also keeps its f64 *reference*: the definition the tests hold every device
+//! to. [`reference`] runs a closure with the CPU ops computed by the reference instead, which
+//! is how a test gets an independent answer on the same machine.
+//!
+//! Determinism: every parallel loop splits its work into blocks whose size does not depend on
+//! the number of threads, and combines the blocks in a fixed order, so results are identical
+//! run to run *and* across thread counts.
+
+pub mod conv;
+pub mod elementwise;
+pub mod gemm;
+pub mod pool;
+pub mod reduce;
+pub mod softmax;
+
+use rayon::ThreadPool;
+use std::cell::Cell;
+use std::sync::{Arc, OnceLock, RwLock};
+
+thread_local! {
+    static REFERENCE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every CPU op on this thread computed by its f64 reference implementation (the
+/// definition the fast paths are tested against), and returns its result.
+///
+/// ```
+/// use nabla::{Device, Tensor};
+/// # fn main() -> nabla::Result<()> {
+/// let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], &[3], &Device::Cpu)?;
+/// let fast = x.exp()?.sum_all()?.to_vec::<f64>()?;
+/// let exact = nabla::cpu::reference(|| x.exp()?.sum_all()?.to_vec::<f64>())?;
+/// assert!((fast[0] - exact[0]).abs() < 1e-5 * exact[0]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn reference<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REFERENCE.with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(REFERENCE.with(|r| r.replace(true)));
+    f()
+}
+
+/// Whether CPU ops on this thread take their fast paths: false inside [`reference`], and
+/// everywhere when the environment sets `NABLA_CPU_REFERENCE=1` (to rule the fast paths out
+/// when a result looks wrong).
+pub(crate) fn fast() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    !REFERENCE.with(|r| r.get())
+        && !*FORCED.get_or_init(|| std::env::var("NABLA_CPU_REFERENCE").is_ok_and(|v| v == "1"))
+}
+
+static POOL: OnceLock<RwLock<Arc<ThreadPool>>> = OnceLock::new();
+
+/// The thread count when none is set: `NABLA_NUM_THREADS`, else the physical cores.
+fn default_threads() -> usize {
+    std::env::var("NABLA_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(num_cpus::get_physical)
+        .max(1)
+}
+
+fn build_pool(threads: usize) -> Arc<ThreadPool> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("nabla-cpu-{i}"))
+        .build()
+        // Spawning threads fails only when the OS refuses them; run on the caller then.
+        .unwrap_or_else(|_| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .use_current_thread()
+                .build()
+                .expect("a pool of the current thread")
+        });
+    Arc::new(pool)
+}
+
+fn pool() -> Arc<ThreadPool> {
+    let lock = POOL.get_or_init(|| RwLock::new(build_pool(default_threads())));
+    lock.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Sets the number of threads CPU ops use (at least 1): elementwise ops, reductions, softmax,
+/// matrix products, convolutions and optimizer steps all share this one pool. The default is
+/// `NABLA_NUM_THREADS`, else the number of physical cores. Ops already running finish on the
+/// old pool.
+pub fn set_num_threads(threads: usize) {
+    let fresh = build_pool(threads.max(1));
+    let lock = POOL.get_or_init(|| RwLock::new(fresh.clone()));
+    *lock.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+}
+
+/// The number of threads CPU ops use.
+pub fn num_threads() -> usize {
+    pool().current_num_threads()
+}
+
+/// Runs `f` on the pool (where rayon's parallel iterators inside it spread their work).
+pub(crate) fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let pool = pool();
+    if pool.current_num_threads() == 1 { f() } else { pool.install(f) }
+}
+
+/// Elements below which a loop runs on the calling thread: a task hand-off costs a few
+/// microseconds, about what 32K simple elements take.
+pub(crate) const PARALLEL_MIN: usize = 1 << 15;
+
+/// The floating-point types the fast paths compute in.
+pub(crate) trait Float:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::Neg<Output = Self>
+    + std::ops::AddAssign
+    + std::iter::Sum
+    + crate::Element
+{
+    const ZERO: Self;
+    const ONE: Self;
+    fn from_f64_(v: f64) -> Self;
+    fn to_f64_(self) -> f64;
+    fn exp_(self) -> Self;
+    fn sqrt_(self) -> Self;
+}
+
+impl Float for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    fn from_f64_(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64_(self) -> f64 {
+        self as f64
+    }
+    fn exp_(self) -> Self {
+        elementwise::exp_f32(self)
+    }
+    fn sqrt_(self) -> Self {
+        self.sqrt()
+    }
+}
+
+impl Float for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    fn from_f64_(v: f64) -> Self {
+        v
+    }
+    fn to_f64_(self) -> f64 {
+        self
+    }
+    fn exp_(self) -> Self {
+        self.exp()
+    }
+    fn sqrt_(self) -> Self {
+        self.sqrt()
+    }
+}
+
+/// A stored float type and the type its fast paths compute in: f64 for f64, f32 for f32 and
+/// the 16-bit floats (widened on load, rounded once on store, as the GPU kernels do).
+pub(crate) trait Lane: crate::Element + Default {
+    /// The compute type.
+    type C: Float + reduce::Wide;
+    /// Widens to the compute type (exact).
+    fn widen(self) -> Self::C;
+    /// Rounds from the compute type.
+    fn narrow(c: Self::C) -> Self;
+}
+
+impl Lane for f32 {
+    type C = f32;
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn narrow(c: f32) -> f32 {
+        c
+    }
+}
+
+impl Lane for f64 {
+    type C = f64;
+    #[inline(always)]
+    fn widen(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn narrow(c: f64) -> f64 {
+        c
+    }
+}
+
+impl Lane for half::f16 {
+    type C = f32;
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn narrow(c: f32) -> Self {
+        half::f16::from_f32(c)
+    }
+}
+
+impl Lane for half::bf16 {
+    type C = f32;
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn narrow(c: f32) -> Self {
+        half::bf16::from_f32(c)
+    }
+}
+
+/// Runs `$body` with `$v` bound to the typed vector of a float `CpuStorage` (its element type
+/// a [`Lane`]), giving `Some(body)`; `None` for integer storage, which the fast paths leave to
+/// the reference.
+macro_rules! with_float_vec {
+    ($storage:expr, $v:ident => $body:expr) => {
+        match $storage {
+            $crate::storage::CpuStorage::F32($v) => Some($body),
+            $crate::storage::CpuStorage::F64($v) => Some($body),
+            $crate::storage::CpuStorage::F16($v) => Some($body),
+            $crate::storage::CpuStorage::BF16($v) => Some($body),
+            $crate::storage::CpuStorage::I64(_) => None,
+        }
+    };
+}
+pub(crate) use with_float_vec;
+
+/// A zeroed vector of `n` elements of `_like`'s element type (the output of a fast path).
+pub(crate) fn vec_like<T: crate::Element>(_like: &[T], n: usize) -> Vec<T> {
+    vec![T::zero(); n]
+}
+
+/// f32 results rounded once into float storage of `dtype` (a 16-bit float or f32).
+pub(crate) fn narrow_vec(dtype: crate::DType, values: &[f32]) -> crate::storage::CpuStorage {
+    use crate::storage::CpuStorage;
+    match dtype {
+        crate::DType::F16 => CpuStorage::F16(values.iter().map(|&v| half::f16::from_f32(v)).collect()),
+        crate::DType::BF16 => CpuStorage::BF16(values.iter().map(|&v| half::bf16::from_f32(v)).collect()),
+        crate::DType::F64 => CpuStorage::F64(values.iter().map(|&v| v as f64).collect()),
+        _ => CpuStorage::F32(values.to_vec()),
+    }
+}

@@ -1,0 +1,177 @@
+//! Reductions over a view split into kept dims (the output) and reduced dims, accumulating in
+//! f64 whatever the input dtype. Three shapes of work:
+//! - *row* reductions, where each output's elements are one contiguous run: summed in eight
+//!   independent lanes (which the compiler vectorises), long rows cut into fixed blocks that
+//!   run in parallel and are combined in order;
+//! - *column* reductions, where the kept dims are the contiguous ones (a bias gradient, the
+//!   sum over a batch): whole input rows are added into a vector of accumulators;
+//! - anything else walks each output's elements through the strided layout.
+
+use super::elementwise::Walk;
+use super::{Lane, PARALLEL_MIN, install};
+
+/// A stored value widened exactly to f64, the accumulator type.
+pub(crate) trait Wide: Copy {
+    fn wide(self) -> f64;
+}
+
+impl<S: Lane> Wide for S {
+    #[inline(always)]
+    fn wide(self) -> f64 {
+        super::Float::to_f64_(self.widen())
+    }
+}
+use crate::layout::Layout;
+use rayon::prelude::*;
+
+/// Elements per parallel block of one long row. Fixed, so sums never depend on the thread count.
+const BLOCK: usize = 1 << 16;
+
+/// How elements combine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fold {
+    /// Σ x
+    Sum,
+    /// The largest, NaN-propagating.
+    Max,
+    /// The smallest, NaN-propagating.
+    Min,
+}
+
+impl Fold {
+    fn init(self) -> f64 {
+        match self {
+            Fold::Sum => 0.0,
+            Fold::Max => f64::NEG_INFINITY,
+            Fold::Min => f64::INFINITY,
+        }
+    }
+
+    #[inline(always)]
+    fn combine(self, a: f64, b: f64) -> f64 {
+        match self {
+            Fold::Sum => a + b,
+            Fold::Max => {
+                if a.is_nan() || a > b {
+                    a
+                } else {
+                    b
+                }
+            }
+            Fold::Min => {
+                if a.is_nan() || a < b {
+                    a
+                } else {
+                    b
+                }
+            }
+        }
+    }
+
+    /// Folds a contiguous run.
+    fn slice<T: Wide>(self, xs: &[T]) -> f64 {
+        if self == Fold::Sum {
+            return sum_slice(xs);
+        }
+        xs.iter().fold(self.init(), |acc, &x| self.combine(acc, x.wide()))
+    }
+
+    /// Folds a contiguous run of any length, in parallel fixed blocks when it is long.
+    fn long_slice<T: Wide + Sync>(self, xs: &[T]) -> f64 {
+        if xs.len() < PARALLEL_MIN {
+            return self.slice(xs);
+        }
+        let partials: Vec<f64> = install(|| xs.par_chunks(BLOCK).map(|b| self.slice(b)).collect());
+        partials.into_iter().fold(self.init(), |a, b| self.combine(a, b))
+    }
+}
+
+/// Σ of a run in f64, in eight lanes so the adds are independent (and vectorise).
+pub(crate) fn sum_slice<T: Wide>(xs: &[T]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for j in 0..8 {
+            lanes[j] += c[j].wide();
+        }
+    }
+    let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for &x in tail {
+        total += x.wide();
+    }
+    total
+}
+
+/// Folds `view` of `src` (any float type, widened exactly to f64) over its last `view.rank() - kept_rank` dims: one f64 per element of
+/// the kept dims, in row-major order.
+pub(crate) fn reduce<T: Copy + Sync + Wide>(fold: Fold, src: &[T], view: &Layout, kept_rank: usize) -> Vec<f64> {
+    let (shape, strides) = (view.shape(), view.strides());
+    let kept = Layout::from_parts(shape[..kept_rank].to_vec(), strides[..kept_rank].to_vec(), 0);
+    let gone = Layout::from_parts(shape[kept_rank..].to_vec(), strides[kept_rank..].to_vec(), 0);
+    let (outer, inner) = (kept.numel(), gone.numel());
+    if outer == 0 {
+        return Vec::new();
+    }
+    if inner == 0 {
+        return vec![fold.init(); outer];
+    }
+    // Each output's elements as one run: starting offset and stride.
+    let gone_walk = Walk::new([&gone]);
+    let single_run = gone_walk.runs_count() == 1;
+    let kept_walk = Walk::new([&kept]);
+    let mut out = vec![0.0f64; outer];
+    if single_run && gone_walk.inner_stride(0) == 1 {
+        // Row reductions: each output is a contiguous run.
+        let row = |o: usize| {
+            let base = view.offset() + kept_walk.offset_of(0, o);
+            fold.long_slice(&src[base..base + inner])
+        };
+        if outer == 1 || outer * inner < PARALLEL_MIN {
+            out.iter_mut().enumerate().for_each(|(o, d)| *d = row(o));
+        } else {
+            install(|| out.par_iter_mut().enumerate().for_each(|(o, d)| *d = row(o)));
+        }
+        return out;
+    }
+    if kept_walk.runs_count() == 1 && kept_walk.inner_stride(0) == 1 {
+        // Column reductions: the outputs are a contiguous run of each reduced position's data.
+        let columns = |start: usize, acc: &mut [f64]| {
+            acc.iter_mut().for_each(|a| *a = fold.init());
+            gone_walk.runs(0, inner, |_, [o], run, [s]| {
+                for j in 0..run {
+                    let base = view.offset() + o + j * s + start;
+                    let xs = &src[base..base + acc.len()];
+                    acc.iter_mut().zip(xs).for_each(|(a, &x)| *a = fold.combine(*a, x.wide()));
+                }
+            });
+        };
+        const COLUMNS: usize = 1 << 10;
+        if outer * inner < PARALLEL_MIN || outer <= COLUMNS {
+            columns(0, &mut out);
+        } else {
+            install(|| out.par_chunks_mut(COLUMNS).enumerate().for_each(|(i, acc)| columns(i * COLUMNS, acc)));
+        }
+        return out;
+    }
+    // General: walk each output's elements through the layout.
+    let general = |o: usize| {
+        let base = view.offset() + kept_walk.offset_of(0, o);
+        let mut acc = fold.init();
+        gone_walk.runs(0, inner, |_, [off], run, [s]| {
+            let off = base + off;
+            if s == 1 {
+                acc = fold.combine(acc, fold.slice(&src[off..off + run]));
+            } else {
+                acc = (0..run).fold(acc, |a, j| fold.combine(a, src[off + j * s].wide()));
+            }
+        });
+        acc
+    };
+    if outer * inner < PARALLEL_MIN {
+        out.iter_mut().enumerate().for_each(|(o, d)| *d = general(o));
+    } else {
+        install(|| out.par_iter_mut().enumerate().for_each(|(o, d)| *d = general(o)));
+    }
+    out
+}
