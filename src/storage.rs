@@ -171,6 +171,13 @@ pub(crate) fn reinterpret_vec<S: Element, T: Element>(v: Vec<S>) -> Vec<T> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
 }
 
+/// A `&mut [S]` as `&mut [T]` when S and T are the same type (panics otherwise).
+pub(crate) fn reinterpret_slice_mut<S: Element, T: Element>(v: &mut [S]) -> &mut [T] {
+    assert_eq!(S::DTYPE, T::DTYPE, "reinterpret_slice_mut between different element types");
+    // SAFETY: S and T are the same type (checked above); the borrow carries over.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<T>(), v.len()) }
+}
+
 fn convert_slice<T: Element>(values: &[f64]) -> Vec<T> {
     values.iter().map(|&x| T::from_f64(x)).collect()
 }

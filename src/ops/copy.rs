@@ -6,7 +6,7 @@ use crate::autograd::record;
 use crate::cuda::{self, CudaStorage, elementwise_config, launch_error, strided_layout};
 use crate::layout::{Layout, normalize_axis};
 use crate::storage::{CpuStorage, Storage, StorageRef, with_cpu_vec};
-use crate::{DType, Device, Error, Result, Tensor};
+use crate::{DType, Device, Element, Error, Result, Tensor};
 use cudarc::driver::PushKernelArg;
 
 pub(crate) fn kernel_names() -> Vec<String> {
@@ -39,6 +39,11 @@ impl Tensor {
     }
 
     fn convert(&self, op: &'static str, dtype: DType) -> Result<Tensor> {
+        if let StorageRef::Cpu(src) = self.storage()
+            && crate::cpu::fast()
+        {
+            return Ok(Tensor::from_cpu(cpu_convert(&src, &self.layout, dtype), self.shape()));
+        }
         let out = Tensor::empty_for_copy(op, self.shape(), dtype, self.device)?;
         copy_into(op, self, &out, &Layout::contiguous(self.shape()))?;
         Ok(out)
@@ -123,8 +128,40 @@ fn copy_into(op: &'static str, src: &Tensor, dst: &Tensor, dst_layout: &Layout) 
     }
 }
 
+/// The fast CPU conversion: the view walked once into a fresh row-major vector of `dtype`.
+fn cpu_convert(src: &CpuStorage, layout: &Layout, dtype: DType) -> CpuStorage {
+    fn to<D: Element>(src: &CpuStorage, layout: &Layout) -> Vec<D> {
+        let mut out = vec![D::zero(); layout.numel()];
+        with_cpu_vec!(src, v => write_converted(v, layout, &mut out));
+        out
+    }
+    match dtype {
+        DType::F32 => CpuStorage::F32(to(src, layout)),
+        DType::F64 => CpuStorage::F64(to(src, layout)),
+        DType::F16 => CpuStorage::F16(to(src, layout)),
+        DType::BF16 => CpuStorage::BF16(to(src, layout)),
+        DType::I64 => CpuStorage::I64(to(src, layout)),
+    }
+}
+
+/// Writes the `layout` view of `src` into the dense `dst`, converting as the reference does
+/// (exact within a dtype, rounded once between dtypes), in parallel chunks.
+fn write_converted<S: Element, D: Element>(src: &[S], layout: &Layout, dst: &mut [D]) {
+    if S::DTYPE == D::DTYPE {
+        let same: &mut [S] = crate::storage::reinterpret_slice_mut(dst);
+        crate::cpu::elementwise::map(src, layout, same, |v| v);
+    } else {
+        crate::cpu::elementwise::map(src, layout, dst, |v| D::from_f64(v.to_f64()));
+    }
+}
+
 /// CPU reference: element-by-element copy through the two views (exact within a dtype).
 fn cpu_copy(src: &CpuStorage, src_layout: &Layout, dst: &mut CpuStorage, dst_layout: &Layout) {
+    if dst_layout.is_contiguous() && crate::cpu::fast() {
+        let (o, n) = (dst_layout.offset(), dst_layout.numel());
+        with_cpu_vec!(dst, d => with_cpu_vec!(src, s => write_converted(s, src_layout, &mut d[o..o + n])));
+        return;
+    }
     with_cpu_vec!(dst, d => {
         let values = src.gather(src_layout);
         for (o, v) in dst_layout.offsets().zip(values) {

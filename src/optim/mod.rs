@@ -354,21 +354,11 @@ fn update_in_place<T: Lane, const N: usize>(
 ) {
     const CHUNK: usize = 1 << 14;
     let one = |values: &mut [T], grads: &[T], states: [&mut [T]; N]| {
-        for (i, (value, &grad)) in values.iter_mut().zip(grads).enumerate() {
-            if fast {
-                let mut s: [T::C; N] = std::array::from_fn(|j| states[j][i].widen());
-                *value = T::narrow(update.apply(value.widen(), grad.widen(), &mut s));
-                for j in 0..N {
-                    states[j][i] = T::narrow(s[j]);
-                }
-            } else {
-                let mut s: [f64; N] = std::array::from_fn(|j| states[j][i].to_f64());
-                *value = T::from_f64(update.apply(value.to_f64(), grad.to_f64(), &mut s));
-                for j in 0..N {
-                    states[j][i] = T::from_f64(s[j]);
-                }
-            }
-        }
+        // The optimizers here keep at most two state tensors: as separate arguments the
+        // compiler knows they do not alias, and the loops vectorise.
+        let mut states = states.into_iter();
+        let (s0, s1) = (states.next().unwrap_or(&mut []), states.next().unwrap_or(&mut []));
+        if fast { fused_loop::<T, N, _, true>(values, grads, s0, s1, update) } else { fused_loop::<T, N, _, false>(values, grads, s0, s1, update) }
     };
     if !fast || values.len() < crate::cpu::PARALLEL_MIN {
         one(values, grads, states);
@@ -407,6 +397,36 @@ fn check_params(op: &'static str, params: &[Tensor]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One pass of `update` over a chunk: in the compute type when `FAST`, else in f64 (the
+/// reference). `s0` and `s1` are the state values (empty when the optimizer has fewer).
+fn fused_loop<T: Lane, const N: usize, U: Update<N>, const FAST: bool>(values: &mut [T], grads: &[T], s0: &mut [T], s1: &mut [T], update: &U) {
+    assert!(N <= 2, "at most two state tensors");
+    let n = values.len();
+    // Equal lengths up front, so the loop carries no bounds checks.
+    let (grads, s0, s1) = (&grads[..n], &mut s0[..if N > 0 { n } else { 0 }], &mut s1[..if N > 1 { n } else { 0 }]);
+    for i in 0..n {
+        if FAST {
+            let mut s: [T::C; N] = std::array::from_fn(|j| if j == 0 { s0[i].widen() } else { s1[i].widen() });
+            values[i] = T::narrow(update.apply(values[i].widen(), grads[i].widen(), &mut s));
+            if N > 0 {
+                s0[i] = T::narrow(s[0]);
+            }
+            if N > 1 {
+                s1[i] = T::narrow(s[N - 1]);
+            }
+        } else {
+            let mut s: [f64; N] = std::array::from_fn(|j| if j == 0 { s0[i].to_f64() } else { s1[i].to_f64() });
+            values[i] = T::from_f64(update.apply(values[i].to_f64(), grads[i].to_f64(), &mut s));
+            if N > 0 {
+                s0[i] = T::from_f64(s[0]);
+            }
+            if N > 1 {
+                s1[i] = T::from_f64(s[N - 1]);
+            }
+        }
+    }
 }
 
 /// Updates the CPU parameter `p` and its `state` tensors in place with `update`, reading the
