@@ -156,10 +156,10 @@ impl CpuStorage {
 fn gather_converted<S: Element, T: Element>(v: &[S], layout: &Layout) -> Vec<T> {
     if S::DTYPE == T::DTYPE {
         // Same type: a plain copy, exact for every value (i64 included).
-        let same: Vec<S> = layout.offsets().map(|o| v[o]).collect();
+        let same: Vec<S> = crate::cpu::elementwise::map_vec(v, layout, |x| x);
         return reinterpret_vec(same);
     }
-    layout.offsets().map(|o| T::from_f64(v[o].to_f64())).collect()
+    crate::cpu::elementwise::map_vec(v, layout, |x| T::from_f64(x.to_f64()))
 }
 
 /// A `Vec<S>` as `Vec<T>` when S and T are the same type (each sealed Element type has its own

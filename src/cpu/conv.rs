@@ -150,24 +150,32 @@ fn dense_gemm<T: Gemm>(
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "dense_gemm operands too small");
     // SAFETY: the asserts above keep every addressed element inside its slice; `c` is a unique
     // borrow, so it overlaps neither input.
-    unsafe { T::gemm(m, k, n, a.as_ptr(), a_strides, b.as_ptr(), b_strides, beta, c.as_mut_ptr(), [n as isize, 1]) }
+    unsafe {
+        T::gemm_oriented(m, k, n, a.as_ptr(), a_strides, b.as_ptr(), b_strides, beta, c.as_mut_ptr(), [n as isize, 1])
+    }
 }
 
-/// Runs `body(image, per_image_output)` over `out` cut into one chunk per image, in parallel.
-fn per_image<T: Gemm>(out: &mut [T], per: usize, body: impl Fn(usize, &mut [T]) + Sync) {
+/// Runs `body(patches, image, per_image_output)` over `out` cut into one chunk per image, in
+/// parallel; `patches` is a scratch patch matrix of `scratch` elements, allocated once per
+/// worker's run of images rather than once per image.
+fn per_image<T: Gemm>(out: &mut [T], per: usize, scratch: usize, body: impl Fn(&mut Vec<T>, usize, &mut [T]) + Sync) {
     if per == 0 {
         return;
     }
-    install(|| out.par_chunks_mut(per).enumerate().for_each(|(i, chunk)| body(i, chunk)));
+    install(|| {
+        out.par_chunks_mut(per)
+            .enumerate()
+            .for_each_init(|| vec![T::ZERO; scratch], |col, (i, chunk)| body(col, i, chunk))
+    });
 }
 
 /// The forward pass: `x` dense N × C × H × W, `w` dense O × C/groups × KH × KW, `bias` [O].
 pub(crate) fn forward<T: Gemm>(s: &ConvShape, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
     let (k, p, og) = (s.k(), s.p(), s.og());
     let mut y = vec![T::ZERO; s.n * s.o * p];
-    per_image(&mut y, s.o * p, |i, yi| {
+    let scratch = if s.plain() { 0 } else { k * p };
+    per_image(&mut y, s.o * p, scratch, |col, i, yi| {
         let xi = &x[i * s.c * s.h * s.w..(i + 1) * s.c * s.h * s.w];
-        let mut col = if s.plain() { Vec::new() } else { vec![T::ZERO; k * p] };
         for g in 0..s.groups {
             let out = &mut yi[g * og * p..(g + 1) * og * p];
             if let Some(b) = bias {
@@ -176,8 +184,8 @@ pub(crate) fn forward<T: Gemm>(s: &ConvShape, x: &[T], w: &[T], bias: Option<&[T
             let patches: &[T] = if s.plain() {
                 &xi[g * k * p..(g + 1) * k * p]
             } else {
-                s.im2col(xi, g, &mut col);
-                &col
+                s.im2col(xi, g, col);
+                col
             };
             dense_gemm(og, k, p, &w[g * og * k..(g + 1) * og * k], false, patches, false, out, bias.is_some());
         }
@@ -189,17 +197,17 @@ pub(crate) fn forward<T: Gemm>(s: &ConvShape, x: &[T], w: &[T], bias: Option<&[T
 pub(crate) fn backward_input<T: Gemm>(s: &ConvShape, dy: &[T], w: &[T]) -> Vec<T> {
     let (k, p, og) = (s.k(), s.p(), s.og());
     let mut dx = vec![T::ZERO; s.n * s.c * s.h * s.w];
-    per_image(&mut dx, s.c * s.h * s.w, |i, dxi| {
+    let scratch = if s.plain() { 0 } else { k * p };
+    per_image(&mut dx, s.c * s.h * s.w, scratch, |col, i, dxi| {
         let dyi = &dy[i * s.o * p..(i + 1) * s.o * p];
-        let mut col = vec![T::ZERO; if s.plain() { 0 } else { k * p }];
         for g in 0..s.groups {
             let wg = &w[g * og * k..(g + 1) * og * k];
             let dyg = &dyi[g * og * p..(g + 1) * og * p];
             if s.plain() {
                 dense_gemm(k, og, p, wg, true, dyg, false, &mut dxi[g * k * p..(g + 1) * k * p], false);
             } else {
-                dense_gemm(k, og, p, wg, true, dyg, false, &mut col, false);
-                s.col2im(&col, g, dxi);
+                dense_gemm(k, og, p, wg, true, dyg, false, col, false);
+                s.col2im(col, g, dxi);
             }
         }
     });
@@ -212,8 +220,8 @@ pub(crate) fn backward_weight<T: Gemm>(s: &ConvShape, dy: &[T], x: &[T]) -> Vec<
     let size = s.o * k;
     let blocks = s.n.div_ceil(WEIGHT_BLOCK);
     let mut partials = vec![T::ZERO; blocks * size];
-    per_image(&mut partials, size, |b, dw| {
-        let mut col = vec![T::ZERO; if s.plain() { 0 } else { k * p }];
+    let scratch = if s.plain() { 0 } else { k * p };
+    per_image(&mut partials, size, scratch, |col, b, dw| {
         for i in b * WEIGHT_BLOCK..((b + 1) * WEIGHT_BLOCK).min(s.n) {
             let xi = &x[i * s.c * s.h * s.w..(i + 1) * s.c * s.h * s.w];
             let dyi = &dy[i * s.o * p..(i + 1) * s.o * p];
@@ -221,8 +229,8 @@ pub(crate) fn backward_weight<T: Gemm>(s: &ConvShape, dy: &[T], x: &[T]) -> Vec<
                 let patches: &[T] = if s.plain() {
                     &xi[g * k * p..(g + 1) * k * p]
                 } else {
-                    s.im2col(xi, g, &mut col);
-                    &col
+                    s.im2col(xi, g, col);
+                    col
                 };
                 let dwg = &mut dw[g * og * k..(g + 1) * og * k];
                 dense_gemm(og, p, k, &dyi[g * og * p..(g + 1) * og * p], false, patches, true, dwg, true);

@@ -10,9 +10,11 @@
 //! the number of threads, and combines the blocks in a fixed order, so results are identical
 //! run to run *and* across thread counts.
 
+pub mod attention;
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;
+pub mod layer_norm;
 pub mod pool;
 pub mod reduce;
 pub mod softmax;
@@ -136,21 +138,37 @@ pub(crate) trait Float:
     fn from_f64_(v: f64) -> Self;
     fn to_f64_(self) -> f64;
     fn exp_(self) -> Self;
+    /// GELU (x·Φ(x)); f64 through the reference's erf.
+    fn gelu_(self) -> Self;
+    /// GELU's derivative.
+    fn gelu_grad_(self) -> Self;
     fn sqrt_(self) -> Self;
 }
 
 impl Float for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    #[inline(always)]
     fn from_f64_(v: f64) -> Self {
         v as f32
     }
+    #[inline(always)]
     fn to_f64_(self) -> f64 {
         self as f64
     }
+    #[inline(always)]
     fn exp_(self) -> Self {
         elementwise::exp_f32(self)
     }
+    #[inline(always)]
+    fn gelu_(self) -> Self {
+        elementwise::gelu_f32(self)
+    }
+    #[inline(always)]
+    fn gelu_grad_(self) -> Self {
+        elementwise::gelu_grad_f32(self)
+    }
+    #[inline(always)]
     fn sqrt_(self) -> Self {
         self.sqrt()
     }
@@ -159,15 +177,27 @@ impl Float for f32 {
 impl Float for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    #[inline(always)]
     fn from_f64_(v: f64) -> Self {
         v
     }
+    #[inline(always)]
     fn to_f64_(self) -> f64 {
         self
     }
+    #[inline(always)]
     fn exp_(self) -> Self {
         self.exp()
     }
+    #[inline(always)]
+    fn gelu_(self) -> Self {
+        crate::UnaryOp::Gelu.apply(self)
+    }
+    #[inline(always)]
+    fn gelu_grad_(self) -> Self {
+        crate::UnaryOp::GeluGrad.apply(self)
+    }
+    #[inline(always)]
     fn sqrt_(self) -> Self {
         self.sqrt()
     }
@@ -248,9 +278,9 @@ macro_rules! with_float_vec {
 }
 pub(crate) use with_float_vec;
 
-/// A zeroed vector of `n` elements of `_like`'s element type (the output of a fast path).
-pub(crate) fn vec_like<T: crate::Element>(_like: &[T], n: usize) -> Vec<T> {
-    vec![T::zero(); n]
+/// `v`, typed as a vector of `_like`'s element type (pins inference inside dtype dispatch).
+pub(crate) fn like<T>(_like: &[T], v: Vec<T>) -> Vec<T> {
+    v
 }
 
 /// f32 results rounded once into float storage of `dtype` (a 16-bit float or f32).
@@ -262,4 +292,49 @@ pub(crate) fn narrow_vec(dtype: crate::DType, values: &[f32]) -> crate::storage:
         crate::DType::F64 => CpuStorage::F64(values.iter().map(|&v| v as f64).collect()),
         _ => CpuStorage::F32(values.to_vec()),
     }
+}
+
+/// Runs `f` compiled for the widest vector instructions the CPU has: AVX-512, else AVX2 with
+/// FMA, else the baseline (SSE2 on x86-64). The binary is built for the baseline, so a loop
+/// only gets wide vectors when its code is inlined into these wrappers: `f` and the helpers it
+/// calls in its hot loop are marked `#[inline(always)]`. Results do not depend on the path:
+/// the loops use no fused multiply-adds and the same order of operations everywhere.
+#[inline(always)]
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        // 0: not yet detected, 1: baseline, 2: AVX2, 3: AVX-512.
+        static LEVEL: AtomicU8 = AtomicU8::new(0);
+        let mut level = LEVEL.load(Ordering::Relaxed);
+        if level == 0 {
+            level = if std::arch::is_x86_feature_detected!("avx512f") {
+                3
+            } else if std::arch::is_x86_feature_detected!("avx2") {
+                2
+            } else {
+                1
+            };
+            LEVEL.store(level, Ordering::Relaxed);
+        }
+        // SAFETY: each wrapper runs only where the CPU reported its features.
+        match level {
+            3 => return unsafe { with_avx512(f) },
+            2 => return unsafe { with_avx2(f) },
+            _ => {}
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,avx")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }

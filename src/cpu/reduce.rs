@@ -70,10 +70,15 @@ impl Fold {
 
     /// Folds a contiguous run.
     fn slice<T: Wide>(self, xs: &[T]) -> f64 {
-        if self == Fold::Sum {
-            return sum_slice(xs);
-        }
-        xs.iter().fold(self.init(), |acc, &x| self.combine(acc, x.wide()))
+        super::vectorized(
+            #[inline(always)]
+            || {
+                if self == Fold::Sum {
+                    return sum_slice(xs);
+                }
+                xs.iter().fold(self.init(), |acc, &x| self.combine(acc, x.wide()))
+            },
+        )
     }
 
     /// Folds a contiguous run of any length, in parallel fixed blocks when it is long.
@@ -86,17 +91,23 @@ impl Fold {
     }
 }
 
-/// Σ of a run in f64, in eight lanes so the adds are independent (and vectorise).
+/// Σ of a run in f64, in sixteen lanes so the adds are independent (and vectorise).
+#[inline(always)]
 pub(crate) fn sum_slice<T: Wide>(xs: &[T]) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let chunks = xs.chunks_exact(8);
+    let mut lanes = [0.0f64; 16];
+    let chunks = xs.chunks_exact(16);
     let tail = chunks.remainder();
     for c in chunks {
-        for j in 0..8 {
+        for j in 0..16 {
             lanes[j] += c[j].wide();
         }
     }
-    let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for h in [8, 4, 2, 1] {
+        for j in 0..h {
+            lanes[j] += lanes[j + h];
+        }
+    }
+    let mut total = lanes[0];
     for &x in tail {
         total += x.wide();
     }

@@ -13,6 +13,7 @@ fn rows_per_task(cols: usize) -> usize {
 
 /// The NaN-propagating maximum of a row (−inf when empty), in eight lanes of plain selects
 /// (which vectorise) with NaN detected separately.
+#[inline(always)]
 fn row_max<C: Float>(row: &[C]) -> C {
     let mut lanes = [C::from_f64_(f64::NEG_INFINITY); 8];
     let mut nan = false;
@@ -43,21 +44,26 @@ pub(crate) fn softmax<S: Lane>(x: &[S], cols: usize, log: bool) -> Vec<S> {
     let per = rows_per_task(cols) * cols;
     let body = |(t, block): (usize, &mut [S])| {
         let mut wide: Vec<S::C> = vec![S::C::ZERO; cols];
-        for (r, dst) in block.chunks_mut(cols).enumerate() {
-            let src = &x[t * per + r * cols..t * per + (r + 1) * cols];
-            wide.iter_mut().zip(src).for_each(|(w, &v)| *w = v.widen());
-            let max = row_max(&wide);
-            wide.iter_mut().for_each(|w| *w = *w - max);
-            if log {
-                let sum = sum_exp(&wide);
-                let ln = S::C::from_f64_(sum.ln());
-                dst.iter_mut().zip(&wide).for_each(|(d, &w)| *d = S::narrow(w - ln));
-            } else {
-                wide.iter_mut().for_each(|w| *w = w.exp_());
-                let inv = S::C::from_f64_(1.0 / sum_slice(&wide));
-                dst.iter_mut().zip(&wide).for_each(|(d, &w)| *d = S::narrow(w * inv));
-            }
-        }
+        super::vectorized(
+            #[inline(always)]
+            || {
+                for (r, dst) in block.chunks_mut(cols).enumerate() {
+                    let src = &x[t * per + r * cols..t * per + (r + 1) * cols];
+                    wide.iter_mut().zip(src).for_each(|(w, &v)| *w = v.widen());
+                    let max = row_max(&wide);
+                    wide.iter_mut().for_each(|w| *w = *w - max);
+                    if log {
+                        let sum = sum_exp(&wide);
+                        let ln = S::C::from_f64_(sum.ln());
+                        dst.iter_mut().zip(&wide).for_each(|(d, &w)| *d = S::narrow(w - ln));
+                    } else {
+                        wide.iter_mut().for_each(|w| *w = w.exp_());
+                        let inv = S::C::from_f64_(1.0 / sum_slice(&wide));
+                        dst.iter_mut().zip(&wide).for_each(|(d, &w)| *d = S::narrow(w * inv));
+                    }
+                }
+            },
+        )
     };
     if x.len() < PARALLEL_MIN {
         out.chunks_mut(per).enumerate().for_each(body);
@@ -68,6 +74,7 @@ pub(crate) fn softmax<S: Lane>(x: &[S], cols: usize, log: bool) -> Vec<S> {
 }
 
 /// Σ exp(w) in f64 over a row already shifted by its max.
+#[inline(always)]
 fn sum_exp<C: Float + super::reduce::Wide>(shifted: &[C]) -> f64 {
     const LANES: usize = 64;
     let mut buf = [C::ZERO; LANES];

@@ -9,6 +9,7 @@
 //! computes all of it in f64.
 
 use crate::autograd::record;
+use crate::cpu::attention as cpu_attention;
 use crate::cuda::params::AttentionParams;
 use crate::cuda::{CudaStorage, launch_error};
 use crate::storage::CpuStorage;
@@ -117,6 +118,23 @@ fn values(t: &Tensor) -> Result<Vec<f64>> {
     super::host_values(OP, t)
 }
 
+/// A CPU tensor's elements in logical order as `T` (f64 for f64, f32 for the others).
+fn typed<T: crate::Element>(t: &Tensor) -> Result<Vec<T>> {
+    super::host_typed(OP, t)
+}
+
+/// The sizes as the CPU backend takes them.
+fn cpu_shape(p: AttentionParams, d: usize) -> cpu_attention::AttentionShape {
+    cpu_attention::AttentionShape {
+        bh: p.bh as usize,
+        sq: p.sq as usize,
+        sk: p.sk as usize,
+        d,
+        causal: p.causal != 0,
+        scale: p.scale,
+    }
+}
+
 /// A tensor's device buffer.
 fn cuda(t: &Tensor) -> Result<&CudaStorage> {
     super::device_buffer(OP, t)
@@ -155,6 +173,16 @@ fn rows_config(rows: usize, heads: usize) -> LaunchConfig {
 /// The output, and each query's log-sum-exp (accumulate dtype on the GPU, f64 on the CPU).
 fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: AttentionParams, d: usize) -> Result<(Tensor, Tensor)> {
     let (bh, sq, sk) = (p.bh as usize, p.sq as usize, p.sk as usize);
+    if !q.device().is_cuda() && crate::cpu::fast() {
+        let s = cpu_shape(p, d);
+        let lse_of = |l: Vec<f64>| Tensor::from_cpu(CpuStorage::F64(l), &[bh * sq]);
+        if q.dtype == DType::F64 {
+            let (o, l) = cpu_attention::forward(&s, &typed(q)?, &typed(k)?, &typed(v)?);
+            return Ok((Tensor::from_cpu(CpuStorage::F64(o), q.shape()), lse_of(l)));
+        }
+        let (o, l) = cpu_attention::forward::<f32>(&s, &typed(q)?, &typed(k)?, &typed(v)?);
+        return Ok((Tensor::from_cpu(crate::cpu::narrow_vec(q.dtype, &o), q.shape()), lse_of(l)));
+    }
     if !q.device().is_cuda() {
         let (qv, kv, vv) = (values(q)?, values(k)?, values(v)?);
         let mut out = vec![0.0; bh * sq * d];
@@ -200,6 +228,20 @@ fn backward(
     d: usize,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (bh, sq, sk) = (p.bh as usize, p.sq as usize, p.sk as usize);
+    if !q.device().is_cuda() && crate::cpu::fast() {
+        let s = cpu_shape(p, d);
+        let l = values(lse)?;
+        let make = |x: Vec<f32>, like: &Tensor| Tensor::from_cpu(crate::cpu::narrow_vec(like.dtype, &x), like.shape());
+        if q.dtype == DType::F64 {
+            let (a, b, c) =
+                cpu_attention::backward::<f64>(&s, &typed(q)?, &typed(k)?, &typed(v)?, &typed(out)?, &l, &typed(dout)?);
+            let make = |x: Vec<f64>, like: &Tensor| Tensor::from_cpu(CpuStorage::F64(x), like.shape());
+            return Ok((make(a, q), make(b, k), make(c, v)));
+        }
+        let (a, b, c) =
+            cpu_attention::backward::<f32>(&s, &typed(q)?, &typed(k)?, &typed(v)?, &typed(out)?, &l, &typed(dout)?);
+        return Ok((make(a, q), make(b, k), make(c, v)));
+    }
     if !q.device().is_cuda() {
         let (qv, kv, vv, ov, gv) = (values(q)?, values(k)?, values(v)?, values(out)?, values(dout)?);
         let (mut dq, mut dk, mut dv) = (vec![0.0; qv.len()], vec![0.0; kv.len()], vec![0.0; vv.len()]);

@@ -2,7 +2,7 @@
 //! `where` (`kernels/binary.cu`).
 
 use crate::autograd::record;
-use crate::cpu::elementwise::{map, zip_map};
+use crate::cpu::elementwise::{map_vec, zip_map_vec};
 use crate::cpu::{Float, Lane};
 use crate::cuda::{elementwise_config, launch_error, strided_layout};
 use crate::layout::{Layout, broadcast_shapes};
@@ -317,9 +317,7 @@ fn cpu_binary(op: BinaryOp, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &La
     }
     crate::cpu::with_float_vec!(a, x => {
         let y = b.typed_like(x)?;
-        let mut out = crate::cpu::vec_like(x, la.numel());
-        with_binary_fn!(op, f => zip_map(x, la, y, lb, &mut out, |p, q| f(Lane::widen(p), Lane::widen(q))));
-        CpuStorage::from_vec(out)
+        with_binary_fn!(op, f => CpuStorage::from_vec(crate::cpu::like(x, zip_map_vec(x, la, y, lb, #[inline(always)] |p, q| f(Lane::widen(p), Lane::widen(q))))))
     })
 }
 
@@ -329,15 +327,13 @@ fn cpu_binary_scalar(op: BinaryOp, a: &CpuStorage, la: &Layout, value: f64) -> O
         return None;
     }
     crate::cpu::with_float_vec!(a, x => {
-        let mut out = crate::cpu::vec_like(x, la.numel());
-        scalar_map(op, x, la, value, &mut out);
-        CpuStorage::from_vec(out)
+        CpuStorage::from_vec(scalar_map(op, x, la, value))
     })
 }
 
-fn scalar_map<S: Lane>(op: BinaryOp, x: &[S], la: &Layout, value: f64, out: &mut [S]) {
+fn scalar_map<S: Lane>(op: BinaryOp, x: &[S], la: &Layout, value: f64) -> Vec<S> {
     let s = <S::C as Float>::from_f64_(value);
-    with_binary_fn!(op, f => map(x, la, out, |v: S| f(v.widen(), s)));
+    with_binary_fn!(op, f => map_vec(x, la, #[inline(always)] |v: S| f(v.widen(), s)))
 }
 
 /// Binds `$f` to `op` as a function on compute-type values and runs `$body`, once per op so

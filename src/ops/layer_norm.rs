@@ -7,6 +7,7 @@
 //! reference computes in f64; the kernels keep the statistics in f32 for f16/bf16 inputs.
 
 use crate::autograd::record;
+use crate::cpu::layer_norm as cpu_norm;
 use crate::cuda::params::LayerNormParams;
 use crate::cuda::{CudaStorage, launch_error};
 use crate::storage::CpuStorage;
@@ -84,6 +85,11 @@ fn values(t: &Tensor) -> Result<Vec<f64>> {
     super::host_values(OP, t)
 }
 
+/// A CPU tensor's elements in logical order as `T` (f64 for f64, f32 for the others).
+fn typed<T: crate::Element>(t: &Tensor) -> Result<Vec<T>> {
+    super::host_typed(OP, t)
+}
+
 /// A tensor's device buffer.
 fn cuda(t: &Tensor) -> Result<&CudaStorage> {
     super::device_buffer(OP, t)
@@ -98,6 +104,17 @@ fn per_row_config(p: LayerNormParams) -> LaunchConfig {
 fn forward(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, p: LayerNormParams) -> Result<(Tensor, Tensor, Tensor)> {
     let (rows, cols) = (p.rows as usize, p.cols as usize);
     let stats_dtype = x.dtype.accumulator();
+    if !x.device().is_cuda() && crate::cpu::fast() {
+        let stats = |v: Vec<f64>| Tensor::from_cpu(CpuStorage::F64(v), &[rows]);
+        if x.dtype == DType::F64 {
+            let (wv, bv) = (w.map(typed::<f64>).transpose()?, b.map(typed::<f64>).transpose()?);
+            let (y, m, r) = cpu_norm::forward(&typed::<f64>(x)?, cols, wv.as_deref(), bv.as_deref(), p.eps);
+            return Ok((Tensor::from_cpu(CpuStorage::F64(y), x.shape()), stats(m), stats(r)));
+        }
+        let (wv, bv) = (w.map(typed::<f32>).transpose()?, b.map(typed::<f32>).transpose()?);
+        let (y, m, r) = cpu_norm::forward(&typed::<f32>(x)?, cols, wv.as_deref(), bv.as_deref(), p.eps);
+        return Ok((Tensor::from_cpu(crate::cpu::narrow_vec(x.dtype, &y), x.shape()), stats(m), stats(r)));
+    }
     if !x.device().is_cuda() {
         let xv = values(x)?;
         let (wv, bv) = (w.map(values).transpose()?, b.map(values).transpose()?);
@@ -153,6 +170,17 @@ fn grad_input(
     p: LayerNormParams,
 ) -> Result<Tensor> {
     let (rows, cols) = (p.rows as usize, p.cols as usize);
+    if !x.device().is_cuda() && crate::cpu::fast() {
+        let (m, inv) = (values(mean)?, values(rstd)?);
+        if x.dtype == DType::F64 {
+            let wv = w.map(typed::<f64>).transpose()?;
+            let dx = cpu_norm::grad_input(&typed::<f64>(dy)?, &typed::<f64>(x)?, cols, wv.as_deref(), &m, &inv);
+            return Ok(Tensor::from_cpu(CpuStorage::F64(dx), x.shape()));
+        }
+        let wv = w.map(typed::<f32>).transpose()?;
+        let dx = cpu_norm::grad_input(&typed::<f32>(dy)?, &typed::<f32>(x)?, cols, wv.as_deref(), &m, &inv);
+        return Ok(Tensor::from_cpu(crate::cpu::narrow_vec(x.dtype, &dx), x.shape()));
+    }
     if !x.device().is_cuda() {
         let (g, xv, m, inv) = (values(dy)?, values(x)?, values(mean)?, values(rstd)?);
         let wv = w.map(values).transpose()?;
@@ -193,6 +221,16 @@ fn grad_input(
 /// (dγ, dβ) = (Σ_r dy x̂, Σ_r dy), `[cols]` in the input's dtype.
 fn grad_params(dy: &Tensor, x: &Tensor, mean: &Tensor, rstd: &Tensor, p: LayerNormParams) -> Result<(Tensor, Tensor)> {
     let (rows, cols) = (p.rows as usize, p.cols as usize);
+    if !x.device().is_cuda() && crate::cpu::fast() {
+        let (m, inv) = (values(mean)?, values(rstd)?);
+        let (dw, db) = if x.dtype == DType::F64 {
+            cpu_norm::grad_params(&typed::<f64>(dy)?, &typed::<f64>(x)?, cols, &m, &inv)
+        } else {
+            cpu_norm::grad_params(&typed::<f32>(dy)?, &typed::<f32>(x)?, cols, &m, &inv)
+        };
+        let make = |v: &[f64]| Tensor::from_cpu(CpuStorage::from_f64(x.dtype, v), &[cols]);
+        return Ok((make(&dw), make(&db)));
+    }
     if !x.device().is_cuda() {
         let (g, xv, m, inv) = (values(dy)?, values(x)?, values(mean)?, values(rstd)?);
         let (mut dw, mut db) = (vec![0.0; cols], vec![0.0; cols]);

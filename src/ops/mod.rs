@@ -48,6 +48,15 @@ pub(crate) fn host_values(op: &'static str, t: &crate::Tensor) -> crate::Result<
     }
 }
 
+/// A CPU tensor's elements in logical order as `T` (the fast paths' dense input); `op` names
+/// the caller in the error for a CUDA tensor.
+pub(crate) fn host_typed<T: crate::Element>(op: &'static str, t: &crate::Tensor) -> crate::Result<Vec<T>> {
+    match t.storage() {
+        crate::storage::StorageRef::Cpu(s) => Ok(s.gather::<T>(&t.layout)),
+        crate::storage::StorageRef::Cuda(_) => Err(crate::Error::invalid(op, "expected a CPU tensor")),
+    }
+}
+
 /// A CUDA tensor's device buffer; `op` names the caller in the error for a CPU tensor.
 pub(crate) fn device_buffer<'a>(op: &'static str, t: &'a crate::Tensor) -> crate::Result<&'a crate::cuda::CudaStorage> {
     match t.storage() {

@@ -1,7 +1,7 @@
 //! Elementwise unary ops (`kernels/unary.cu`).
 
 use crate::autograd::record;
-use crate::cpu::elementwise::map;
+use crate::cpu::elementwise::map_vec;
 use crate::cpu::{Float, Lane};
 use crate::cuda::{elementwise_config, launch_error, strided_layout};
 use crate::storage::{CpuStorage, StorageRef};
@@ -223,18 +223,17 @@ impl Tensor {
     }
 }
 
-/// The fast CPU path over float storage (None for integers, left to the reference). Exp and
-/// sigmoid use the vectorisable f32 exponential; log, tanh and the GELUs evaluate the
-/// reference's f64 formula per element.
+/// The fast CPU path over float storage (None for integers, left to the reference). Exp,
+/// sigmoid and the GELUs use vectorisable f32 forms (f64 keeps libm's); log and tanh evaluate
+/// the reference's f64 formula per element.
 fn cpu_unary(op: UnaryOp, a: &CpuStorage, layout: &crate::Layout) -> Option<CpuStorage> {
     if !crate::cpu::fast() {
         return None;
     }
     crate::cpu::with_float_vec!(a, x => {
-        let mut out = crate::cpu::vec_like(x, layout.numel());
         macro_rules! arm {
             (|$v:ident| $e:expr) => {
-                map(x, layout, &mut out, |s| {
+                map_vec(x, layout, #[inline(always)] |s| {
                     let $v = Lane::widen(s);
                     Lane::narrow($e)
                 })
@@ -245,7 +244,7 @@ fn cpu_unary(op: UnaryOp, a: &CpuStorage, layout: &crate::Layout) -> Option<CpuS
                 arm!(|v| Float::from_f64_($op.apply(Float::to_f64_(v))))
             };
         }
-        match op {
+        let out = match op {
             UnaryOp::Neg => arm!(|v| -v),
             UnaryOp::Abs => arm!(|v| if v < Float::ZERO { -v } else { v }),
             UnaryOp::Exp => arm!(|v| v.exp_()),
@@ -256,10 +255,10 @@ fn cpu_unary(op: UnaryOp, a: &CpuStorage, layout: &crate::Layout) -> Option<CpuS
             UnaryOp::Step => arm!(|v| if v > Float::ZERO { Float::ONE } else { Float::ZERO }),
             UnaryOp::Log => exact!(UnaryOp::Log),
             UnaryOp::Tanh => exact!(UnaryOp::Tanh),
-            UnaryOp::Gelu => exact!(UnaryOp::Gelu),
-            UnaryOp::GeluGrad => exact!(UnaryOp::GeluGrad),
-        }
-        CpuStorage::from_vec(out)
+            UnaryOp::Gelu => arm!(|v| v.gelu_()),
+            UnaryOp::GeluGrad => arm!(|v| v.gelu_grad_()),
+        };
+        CpuStorage::from_vec(crate::cpu::like(x, out))
     })
 }
 

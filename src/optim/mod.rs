@@ -358,7 +358,11 @@ fn update_in_place<T: Lane, const N: usize>(
         // compiler knows they do not alias, and the loops vectorise.
         let mut states = states.into_iter();
         let (s0, s1) = (states.next().unwrap_or(&mut []), states.next().unwrap_or(&mut []));
-        if fast { fused_loop::<T, N, _, true>(values, grads, s0, s1, update) } else { fused_loop::<T, N, _, false>(values, grads, s0, s1, update) }
+        if fast {
+            fused_loop::<T, N, _, true>(values, grads, s0, s1, update)
+        } else {
+            fused_loop::<T, N, _, false>(values, grads, s0, s1, update)
+        }
     };
     if !fast || values.len() < crate::cpu::PARALLEL_MIN {
         one(values, grads, states);
@@ -401,7 +405,13 @@ fn check_params(op: &'static str, params: &[Tensor]) -> Result<()> {
 
 /// One pass of `update` over a chunk: in the compute type when `FAST`, else in f64 (the
 /// reference). `s0` and `s1` are the state values (empty when the optimizer has fewer).
-fn fused_loop<T: Lane, const N: usize, U: Update<N>, const FAST: bool>(values: &mut [T], grads: &[T], s0: &mut [T], s1: &mut [T], update: &U) {
+fn fused_loop<T: Lane, const N: usize, U: Update<N>, const FAST: bool>(
+    values: &mut [T],
+    grads: &[T],
+    s0: &mut [T],
+    s1: &mut [T],
+    update: &U,
+) {
     assert!(N <= 2, "at most two state tensors");
     let n = values.len();
     // Equal lengths up front, so the loop carries no bounds checks.

@@ -1,7 +1,6 @@
 //! End-to-end training on the shipped MNIST subset: the accuracy target, determinism,
 //! resumption, and the command line's behaviour on good and bad input.
 
-use crate::common::cuda_or_skip;
 use crate::common::nabla;
 use nabla::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
 use nabla::train::{self, DataKind, ModelKind, TrainConfig};

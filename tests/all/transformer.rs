@@ -1,7 +1,7 @@
 //! The transformer's building blocks: layer normalisation (fused kernels held to the definition
 //! in tensor ops and to the CPU reference) and token embeddings.
 
-use crate::common::{FLOATS, assert_close, cuda_or_skip, devices_under_test, randn, tolerance};
+use crate::common::{FLOATS, assert_close, devices_under_test, randn, tolerance};
 use nabla::nn::{Embedding, LayerNorm, Module};
 use nabla::{DType, Device, Generator, Tensor};
 
