@@ -29,6 +29,15 @@ fn layers() -> Vec<Layer> {
             on_cpu: true,
         },
         Layer {
+            // The CPU table's convolution (docs/benchmarks.md): a ResNet stage at batch 16.
+            name: "resnet_3x3_n16",
+            input: [16, 64, 56, 56],
+            out_channels: 64,
+            kernel: 3,
+            options: Conv2dOptions::new(1, 1),
+            on_cpu: true,
+        },
+        Layer {
             name: "resnet_3x3",
             input: [64, 64, 56, 56],
             out_channels: 64,
@@ -96,24 +105,26 @@ fn conv(c: &mut Criterion) {
 }
 
 fn lenet_step(c: &mut Criterion) {
-    let mut group = c.benchmark_group("lenet5_sgd_momentum_batch256");
-    group.sample_size(10);
-    for device in devices() {
-        let mut rng = Generator::new(0);
-        let model = ConvNet::lenet5(1, 28, 10, &device, &mut rng).unwrap();
-        let mut opt = Sgd::new(model.parameters(), SgdConfig { momentum: 0.9, ..SgdConfig::new(0.01) }).unwrap();
-        let x = Tensor::rand(&[256, 1, 28, 28], DType::F32, &device, &mut rng).unwrap();
-        let y = Tensor::randint(0, 10, &[256], &device, &mut rng).unwrap();
-        group.bench_function(device.to_string(), |b| {
-            b.iter(|| {
-                opt.zero_grad();
-                model.forward(&x).unwrap().cross_entropy(&y).unwrap().backward().unwrap();
-                opt.step().unwrap();
-                device.synchronize().unwrap();
-            })
-        });
+    for batch in [64, 256] {
+        let mut group = c.benchmark_group(format!("lenet5_sgd_momentum_batch{batch}"));
+        group.sample_size(10);
+        for device in devices() {
+            let mut rng = Generator::new(0);
+            let model = ConvNet::lenet5(1, 28, 10, &device, &mut rng).unwrap();
+            let mut opt = Sgd::new(model.parameters(), SgdConfig { momentum: 0.9, ..SgdConfig::new(0.01) }).unwrap();
+            let x = Tensor::rand(&[batch, 1, 28, 28], DType::F32, &device, &mut rng).unwrap();
+            let y = Tensor::randint(0, 10, &[batch], &device, &mut rng).unwrap();
+            group.bench_function(device.to_string(), |b| {
+                b.iter(|| {
+                    opt.zero_grad();
+                    model.forward(&x).unwrap().cross_entropy(&y).unwrap().backward().unwrap();
+                    opt.step().unwrap();
+                    device.synchronize().unwrap();
+                })
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, conv, lenet_step);

@@ -1,4 +1,5 @@
-//! Criterion benches of the core kernels on the CPU reference and, when present, the GPU:
+//! Criterion benches of the core kernels on the CPU and, when present, the GPU (the CPU sizes are
+//! the rows of the CPU table in docs/benchmarks.md):
 //! elementwise add and sum (bytes moved per second), softmax over rows, and f32/f16 matmul
 //! (FLOP/s, reported by criterion as "elements" per second). GPU iterations end with a device
 //! synchronize inside the measured closure, so they time the kernels, not the queueing.
@@ -28,7 +29,7 @@ fn randn(shape: &[usize], dtype: DType, device: Device) -> Tensor {
 fn elementwise(c: &mut Criterion) {
     let mut group = c.benchmark_group("add_f32");
     for device in devices() {
-        let n = size(device, 1 << 20, 1 << 26);
+        let n = size(device, 1 << 22, 1 << 26);
         let (a, b) = (randn(&[n], DType::F32, device), randn(&[n], DType::F32, device));
         group.throughput(Throughput::Bytes(3 * 4 * n as u64));
         group.bench_function(BenchmarkId::new(device.to_string(), n), |bench| {
@@ -45,7 +46,7 @@ fn elementwise(c: &mut Criterion) {
 fn sum(c: &mut Criterion) {
     let mut group = c.benchmark_group("sum_f32");
     for device in devices() {
-        let n = size(device, 1 << 20, 1 << 26);
+        let n = size(device, 1 << 22, 1 << 26);
         let x = randn(&[n], DType::F32, device);
         group.throughput(Throughput::Bytes(4 * n as u64));
         group.bench_function(BenchmarkId::new(device.to_string(), n), |bench| {
@@ -81,7 +82,7 @@ fn matmul(c: &mut Criterion) {
     for dtype in [DType::F32, DType::F16] {
         let mut group = c.benchmark_group(format!("matmul_{dtype}_flops"));
         for device in devices() {
-            let n = size(device, 256, 4096);
+            let n = size(device, 1024, 4096);
             let (a, b) = (randn(&[n, n], dtype, device), randn(&[n, n], dtype, device));
             group.throughput(Throughput::Elements(2 * (n * n * n) as u64));
             group.bench_function(BenchmarkId::new(device.to_string(), n), |bench| {

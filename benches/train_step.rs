@@ -1,4 +1,4 @@
-//! One training step of the 784-512-512-10 ReLU MLP at batch 256 with Adam: forward,
+//! One training step of the 784-512-512-10 ReLU MLP at batch 64 and 256 with Adam: forward,
 //! fused cross-entropy, backward, fused Adam update. The GPU figure synchronises inside the
 //! timed closure. Its PyTorch twin is `benches/peer/mlp_step.py`; run both in one device
 //! session and record the ratio and the card in docs/benchmarks.md.
@@ -13,24 +13,26 @@ fn step(c: &mut Criterion) {
     if nabla::cuda::device_count() > 0 {
         devices.push(Device::Cuda(0));
     }
-    let mut group = c.benchmark_group("mlp_784_512_512_10_adam_batch256");
-    for device in devices {
-        let mut rng = Generator::new(0);
-        let model = Mlp::new(&[784, 512, 512, 10], Activation::Relu, 0.0, &device, &mut rng).unwrap();
-        let mut opt = Adam::new(model.parameters(), AdamConfig::adam(1e-3)).unwrap();
-        let x = Tensor::rand(&[256, 784], DType::F32, &device, &mut rng).unwrap();
-        let y = Tensor::randint(0, 10, &[256], &device, &mut rng).unwrap();
-        group.bench_function(device.to_string(), |b| {
-            b.iter(|| {
-                opt.zero_grad();
-                let loss = model.forward(&x).unwrap().cross_entropy(&y).unwrap();
-                loss.backward().unwrap();
-                opt.step().unwrap();
-                device.synchronize().unwrap();
-            })
-        });
+    for batch in [64, 256] {
+        let mut group = c.benchmark_group(format!("mlp_784_512_512_10_adam_batch{batch}"));
+        for &device in &devices {
+            let mut rng = Generator::new(0);
+            let model = Mlp::new(&[784, 512, 512, 10], Activation::Relu, 0.0, &device, &mut rng).unwrap();
+            let mut opt = Adam::new(model.parameters(), AdamConfig::adam(1e-3)).unwrap();
+            let x = Tensor::rand(&[batch, 784], DType::F32, &device, &mut rng).unwrap();
+            let y = Tensor::randint(0, 10, &[batch], &device, &mut rng).unwrap();
+            group.bench_function(device.to_string(), |b| {
+                b.iter(|| {
+                    opt.zero_grad();
+                    let loss = model.forward(&x).unwrap().cross_entropy(&y).unwrap();
+                    loss.backward().unwrap();
+                    opt.step().unwrap();
+                    device.synchronize().unwrap();
+                })
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group! {

@@ -173,21 +173,26 @@ pub(crate) fn map<T: Copy + Sync, U: Send>(
         super::vectorized(
             #[inline(always)]
             || {
-                walk.runs(start, chunk.len(), #[inline(always)] |pos, [o], run, [s]| {
-                    // Plain indexed loops over pre-cut slices: iterator adapters are separate
-                    // functions the wide-vector wrapper may not inline.
-                    let dst = &mut chunk[pos - start..pos - start + run];
-                    if s == 1 {
-                        let x = &src[o..o + run];
-                        for j in 0..run {
-                            dst[j] = MaybeUninit::new(f(x[j]));
+                walk.runs(
+                    start,
+                    chunk.len(),
+                    #[inline(always)]
+                    |pos, [o], run, [s]| {
+                        // Plain indexed loops over pre-cut slices: iterator adapters are separate
+                        // functions the wide-vector wrapper may not inline.
+                        let dst = &mut chunk[pos - start..pos - start + run];
+                        if s == 1 {
+                            let x = &src[o..o + run];
+                            for j in 0..run {
+                                dst[j] = MaybeUninit::new(f(x[j]));
+                            }
+                        } else {
+                            for j in 0..run {
+                                dst[j] = MaybeUninit::new(f(src[o + j * s]));
+                            }
                         }
-                    } else {
-                        for j in 0..run {
-                            dst[j] = MaybeUninit::new(f(src[o + j * s]));
-                        }
-                    }
-                })
+                    },
+                )
             },
         )
     });
@@ -208,34 +213,39 @@ pub(crate) fn zip_map<T: Copy + Sync, U: Send>(
         super::vectorized(
             #[inline(always)]
             || {
-                walk.runs(start, chunk.len(), #[inline(always)] |pos, [oa, ob], run, [sa, sb]| {
-                    let dst = &mut chunk[pos - start..pos - start + run];
-                    match (sa, sb) {
-                        (1, 1) => {
-                            let (xa, xb) = (&a[oa..oa + run], &b[ob..ob + run]);
-                            for j in 0..run {
-                                dst[j] = MaybeUninit::new(f(xa[j], xb[j]));
+                walk.runs(
+                    start,
+                    chunk.len(),
+                    #[inline(always)]
+                    |pos, [oa, ob], run, [sa, sb]| {
+                        let dst = &mut chunk[pos - start..pos - start + run];
+                        match (sa, sb) {
+                            (1, 1) => {
+                                let (xa, xb) = (&a[oa..oa + run], &b[ob..ob + run]);
+                                for j in 0..run {
+                                    dst[j] = MaybeUninit::new(f(xa[j], xb[j]));
+                                }
+                            }
+                            (1, 0) => {
+                                let (xa, y) = (&a[oa..oa + run], b[ob]);
+                                for j in 0..run {
+                                    dst[j] = MaybeUninit::new(f(xa[j], y));
+                                }
+                            }
+                            (0, 1) => {
+                                let (x, xb) = (a[oa], &b[ob..ob + run]);
+                                for j in 0..run {
+                                    dst[j] = MaybeUninit::new(f(x, xb[j]));
+                                }
+                            }
+                            _ => {
+                                for j in 0..run {
+                                    dst[j] = MaybeUninit::new(f(a[oa + j * sa], b[ob + j * sb]));
+                                }
                             }
                         }
-                        (1, 0) => {
-                            let (xa, y) = (&a[oa..oa + run], b[ob]);
-                            for j in 0..run {
-                                dst[j] = MaybeUninit::new(f(xa[j], y));
-                            }
-                        }
-                        (0, 1) => {
-                            let (x, xb) = (a[oa], &b[ob..ob + run]);
-                            for j in 0..run {
-                                dst[j] = MaybeUninit::new(f(x, xb[j]));
-                            }
-                        }
-                        _ => {
-                            for j in 0..run {
-                                dst[j] = MaybeUninit::new(f(a[oa + j * sa], b[ob + j * sb]));
-                            }
-                        }
-                    }
-                })
+                    },
+                )
             },
         )
     });

@@ -148,9 +148,11 @@ pub(crate) fn matmul<T: Gemm>(
     // Tiles: (batch entry, first row, rows, first column, columns).
     let threads = num_threads();
     let flops = batch * m * n * k;
-    let wanted = if threads == 1 || flops < PARALLEL_FLOPS { 1 } else { (2 * threads).div_ceil(batch) };
-    let row_parts = wanted.min(m.div_ceil(16)).max(1);
-    let col_parts = wanted.div_ceil(row_parts).min(n.div_ceil(64)).max(1);
+    // One tile per thread; a tile packs all of the operand it does not cut, so cut the output
+    // along the longer side: rows when B is the smaller operand, columns when A is.
+    let wanted = if threads == 1 || flops < PARALLEL_FLOPS { 1 } else { threads.div_ceil(batch) };
+    let (row_parts, col_parts) =
+        if m >= n { (wanted.min(m.div_ceil(16)).max(1), 1) } else { (1, wanted.min(n.div_ceil(16)).max(1)) };
     let (mb, nb) = (m.div_ceil(row_parts), n.div_ceil(col_parts));
     let tiles: Vec<(usize, usize, usize)> = (0..batch)
         .flat_map(|i| (0..m).step_by(mb).flat_map(move |r0| (0..n).step_by(nb).map(move |c0| (i, r0, c0))))

@@ -151,7 +151,13 @@ fn write_converted<S: Element, D: Element>(src: &[S], layout: &Layout, dst: &mut
         let same: &mut [S] = crate::storage::reinterpret_slice_mut(dst);
         crate::cpu::elementwise::map(src, layout, crate::cpu::elementwise::as_uninit(same), |v| v);
     } else {
-        crate::cpu::elementwise::map(src, layout, crate::cpu::elementwise::as_uninit(dst), #[inline(always)] |v| D::from_f64(v.to_f64()));
+        crate::cpu::elementwise::map(
+            src,
+            layout,
+            crate::cpu::elementwise::as_uninit(dst),
+            #[inline(always)]
+            |v| D::from_f64(v.to_f64()),
+        );
     }
 }
 

@@ -6,6 +6,7 @@ mod common;
 mod checkpoint;
 mod cli;
 mod conv;
+mod cpu_fast;
 mod cpu_reference;
 mod data;
 mod gpu_vs_cpu;

@@ -1,0 +1,105 @@
+//! The fast CPU backend beside its f64 reference: the thread setting, the reference scope, and
+//! results that do not depend on the number of threads. (Every op's fast path is compared with
+//! the reference element by element in `gpu_vs_cpu.rs` and the other comparison tests, where
+//! the CPU is one of the devices under test.)
+
+use crate::common::*;
+use nabla::nn::{Activation, ConvNet, Mlp, Module};
+use nabla::optim::{Adam, AdamConfig, Optimizer};
+use nabla::{Conv2dOptions, DType, Device, Generator, Tensor};
+use std::sync::Mutex;
+
+/// Tests here change the process-wide thread count; they take turns.
+static THREADS: Mutex<()> = Mutex::new(());
+
+/// Every output of a mixed workload, as raw f32 bits: matrix products of odd sizes, a strided
+/// convolution forward and backward, long sums, softmax, layer norm, attention, and two Adam
+/// steps of a LeNet and an MLP.
+fn workload() -> Vec<Vec<u32>> {
+    let bits = |t: &Tensor| t.to_vec::<f32>().unwrap().into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+    let mut out = Vec::new();
+    let a = randn(&[301, 203], DType::F32, 1);
+    let b = randn(&[203, 517], DType::F32, 2);
+    out.push(bits(&a.matmul(&b).unwrap()));
+    out.push(bits(&a.t().unwrap().matmul(&a).unwrap()));
+    let big = randn(&[3, 300_007], DType::F32, 3);
+    out.push(bits(&big.sum(&[1], false).unwrap()));
+    out.push(bits(&big.sum(&[0], false).unwrap()));
+    out.push(bits(&randn(&[67, 1031], DType::F32, 4).softmax(-1).unwrap()));
+    let x = randn(&[8, 5, 33, 31], DType::F32, 5).requires_grad_().unwrap();
+    let w = randn(&[7, 5, 3, 3], DType::F32, 6).requires_grad_().unwrap();
+    let y = x.conv2d(&w, None, Conv2dOptions { stride: (2, 1), padding: (1, 2), ..Conv2dOptions::default() }).unwrap();
+    y.mul(&y).unwrap().sum_all().unwrap().backward().unwrap();
+    out.extend([bits(&y), bits(&x.grad().unwrap()), bits(&w.grad().unwrap())]);
+    let h = randn(&[70, 96], DType::F32, 7);
+    out.push(bits(&h.layer_norm(None, None, 1e-5).unwrap()));
+    let q = randn(&[3, 4, 70, 32], DType::F32, 8);
+    out.push(bits(&q.scaled_dot_product_attention(&q, &q, true, None).unwrap()));
+    let device = Device::Cpu;
+    let models: Vec<Box<dyn Module>> = vec![
+        Box::new(ConvNet::lenet5(1, 28, 10, &device, &mut Generator::new(9)).unwrap()),
+        Box::new(Mlp::new(&[784, 300, 10], Activation::Relu, 0.0, &device, &mut Generator::new(10)).unwrap()),
+    ];
+    for (i, model) in models.iter().enumerate() {
+        let mut opt = Adam::new(model.parameters(), AdamConfig::adamw(1e-3)).unwrap();
+        let images = uniform(&[130, 1, 28, 28], 0.0, 1.0, DType::F32, 11 + i as u64);
+        let input = if i == 0 { images } else { images.reshape(&[130, 784]).unwrap() };
+        let labels = Tensor::randint(0, 10, &[130], &device, &mut Generator::new(12)).unwrap();
+        for _ in 0..2 {
+            opt.zero_grad();
+            model.forward(&input).unwrap().cross_entropy(&labels).unwrap().backward().unwrap();
+            opt.step().unwrap();
+        }
+        out.extend(model.parameters().iter().map(&bits));
+    }
+    out
+}
+
+#[test]
+fn cpu_results_are_bit_identical_for_one_two_and_five_threads() {
+    let _turn = THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let before = nabla::num_threads();
+    let runs: Vec<Vec<Vec<u32>>> = [1, 2, 5]
+        .into_iter()
+        .map(|threads| {
+            nabla::set_num_threads(threads);
+            assert_eq!(nabla::num_threads(), threads);
+            workload()
+        })
+        .collect();
+    nabla::set_num_threads(before);
+    for (threads, run) in [2, 5].iter().zip(&runs[1..]) {
+        for (i, (a, b)) in runs[0].iter().zip(run).enumerate() {
+            assert!(a == b, "output {i} differs between 1 and {threads} threads");
+        }
+    }
+}
+
+#[test]
+fn the_reference_scope_computes_cpu_ops_by_their_f64_definition() {
+    // exp in f32: the reference rounds the f64 exponential once; the fast path's vectorisable
+    // exponential may differ in the last place, and must stay within a few ulp.
+    let x = uniform(&[4099], -80.0, 80.0, DType::F32, 20);
+    let inputs = x.to_vec::<f32>().unwrap();
+    let definition: Vec<f32> = inputs.iter().map(|&v| (v as f64).exp() as f32).collect();
+    let reference = nabla::cpu::reference(|| x.exp().unwrap()).to_vec::<f32>().unwrap();
+    assert_eq!(reference, definition, "the reference scope must give the rounded f64 exponential");
+    let fast = x.exp().unwrap().to_vec::<f32>().unwrap();
+    for (i, (f, d)) in fast.iter().zip(&definition).enumerate() {
+        assert!((f - d).abs() <= 4.0 * f32::EPSILON * d.abs(), "exp({}) = {f}, want {d}", inputs[i]);
+    }
+    // A nested scope restores the fast paths when it ends, panics included.
+    let _ = std::panic::catch_unwind(|| nabla::cpu::reference(|| panic!("inside the scope")));
+    let fast_again = x.exp().unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(fast_again, fast);
+}
+
+#[test]
+fn gelu_and_sigmoid_fast_forms_hold_their_precision_across_the_real_line() {
+    let x = Tensor::arange(-12.0, 12.0, 0.0012, DType::F32, &Device::Cpu).unwrap();
+    for op in [nabla::UnaryOp::Gelu, nabla::UnaryOp::GeluGrad, nabla::UnaryOp::Sigmoid, nabla::UnaryOp::Exp] {
+        let fast = x.unary(op).unwrap();
+        let want = nabla::cpu::reference(|| x.unary(op).unwrap());
+        assert_close(&format!("{op:?}"), &fast, &want, tolerance(DType::F32));
+    }
+}
