@@ -51,7 +51,7 @@ fn softmax_rows<T: Gemm>(s: &AttentionShape, scores: &mut [T], lse: &mut [f64]) 
         seen.iter_mut().for_each(|x| *x = (*x - max_t).exp_());
         let sum: f64 = seen.iter().map(|x| x.to_f64_()).sum();
         let inv = T::from_f64_(1.0 / sum);
-        seen.iter_mut().for_each(|x| *x = *x * inv);
+        seen.iter_mut().for_each(|x| *x *= inv);
         lse[i] = max + sum.ln();
     }
 }
@@ -60,7 +60,7 @@ fn softmax_rows<T: Gemm>(s: &AttentionShape, scores: &mut [T], lse: &mut [f64]) 
 fn scores<T: Gemm>(s: &AttentionShape, q: &[T], k: &[T], out: &mut [T]) {
     mm(s.sq, s.d, s.sk, q, false, k, true, out, T::ZERO);
     let scale = T::from_f64_(s.scale);
-    out.iter_mut().for_each(|x| *x = *x * scale);
+    out.iter_mut().for_each(|x| *x *= scale);
 }
 
 /// The output (`[bh, sq, d]`) and each query's log-sum-exp, from dense `[bh, s, d]` inputs.

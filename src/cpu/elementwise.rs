@@ -23,6 +23,7 @@ pub(crate) struct Walk<const N: usize> {
 
 impl<const N: usize> Walk<N> {
     /// Coalesces `layouts`, which must all have the same shape.
+    #[allow(clippy::needless_range_loop)] // d indexes the shape and every operand's strides
     pub(crate) fn new(layouts: [&Layout; N]) -> Self {
         let shape = layouts[0].shape();
         debug_assert!(layouts.iter().all(|l| l.shape() == shape), "walk over views of different shapes");
@@ -80,6 +81,7 @@ impl<const N: usize> Walk<N> {
     /// the elements `start..start + len` in row-major order: `run` elements at `position` of the
     /// output, operand i starting at `offsets[i]` and stepping `inner_strides[i]`.
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // i indexes every operand's offsets and strides
     pub(crate) fn runs(&self, start: usize, len: usize, mut f: impl FnMut(usize, [usize; N], usize, [usize; N])) {
         if len == 0 {
             return;
@@ -263,14 +265,8 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // Adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits: n is read from
     // there, with no float-to-integer conversion (which would not vectorise).
     const ROUNDER: f32 = 12_582_912.0;
-    // Comparisons rather than `clamp`, so NaN passes through as a select.
-    let x = if x < -104.0 {
-        -104.0
-    } else if x > 89.0 {
-        89.0
-    } else {
-        x
-    };
+    // NaN passes through the clamp (and the rest) as NaN.
+    let x = x.clamp(-104.0, 89.0);
     let shifted = x * LOG2E + ROUNDER;
     let n = shifted - ROUNDER;
     let ni = shifted.to_bits().wrapping_sub(ROUNDER.to_bits()) as i32;
@@ -289,6 +285,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
 /// Chebyshev-fitted form t·exp(−z² + P(t)), t = 1/(1 + z/2), whose fractional error is below
 /// 1.2e-7 for z ≥ 0 (Press et al., *Numerical Recipes*, §6.2). Branch-free apart from selects.
 #[inline(always)]
+#[allow(clippy::excessive_precision)] // the published coefficients, as printed
 pub(crate) fn normal_cdf_f32(x: f32) -> f32 {
     let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
     let t = 1.0 / (1.0 + 0.5 * z);

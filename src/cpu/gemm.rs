@@ -106,6 +106,17 @@ struct OutPtr<T>(*mut T);
 unsafe impl<T> Send for OutPtr<T> {}
 unsafe impl<T> Sync for OutPtr<T> {}
 
+impl<T> OutPtr<T> {
+    /// The pointer to element `i` (a method, so closures capture the whole `Send` wrapper).
+    ///
+    /// # Safety
+    /// `i` lies inside the allocation.
+    unsafe fn at(&self, i: usize) -> *mut T {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.add(i) }
+    }
+}
+
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_FLOPS: usize = 1 << 18;
 
@@ -159,7 +170,6 @@ pub(crate) fn matmul<T: Gemm>(
         .collect();
     let out = OutPtr(c.as_mut_ptr());
     let run = |&(i, r0, c0): &(usize, usize, usize)| {
-        let out = out;
         let (oa, ob) = base(i);
         let (rows, cols) = (mb.min(m - r0), nb.min(n - c0));
         // SAFETY: the views lie inside `a` and `b` (they are layouts of those storages, and the
@@ -175,7 +185,7 @@ pub(crate) fn matmul<T: Gemm>(
                 b.as_ptr().add(ob + c0 * sb[r + 1]),
                 b_strides,
                 beta,
-                out.0.add(i * m * n + r0 * n + c0),
+                out.at(i * m * n + r0 * n + c0),
                 [n as isize, 1],
             )
         }

@@ -130,6 +130,7 @@ pub(crate) trait Float:
     + std::ops::Div<Output = Self>
     + std::ops::Neg<Output = Self>
     + std::ops::AddAssign
+    + std::ops::MulAssign
     + std::iter::Sum
     + crate::Element
 {
@@ -138,6 +139,12 @@ pub(crate) trait Float:
     fn from_f64_(v: f64) -> Self;
     fn to_f64_(self) -> f64;
     fn exp_(self) -> Self;
+    /// Whether this is NaN (as a comparison, which vectorises).
+    #[inline(always)]
+    #[allow(clippy::eq_op)]
+    fn is_nan_(self) -> bool {
+        self != self
+    }
     /// GELU (x·Φ(x)); f64 through the reference's erf.
     fn gelu_(self) -> Self;
     /// GELU's derivative.

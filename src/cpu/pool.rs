@@ -2,7 +2,7 @@
 //! output row's and column's window, already clipped to the image; max pooling records the
 //! in-plane index of each chosen element, so its backward is a scatter of one value per output.
 
-use super::{Lane, PARALLEL_MIN, install};
+use super::{Float, Lane, PARALLEL_MIN, install};
 use rayon::prelude::*;
 
 /// One pooling: the windows of each output row and column (clipped input ranges), and the
@@ -60,7 +60,7 @@ pub(crate) fn forward<S: Lane>(x: &[S], win: &PoolWindows) -> (Vec<S>, Vec<i64>)
                             let v = v.widen();
                             // Selects, not branches: data-dependent branches mispredict half
                             // the time on real activations.
-                            let better = b == b && (v > b || v != v);
+                            let better = !b.is_nan_() && (v > b || v.is_nan_());
                             best = if better { iy * win.w + x0 + ix } else { best };
                             b = if better { v } else { b };
                         }

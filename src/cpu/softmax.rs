@@ -22,12 +22,12 @@ fn row_max<C: Float>(row: &[C]) -> C {
     for c in chunks {
         for j in 0..8 {
             lanes[j] = if c[j] > lanes[j] { c[j] } else { lanes[j] };
-            nan |= c[j] != c[j];
+            nan |= c[j].is_nan_();
         }
     }
     for &v in tail {
         lanes[0] = if v > lanes[0] { v } else { lanes[0] };
-        nan |= v != v;
+        nan |= v.is_nan_();
     }
     if nan {
         return C::from_f64_(f64::NAN);

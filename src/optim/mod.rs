@@ -332,9 +332,9 @@ impl Update<2> for AdamUpdate {
         let (bc1, bc2) = self.bias_correction;
         if c.weight_decay != 0.0 {
             if c.decoupled {
-                p = p * k(1.0 - c.lr * c.weight_decay);
+                p *= k(1.0 - c.lr * c.weight_decay);
             } else {
-                g = g + k(c.weight_decay) * p;
+                g += k(c.weight_decay) * p;
             }
         }
         s[0] = k(c.beta1) * s[0] + k(1.0 - c.beta1) * g;
@@ -342,6 +342,9 @@ impl Update<2> for AdamUpdate {
         p - k(c.lr) * (s[0] * k(1.0 / bc1)) / ((s[1] * k(1.0 / bc2)).sqrt_() + k(c.eps))
     }
 }
+
+/// One parallel task of an update: parameter values, their gradients, and the state values.
+type Chunk<'a, T, const N: usize> = (&'a mut [T], &'a [T], [&'a mut [T]; N]);
 
 /// Applies `update` to every element in place: parameter, gradient and state in one pass,
 /// in fixed chunks spread over the CPU pool (the reference: sequentially, in f64).
@@ -369,7 +372,7 @@ fn update_in_place<T: Lane, const N: usize>(
         return;
     }
     let mut state_chunks = states.map(|s| s.chunks_mut(CHUNK));
-    let tasks: Vec<(&mut [T], &[T], [&mut [T]; N])> = values
+    let tasks: Vec<Chunk<'_, T, N>> = values
         .chunks_mut(CHUNK)
         .zip(grads.chunks(CHUNK))
         .map(|(v, g)| (v, g, std::array::from_fn(|j| state_chunks[j].next().expect("state matches the parameter"))))
