@@ -4,8 +4,9 @@
 //! session and record the ratio and the card in docs/benchmarks.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use nabla::nn::{Activation, Mlp, Module};
+use nabla::nn::{Activation, Gpt, GptConfig, Mlp, Module};
 use nabla::optim::{Adam, AdamConfig, Optimizer};
+use nabla::train::text::next_token_loss;
 use nabla::{DType, Device, Generator, Tensor};
 
 fn step(c: &mut Criterion) {
@@ -35,9 +36,40 @@ fn step(c: &mut Criterion) {
     }
 }
 
+/// One AdamW step of the char-GPT presets on random tokens (76 characters, as the shipped
+/// plays): `--preset cpu`'s model on the CPU, `--preset gpu`'s on the GPU (its PyTorch twin:
+/// `benches/peer/char_gpt.py`, whose whole run is the comparison in docs/benchmarks.md).
+fn gpt_step(c: &mut Criterion) {
+    let mut devices = vec![Device::Cpu];
+    if nabla::cuda::device_count() > 0 {
+        devices.push(Device::Cuda(0));
+    }
+    let mut group = c.benchmark_group("char_gpt_adamw_step");
+    group.sample_size(10);
+    for device in devices {
+        let (layers, heads, width, context, batch) =
+            if device.is_cuda() { (6, 6, 384, 256, 64) } else { (4, 4, 128, 64, 12) };
+        let mut rng = Generator::new(0);
+        let config = GptConfig { vocab: 76, context, layers, heads, width, dropout: 0.0 };
+        let model = Gpt::new(config, &device, &mut rng).unwrap();
+        let mut opt = Adam::new(model.parameters(), AdamConfig::adamw(1e-3)).unwrap();
+        let x = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
+        let y = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
+        group.bench_function(format!("{device}/{layers}x{width}_context{context}_batch{batch}"), |b| {
+            b.iter(|| {
+                opt.zero_grad();
+                next_token_loss(&model, &x, &y).unwrap().backward().unwrap();
+                opt.step().unwrap();
+                device.synchronize().unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = step
+    targets = step, gpt_step
 }
 criterion_main!(benches);
