@@ -49,8 +49,14 @@ pub(crate) fn forward<S: Lane>(x: &[S], win: &PoolWindows) -> (Vec<S>, Vec<i64>)
         // One parallel pass over planes writes outputs and indices together.
         let mut tasks: Vec<(&mut [S], &mut [i64])> =
             y.chunks_mut(pout.max(1)).zip(idx.chunks_mut(pout.max(1))).collect();
+        let pairs = |windows: &[(usize, usize)]| windows.iter().enumerate().all(|(o, &w)| w == (2 * o, 2 * o + 2));
+        let two_by_two = pairs(win.rows) && pairs(win.cols);
         let plane_max = |p: usize, (out, slots): &mut (&mut [S], &mut [i64])| {
             let plane = &x[p * pin..(p + 1) * pin];
+            if two_by_two {
+                max_2x2(plane, win.w, win.cols.len(), out, slots);
+                return;
+            }
             for (oy, &(y0, y1)) in win.rows.iter().enumerate() {
                 for (ox, &(x0, x1)) in win.cols.iter().enumerate() {
                     let mut best = y0 * win.w + x0;
@@ -95,6 +101,36 @@ pub(crate) fn forward<S: Lane>(x: &[S], win: &PoolWindows) -> (Vec<S>, Vec<i64>)
         }
     });
     (y, idx)
+}
+
+/// Max pooling with 2x2 windows at stride 2 and no padding (LeNet's and most CNNs' pooling):
+/// the four taps of each output compared in row-major order with selects, over whole output
+/// rows so the compiler can vectorise the stride-2 loads.
+fn max_2x2<S: Lane>(plane: &[S], w: usize, ow: usize, out: &mut [S], slots: &mut [i64]) {
+    if ow == 0 {
+        return;
+    }
+    for (oy, (orow, srow)) in out.chunks_mut(ow).zip(slots.chunks_mut(ow)).enumerate() {
+        let (r0, r1) = (&plane[2 * oy * w..2 * oy * w + 2 * ow], &plane[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow]);
+        for ox in 0..ow {
+            let taps = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]];
+            let offsets = [
+                2 * oy * w + 2 * ox,
+                2 * oy * w + 2 * ox + 1,
+                (2 * oy + 1) * w + 2 * ox,
+                (2 * oy + 1) * w + 2 * ox + 1,
+            ];
+            let (mut best, mut b) = (0usize, taps[0].widen());
+            for (t, tap) in taps.iter().enumerate().skip(1) {
+                let v = tap.widen();
+                let better = !b.is_nan_() && (v > b || v.is_nan_());
+                best = if better { t } else { best };
+                b = if better { v } else { b };
+            }
+            orow[ox] = taps[best];
+            srow[ox] = offsets[best] as i64;
+        }
+    }
 }
 
 /// The input gradient of a pooling from the dense output gradient `dy` (`[planes, oh, ow]`) and,
