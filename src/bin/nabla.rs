@@ -192,9 +192,9 @@ struct TrainArgs {
     /// Peak learning rate, cosine-annealed over the run, > 0 (default 2e-3; gpt: the preset's)
     #[arg(long, value_parser = positive, allow_negative_numbers = true)]
     lr: Option<f64>,
-    /// The optimizer
-    #[arg(long, value_enum, default_value = "adam")]
-    optimizer: OptimizerArg,
+    /// The optimizer (default: adamw for vit, as ViTs are trained; adam for the others)
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerArg>,
     /// Seeds initialisation, shuffling, augmentation and a folder's split
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -245,7 +245,7 @@ struct TrainArgs {
     /// A folder data set's channels: 1 (grey) or 3 (RGB) (default 3)
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3))]
     channels: Option<u64>,
-    /// Epochs of linear learning-rate warm-up before the cosine (default: 2 for vit, else 0)
+    /// Epochs of linear learning-rate warm-up before the cosine (default: 30% of the epochs for vit, as a one-cycle schedule; else 0)
     #[arg(long, value_name = "EPOCHS", value_parser = clap::value_parser!(u64).range(0..=1000))]
     warmup: Option<u64>,
     /// Batch norm's momentum, the newest batch's weight in the running statistics (0, 1]
@@ -469,7 +469,11 @@ fn train_cmd(args: TrainArgs) -> Result<()> {
         epochs: args.epochs as usize,
         batch_size: args.batch_size.unwrap_or(64) as usize,
         lr: args.lr.unwrap_or(2e-3),
-        optimizer: args.optimizer.into(),
+        optimizer: args.optimizer.map(Into::into).unwrap_or(if model == ModelKind::Vit {
+            OptimizerKind::AdamW
+        } else {
+            OptimizerKind::Adam
+        }),
         seed: args.seed,
         device: args.device,
         dataset: args.dataset.into(),

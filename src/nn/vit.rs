@@ -53,7 +53,8 @@ pub struct Vit {
 }
 
 impl Vit {
-    /// A freshly initialised ViT (tokens and positions from N(0, 0.02²)).
+    /// A freshly initialised ViT (tokens and positions from N(0, 0.02²); the blocks' linear
+    /// weights from N(0, 1/(3 fan_in)), PyTorch's default scale).
     pub fn new(config: VitConfig, device: &Device, rng: &mut Generator) -> Result<Self> {
         let VitConfig { channels, size, patch, width, layers, heads, hidden, classes } = config;
         if patch == 0 || size == 0 || !size.is_multiple_of(patch) {
@@ -71,6 +72,14 @@ impl Vit {
         let pos_embed = normal(&[1, tokens + 1, width], rng)?;
         let shape = BlockConfig { width, heads, hidden, layers, dropout: 0.0, causal: false };
         let blocks = (0..layers).map(|_| Block::with_config(shape, device, rng)).collect::<Result<Vec<_>>>()?;
+        // A ViT this small trains better from PyTorch's default scale for its linear layers
+        // (std 1/sqrt(3 fan_in), as U(-1/sqrt(fan_in), 1/sqrt(fan_in))) than from GPT's 0.02.
+        for block in &blocks {
+            for p in block.parameters().iter().filter(|p| p.rank() == 2) {
+                let std = 1.0 / (3.0 * p.shape()[1] as f64).sqrt();
+                p.copy_(&Tensor::randn(p.shape(), DType::F32, device, rng)?.mul_scalar(std)?)?;
+            }
+        }
         let head = Linear::new(width, classes, true, super::Init::Default, device, rng)?;
         Ok(Vit { patch_embed, cls_token, pos_embed, blocks, norm: LayerNorm::new(width, device)?, head })
     }

@@ -173,8 +173,8 @@ pub struct TrainConfig {
     pub image_size: Option<usize>,
     /// Batch norm's momentum and eps (the ResNet's layers).
     pub batch_norm: BatchNormOptions,
-    /// Epochs of linear learning-rate warm-up before the cosine; `None`: 2 for the ViT, 0 for
-    /// the others.
+    /// Epochs of linear learning-rate warm-up before the cosine; `None`: 30% of the epochs for
+    /// the ViT, 0 for the others.
     pub warmup: Option<usize>,
     /// What the run prints.
     pub report: Report,
@@ -212,9 +212,10 @@ impl TrainConfig {
         self.dataset.geometry(self.channels, self.image_size)
     }
 
-    /// Epochs of warm-up: as set, else 2 for the ViT and none for the others.
+    /// Epochs of warm-up: as set, else 30% of the epochs for the ViT (rounded up, as PyTorch's
+    /// one-cycle schedule) and none for the others.
     pub fn warmup_epochs(&self) -> usize {
-        self.warmup.unwrap_or(if self.model == ModelKind::Vit { 2 } else { 0 })
+        self.warmup.unwrap_or(if self.model == ModelKind::Vit { (3 * self.epochs).div_ceil(10) } else { 0 })
     }
 
     /// Whether batches are flipped left-right.
