@@ -1,7 +1,7 @@
 //! Elementwise unary ops (`kernels/unary.cu`).
 
 use crate::autograd::record;
-use crate::cpu::elementwise::map_vec;
+use crate::cpu::elementwise::{map_vec, zip_map_vec};
 use crate::cpu::{Float, Lane};
 use crate::cuda::{elementwise_config, launch_error, strided_layout};
 use crate::storage::{CpuStorage, StorageRef};
@@ -262,6 +262,37 @@ fn cpu_unary(op: UnaryOp, a: &CpuStorage, layout: &crate::Layout) -> Option<CpuS
     })
 }
 
+/// ReLU's and GELU's input gradient in one pass on the fast CPU path (g · step(x), g · GELU'(x)),
+/// for same-shaped float tensors; `None` elsewhere (the GPU composes the two kernels).
+fn cpu_activation_backward(op: UnaryOp, x: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+    if !crate::cpu::fast() || x.shape() != g.shape() || x.dtype != g.dtype {
+        return Ok(None);
+    }
+    let (StorageRef::Cpu(xs), StorageRef::Cpu(gs)) = (x.storage(), g.storage()) else { return Ok(None) };
+    let out = crate::cpu::with_float_vec!(&*gs, gv => {
+        let Some(xv) = xs.typed_like(gv.as_slice()) else { return Ok(None) };
+        let dx = match op {
+            UnaryOp::Relu => zip_map_vec(gv, &g.layout, xv, &x.layout, relu_backward),
+            _ => zip_map_vec(gv, &g.layout, xv, &x.layout, gelu_backward),
+        };
+        CpuStorage::from_vec(crate::cpu::like(gv, dx))
+    });
+    Ok(out.map(|s| Tensor::from_cpu(s, x.shape())))
+}
+
+/// g · step(x), as the reference computes it (NaN · 0 stays NaN, as on the GPU).
+#[inline(always)]
+fn relu_backward<S: Lane>(g: S, x: S) -> S {
+    let step = if x.widen() > S::C::ZERO { S::C::ONE } else { S::C::ZERO };
+    S::narrow(g.widen() * step)
+}
+
+/// g · GELU'(x).
+#[inline(always)]
+fn gelu_backward<S: Lane>(g: S, x: S) -> S {
+    S::narrow(g.widen() * x.widen().gelu_grad_())
+}
+
 fn sign<C: Float>(v: C) -> C {
     if v > C::ZERO {
         C::ONE
@@ -286,6 +317,7 @@ fn unary_backward(op: UnaryOp, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Opt
         UnaryOp::Sqrt => g.div(y)?.mul_scalar(0.5)?,
         UnaryOp::Tanh => g.mul(&y.mul(y)?.neg()?.add_scalar(1.0)?)?,
         UnaryOp::Sigmoid => g.mul(&y.mul(&y.neg()?.add_scalar(1.0)?)?)?,
+        UnaryOp::Relu | UnaryOp::Gelu if let Some(gx) = cpu_activation_backward(op, x, g)? => gx,
         UnaryOp::Relu => g.mul(&x.unary_forward(UnaryOp::Step)?)?,
         UnaryOp::Gelu => g.mul(&x.unary_forward(UnaryOp::GeluGrad)?)?,
         // Piecewise constant: zero almost everywhere. GeluGrad is not differentiated further.
