@@ -237,12 +237,11 @@ pub(crate) fn backward_weight<T: Gemm>(s: &ConvShape, dy: &[T], x: &[T]) -> Vec<
             }
         }
     });
-    let mut dw = partials[..size.min(partials.len())].to_vec();
-    for block in partials.chunks(size).skip(1) {
+    // The blocks' partial sums, added in order (no images: zeros).
+    let mut blocks = partials.chunks(size);
+    let mut dw = blocks.next().map_or_else(|| vec![T::ZERO; size], <[T]>::to_vec);
+    for block in blocks {
         dw.iter_mut().zip(block).for_each(|(a, &b)| *a += b);
-    }
-    if dw.is_empty() {
-        dw = vec![T::ZERO; size];
     }
     dw
 }

@@ -49,27 +49,10 @@ impl Tensor {
                     let (o, n) = (x.layout.offset(), x.numel());
                     crate::cpu::with_float_vec!(&*xs, v => crate::cpu::softmax::cross_entropy(&v[o..o + n], cols, labels))
                 });
-                if let Some(Some((losses, lses))) = fast {
-                    let out = (
-                        Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &losses), &[rows]),
-                        Tensor::from_cpu(CpuStorage::from_f64(self.dtype.accumulator(), &lses), &[rows]),
-                    );
-                    let out_mean = out.0.detach().mean_all()?;
-                    let (xd, yd, lse) = (x.detach(), y.detach(), out.1);
-                    return Ok(record(out_mean, &[self], move |g| {
-                        Ok(vec![Some(cross_entropy_backward(&xd, &yd, &lse, g, rows, cols)?)])
-                    }));
-                }
-                let values = xs.gather_f64(&x.layout);
-                let mut losses = Vec::with_capacity(rows);
-                let mut lses = Vec::with_capacity(rows);
-                for (r, &label) in labels.iter().enumerate() {
-                    let row = &values[r * cols..(r + 1) * cols];
-                    let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-                    losses.push(lse - row[label as usize]);
-                    lses.push(lse);
-                }
+                let (losses, lses) = match fast.flatten() {
+                    Some(per_row) => per_row,
+                    None => reference_cross_entropy(&xs.gather_f64(&x.layout), cols, labels),
+                };
                 (
                     Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &losses), &[rows]),
                     Tensor::from_cpu(CpuStorage::from_f64(self.dtype.accumulator(), &lses), &[rows]),
@@ -155,6 +138,20 @@ fn cuda_forward(x: &CudaStorage, labels: &CudaStorage, rows: usize, cols: usize)
         unsafe { launch.launch(cfg) }.map_err(|e| launch_error(OP, &kernel, e))?;
     }
     Ok((Tensor::from_cuda(loss, &[rows]), Tensor::from_cuda(lse, &[rows])))
+}
+
+/// CPU reference of the per-row losses and log-sum-exps of dense `[rows, cols]` logits, in f64.
+fn reference_cross_entropy(values: &[f64], cols: usize, labels: &[i64]) -> (Vec<f64>, Vec<f64>) {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(r, &label)| {
+            let row = &values[r * cols..(r + 1) * cols];
+            let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+            (lse - row[label as usize], lse)
+        })
+        .unzip()
 }
 
 /// dx = (softmax(x) - onehot(label)) * g / rows.
