@@ -15,6 +15,11 @@ pub struct Generator {
     state: [u64; 4],
 }
 
+/// A 64-bit value determined by both `a` and `b` (a seed derived from a seed and a stream).
+pub fn mix(a: u64, b: u64) -> u64 {
+    Generator::new(a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)).next_u64()
+}
+
 impl Generator {
     /// A generator whose whole stream is determined by `seed`.
     pub fn new(seed: u64) -> Self {
@@ -55,8 +60,17 @@ impl Generator {
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 
-    /// Uniform integer in [0, n); `n` must be positive.
-    pub fn below(&mut self, n: u64) -> u64 {
+    /// Uniform integer in [0, n); an empty range (`n` = 0) is an error.
+    pub fn below(&mut self, n: u64) -> crate::Result<u64> {
+        match std::num::NonZeroU64::new(n) {
+            Some(n) => Ok(self.below_nonzero(n)),
+            None => Err(crate::Error::invalid("below", "cannot draw from the empty range [0, 0)")),
+        }
+    }
+
+    /// Uniform integer in [0, n).
+    fn below_nonzero(&mut self, n: std::num::NonZeroU64) -> u64 {
+        let n = n.get();
         // Lemire's multiply-shift, with rejection to remove the bias.
         let threshold = n.wrapping_neg() % n;
         loop {
@@ -70,7 +84,7 @@ impl Generator {
     /// Shuffles `items` in place (Fisher-Yates).
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
+            let j = self.below_nonzero(std::num::NonZeroU64::MIN.saturating_add(i as u64)) as usize;
             items.swap(i, j);
         }
     }

@@ -1,7 +1,8 @@
 //! The `nabla` command line, on `clap`: `nabla <command> --help` lists every flag with its
 //! default and range; `nabla completions SHELL` prints shell completions.
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use nabla::cuda::{self, kernels};
 use nabla::io::image::Image;
 use nabla::nn::BatchNormOptions;
@@ -204,8 +205,9 @@ struct TrainArgs {
     /// Where the checkpoint, optimizer state and history go (default: runs/<model>)
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// A checkpoint to continue from
-    #[arg(long, value_name = "CHECKPOINT")]
+    /// A run to continue (its folder or checkpoint), with the settings it was started with:
+    /// other flags may repeat them but not change them
+    #[arg(long, value_name = "RUN")]
     resume: Option<PathBuf>,
     /// Random shifts of up to this many pixels (0: none; smaller than the image) [0..=64]
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
@@ -428,7 +430,9 @@ struct CheckArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let train_flags = matches.subcommand_matches("train").cloned();
     if let Some(threads) = cli.threads {
         nabla::set_num_threads(threads as usize);
     }
@@ -437,7 +441,7 @@ fn main() -> ExitCode {
             let _ = Cli::command().print_help();
             Ok(())
         }
-        Some(Command::Train(args)) => train_cmd(*args),
+        Some(Command::Train(args)) => train_cmd(*args, train_flags.as_ref()),
         Some(Command::Eval(args)) => eval_cmd(args),
         Some(Command::Predict(args)) => predict_cmd(args),
         Some(Command::Generate(args)) => generate_cmd(args),
@@ -459,12 +463,87 @@ fn main() -> ExitCode {
     }
 }
 
-fn train_cmd(args: TrainArgs) -> Result<()> {
+fn train_cmd(args: TrainArgs, flags: Option<&ArgMatches>) -> Result<()> {
     if let ModelArg::Gpt = args.model {
         return train_gpt(args);
     }
+    let quiet = args.quiet;
+    let config = train_config(args, flags)?;
+    config.validate()?;
+    let data = config.data.as_ref().map_or("shipped MNIST subset".to_string(), |d| d.display().to_string());
+    if !quiet {
+        out!(
+            "{} {} on {} ({data}), {} epochs, batch {}, {:?} lr {}, seed {}",
+            if config.resume.is_some() { "resuming" } else { "training" },
+            config.model.name(),
+            config.device,
+            config.epochs,
+            config.batch_size,
+            config.optimizer,
+            config.lr,
+            config.seed
+        );
+    }
+    let started = std::time::Instant::now();
+    let outcome = train::train(&config)?;
+    if outcome.epochs_trained == 0 {
+        out!("the run is already complete ({} of {} epochs): nothing to train", outcome.history.len(), config.epochs);
+    }
+    out!(
+        "test accuracy {:.2}% ({:.1}s in all); checkpoint {}, history {}",
+        100.0 * outcome.test_accuracy,
+        started.elapsed().as_secs_f64(),
+        outcome.checkpoint.display(),
+        train::history_path(&outcome.checkpoint).display()
+    );
+    Ok(())
+}
+
+/// The training configuration the flags ask for. With `--resume`, the run's recorded settings,
+/// with any flag given on the command line put over them (the library then refuses a change).
+fn train_config(args: TrainArgs, flags: Option<&ArgMatches>) -> Result<TrainConfig> {
+    let given = |id: &str| flags.is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine));
+    let (device, out, report) = (args.device, args.out.clone(), Report::for_terminal(args.quiet));
+    let resume = args.resume.clone();
+    let asked = flags_config(args)?;
+    let Some(run) = resume else { return Ok(asked) };
+    let mut config = match TrainConfig::resuming(&run, device) {
+        Ok(recorded) => recorded,
+        // A checkpoint of an older nabla records no settings: the flags give them.
+        Err(_) if safetensors_has_no_settings(&run) => return Ok(TrainConfig { resume: Some(run), ..asked }),
+        Err(e) => return Err(e),
+    };
+    macro_rules! over {
+        ($($id:literal => $field:ident),*) => {$( if given($id) { config.$field = asked.$field.clone(); } )*};
+    }
+    over!("model" => model, "dataset" => dataset, "data" => data, "epochs" => epochs, "batch_size" => batch_size,
+        "lr" => lr, "optimizer" => optimizer, "seed" => seed, "shift" => shift, "no_flip" => flip,
+        "dropout" => dropout, "channels" => channels, "image_size" => image_size, "warmup" => warmup);
+    if given("bn_momentum") {
+        config.batch_norm.momentum = asked.batch_norm.momentum;
+    }
+    if given("bn_eps") {
+        config.batch_norm.eps = asked.batch_norm.eps;
+    }
+    if let Some(out) = out {
+        config.out_dir = out;
+    }
+    config.report = report;
+    Ok(config)
+}
+
+/// Whether the checkpoint of `run` loads but records no run settings (an older nabla's).
+fn safetensors_has_no_settings(run: &Path) -> bool {
+    let path = train::checkpoint_in(run);
+    nabla::io::safetensors::load(&path)
+        .and_then(|saved| train::SavedRun::read(&path, &saved))
+        .is_ok_and(|saved| saved.settings.is_none())
+}
+
+/// The training configuration the flags alone give (defaults for what they leave out).
+fn flags_config(args: TrainArgs) -> Result<TrainConfig> {
     let model = image_model(args.model)?;
-    let config = TrainConfig {
+    Ok(TrainConfig {
         model,
         epochs: args.epochs as usize,
         batch_size: args.batch_size.unwrap_or(64) as usize,
@@ -488,31 +567,7 @@ fn train_cmd(args: TrainArgs) -> Result<()> {
         batch_norm: BatchNormOptions { momentum: args.bn_momentum, eps: args.bn_eps },
         warmup: args.warmup.map(|w| w as usize),
         report: Report::for_terminal(args.quiet),
-    };
-    config.validate()?;
-    let data = config.data.as_ref().map_or("shipped MNIST subset".to_string(), |d| d.display().to_string());
-    if !args.quiet {
-        out!(
-            "training {} on {} ({data}), {} epochs, batch {}, {:?} lr {}, seed {}",
-            config.model.name(),
-            config.device,
-            config.epochs,
-            config.batch_size,
-            config.optimizer,
-            config.lr,
-            config.seed
-        );
-    }
-    let started = std::time::Instant::now();
-    let outcome = train::train(&config)?;
-    out!(
-        "test accuracy {:.2}% ({:.1}s in all); checkpoint {}, history {}",
-        100.0 * outcome.test_accuracy,
-        started.elapsed().as_secs_f64(),
-        outcome.checkpoint.display(),
-        train::history_path(&outcome.checkpoint).display()
-    );
-    Ok(())
+    })
 }
 
 fn train_gpt(args: TrainArgs) -> Result<()> {

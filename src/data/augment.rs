@@ -11,13 +11,22 @@ pub fn random_crop_flip(batch: &Tensor, pad: usize, flip: bool, rng: &mut Genera
         return Err(Error::shape("augment", format!("batch must be [N, C, H, W], got {:?}", batch.shape())));
     };
     let (n, c, h, w) = (*n, *c, *h, *w);
+    if pad >= h.min(w) {
+        return Err(Error::invalid(
+            "augment",
+            format!(
+                "a shift of {pad} pixels would move a {h}x{w} image out of its frame (at most {})",
+                h.min(w).saturating_sub(1)
+            ),
+        ));
+    }
     let src = batch.to_vec::<f32>()?;
     let mut out = vec![0f32; src.len()];
     let span = 2 * pad as u64 + 1;
     for i in 0..n {
-        let dy = rng.below(span) as isize - pad as isize;
-        let dx = rng.below(span) as isize - pad as isize;
-        let mirror = flip && rng.below(2) == 1;
+        let dy = rng.below(span)? as isize - pad as isize;
+        let dx = rng.below(span)? as isize - pad as isize;
+        let mirror = flip && rng.below(2)? == 1;
         for ch in 0..c {
             let plane = (i * c + ch) * h * w;
             for y in 0..h {

@@ -136,7 +136,7 @@ impl TokenStream {
         }
         let (mut x, mut y) = (Vec::with_capacity(batch * context), Vec::with_capacity(batch * context));
         for _ in 0..batch {
-            let start = rng.below((self.tokens.len() - context) as u64) as usize;
+            let start = rng.below((self.tokens.len() - context) as u64)? as usize;
             x.extend_from_slice(&self.tokens[start..start + context]);
             y.extend_from_slice(&self.tokens[start + 1..start + context + 1]);
         }

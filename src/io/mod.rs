@@ -56,6 +56,13 @@ pub fn load_into_module(checkpoint: &safetensors::Checkpoint, module: &dyn Modul
     Ok(())
 }
 
+/// Whether `name` is a temporary file of [`write_atomically`] (`.NAME.tmpPID`), which only an
+/// interrupted write leaves behind.
+pub fn is_temporary_name(name: &str) -> bool {
+    name.starts_with('.')
+        && name.rsplit_once(".tmp").is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Writes `bytes` to `path` through a temporary file, an fsync and a rename (then an fsync of
 /// the folder), so readers never see a partial file and a crash leaves the old or the new one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -173,6 +173,10 @@ impl Module for MultiheadAttention {
     fn set_training(&mut self, training: bool) {
         self.dropout.set_training(training);
     }
+
+    fn reseed(&mut self, stream: u64) {
+        self.dropout.reseed(stream);
+    }
 }
 
 /// The position-wise MLP of a block: width → 4 width (`c_fc`), GELU, → width (`c_proj`).
@@ -197,6 +201,10 @@ impl Module for FeedForward {
 
     fn set_training(&mut self, training: bool) {
         self.dropout.set_training(training);
+    }
+
+    fn reseed(&mut self, stream: u64) {
+        self.dropout.reseed(stream);
     }
 }
 
@@ -287,6 +295,11 @@ impl Module for Block {
     fn set_training(&mut self, training: bool) {
         self.attn.set_training(training);
         self.mlp.set_training(training);
+    }
+
+    fn reseed(&mut self, stream: u64) {
+        self.attn.reseed(stream);
+        self.mlp.reseed(stream);
     }
 }
 
@@ -446,6 +459,13 @@ impl Module for Gpt {
         self.dropout.set_training(training);
         for block in &mut self.blocks {
             block.set_training(training);
+        }
+    }
+
+    fn reseed(&mut self, stream: u64) {
+        self.dropout.reseed(stream);
+        for block in &mut self.blocks {
+            block.reseed(stream);
         }
     }
 }

@@ -120,7 +120,9 @@ impl Module for Activation {
 /// a seed and a call counter, so a run is reproducible on any device.
 pub struct Dropout {
     p: f64,
+    /// The seed given at construction; `key` mixes it with the current stream.
     seed: u64,
+    key: u64,
     calls: AtomicU64,
     training: bool,
 }
@@ -131,7 +133,7 @@ impl Dropout {
         if !(0.0..1.0).contains(&p) {
             return Err(Error::invalid("dropout", format!("drop probability {p} is not in [0, 1)")));
         }
-        Ok(Dropout { p, seed, calls: AtomicU64::new(0), training: true })
+        Ok(Dropout { p, seed, key: seed, calls: AtomicU64::new(0), training: true })
     }
 }
 
@@ -141,13 +143,18 @@ impl Module for Dropout {
             return Ok(x.clone());
         }
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
-        let seed = self.seed ^ call.wrapping_mul(0xd1b5_4a32_d192_ed03);
+        let seed = self.key ^ call.wrapping_mul(0xd1b5_4a32_d192_ed03);
         let mask = Tensor::dropout_mask(x.shape(), 1.0 - self.p, seed, x.dtype(), &x.device())?;
         x.mul(&mask)
     }
 
     fn set_training(&mut self, training: bool) {
         self.training = training;
+    }
+
+    fn reseed(&mut self, stream: u64) {
+        self.key = crate::rng::mix(self.seed, stream);
+        self.calls = AtomicU64::new(0);
     }
 }
 
@@ -223,6 +230,10 @@ impl Module for Sequential {
     fn set_training(&mut self, training: bool) {
         self.layers.iter_mut().for_each(|l| l.set_training(training));
     }
+
+    fn reseed(&mut self, stream: u64) {
+        self.layers.iter_mut().for_each(|l| l.reseed(stream));
+    }
 }
 
 /// The multilayer perceptron: Linear layers with an activation (and optional dropout) between
@@ -274,6 +285,10 @@ impl Module for Mlp {
 
     fn set_training(&mut self, training: bool) {
         self.layers.set_training(training);
+    }
+
+    fn reseed(&mut self, stream: u64) {
+        self.layers.reseed(stream);
     }
 }
 

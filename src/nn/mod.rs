@@ -46,6 +46,12 @@ pub trait Module: Send + Sync {
     /// Switches between training (dropout active) and evaluation behaviour.
     fn set_training(&mut self, _training: bool) {}
 
+    /// Re-keys the module's random streams (dropout masks) from `stream`, restarting their
+    /// counters: the training driver calls it at every epoch with the epoch's seed, so a run
+    /// resumed at an epoch boundary draws the masks an uninterrupted run draws. Containers pass
+    /// it to their children.
+    fn reseed(&mut self, _stream: u64) {}
+
     /// The intermediate image-shaped activations for input `x`, named by the layer that made
     /// them (for pictures of what a convolutional network sees); none by default.
     fn feature_maps(&self, _x: &Tensor) -> Result<Vec<(String, Tensor)>> {

@@ -112,6 +112,11 @@ impl Module for ConvNet {
         self.features.set_training(training);
         self.classifier.set_training(training);
     }
+
+    fn reseed(&mut self, stream: u64) {
+        self.features.reseed(stream);
+        self.classifier.reseed(stream);
+    }
 }
 
 /// ResNet's basic block: two 3x3 convolutions with batch norm, added to a shortcut (a 1x1

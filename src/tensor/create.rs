@@ -181,7 +181,7 @@ impl Tensor {
         }
         let span = high.abs_diff(low);
         let numel: usize = shape.iter().product();
-        let values: Vec<i64> = (0..numel).map(|_| low.wrapping_add(rng.below(span) as i64)).collect();
+        let values = (0..numel).map(|_| Ok(low.wrapping_add(rng.below(span)? as i64))).collect::<Result<Vec<i64>>>()?;
         Tensor::from_vec(values, shape, device)
     }
 }

@@ -3,13 +3,15 @@
 
 mod data;
 mod progress;
+mod run;
 pub mod text;
 
 pub use data::{CIFAR10_CLASSES, DataKind, Geometry, MIN_FOLDER_IMAGES, Splits};
 pub use progress::Report;
+pub use run::{CHECKPOINT, RunSettings, SavedRun, checkpoint_in, history_path, read_history};
 
 use crate::data::{DataLoader, Dataset};
-use crate::io::{load_into_module, safetensors, save_module};
+use crate::io::{load_into_module, safetensors};
 use crate::metrics;
 use crate::nn::{Activation, BatchNormOptions, ConvNet, Mlp, Module, ResNet, Vit, VitConfig};
 use crate::optim::{Adam, AdamConfig, LrSchedule, Optimizer, Sgd, SgdConfig};
@@ -124,6 +126,15 @@ impl OptimizerKind {
             "adam" => Ok(OptimizerKind::Adam),
             "adamw" => Ok(OptimizerKind::AdamW),
             _ => Err(Error::invalid("train", format!("unknown optimizer `{name}` (sgd, adam, adamw)"))),
+        }
+    }
+
+    /// The name used on the command line and in checkpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+            OptimizerKind::AdamW => "adamw",
         }
     }
 
@@ -281,6 +292,8 @@ pub struct TrainOutcome {
     pub checkpoint: PathBuf,
     /// The class names, in label order.
     pub class_names: Vec<String>,
+    /// Epochs trained by this call (0 when a resumed run was already complete).
+    pub epochs_trained: usize,
 }
 
 /// Accuracy of `model` over `data` in batches (evaluation mode, no graph).
@@ -322,6 +335,8 @@ pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
 /// `false` stops the run there (early stopping, or an interruption to resume later).
 pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary) -> bool) -> Result<TrainOutcome> {
     let geometry = config.validate()?;
+    let settings = RunSettings::of(config, geometry);
+    let resumed = config.resume.as_deref().map(|path| open_run(path, config, &settings)).transpose()?;
     let device = config.device;
     let splits = config.dataset.splits(config.data.as_deref(), geometry, config.seed, &device)?;
     let classes = splits.classes();
@@ -345,29 +360,19 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
     let (train_set, val_set, test_set) = (prepare(&splits.train)?, prepare(&splits.val)?, prepare(&splits.test)?);
     let mut rng = Generator::new(config.seed);
     let mut model = config.model.build(geometry, classes, config.dropout, config.batch_norm, &device, &mut rng)?;
+    let checkpoint = config.out_dir.join(run::CHECKPOINT);
     let mut history = Vec::new();
-    let mut first_epoch = 0;
-    if let Some(path) = &config.resume {
-        let checkpoint = safetensors::load(path)?;
-        if checkpoint.metadata.get("model").map(String::as_str) != Some(config.model.name()) {
-            return Err(Error::invalid(
-                "resume",
-                format!("{} is not a `{}` checkpoint", path.display(), config.model.name()),
-            ));
-        }
-        load_into_module(&checkpoint, model.as_ref())?;
-        history = read_history(&history_path(path))?;
-        first_epoch = history.len();
-    }
     let mut optimizer = config.optimizer.build(model.parameters(), config.lr)?;
-    if let Some(path) = &config.resume {
-        let state_path = optimizer_path(path);
-        if state_path.exists() {
-            load_optimizer(&safetensors::load(&state_path)?, optimizer.as_mut(), model.as_ref())?;
+    if let Some((saved, run)) = resumed {
+        load_into_module(&saved, model.as_ref())?;
+        if let Some(state) = &run.optimizer_state {
+            run::load_optimizer(state, optimizer.as_mut(), model.as_ref())?;
         }
+        history = run.history;
     }
-    // Each epoch's shuffle and augmentation come from its own seed, so a resumed run sees
-    // the same batches as an uninterrupted one.
+    let first_epoch = history.len();
+    // Each epoch's shuffle, augmentation and dropout masks come from its own seed, so a resumed
+    // run sees the same batches and masks as an uninterrupted one.
     let steps_per_epoch = train_set.len().div_ceil(config.batch_size);
     let total_steps = steps_per_epoch * config.epochs;
     // A linear warm-up (transformers need one), then cosine annealing to 0 over the rest.
@@ -378,12 +383,17 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
     };
     std::fs::create_dir_all(&config.out_dir)
         .map_err(|source| Error::Io { path: config.out_dir.display().to_string(), source })?;
-    let checkpoint = config.out_dir.join("checkpoint.safetensors");
+    run::remove_temporary_files(&checkpoint);
+    if config.resume.as_deref().map(run::checkpoint_in) == Some(checkpoint.clone()) {
+        // The history beside the checkpoint may lag it after a crash: the checkpoint's is the truth.
+        run::write_history(&checkpoint, &history)?;
+    }
     let flip = config.flips();
 
     for epoch in first_epoch..config.epochs {
         let started = Instant::now();
         let epoch_seed = config.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
+        model.reseed(epoch_seed);
         let mut loader = DataLoader::new(train_set.clone(), config.batch_size)?.shuffle(epoch_seed);
         let mut augment = Generator::new(epoch_seed ^ 0xa5a5_a5a5);
         let batches = loader.epoch()?;
@@ -434,56 +444,58 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
         };
         progress.finish(&summary);
         history.push(summary.clone());
-        save_run(config, geometry, &splits.class_names, &checkpoint, model.as_ref(), optimizer.as_ref(), &history)?;
+        let metadata = RunMetadata {
+            model: config.model,
+            dataset: config.dataset,
+            geometry,
+            class_names: splits.class_names.clone(),
+            seed: config.seed,
+            dropout: config.dropout,
+            batch_norm: config.batch_norm,
+        }
+        .to_strings(model_classes(model.as_ref()), history.len());
+        run::commit_epoch(&checkpoint, &settings, metadata, model.as_ref(), optimizer.as_ref(), &history)?;
         if !keep_going(&summary) {
             break;
         }
     }
     model.set_training(false);
     let test_accuracy = evaluate(model.as_ref(), &test_set)?;
-    Ok(TrainOutcome { model, history, test_accuracy, checkpoint, class_names: splits.class_names })
+    let epochs_trained = history.len() - first_epoch;
+    Ok(TrainOutcome { model, history, test_accuracy, checkpoint, class_names: splits.class_names, epochs_trained })
+}
+
+/// Opens the run a configuration resumes: its checkpoint and recorded run, after checking that
+/// the configuration asks for the same settings (a resumed run keeps its own).
+fn open_run(path: &Path, config: &TrainConfig, settings: &RunSettings) -> Result<(safetensors::Checkpoint, SavedRun)> {
+    let path = run::checkpoint_in(path);
+    let saved = safetensors::load(&path)?;
+    if saved.metadata.get("model").map(String::as_str) != Some(config.model.name()) {
+        return Err(Error::invalid(
+            "resume",
+            format!("{} is not a `{}` checkpoint", path.display(), config.model.name()),
+        ));
+    }
+    let run = SavedRun::read(&path, &saved)?;
+    if let Some(recorded) = &run.settings {
+        let changed = recorded.differences(settings);
+        if !changed.is_empty() {
+            return Err(Error::invalid(
+                "resume",
+                format!(
+                    "{} continues with its own settings, but this asks for {}: leave those out, or start a new run",
+                    path.display(),
+                    changed.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok((saved, run))
 }
 
 /// The number of outputs of a classifier: the length of its last parameter (the final bias).
 fn model_classes(model: &dyn Module) -> usize {
     model.named_parameters().last().map_or(0, |(_, t)| t.numel())
-}
-
-/// The metric history beside a checkpoint.
-pub fn history_path(checkpoint: &Path) -> PathBuf {
-    checkpoint.with_file_name("history.json")
-}
-
-fn optimizer_path(checkpoint: &Path) -> PathBuf {
-    checkpoint.with_file_name("optimizer.safetensors")
-}
-
-fn save_run(
-    config: &TrainConfig,
-    geometry: Geometry,
-    class_names: &[String],
-    checkpoint: &Path,
-    model: &dyn Module,
-    optimizer: &dyn Optimizer,
-    history: &[EpochSummary],
-) -> Result<()> {
-    let metadata = RunMetadata {
-        model: config.model,
-        dataset: config.dataset,
-        geometry,
-        class_names: class_names.to_vec(),
-        seed: config.seed,
-        dropout: config.dropout,
-        batch_norm: config.batch_norm,
-    }
-    .to_strings(model_classes(model), history.len());
-    save_module(checkpoint, model, &metadata)?;
-    safetensors::save(&optimizer_path(checkpoint), &optimizer_state(optimizer, model), &BTreeMap::new())?;
-    let text = serde_json::to_string_pretty(history)
-        .map_err(|e| Error::invalid("history", format!("cannot write the history: {e}")))?;
-    let path = history_path(checkpoint);
-    crate::io::write_atomically(&path, text.as_bytes())
-        .map_err(|source| Error::Io { path: path.display().to_string(), source })
 }
 
 /// What a checkpoint written by `nabla train` says about its model and data, in its metadata.
@@ -568,35 +580,6 @@ impl RunMetadata {
         let seed = metadata.get("seed").and_then(|s| s.parse().ok()).unwrap_or(0);
         Ok(RunMetadata { model, dataset, geometry, class_names, seed, dropout, batch_norm })
     }
-}
-
-/// Reads a metric history written by a training run.
-pub fn read_history(path: &Path) -> Result<Vec<EpochSummary>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-    serde_json::from_str(&text).map_err(|e| Error::invalid("history", format!("{}: {e}", path.display())))
-}
-
-fn optimizer_state(optimizer: &dyn Optimizer, model: &dyn Module) -> Vec<(String, Tensor)> {
-    let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
-    optimizer.state().into_iter().filter_map(|(i, key, t)| names.get(i).map(|n| (format!("{n}.{key}"), t))).collect()
-}
-
-fn load_optimizer(
-    checkpoint: &safetensors::Checkpoint,
-    optimizer: &mut dyn Optimizer,
-    model: &dyn Module,
-) -> Result<()> {
-    for (i, (name, _)) in model.named_parameters().iter().enumerate() {
-        let prefix = format!("{name}.");
-        let state: BTreeMap<String, Tensor> = checkpoint
-            .tensors
-            .iter()
-            .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|key| (key.to_string(), t.clone())))
-            .collect();
-        optimizer.set_state(i, &state)?;
-    }
-    Ok(())
 }
 
 /// A trained model loaded from a safetensors file, in evaluation mode, with what is known of it.

@@ -273,10 +273,7 @@ pub fn train_text(config: &TextConfig) -> Result<TextOutcome> {
         .map_err(|source| Error::Io { path: config.out_dir.display().to_string(), source })?;
     let checkpoint = config.out_dir.join("checkpoint.safetensors");
     save_module(&checkpoint, &model, &gpt_metadata(&shape, &tokenizer, config.steps))?;
-    let history = serde_json::to_string_pretty(&reports).map_err(|e| Error::invalid("history", e.to_string()))?;
-    let path = super::history_path(&checkpoint);
-    crate::io::write_atomically(&path, history.as_bytes())
-        .map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+    super::run::write_history(&checkpoint, &reports)?;
     Ok(TextOutcome { model, tokenizer, reports, checkpoint })
 }
 

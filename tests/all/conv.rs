@@ -149,22 +149,22 @@ fn conv2d_forward_and_backward_on_the_gpu_match_the_cpu_over_random_shapes() {
         let mut rng = Generator::new(42);
         let mut shapes = cases();
         for _ in 0..20 {
-            let groups = [1, 1, 2, 3][rng.below(4) as usize];
-            let cg = 1 + rng.below(5) as usize;
-            let og = 1 + rng.below(5) as usize;
-            let k = 1 + rng.below(7) as usize;
-            let d = 1 + rng.below(2) as usize;
-            let p = rng.below(4) as usize;
-            let s = 1 + rng.below(4) as usize;
-            let size = d * (k - 1) + 1 + rng.below(12) as usize;
-            let n = 1 + rng.below(3) as usize;
+            let groups = [1, 1, 2, 3][rng.below(4).unwrap() as usize];
+            let cg = 1 + rng.below(5).unwrap() as usize;
+            let og = 1 + rng.below(5).unwrap() as usize;
+            let k = 1 + rng.below(7).unwrap() as usize;
+            let d = 1 + rng.below(2).unwrap() as usize;
+            let p = rng.below(4).unwrap() as usize;
+            let s = 1 + rng.below(4).unwrap() as usize;
+            let size = d * (k - 1) + 1 + rng.below(12).unwrap() as usize;
+            let n = 1 + rng.below(3).unwrap() as usize;
             let opt = Conv2dOptions {
-                stride: (s, 1 + rng.below(4) as usize),
-                padding: (p, rng.below(4) as usize),
+                stride: (s, 1 + rng.below(4).unwrap() as usize),
+                padding: (p, rng.below(4).unwrap() as usize),
                 dilation: (d, 1),
                 groups,
             };
-            shapes.push(([n, cg * groups, size, size + rng.below(5) as usize], [og * groups, cg, k, k], opt));
+            shapes.push(([n, cg * groups, size, size + rng.below(5).unwrap() as usize], [og * groups, cg, k, k], opt));
         }
         for dtype in FLOATS {
             let (atol, rtol) = tolerance(dtype);

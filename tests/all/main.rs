@@ -18,6 +18,7 @@ mod nn;
 mod optim;
 mod params_mirror;
 mod pool;
+mod run_folder;
 mod training;
 mod transformer;
 mod vision;

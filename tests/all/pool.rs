@@ -48,17 +48,17 @@ fn pooling_forward_and_backward_on_the_gpu_match_the_cpu() {
         let mut rng = Generator::new(9);
         let mut cases = Vec::new();
         for _ in 0..12 {
-            let k = 1 + rng.below(4) as usize;
+            let k = 1 + rng.below(4).unwrap() as usize;
             let opt = Pool2dOptions {
-                kernel: (k, 1 + rng.below(3) as usize),
-                stride: (1 + rng.below(3) as usize, 1 + rng.below(3) as usize),
-                padding: (rng.below(k as u64 / 2 + 1) as usize, 0),
+                kernel: (k, 1 + rng.below(3).unwrap() as usize),
+                stride: (1 + rng.below(3).unwrap() as usize, 1 + rng.below(3).unwrap() as usize),
+                padding: (rng.below(k as u64 / 2 + 1).unwrap() as usize, 0),
             };
             let shape = [
-                1 + rng.below(3) as usize,
-                1 + rng.below(4) as usize,
-                k + rng.below(9) as usize,
-                3 + rng.below(9) as usize,
+                1 + rng.below(3).unwrap() as usize,
+                1 + rng.below(4).unwrap() as usize,
+                k + rng.below(9).unwrap() as usize,
+                3 + rng.below(9).unwrap() as usize,
             ];
             cases.push((shape, opt));
         }

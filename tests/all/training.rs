@@ -112,9 +112,9 @@ fn cli_trains_and_evaluates_convolutional_models_on_cifar10_files() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut rng = nabla::Generator::new(5);
     let record = |rng: &mut nabla::Generator| -> Vec<u8> {
-        let label = rng.below(10) as u8;
+        let label = rng.below(10).unwrap() as u8;
         let mut r = vec![label];
-        r.extend((0..3072).map(|i| ((i as u64 * (label as u64 + 1) + rng.below(16)) % 256) as u8));
+        r.extend((0..3072).map(|i| ((i as u64 * (label as u64 + 1) + rng.below(16).unwrap()) % 256) as u8));
         r
     };
     for name in [
