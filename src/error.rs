@@ -74,8 +74,8 @@ pub enum Error {
     /// No usable CUDA driver or device.
     #[error("CUDA is not available: {0}")]
     CudaUnavailable(String),
-    /// A device allocation failed.
-    #[error("{op}: out of GPU memory allocating {bytes} bytes on {device}")]
+    /// An allocation failed, or asked for more than the machine can address.
+    #[error("{op}: out of memory: {} requested on {device}", readable_bytes(*bytes))]
     OutOfMemory {
         /// The op that allocated.
         op: &'static str,
@@ -136,4 +136,16 @@ impl Error {
     pub(crate) fn unsupported(op: &'static str, dtype: DType, detail: impl Into<String>) -> Self {
         Error::UnsupportedDType { op, dtype, detail: detail.into() }
     }
+}
+
+/// `bytes` for people: `57.9 GB`, `512 B`.
+fn readable_bytes(bytes: usize) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }

@@ -37,6 +37,7 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
             _ => return Err(Error::shape(op, format!("cannot broadcast {a:?} with {b:?}"))),
         };
     }
+    checked_numel(op, &out)?;
     Ok(out)
 }
 
@@ -89,6 +90,12 @@ impl Layout {
         self.shape.iter().product()
     }
 
+    /// Whether several indices share an element (a dimension longer than 1 with stride 0, as
+    /// `broadcast_as` and `expand` make).
+    pub fn is_broadcast(&self) -> bool {
+        self.shape.iter().zip(&self.strides).any(|(&size, &stride)| size > 1 && stride == 0)
+    }
+
     /// Whether the elements are row-major and gap-free (dims of size 1 may have any stride).
     pub fn is_contiguous(&self) -> bool {
         let mut expected = 1;
@@ -106,7 +113,7 @@ impl Layout {
 
     /// The same elements under a new shape, if this layout is contiguous.
     pub fn reshape(&self, shape: &[usize]) -> Result<Option<Layout>> {
-        let numel: usize = shape.iter().product();
+        let numel = checked_numel("reshape", shape)?;
         if numel != self.numel() {
             return Err(Error::shape("reshape", format!("cannot reshape {:?} into {shape:?}", self.shape)));
         }
@@ -161,6 +168,7 @@ impl Layout {
 
     /// Views this layout as `shape` by NumPy broadcasting (stride 0 along expanded dims).
     pub fn broadcast_as(&self, shape: &[usize]) -> Result<Layout> {
+        checked_numel("broadcast_as", shape)?;
         let err = || Error::shape("broadcast_as", format!("cannot broadcast {:?} to {shape:?}", self.shape));
         if shape.len() < self.rank() {
             return Err(err());
@@ -260,3 +268,17 @@ impl Iterator for StridedOffsets {
 }
 
 impl ExactSizeIterator for StridedOffsets {}
+
+/// The most elements a tensor may have: its bytes (8 per element at most) must fit an `isize`,
+/// as every allocation's must.
+pub const MAX_ELEMENTS: usize = (isize::MAX as usize) / 8;
+
+/// The number of elements of `shape`, or an error naming `op` when the product overflows or
+/// passes [`MAX_ELEMENTS`] (a shape read from a file or computed from options can be anything).
+pub fn checked_numel(op: &'static str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or_else(|| Error::shape(op, format!("shape {shape:?} has more elements than memory can hold")))
+}

@@ -23,6 +23,10 @@ pub fn top_k_error(scores: &Tensor, labels: &Tensor, k: usize) -> Result<f64> {
         return Err(Error::shape("top_k_error", format!("scores must be [N, C], got {:?}", scores.shape())));
     };
     let (n, c) = (*n, *c);
+    if n == 0 {
+        // No examples: no error rate (0 would claim a perfect score).
+        return Err(Error::invalid("top_k_error", "no examples to score (scores are [0, C])"));
+    }
     let labels = labels_of("top_k_error", labels, n)?;
     let values = scores.to_vec::<f64>()?;
     let mut misses = 0usize;
@@ -38,8 +42,11 @@ pub fn top_k_error(scores: &Tensor, labels: &Tensor, k: usize) -> Result<f64> {
             misses += 1;
         }
     }
-    Ok(if n == 0 { 0.0 } else { misses as f64 / n as f64 })
+    Ok(misses as f64 / n as f64)
 }
+
+/// The most classes a [`ConfusionMatrix`] holds (its counts take 8 GiB at this size).
+pub const MAX_CONFUSION_CLASSES: usize = 32_768;
 
 /// Counts of (true class, predicted class) pairs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +75,12 @@ impl ConfusionMatrix {
             return Err(Error::shape(
                 "confusion_matrix",
                 format!("predictions must be [N] i64, got {:?} {}", predictions.shape(), predictions.dtype()),
+            ));
+        }
+        if classes > MAX_CONFUSION_CLASSES {
+            return Err(Error::invalid(
+                "confusion_matrix",
+                format!("{classes} classes would need {classes}² counts: at most {MAX_CONFUSION_CLASSES} classes"),
             ));
         }
         let preds = predictions.to_vec::<i64>()?;

@@ -3,6 +3,7 @@
 use crate::cuda::CudaStorage;
 use crate::dtype::{DType, Element};
 use crate::layout::Layout;
+use crate::{Error, Result};
 use half::{bf16, f16};
 use std::sync::{RwLock, RwLockReadGuard};
 
@@ -136,6 +137,18 @@ impl CpuStorage {
         }
     }
 
+    /// `n` elements of `dtype` equal to `value` (rounded once); an allocation that fails is an
+    /// error naming `op`.
+    pub(crate) fn filled(op: &'static str, dtype: DType, n: usize, value: f64) -> Result<CpuStorage> {
+        Ok(match dtype {
+            DType::F32 => CpuStorage::F32(try_filled(op, n, <f32 as Element>::from_f64(value))?),
+            DType::F64 => CpuStorage::F64(try_filled(op, n, value)?),
+            DType::F16 => CpuStorage::F16(try_filled(op, n, <f16 as Element>::from_f64(value))?),
+            DType::BF16 => CpuStorage::BF16(try_filled(op, n, <bf16 as Element>::from_f64(value))?),
+            DType::I64 => CpuStorage::I64(try_filled(op, n, <i64 as Element>::from_f64(value))?),
+        })
+    }
+
     /// Reinterprets the elements as little-endian bytes (for uploads).
     pub(crate) fn as_bytes(&self) -> &[u8] {
         with_cpu_vec!(self, v => as_bytes(v))
@@ -176,6 +189,34 @@ pub(crate) fn reinterpret_slice_mut<S: Element, T: Element>(v: &mut [S]) -> &mut
     assert_eq!(S::DTYPE, T::DTYPE, "reinterpret_slice_mut between different element types");
     // SAFETY: S and T are the same type (checked above); the borrow carries over.
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<T>(), v.len()) }
+}
+
+/// Refuses, before an op allocates its host output of `shape` and `dtype`, a size the machine
+/// cannot hold: the element count is checked, and a large buffer (over 64 MiB) is reserved once
+/// and released, so a request the allocator would refuse becomes [`Error::OutOfMemory`] naming
+/// `op` instead of an abort inside the op. (Ops whose outputs can outgrow their inputs call it:
+/// broadcasting, copies of views, products, convolutions, lookups.)
+pub(crate) fn check_allocatable(op: &'static str, shape: &[usize], dtype: DType) -> Result<()> {
+    let numel = crate::layout::checked_numel(op, shape)?;
+    let bytes = numel.saturating_mul(dtype.size_in_bytes());
+    if bytes > 64 << 20 {
+        let mut probe: Vec<u8> = Vec::new();
+        probe.try_reserve_exact(bytes).map_err(|_| Error::OutOfMemory { op, bytes, device: crate::Device::Cpu })?;
+    }
+    Ok(())
+}
+
+/// `n` copies of `value`, or [`Error::OutOfMemory`] naming `op` when the allocation fails
+/// (instead of the abort of `vec![value; n]`).
+pub(crate) fn try_filled<T: Clone>(op: &'static str, n: usize, value: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+        op,
+        bytes: n.saturating_mul(std::mem::size_of::<T>()),
+        device: crate::Device::Cpu,
+    })?;
+    v.resize(n, value);
+    Ok(v)
 }
 
 fn convert_slice<T: Element>(values: &[f64]) -> Vec<T> {

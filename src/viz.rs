@@ -223,6 +223,7 @@ pub fn curves(history: &[EpochSummary]) -> Result<Image> {
     if history.is_empty() {
         return Err(Error::invalid("viz", "the history has no epochs"));
     }
+    crate::train::check_history(history)?;
     let points = |f: &dyn Fn(&EpochSummary) -> Option<f64>| -> Vec<(f64, f64)> {
         history.iter().filter_map(|h| f(h).filter(|v| v.is_finite()).map(|v| (h.epoch as f64, v))).collect()
     };
@@ -239,7 +240,7 @@ pub fn curves(history: &[EpochSummary]) -> Result<Image> {
         let pad = ((hi - lo) * 0.08).max(1e-3 * hi.abs().max(1.0));
         let lo = floor.map_or(lo - pad, |f| (lo - pad).max(f));
         let hi = ceiling.map_or(hi + pad, |c| (hi + pad).min(c));
-        if hi > lo { lo..hi } else { lo - 1.0..hi + 1.0 }
+        if hi > lo { lo..hi } else { lo - 1.0..lo + 1.0 }
     };
     let epochs = history.iter().map(|h| h.epoch).max().unwrap_or(1).max(1);
     let (loss_range, accuracy_range) = (range(&loss, Some(0.0), None), range(&accuracy, Some(0.0), Some(100.0)));

@@ -690,7 +690,7 @@ fn predict_cmd(args: PredictArgs) -> Result<()> {
     let meta = &trained.meta;
     let (c, s) = (meta.geometry.channels, meta.geometry.size);
     for path in &args.images {
-        let picture = Image::load(path)?.with_channels(c).resize(s, s);
+        let picture = Image::load(path)?.with_channels(c)?.resize(s, s)?;
         let x = picture.to_tensor(&args.device)?.reshape(&[1, c, s, s])?;
         let x = meta
             .model
@@ -767,7 +767,7 @@ fn viz_cmd(command: VizCommand) -> Result<()> {
                 return Err(nabla::Error::invalid("viz", format!("{} has no convolutional layers", meta.model.name())));
             }
             let (c, s) = (meta.geometry.channels, meta.geometry.size);
-            let picture = Image::load(&image)?.with_channels(c).resize(s, s);
+            let picture = Image::load(&image)?.with_channels(c)?.resize(s, s)?;
             let x = picture.to_tensor(&device)?.reshape(&[1, c, s, s])?;
             std::fs::create_dir_all(&out_dir)
                 .map_err(|source| nabla::Error::Io { path: out_dir.display().to_string(), source })?;

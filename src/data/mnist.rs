@@ -17,11 +17,31 @@ fn gunzip_if_needed(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>> {
     if !raw.starts_with(&[0x1f, 0x8b]) {
         return Ok(raw);
     }
+    // Inflate the header first, then no more than it declares (and one byte to notice a
+    // stream that goes on): a small file cannot make us inflate gigabytes.
+    let gzip_error = |e: std::io::Error| corrupt(path, format!("not a valid gzip stream: {e}"));
+    let mut stream = flate2::read::GzDecoder::new(&raw[..]);
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(&raw[..])
-        .read_to_end(&mut out)
-        .map_err(|e| corrupt(path, format!("not a valid gzip stream: {e}")))?;
+    (&mut stream).take(16).read_to_end(&mut out).map_err(gzip_error)?;
+    let Some(declared) = declared_length(&out) else { return Ok(out) };
+    let declared = declared.ok_or_else(|| corrupt(path, "the IDX header's sizes overflow".to_string()))?;
+    let rest = (declared + 1).saturating_sub(out.len()) as u64;
+    stream.take(rest).read_to_end(&mut out).map_err(gzip_error)?;
     Ok(out)
+}
+
+/// The whole length an IDX header declares (`None` for a header too short or of unknown magic,
+/// which the parsers then refuse by name; `Some(None)` when the sizes overflow).
+fn declared_length(header: &[u8]) -> Option<Option<usize>> {
+    let field = |i: usize| header.get(4 * i..4 * i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    match field(0)? {
+        0x0801 => Some(field(1)?.checked_add(8)),
+        0x0803 => {
+            let (n, rows, cols) = (field(1)?, field(2)?, field(3)?);
+            Some(n.checked_mul(rows).and_then(|v| v.checked_mul(cols)).and_then(|v| v.checked_add(16)))
+        }
+        _ => None,
+    }
 }
 
 fn be_u32(bytes: &[u8], at: usize) -> u32 {

@@ -94,8 +94,11 @@ impl Image {
                 pixels
                     .chunks(4)
                     .flat_map(|p| {
-                        let k = p[3] as u32;
-                        [0, 1, 2].map(|i| (p[i] as u32 * k / 255) as u8)
+                        // The decoder gives ink amounts (0 = none, Adobe's inversion already
+                        // undone), as Pillow reads them: each colour is what neither its ink
+                        // nor the black takes away.
+                        let paper = 255 - p[3] as u32;
+                        [0, 1, 2].map(|i| ((255 - p[i] as u32) * paper / 255) as u8)
                     })
                     .collect(),
             ),
@@ -131,6 +134,7 @@ impl Image {
 
     /// `[C, H, W]` f32 in [0, 1] on `device`.
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
+        self.check("to_tensor")?;
         let (h, w, c) = (self.height, self.width, self.channels);
         let mut planar = vec![0f32; c * h * w];
         for (i, &v) in self.data.iter().enumerate() {
@@ -158,7 +162,13 @@ impl Image {
     }
 
     /// Bilinear resize to `width` x `height` (pixel centres aligned, as PIL and torchvision do).
-    pub fn resize(&self, width: usize, height: usize) -> Image {
+    /// An empty image, or an empty or oversized target, is an error.
+    pub fn resize(&self, width: usize, height: usize) -> Result<Image> {
+        self.check("resize")?;
+        if width == 0 || height == 0 {
+            return Err(bad("resize", format!("cannot resize to {width}x{height}")));
+        }
+        check_size("resize", width as u64, height as u64)?;
         let c = self.channels;
         let mut data = vec![0u8; width * height * c];
         let sample = |src: usize, dst: usize, i: usize| -> (usize, usize, f32) {
@@ -178,13 +188,17 @@ impl Image {
                 }
             }
         }
-        Image { width, height, channels: c, data }
+        Ok(Image { width, height, channels: c, data })
     }
 
     /// Converts to `channels` (1: luminance, 3: grey repeated).
-    pub fn with_channels(&self, channels: usize) -> Image {
+    pub fn with_channels(&self, channels: usize) -> Result<Image> {
+        self.check("with_channels")?;
+        if channels != 1 && channels != 3 {
+            return Err(bad("with_channels", format!("{channels} channels: images have 1 (grey) or 3 (RGB)")));
+        }
         if channels == self.channels {
-            return self.clone();
+            return Ok(self.clone());
         }
         let data = if channels == 1 {
             self.data
@@ -194,7 +208,29 @@ impl Image {
         } else {
             self.data.iter().flat_map(|&v| [v, v, v]).collect()
         };
-        Image { width: self.width, height: self.height, channels, data }
+        Ok(Image { width: self.width, height: self.height, channels, data })
+    }
+
+    /// Refuses an image whose fields disagree (they are public): 1 or 3 channels, and
+    /// `width * height * channels` bytes of data; `op` names the caller.
+    fn check(&self, op: &str) -> Result<()> {
+        let expected = self.width.checked_mul(self.height).and_then(|p| p.checked_mul(self.channels));
+        if (self.channels != 1 && self.channels != 3) || expected != Some(self.data.len()) {
+            return Err(bad(
+                op,
+                format!(
+                    "a {}x{} image with {} channels cannot hold {} bytes",
+                    self.width,
+                    self.height,
+                    self.channels,
+                    self.data.len()
+                ),
+            ));
+        }
+        if self.width == 0 || self.height == 0 {
+            return Err(bad(op, format!("the image is empty ({}x{})", self.width, self.height)));
+        }
+        Ok(())
     }
 }
 
@@ -233,7 +269,7 @@ pub fn load_image_folder(
             if !matches!(ext.as_str(), "png" | "jpg" | "jpeg") {
                 continue;
             }
-            let image = Image::load(&file)?.with_channels(channels).resize(size, size);
+            let image = Image::load(&file)?.with_channels(channels)?.resize(size, size)?;
             pixels.extend(image.to_tensor(&Device::Cpu)?.to_vec::<f32>()?);
             labels.push(label as i64);
             counts[label] += 1;

@@ -171,6 +171,12 @@ impl Tensor {
         self.check_same(name, rhs)?;
         op.check(self)?;
         let shape = broadcast_shapes(name, self.shape(), rhs.shape())?;
+        if self.device == crate::Device::Cpu {
+            crate::storage::check_allocatable(name, &shape, self.dtype)?;
+        }
+        if op == BinaryOp::Div && !self.dtype.is_float() && rhs.to_vec::<i64>()?.contains(&0) {
+            return Err(integer_division_by_zero(self, rhs.shape()));
+        }
         let (la, lb) = (self.layout.broadcast_as(&shape)?, rhs.layout.broadcast_as(&shape)?);
         let n = la.numel();
         match (self.storage(), rhs.storage()) {
@@ -220,6 +226,9 @@ impl Tensor {
     fn binary_scalar_forward(&self, op: BinaryOp, value: f64) -> Result<Tensor> {
         let name = op.name();
         op.check(self)?;
+        if op == BinaryOp::Div && !self.dtype.is_float() && value.trunc() == 0.0 {
+            return Err(integer_division_by_zero(self, &[]));
+        }
         let n = self.numel();
         match self.storage() {
             StorageRef::Cpu(a) => {
@@ -453,4 +462,13 @@ binary_methods! {
     le, le_scalar => Le, "1 where a <= b, else 0";
     gt, gt_scalar => Gt, "1 where a > b, else 0";
     ge, ge_scalar => Ge, "1 where a >= b, else 0";
+}
+
+/// Integer division by zero has no value (PyTorch raises `ZeroDivisionError` on the CPU): an
+/// error, rather than the 0 or garbage a kernel would give.
+fn integer_division_by_zero(a: &Tensor, divisor: &[usize]) -> Error {
+    Error::invalid(
+        "div",
+        format!("integer division by zero: the {divisor:?} divisor of {:?} {} holds a 0", a.shape(), a.dtype()),
+    )
 }

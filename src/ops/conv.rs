@@ -229,8 +229,8 @@ fn conv_dims(x: &[usize], w: &[usize], bias: Option<&[usize]>, opt: Conv2dOption
         return Err(bad(format!("bias {b:?} for {o} output channels")));
     }
     let span = |size: usize, pad: usize, k: usize, dil: usize, stride: usize| -> Option<usize> {
-        let reach = dil * (k.checked_sub(1)?) + 1;
-        (size + 2 * pad).checked_sub(reach).map(|v| v / stride + 1)
+        let reach = dil.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
+        size.checked_add(pad.checked_mul(2)?)?.checked_sub(reach).map(|v| v / stride + 1)
     };
     let (Some(oh), Some(ow)) = (
         span(h, opt.padding.0, kh, opt.dilation.0, opt.stride.0),
@@ -241,6 +241,8 @@ fn conv_dims(x: &[usize], w: &[usize], bias: Option<&[usize]>, opt: Conv2dOption
             opt.dilation
         )));
     };
+    crate::layout::checked_numel(OP, &[n, o, oh, ow])?;
+    crate::layout::checked_numel(OP, &[n, c, oh, ow, kh, kw])?;
     Ok(DimsWithBias(Dims { n, c, h, w: wd, o, kh, kw, oh, ow, opt }, bias.is_some()))
 }
 

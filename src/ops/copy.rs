@@ -39,6 +39,9 @@ impl Tensor {
     }
 
     fn convert(&self, op: &'static str, dtype: DType) -> Result<Tensor> {
+        if self.device == Device::Cpu {
+            crate::storage::check_allocatable(op, self.shape(), dtype)?;
+        }
         if let StorageRef::Cpu(src) = self.storage()
             && crate::cpu::fast()
         {
@@ -55,6 +58,17 @@ impl Tensor {
     pub fn copy_(&self, src: &Tensor) -> Result<()> {
         if self.shape() != src.shape() {
             return Err(Error::shape("copy_", format!("cannot copy {:?} into {:?}", src.shape(), self.shape())));
+        }
+        if self.layout.is_broadcast() {
+            // Several elements share one address: which write wins would be an accident.
+            return Err(Error::invalid(
+                "copy_",
+                format!(
+                    "cannot write into a broadcast view of shape {:?} (strides {:?})",
+                    self.shape(),
+                    self.layout.strides()
+                ),
+            ));
         }
         let src = src.to_device(&self.device)?;
         copy_into("copy_", &src, self, &self.layout)
@@ -104,9 +118,9 @@ impl Tensor {
 
     /// A fresh tensor whose every element the caller overwrites.
     fn empty_for_copy(op: &'static str, shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
-        let numel = shape.iter().product();
+        let numel = crate::layout::checked_numel(op, shape)?;
         match device {
-            Device::Cpu => Ok(Tensor::from_cpu(CpuStorage::from_f64(dtype, &vec![0.0; numel]), shape)),
+            Device::Cpu => Ok(Tensor::from_cpu(CpuStorage::filled(op, dtype, numel, 0.0)?, shape)),
             Device::Cuda(ordinal) => Ok(Tensor::from_cuda(cuda::cuda_device(ordinal)?.alloc(op, dtype, numel)?, shape)),
         }
     }

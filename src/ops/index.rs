@@ -52,6 +52,9 @@ impl Tensor {
         let n_idx = indices.numel();
         let mut out_shape = self.shape().to_vec();
         out_shape[d] = n_idx;
+        if self.device == crate::Device::Cpu {
+            crate::storage::check_allocatable(OP, &out_shape, self.dtype)?;
+        }
         let (src, idx) = (self.dense()?, indices.dense()?);
         match (src.storage(), idx.storage()) {
             (StorageRef::Cpu(s), StorageRef::Cpu(ix)) => {
@@ -138,12 +141,13 @@ impl Tensor {
         }
         let mut out_shape = self.shape().to_vec();
         out_shape.push(classes);
+        crate::layout::checked_numel(OP, &out_shape)?;
         let idx = self.dense()?;
         match idx.storage() {
             StorageRef::Cpu(ix) => {
                 let ix = ix.as_i64().expect("dtype checked above");
                 check_range(OP, ix, classes)?;
-                let mut values = vec![0.0; ix.len() * classes];
+                let mut values = crate::storage::try_filled(OP, ix.len() * classes, 0.0)?;
                 for (r, &k) in ix.iter().enumerate() {
                     values[r * classes + k as usize] = 1.0;
                 }

@@ -120,6 +120,9 @@ fn matmul_forward(
     const OP: &str = "matmul";
     let batch: usize = batch_shape.iter().product();
     let out_shape: Vec<usize> = batch_shape.iter().copied().chain([m, n]).collect();
+    if a.device() == crate::Device::Cpu {
+        crate::storage::check_allocatable(OP, &out_shape, a.dtype())?;
+    }
 
     match (a.storage(), b.storage()) {
         (StorageRef::Cpu(sa), StorageRef::Cpu(sb)) => {

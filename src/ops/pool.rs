@@ -121,7 +121,9 @@ fn pool_params(
                     format!("padding {:?} is more than half the window {:?}", opt.padding, opt.kernel),
                 ));
             }
-            let out = |size: usize, k: usize, s: usize, p: usize| (size + 2 * p).checked_sub(k).map(|v| v / s + 1);
+            let out = |size: usize, k: usize, s: usize, p: usize| {
+                size.checked_add(p.checked_mul(2)?)?.checked_sub(k).map(|v| v / s + 1)
+            };
             match (out(h, kh, opt.stride.0, opt.padding.0), out(w, kw, opt.stride.1, opt.padding.1)) {
                 (Some(oh), Some(ow)) => (oh, ow),
                 _ => {

@@ -83,6 +83,12 @@ impl Sgd {
     /// An optimizer over `params` (leaves created with `requires_grad_`).
     pub fn new(params: Vec<Tensor>, config: SgdConfig) -> Result<Self> {
         check_params("sgd", &params)?;
+        check_lr("sgd", config.lr, false)?;
+        check_in("sgd", "momentum", config.momentum, 0.0..1.0)?;
+        if !(0.0..=1.0).contains(&config.dampening) {
+            return Err(Error::invalid("sgd", format!("dampening must be in [0, 1], got {}", config.dampening)));
+        }
+        check_in("sgd", "weight decay", config.weight_decay, 0.0..f64::INFINITY)?;
         if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
             return Err(Error::invalid("sgd", "Nesterov momentum needs momentum > 0 and no dampening"));
         }
@@ -94,6 +100,7 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self) -> Result<()> {
         let c = self.config;
+        check_lr("sgd", c.lr, true)?;
         let mut on_device = DeviceSteps::default();
         for (p, buf) in self.params.iter().zip(self.momentum.iter_mut()) {
             let Some(g) = p.grad() else { continue };
@@ -147,6 +154,25 @@ impl Optimizer for Sgd {
     }
 }
 
+/// Refuses a learning rate that is not finite and positive (0 too, once a schedule may have
+/// annealed to it: `annealed`).
+fn check_lr(op: &'static str, lr: f64, annealed: bool) -> Result<()> {
+    let floor_ok = if annealed { lr >= 0.0 } else { lr > 0.0 };
+    if !(lr.is_finite() && floor_ok) {
+        let bound = if annealed { ">= 0" } else { "> 0" };
+        return Err(Error::invalid(op, format!("the learning rate must be finite and {bound}, got {lr}")));
+    }
+    Ok(())
+}
+
+/// Refuses a hyper-parameter outside `range` (NaN included).
+fn check_in(op: &'static str, name: &str, value: f64, range: std::ops::Range<f64>) -> Result<()> {
+    if !range.contains(&value) {
+        return Err(Error::invalid(op, format!("{name} must be in [{}, {}), got {value}", range.start, range.end)));
+    }
+    Ok(())
+}
+
 /// A state tensor shaped like `p`, on its device and in its dtype.
 fn restore(op: &'static str, p: &Tensor, saved: &Tensor) -> Result<Tensor> {
     if saved.shape() != p.shape() {
@@ -196,6 +222,13 @@ impl Adam {
     /// An optimizer over `params` (leaves created with `requires_grad_`).
     pub fn new(params: Vec<Tensor>, config: AdamConfig) -> Result<Self> {
         check_params("adam", &params)?;
+        check_lr("adam", config.lr, false)?;
+        check_in("adam", "beta1", config.beta1, 0.0..1.0)?;
+        check_in("adam", "beta2", config.beta2, 0.0..1.0)?;
+        if !(config.eps.is_finite() && config.eps > 0.0) {
+            return Err(Error::invalid("adam", format!("eps must be finite and > 0, got {}", config.eps)));
+        }
+        check_in("adam", "weight decay", config.weight_decay, 0.0..f64::INFINITY)?;
         let state = vec![None; params.len()];
         Ok(Adam { params, config, state })
     }
@@ -204,6 +237,7 @@ impl Adam {
 impl Optimizer for Adam {
     fn step(&mut self) -> Result<()> {
         let c = self.config;
+        check_lr("adam", c.lr, true)?;
         let mut on_device = DeviceSteps::default();
         for (p, slot) in self.params.iter().zip(self.state.iter_mut()) {
             let Some(g) = p.grad() else { continue };

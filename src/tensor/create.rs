@@ -5,14 +5,15 @@ use super::Tensor;
 use crate::autograd::record;
 use crate::cuda;
 use crate::dtype::Element;
+use crate::layout::{MAX_ELEMENTS, checked_numel};
 use crate::rng::Generator;
-use crate::storage::{CpuStorage, StorageRef};
+use crate::storage::{CpuStorage, StorageRef, try_filled};
 use crate::{DType, Device, Error, Result};
 
 impl Tensor {
     /// A tensor of `shape` holding `data` in row-major order.
     pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize], device: &Device) -> Result<Tensor> {
-        let numel: usize = shape.iter().product();
+        let numel = checked_numel("from_vec", shape)?;
         if numel != data.len() {
             return Err(Error::shape("from_vec", format!("{} values do not fill shape {shape:?}", data.len())));
         }
@@ -90,9 +91,9 @@ impl Tensor {
 
     /// A tensor of `shape` filled with `value` (rounded to `dtype`).
     pub fn full(shape: &[usize], value: f64, dtype: DType, device: &Device) -> Result<Tensor> {
-        let numel: usize = shape.iter().product();
+        let numel = checked_numel("full", shape)?;
         match device {
-            Device::Cpu => Ok(Tensor::from_cpu(CpuStorage::from_f64(dtype, &vec![value; numel]), shape)),
+            Device::Cpu => Ok(Tensor::from_cpu(CpuStorage::filled("full", dtype, numel, value)?, shape)),
             Device::Cuda(ordinal) => {
                 let dev = cuda::cuda_device(*ordinal)?;
                 Ok(Tensor::from_cuda(crate::ops::fill::cuda_fill(&dev, dtype, numel, value)?, shape))
@@ -105,7 +106,7 @@ impl Tensor {
         match device {
             Device::Cpu => Tensor::full(shape, 0.0, dtype, device),
             Device::Cuda(ordinal) => {
-                let numel = shape.iter().product();
+                let numel = checked_numel("zeros", shape)?;
                 Ok(Tensor::from_cuda(cuda::cuda_device(*ordinal)?.alloc_zeros("zeros", dtype, numel)?, shape))
             }
         }
@@ -135,10 +136,18 @@ impl Tensor {
                 format!("start {start}, end {end} and step {step} must be finite, step non-zero"),
             ));
         }
-        let n = ((end - start) / step).ceil().max(0.0) as usize;
+        let count = ((end - start) / step).ceil().max(0.0);
+        if !(count <= MAX_ELEMENTS as f64) {
+            return Err(Error::shape(
+                "arange",
+                format!("{start}..{end} by {step} has {count} elements, too many to hold"),
+            ));
+        }
+        let n = count as usize;
         match device {
             Device::Cpu => {
-                let values: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
+                let mut values = try_filled("arange", n, 0.0)?;
+                values.iter_mut().enumerate().for_each(|(i, v)| *v = start + i as f64 * step);
                 Ok(Tensor::from_cpu(CpuStorage::from_f64(dtype, &values), &[n]))
             }
             Device::Cuda(ordinal) => {
@@ -162,15 +171,15 @@ impl Tensor {
         device: &Device,
         rng: &mut Generator,
     ) -> Result<Tensor> {
-        let numel: usize = shape.iter().product();
-        let values: Vec<f64> = (0..numel).map(|_| low + (high - low) * rng.uniform()).collect();
+        let mut values = try_filled("uniform", checked_numel("uniform", shape)?, 0.0)?;
+        values.iter_mut().for_each(|v| *v = low + (high - low) * rng.uniform());
         Tensor::from_cpu(CpuStorage::from_f64(dtype, &values), shape).to_device(device)
     }
 
     /// Standard normal samples drawn from `rng`; the same seed gives the same tensor on any device.
     pub fn randn(shape: &[usize], dtype: DType, device: &Device, rng: &mut Generator) -> Result<Tensor> {
-        let numel: usize = shape.iter().product();
-        let values: Vec<f64> = (0..numel).map(|_| rng.normal()).collect();
+        let mut values = try_filled("randn", checked_numel("randn", shape)?, 0.0)?;
+        values.iter_mut().for_each(|v| *v = rng.normal());
         Tensor::from_cpu(CpuStorage::from_f64(dtype, &values), shape).to_device(device)
     }
 
@@ -180,8 +189,10 @@ impl Tensor {
             return Err(Error::invalid("randint", format!("empty range {low}..{high}")));
         }
         let span = high.abs_diff(low);
-        let numel: usize = shape.iter().product();
-        let values = (0..numel).map(|_| Ok(low.wrapping_add(rng.below(span)? as i64))).collect::<Result<Vec<i64>>>()?;
+        let mut values = try_filled("randint", checked_numel("randint", shape)?, 0i64)?;
+        for v in values.iter_mut() {
+            *v = low.wrapping_add(rng.below(span)? as i64);
+        }
         Tensor::from_vec(values, shape, device)
     }
 }

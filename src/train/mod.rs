@@ -8,7 +8,9 @@ pub mod text;
 
 pub use data::{CIFAR10_CLASSES, DataKind, Geometry, MIN_FOLDER_IMAGES, Splits};
 pub use progress::Report;
-pub use run::{CHECKPOINT, RunSettings, SavedRun, checkpoint_in, history_path, read_history};
+pub use run::{
+    CHECKPOINT, MAX_EPOCHS, RunSettings, SavedRun, check_history, checkpoint_in, history_path, read_history,
+};
 
 use crate::data::{DataLoader, Dataset};
 use crate::io::{load_into_module, safetensors};

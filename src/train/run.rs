@@ -205,7 +205,11 @@ impl SavedRun {
             None => None,
         };
         let history = match checkpoint.metadata.get(HISTORY_KEY) {
-            Some(text) => serde_json::from_str(text).map_err(|e| bad(HISTORY_KEY, e))?,
+            Some(text) => {
+                let history: Vec<EpochSummary> = serde_json::from_str(text).map_err(|e| bad(HISTORY_KEY, e))?;
+                check_history(&history)?;
+                history
+            }
             None => read_history(&history_path(path))?,
         };
         let optimizer_state = match checkpoint.metadata.get(OPTIMIZER_KEY) {
@@ -227,11 +231,43 @@ fn is_optimizer_file(name: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Reads a metric history written by a training run.
+/// Reads a metric history written by a training run, checked by [`check_history`].
 pub fn read_history(path: &Path) -> Result<Vec<EpochSummary>> {
     let text =
         std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-    serde_json::from_str(&text).map_err(|e| Error::invalid("history", format!("{}: {e}", path.display())))
+    let history: Vec<EpochSummary> =
+        serde_json::from_str(&text).map_err(|e| Error::invalid("history", format!("{}: {e}", path.display())))?;
+    check_history(&history).map_err(|e| Error::invalid("history", format!("{}: {e}", path.display())))?;
+    Ok(history)
+}
+
+/// The most epochs a history may hold.
+pub const MAX_EPOCHS: usize = 1_000_000;
+
+/// Checks that a history could have come from a run: epochs numbered 1, 2, 3, ..., losses and
+/// seconds finite and not negative, accuracies in [0, 1]. The error names the first bad epoch.
+pub fn check_history(history: &[EpochSummary]) -> Result<()> {
+    if history.len() > MAX_EPOCHS {
+        return Err(Error::invalid("history", format!("{} epochs (at most {MAX_EPOCHS})", history.len())));
+    }
+    for (i, h) in history.iter().enumerate() {
+        let bad = |what: String| Err(Error::invalid("history", format!("epoch {}: {what}", h.epoch)));
+        let fraction = |v: f64| (0.0..=1.0).contains(&v);
+        let amount = |v: f64| v.is_finite() && v >= 0.0;
+        if h.epoch != i + 1 {
+            return bad(format!("is entry {} (epochs are numbered 1, 2, 3, ...)", i + 1));
+        }
+        if !amount(h.train_loss) || !h.val_loss.is_none_or(amount) {
+            return bad(format!("a loss is not a finite number >= 0 ({}, {:?})", h.train_loss, h.val_loss));
+        }
+        if !fraction(h.val_accuracy) || !h.train_accuracy.is_none_or(fraction) {
+            return bad(format!("an accuracy is outside [0, 1] ({}, {:?})", h.val_accuracy, h.train_accuracy));
+        }
+        if !amount(h.seconds) {
+            return bad(format!("seconds {} is not a finite number >= 0", h.seconds));
+        }
+    }
+    Ok(())
 }
 
 /// Saves one finished epoch as a unit (see the module's documentation). `metadata` describes

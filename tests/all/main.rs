@@ -19,6 +19,7 @@ mod optim;
 mod params_mirror;
 mod pool;
 mod run_folder;
+mod safety;
 mod training;
 mod transformer;
 mod vision;

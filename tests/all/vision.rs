@@ -93,7 +93,7 @@ fn png_round_trips_and_jpeg_decodes() {
     let t = img.to_tensor(&Device::Cpu).unwrap();
     assert_eq!(t.shape(), &[3, 2, 3]);
     assert_eq!(Image::from_tensor(&t).unwrap(), img);
-    let big = img.resize(6, 4);
+    let big = img.resize(6, 4).unwrap();
     assert_eq!((big.width, big.height, big.data.len()), (6, 4, 72));
 }
 
@@ -173,7 +173,7 @@ fn pictures_have_the_promised_layout() {
 fn convolve_and_viz_commands_write_pngs() {
     let dir = temp_dir("cli");
     let input = dir.join("in.png");
-    Image::from_tensor(&square()).unwrap().resize(24, 24).save_png(&input).unwrap();
+    Image::from_tensor(&square()).unwrap().resize(24, 24).unwrap().save_png(&input).unwrap();
     let nabla = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_nabla")).args(args).output().unwrap();
     for kernel in ["edge-all", "0,-1,0;-1,5,-1;0,-1,0"] {
         let out = dir.join("out.png");
