@@ -9,7 +9,8 @@ pub mod text;
 pub use data::{CIFAR10_CLASSES, DataKind, Geometry, MIN_FOLDER_IMAGES, Splits};
 pub use progress::Report;
 pub use run::{
-    CHECKPOINT, MAX_EPOCHS, RunSettings, SavedRun, check_history, checkpoint_in, history_path, read_history,
+    CHECKPOINT, MAX_EPOCHS, RunSettings, SavedRun, check_history, checkpoint_in, history_path, load_optimizer,
+    read_history,
 };
 
 use crate::data::{DataLoader, Dataset};

@@ -336,8 +336,10 @@ fn optimizer_state(optimizer: &dyn Optimizer, model: &dyn Module) -> Vec<(String
     optimizer.state().into_iter().filter_map(|(i, key, t)| names.get(i).map(|n| (format!("{n}.{key}"), t))).collect()
 }
 
-/// Restores an optimizer's state saved by [`commit_epoch`]; every parameter's state must match.
-pub(crate) fn load_optimizer(path: &Path, optimizer: &mut dyn Optimizer, model: &dyn Module) -> Result<()> {
+/// Restores an optimizer's state for `model`'s parameters from a file written by a training
+/// run (`optimizer-NNNN.safetensors`: each parameter's state under `NAME.exp_avg`, ...); every
+/// state tensor must match its parameter's shape.
+pub fn load_optimizer(path: &Path, optimizer: &mut dyn Optimizer, model: &dyn Module) -> Result<()> {
     let saved = safetensors::load(path)?;
     for (i, (name, _)) in model.named_parameters().iter().enumerate() {
         let prefix = format!("{name}.");

@@ -3,12 +3,17 @@
 
 mod common;
 
+/// Records each thread's largest allocation, for the loader fuzzer (`fuzz.rs`).
+#[global_allocator]
+static ALLOCATOR: fuzz::Allocator = fuzz::Allocator {};
+
 mod checkpoint;
 mod cli;
 mod conv;
 mod cpu_fast;
 mod cpu_reference;
 mod data;
+mod fuzz;
 mod gpu_vs_cpu;
 mod gradients;
 mod kernels_compile;
