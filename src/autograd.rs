@@ -10,6 +10,7 @@
 use crate::{Error, Result, Tensor};
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
+use std::panic::Location;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -23,12 +24,62 @@ pub(crate) struct Node {
     inputs: Vec<Tensor>,
     backward: Option<BackwardFn>,
     grad: Mutex<Option<Tensor>>,
+    /// Where the op was recorded (its line in `src/ops`), for anomaly reports.
+    origin: &'static Location<'static>,
 }
 
 impl Node {
+    #[track_caller]
     fn new(inputs: Vec<Tensor>, backward: Option<BackwardFn>) -> Arc<Node> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        Arc::new(Node { id: NEXT.fetch_add(1, Ordering::Relaxed), inputs, backward, grad: Mutex::new(None) })
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Node { id, inputs, backward, grad: Mutex::new(None), origin: Location::caller() })
+    }
+}
+
+thread_local! {
+    /// Whether anomaly detection is on (see [`set_detect_anomaly`]).
+    static DETECT_ANOMALY: Cell<bool> = const { Cell::new(false) };
+    /// The first non-finite op output seen since anomaly detection was switched on.
+    static FIRST_ANOMALY: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Switches anomaly detection on or off for this thread, like PyTorch's
+/// `torch.autograd.set_detect_anomaly`: while on, every differentiable op's output is read
+/// back and checked, the first non-finite one is remembered ([`take_anomaly`] says which op
+/// made it, and where), and a backward pass fails at the first op whose gradient is not
+/// finite. Each op then synchronises with the host: a mode for finding a NaN, not for speed.
+pub fn set_detect_anomaly(on: bool) {
+    DETECT_ANOMALY.with(|d| d.set(on));
+    FIRST_ANOMALY.with(|f| f.replace(None));
+}
+
+/// Whether anomaly detection is on.
+pub fn is_anomaly_enabled() -> bool {
+    DETECT_ANOMALY.with(Cell::get)
+}
+
+/// The first non-finite op output seen since detection was switched on (and clears it).
+pub fn take_anomaly() -> Option<String> {
+    FIRST_ANOMALY.with(|f| f.take())
+}
+
+/// Whether every value of a float tensor is finite (integers always are). An unreadable
+/// tensor counts as finite: its error surfaces where it is used.
+fn all_finite(t: &Tensor) -> bool {
+    !t.dtype().is_float() || t.to_vec::<f64>().map_or(true, |v| v.iter().all(|x| x.is_finite()))
+}
+
+/// Notes `out` as the first anomaly if it holds a non-finite value.
+fn check_output(out: &Tensor, origin: &Location<'_>) {
+    if FIRST_ANOMALY.with(|f| f.borrow().is_none()) && !all_finite(out) {
+        let report = format!(
+            "the first non-finite value came from the op at {}:{} (its {:?} output)",
+            origin.file(),
+            origin.line(),
+            out.shape()
+        );
+        FIRST_ANOMALY.with(|f| f.replace(Some(report)));
     }
 }
 
@@ -73,11 +124,15 @@ pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
 
 /// Attaches the record of the op that made `out` from `inputs`, if any input tracks gradients
 /// and recording is on. `backward` gets the gradient of `out` and returns one entry per input.
+#[track_caller]
 pub(crate) fn record(
     out: Tensor,
     inputs: &[&Tensor],
     backward: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
 ) -> Tensor {
+    if is_anomaly_enabled() {
+        check_output(&out, Location::caller());
+    }
     if !is_grad_enabled() || !inputs.iter().any(|t| t.node.is_some()) {
         return out;
     }
@@ -160,8 +215,19 @@ impl Tensor {
                 continue;
             };
             let input_grads = backward(&g)?;
-            for (input, input_grad) in node.inputs.iter().zip(input_grads) {
+            for (index, (input, input_grad)) in node.inputs.iter().zip(input_grads).enumerate() {
                 let (Some(input_node), Some(input_grad)) = (&input.node, input_grad) else { continue };
+                if is_anomaly_enabled() && !all_finite(&input_grad) {
+                    return Err(Error::invalid(
+                        "backward",
+                        format!(
+                            "anomaly: the backward of the op at {}:{} gave a non-finite gradient for its input {index} {:?}",
+                            node.origin.file(),
+                            node.origin.line(),
+                            input.shape()
+                        ),
+                    ));
+                }
                 if input_grad.shape() != input.shape() {
                     return Err(Error::shape(
                         "backward",

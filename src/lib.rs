@@ -43,7 +43,7 @@ pub mod train;
 pub mod vision;
 pub mod viz;
 
-pub use autograd::{NoGradGuard, is_grad_enabled, no_grad};
+pub use autograd::{NoGradGuard, is_anomaly_enabled, is_grad_enabled, no_grad, set_detect_anomaly, take_anomaly};
 pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};

@@ -259,6 +259,10 @@ struct TrainArgs {
     /// Print only the final line (no progress bar, no line per epoch)
     #[arg(long, short)]
     quiet: bool,
+    /// Check each step's loss and each op's output and gradient for NaN and infinity, and name
+    /// the step and the op that made the first one (slow: for finding where a run diverges)
+    #[arg(long)]
+    detect_anomaly: bool,
 }
 
 #[derive(Args)]
@@ -504,6 +508,7 @@ fn train_cmd(args: TrainArgs, flags: Option<&ArgMatches>) -> Result<()> {
 fn train_config(args: TrainArgs, flags: Option<&ArgMatches>) -> Result<TrainConfig> {
     let given = |id: &str| flags.is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine));
     let (device, out, report) = (args.device, args.out.clone(), Report::for_terminal(args.quiet));
+    let detect_anomaly = args.detect_anomaly;
     let resume = args.resume.clone();
     let asked = flags_config(args)?;
     let Some(run) = resume else { return Ok(asked) };
@@ -529,6 +534,7 @@ fn train_config(args: TrainArgs, flags: Option<&ArgMatches>) -> Result<TrainConf
         config.out_dir = out;
     }
     config.report = report;
+    config.detect_anomaly = detect_anomaly;
     Ok(config)
 }
 
@@ -567,6 +573,7 @@ fn flags_config(args: TrainArgs) -> Result<TrainConfig> {
         batch_norm: BatchNormOptions { momentum: args.bn_momentum, eps: args.bn_eps },
         warmup: args.warmup.map(|w| w as usize),
         report: Report::for_terminal(args.quiet),
+        detect_anomaly: args.detect_anomaly,
     })
 }
 

@@ -137,7 +137,7 @@ impl Tensor {
             ));
         }
         let count = ((end - start) / step).ceil().max(0.0);
-        if !(count <= MAX_ELEMENTS as f64) {
+        if count.is_nan() || count > MAX_ELEMENTS as f64 {
             return Err(Error::shape(
                 "arange",
                 format!("{start}..{end} by {step} has {count} elements, too many to hold"),

@@ -192,6 +192,9 @@ pub struct TrainConfig {
     pub warmup: Option<usize>,
     /// What the run prints.
     pub report: Report,
+    /// Check every step's loss, and every op's output and gradient, for non-finite values
+    /// (slow: each op waits for its result), so a diverging run names the step and the op.
+    pub detect_anomaly: bool,
 }
 
 impl Default for TrainConfig {
@@ -216,6 +219,7 @@ impl Default for TrainConfig {
             batch_norm: BatchNormOptions::default(),
             warmup: None,
             report: Report::Silent,
+            detect_anomaly: false,
         }
     }
 }
@@ -339,6 +343,17 @@ pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
 pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary) -> bool) -> Result<TrainOutcome> {
     let geometry = config.validate()?;
     let settings = RunSettings::of(config, geometry);
+    // Anomaly detection for this run only, switched off however it ends.
+    struct AnomalyMode;
+    impl Drop for AnomalyMode {
+        fn drop(&mut self) {
+            crate::set_detect_anomaly(false);
+        }
+    }
+    let _anomaly = config.detect_anomaly.then(|| {
+        crate::set_detect_anomaly(true);
+        AnomalyMode
+    });
     let resumed = config.resume.as_deref().map(|path| open_run(path, config, &settings)).transpose()?;
     let device = config.device;
     let splits = config.dataset.splits(config.data.as_deref(), geometry, config.seed, &device)?;
@@ -411,6 +426,21 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
             let y = batch.targets.to_device(&device)?;
             let scores = model.forward(&x)?;
             let loss = scores.cross_entropy(&y)?;
+            if config.detect_anomaly {
+                let value = loss.to_scalar::<f64>()?;
+                if !value.is_finite() {
+                    let culprit = crate::take_anomaly().unwrap_or_else(|| "no op output was non-finite".into());
+                    return Err(Error::invalid(
+                        "train",
+                        format!(
+                            "training diverged at step {} of epoch {} (step {} of the run): the loss is {value}; {culprit}",
+                            i + 1,
+                            epoch + 1,
+                            epoch * steps_per_epoch + i + 1
+                        ),
+                    ));
+                }
+            }
             optimizer.zero_grad();
             loss.backward()?;
             optimizer.step()?;
@@ -424,11 +454,16 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
         }
         let train_loss = loss_sum.to_scalar::<f64>()? / batches.len().max(1) as f64;
         if !train_loss.is_finite() {
+            let kept = if history.is_empty() {
+                "no epoch finished, so nothing was saved".to_string()
+            } else {
+                format!("{} keeps epoch {}", checkpoint.display(), history.len())
+            };
             return Err(Error::invalid(
                 "train",
                 format!(
-                    "training diverged: the mean loss of epoch {} is {train_loss} (try a lower --lr); \
-                     the checkpoint of the last good epoch is kept",
+                    "training diverged: the mean loss of epoch {} is {train_loss} (try a lower --lr; \
+                     --detect-anomaly names the step and the op); {kept}",
                     epoch + 1
                 ),
             ));

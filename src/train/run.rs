@@ -157,6 +157,7 @@ impl RunSettings {
             batch_norm: BatchNormOptions { momentum: self.bn_momentum, eps: self.bn_eps },
             warmup: Some(self.warmup),
             report: super::Report::Silent,
+            detect_anomaly: false,
         })
     }
 }
@@ -310,7 +311,7 @@ pub(crate) fn write_history<T: Serialize>(checkpoint: &Path, history: &[T]) -> R
 /// Removes, beside `checkpoint`, the temporary files an interrupted write left (`.NAME.tmpPID`).
 /// Best effort: a file that cannot be removed costs only disk space.
 pub(crate) fn remove_temporary_files(checkpoint: &Path) {
-    remove_files_beside(checkpoint, |name| crate::io::is_temporary_name(name));
+    remove_files_beside(checkpoint, crate::io::is_temporary_name);
 }
 
 /// Removes the temporary files and every optimizer-state file but `keep`, the one the

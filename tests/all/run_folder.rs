@@ -132,7 +132,7 @@ fn resuming_repairs_what_an_interrupted_save_left_and_refuses_metadata_pointing_
     saved.metadata.insert("optimizer_state".into(), "../../etc/passwd".into());
     let named: Vec<_> = saved.tensors.clone().into_iter().collect();
     safetensors::save(&path, &named, &saved.metadata).unwrap();
-    let message = TrainConfig::resuming(&dir, Device::Cpu).err().expect("refused").to_string();
+    let message = TrainConfig::resuming(&dir, Device::Cpu).expect_err("refused").to_string();
     assert!(message.contains("optimizer_state"), "{message}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -197,3 +197,40 @@ fn writes_into_broadcast_views_and_integer_division_by_zero_are_refused() {
     assert!(a.div_scalar(0.0).is_err());
     assert_eq!(a.div_scalar(2.0).unwrap().to_vec::<i64>().unwrap(), [3, 4]);
 }
+
+#[test]
+fn anomaly_detection_names_the_op_that_made_the_first_nan_and_fails_a_non_finite_backward() {
+    let x = cpu(&[-1.0, 4.0], &[2]).requires_grad_().unwrap();
+    nabla::set_detect_anomaly(true);
+    let y = x.log().unwrap().sum_all().unwrap();
+    let report = nabla::take_anomaly().expect("log(-1) is NaN");
+    assert!(report.contains("src/ops/") && report.contains("[2]"), "{report}");
+    // d sqrt(x)/dx at 0 is infinite: the backward stops there and says which op.
+    let z = cpu(&[0.0, 4.0], &[2]).requires_grad_().unwrap();
+    let text = message(z.sqrt().unwrap().sum_all().unwrap().backward());
+    assert!(text.contains("anomaly") && text.contains("src/ops/"), "{text}");
+    nabla::set_detect_anomaly(false);
+    // Off again: the same backward runs and leaves the infinity for the caller to see.
+    z.sqrt().unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(z.grad().unwrap().to_vec::<f32>().unwrap()[0].is_infinite());
+    drop(y);
+}
+
+#[test]
+fn a_diverging_run_with_anomaly_detection_names_the_step_and_the_op() {
+    let dir = std::env::temp_dir().join(format!("nabla-safety-anomaly-{}", std::process::id()));
+    let config = TrainConfig {
+        model: ModelKind::Mlp,
+        optimizer: OptimizerKind::Sgd,
+        lr: 100.0,
+        epochs: 1,
+        device: Device::Cpu,
+        out_dir: dir.clone(),
+        detect_anomaly: true,
+        ..TrainConfig::default()
+    };
+    let text = message(train::train(&config));
+    assert!(text.contains("diverged at step") && text.contains("of epoch 1") && text.contains("src/ops/"), "{text}");
+    assert!(!nabla::is_anomaly_enabled(), "the run switches detection off when it ends");
+    let _ = std::fs::remove_dir_all(&dir);
+}
