@@ -415,8 +415,8 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
         let mut loader = DataLoader::new(train_set.clone(), config.batch_size)?.shuffle(epoch_seed);
         let mut augment = Generator::new(epoch_seed ^ 0xa5a5_a5a5);
         let batches = loader.epoch()?;
-        // Sums kept on the device, read once at the end of the epoch.
-        let mut loss_sum = Tensor::zeros(&[], DType::F32, &device)?;
+        // Each step's loss and the hits, kept on the device and read once at the end of the epoch.
+        let losses = Tensor::zeros(&[batches.len()], DType::F32, &device)?;
         let mut correct = Tensor::zeros(&[], DType::F32, &device)?;
         let mut progress = Progress::new(config.report, epoch + 1, config.epochs, batches.len());
         for (i, batch) in batches.iter().enumerate() {
@@ -430,44 +430,31 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
                 let value = loss.to_scalar::<f64>()?;
                 if !value.is_finite() {
                     let culprit = crate::take_anomaly().unwrap_or_else(|| "no op output was non-finite".into());
-                    return Err(Error::invalid(
-                        "train",
-                        format!(
-                            "training diverged at step {} of epoch {} (step {} of the run): the loss is {value}; {culprit}",
-                            i + 1,
-                            epoch + 1,
-                            epoch * steps_per_epoch + i + 1
-                        ),
-                    ));
+                    return Err(diverged(epoch, i, steps_per_epoch, value, culprit));
                 }
             }
             optimizer.zero_grad();
             loss.backward()?;
             optimizer.step()?;
             crate::no_grad(|| -> Result<()> {
-                loss_sum = loss_sum.add(&loss.detach())?;
+                losses.narrow(0, i, 1)?.copy_(&loss.detach().reshape(&[1])?)?;
                 let hits = scores.detach().argmax(-1, false)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?;
                 correct = correct.add(&hits)?;
                 Ok(())
             })?;
             progress.step(&loss)?;
         }
-        let train_loss = loss_sum.to_scalar::<f64>()? / batches.len().max(1) as f64;
-        if !train_loss.is_finite() {
+        let losses = losses.to_vec::<f64>()?;
+        if let Some(step) = losses.iter().position(|l| !l.is_finite()) {
             let kept = if history.is_empty() {
                 "no epoch finished, so nothing was saved".to_string()
             } else {
                 format!("{} keeps epoch {}", checkpoint.display(), history.len())
             };
-            return Err(Error::invalid(
-                "train",
-                format!(
-                    "training diverged: the mean loss of epoch {} is {train_loss} (try a lower --lr; \
-                     --detect-anomaly names the step and the op); {kept}",
-                    epoch + 1
-                ),
-            ));
+            let advice = format!("try a lower --lr, or --detect-anomaly to name the op; {kept}");
+            return Err(diverged(epoch, step, steps_per_epoch, losses[step], advice));
         }
+        let train_loss = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
         let train_accuracy = correct.to_scalar::<f64>()? / train_set.len().max(1) as f64;
         model.set_training(false);
         let (val_loss, val_accuracy) = evaluate_loss(model.as_ref(), &val_set)?;
@@ -501,6 +488,19 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
     let test_accuracy = evaluate(model.as_ref(), &test_set)?;
     let epochs_trained = history.len() - first_epoch;
     Ok(TrainOutcome { model, history, test_accuracy, checkpoint, class_names: splits.class_names, epochs_trained })
+}
+
+/// The error of a run whose loss at `step` (0-based) of `epoch` (0-based) is `value`.
+fn diverged(epoch: usize, step: usize, steps_per_epoch: usize, value: f64, detail: String) -> Error {
+    Error::invalid(
+        "train",
+        format!(
+            "training diverged at step {} of epoch {} (step {} of the run): the loss is {value}; {detail}",
+            step + 1,
+            epoch + 1,
+            epoch * steps_per_epoch + step + 1
+        ),
+    )
 }
 
 /// Opens the run a configuration resumes: its checkpoint and recorded run, after checking that

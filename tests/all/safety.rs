@@ -50,7 +50,10 @@ fn a_diverging_run_stops_with_an_error_naming_the_epoch_instead_of_reporting_an_
         ..TrainConfig::default()
     };
     let text = message(train::train(&config));
-    assert!(text.contains("diverged") && text.contains("epoch 1"), "{text}");
+    assert!(
+        text.contains("diverged at step") && text.contains("of epoch 1") && text.contains("nothing was saved"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
