@@ -631,8 +631,7 @@ fn test_split(trained: &train::Trained, data: Option<&Path>, device: &Device) ->
 fn eval_cmd(args: EvalArgs) -> Result<()> {
     if let Some(path) = &args.text {
         let (model, tokenizer) = train::text::load_gpt(&args.checkpoint, &args.device)?;
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| nabla::Error::Io { path: path.display().to_string(), source })?;
+        let text = nabla::io::read_text_file(path, nabla::io::MAX_DATA_FILE)?;
         let loss = train::text::text_file_loss(&model, &tokenizer, &text, &args.device)?;
         out!(
             "{}: {} characters, loss {loss:.4} nats/char ({:.3} bits), perplexity {:.2}",

@@ -38,7 +38,7 @@ pub fn parse(what: &str, bytes: &[u8], device: &Device) -> Result<Dataset> {
 pub fn load(files: &[&Path], device: &Device) -> Result<Dataset> {
     let mut parts = Vec::new();
     for path in files {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+        let bytes = crate::io::read_file(path, crate::io::MAX_DATA_FILE)?;
         parts.push(parse(&path.display().to_string(), &bytes, &crate::Device::Cpu)?);
     }
     let features: Vec<&Tensor> = parts.iter().map(|d| &d.features).collect();

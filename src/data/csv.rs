@@ -59,7 +59,6 @@ pub fn parse(text: &str, target_column: isize, target: Target, device: &Device) 
 
 /// Loads a CSV file (see [`parse`]).
 pub fn load(path: &Path, target_column: isize, target: Target, device: &Device) -> Result<Dataset> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+    let text = crate::io::read_text_file(path, crate::io::MAX_DATA_FILE)?;
     parse(&text, target_column, target, device)
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// The bytes of a file, gunzipped when they start with the gzip magic.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+    let raw = crate::io::read_file(path, crate::io::MAX_DATA_FILE)?;
     gunzip_if_needed(path, raw)
 }
 

@@ -108,7 +108,7 @@ impl Image {
 
     /// Reads and decodes an image file.
     pub fn load(path: &Path) -> Result<Image> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+        let bytes = crate::io::read_file(path, crate::io::MAX_IMAGE_FILE)?;
         Image::decode(&path.display().to_string(), &bytes)
     }
 

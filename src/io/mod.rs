@@ -56,6 +56,36 @@ pub fn load_into_module(checkpoint: &safetensors::Checkpoint, module: &dyn Modul
     Ok(())
 }
 
+/// The largest data file (MNIST, CIFAR-10, CSV, text) nabla reads: 4 GiB.
+pub const MAX_DATA_FILE: u64 = 4 << 30;
+
+/// The largest image file nabla reads: 256 MiB.
+pub const MAX_IMAGE_FILE: u64 = 256 << 20;
+
+/// The bytes of the file at `path`, refusing more than `limit` bytes (checked against the
+/// file's length first, and while reading, so a device like `/dev/zero` cannot fill memory).
+pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let io = |source| Error::Io { path: path.display().to_string(), source };
+    let too_big = || Error::invalid("read", format!("{} is larger than the limit of {limit} bytes", path.display()));
+    let file = std::fs::File::open(path).map_err(io)?;
+    if file.metadata().map_err(io)?.len() > limit {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
+/// [`read_file`] as UTF-8 text.
+pub fn read_text_file(path: &Path, limit: u64) -> Result<String> {
+    String::from_utf8(read_file(path, limit)?)
+        .map_err(|e| Error::invalid("read", format!("{} is not UTF-8 text: {e}", path.display())))
+}
+
 /// Whether `name` is a temporary file of [`write_atomically`] (`.NAME.tmpPID`), which only an
 /// interrupted write leaves behind.
 pub fn is_temporary_name(name: &str) -> bool {

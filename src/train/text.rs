@@ -132,7 +132,7 @@ pub struct TextOutcome {
 
 fn read_text(path: Option<&Path>) -> Result<String> {
     let text = match path {
-        Some(p) => std::fs::read_to_string(p).map_err(|source| Error::Io { path: p.display().to_string(), source })?,
+        Some(p) => crate::io::read_text_file(p, crate::io::MAX_DATA_FILE)?,
         None => shipped_plays().to_string(),
     };
     if text.is_empty() {

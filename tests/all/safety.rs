@@ -237,3 +237,14 @@ fn a_diverging_run_with_anomaly_detection_names_the_step_and_the_op() {
     assert!(!nabla::is_anomaly_enabled(), "the run switches detection off when it ends");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn files_are_read_no_further_than_their_limit() {
+    let endless = Path::new("/dev/zero");
+    if endless.exists() {
+        assert!(message(nabla::io::read_file(endless, 1 << 20)).contains("larger than the limit"));
+    }
+    let small = bad_file("train-labels-idx1-ubyte");
+    assert_eq!(nabla::io::read_file(&small, 18).unwrap().len(), 18);
+    assert!(nabla::io::read_file(&small, 17).is_err());
+}
