@@ -578,6 +578,13 @@ fn flags_config(args: TrainArgs) -> Result<TrainConfig> {
 }
 
 fn train_gpt(args: TrainArgs) -> Result<()> {
+    if args.resume.is_some() {
+        // Refused rather than ignored: a fresh run would overwrite the folder it names.
+        return Err(nabla::Error::invalid(
+            "train",
+            "gpt runs are saved once, at the end, and cannot be resumed: start a new run with --out",
+        ));
+    }
     let preset = match args.preset {
         PresetArg::Cpu => TextConfig::cpu_preset(),
         PresetArg::Gpu => TextConfig::gpu_preset(),
