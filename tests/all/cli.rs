@@ -60,18 +60,7 @@ fn unknown_extra_and_out_of_range_arguments_are_one_line_errors() {
     assert!(!ok && stderr.starts_with("error: ") && stderr.contains("no CUDA device"), "{stderr}");
 }
 
-/// A folder of `classes`, each with `per_class` small PNGs whose pattern depends on the class.
-fn image_folder(dir: &Path, classes: &[&str], per_class: usize) {
-    for (c, class) in classes.iter().enumerate() {
-        std::fs::create_dir_all(dir.join(class)).unwrap();
-        for i in 0..per_class {
-            let data = (0..16 * 12 * 3).map(|p| ((p * (c + 1) * 7 + i * 3) % 256) as u8).collect();
-            Image { width: 16, height: 12, channels: 3, data }
-                .save_png(&dir.join(class).join(format!("{i}.png")))
-                .unwrap();
-        }
-    }
-}
+use crate::common::image_folder;
 
 #[test]
 fn folder_runs_keep_class_names_for_eval_and_predict_and_bad_folders_are_refused_with_counts() {

@@ -74,6 +74,39 @@ fn a_run_resumed_from_its_folder_alone_is_bit_identical_to_the_straight_run_with
 }
 
 #[test]
+fn a_run_resumed_on_the_gpu_follows_the_straight_gpu_run_within_its_tolerance() {
+    let Some(gpu) = crate::common::cuda_or_skip("resume on the gpu") else { return };
+    // A small folder data set (16 images of 8 x 8 to train on) keeps the emulated run short.
+    let data = out_dir("gpu-data");
+    crate::common::image_folder(&data, &["a", "b"], 10);
+    let run = |out: &Path| TrainConfig {
+        dataset: train::DataKind::Folder,
+        data: Some(data.clone()),
+        channels: Some(1),
+        image_size: Some(8),
+        batch_size: 4,
+        shift: 1,
+        epochs: 2,
+        device: gpu,
+        ..dropout_run(out)
+    };
+    let straight = train::train(&run(&out_dir("gpu-straight"))).unwrap();
+    let dir = out_dir("gpu-resumed");
+    train::train_with(&run(&dir), |s| s.epoch < 1).unwrap();
+    let resumed = train::train(&TrainConfig::resuming(&dir, gpu).unwrap()).unwrap();
+    assert_eq!(resumed.epochs_trained, 1);
+    let (atol, rtol) = crate::common::tolerance(nabla::DType::F32);
+    for (a, b) in
+        weights(resumed.model.as_ref()).iter().flatten().zip(weights(straight.model.as_ref()).iter().flatten())
+    {
+        assert!((a - b).abs() as f64 <= atol + rtol * b.abs() as f64, "resumed {a}, straight {b}");
+    }
+    for dir in [data, dir, out_dir("gpu-straight")] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
 fn a_resume_that_changes_a_setting_is_refused_with_the_setting_named() {
     let dir = out_dir("changed");
     let base = TrainConfig {

@@ -107,3 +107,16 @@ pub fn nabla(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A folder of `classes`, each with `per_class` small PNGs whose pattern depends on the class.
+pub fn image_folder(dir: &std::path::Path, classes: &[&str], per_class: usize) {
+    for (c, class) in classes.iter().enumerate() {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for i in 0..per_class {
+            let data = (0..16 * 12 * 3).map(|p| ((p * (c + 1) * 7 + i * 3) % 256) as u8).collect();
+            nabla::io::image::Image { width: 16, height: 12, channels: 3, data }
+                .save_png(&dir.join(class).join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+}
