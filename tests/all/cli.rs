@@ -4,7 +4,7 @@
 use crate::common::nabla;
 use nabla::Device;
 use nabla::io::image::Image;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("nabla-cli-{name}-{}", std::process::id()));
