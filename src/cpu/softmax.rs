@@ -2,9 +2,11 @@
 //! one for the exponentials (the vectorisable f32 exponential for f32 and 16-bit floats) with
 //! their sum accumulated in f64, one to normalise. Rows run in parallel in fixed blocks.
 
+use super::elementwise::new_vec;
 use super::reduce::sum_slice;
 use super::{Float, Lane, PARALLEL_MIN, install};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Rows per parallel task.
 fn rows_per_task(cols: usize) -> usize {
@@ -37,12 +39,11 @@ fn row_max<C: Float>(row: &[C]) -> C {
 
 /// Softmax (or log-softmax when `log`) of each `cols`-long row of dense `x`.
 pub(crate) fn softmax<S: Lane>(x: &[S], cols: usize, log: bool) -> Vec<S> {
-    let mut out = vec![S::default(); x.len()];
     if cols == 0 {
-        return out;
+        return Vec::new();
     }
     let per = rows_per_task(cols) * cols;
-    let body = |(t, block): (usize, &mut [S])| {
+    let body = |(t, block): (usize, &mut [MaybeUninit<S>])| {
         let mut wide: Vec<S::C> = vec![S::C::ZERO; cols];
         super::vectorized(
             #[inline(always)]
@@ -55,22 +56,28 @@ pub(crate) fn softmax<S: Lane>(x: &[S], cols: usize, log: bool) -> Vec<S> {
                     if log {
                         let sum = sum_exp(&wide);
                         let ln = S::C::from_f64_(sum.ln());
-                        dst.iter_mut().zip(&wide).for_each(|(d, &w)| *d = S::narrow(w - ln));
+                        dst.iter_mut().zip(&wide).for_each(|(d, &w)| {
+                            d.write(S::narrow(w - ln));
+                        });
                     } else {
                         wide.iter_mut().for_each(|w| *w = w.exp_());
                         let inv = S::C::from_f64_(1.0 / sum_slice(&wide));
-                        dst.iter_mut().zip(&wide).for_each(|(d, &w)| *d = S::narrow(w * inv));
+                        dst.iter_mut().zip(&wide).for_each(|(d, &w)| {
+                            d.write(S::narrow(w * inv));
+                        });
                     }
                 }
             },
         )
     };
-    if x.len() < PARALLEL_MIN {
-        out.chunks_mut(per).enumerate().for_each(body);
-    } else {
-        install(|| out.par_chunks_mut(per).enumerate().for_each(body));
-    }
-    out
+    // Every element is written (each row in full), so the output is never zeroed first.
+    new_vec(x.len(), |out| {
+        if x.len() < PARALLEL_MIN {
+            out.chunks_mut(per).enumerate().for_each(body);
+        } else {
+            install(|| out.par_chunks_mut(per).enumerate().for_each(body));
+        }
+    })
 }
 
 /// Σ exp(w) in f64 over a row already shifted by its max.
@@ -109,26 +116,28 @@ pub(crate) fn cross_entropy<S: Lane>(x: &[S], cols: usize, labels: &[i64]) -> (V
 /// The cross-entropy gradient (softmax(x) − onehot(label)) · factor for dense logits, given
 /// each row's log-sum-exp.
 pub(crate) fn cross_entropy_grad<S: Lane>(x: &[S], cols: usize, labels: &[i64], lse: &[f64], factor: f64) -> Vec<S> {
-    let mut out = vec![S::default(); x.len()];
     if cols == 0 {
-        return out;
+        return Vec::new();
     }
     let per = rows_per_task(cols) * cols;
     let f = S::C::from_f64_(factor);
-    let body = |(t, block): (usize, &mut [S])| {
+    let body = |(t, block): (usize, &mut [MaybeUninit<S>])| {
         for (r, dst) in block.chunks_mut(cols).enumerate() {
             let row = t * per / cols + r;
             let src = &x[row * cols..(row + 1) * cols];
             let l = S::C::from_f64_(lse[row]);
-            dst.iter_mut().zip(src).for_each(|(d, &v)| *d = S::narrow((v.widen() - l).exp_() * f));
+            dst.iter_mut().zip(src).for_each(|(d, &v)| {
+                d.write(S::narrow((v.widen() - l).exp_() * f));
+            });
             let hit = labels[row] as usize;
-            dst[hit] = S::narrow(((src[hit].widen() - l).exp_() - S::C::ONE) * f);
+            dst[hit].write(S::narrow(((src[hit].widen() - l).exp_() - S::C::ONE) * f));
         }
     };
-    if x.len() < PARALLEL_MIN {
-        out.chunks_mut(per).enumerate().for_each(body);
-    } else {
-        install(|| out.par_chunks_mut(per).enumerate().for_each(body));
-    }
-    out
+    new_vec(x.len(), |out| {
+        if x.len() < PARALLEL_MIN {
+            out.chunks_mut(per).enumerate().for_each(body);
+        } else {
+            install(|| out.par_chunks_mut(per).enumerate().for_each(body));
+        }
+    })
 }
