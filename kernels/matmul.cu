@@ -5,8 +5,10 @@
 // per-batch strides unravelled over the batch shape (once per batch entry), which gives
 // broadcast batch dims. The linear_* kernels add a bias [n] to every row in the epilogue (the
 // Linear layer's x Wᵀ + b in one kernel). Compute bound on the FMA pipes for large m, n, k; f16/bf16 accumulate
-// in f32 (no tensor cores in this first path).
+// in f32. The *_tc_* kernels are the same problems on the tensor cores (mma_gemm.cuh), for
+// f16/bf16 on sm_80+; mma_probe_* run one m16n8k16 product for the intrinsic's own test.
 #include "tiled_gemm.cuh"
+#include "mma_gemm.cuh"
 
 // One batch entry: the operands' bases and strides.
 template <typename T, bool Bias>
@@ -81,3 +83,42 @@ GEMM_INSTANTIATE(MATMUL, float, f32, 2, 2) GEMM_INSTANTIATE(MATMUL, double, f64,
 GEMM_INSTANTIATE(MATMUL, f16, f16, 2, 2) GEMM_INSTANTIATE(MATMUL, bf16, bf16, 2, 2)
 GEMM_INSTANTIATE(LINEAR, float, f32, 1, 2) GEMM_INSTANTIATE(LINEAR, double, f64, 1, 1)
 GEMM_INSTANTIATE(LINEAR, f16, f16, 1, 2) GEMM_INSTANTIATE(LINEAR, bf16, bf16, 1, 2)
+
+#define MATMUL_TC(T, suffix, bm, bn, min_blocks) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, min_blocks) \
+        matmul_tc_##suffix(const T* a, const T* b, T* c, const __grid_constant__ MatmulParams p) { \
+        const MatmulProblem<T, false> pb{a, b, nullptr, c, p}; \
+        mma_gemm<T, bm, bn>(pb); \
+    }
+#define LINEAR_TC(T, suffix, bm, bn, min_blocks) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, min_blocks) \
+        linear_tc_##suffix(const T* a, const T* b, const T* bias, T* c, const __grid_constant__ MatmulParams p) { \
+        const MatmulProblem<T, true> pb{a, b, bias, c, p}; \
+        mma_gemm<T, bm, bn>(pb); \
+    }
+// The 128 x 128 tensor-core tiles (64 f32 accumulators a thread, plus fragments) take one block
+// per SM: at two, ptxas spills (the register test holds them to it).
+GEMM_INSTANTIATE(MATMUL_TC, f16, f16, 1, 2) GEMM_INSTANTIATE(MATMUL_TC, bf16, bf16, 1, 2)
+GEMM_INSTANTIATE(LINEAR_TC, f16, f16, 1, 2) GEMM_INSTANTIATE(LINEAR_TC, bf16, bf16, 1, 2)
+
+// One warp: D = A B + C for A 16 x 16 (row-major), B 16 x 8 (row-major, depth by column) and C
+// 16 x 8, the 16-bit operands given as raw bits, through the fragment layout of nabla.cuh.
+#define MMA_PROBE(name, intrinsic) \
+    extern "C" __global__ void name(const unsigned short* a, const unsigned short* b, const float* c, float* d) { \
+        const int lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3; \
+        unsigned fa[4], fb[2]; \
+        float fc[4], fd[4]; \
+        for (int r = 0; r < 4; ++r) { \
+            const int row = group + 8 * (r % 2), col = 2 * tig + 8 * (r / 2); \
+            fa[r] = (unsigned)a[row * 16 + col] | ((unsigned)a[row * 16 + col + 1] << 16); \
+        } \
+        for (int r = 0; r < 2; ++r) { \
+            const int k = 2 * tig + 8 * r; \
+            fb[r] = (unsigned)b[k * 8 + group] | ((unsigned)b[(k + 1) * 8 + group] << 16); \
+        } \
+        for (int e = 0; e < 4; ++e) fc[e] = c[(group + 8 * (e / 2)) * 8 + 2 * tig + (e & 1)]; \
+        intrinsic(fd, fa, fb, fc); \
+        for (int e = 0; e < 4; ++e) d[(group + 8 * (e / 2)) * 8 + 2 * tig + (e & 1)] = fd[e]; \
+    }
+MMA_PROBE(mma_probe_bf16, mma_m16n8k16_bf16)
+MMA_PROBE(mma_probe_f16, mma_m16n8k16_f16)

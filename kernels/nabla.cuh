@@ -151,3 +151,34 @@ __device__ __forceinline__ A block_reduce(A v, Op op, A* scratch, A identity) {
     }
     return v;
 }
+
+// Tensor-core intrinsics. Every piece of inline PTX beyond `cvt` lives here, each behind a small
+// device function; the CPU emulator of CUDA (tests/emulator/cuda_emu.h) defines
+// NABLA_EMULATED_INTRINSICS and gives each a C++ body that follows the PTX ISA's fragment
+// layout, so kernels using them are checked without a GPU.
+//
+// mma_m16n8k16_*: D = A B + C for a 16 x 16 A (row-major) and a 16 x 8 B (column-major) of
+// f16 or bf16 values, C and D f32, across the 32 lanes of a warp. With group = lane >> 2 and
+// tig = lane % 4: a[r] packs A elements 2r and 2r + 1 (low half first); element i is at row
+// group + 8 ((i / 2) % 2), column 2 tig + (i & 1) + 8 (i / 4). b[r] packs B elements 2r and
+// 2r + 1; element i is at row (depth) 2 tig + (i & 1) + 8 (i / 2), column group. c and d
+// element i is at row group + 8 (i / 2), column 2 tig + (i & 1). Needs sm_80 (every image nabla
+// builds); older GPUs trap, and the host never picks these kernels for them.
+#ifndef NABLA_EMULATED_INTRINSICS
+#if __CUDA_ARCH__ >= 800
+#define NABLA_MMA_16816(type)                                                                            \
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." type "." type ".f32 {%0,%1,%2,%3}, "         \
+                 "{%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"                                           \
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])                                       \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), \
+                   "f"(c[2]), "f"(c[3]));
+#else
+#define NABLA_MMA_16816(type) asm volatile("trap;");
+#endif
+__device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    NABLA_MMA_16816("bf16")
+}
+__device__ __forceinline__ void mma_m16n8k16_f16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    NABLA_MMA_16816("f16")
+}
+#endif

@@ -40,6 +40,47 @@ struct GroupOf {
     __device__ void store(i64 r, i64 c, A v) const { p.store(g, r, c, v); }
 };
 
+// Calls body(q, row0, col0, k_begin, k_end) for every BM x BN tile of C this block owns, in
+// every group and depth split (grid-stride on each axis): q is the group's view for the split,
+// whose depth range [k_begin, k_end) is a whole number of BK steps but the last.
+template <int BM, int BN, int BK, typename Problem, typename Body>
+__device__ __forceinline__ void for_each_tile(const Problem& p, Body body) {
+    const i64 rows = p.rows(), cols = p.cols(), depth = p.depth(), splits = p.splits();
+    const i64 tiles_m = (rows + BM - 1) / BM, tiles_n = (cols + BN - 1) / BN;
+    const i64 chunk = ((depth + splits - 1) / splits + BK - 1) / BK * BK;
+    for (i64 z = blockIdx.z; z < p.groups() * splits; z += gridDim.z) {
+        const i64 g = z / splits, s = z % splits;
+        const i64 k_begin = s * chunk, k_end = k_begin + chunk < depth ? k_begin + chunk : depth;
+        const auto q = p.group(g, s);
+        for (i64 tm = blockIdx.y; tm < tiles_m; tm += gridDim.y) {
+            for (i64 tn = blockIdx.x; tn < tiles_n; tn += gridDim.x) body(q, tm * BM, tn * BN, k_begin, k_end);
+        }
+    }
+}
+
+// One thread's operand contexts in a tile: the LA rows of A it loads (first_row, then every
+// row_step) and its column of B, each with whether it lies inside C (outside, the context of
+// row or column 0 stands in, and the loads give 0).
+template <typename Q, int LA>
+struct TileContexts {
+    typedef decltype(((const Q*)nullptr)->a_row(0)) ARow;
+    typedef decltype(((const Q*)nullptr)->b_col(0)) BCol;
+    ARow a[LA];
+    bool a_ok[LA];
+    BCol b;
+    bool b_ok;
+    __device__ __forceinline__ TileContexts(const Q& q, i64 rows, i64 cols, i64 first_row, int row_step, i64 col) {
+#pragma unroll
+        for (int i = 0; i < LA; ++i) {
+            const i64 r = first_row + i * row_step;
+            a_ok[i] = r < rows;
+            a[i] = q.a_row(a_ok[i] ? r : 0);
+        }
+        b_ok = col < cols;
+        b = q.b_col(b_ok ? col : 0);
+    }
+};
+
 template <typename A, int BM, int BN, typename Problem>
 __device__ void tiled_gemm(const Problem& p) {
     constexpr int BK = GEMM_TILE_K;
@@ -52,39 +93,21 @@ __device__ void tiled_gemm(const Problem& p) {
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const int a_k = threadIdx.x % BK, a_r = threadIdx.x / BK;  // A: row a_r + i A_ROW_STEP, depth a_k
     const int b_c = threadIdx.x % BN, b_k = threadIdx.x / BN;  // B: column b_c, depth b_k + i B_K_STEP
-    const i64 rows = p.rows(), cols = p.cols(), depth = p.depth(), splits = p.splits();
-    const i64 tiles_m = (rows + BM - 1) / BM, tiles_n = (cols + BN - 1) / BN;
-    const i64 chunk = ((depth + splits - 1) / splits + BK - 1) / BK * BK;
-    for (i64 z = blockIdx.z; z < p.groups() * splits; z += gridDim.z) {
-        const i64 g = z / splits, s = z % splits;
-        const i64 k_begin = s * chunk, k_end = k_begin + chunk < depth ? k_begin + chunk : depth;
-        const auto q = p.group(g, s);
-        typedef decltype(q.a_row(0)) ARow;
-        typedef decltype(q.b_col(0)) BCol;
-        for (i64 tm = blockIdx.y; tm < tiles_m; tm += gridDim.y) {
-            for (i64 tn = blockIdx.x; tn < tiles_n; tn += gridDim.x) {
-                const i64 row0 = tm * BM, col0 = tn * BN;
-                ARow a_ctx[LA];
-                bool a_ok[LA];
-#pragma unroll
-                for (int i = 0; i < LA; ++i) {
-                    const i64 r = row0 + a_r + i * A_ROW_STEP;
-                    a_ok[i] = r < rows;
-                    a_ctx[i] = q.a_row(a_ok[i] ? r : 0);
-                }
-                const bool b_ok = col0 + b_c < cols;
-                const BCol b_ctx = q.b_col(b_ok ? col0 + b_c : 0);
+    const i64 rows = p.rows(), cols = p.cols();
+    typedef decltype(p.group(0, 0)) View;
+    for_each_tile<BM, BN, BK>(p, [&](const View& q, i64 row0, i64 col0, i64 k_begin, i64 k_end) {
+                const TileContexts<View, LA> ctx(q, rows, cols, row0 + a_r, A_ROW_STEP, col0 + b_c);
                 A next_a[LA], next_b[LB];
                 auto fetch = [&](i64 k0) {
 #pragma unroll
                     for (int i = 0; i < LA; ++i) {
                         const i64 k = k0 + a_k;
-                        next_a[i] = (a_ok[i] && k < k_end) ? q.a(a_ctx[i], k) : A(0);
+                        next_a[i] = (ctx.a_ok[i] && k < k_end) ? q.a(ctx.a[i], k) : A(0);
                     }
 #pragma unroll
                     for (int i = 0; i < LB; ++i) {
                         const i64 k = k0 + b_k + i * B_K_STEP;
-                        next_b[i] = (b_ok && k < k_end) ? q.b(b_ctx, k) : A(0);
+                        next_b[i] = (ctx.b_ok && k < k_end) ? q.b(ctx.b, k) : A(0);
                     }
                 };
                 A acc[TM][TN];
@@ -124,9 +147,7 @@ __device__ void tiled_gemm(const Problem& p) {
                         if (c < cols) q.store(r, c, acc[i][j]);
                     }
                 }
-            }
-        }
-    }
+    });
 }
 
 // The tile shapes every GEMM-shaped kernel is instantiated with, as `name_tname` (128 x 128),

@@ -2,7 +2,7 @@
 //! conv2d: which tile instantiation runs, how the depth is split, and the grid. Public so the
 //! tests can pin the choices down; the ops call it with the device's SM count.
 
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// Tile shapes (rows x columns of C per block) in the order the planner tries them, with the
 /// kernel-name infix of their instantiations (`GEMM_INSTANTIATE` in kernels/tiled_gemm.cuh).
@@ -67,4 +67,50 @@ pub fn plan(
         (groups * splits).clamp(1, 65535) as u32,
     );
     GemmPlan { tile: (shape.0, shape.1), infix: shape.2, splits, grid }
+}
+
+/// Runs one warp-wide tensor-core product `D = A B + C` on `dev` through the `mma_m16n8k16`
+/// intrinsic of `dtype` (f16 or bf16; sm_80+): `a` is 16 x 16 and `b` 16 x 8, both row-major
+/// raw 16-bit values, `c` 16 x 8 f32. Returns D, 16 x 8. A check of the intrinsic and its
+/// fragment layout (`nabla check` and the tests compare it with a CPU product).
+pub fn mma_probe(
+    dev: &std::sync::Arc<super::CudaDevice>,
+    dtype: crate::DType,
+    a: &[u16],
+    b: &[u16],
+    c: &[f32],
+) -> crate::Result<Vec<f32>> {
+    const OP: &str = "mma_probe";
+    let kernel = match dtype {
+        crate::DType::BF16 => "mma_probe_bf16",
+        crate::DType::F16 => "mma_probe_f16",
+        other => return Err(crate::Error::unsupported(OP, other, " (tensor-core products take f16 or bf16)")),
+    };
+    if a.len() != 256 || b.len() != 128 || c.len() != 128 {
+        return Err(crate::Error::shape(
+            OP,
+            format!("A, B and C must hold 256, 128 and 128 values, got {}, {}, {}", a.len(), b.len(), c.len()),
+        ));
+    }
+    if dev.arch().0 < 8 {
+        return Err(crate::Error::invalid(
+            OP,
+            format!("tensor-core products need sm_80, this GPU is {:?}", dev.arch()),
+        ));
+    }
+    let error = |e| super::cuda_error(OP, e);
+    let (da, db, dc) = (
+        dev.stream.clone_htod(a).map_err(error)?,
+        dev.stream.clone_htod(b).map_err(error)?,
+        dev.stream.clone_htod(c).map_err(error)?,
+    );
+    let mut dd = dev.stream.alloc_zeros::<f32>(128).map_err(error)?;
+    let f = dev.function(OP, "matmul", kernel)?;
+    let mut launch = dev.stream.launch_builder(&f);
+    launch.arg(&da).arg(&db).arg(&dc).arg(&mut dd);
+    // SAFETY: mma_probe_<T>(const u16* a, const u16* b, const float* c, float* d) reads 256, 128
+    // and 128 elements and writes 128, with one warp.
+    unsafe { launch.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 }) }
+        .map_err(|e| super::launch_error(OP, kernel, e))?;
+    dev.stream.clone_dtoh(&dd).map_err(error)
 }

@@ -25,6 +25,7 @@ mod params_mirror;
 mod pool;
 mod run_folder;
 mod safety;
+mod tensor_cores;
 mod training;
 mod transformer;
 mod vision;

@@ -38,6 +38,10 @@ void block_barrier();
 // Swaps `bytes` bytes of this lane's value through the warp: all live lanes of the warp call it,
 // and `out` gets the value of lane `src_lane` (its own when that lane is out of range).
 void warp_exchange(const void* value, void* out, int bytes, int src_lane);
+// Every live lane of the warp passes `bytes` (at most kMaxGatherBytes) bytes; `all` gets lane
+// 0's, then lane 1's, ... (warp-collective, like the exchange, for the tensor-core intrinsics).
+constexpr int kMaxGatherBytes = 32;
+void warp_gather(const void* value, int bytes, void* all);
 int lane_id();
 
 // Registration of an `extern "C"` kernel under its name: the launch passes `void** params`, one
@@ -96,3 +100,59 @@ template <typename T> inline T atomicAdd(T* p, T v) { const T old = *p; *p = old
 // nabla.cuh converts f16 with PTX `cvt`; here the host's _Float16 (IEEE binary16, round to
 // nearest even) stands in for it.
 #define NABLA_HOST_F16 1
+
+// The tensor-core intrinsics of nabla.cuh, as the warp-wide operations they are: each lane
+// gathers every lane's fragments (through the same exchange as the shuffles), rebuilds A and B
+// by the PTX ISA's layout for mma.m16n8k16 (groupID = lane >> 2, threadID_in_group = lane % 4;
+// A element i at row groupID + 8 ((i / 2) % 2), column 2 tid + (i & 1) + 8 (i / 4); B element i
+// at row 2 tid + (i & 1) + 8 (i / 2), column groupID; C/D element i at row groupID + 8 (i / 2),
+// column 2 tid + (i & 1)), and computes its own four elements of D in f32, depth in order.
+#define NABLA_EMULATED_INTRINSICS 1
+namespace emu {
+inline float bf16_bits_to_float(unsigned short bits) {
+    const unsigned int u = (unsigned int)bits << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline float f16_bits_to_float(unsigned short bits) {
+    _Float16 h;
+    std::memcpy(&h, &bits, 2);
+    return (float)h;
+}
+template <float (*Widen)(unsigned short)>
+inline void mma_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    float A[16][16], B[16][8];
+    unsigned mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]}, all[32][6];
+    warp_gather(mine, (int)sizeof mine, all);
+    for (int src = 0; src < 32; ++src) {
+        const unsigned* ra = all[src];
+        const unsigned* rb = all[src] + 4;
+        const int group = src >> 2, tig = src & 3;
+        for (int i = 0; i < 8; ++i) {
+            const unsigned short h = (unsigned short)(ra[i / 2] >> (16 * (i & 1)));
+            A[group + 8 * ((i / 2) % 2)][2 * tig + (i & 1) + 8 * (i / 4)] = Widen(h);
+        }
+        for (int i = 0; i < 4; ++i) {
+            const unsigned short h = (unsigned short)(rb[i / 2] >> (16 * (i & 1)));
+            B[2 * tig + (i & 1) + 8 * (i / 2)][group] = Widen(h);
+        }
+    }
+    const int lane = lane_id(), group = lane >> 2, tig = lane & 3;
+    float out[4];
+    for (int i = 0; i < 4; ++i) {
+        const int row = group + 8 * (i / 2), col = 2 * tig + (i & 1);
+        float sum = c[i];
+        for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+        out[i] = sum;
+    }
+    for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+}  // namespace emu
+
+inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    emu::mma_m16n8k16<emu::bf16_bits_to_float>(d, a, b, c);
+}
+inline void mma_m16n8k16_f16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    emu::mma_m16n8k16<emu::f16_bits_to_float>(d, a, b, c);
+}

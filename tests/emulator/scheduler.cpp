@@ -58,6 +58,7 @@ struct Launch {
     int warp_alive[kMaxThreads / 32] = {};
     int at_warp_barrier[kMaxThreads / 32] = {};
     unsigned char exchange[kMaxThreads / 32][32][8] = {};
+    unsigned char gathered[kMaxThreads / 32][32][emu::kMaxGatherBytes] = {};
     std::string failure;
 };
 
@@ -269,6 +270,17 @@ static void warp_barrier() {
 }
 
 int lane_id() { return current % 32; }
+
+void warp_gather(const void* value, int bytes, void* all) {
+    if (bytes > kMaxGatherBytes) std::abort();
+    const int warp = current / 32, lane = current % 32;
+    std::memcpy(launch.gathered[warp][lane], value, (size_t)bytes);
+    warp_barrier();
+    for (int src = 0; src < 32; ++src) {
+        std::memcpy((unsigned char*)all + src * bytes, launch.gathered[warp][src], (size_t)bytes);
+    }
+    warp_barrier();
+}
 
 void warp_exchange(const void* value, void* out, int bytes, int src_lane) {
     if (bytes > 8) std::abort();
