@@ -925,5 +925,31 @@ fn check(args: CheckArgs) -> Result<()> {
         let worst = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         out!("  {name:<14} {} elements, max |device - cpu| = {worst:.3e}", g.len());
     }
+    // bf16 products run on the tensor cores on sm_80 and newer: the product, and the intrinsic alone.
+    let (xb, wb) = (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?);
+    let want = nabla::cpu::reference(|| xb.matmul(&wb))?.to_vec::<f64>()?;
+    let got = xb.to_device(&device)?.matmul(&wb.to_device(&device)?)?.to_vec::<f64>()?;
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    out!("  {:<14} {} elements, max |device - cpu| = {worst:.3e}", "matmul bf16", got.len());
+    if let Device::Cuda(ordinal) = device
+        && let dev = cuda::cuda_device(ordinal)?
+        && dev.arch().0 >= 8
+    {
+        let values: Vec<f32> = (0..256).map(|i| ((i * 7) % 9) as f32 - 4.0).collect();
+        let bits: Vec<u16> = values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+        let c = vec![0.5f32; 128];
+        let d = cuda::gemm::mma_probe(&dev, DType::BF16, &bits, &bits[..128], &c)?;
+        let exact = (0..128).all(|i| {
+            let (r, n) = (i / 8, i % 8);
+            d[i] == c[i] + (0..16).map(|k| values[r * 16 + k] * values[k * 8 + n]).sum::<f32>()
+        });
+        if !exact {
+            return Err(nabla::Error::invalid(
+                "check",
+                "the tensor-core intrinsic (mma m16n8k16 bf16) is wrong on a known product",
+            ));
+        }
+        out!("  {:<14} exact on a known product", "mma m16n8k16");
+    }
     Ok(())
 }
