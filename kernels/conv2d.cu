@@ -12,6 +12,7 @@
 // GEMM is short and deep (o x cg kh kw outputs, n oh ow depth), so the host splits its depth
 // over enough blocks to fill the card and adds the partial sums.
 #include "tiled_gemm.cuh"
+#include "mma_gemm.cuh"
 
 // Index helpers over the params. The host guarantees that every per-axis coordinate and the
 // GEMM depths fit in 32 bits (n oh ow, n h w, cg kh kw and og kh kw below 2^31), so the inner
@@ -221,3 +222,23 @@ struct ConvGradWeight : ConvShape {
     }
 GEMM_INSTANTIATE(CONV, float, f32, 1, 2) GEMM_INSTANTIATE(CONV, double, f64, 1, 1)
 GEMM_INSTANTIATE(CONV, f16, f16, 1, 2) GEMM_INSTANTIATE(CONV, bf16, bf16, 1, 2)
+
+// The same three problems on the tensor cores (mma_gemm.cuh), for f16/bf16 on sm_80+.
+#define CONV_TC(T, suffix, bm, bn, min_blocks) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, min_blocks) \
+        conv2d_fwd_tc_##suffix(const T* x, const T* w, const T* bias, T* y, const __grid_constant__ Conv2dParams p) { \
+        const ConvForward<T> pb{{p}, x, w, bias, y}; \
+        mma_gemm<T, bm, bn>(pb); \
+    } \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, min_blocks) \
+        conv2d_bwd_input_tc_##suffix(const T* dy, const T* w, T* dx, const __grid_constant__ Conv2dParams p) { \
+        const ConvGradInput<T> pb{{p}, dy, w, dx}; \
+        mma_gemm<T, bm, bn>(pb); \
+    } \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, min_blocks) \
+        conv2d_bwd_weight_tc_##suffix(const T* dy, const T* x, T* dw, Acc<T>::type* partial, \
+                                      const __grid_constant__ Conv2dParams p) { \
+        const ConvGradWeight<T> pb{{p}, dy, x, dw, partial}; \
+        mma_gemm<T, bm, bn>(pb); \
+    }
+GEMM_INSTANTIATE(CONV_TC, f16, f16, 1, 2) GEMM_INSTANTIATE(CONV_TC, bf16, bf16, 1, 2)

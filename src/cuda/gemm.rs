@@ -69,6 +69,19 @@ pub fn plan(
     GemmPlan { tile: (shape.0, shape.1), infix: shape.2, splits, grid }
 }
 
+/// Whether GEMM-shaped work of `dtype` on `dev` runs on the tensor cores (the `*_tc_*` kernels of
+/// `kernels/mma_gemm.cuh`): f16 and bf16 on sm_80 and newer, with f32 accumulation; f32 and f64
+/// stay on the FMA pipes.
+pub fn uses_tensor_cores(dtype: crate::DType, dev: &super::CudaDevice) -> bool {
+    matches!(dtype, crate::DType::F16 | crate::DType::BF16) && dev.arch().0 >= 8
+}
+
+/// The kernel-name base of `base` (e.g. `matmul`, `conv2d_fwd`) for `dtype` on `dev`: with `_tc`
+/// when it runs on the tensor cores.
+pub fn engine_base(base: &str, dtype: crate::DType, dev: &super::CudaDevice) -> String {
+    if uses_tensor_cores(dtype, dev) { format!("{base}_tc") } else { base.to_string() }
+}
+
 /// Runs one warp-wide tensor-core product `D = A B + C` on `dev` through the `mma_m16n8k16`
 /// intrinsic of `dtype` (f16 or bf16; sm_80+): `a` is 16 x 16 and `b` 16 x 8, both row-major
 /// raw 16-bit values, `c` 16 x 8 f32. Returns D, 16 x 8. A check of the intrinsic and its

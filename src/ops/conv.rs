@@ -43,11 +43,13 @@ impl Conv2dOptions {
 }
 
 pub(crate) fn kernel_names() -> Vec<String> {
-    let bases = ["conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"];
-    DType::ALL
-        .iter()
-        .filter(|d| d.is_float())
-        .flat_map(|d| bases.iter().flat_map(move |b| GemmPlan::infixes().map(|t| format!("{b}_{t}{d}"))))
+    const BASES: [&str; 3] = ["conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"];
+    // Every float on the FMA engine; f16 and bf16 on the tensor cores too (`_tc`).
+    let engines = [(DType::F32, ""), (DType::F64, ""), (DType::F16, ""), (DType::BF16, "")]
+        .into_iter()
+        .chain([(DType::F16, "_tc"), (DType::BF16, "_tc")]);
+    engines
+        .flat_map(|(d, tc)| BASES.iter().flat_map(move |b| GemmPlan::infixes().map(move |t| format!("{b}{tc}_{t}{d}"))))
         .collect()
 }
 
@@ -443,7 +445,7 @@ fn launch(
 ) -> Result<()> {
     const OP: &str = "conv2d";
     let params = Conv2dParams { splits: plan.splits as i64, ..d.params() };
-    let kernel = plan.kernel(base, dtype);
+    let kernel = plan.kernel(&crate::cuda::gemm::engine_base(base, dtype, dev), dtype);
     let f = dev.function(OP, "conv2d", &kernel)?;
     let cfg = plan.config();
     let null: u64 = 0;

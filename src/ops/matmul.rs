@@ -24,12 +24,6 @@ pub(crate) fn kernel_names() -> Vec<String> {
     fma.chain(tensor_cores).chain(["mma_probe_bf16".to_string(), "mma_probe_f16".to_string()]).collect()
 }
 
-/// Whether a product of `dtype` on `dev` runs on the tensor cores: f16 and bf16 on sm_80 and
-/// newer (`mma.sync.m16n8k16`, f32 accumulation); f32 and f64 stay on the FMA pipes.
-fn uses_tensor_cores(dtype: DType, dev: &crate::cuda::CudaDevice) -> bool {
-    matches!(dtype, DType::F16 | DType::BF16) && dev.arch().0 >= 8
-}
-
 impl Tensor {
     /// The matrix product, as `torch.matmul`: `[..., m, k] x [..., k, n] -> [..., m, n]` with the
     /// batch dims broadcast; a 1-D operand is a row (left) or column (right) vector whose
@@ -204,13 +198,8 @@ fn matmul_forward(
                 p.b_batch_strides[d] = sb_[d] as i64;
             }
             let plan = crate::cuda::gemm::plan(m, n, k, batch, dev.multiprocessors(), 1);
-            let base = match (bias.is_some(), uses_tensor_cores(dtype, &dev)) {
-                (false, false) => "matmul",
-                (true, false) => "linear",
-                (false, true) => "matmul_tc",
-                (true, true) => "linear_tc",
-            };
-            let kernel = plan.kernel(base, dtype);
+            let base = crate::cuda::gemm::engine_base(if bias.is_some() { "linear" } else { "matmul" }, dtype, &dev);
+            let kernel = plan.kernel(&base, dtype);
             let f = dev.function(OP, "matmul", &kernel)?;
             let cfg = plan.config();
             let bias_storage = bias.map(|b| b.storage());
