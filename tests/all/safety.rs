@@ -105,6 +105,11 @@ fn image_headers_claiming_billions_of_pixels_are_refused_before_decoding() {
     assert!(grey.with_channels(2).is_err());
     let torn = Image { width: 2, height: 2, channels: 3, data: vec![0; 5] };
     assert!(torn.to_tensor(&Device::Cpu).is_err());
+    // Pictures of nothing: no filters, no feature maps.
+    let no_filters = Tensor::zeros(&[0, 1, 3, 3], DType::F32, &Device::Cpu).unwrap();
+    assert!(message(nabla::viz::filter_grid(&no_filters, "conv1")).contains("no filters"));
+    let no_maps = Tensor::zeros(&[0, 4, 4], DType::F32, &Device::Cpu).unwrap();
+    assert!(message(nabla::viz::feature_grid(&no_maps, "conv1")).contains("no feature maps"));
 }
 
 #[test]
