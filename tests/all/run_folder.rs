@@ -106,17 +106,21 @@ fn a_run_resumed_on_the_gpu_follows_the_straight_gpu_run_within_its_tolerance() 
     }
 }
 
-#[test]
-fn a_resume_that_changes_a_setting_is_refused_with_the_setting_named() {
-    let dir = out_dir("changed");
-    let base = TrainConfig {
+/// A two-epoch perceptron run into `dir` (fast: the tests stop it after its first epoch).
+fn perceptron_run(dir: &Path) -> TrainConfig {
+    TrainConfig {
         model: ModelKind::Perceptron,
         epochs: 2,
         device: Device::Cpu,
-        out_dir: dir.clone(),
+        out_dir: dir.to_path_buf(),
         ..TrainConfig::default()
-    };
-    train::train_with(&base, |_| false).unwrap();
+    }
+}
+
+#[test]
+fn a_resume_that_changes_a_setting_is_refused_with_the_setting_named() {
+    let dir = out_dir("changed");
+    train::train_with(&perceptron_run(&dir), |_| false).unwrap();
     let resume = TrainConfig::resuming(&dir, Device::Cpu).unwrap();
     let cases: [(&str, TrainConfig); 6] = [
         ("--lr 0.01", TrainConfig { lr: 0.01, ..resume.clone() }),
@@ -140,14 +144,7 @@ fn a_resume_that_changes_a_setting_is_refused_with_the_setting_named() {
 #[test]
 fn resuming_repairs_what_an_interrupted_save_left_and_refuses_metadata_pointing_outside() {
     let dir = out_dir("repair");
-    let base = TrainConfig {
-        model: ModelKind::Perceptron,
-        epochs: 2,
-        device: Device::Cpu,
-        out_dir: dir.clone(),
-        ..TrainConfig::default()
-    };
-    train::train_with(&base, |_| false).unwrap();
+    train::train_with(&perceptron_run(&dir), |_| false).unwrap();
     // What a kill can leave: a torn temporary file, the next epoch's optimizer state written
     // but not committed, and a history one epoch behind the checkpoint.
     std::fs::write(dir.join(".checkpoint.safetensors.tmp4242"), b"torn").unwrap();

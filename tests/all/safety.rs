@@ -36,10 +36,10 @@ fn nan_scores_count_as_wrong_and_an_empty_set_has_no_accuracy() {
     assert!(message(metrics::accuracy(&none, &no_labels)).contains("no examples"));
 }
 
-#[test]
-fn a_diverging_run_stops_with_an_error_naming_the_epoch_instead_of_reporting_an_accuracy() {
-    let dir = std::env::temp_dir().join(format!("nabla-safety-diverge-{}", std::process::id()));
-    // The reproducer: SGD at lr 100 takes the MLP to NaN within the first epoch.
+/// The reproducer: SGD at lr 100 takes the MLP to NaN within the first epoch. Returns
+/// the run's folder (named by `tag`) and its configuration.
+fn diverging_run(tag: &str, detect_anomaly: bool) -> (PathBuf, TrainConfig) {
+    let dir = std::env::temp_dir().join(format!("nabla-safety-{tag}-{}", std::process::id()));
     let config = TrainConfig {
         model: ModelKind::Mlp,
         optimizer: OptimizerKind::Sgd,
@@ -47,8 +47,15 @@ fn a_diverging_run_stops_with_an_error_naming_the_epoch_instead_of_reporting_an_
         epochs: 1,
         device: Device::Cpu,
         out_dir: dir.clone(),
+        detect_anomaly,
         ..TrainConfig::default()
     };
+    (dir, config)
+}
+
+#[test]
+fn a_diverging_run_stops_with_an_error_naming_the_epoch_instead_of_reporting_an_accuracy() {
+    let (dir, config) = diverging_run("diverge", false);
     let text = message(train::train(&config));
     assert!(
         text.contains("diverged at step") && text.contains("of epoch 1") && text.contains("nothing was saved"),
@@ -226,17 +233,7 @@ fn anomaly_detection_names_the_op_that_made_the_first_nan_and_fails_a_non_finite
 
 #[test]
 fn a_diverging_run_with_anomaly_detection_names_the_step_and_the_op() {
-    let dir = std::env::temp_dir().join(format!("nabla-safety-anomaly-{}", std::process::id()));
-    let config = TrainConfig {
-        model: ModelKind::Mlp,
-        optimizer: OptimizerKind::Sgd,
-        lr: 100.0,
-        epochs: 1,
-        device: Device::Cpu,
-        out_dir: dir.clone(),
-        detect_anomaly: true,
-        ..TrainConfig::default()
-    };
+    let (dir, config) = diverging_run("anomaly", true);
     let text = message(train::train(&config));
     assert!(text.contains("diverged at step") && text.contains("of epoch 1") && text.contains("src/ops/"), "{text}");
     assert!(!nabla::is_anomaly_enabled(), "the run switches detection off when it ends");
