@@ -19,24 +19,6 @@
 #define MMA_TILE_K 16
 #define MMA_ROW_PAD 24
 
-// The 16 raw bits of a 16-bit value.
-__device__ __forceinline__ unsigned short bits_of(f16 x) { return x.bits; }
-__device__ __forceinline__ unsigned short bits_of(bf16 x) { return x.bits; }
-
-template <typename T> __device__ __forceinline__ void mma_16816(float d[4], const unsigned a[4], const unsigned b[2]);
-template <> __device__ __forceinline__ void mma_16816<bf16>(float d[4], const unsigned a[4], const unsigned b[2]) {
-    mma_m16n8k16_bf16(d, a, b, d);
-}
-template <> __device__ __forceinline__ void mma_16816<f16>(float d[4], const unsigned a[4], const unsigned b[2]) {
-    mma_m16n8k16_f16(d, a, b, d);
-}
-
-// Two neighbouring 16-bit values of a shared row as one 32-bit fragment register (the lower
-// index in the low half). `at` is even and rows have an even length, so the load is aligned.
-__device__ __forceinline__ unsigned pair_at(const unsigned short* row, int at) {
-    return (unsigned)row[at] | ((unsigned)row[at + 1] << 16);
-}
-
 template <typename T, int BM, int BN, typename Problem>
 __device__ void mma_gemm(const Problem& p) {
     typedef float A;

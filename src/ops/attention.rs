@@ -17,8 +17,10 @@ use crate::{DType, Device, Error, Result, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 const OP: &str = "scaled_dot_product_attention";
-/// Query (or key) rows per block: one per warp.
+/// Query (or key) rows per block of version 1 (`kernels/attention.cu`): one per warp.
 const ROWS_PER_BLOCK: usize = 8;
+/// Rows per block of the tensor-core version (`kernels/attention_tc.cu`): 16 per warp, 4 warps.
+const TC_ROWS_PER_BLOCK: usize = 64;
 /// The head sizes the kernels are compiled for (f64: up to 64).
 pub const HEAD_DIMS: [usize; 4] = [16, 32, 64, 128];
 
@@ -28,6 +30,19 @@ pub(crate) fn kernel_names() -> Vec<String> {
         for d in HEAD_DIMS.into_iter().filter(|&d| dtype != DType::F64 || d <= 64) {
             for kind in ["fwd", "bwd_prep", "bwd_dq", "bwd_dkdv"] {
                 names.push(format!("attention_{kind}_{dtype}_d{d}"));
+            }
+        }
+    }
+    names
+}
+
+/// The tensor-core kernels (`kernels/attention_tc.cu`): f16 and bf16, every head size.
+pub(crate) fn tensor_core_kernel_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for dtype in [DType::F16, DType::BF16] {
+        for d in HEAD_DIMS {
+            for kind in ["fwd", "bwd_dq", "bwd_dkdv"] {
+                names.push(format!("attention_tc_{kind}_{dtype}_d{d}"));
             }
         }
     }
@@ -161,13 +176,36 @@ fn probabilities(q: &[f64], k: &[f64], p: AttentionParams, d: usize) -> (Vec<f64
     (probs, lse)
 }
 
-/// Grid and block of the per-row kernels: `rows` rows in blocks of 8 per head.
+/// Grid and block of the per-row kernels of version 1: `rows` rows in blocks of 8 per head.
 fn rows_config(rows: usize, heads: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows.div_ceil(ROWS_PER_BLOCK).max(1) as u32, heads as u32, 1),
         block_dim: (32 * ROWS_PER_BLOCK as u32, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// Which kernels a pass over `rows` rows per head runs: version 1's (module `attention`, one row
+/// per warp) or, for f16/bf16 on sm_80+, the tensor-core version (module `attention_tc`, 16 rows
+/// per warp); returns the module, the kernel name for `kind` (`fwd`, `bwd_dq`, `bwd_dkdv`) and
+/// the launch geometry.
+fn pass(
+    kind: &str,
+    dtype: DType,
+    d: usize,
+    rows: usize,
+    heads: usize,
+    dev: &crate::cuda::CudaDevice,
+) -> (&'static str, String, LaunchConfig) {
+    if crate::cuda::gemm::uses_tensor_cores(dtype, dev) {
+        let config = LaunchConfig {
+            grid_dim: (rows.div_ceil(TC_ROWS_PER_BLOCK).max(1) as u32, heads as u32, 1),
+            block_dim: (2 * TC_ROWS_PER_BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        return ("attention_tc", format!("attention_tc_{kind}_{dtype}_d{d}"), config);
+    }
+    ("attention", format!("attention_{kind}_{dtype}_d{d}"), rows_config(rows, heads))
 }
 
 /// The output, and each query's log-sum-exp (accumulate dtype on the GPU, f64 on the CPU).
@@ -204,13 +242,14 @@ fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: AttentionParams, d: usize) -> 
     let out = s.device.alloc(OP, q.dtype, q.numel())?;
     let lse = s.device.alloc(OP, q.dtype.accumulator(), bh * sq)?;
     if bh * sq > 0 {
-        let kernel = format!("attention_fwd_{}_d{d}", q.dtype);
-        let f = s.device.function(OP, "attention", &kernel)?;
+        let (module, kernel, config) = pass("fwd", q.dtype, d, sq, bh, &s.device);
+        let f = s.device.function(OP, module, &kernel)?;
         let mut l = s.device.stream.launch_builder(&f);
         l.arg(&s.buf).arg(&cuda(k)?.buf).arg(&cuda(v)?.buf).arg(&out.buf).arg(&lse.buf).arg(&p);
-        // SAFETY: attention_fwd_<T>_d<D>(q, k, v, T* o, A* lse, params) reads dense [bh, sq, D]
-        // queries and [bh, sk, D] keys and values, and writes every output row and its lse.
-        unsafe { l.launch(rows_config(sq, bh)) }.map_err(|e| launch_error(OP, &kernel, e))?;
+        // SAFETY: attention[_tc]_fwd_<T>_d<D>(q, k, v, T* o, A* lse, params) reads dense
+        // [bh, sq, D] queries and [bh, sk, D] keys and values, and writes every output row and
+        // its lse (A: f32 for the 16-bit dtypes, which the tensor-core version takes).
+        unsafe { l.launch(config) }.map_err(|e| launch_error(OP, &kernel, e))?;
     }
     Ok((Tensor::from_cuda(out, q.shape()), Tensor::from_cuda(lse, &[bh * sq])))
 }
@@ -272,33 +311,33 @@ fn backward(
         (dev.alloc(OP, q.dtype, q.numel())?, dev.alloc(OP, k.dtype, k.numel())?, dev.alloc(OP, v.dtype, v.numel())?);
     let delta = dev.alloc(OP, acc, bh * sq)?;
     let (qs, ks, vs, os, gs, ls) = (s, cuda(k)?, cuda(v)?, cuda(out)?, cuda(dout)?, cuda(lse)?);
-    let name = |kind: &str| format!("attention_{kind}_{}_d{d}", q.dtype);
     if bh * sq > 0 {
-        let kernel = name("bwd_prep");
+        let kernel = format!("attention_bwd_prep_{}_d{d}", q.dtype);
         let f = dev.function(OP, "attention", &kernel)?;
         let mut l = dev.stream.launch_builder(&f);
         l.arg(&os.buf).arg(&gs.buf).arg(&delta.buf).arg(&p);
         // SAFETY: attention_bwd_prep_<T>_d<D>(o, dout, A* delta, params) reads bh·sq dense rows
         // of D and writes one delta per row.
         unsafe { l.launch(rows_config(bh * sq, 1)) }.map_err(|e| launch_error(OP, &kernel, e))?;
-        let kernel = name("bwd_dq");
-        let f = dev.function(OP, "attention", &kernel)?;
+        let (module, kernel, config) = pass("bwd_dq", q.dtype, d, sq, bh, dev);
+        let f = dev.function(OP, module, &kernel)?;
         let mut l = dev.stream.launch_builder(&f);
         l.arg(&qs.buf).arg(&ks.buf).arg(&vs.buf).arg(&gs.buf).arg(&ls.buf).arg(&delta.buf).arg(&dq.buf).arg(&p);
-        // SAFETY: attention_bwd_dq_<T>_d<D>(q, k, v, dout, lse, delta, T* dq, params) reads the
-        // dense inputs of the forward, the output's gradient and the per-query lse and delta,
-        // and writes every row of dq.
-        unsafe { l.launch(rows_config(sq, bh)) }.map_err(|e| launch_error(OP, &kernel, e))?;
+        // SAFETY: attention[_tc]_bwd_dq_<T>_d<D>(q, k, v, dout, lse, delta, T* dq, params) reads
+        // the dense inputs of the forward, the output's gradient and the per-query lse and
+        // delta, and writes every row of dq.
+        unsafe { l.launch(config) }.map_err(|e| launch_error(OP, &kernel, e))?;
     }
     if bh * sk > 0 {
-        let kernel = name("bwd_dkdv");
-        let f = dev.function(OP, "attention", &kernel)?;
+        let (module, kernel, config) = pass("bwd_dkdv", q.dtype, d, sk, bh, dev);
+        let f = dev.function(OP, module, &kernel)?;
         let mut l = dev.stream.launch_builder(&f);
         l.arg(&qs.buf).arg(&ks.buf).arg(&vs.buf).arg(&gs.buf).arg(&ls.buf).arg(&delta.buf);
         l.arg(&dk.buf).arg(&dv.buf).arg(&p);
-        // SAFETY: attention_bwd_dkdv_<T>_d<D>(q, k, v, dout, lse, delta, T* dk, T* dv, params)
-        // reads the same inputs and writes every row of dk and dv (zeros for keys no query sees).
-        unsafe { l.launch(rows_config(sk, bh)) }.map_err(|e| launch_error(OP, &kernel, e))?;
+        // SAFETY: attention[_tc]_bwd_dkdv_<T>_d<D>(q, k, v, dout, lse, delta, T* dk, T* dv,
+        // params) reads the same inputs and writes every row of dk and dv (zeros for keys no
+        // query sees).
+        unsafe { l.launch(config) }.map_err(|e| launch_error(OP, &kernel, e))?;
     }
     Ok((Tensor::from_cuda(dq, q.shape()), Tensor::from_cuda(dk, k.shape()), Tensor::from_cuda(dv, v.shape())))
 }

@@ -35,6 +35,7 @@ pub fn launchable_kernels() -> Vec<(&'static str, String)> {
     all.extend(batch_norm::kernel_names().into_iter().map(|k| ("batch_norm", k)));
     all.extend(layer_norm::kernel_names().into_iter().map(|k| ("layer_norm", k)));
     all.extend(attention::kernel_names().into_iter().map(|k| ("attention", k)));
+    all.extend(attention::tensor_core_kernel_names().into_iter().map(|k| ("attention_tc", k)));
     all.extend(crate::optim::kernel_names().into_iter().map(|k| ("optim", k)));
     all
 }

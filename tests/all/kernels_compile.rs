@@ -131,8 +131,9 @@ fn gemm_kernels_fit_in_registers_without_spills_or_stack_on_sm90() {
         return;
     }
     // A spill or a stack frame (a parameter struct copied to local memory) in the GEMM engine's
-    // inner loop costs far more than its arithmetic; f64 is exempt (no speed goal).
-    for name in ["matmul", "conv2d"] {
+    // or the tensor-core attention's inner loop costs far more than its arithmetic; f64 is
+    // exempt (no speed goal).
+    for name in ["matmul", "conv2d", "attention_tc"] {
         let module = kernels::module(name).expect("embedded");
         let (_, log) = system_nvrtc()
             .compile_with_log(&format!("{name}.cu"), module.source, kernels::HEADERS, "sm_90", &["--ptxas-options=-v"])

@@ -257,6 +257,37 @@ fn fused_attention_on_the_gpu_matches_the_cpu_for_every_dtype_head_size_and_ragg
     }
 }
 
+#[test]
+fn tensor_core_attention_matches_the_cpu_across_several_query_and_key_tiles() {
+    // f16/bf16 run on kernels/attention_tc.cu on sm_80+ (and on the emulator, which claims
+    // sm_90): 64 rows per block, key tiles of 64 (32 at head_dim 128). These shapes cross
+    // several of both, with more queries than keys and the reverse, causal and full.
+    for dev in devices_under_test("tensor-core attention").into_iter().filter(|d| d.is_cuda()) {
+        for (s, &(b, h, sq, sk, d)) in [(2, 2, 150, 150, 64), (1, 1, 100, 200, 128), (1, 3, 200, 90, 32)].iter().enumerate() {
+            for dtype in [DType::BF16, DType::F16] {
+                let (atol, rtol) = tolerance(dtype);
+                let seed = 500 + 10 * s as u64;
+                let q = randn(&[b, h, sq, d], dtype, seed);
+                let (k, v) = (randn(&[b, h, sk, d], dtype, seed + 1), randn(&[b, h, sk, d], dtype, seed + 2));
+                let g = randn(&[b, h, sq, d], dtype, seed + 3);
+                for causal in [false, true] {
+                    let attend = |q: &Tensor, k: &Tensor, v: &Tensor| {
+                        q.scaled_dot_product_attention(k, v, causal, None).unwrap()
+                    };
+                    let gpu = with_gradients(&q, &k, &v, &g, &dev, attend);
+                    let cpu = nabla::cpu::reference(|| with_gradients(&q, &k, &v, &g, &Device::Cpu, attend));
+                    let scale = 4.0 + (sq.max(sk) as f64).sqrt();
+                    for (i, (a, c)) in gpu.iter().zip(&cpu).enumerate() {
+                        let what = format!("attention {dtype} [{b},{h},{sq},{sk},{d}] causal={causal} output {i}");
+                        let grad = if i == 0 { 1.0 } else { 2.0 };
+                        assert_close(&what, a, c, (atol * scale * grad, rtol * scale * grad));
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn tiny_gpt(vocab: usize, device: &Device, seed: u64) -> nabla::nn::Gpt {
     let config = nabla::nn::GptConfig { vocab, context: 16, layers: 2, heads: 2, width: 32, dropout: 0.0 };
     nabla::nn::Gpt::new(config, device, &mut Generator::new(seed)).unwrap()

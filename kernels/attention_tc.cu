@@ -1,0 +1,337 @@
+// Fused scaled dot-product attention on the tensor cores (version 2 of kernels/attention.cu,
+// f16 and bf16 on sm_80+): the same contract, layout, masks and log-sum-exp as version 1, the
+// products done by `mma.sync.m16n8k16` with f32 accumulation (FlashAttention-2's work split).
+//
+// Tiling: a block of 4 warps owns 64 rows of its pass (queries for the forward and dQ, keys for
+// dK/dV); each warp owns 16 of them and keeps their operand fragments in registers for the
+// whole pass. The block walks the other side in tiles of KEYS rows (64; 32 when D = 128, to
+// stay in 48 KiB of static shared memory and the register file), staged in shared memory as
+// 16-bit values, once as rows ([KEYS][D + 8]: the B operand of products over D) and, where a
+// product runs over the tile's rows, once transposed ([D][KEYS + 8]). The 8-half padding puts
+// the eight rows a fragment load touches on distinct banks.
+// - attention_tc_fwd:      S = Q Kᵀ (16 x KEYS per warp), online softmax in f32 on the
+//                          accumulator fragments (a row's four threads combine by shuffles),
+//                          P rounded to T as the A operand of O += P V.
+// - attention_tc_bwd_dq:   S = Q Kᵀ, dP = dO Vᵀ, dS = P (dP - delta), dQ += dS K.
+// - attention_tc_bwd_dkdv: Sᵀ = K Qᵀ, dPᵀ = V dOᵀ per query tile, dV += Pᵀ dO, dK += dSᵀ Q.
+// (delta comes from attention_bwd_prep of version 1.) An accumulator fragment of a product
+// (rows g and g + 8, columns 2 tig and 2 tig + 1 of each n8 block) is exactly the A fragment of
+// the next one once two neighbouring n8 blocks are packed as pairs, so P and dS never leave
+// registers.
+// Bound: the tensor pipes, once loads are pipelined; this version stages tiles synchronously
+// with 16-bit loads (cp.async and ldmatrix come next), so it is bound by the staging loads.
+#include "nabla.cuh"
+
+#define TC_WARPS 4
+#define TC_ROWS (16 * TC_WARPS)
+#define TC_PAD 8
+
+// Rows of the other side per shared tile.
+template <int D> struct TcTile {
+    static constexpr int KEYS = D >= 128 ? 32 : 64;
+};
+
+// Two floats rounded to T, packed as one fragment register (the first in the low half).
+template <typename T> __device__ __forceinline__ unsigned pack_pair(float lo, float hi) {
+    return (unsigned)bits_of(down<T>(lo)) | ((unsigned)bits_of(down<T>(hi)) << 16);
+}
+
+// Two neighbouring elements of a dense row in device memory as one fragment register (zero past
+// the last row). Two 16-bit loads: a view's offset may leave the pair unaligned for a 32-bit one.
+template <typename T> __device__ __forceinline__ unsigned pair_from(const T* m, i64 row, i64 rows, int at, int D) {
+    if (row >= rows) return 0u;
+    return (unsigned)bits_of(m[row * D + at]) | ((unsigned)bits_of(m[row * D + at + 1]) << 16);
+}
+
+// The A fragments of 16 rows (first + group, first + group + 8) of a dense [rows, D] matrix, for
+// products over D: frag[kd] covers columns 16 kd .. 16 kd + 15.
+template <typename T, int D>
+__device__ __forceinline__ void load_a_rows(unsigned (*frag)[4], const T* m, i64 first, i64 rows, int group, int tig) {
+#pragma unroll
+    for (int kd = 0; kd < D / 16; ++kd) {
+        const int c = 16 * kd + 2 * tig;
+        frag[kd][0] = pair_from(m, first + group, rows, c, D);
+        frag[kd][1] = pair_from(m, first + group + 8, rows, c, D);
+        frag[kd][2] = pair_from(m, first + group, rows, c + 8, D);
+        frag[kd][3] = pair_from(m, first + group + 8, rows, c + 8, D);
+    }
+}
+
+// Rows first .. first + R of a dense [rows, D] matrix into shared memory with the whole block,
+// zeros past the end: as rows into `plain` and transposed into `flipped` (either may be null).
+template <typename T, int D, int R>
+__device__ __forceinline__ void stage_tile(unsigned short (*plain)[D + TC_PAD], unsigned short (*flipped)[R + TC_PAD],
+                                           const T* m, i64 first, i64 rows) {
+    for (int e = threadIdx.x; e < R * D; e += blockDim.x) {
+        const int r = e / D, d = e % D;
+        const unsigned short bits = first + r < rows ? bits_of(m[(first + r) * D + d]) : (unsigned short)0;
+        if (plain) plain[r][d] = bits;
+        if (flipped) flipped[d][r] = bits;
+    }
+}
+
+// acc[n] += A B for the warp's 16 x (16 KD) A fragments and B = the transpose of `rows`' 8 N
+// rows (each 16 KD long): a product over D with one accumulator per n8 block of rows.
+template <typename T, int KD, int N, int STRIDE>
+__device__ __forceinline__ void mma_rows(float (*acc)[4], const unsigned (*a)[4], const unsigned short (*rows)[STRIDE],
+                                         int group, int tig) {
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+#pragma unroll
+        for (int kd = 0; kd < KD; ++kd) {
+            const unsigned short* r = rows[8 * j + group];
+            const unsigned b[2] = {pair_at(r, 16 * kd + 2 * tig), pair_at(r, 16 * kd + 2 * tig + 8)};
+            mma_16816<T>(acc[j], a[kd], b);
+        }
+}
+
+// acc[n] += P B where P is the warp's 16 x (16 KK) accumulator tile `p` (8-wide blocks, rounded
+// to T as A fragments) and B the transposed tile `cols` ([8 N][16 KK]): a product over the tile.
+template <typename T, int KK, int N, int STRIDE>
+__device__ __forceinline__ void mma_tile(float (*acc)[4], const float (*p)[4], const unsigned short (*cols)[STRIDE],
+                                         int group, int tig) {
+#pragma unroll
+    for (int kk = 0; kk < KK; ++kk) {
+        const unsigned a[4] = {pack_pair<T>(p[2 * kk][0], p[2 * kk][1]), pack_pair<T>(p[2 * kk][2], p[2 * kk][3]),
+                               pack_pair<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                               pack_pair<T>(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            const unsigned short* c = cols[8 * n + group];
+            const unsigned b[2] = {pair_at(c, 16 * kk + 2 * tig), pair_at(c, 16 * kk + 2 * tig + 8)};
+            mma_16816<T>(acc[n], a, b);
+        }
+    }
+}
+
+template <int N> __device__ __forceinline__ void zero(float (*acc)[4]) {
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
+}
+
+// The max (or sum) of a row's values across the four threads of its quad.
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Whether query i sees key j.
+__device__ __forceinline__ bool tc_visible(const AttentionParams& p, i64 i, i64 j) {
+    return i < p.sq && j < p.sk && (!p.causal || j <= i);
+}
+
+template <typename T, int D>
+__device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float* lse, AttentionParams p) {
+    constexpr int KEYS = TcTile<D>::KEYS, KD = D / 16, NS = KEYS / 8, NO = D / 8;
+    __shared__ unsigned short ks[KEYS][D + TC_PAD];
+    __shared__ unsigned short vt[D][KEYS + TC_PAD];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3;
+    const i64 head = blockIdx.y, first = (i64)blockIdx.x * TC_ROWS, mine = first + 16 * warp;
+    const T* kh = k + head * p.sk * D;
+    const T* vh = v + head * p.sk * D;
+    unsigned qf[KD][4];
+    load_a_rows<T, D>(qf, q + head * p.sq * D, mine, p.sq, group, tig);
+    const float scale = (float)p.scale, neg_inf = -NABLA_INF;
+    float acc[NO][4], m[2] = {neg_inf, neg_inf}, l[2] = {0.0f, 0.0f};
+    zero<NO>(acc);
+    const i64 key_end = p.causal ? (first + TC_ROWS < p.sk ? first + TC_ROWS : p.sk) : p.sk;
+    for (i64 t0 = 0; t0 < key_end; t0 += KEYS) {
+        __syncthreads();  // the previous tile is consumed
+        stage_tile<T, D, KEYS>(ks, nullptr, kh, t0, p.sk);
+        stage_tile<T, D, KEYS>(nullptr, vt, vh, t0, p.sk);
+        __syncthreads();
+        float s[NS][4];
+        zero<NS>(s);
+        mma_rows<T, KD, NS, D + TC_PAD>(s, qf, ks, group, tig);
+        // Element e of block j: row mine + group + 8 (e / 2), key t0 + 8 j + 2 tig + (e & 1).
+        float tile_max[2] = {neg_inf, neg_inf};
+#pragma unroll
+        for (int j = 0; j < NS; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const bool seen = tc_visible(p, mine + group + 8 * (e / 2), t0 + 8 * j + 2 * tig + (e & 1));
+                s[j][e] = seen ? s[j][e] * scale : neg_inf;
+                tile_max[e / 2] = fmaxf(tile_max[e / 2], s[j][e]);
+            }
+        float alpha[2], row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const float m_new = fmaxf(m[h], quad_max(tile_max[h]));
+            alpha[h] = m[h] == neg_inf ? 0.0f : m_exp(m[h] - m_new);
+            m[h] = m_new;
+        }
+#pragma unroll
+        for (int j = 0; j < NS; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[j][e] = s[j][e] == neg_inf ? 0.0f : m_exp(s[j][e] - m[e / 2]);
+                row_sum[e / 2] += s[j][e];
+            }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + quad_sum(row_sum[h]);
+#pragma unroll
+        for (int n = 0; n < NO; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e / 2];
+        mma_tile<T, KEYS / 16, NO, KEYS + TC_PAD>(acc, s, vt, group, tig);
+    }
+    T* oh = o + head * p.sq * D;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const i64 row = mine + group + 8 * h;
+        if (row >= p.sq) continue;
+#pragma unroll
+        for (int n = 0; n < NO; ++n)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) oh[row * D + 8 * n + 2 * tig + c] = down<T>(acc[n][2 * h + c] / l[h]);
+        if (tig == 0) lse[head * p.sq + row] = m[h] + m_log(l[h]);
+    }
+}
+
+template <typename T, int D>
+__device__ void attention_tc_bwd_dq(const T* q, const T* k, const T* v, const T* dout, const float* lse,
+                                    const float* delta, T* dq, AttentionParams p) {
+    constexpr int KEYS = TcTile<D>::KEYS, KD = D / 16, NS = KEYS / 8, NO = D / 8;
+    __shared__ unsigned short ks[KEYS][D + TC_PAD];
+    __shared__ unsigned short kt[D][KEYS + TC_PAD];
+    __shared__ unsigned short vs[KEYS][D + TC_PAD];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3;
+    const i64 head = blockIdx.y, first = (i64)blockIdx.x * TC_ROWS, mine = first + 16 * warp;
+    const T* kh = k + head * p.sk * D;
+    const T* vh = v + head * p.sk * D;
+    unsigned qf[KD][4], gf[KD][4];
+    load_a_rows<T, D>(qf, q + head * p.sq * D, mine, p.sq, group, tig);
+    load_a_rows<T, D>(gf, dout + head * p.sq * D, mine, p.sq, group, tig);
+    float row_lse[2], row_delta[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const i64 row = mine + group + 8 * h;
+        row_lse[h] = row < p.sq ? lse[head * p.sq + row] : 0.0f;
+        row_delta[h] = row < p.sq ? delta[head * p.sq + row] : 0.0f;
+    }
+    const float scale = (float)p.scale;
+    float acc[NO][4];
+    zero<NO>(acc);
+    const i64 key_end = p.causal ? (first + TC_ROWS < p.sk ? first + TC_ROWS : p.sk) : p.sk;
+    for (i64 t0 = 0; t0 < key_end; t0 += KEYS) {
+        __syncthreads();
+        stage_tile<T, D, KEYS>(ks, kt, kh, t0, p.sk);
+        stage_tile<T, D, KEYS>(vs, nullptr, vh, t0, p.sk);
+        __syncthreads();
+        float s[NS][4], dp[NS][4];
+        zero<NS>(s);
+        zero<NS>(dp);
+        mma_rows<T, KD, NS, D + TC_PAD>(s, qf, ks, group, tig);
+        mma_rows<T, KD, NS, D + TC_PAD>(dp, gf, vs, group, tig);
+#pragma unroll
+        for (int j = 0; j < NS; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int h = e / 2;
+                const bool seen = tc_visible(p, mine + group + 8 * h, t0 + 8 * j + 2 * tig + (e & 1));
+                s[j][e] = seen ? m_exp(s[j][e] * scale - row_lse[h]) * (dp[j][e] - row_delta[h]) : 0.0f;
+            }
+        mma_tile<T, KEYS / 16, NO, KEYS + TC_PAD>(acc, s, kt, group, tig);
+    }
+    T* gh = dq + head * p.sq * D;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const i64 row = mine + group + 8 * h;
+        if (row >= p.sq) continue;
+#pragma unroll
+        for (int n = 0; n < NO; ++n)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) gh[row * D + 8 * n + 2 * tig + c] = down<T>(acc[n][2 * h + c] * scale);
+    }
+}
+
+template <typename T, int D>
+__device__ void attention_tc_bwd_dkdv(const T* q, const T* k, const T* v, const T* dout, const float* lse,
+                                      const float* delta, T* dk, T* dv, AttentionParams p) {
+    constexpr int QUERIES = TcTile<D>::KEYS, KD = D / 16, NS = QUERIES / 8, NO = D / 8;
+    __shared__ unsigned short qs[QUERIES][D + TC_PAD];
+    __shared__ unsigned short qt[D][QUERIES + TC_PAD];
+    __shared__ unsigned short gs[QUERIES][D + TC_PAD];
+    __shared__ unsigned short gt[D][QUERIES + TC_PAD];
+    __shared__ float tile_lse[QUERIES], tile_delta[QUERIES];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3;
+    const i64 head = blockIdx.y, first = (i64)blockIdx.x * TC_ROWS, mine = first + 16 * warp;
+    const T* qh = q + head * p.sq * D;
+    const T* gh = dout + head * p.sq * D;
+    unsigned kf[KD][4], vf[KD][4];
+    load_a_rows<T, D>(kf, k + head * p.sk * D, mine, p.sk, group, tig);
+    load_a_rows<T, D>(vf, v + head * p.sk * D, mine, p.sk, group, tig);
+    const float scale = (float)p.scale;
+    float dk_acc[NO][4], dv_acc[NO][4];
+    zero<NO>(dk_acc);
+    zero<NO>(dv_acc);
+    // Queries before the block's first key see none of its keys when causal.
+    for (i64 t0 = p.causal ? first : 0; t0 < p.sq; t0 += QUERIES) {
+        __syncthreads();
+        stage_tile<T, D, QUERIES>(qs, qt, qh, t0, p.sq);
+        stage_tile<T, D, QUERIES>(gs, gt, gh, t0, p.sq);
+        if (threadIdx.x < QUERIES) {
+            const i64 query = t0 + threadIdx.x;
+            tile_lse[threadIdx.x] = query < p.sq ? lse[head * p.sq + query] : 0.0f;
+            tile_delta[threadIdx.x] = query < p.sq ? delta[head * p.sq + query] : 0.0f;
+        }
+        __syncthreads();
+        // Element e of block j: key mine + group + 8 (e / 2), query t0 + 8 j + 2 tig + (e & 1).
+        float s[NS][4], dp[NS][4];
+        zero<NS>(s);
+        zero<NS>(dp);
+        mma_rows<T, KD, NS, D + TC_PAD>(s, kf, qs, group, tig);
+        mma_rows<T, KD, NS, D + TC_PAD>(dp, vf, gs, group, tig);
+#pragma unroll
+        for (int j = 0; j < NS; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int col = 8 * j + 2 * tig + (e & 1);
+                const bool seen = tc_visible(p, t0 + col, mine + group + 8 * (e / 2));
+                s[j][e] = seen ? m_exp(s[j][e] * scale - tile_lse[col]) : 0.0f;  // Pᵀ
+                dp[j][e] = s[j][e] * (dp[j][e] - tile_delta[col]);              // dSᵀ
+            }
+        mma_tile<T, QUERIES / 16, NO, QUERIES + TC_PAD>(dv_acc, s, gt, group, tig);
+        mma_tile<T, QUERIES / 16, NO, QUERIES + TC_PAD>(dk_acc, dp, qt, group, tig);
+    }
+    T* kg = dk + head * p.sk * D;
+    T* vg = dv + head * p.sk * D;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const i64 key = mine + group + 8 * h;
+        if (key >= p.sk) continue;
+#pragma unroll
+        for (int n = 0; n < NO; ++n)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const i64 at = key * D + 8 * n + 2 * tig + c;
+                kg[at] = down<T>(dk_acc[n][2 * h + c] * scale);
+                vg[at] = down<T>(dv_acc[n][2 * h + c]);
+            }
+    }
+}
+
+#define ATTENTION_TC(T, tname, D) \
+    extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_fwd_##tname##_d##D( \
+        const T* q, const T* k, const T* v, T* o, float* lse, AttentionParams p) { \
+        attention_tc_fwd<T, D>(q, k, v, o, lse, p); \
+    } \
+    extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bwd_dq_##tname##_d##D( \
+        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dq, \
+        AttentionParams p) { \
+        attention_tc_bwd_dq<T, D>(q, k, v, dout, lse, delta, dq, p); \
+    } \
+    extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bwd_dkdv_##tname##_d##D( \
+        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dk, T* dv, \
+        AttentionParams p) { \
+        attention_tc_bwd_dkdv<T, D>(q, k, v, dout, lse, delta, dk, dv, p); \
+    }
+#define ATTENTION_TC_DIMS(T, tname) \
+    ATTENTION_TC(T, tname, 16) ATTENTION_TC(T, tname, 32) ATTENTION_TC(T, tname, 64) ATTENTION_TC(T, tname, 128)
+ATTENTION_TC_DIMS(f16, f16) ATTENTION_TC_DIMS(bf16, bf16)
