@@ -7,7 +7,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use nabla::nn::{Activation, Gpt, GptConfig, Mlp, Module};
 use nabla::optim::{Adam, AdamConfig, Optimizer};
 use nabla::train::text::next_token_loss;
-use nabla::{DType, Device, Generator, Tensor};
+use nabla::{DType, Device, Generator, Precision, Tensor};
 
 fn step(c: &mut Criterion) {
     let mut devices = vec![Device::Cpu];
@@ -37,8 +37,9 @@ fn step(c: &mut Criterion) {
 }
 
 /// One AdamW step of the char-GPT presets on random tokens (76 characters, as the shipped
-/// plays): `--preset cpu`'s model on the CPU, `--preset gpu`'s on the GPU (its PyTorch twin:
-/// `benches/peer/char_gpt.py`, whose whole run is the comparison in docs/benchmarks.md).
+/// plays): `--preset cpu`'s model on the CPU, `--preset gpu`'s on the GPU, there also with the
+/// products autocast to bf16 (`--precision bf16`; its PyTorch twin: `benches/peer/char_gpt.py`,
+/// whose whole run is the comparison in docs/benchmarks.md).
 fn gpt_step(c: &mut Criterion) {
     let mut devices = vec![Device::Cpu];
     if nabla::cuda::device_count() > 0 {
@@ -55,14 +56,18 @@ fn gpt_step(c: &mut Criterion) {
         let mut opt = Adam::new(model.parameters(), AdamConfig::adamw(1e-3)).unwrap();
         let x = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
         let y = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
-        group.bench_function(format!("{device}/{layers}x{width}_context{context}_batch{batch}"), |b| {
-            b.iter(|| {
-                opt.zero_grad();
-                next_token_loss(&model, &x, &y).unwrap().backward().unwrap();
-                opt.step().unwrap();
-                device.synchronize().unwrap();
-            })
-        });
+        let precisions: &[Precision] = if device.is_cuda() { &[Precision::F32, Precision::Bf16] } else { &[Precision::F32] };
+        for &precision in precisions {
+            let name = format!("{device}/{precision}/{layers}x{width}_context{context}_batch{batch}");
+            group.bench_function(name, |b| {
+                b.iter(|| {
+                    opt.zero_grad();
+                    precision.run(|| next_token_loss(&model, &x, &y)).unwrap().backward().unwrap();
+                    opt.step().unwrap();
+                    device.synchronize().unwrap();
+                })
+            });
+        }
     }
     group.finish();
 }

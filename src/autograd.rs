@@ -199,6 +199,8 @@ impl Tensor {
             ));
         }
         let _guard = NoGradGuard::new();
+        // Each product's backward runs in the dtype its forward chose (saved in the graph).
+        let _autocast = crate::amp::AutocastOff::new();
         let order = topological_order(root);
         let mut grads: HashMap<usize, Tensor> = HashMap::new();
         grads.insert(root.id, grad.detach());

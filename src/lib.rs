@@ -23,6 +23,7 @@
 //! # }
 //! ```
 
+pub mod amp;
 mod autograd;
 pub mod cpu;
 pub mod cuda;
@@ -43,6 +44,7 @@ pub mod train;
 pub mod vision;
 pub mod viz;
 
+pub use amp::{Precision, autocast};
 pub use autograd::{NoGradGuard, is_anomaly_enabled, is_grad_enabled, no_grad, set_detect_anomaly, take_anomaly};
 pub use device::Device;
 pub use dtype::{DType, Element};

@@ -73,6 +73,8 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--data", default="data/shakespeare/plays.txt")
+    # The twin of `nabla train --precision bf16`: the products under torch.autocast in bf16.
+    parser.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     args = parser.parse_args()
     p = dict(PRESETS[args.preset])
     if args.steps:
@@ -105,10 +107,14 @@ def main():
         y = torch.stack([data[j + 1:j + 1 + p["context"]] for j in i])
         return x.to(dev), y.to(dev)
 
+    def autocast():
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
     @torch.no_grad()
     def estimate(data):
         model.eval()
-        loss = sum(model(*batch(data)).item() for _ in range(200)) / 200
+        with autocast():
+            loss = sum(model(*batch(data)).item() for _ in range(200)) / 200
         model.train()
         return loss
 
@@ -122,12 +128,13 @@ def main():
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        loss = model(*batch(train))
+        with autocast():
+            loss = model(*batch(train))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    print(f"pytorch {torch.__version__} on {dev} ({args.threads} threads): {steps} steps, "
+    print(f"pytorch {torch.__version__} on {dev} ({args.threads} threads, {args.precision}): {steps} steps, "
           f"validation loss {vl:.4f} in {time.perf_counter() - start:.1f} s")
 
 

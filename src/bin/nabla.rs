@@ -8,7 +8,7 @@ use nabla::io::image::Image;
 use nabla::nn::BatchNormOptions;
 use nabla::train::text::{Sampling, TextConfig};
 use nabla::train::{self, DataKind, ModelKind, OptimizerKind, Report, TrainConfig};
-use nabla::{DType, Device, Generator, Result, Tensor, metrics, vision, viz};
+use nabla::{DType, Device, Generator, Precision, Result, Tensor, metrics, vision, viz};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -123,6 +123,27 @@ impl From<DataArg> for DataKind {
             DataArg::Mnist => DataKind::Mnist,
             DataArg::Cifar10 => DataKind::Cifar10,
             DataArg::Folder => DataKind::Folder,
+        }
+    }
+}
+
+/// The training precisions, as the command line names them.
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    /// Everything in f32
+    F32,
+    /// Products (linear, conv2d, attention) in bf16, f32 weights and optimizer state
+    Bf16,
+    /// Products in f16 with dynamic loss scaling, f32 weights and optimizer state
+    F16,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::F16 => Precision::F16,
         }
     }
 }
@@ -263,6 +284,10 @@ struct TrainArgs {
     /// the step and the op that made the first one (slow: for finding where a run diverges)
     #[arg(long)]
     detect_anomaly: bool,
+    /// Mixed precision: the products (linear, conv2d, attention) in bf16 or f16 (tensor cores on
+    /// sm_80+), weights, optimizer state, reductions and softmax in f32; f16 scales the loss
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
 }
 
 #[derive(Args)]
@@ -477,7 +502,7 @@ fn train_cmd(args: TrainArgs, flags: Option<&ArgMatches>) -> Result<()> {
     let data = config.data.as_ref().map_or("shipped MNIST subset".to_string(), |d| d.display().to_string());
     if !quiet {
         out!(
-            "{} {} on {} ({data}), {} epochs, batch {}, {:?} lr {}, seed {}",
+            "{} {} on {} ({data}), {} epochs, batch {}, {:?} lr {}, seed {}, {} products",
             if config.resume.is_some() { "resuming" } else { "training" },
             config.model.name(),
             config.device,
@@ -485,7 +510,8 @@ fn train_cmd(args: TrainArgs, flags: Option<&ArgMatches>) -> Result<()> {
             config.batch_size,
             config.optimizer,
             config.lr,
-            config.seed
+            config.seed,
+            config.precision
         );
     }
     let started = std::time::Instant::now();
@@ -523,7 +549,8 @@ fn train_config(args: TrainArgs, flags: Option<&ArgMatches>) -> Result<TrainConf
     }
     over!("model" => model, "dataset" => dataset, "data" => data, "epochs" => epochs, "batch_size" => batch_size,
         "lr" => lr, "optimizer" => optimizer, "seed" => seed, "shift" => shift, "no_flip" => flip,
-        "dropout" => dropout, "channels" => channels, "image_size" => image_size, "warmup" => warmup);
+        "dropout" => dropout, "channels" => channels, "image_size" => image_size, "warmup" => warmup,
+        "precision" => precision);
     if given("bn_momentum") {
         config.batch_norm.momentum = asked.batch_norm.momentum;
     }
@@ -574,6 +601,7 @@ fn flags_config(args: TrainArgs) -> Result<TrainConfig> {
         warmup: args.warmup.map(|w| w as usize),
         report: Report::for_terminal(args.quiet),
         detect_anomaly: args.detect_anomaly,
+        precision: args.precision.into(),
     })
 }
 
@@ -605,6 +633,7 @@ fn train_gpt(args: TrainArgs) -> Result<()> {
         device: args.device,
         out_dir: args.out.unwrap_or_else(|| PathBuf::from("runs/gpt")),
         report: Report::for_terminal(args.quiet),
+        precision: args.precision.into(),
         ..preset
     };
     let started = std::time::Instant::now();

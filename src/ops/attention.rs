@@ -55,7 +55,8 @@ impl Tensor {
     /// when `causal` and j > i. `scale` defaults to 1/√D. As
     /// `torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
     /// scale=scale)`, on one fused kernel per pass on a GPU (head sizes 16, 32, 64, 128; f64
-    /// up to 64). Differentiable in Q, K and V.
+    /// up to 64). Differentiable in Q, K and V. Under [`crate::amp::autocast`], f32 inputs run in
+    /// the autocast dtype.
     pub fn scaled_dot_product_attention(
         &self,
         key: &Tensor,
@@ -64,6 +65,11 @@ impl Tensor {
         scale: Option<f64>,
     ) -> Result<Tensor> {
         let (q, k, v) = (self, key, value);
+        if let Some(low) = crate::amp::product_dtype(&[q, k, v]) {
+            return crate::amp::in_low_precision(&[q, k, v], low, |t| {
+                t[0].scaled_dot_product_attention(&t[1], &t[2], causal, scale)
+            });
+        }
         q.check_float(OP)?;
         q.check_same(OP, k)?;
         q.check_same(OP, v)?;

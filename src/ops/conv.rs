@@ -184,9 +184,14 @@ impl Dims {
 
 impl Tensor {
     /// The 2-D convolution of `[N, C, H, W]` input with `[O, C / groups, KH, KW]` weight and
-    /// optional `[O]` bias, as `torch.nn.functional.conv2d` (a cross-correlation).
+    /// optional `[O]` bias, as `torch.nn.functional.conv2d` (a cross-correlation). Under
+    /// [`crate::amp::autocast`], f32 operands are convolved in the autocast dtype.
     pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv2dOptions) -> Result<Tensor> {
         const OP: &str = "conv2d";
+        let operands: Vec<&Tensor> = [Some(self), Some(weight), bias].into_iter().flatten().collect();
+        if let Some(low) = crate::amp::product_dtype(&operands) {
+            return crate::amp::in_low_precision(&operands, low, |t| t[0].conv2d(&t[1], t.get(2), opt));
+        }
         self.check_same(OP, weight)?;
         self.check_float(OP)?;
         if let Some(b) = bias {

@@ -28,15 +28,24 @@ impl Tensor {
     /// The matrix product, as `torch.matmul`: `[..., m, k] x [..., k, n] -> [..., m, n]` with the
     /// batch dims broadcast; a 1-D operand is a row (left) or column (right) vector whose
     /// dim is dropped from the result.
+    /// Under [`crate::amp::autocast`], f32 operands are multiplied in the autocast dtype.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        if let Some(low) = crate::amp::product_dtype(&[self, rhs]) {
+            return crate::amp::in_low_precision(&[self, rhs], low, |t| t[0].matmul(&t[1]));
+        }
         self.matmul_plus("matmul", rhs, None)
     }
 
     /// The affine map of `torch.nn.functional.linear`: `x Wᵀ + b` for input `[..., in]`, weight
     /// `[out, in]` and optional bias `[out]`, giving `[..., out]`. The bias is added in the
     /// matrix product's epilogue (one kernel on the GPU, no second pass over the output).
+    /// Under [`crate::amp::autocast`], f32 operands are multiplied in the autocast dtype.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         const OP: &str = "linear";
+        let operands: Vec<&Tensor> = [Some(self), Some(weight), bias].into_iter().flatten().collect();
+        if let Some(low) = crate::amp::product_dtype(&operands) {
+            return crate::amp::in_low_precision(&operands, low, |t| t[0].linear(&t[1], t.get(2)));
+        }
         let (Some(&features), [out, inputs]) = (self.shape().last(), weight.shape()) else {
             return Err(Error::shape(
                 OP,

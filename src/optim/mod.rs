@@ -40,6 +40,9 @@ pub trait Optimizer {
     }
 }
 
+mod scaler;
+pub use scaler::GradScaler;
+
 pub(crate) fn kernel_names() -> Vec<String> {
     DType::ALL
         .iter()

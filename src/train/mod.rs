@@ -17,8 +17,8 @@ use crate::data::{DataLoader, Dataset};
 use crate::io::{load_into_module, safetensors};
 use crate::metrics;
 use crate::nn::{Activation, BatchNormOptions, ConvNet, Mlp, Module, ResNet, Vit, VitConfig};
-use crate::optim::{Adam, AdamConfig, LrSchedule, Optimizer, Sgd, SgdConfig};
-use crate::{DType, Device, Error, Generator, Result, Tensor};
+use crate::optim::{Adam, AdamConfig, GradScaler, LrSchedule, Optimizer, Sgd, SgdConfig};
+use crate::{DType, Device, Error, Generator, Precision, Result, Tensor};
 use progress::Progress;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -195,6 +195,9 @@ pub struct TrainConfig {
     /// Check every step's loss, and every op's output and gradient, for non-finite values
     /// (slow: each op waits for its result), so a diverging run names the step and the op.
     pub detect_anomaly: bool,
+    /// Mixed precision: the products (linear, conv2d, attention) in bf16 or f16 with f32
+    /// master weights and optimizer state ([`crate::amp`]); f16 adds dynamic loss scaling.
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -220,6 +223,7 @@ impl Default for TrainConfig {
             warmup: None,
             report: Report::Silent,
             detect_anomaly: false,
+            precision: Precision::F32,
         }
     }
 }
@@ -381,10 +385,15 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
     let checkpoint = config.out_dir.join(run::CHECKPOINT);
     let mut history = Vec::new();
     let mut optimizer = config.optimizer.build(model.parameters(), config.lr)?;
+    // f16 products need the loss scaled up so small gradients survive them.
+    let mut scaler = config.precision.needs_loss_scaling().then(GradScaler::default);
     if let Some((saved, run)) = resumed {
         load_into_module(&saved, model.as_ref())?;
         if let Some(state) = &run.optimizer_state {
             run::load_optimizer(state, optimizer.as_mut(), model.as_ref())?;
+            if let Some(scaler) = scaler.as_mut() {
+                run::load_scaler(state, scaler)?;
+            }
         }
         history = run.history;
     }
@@ -424,7 +433,7 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
             let x =
                 DataKind::augment(geometry, &batch.features, config.shift, flip, &mut augment)?.to_device(&device)?;
             let y = batch.targets.to_device(&device)?;
-            let scores = model.forward(&x)?;
+            let scores = config.precision.run(|| model.forward(&x))?;
             let loss = scores.cross_entropy(&y)?;
             if config.detect_anomaly {
                 let value = loss.to_scalar::<f64>()?;
@@ -434,8 +443,16 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
                 }
             }
             optimizer.zero_grad();
-            loss.backward()?;
-            optimizer.step()?;
+            match scaler.as_mut() {
+                Some(scaler) => {
+                    scaler.scale_loss(&loss)?.backward()?;
+                    scaler.step(optimizer.as_mut())?;
+                }
+                None => {
+                    loss.backward()?;
+                    optimizer.step()?;
+                }
+            }
             crate::no_grad(|| -> Result<()> {
                 losses.narrow(0, i, 1)?.copy_(&loss.detach().reshape(&[1])?)?;
                 let hits = scores.detach().argmax(-1, false)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?;
@@ -457,7 +474,7 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
         let train_loss = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
         let train_accuracy = correct.to_scalar::<f64>()? / train_set.len().max(1) as f64;
         model.set_training(false);
-        let (val_loss, val_accuracy) = evaluate_loss(model.as_ref(), &val_set)?;
+        let (val_loss, val_accuracy) = config.precision.run(|| evaluate_loss(model.as_ref(), &val_set))?;
         model.set_training(true);
         let summary = EpochSummary {
             epoch: epoch + 1,
@@ -479,13 +496,14 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
             batch_norm: config.batch_norm,
         }
         .to_strings(model_classes(model.as_ref()), history.len());
-        run::commit_epoch(&checkpoint, &settings, metadata, model.as_ref(), optimizer.as_ref(), &history)?;
+        let saved = run::Saved { model: model.as_ref(), optimizer: optimizer.as_ref(), scaler: scaler.as_ref() };
+        run::commit_epoch(&checkpoint, &settings, metadata, saved, &history)?;
         if !keep_going(&summary) {
             break;
         }
     }
     model.set_training(false);
-    let test_accuracy = evaluate(model.as_ref(), &test_set)?;
+    let test_accuracy = config.precision.run(|| evaluate(model.as_ref(), &test_set))?;
     let epochs_trained = history.len() - first_epoch;
     Ok(TrainOutcome { model, history, test_accuracy, checkpoint, class_names: splits.class_names, epochs_trained })
 }

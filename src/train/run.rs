@@ -14,8 +14,8 @@
 use super::{DataKind, EpochSummary, Geometry, ModelKind, OptimizerKind, TrainConfig};
 use crate::io::{safetensors, save_module};
 use crate::nn::{BatchNormOptions, Module};
-use crate::optim::Optimizer;
-use crate::{Error, Result, Tensor};
+use crate::optim::{GradScaler, Optimizer};
+use crate::{Error, Precision, Result, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -75,6 +75,13 @@ pub struct RunSettings {
     pub bn_eps: f64,
     /// Warm-up epochs.
     pub warmup: usize,
+    /// The products' precision (`f32`, `bf16`, `f16`; runs saved before it existed: `f32`).
+    #[serde(default = "f32_name")]
+    pub precision: String,
+}
+
+fn f32_name() -> String {
+    Precision::F32.name().to_string()
 }
 
 impl RunSettings {
@@ -97,6 +104,7 @@ impl RunSettings {
             bn_momentum: config.batch_norm.momentum,
             bn_eps: config.batch_norm.eps,
             warmup: config.warmup_epochs(),
+            precision: config.precision.name().to_string(),
         }
     }
 
@@ -119,6 +127,7 @@ impl RunSettings {
             ("--bn-momentum", self.bn_momentum.to_string()),
             ("--bn-eps", self.bn_eps.to_string()),
             ("--warmup", self.warmup.to_string()),
+            ("--precision", self.precision.clone()),
         ]
     }
 
@@ -158,6 +167,7 @@ impl RunSettings {
             warmup: Some(self.warmup),
             report: super::Report::Silent,
             detect_anomaly: false,
+            precision: self.precision.parse()?,
         })
     }
 }
@@ -277,17 +287,17 @@ pub(crate) fn commit_epoch(
     checkpoint: &Path,
     settings: &RunSettings,
     mut metadata: BTreeMap<String, String>,
-    model: &dyn Module,
-    optimizer: &dyn Optimizer,
+    saved: Saved,
     history: &[EpochSummary],
 ) -> Result<()> {
+    let Saved { model, optimizer, scaler } = saved;
     let json = |what: &str, value: serde_json::Result<String>| {
         value.map_err(|e| Error::invalid("checkpoint", format!("cannot write the {what}: {e}")))
     };
     let optimizer_name = format!("optimizer-{:04}.safetensors", history.len());
     safetensors::save(
         &checkpoint.with_file_name(&optimizer_name),
-        &optimizer_state(optimizer, model),
+        &[optimizer_state(optimizer, model), scaler.map(GradScaler::state).unwrap_or_default()].concat(),
         &BTreeMap::new(),
     )?;
     metadata.insert(RUN_KEY.into(), json("settings", serde_json::to_string(settings))?);
@@ -330,6 +340,19 @@ fn remove_files_beside(checkpoint: &Path, doomed: impl Fn(&str) -> bool) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// What an epoch's commit saves besides the run's record: the model, the optimizer, and the
+/// loss scaler of an f16 run (its state goes in the optimizer's file).
+pub(crate) struct Saved<'a> {
+    pub(crate) model: &'a dyn Module,
+    pub(crate) optimizer: &'a dyn Optimizer,
+    pub(crate) scaler: Option<&'a GradScaler>,
+}
+
+/// Restores a loss scaler from an optimizer file written by an f16 run.
+pub fn load_scaler(path: &Path, scaler: &mut GradScaler) -> Result<()> {
+    scaler.set_state(&safetensors::load(path)?.tensors.into_iter().collect())
 }
 
 fn optimizer_state(optimizer: &dyn Optimizer, model: &dyn Module) -> Vec<(String, Tensor)> {

@@ -7,8 +7,8 @@ use super::Report;
 use crate::data::text::{CharTokenizer, TokenStream, shipped_plays};
 use crate::io::{load_into_module, safetensors, save_module};
 use crate::nn::{Gpt, GptCache, GptConfig, Module};
-use crate::optim::{Adam, AdamConfig, CosineLr, LrSchedule, Optimizer, WarmupLr, clip_grad_norm};
-use crate::{Device, Error, Generator, Result, Tensor};
+use crate::optim::{Adam, AdamConfig, CosineLr, GradScaler, LrSchedule, Optimizer, WarmupLr, clip_grad_norm};
+use crate::{Device, Error, Generator, Precision, Result, Tensor};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,8 @@ pub struct TextConfig {
     pub out_dir: PathBuf,
     /// What the run prints.
     pub report: Report,
+    /// Mixed precision of the products ([`crate::amp`]); f16 adds dynamic loss scaling.
+    pub precision: Precision,
 }
 
 impl TextConfig {
@@ -85,6 +87,7 @@ impl TextConfig {
             device: Device::Cpu,
             out_dir: PathBuf::from("runs/gpt"),
             report: Report::Silent,
+            precision: Precision::F32,
         }
     }
 
@@ -202,6 +205,7 @@ pub fn train_text(config: &TextConfig) -> Result<TextOutcome> {
         after: CosineLr { base: config.lr, min: config.min_lr, total: config.steps.saturating_sub(config.warmup) },
     };
     let params = model.parameters();
+    let mut scaler = config.precision.needs_loss_scaling().then(GradScaler::default);
     let started = Instant::now();
     let mut reports = Vec::new();
     let mut windows = Generator::new(config.seed ^ 0x5eed);
@@ -211,7 +215,7 @@ pub fn train_text(config: &TextConfig) -> Result<TextOutcome> {
         }
     };
     say(format!(
-        "training a gpt ({} layers, {} heads, width {}, context {}, {} parameters) on {} for {} steps, batch {}, lr {}",
+        "training a gpt ({} layers, {} heads, width {}, context {}, {} parameters) on {} for {} steps, batch {}, lr {}, {} products",
         config.layers,
         config.heads,
         config.width,
@@ -220,7 +224,8 @@ pub fn train_text(config: &TextConfig) -> Result<TextOutcome> {
         device,
         config.steps,
         config.batch_size,
-        config.lr
+        config.lr,
+        config.precision
     ));
     say(format!(
         "text: {} characters ({} distinct), {} to train on, {} to validate",
@@ -233,8 +238,10 @@ pub fn train_text(config: &TextConfig) -> Result<TextOutcome> {
         if step % config.eval_every.max(1) == 0 || step == config.steps {
             model.set_training(false);
             let mut eval_rng = Generator::new(config.seed ^ 0xe7a1);
-            let train_loss = text_loss(&model, &train, config.eval_batches, config.batch_size, &mut eval_rng, &device)?;
-            let val_loss = text_loss(&model, &val, config.eval_batches, config.batch_size, &mut eval_rng, &device)?;
+            let (train_loss, val_loss) = config.precision.run(|| -> Result<(f64, f64)> {
+                let mut loss = |stream| text_loss(&model, stream, config.eval_batches, config.batch_size, &mut eval_rng, &device);
+                Ok((loss(&train)?, loss(&val)?))
+            })?;
             model.set_training(true);
             if !train_loss.is_finite() {
                 return Err(Error::invalid(
@@ -260,12 +267,28 @@ pub fn train_text(config: &TextConfig) -> Result<TextOutcome> {
             opt.zero_grad();
             opt.set_lr(schedule.lr(step));
         }
-        next_token_loss(&model, &x, &y)?.backward()?;
-        if config.clip > 0.0 {
-            clip_grad_norm(&params, config.clip)?;
-        }
-        for opt in optimizers.iter_mut() {
-            opt.step()?;
+        let loss = config.precision.run(|| next_token_loss(&model, &x, &y))?;
+        // With a loss scaler, the gradients are unscaled before clipping, and a step whose
+        // gradients overflowed is skipped (the scaler lowers its scale).
+        let finite = match scaler.as_mut() {
+            Some(scaler) => {
+                scaler.scale_loss(&loss)?.backward()?;
+                let finite = scaler.unscale(&params)?;
+                scaler.update(finite);
+                finite
+            }
+            None => {
+                loss.backward()?;
+                true
+            }
+        };
+        if finite {
+            if config.clip > 0.0 {
+                clip_grad_norm(&params, config.clip)?;
+            }
+            for opt in optimizers.iter_mut() {
+                opt.step()?;
+            }
         }
     }
     model.set_training(false);

@@ -19,6 +19,7 @@ mod gradients;
 mod kernels_compile;
 mod launch_geometry;
 mod metrics;
+mod mixed_precision;
 mod nn;
 mod optim;
 mod params_mirror;
