@@ -1,6 +1,6 @@
 //! Criterion benches of the core kernels on the CPU and, when present, the GPU (the CPU sizes are
 //! the rows of the CPU table in docs/benchmarks.md):
-//! elementwise add and sum (bytes moved per second), softmax over rows, and f32/f16 matmul
+//! elementwise add and sum (bytes moved per second), softmax over rows, and f32/TF32/f16/bf16 matmul
 //! (FLOP/s, reported by criterion as "elements" per second). GPU iterations end with a device
 //! synchronize inside the measured closure, so they time the kernels, not the queueing.
 //!
@@ -79,9 +79,14 @@ fn softmax(c: &mut Criterion) {
 }
 
 fn matmul(c: &mut Criterion) {
-    for dtype in [DType::F32, DType::F16] {
-        let mut group = c.benchmark_group(format!("matmul_{dtype}_flops"));
-        for device in devices() {
+    // f32 twice: as f32, then as TF32 on the tensor cores (GPU only, as PyTorch's "high").
+    for (dtype, precision) in [(DType::F32, "highest"), (DType::F32, "high"), (DType::F16, "highest"), (DType::BF16, "highest")] {
+        nabla::set_float32_matmul_precision(precision).unwrap();
+        let name = if precision == "high" { "tf32".to_string() } else { dtype.to_string() };
+        let mut group = c.benchmark_group(format!("matmul_{name}_flops"));
+        // TF32 and bf16 are GPU rows (the CPU computes f32 as f32, and its 16-bit path is f16's).
+        let gpu_only = precision == "high" || dtype == DType::BF16;
+        for device in devices().into_iter().filter(|d| d.is_cuda() || !gpu_only) {
             let n = size(device, 1024, 4096);
             let (a, b) = (randn(&[n, n], dtype, device), randn(&[n, n], dtype, device));
             group.throughput(Throughput::Elements(2 * (n * n * n) as u64));
@@ -95,6 +100,7 @@ fn matmul(c: &mut Criterion) {
         }
         group.finish();
     }
+    nabla::set_float32_matmul_precision("highest").unwrap();
 }
 
 criterion_group! {

@@ -242,3 +242,4 @@ GEMM_INSTANTIATE(CONV, f16, f16, 1, 2) GEMM_INSTANTIATE(CONV, bf16, bf16, 1, 2)
         mma_gemm<T, bm, bn>(pb); \
     }
 GEMM_INSTANTIATE(CONV_TC, f16, f16, 1, 2) GEMM_INSTANTIATE(CONV_TC, bf16, bf16, 1, 2)
+GEMM_INSTANTIATE(CONV_TC, float, f32, 1, 2)  // as TF32, when set_float32_matmul_precision allows

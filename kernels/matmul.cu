@@ -100,6 +100,9 @@ GEMM_INSTANTIATE(LINEAR, f16, f16, 1, 2) GEMM_INSTANTIATE(LINEAR, bf16, bf16, 1,
 // per SM: at two, ptxas spills (the register test holds them to it).
 GEMM_INSTANTIATE(MATMUL_TC, f16, f16, 1, 2) GEMM_INSTANTIATE(MATMUL_TC, bf16, bf16, 1, 2)
 GEMM_INSTANTIATE(LINEAR_TC, f16, f16, 1, 2) GEMM_INSTANTIATE(LINEAR_TC, bf16, bf16, 1, 2)
+// f32 operands rounded to TF32 (m16n8k8), chosen only when nabla::set_float32_matmul_precision
+// allows it.
+GEMM_INSTANTIATE(MATMUL_TC, float, f32, 1, 2) GEMM_INSTANTIATE(LINEAR_TC, float, f32, 1, 2)
 
 // One warp: D = A B + C for A 16 x 16 (row-major), B 16 x 8 (row-major, depth by column) and C
 // 16 x 8, the 16-bit operands given as raw bits, through the fragment layout of nabla.cuh.
@@ -122,3 +125,16 @@ GEMM_INSTANTIATE(LINEAR_TC, f16, f16, 1, 2) GEMM_INSTANTIATE(LINEAR_TC, bf16, bf
     }
 MMA_PROBE(mma_probe_bf16, mma_m16n8k16_bf16)
 MMA_PROBE(mma_probe_f16, mma_m16n8k16_f16)
+
+// One warp: D = A B + C for A 16 x 8 and B 8 x 8 (both row-major f32, rounded to TF32 here) and
+// C 16 x 8, through the m16n8k8 TF32 fragment layout of nabla.cuh.
+extern "C" __global__ void mma_probe_tf32(const float* a, const float* b, const float* c, float* d) {
+    const int lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3;
+    unsigned fa[4], fb[2];
+    float fc[4], fd[4];
+    for (int r = 0; r < 4; ++r) fa[r] = f32_to_tf32(a[(group + 8 * (r % 2)) * 8 + tig + 4 * (r / 2)]);
+    for (int r = 0; r < 2; ++r) fb[r] = f32_to_tf32(b[(tig + 4 * r) * 8 + group]);
+    for (int e = 0; e < 4; ++e) fc[e] = c[(group + 8 * (e / 2)) * 8 + 2 * tig + (e & 1)];
+    mma_m16n8k8_tf32(fd, fa, fb, fc);
+    for (int e = 0; e < 4; ++e) d[(group + 8 * (e / 2)) * 8 + 2 * tig + (e & 1)] = fd[e];
+}

@@ -181,6 +181,32 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const unsigned a[4
 __device__ __forceinline__ void mma_m16n8k16_f16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
     NABLA_MMA_16816("f16")
 }
+
+// mma_m16n8k8_tf32: D = A B + C for a 16 x 8 A (row-major) and an 8 x 8 B (column-major) of TF32
+// values (f32 bits whose low 13 mantissa bits are zero; see f32_to_tf32), C and D f32. a[i] is
+// A at row group + 8 (i % 2), column tig + 4 (i / 2); b[i] is B at row (depth) tig + 4 i, column
+// group; c and d as for m16n8k16. Needs sm_80.
+// f32_to_tf32: x rounded to TF32 (10 mantissa bits), to nearest with ties away from zero, as
+// cuBLAS rounds (`cvt.rna.tf32.f32`); infinities and NaN pass through.
+#if __CUDA_ARCH__ >= 800
+__device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%10,%11,%12,%13};"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+                   "f"(c[2]), "f"(c[3]));
+}
+__device__ __forceinline__ unsigned f32_to_tf32(float x) {
+    unsigned out;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(out) : "f"(x));
+    return out;
+}
+#else
+__device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    asm volatile("trap;");
+}
+__device__ __forceinline__ unsigned f32_to_tf32(float x) { return __float_as_uint(x); }
+#endif
 #endif
 
 // Fragment helpers shared by the tensor-core kernels (mma_gemm.cuh, attention_tc.cu).

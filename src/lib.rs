@@ -59,3 +59,4 @@ pub use rng::Generator;
 pub use tensor::Tensor;
 
 pub use cpu::{num_threads, set_num_threads};
+pub use cuda::gemm::{float32_matmul_precision, set_float32_matmul_precision};

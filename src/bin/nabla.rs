@@ -979,6 +979,19 @@ fn check(args: CheckArgs) -> Result<()> {
             ));
         }
         out!("  {:<14} exact on a known product", "mma m16n8k16");
+        // The TF32 intrinsic (f32 products under set_float32_matmul_precision("high")).
+        let d = cuda::gemm::mma_probe_tf32(&dev, &values[..128], &values[..64], &c)?;
+        let exact = (0..128).all(|i| {
+            let (r, n) = (i / 8, i % 8);
+            d[i] == c[i] + (0..8).map(|k| values[r * 8 + k] * values[k * 8 + n]).sum::<f32>()
+        });
+        if !exact {
+            return Err(nabla::Error::invalid(
+                "check",
+                "the tensor-core intrinsic (mma m16n8k8 tf32) is wrong on a known product",
+            ));
+        }
+        out!("  {:<14} exact on a known product", "mma m16n8k8");
     }
     Ok(())
 }

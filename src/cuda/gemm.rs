@@ -3,6 +3,7 @@
 //! tests can pin the choices down; the ops call it with the device's SM count.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Tile shapes (rows x columns of C per block) in the order the planner tries them, with the
 /// kernel-name infix of their instantiations (`GEMM_INSTANTIATE` in kernels/tiled_gemm.cuh).
@@ -69,11 +70,39 @@ pub fn plan(
     GemmPlan { tile: (shape.0, shape.1), infix: shape.2, splits, grid }
 }
 
+/// How f32 matrix products may run, as PyTorch's `torch.set_float32_matmul_precision`: 0
+/// "highest" (f32 on the FMA pipes, the default), 1 "high" and 2 "medium" (operands rounded to
+/// TF32, 10 mantissa bits, on the tensor cores of sm_80+, f32 accumulation).
+static FLOAT32_MATMUL_PRECISION: AtomicU8 = AtomicU8::new(0);
+const PRECISIONS: [&str; 3] = ["highest", "high", "medium"];
+
+/// Sets how f32 matmuls, linear layers and convolutions run on a GPU, for the whole process (as
+/// `torch.set_float32_matmul_precision`): "highest" keeps f32 (the default); "high" and "medium"
+/// round the operands to TF32 and multiply on the tensor cores of sm_80+ GPUs (about 8x the FP32
+/// pipes' rate, relative error near 1e-3 per product), accumulating in f32. The CPU always
+/// computes in f32. Any other name is an error.
+pub fn set_float32_matmul_precision(precision: &str) -> crate::Result<()> {
+    let index = PRECISIONS.iter().position(|&p| p == precision).ok_or_else(|| {
+        crate::Error::invalid(
+            "set_float32_matmul_precision",
+            format!("`{precision}` is not one of {}", PRECISIONS.join(", ")),
+        )
+    })?;
+    FLOAT32_MATMUL_PRECISION.store(index as u8, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The f32 matmul precision in force: "highest", "high" or "medium".
+pub fn float32_matmul_precision() -> &'static str {
+    PRECISIONS[FLOAT32_MATMUL_PRECISION.load(Ordering::Relaxed) as usize]
+}
+
 /// Whether GEMM-shaped work of `dtype` on `dev` runs on the tensor cores (the `*_tc_*` kernels of
-/// `kernels/mma_gemm.cuh`): f16 and bf16 on sm_80 and newer, with f32 accumulation; f32 and f64
-/// stay on the FMA pipes.
+/// `kernels/mma_gemm.cuh`) on sm_80 and newer, with f32 accumulation: f16 and bf16 always, f32
+/// (as TF32) when [`set_float32_matmul_precision`] allows it; f64 stays on the FMA pipes.
 pub fn uses_tensor_cores(dtype: crate::DType, dev: &super::CudaDevice) -> bool {
-    matches!(dtype, crate::DType::F16 | crate::DType::BF16) && dev.arch().0 >= 8
+    let tf32 = dtype == crate::DType::F32 && float32_matmul_precision() != "highest";
+    (matches!(dtype, crate::DType::F16 | crate::DType::BF16) || tf32) && dev.arch().0 >= 8
 }
 
 /// The kernel-name base of `base` (e.g. `matmul`, `conv2d_fwd`) for `dtype` on `dev`: with `_tc`
@@ -93,37 +122,68 @@ pub fn mma_probe(
     b: &[u16],
     c: &[f32],
 ) -> crate::Result<Vec<f32>> {
-    const OP: &str = "mma_probe";
     let kernel = match dtype {
         crate::DType::BF16 => "mma_probe_bf16",
         crate::DType::F16 => "mma_probe_f16",
-        other => return Err(crate::Error::unsupported(OP, other, " (tensor-core products take f16 or bf16)")),
+        other => return Err(crate::Error::unsupported(PROBE, other, " (tensor-core products take f16 or bf16)")),
     };
-    if a.len() != 256 || b.len() != 128 || c.len() != 128 {
+    probe(dev, kernel, a, b, c, (256, 128))
+}
+
+/// [`mma_probe`] for the TF32 intrinsic `mma_m16n8k8_tf32`: `a` is 16 x 8 and `b` 8 x 8, both
+/// row-major f32 (the kernel rounds them to TF32), `c` 16 x 8. Returns D, 16 x 8.
+pub fn mma_probe_tf32(
+    dev: &std::sync::Arc<super::CudaDevice>,
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+) -> crate::Result<Vec<f32>> {
+    probe(dev, "mma_probe_tf32", a, b, c, (128, 64))
+}
+
+const PROBE: &str = "mma_probe";
+
+/// Launches one warp of the probe `kernel` on A and B (`sizes` elements each) and C (128).
+fn probe<T: cudarc::driver::DeviceRepr>(
+    dev: &std::sync::Arc<super::CudaDevice>,
+    kernel: &str,
+    a: &[T],
+    b: &[T],
+    c: &[f32],
+    sizes: (usize, usize),
+) -> crate::Result<Vec<f32>> {
+    if (a.len(), b.len(), c.len()) != (sizes.0, sizes.1, 128) {
         return Err(crate::Error::shape(
-            OP,
-            format!("A, B and C must hold 256, 128 and 128 values, got {}, {}, {}", a.len(), b.len(), c.len()),
+            PROBE,
+            format!(
+                "A, B and C must hold {}, {} and 128 values, got {}, {}, {}",
+                sizes.0,
+                sizes.1,
+                a.len(),
+                b.len(),
+                c.len()
+            ),
         ));
     }
     if dev.arch().0 < 8 {
         return Err(crate::Error::invalid(
-            OP,
+            PROBE,
             format!("tensor-core products need sm_80, this GPU is {:?}", dev.arch()),
         ));
     }
-    let error = |e| super::cuda_error(OP, e);
+    let error = |e| super::cuda_error(PROBE, e);
     let (da, db, dc) = (
         dev.stream.clone_htod(a).map_err(error)?,
         dev.stream.clone_htod(b).map_err(error)?,
         dev.stream.clone_htod(c).map_err(error)?,
     );
     let mut dd = dev.stream.alloc_zeros::<f32>(128).map_err(error)?;
-    let f = dev.function(OP, "matmul", kernel)?;
+    let f = dev.function(PROBE, "matmul", kernel)?;
     let mut launch = dev.stream.launch_builder(&f);
     launch.arg(&da).arg(&db).arg(&dc).arg(&mut dd);
-    // SAFETY: mma_probe_<T>(const u16* a, const u16* b, const float* c, float* d) reads 256, 128
-    // and 128 elements and writes 128, with one warp.
+    // SAFETY: mma_probe_<T>(const T* a, const T* b, const float* c, float* d) reads the element
+    // counts checked above for A, B and C and writes 128, with one warp.
     unsafe { launch.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 }) }
-        .map_err(|e| super::launch_error(OP, kernel, e))?;
+        .map_err(|e| super::launch_error(PROBE, kernel, e))?;
     dev.stream.clone_dtoh(&dd).map_err(error)
 }

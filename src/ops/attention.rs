@@ -203,7 +203,7 @@ fn pass(
     heads: usize,
     dev: &crate::cuda::CudaDevice,
 ) -> (&'static str, String, LaunchConfig) {
-    if crate::cuda::gemm::uses_tensor_cores(dtype, dev) {
+    if matches!(dtype, DType::F16 | DType::BF16) && crate::cuda::gemm::uses_tensor_cores(dtype, dev) {
         let config = LaunchConfig {
             grid_dim: (rows.div_ceil(TC_ROWS_PER_BLOCK).max(1) as u32, heads as u32, 1),
             block_dim: (2 * TC_ROWS_PER_BLOCK as u32, 1, 1),

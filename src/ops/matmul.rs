@@ -17,11 +17,13 @@ pub(crate) fn kernel_names() -> Vec<String> {
         .filter(|d| d.is_float())
         .flat_map(|d| GemmPlan::infixes().map(move |t| [format!("matmul_{t}{d}"), format!("linear_{t}{d}")]))
         .flatten();
-    let tensor_cores = [DType::F16, DType::BF16]
+    // f16/bf16 on m16n8k16, f32 as TF32 on m16n8k8 (when allowed).
+    let tensor_cores = [DType::F16, DType::BF16, DType::F32]
         .iter()
         .flat_map(|d| GemmPlan::infixes().map(move |t| [format!("matmul_tc_{t}{d}"), format!("linear_tc_{t}{d}")]))
         .flatten();
-    fma.chain(tensor_cores).chain(["mma_probe_bf16".to_string(), "mma_probe_f16".to_string()]).collect()
+    let probes = ["mma_probe_bf16", "mma_probe_f16", "mma_probe_tf32"].map(String::from);
+    fma.chain(tensor_cores).chain(probes).collect()
 }
 
 impl Tensor {

@@ -31,6 +31,25 @@ fn mma_intrinsics_compute_a_known_product_through_the_ptx_fragment_layout() {
         assert_eq!(d, expected, "{dtype}");
     }
     assert!(nabla::cuda::gemm::mma_probe(&dev, DType::F32, &[], &[], &[]).is_err());
+
+    // m16n8k8 with TF32 operands: A 16 x 8, B 8 x 8 (small integers are exact in TF32).
+    let (a, b) = (known(16, 8, 4), known(8, 8, 5));
+    let mut expected = vec![0f32; 128];
+    for r in 0..16 {
+        for n in 0..8 {
+            expected[r * 8 + n] = c[r * 8 + n] + (0..8).map(|k| a[r * 8 + k] * b[k * 8 + n]).sum::<f32>();
+        }
+    }
+    assert_eq!(nabla::cuda::gemm::mma_probe_tf32(&dev, &a, &b, &c).unwrap(), expected, "tf32");
+    // The conversion rounds to 10 mantissa bits, to nearest: 1 + 2^-11 + 2^-12 becomes 1 + 2^-10.
+    let x = 1.0 + 2f32.powi(-11) + 2f32.powi(-12);
+    let mut one = vec![0f32; 128];
+    one[0] = x;
+    let mut identity = vec![0f32; 64];
+    identity[0] = 1.0;
+    let d = nabla::cuda::gemm::mma_probe_tf32(&dev, &one, &identity, &vec![0.0; 128]).unwrap();
+    assert_eq!(d[0], 1.0 + 2f32.powi(-10), "operands are rounded to TF32");
+    assert!(nabla::cuda::gemm::mma_probe_tf32(&dev, &a, &b[..8], &c).is_err(), "sizes are checked");
 }
 
 #[test]
@@ -60,4 +79,71 @@ fn half_precision_products_on_the_tensor_cores_match_the_reference_at_ragged_edg
             }
         }
     }
+}
+
+/// Runs the test `name` alone in a child process with `NABLA_TEST_CHILD` set: for tests that
+/// change process-wide settings, which the other tests running beside them must not see.
+fn in_child_process(name: &str) -> bool {
+    if std::env::var_os("NABLA_TEST_CHILD").is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture"])
+        .env("NABLA_TEST_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("1 passed"), "child run failed:\n{text}");
+    false
+}
+
+#[test]
+fn tf32_products_are_opt_in_and_match_the_reference_within_tf32_tolerance() {
+    assert!(nabla::set_float32_matmul_precision("fastest").is_err(), "an unknown precision is refused");
+    if !in_child_process("tensor_cores::tf32_products_are_opt_in_and_match_the_reference_within_tf32_tolerance") {
+        return;
+    }
+    let Some(gpu) = crate::common::cuda_or_skip("tf32 products") else { return };
+    let mut rng = Generator::new(32);
+    let (m, k, n) = (70, 45, 37);
+    let a = Tensor::randn(&[m, k], DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let w = Tensor::randn(&[n, k], DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let bias = Tensor::randn(&[n], DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let x = Tensor::randn(&[2, 3, 11, 13], DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let kernel = Tensor::randn(&[5, 3, 3, 3], DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let opt = nabla::Conv2dOptions::new(1, 1);
+    let expected = [
+        nabla::cpu::reference(|| a.linear(&w, Some(&bias))).unwrap(),
+        nabla::cpu::reference(|| a.matmul(&w.transpose(0, 1).unwrap())).unwrap(),
+        nabla::cpu::reference(|| x.conv2d(&kernel, None, opt)).unwrap(),
+    ];
+    let on_gpu = || {
+        let (ga, gw, gb) = (a.to_device(&gpu).unwrap(), w.to_device(&gpu).unwrap(), bias.to_device(&gpu).unwrap());
+        let (gx, gk) = (x.to_device(&gpu).unwrap(), kernel.to_device(&gpu).unwrap());
+        [ga.linear(&gw, Some(&gb)), ga.matmul(&gw.transpose(0, 1).unwrap()), gx.conv2d(&gk, None, opt)]
+            .map(|t| t.unwrap().to_vec::<f64>().unwrap())
+    };
+    // The error of each product against the f64 reference, relative to the largest output.
+    let worst = |got: &[Vec<f64>; 3]| -> f64 {
+        got.iter()
+            .zip(&expected)
+            .map(|(g, e)| {
+                let e = e.to_vec::<f64>().unwrap();
+                let scale = e.iter().fold(0f64, |m, v| m.max(v.abs()));
+                g.iter().zip(&e).fold(0f64, |m, (x, y)| m.max((x - y).abs() / scale))
+            })
+            .fold(0.0, f64::max)
+    };
+    assert_eq!(nabla::float32_matmul_precision(), "highest", "f32 stays f32 by default");
+    let exact = worst(&on_gpu());
+    assert!(exact < 1e-5, "f32 products: relative error {exact}");
+    nabla::set_float32_matmul_precision("high").unwrap();
+    assert_eq!(nabla::float32_matmul_precision(), "high");
+    let tf32 = worst(&on_gpu());
+    println!("largest relative error: f32 {exact:e}, tf32 {tf32:e}");
+    // TF32 keeps 10 mantissa bits: a product of depth 45 lands within about 1e-3 of the largest
+    // output, and (on these random operands) measurably above f32's error.
+    assert!(tf32 < 3e-3, "tf32 products: relative error {tf32}");
+    assert!(tf32 > 10.0 * exact.max(1e-7), "tf32 rounding shows: {tf32} vs f32 {exact}");
+    nabla::set_float32_matmul_precision("highest").unwrap();
 }

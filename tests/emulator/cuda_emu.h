@@ -156,3 +156,34 @@ inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[
 inline void mma_m16n8k16_f16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
     emu::mma_m16n8k16<emu::f16_bits_to_float>(d, a, b, c);
 }
+
+// m16n8k8 with TF32 operands: A element at row groupID + 8 (i % 2), column tid + 4 (i / 2); B
+// element i at row tid + 4 i, column groupID (the PTX ISA's layout for mma.m16n8k8 .tf32).
+inline void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    float A[16][8], B[8][8];
+    unsigned mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]}, all[32][6];
+    emu::warp_gather(mine, (int)sizeof mine, all);
+    for (int src = 0; src < 32; ++src) {
+        const int group = src >> 2, tig = src & 3;
+        for (int i = 0; i < 4; ++i) std::memcpy(&A[group + 8 * (i % 2)][tig + 4 * (i / 2)], &all[src][i], 4);
+        for (int i = 0; i < 2; ++i) std::memcpy(&B[tig + 4 * i][group], &all[src][4 + i], 4);
+    }
+    const int lane = emu::lane_id(), group = lane >> 2, tig = lane & 3;
+    float out[4];
+    for (int i = 0; i < 4; ++i) {
+        const int row = group + 8 * (i / 2), col = 2 * tig + (i & 1);
+        float sum = c[i];
+        for (int k = 0; k < 8; ++k) sum += A[row][k] * B[k][col];
+        out[i] = sum;
+    }
+    for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
+// cvt.rna.tf32.f32: add half of the 13 dropped bits' weight to the magnitude and clear them
+// (ties round away from zero); infinities and NaN are left alone.
+inline unsigned f32_to_tf32(float x) {
+    unsigned u;
+    std::memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u;
+    return (u + 0x1000u) & 0xffffe000u;
+}
