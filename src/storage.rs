@@ -191,6 +191,15 @@ pub(crate) fn reinterpret_slice_mut<S: Element, T: Element>(v: &mut [S]) -> &mut
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<T>(), v.len()) }
 }
 
+/// [`reinterpret_slice_mut`] for slices still to be written.
+pub(crate) fn reinterpret_uninit_mut<S: Element, T: Element>(
+    v: &mut [std::mem::MaybeUninit<S>],
+) -> &mut [std::mem::MaybeUninit<T>] {
+    assert_eq!(S::DTYPE, T::DTYPE, "reinterpret_uninit_mut between different element types");
+    // SAFETY: S and T are the same type (checked above), so are their MaybeUninit wrappers.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<std::mem::MaybeUninit<T>>(), v.len()) }
+}
+
 /// Refuses, before an op allocates its host output of `shape` and `dtype`, a size the machine
 /// cannot hold: the element count is checked, and a large buffer (over 64 MiB) is reserved once
 /// and released, so a request the allocator would refuse becomes [`Error::OutOfMemory`] naming

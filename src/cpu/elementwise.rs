@@ -313,3 +313,59 @@ pub(crate) fn gelu_grad_f32(x: f32) -> f32 {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
     normal_cdf_f32(x) + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x)
 }
+
+/// The destination pointer of [`copy_into_view`], shared by tasks writing disjoint elements.
+#[derive(Clone, Copy)]
+struct ViewPtr<U>(*mut U);
+// SAFETY: each task writes the elements of its own positions, and a non-broadcast view maps
+// distinct positions to distinct elements.
+unsafe impl<U> Send for ViewPtr<U> {}
+unsafe impl<U> Sync for ViewPtr<U> {}
+
+impl<U> ViewPtr<U> {
+    /// Writes `value` at element `i`.
+    ///
+    /// # Safety
+    /// `i` lies inside the allocation and no other task writes it.
+    unsafe fn write(&self, i: usize, value: U) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.add(i).write(value) }
+    }
+}
+
+/// `dst[dst_layout[i]] = f(src[src_layout[i]])` for every position i of two views of one shape:
+/// a copy into a strided destination (a slice of a larger tensor), run by runs of the innermost
+/// dim the two share, in parallel when large. `dst_layout` must not be a broadcast view (two
+/// positions would write one element); callers refuse those first.
+pub(crate) fn copy_into_view<T: Copy + Sync, U: Send>(
+    src: &[T],
+    src_layout: &Layout,
+    dst: &mut [U],
+    dst_layout: &Layout,
+    f: impl Fn(T) -> U + Sync,
+) {
+    assert!(!dst_layout.is_broadcast(), "copy_into_view: a broadcast destination");
+    let n = dst_layout.numel();
+    if n == 0 {
+        return;
+    }
+    // Every offset the walk yields lies inside the view, which lies inside `dst`.
+    let last = dst_layout.offset() + (0..dst_layout.rank()).map(|d| (dst_layout.shape()[d] - 1) * dst_layout.strides()[d]).sum::<usize>();
+    assert!(last < dst.len(), "copy_into_view: the view leaves its storage");
+    let walk = Walk::new([dst_layout, src_layout]);
+    let out = ViewPtr(dst.as_mut_ptr());
+    let body = |start: usize, len: usize| {
+        walk.runs(start, len, |_, [o, i], run, [so, si]| {
+            for j in 0..run {
+                // SAFETY: o + j so is an element of the view (checked above: inside `dst`), and
+                // this task alone writes its positions' elements.
+                unsafe { out.write(o + j * so, f(src[i + j * si])) };
+            }
+        })
+    };
+    if n < PARALLEL_MIN {
+        body(0, n);
+    } else {
+        install(|| (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|c| body(c * CHUNK, CHUNK.min(n - c * CHUNK))));
+    }
+}

@@ -133,13 +133,20 @@ pub(crate) fn matmul<T: Gemm>(
     bias: Option<&[T]>,
 ) -> Vec<T> {
     let batch: usize = batch_shape.iter().product();
-    let mut c = vec![T::ZERO; batch * m * n];
-    if c.is_empty() {
+    let len = batch * m * n;
+    // With β = 0 the GEMM never reads C (matrixmultiply's contract), so C is written, not
+    // zeroed first, unless there is a bias to start from or no depth to write anything.
+    let mut c: Vec<T> = Vec::with_capacity(len);
+    if len == 0 {
         return c;
     }
-    if let Some(bias) = bias {
-        c.chunks_mut(n).for_each(|row| row.copy_from_slice(bias));
+    match bias {
+        // β = 1 over the bias in every row (copied in, not zeroed first).
+        Some(bias) => (0..batch * m).for_each(|_| c.extend_from_slice(bias)),
+        None if k == 0 => c.resize(len, T::ZERO),
+        None => {}
     }
+    let initialised = !c.is_empty();
     let beta = if bias.is_some() { T::ONE } else { T::ZERO };
     let r = batch_shape.len();
     let (sa, sb) = (la.strides(), lb.strides());
@@ -168,13 +175,16 @@ pub(crate) fn matmul<T: Gemm>(
     let tiles: Vec<(usize, usize, usize)> = (0..batch)
         .flat_map(|i| (0..m).step_by(mb).flat_map(move |r0| (0..n).step_by(nb).map(move |c0| (i, r0, c0))))
         .collect();
+    if k == 0 {
+        return c; // zeros, or the bias in every row
+    }
     let out = OutPtr(c.as_mut_ptr());
     let run = |&(i, r0, c0): &(usize, usize, usize)| {
         let (oa, ob) = base(i);
         let (rows, cols) = (mb.min(m - r0), nb.min(n - c0));
         // SAFETY: the views lie inside `a` and `b` (they are layouts of those storages, and the
-        // tile stays within [m, k] and [k, n]); the tile lies inside `c`, which is a fresh
-        // vector, and no two tiles overlap.
+        // tile stays within [m, k] and [k, n]); the tile lies inside `c`'s allocation of `len`
+        // elements, and no two tiles overlap.
         unsafe {
             T::gemm_oriented(
                 rows,
@@ -194,6 +204,11 @@ pub(crate) fn matmul<T: Gemm>(
         tiles.iter().for_each(run);
     } else {
         install(|| tiles.par_iter().for_each(run));
+    }
+    if !initialised {
+        // SAFETY: the tiles cover every (batch, row, column) of the `len` elements, and each
+        // GEMM with β = 0 wrote all of its tile.
+        unsafe { c.set_len(len) };
     }
     c
 }

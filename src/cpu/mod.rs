@@ -291,13 +291,13 @@ pub(crate) fn like<T>(_like: &[T], v: Vec<T>) -> Vec<T> {
 }
 
 /// f32 results rounded once into float storage of `dtype` (a 16-bit float or f32).
-pub(crate) fn narrow_vec(dtype: crate::DType, values: &[f32]) -> crate::storage::CpuStorage {
+pub(crate) fn narrow_vec(dtype: crate::DType, values: Vec<f32>) -> crate::storage::CpuStorage {
     use crate::storage::CpuStorage;
     match dtype {
         crate::DType::F16 => CpuStorage::F16(values.iter().map(|&v| half::f16::from_f32(v)).collect()),
         crate::DType::BF16 => CpuStorage::BF16(values.iter().map(|&v| half::bf16::from_f32(v)).collect()),
         crate::DType::F64 => CpuStorage::F64(values.iter().map(|&v| v as f64).collect()),
-        _ => CpuStorage::F32(values.to_vec()),
+        _ => CpuStorage::F32(values), // moved, not copied
     }
 }
 

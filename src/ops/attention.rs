@@ -225,7 +225,7 @@ fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: AttentionParams, d: usize) -> 
             return Ok((Tensor::from_cpu(CpuStorage::F64(o), q.shape()), lse_of(l)));
         }
         let (o, l) = cpu_attention::forward::<f32>(&s, &typed(q)?, &typed(k)?, &typed(v)?);
-        return Ok((Tensor::from_cpu(crate::cpu::narrow_vec(q.dtype, &o), q.shape()), lse_of(l)));
+        return Ok((Tensor::from_cpu(crate::cpu::narrow_vec(q.dtype, o), q.shape()), lse_of(l)));
     }
     if !q.device().is_cuda() {
         let (qv, kv, vv) = (values(q)?, values(k)?, values(v)?);
@@ -276,7 +276,7 @@ fn backward(
     if !q.device().is_cuda() && crate::cpu::fast() {
         let s = cpu_shape(p, d);
         let l = values(lse)?;
-        let make = |x: Vec<f32>, like: &Tensor| Tensor::from_cpu(crate::cpu::narrow_vec(like.dtype, &x), like.shape());
+        let make = |x: Vec<f32>, like: &Tensor| Tensor::from_cpu(crate::cpu::narrow_vec(like.dtype, x), like.shape());
         if q.dtype == DType::F64 {
             let (a, b, c) =
                 cpu_attention::backward::<f64>(&s, &typed(q)?, &typed(k)?, &typed(v)?, &typed(out)?, &l, &typed(dout)?);

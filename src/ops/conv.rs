@@ -433,7 +433,7 @@ fn fast_conv(
         DType::F32 => CpuStorage::F32(run(pass, &shape, dense(a.0, a.1), dense(b.0, b.1), bias)),
         dtype => {
             let (wa, wb): (Vec<f32>, Vec<f32>) = (a.0.gather(a.1), b.0.gather(b.1));
-            crate::cpu::narrow_vec(dtype, &run(pass, &shape, &wa, &wb, bias))
+            crate::cpu::narrow_vec(dtype, run(pass, &shape, &wa, &wb, bias))
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::layout::{Layout, normalize_axis};
 use crate::storage::{CpuStorage, Storage, StorageRef, with_cpu_vec};
 use crate::{DType, Device, Element, Error, Result, Tensor};
 use cudarc::driver::PushKernelArg;
+use std::mem::MaybeUninit;
 
 pub(crate) fn kernel_names() -> Vec<String> {
     DType::ALL.iter().flat_map(|s| DType::ALL.iter().map(move |d| format!("cast_{s}_{d}"))).collect()
@@ -145,9 +146,7 @@ fn copy_into(op: &'static str, src: &Tensor, dst: &Tensor, dst_layout: &Layout) 
 /// The fast CPU conversion: the view walked once into a fresh row-major vector of `dtype`.
 fn cpu_convert(src: &CpuStorage, layout: &Layout, dtype: DType) -> CpuStorage {
     fn to<D: Element>(src: &CpuStorage, layout: &Layout) -> Vec<D> {
-        let mut out = vec![D::zero(); layout.numel()];
-        with_cpu_vec!(src, v => write_converted(v, layout, &mut out));
-        out
+        crate::cpu::elementwise::new_vec(layout.numel(), |out| with_cpu_vec!(src, v => write_converted(v, layout, out)))
     }
     match dtype {
         DType::F32 => CpuStorage::F32(to(src, layout)),
@@ -160,18 +159,29 @@ fn cpu_convert(src: &CpuStorage, layout: &Layout, dtype: DType) -> CpuStorage {
 
 /// Writes the `layout` view of `src` into the dense `dst`, converting as the reference does
 /// (exact within a dtype, rounded once between dtypes), in parallel chunks.
-fn write_converted<S: Element, D: Element>(src: &[S], layout: &Layout, dst: &mut [D]) {
+fn write_converted<S: Element, D: Element>(src: &[S], layout: &Layout, dst: &mut [MaybeUninit<D>]) {
     if S::DTYPE == D::DTYPE {
-        let same: &mut [S] = crate::storage::reinterpret_slice_mut(dst);
-        crate::cpu::elementwise::map(src, layout, crate::cpu::elementwise::as_uninit(same), |v| v);
+        let same: &mut [MaybeUninit<S>] = crate::storage::reinterpret_uninit_mut(dst);
+        crate::cpu::elementwise::map(src, layout, same, |v| v);
     } else {
         crate::cpu::elementwise::map(
             src,
             layout,
-            crate::cpu::elementwise::as_uninit(dst),
+            dst,
             #[inline(always)]
             |v| D::from_f64(v.to_f64()),
         );
+    }
+}
+
+/// [`write_converted`] into a strided view `layout` of `dst` (not a broadcast one).
+fn write_converted_into_view<S: Element, D: Element>(src: &[S], src_layout: &Layout, dst: &mut [D], layout: &Layout) {
+    use crate::cpu::elementwise::copy_into_view;
+    if S::DTYPE == D::DTYPE {
+        let same: &mut [S] = crate::storage::reinterpret_slice_mut(dst);
+        copy_into_view(src, src_layout, same, layout, |v| v);
+    } else {
+        copy_into_view(src, src_layout, dst, layout, |v| D::from_f64(v.to_f64()));
     }
 }
 
@@ -179,7 +189,14 @@ fn write_converted<S: Element, D: Element>(src: &[S], layout: &Layout, dst: &mut
 fn cpu_copy(src: &CpuStorage, src_layout: &Layout, dst: &mut CpuStorage, dst_layout: &Layout) {
     if dst_layout.is_contiguous() && crate::cpu::fast() {
         let (o, n) = (dst_layout.offset(), dst_layout.numel());
-        with_cpu_vec!(dst, d => with_cpu_vec!(src, s => write_converted(s, src_layout, &mut d[o..o + n])));
+        with_cpu_vec!(dst, d => with_cpu_vec!(src, s => {
+            write_converted(s, src_layout, crate::cpu::elementwise::as_uninit(&mut d[o..o + n]))
+        }));
+        return;
+    }
+    if crate::cpu::fast() && !dst_layout.is_broadcast() {
+        // A slice of a larger tensor (cat's parts, a narrow's gradient): written run by run.
+        with_cpu_vec!(dst, d => with_cpu_vec!(src, s => write_converted_into_view(s, src_layout, d, dst_layout)));
         return;
     }
     with_cpu_vec!(dst, d => {

@@ -113,7 +113,7 @@ fn forward(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, p: LayerNormParam
         }
         let (wv, bv) = (w.map(typed::<f32>).transpose()?, b.map(typed::<f32>).transpose()?);
         let (y, m, r) = cpu_norm::forward(&typed::<f32>(x)?, cols, wv.as_deref(), bv.as_deref(), p.eps);
-        return Ok((Tensor::from_cpu(crate::cpu::narrow_vec(x.dtype, &y), x.shape()), stats(m), stats(r)));
+        return Ok((Tensor::from_cpu(crate::cpu::narrow_vec(x.dtype, y), x.shape()), stats(m), stats(r)));
     }
     if !x.device().is_cuda() {
         let xv = values(x)?;
@@ -179,7 +179,7 @@ fn grad_input(
         }
         let wv = w.map(typed::<f32>).transpose()?;
         let dx = cpu_norm::grad_input(&typed::<f32>(dy)?, &typed::<f32>(x)?, cols, wv.as_deref(), &m, &inv);
-        return Ok(Tensor::from_cpu(crate::cpu::narrow_vec(x.dtype, &dx), x.shape()));
+        return Ok(Tensor::from_cpu(crate::cpu::narrow_vec(x.dtype, dx), x.shape()));
     }
     if !x.device().is_cuda() {
         let (g, xv, m, inv) = (values(dy)?, values(x)?, values(mean)?, values(rstd)?);

@@ -164,7 +164,7 @@ fn matmul_forward(
                     if fast {
                         let bias: Option<Vec<f32>> = bias.map(|t| t.to_vec::<f32>()).transpose()?;
                         let c = gemm::matmul(&da, &la, &db, &lb, batch_shape, dims, bias.as_deref());
-                        crate::cpu::narrow_vec(dtype, &c)
+                        crate::cpu::narrow_vec(dtype, c)
                     } else {
                         let c = gemm::matmul(&da, &la, &db, &lb, batch_shape, dims, None);
                         let mut c: Vec<f64> = c.iter().map(|&x| x as f64).collect();

@@ -68,13 +68,9 @@ impl Tensor {
         let (shape, d) = (self.shape().to_vec(), normalize_axis("narrow", dim, self.shape())?);
         Ok(record(out, &[self], move |g| {
             // The gradient of a slice: g in place, zeros around it.
-            let pad = |size: usize| {
-                let mut s = shape.clone();
-                s[d] = size;
-                Tensor::zeros(&s, g.dtype(), &g.device())
-            };
-            let (before, after) = (pad(start)?, pad(shape[d] - start - len)?);
-            Ok(vec![Some(Tensor::cat(&[&before, g, &after], d as isize)?)])
+            let full = Tensor::zeros(&shape, g.dtype(), &g.device())?;
+            full.narrow(d as isize, start, len)?.copy_(g)?;
+            Ok(vec![Some(full)])
         }))
     }
 

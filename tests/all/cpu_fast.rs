@@ -103,3 +103,32 @@ fn gelu_and_sigmoid_fast_forms_hold_their_precision_across_the_real_line() {
         assert_close(&format!("{op:?}"), &fast, &want, tolerance(DType::F32));
     }
 }
+
+#[test]
+fn copies_into_strided_views_match_the_reference_in_parallel_and_across_dtypes() {
+    // A slice of a wider tensor (not contiguous) filled from a transposed source: large enough
+    // to run in parallel chunks, and converting between dtypes on the way.
+    for (from, to) in [(DType::F32, DType::F32), (DType::F32, DType::BF16), (DType::F64, DType::F32), (DType::I64, DType::F32)] {
+        let src = Tensor::randn(&[900, 64], DType::F64, &Device::Cpu, &mut Generator::new(5))
+            .unwrap()
+            .mul_scalar(100.0)
+            .unwrap()
+            .to_dtype(from)
+            .unwrap();
+        let fill = || {
+            let dst = Tensor::zeros(&[64, 1200], to, &Device::Cpu).unwrap();
+            dst.narrow(1, 100, 900).unwrap().copy_(&src.t().unwrap()).unwrap();
+            dst.to_vec::<f64>().unwrap()
+        };
+        let (fast, reference) = (fill(), nabla::cpu::reference(fill));
+        assert_eq!(fast, reference, "{from} -> {to}");
+        assert!(fast[..100].iter().chain(&fast[1000..1200]).all(|&v| v == 0.0), "{from} -> {to}: outside the slice");
+    }
+    // A narrow's gradient is the upstream gradient in place and zeros around it.
+    let x = Tensor::zeros(&[64, 3000], DType::F32, &Device::Cpu).unwrap().requires_grad_().unwrap();
+    let g = Tensor::randn(&[64, 1000], DType::F32, &Device::Cpu, &mut Generator::new(6)).unwrap();
+    x.narrow(1, 1000, 1000).unwrap().mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+    let grad = x.grad().unwrap();
+    assert_eq!(grad.narrow(1, 1000, 1000).unwrap().to_vec::<f32>().unwrap(), g.to_vec::<f32>().unwrap());
+    assert_eq!(grad.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap(), g.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap());
+}
