@@ -102,7 +102,7 @@ impl Tensor {
         let b = rhs.with_layout(rhs.layout.broadcast_as(&with([k, n]))?);
         let bias_in = bias.map(|b| b.dense()).transpose()?.map(|b| b.detach());
         let out = matmul_forward(&a, &b, bias_in.as_ref(), &batch_shape, [m, k, n], self.dtype)?;
-        let (a_in, b_in) = (a.detach(), b.detach());
+        let (a_in, b_in, rhs_in) = (a.detach(), b.detach(), rhs.detach());
         let (a_shape, b_shape) = (self.shape().to_vec(), rhs.shape().to_vec());
         let (a_needs, b_needs) = (self.requires_grad(), rhs.requires_grad());
         let mut inputs = vec![self, rhs];
@@ -111,6 +111,9 @@ impl Tensor {
             // dA = g Bᵀ and dB = Aᵀ g over the broadcast batch, summed back to each operand;
             // an operand outside the graph (a batch of inputs) gets none. The bias gets g
             // summed over every row.
+            if b_shape.len() == 2 && a_shape.len() >= 2 {
+                return shared_matrix_grads(g, &a_in, &rhs_in, &a_shape, [a_needs, b_needs, bias_in.is_some()]);
+            }
             let ga = if a_needs { Some(g.matmul(&b_in.t()?)?.sum_to(&a_shape)?) } else { None };
             let gb = if b_needs { Some(a_in.t()?.matmul(g)?.sum_to(&b_shape)?) } else { None };
             let mut grads = vec![ga, gb];
@@ -120,6 +123,37 @@ impl Tensor {
             Ok(grads)
         }))
     }
+}
+
+/// The gradients of `A x W (+ bias)` for a matrix `W` `[k, n]` shared by every batch entry of
+/// `A` `[..., m, k]` (every linear layer): the batch is flattened into rows, so each gradient is
+/// one product, not one per batch entry summed afterwards: dA = g Wᵀ, dW = Aᵀ g, and the bias's
+/// g summed over the rows. When `W` is the transposed view of a dense `[n, k]` weight (as
+/// `linear` passes it), dW is computed as the dense (gᵀ A) and handed back transposed, so the
+/// weight's gradient arrives dense with no transposing copy. `wanted`: which of the three.
+fn shared_matrix_grads(
+    g: &Tensor,
+    a: &Tensor,
+    w: &Tensor,
+    a_shape: &[usize],
+    [a_needs, w_needs, bias_needs]: [bool; 3],
+) -> Result<Vec<Option<Tensor>>> {
+    let (k, n) = (w.shape()[0], w.shape()[1]);
+    let rows = g.numel() / n.max(1);
+    let g2 = g.reshape(&[rows, n])?;
+    let ga = if a_needs { Some(g2.matmul(&w.t()?)?.reshape(a_shape)?) } else { None };
+    let gw = if w_needs {
+        let a2 = a.reshape(&[rows, k])?;
+        let transposed_dense = w.strides() == [1, k] && w.offset() == 0;
+        Some(if transposed_dense { g2.t()?.matmul(&a2)?.t()? } else { a2.t()?.matmul(&g2)? })
+    } else {
+        None
+    };
+    let mut grads = vec![ga, gw];
+    if bias_needs {
+        grads.push(Some(g2.sum_to(&[n])?));
+    }
+    Ok(grads)
 }
 
 /// The product of operands already broadcast to `batch_shape + [m, k]` and `batch_shape + [k, n]`,
