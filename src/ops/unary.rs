@@ -125,9 +125,13 @@ impl UnaryOp {
 }
 
 pub(crate) fn kernel_names() -> Vec<String> {
+    let fused_backward = ["relu", "gelu"]
+        .into_iter()
+        .flat_map(|a| DType::ALL.into_iter().filter(|d| d.is_float()).map(move |d| format!("{a}_backward_{d}")));
     UnaryOp::ALL
         .iter()
         .flat_map(|op| DType::ALL.iter().filter(|d| op.supports(**d)).map(|d| op.kernel_name(*d)))
+        .chain(fused_backward)
         .collect()
 }
 
@@ -262,10 +266,32 @@ fn cpu_unary(op: UnaryOp, a: &CpuStorage, layout: &crate::Layout) -> Option<CpuS
     })
 }
 
-/// ReLU's and GELU's input gradient in one pass on the fast CPU path (g · step(x), g · GELU'(x)),
-/// for same-shaped float tensors; `None` elsewhere (the GPU composes the two kernels).
-fn cpu_activation_backward(op: UnaryOp, x: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-    if !crate::cpu::fast() || x.shape() != g.shape() || x.dtype != g.dtype {
+/// ReLU's and GELU's input gradient in one pass (g · step(x), g · GELU'(x)) for same-shaped
+/// float tensors: on the fast CPU path, or one kernel on the GPU (`relu_backward_<T>`,
+/// `gelu_backward_<T>` in kernels/unary.cu); `None` for the CPU reference, which composes ops.
+fn activation_backward(op: UnaryOp, x: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+    if x.shape() != g.shape() || x.dtype != g.dtype || !x.dtype.is_float() {
+        return Ok(None);
+    }
+    if let (StorageRef::Cuda(xs), StorageRef::Cuda(gs)) = (x.storage(), g.storage()) {
+        let name = op.name();
+        let dev = gs.device.clone();
+        let n = x.numel();
+        let mut out = dev.alloc(name, x.dtype, n)?;
+        if n > 0 {
+            let kernel = format!("{name}_backward_{}", x.dtype);
+            let f = dev.function(name, "unary", &kernel)?;
+            let (lg, lx) = (strided_layout(name, &g.layout)?, strided_layout(name, &x.layout)?);
+            let n_arg = n as i64;
+            let mut launch = dev.stream.launch_builder(&f);
+            launch.arg(&gs.buf).arg(&xs.buf).arg(&mut out.buf).arg(&n_arg).arg(&lg).arg(&lx);
+            // SAFETY: <relu|gelu>_backward_<T>(const T* g, const T* x, T* out, i64 n, StridedLayout
+            // x2) reads n elements of g and x through their layouts and writes n contiguous ones.
+            unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(name, &kernel, e))?;
+        }
+        return Ok(Some(Tensor::from_cuda(out, x.shape())));
+    }
+    if !crate::cpu::fast() {
         return Ok(None);
     }
     let (StorageRef::Cpu(xs), StorageRef::Cpu(gs)) = (x.storage(), g.storage()) else { return Ok(None) };
@@ -317,7 +343,7 @@ fn unary_backward(op: UnaryOp, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Opt
         UnaryOp::Sqrt => g.div(y)?.mul_scalar(0.5)?,
         UnaryOp::Tanh => g.mul(&y.mul(y)?.neg()?.add_scalar(1.0)?)?,
         UnaryOp::Sigmoid => g.mul(&y.mul(&y.neg()?.add_scalar(1.0)?)?)?,
-        UnaryOp::Relu | UnaryOp::Gelu if let Some(gx) = cpu_activation_backward(op, x, g)? => gx,
+        UnaryOp::Relu | UnaryOp::Gelu if let Some(gx) = activation_backward(op, x, g)? => gx,
         UnaryOp::Relu => g.mul(&x.unary_forward(UnaryOp::Step)?)?,
         UnaryOp::Gelu => g.mul(&x.unary_forward(UnaryOp::GeluGrad)?)?,
         // Piecewise constant: zero almost everywhere. GeluGrad is not differentiated further.
