@@ -129,3 +129,34 @@ __device__ void arg_reduce_rows(const T* src, i64* out, const ReduceParams& p) {
         arg_reduce_rows<T, false>(src, out, p); \
     }
 ARG_REDUCE(float, f32) ARG_REDUCE(double, f64) ARG_REDUCE(f16, f16) ARG_REDUCE(bf16, bf16) ARG_REDUCE(i64, i64)
+
+// Column sums of a dense row-major [rows, cols] matrix (a reduction over the leading dims, such
+// as a bias gradient summed over a batch): out[c] = scale Σ_r x[offset + r cols + c]. A block of
+// 256 threads owns 32 adjacent columns: each warp reads 32 neighbouring elements of a row (one
+// coalesced transaction), the 8 warps stride down the rows, and shared memory folds the 8
+// partial sums in a fixed order. Memory bound, with every load coalesced (the row kernel above
+// would read such a column with a stride of `cols`).
+template <typename T>
+__device__ void reduce_cols_sum(const T* x, T* out, i64 rows, i64 cols, i64 offset, double scale) {
+    typedef typename Acc<T>::type A;
+    __shared__ A part[8][33];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const i64 c = (i64)blockIdx.x * 32 + lane;
+    A sum = A(0);
+    if (c < cols)
+        for (i64 r = warp; r < rows; r += 8) sum += (A)up(x[offset + r * cols + c]);
+    part[warp][lane] = sum;
+    __syncthreads();
+    if (warp == 0 && c < cols) {
+        A total = A(0);
+        for (int w = 0; w < 8; ++w) total += part[w][lane];
+        out[c] = down<T>(SumOp::finish(total, scale));
+    }
+}
+
+#define REDUCE_COLS(T, tname) \
+    extern "C" __global__ void __launch_bounds__(REDUCE_THREADS) reduce_cols_sum_##tname( \
+        const T* x, T* out, i64 rows, i64 cols, i64 offset, double scale) { \
+        reduce_cols_sum<T>(x, out, rows, cols, offset, scale); \
+    }
+REDUCE_COLS(float, f32) REDUCE_COLS(double, f64) REDUCE_COLS(f16, f16) REDUCE_COLS(bf16, bf16) REDUCE_COLS(i64, i64)

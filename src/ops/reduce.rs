@@ -76,6 +76,7 @@ pub(crate) fn kernel_names() -> Vec<String> {
         }
     }
     names.extend(DType::ALL.iter().flat_map(|d| [format!("argmax_{d}"), format!("argmin_{d}")]));
+    names.extend(DType::ALL.iter().map(|d| format!("reduce_cols_sum_{d}")));
     names
 }
 
@@ -99,6 +100,9 @@ struct Rows {
     out_shape: Vec<usize>,
     /// How many leading dims of `view` are kept (the rest are reduced).
     kept_rank: usize,
+    /// Whether the source is dense with exactly its leading dims reduced: a sum over the rows
+    /// of a row-major `[inner, outer]` matrix, which the column kernel reads coalesced.
+    columns: bool,
 }
 
 fn rows(op: &'static str, t: &Tensor, axes: &[isize], keepdim: bool) -> Result<Rows> {
@@ -121,7 +125,9 @@ fn rows(op: &'static str, t: &Tensor, axes: &[isize], keepdim: bool) -> Result<R
     } else {
         kept.iter().map(|&d| t.shape()[d]).collect()
     };
-    Ok(Rows { view, outer, inner, out_shape, kept_rank: kept.len() })
+    let columns =
+        t.layout.is_contiguous() && !kept.is_empty() && !gone.is_empty() && gone.iter().enumerate().all(|(i, &d)| i == d);
+    Ok(Rows { view, outer, inner, out_shape, kept_rank: kept.len(), columns })
 }
 
 impl Tensor {
@@ -318,6 +324,24 @@ fn cuda_reduce(name: &'static str, op: &str, src: &CudaStorage, r: &Rows, scale:
     let dtype = src.dtype;
     let mut out = dev.alloc(name, dtype, r.outer)?;
     if r.outer == 0 {
+        return Ok(out);
+    }
+    // A warp of columns at least: the column kernel reads rows coalesced.
+    if op == "sum" && r.columns && r.outer >= 32 {
+        let kernel = format!("reduce_cols_sum_{dtype}");
+        let f = dev.function(name, "reduce", &kernel)?;
+        let (rows, cols, offset) = (r.inner as i64, r.outer as i64, r.view.offset() as i64);
+        let cfg = LaunchConfig {
+            grid_dim: (r.outer.div_ceil(32).min(i32::MAX as usize) as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = dev.stream.launch_builder(&f);
+        launch.arg(&src.buf).arg(&mut out.buf).arg(&rows).arg(&cols).arg(&offset).arg(&scale);
+        // SAFETY: reduce_cols_sum_<T>(const T* x, T* out, i64 rows, i64 cols, i64 offset, double)
+        // reads the dense rows x cols elements from `offset` (the source is contiguous there) and
+        // writes `cols` sums.
+        unsafe { launch.launch(cfg) }.map_err(|e| launch_error(name, &kernel, e))?;
         return Ok(out);
     }
     let layout = strided_layout(name, &r.view)?;

@@ -121,6 +121,9 @@ fn reductions_match_cpu_reference_over_any_axes_including_two_pass_sums() {
             (&[1031], &[]),
             (&[33, 65], &[0]),
             (&[33, 65], &[1]),
+            // Leading dims reduced on a dense tensor: the column kernel (a bias gradient's shape).
+            (&[1000, 70], &[0]),
+            (&[5, 40, 33], &[0, 1]),
             (&[2, 3, 257], &[0, 2]),
             (&[2, 3, 257], &[1]),
             (&[4, 0, 3], &[0]),
