@@ -80,7 +80,9 @@ fn softmax(c: &mut Criterion) {
 
 fn matmul(c: &mut Criterion) {
     // f32 twice: as f32, then as TF32 on the tensor cores (GPU only, as PyTorch's "high").
-    for (dtype, precision) in [(DType::F32, "highest"), (DType::F32, "high"), (DType::F16, "highest"), (DType::BF16, "highest")] {
+    for (dtype, precision) in
+        [(DType::F32, "highest"), (DType::F32, "high"), (DType::F16, "highest"), (DType::BF16, "highest")]
+    {
         nabla::set_float32_matmul_precision(precision).unwrap();
         let name = if precision == "high" { "tf32".to_string() } else { dtype.to_string() };
         let mut group = c.benchmark_group(format!("matmul_{name}_flops"));

@@ -56,7 +56,8 @@ fn gpt_step(c: &mut Criterion) {
         let mut opt = Adam::new(model.parameters(), AdamConfig::adamw(1e-3)).unwrap();
         let x = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
         let y = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
-        let precisions: &[Precision] = if device.is_cuda() { &[Precision::F32, Precision::Bf16] } else { &[Precision::F32] };
+        let precisions: &[Precision] =
+            if device.is_cuda() { &[Precision::F32, Precision::Bf16] } else { &[Precision::F32] };
         for &precision in precisions {
             let name = format!("{device}/{precision}/{layers}x{width}_context{context}_batch{batch}");
             group.bench_function(name, |b| {

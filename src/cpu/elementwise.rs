@@ -350,7 +350,8 @@ pub(crate) fn copy_into_view<T: Copy + Sync, U: Send>(
         return;
     }
     // Every offset the walk yields lies inside the view, which lies inside `dst`.
-    let last = dst_layout.offset() + (0..dst_layout.rank()).map(|d| (dst_layout.shape()[d] - 1) * dst_layout.strides()[d]).sum::<usize>();
+    let last = dst_layout.offset()
+        + (0..dst_layout.rank()).map(|d| (dst_layout.shape()[d] - 1) * dst_layout.strides()[d]).sum::<usize>();
     assert!(last < dst.len(), "copy_into_view: the view leaves its storage");
     let walk = Walk::new([dst_layout, src_layout]);
     let out = ViewPtr(dst.as_mut_ptr());

@@ -45,9 +45,11 @@ impl Conv2dOptions {
 pub(crate) fn kernel_names() -> Vec<String> {
     const BASES: [&str; 3] = ["conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"];
     // Every float on the FMA engine; f16, bf16 and f32 (as TF32) on the tensor cores too (`_tc`).
-    let engines = [(DType::F32, ""), (DType::F64, ""), (DType::F16, ""), (DType::BF16, "")]
-        .into_iter()
-        .chain([(DType::F16, "_tc"), (DType::BF16, "_tc"), (DType::F32, "_tc")]);
+    let engines = [(DType::F32, ""), (DType::F64, ""), (DType::F16, ""), (DType::BF16, "")].into_iter().chain([
+        (DType::F16, "_tc"),
+        (DType::BF16, "_tc"),
+        (DType::F32, "_tc"),
+    ]);
     engines
         .flat_map(|(d, tc)| BASES.iter().flat_map(move |b| GemmPlan::infixes().map(move |t| format!("{b}{tc}_{t}{d}"))))
         .collect()

@@ -125,8 +125,10 @@ fn rows(op: &'static str, t: &Tensor, axes: &[isize], keepdim: bool) -> Result<R
     } else {
         kept.iter().map(|&d| t.shape()[d]).collect()
     };
-    let columns =
-        t.layout.is_contiguous() && !kept.is_empty() && !gone.is_empty() && gone.iter().enumerate().all(|(i, &d)| i == d);
+    let columns = t.layout.is_contiguous()
+        && !kept.is_empty()
+        && !gone.is_empty()
+        && gone.iter().enumerate().all(|(i, &d)| i == d);
     Ok(Rows { view, outer, inner, out_shape, kept_rank: kept.len(), columns })
 }
 

@@ -27,7 +27,14 @@ pub struct GradScaler {
 impl Default for GradScaler {
     /// PyTorch's defaults: scale 2^16, doubled after 2000 good steps, halved on an overflow.
     fn default() -> Self {
-        GradScaler { scale: 65536.0, growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000, good_steps: 0, skipped: 0 }
+        GradScaler {
+            scale: 65536.0,
+            growth_factor: 2.0,
+            backoff_factor: 0.5,
+            growth_interval: 2000,
+            good_steps: 0,
+            skipped: 0,
+        }
     }
 }
 
@@ -136,7 +143,10 @@ impl GradScaler {
         if let Some(t) = saved.get(TRACKER_KEY) {
             let steps = t.to_scalar::<f64>()?;
             if !(steps.is_finite() && steps >= 0.0 && steps < self.growth_interval as f64) {
-                return Err(Error::invalid("GradScaler", format!("a saved count of good steps is out of range: {steps}")));
+                return Err(Error::invalid(
+                    "GradScaler",
+                    format!("a saved count of good steps is out of range: {steps}"),
+                ));
             }
             self.good_steps = steps as usize;
         }

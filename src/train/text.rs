@@ -239,7 +239,8 @@ pub fn train_text(config: &TextConfig) -> Result<TextOutcome> {
             model.set_training(false);
             let mut eval_rng = Generator::new(config.seed ^ 0xe7a1);
             let (train_loss, val_loss) = config.precision.run(|| -> Result<(f64, f64)> {
-                let mut loss = |stream| text_loss(&model, stream, config.eval_batches, config.batch_size, &mut eval_rng, &device);
+                let mut loss =
+                    |stream| text_loss(&model, stream, config.eval_batches, config.batch_size, &mut eval_rng, &device);
                 Ok((loss(&train)?, loss(&val)?))
             })?;
             model.set_training(true);

@@ -108,7 +108,9 @@ fn gelu_and_sigmoid_fast_forms_hold_their_precision_across_the_real_line() {
 fn copies_into_strided_views_match_the_reference_in_parallel_and_across_dtypes() {
     // A slice of a wider tensor (not contiguous) filled from a transposed source: large enough
     // to run in parallel chunks, and converting between dtypes on the way.
-    for (from, to) in [(DType::F32, DType::F32), (DType::F32, DType::BF16), (DType::F64, DType::F32), (DType::I64, DType::F32)] {
+    for (from, to) in
+        [(DType::F32, DType::F32), (DType::F32, DType::BF16), (DType::F64, DType::F32), (DType::I64, DType::F32)]
+    {
         let src = Tensor::randn(&[900, 64], DType::F64, &Device::Cpu, &mut Generator::new(5))
             .unwrap()
             .mul_scalar(100.0)
@@ -130,5 +132,8 @@ fn copies_into_strided_views_match_the_reference_in_parallel_and_across_dtypes()
     x.narrow(1, 1000, 1000).unwrap().mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
     let grad = x.grad().unwrap();
     assert_eq!(grad.narrow(1, 1000, 1000).unwrap().to_vec::<f32>().unwrap(), g.to_vec::<f32>().unwrap());
-    assert_eq!(grad.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap(), g.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap());
+    assert_eq!(
+        grad.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap(),
+        g.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+    );
 }

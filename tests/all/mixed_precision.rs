@@ -46,7 +46,7 @@ fn autocast_runs_products_in_the_low_dtype_and_returns_f32_results_and_f32_gradi
     assert_eq!(nabla::amp::autocast_dtype(), None, "the state is restored");
     assert!(nabla::autocast(DType::F32, || ()).is_err());
     let nested = nabla::autocast(DType::BF16, || {
-        nabla::autocast(DType::F16, || nabla::amp::autocast_dtype()).unwrap();
+        nabla::autocast(DType::F16, nabla::amp::autocast_dtype).unwrap();
         nabla::amp::autocast_dtype()
     });
     assert_eq!(nested.unwrap(), Some(DType::BF16), "an inner autocast restores the outer one");
@@ -76,7 +76,10 @@ fn autocast_covers_matmul_convolution_and_attention_and_leaves_other_ops_in_f32(
     // Softmax and reductions are not products: they stay in f32, bit for bit.
     let s = randn(&[4, 33], 15);
     let inside = nabla::autocast(low, || s.softmax(-1).unwrap().sum(&[1], false).unwrap()).unwrap();
-    assert_eq!(inside.to_vec::<f32>().unwrap(), s.softmax(-1).unwrap().sum(&[1], false).unwrap().to_vec::<f32>().unwrap());
+    assert_eq!(
+        inside.to_vec::<f32>().unwrap(),
+        s.softmax(-1).unwrap().sum(&[1], false).unwrap().to_vec::<f32>().unwrap()
+    );
 }
 
 #[test]
@@ -128,7 +131,9 @@ fn the_loss_scaler_skips_overflowing_steps_and_moves_its_scale() {
     restored.set_state(&saved).unwrap();
     assert_eq!(restored.scale(), scaler.scale());
     // Bad settings are errors that name them.
-    for (init, growth, backoff, interval) in [(0.0, 2.0, 0.5, 1), (1.0, 1.0, 0.5, 1), (1.0, 2.0, 1.0, 1), (1.0, 2.0, 0.5, 0)] {
+    for (init, growth, backoff, interval) in
+        [(0.0, 2.0, 0.5, 1), (1.0, 1.0, 0.5, 1), (1.0, 2.0, 1.0, 1), (1.0, 2.0, 0.5, 0)]
+    {
         assert!(GradScaler::new(init, growth, backoff, interval).is_err());
     }
 }
@@ -161,7 +166,13 @@ fn mlp_training_in_bf16_and_f16_follows_the_f32_run_within_the_stated_tolerance(
         // the f32 run's, and accuracies within 1.5 points.
         for (a, b) in low.history.iter().zip(&f32_run.history) {
             let ratio = a.train_loss / b.train_loss;
-            assert!((0.95..1.05).contains(&ratio), "{precision} epoch {}: loss {} vs f32 {}", a.epoch, a.train_loss, b.train_loss);
+            assert!(
+                (0.95..1.05).contains(&ratio),
+                "{precision} epoch {}: loss {} vs f32 {}",
+                a.epoch,
+                a.train_loss,
+                b.train_loss
+            );
             let (va, vb) = (a.val_accuracy, b.val_accuracy);
             assert!((va - vb).abs() <= 0.015, "{precision} epoch {}: validation accuracy {va} vs f32 {vb}", a.epoch);
         }

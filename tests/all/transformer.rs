@@ -263,7 +263,9 @@ fn tensor_core_attention_matches_the_cpu_across_several_query_and_key_tiles() {
     // sm_90): 64 rows per block, key tiles of 64 (32 at head_dim 128). These shapes cross
     // several of both, with more queries than keys and the reverse, causal and full.
     for dev in devices_under_test("tensor-core attention").into_iter().filter(|d| d.is_cuda()) {
-        for (s, &(b, h, sq, sk, d)) in [(2, 2, 150, 150, 64), (1, 1, 100, 200, 128), (1, 3, 200, 90, 32)].iter().enumerate() {
+        for (s, &(b, h, sq, sk, d)) in
+            [(2, 2, 150, 150, 64), (1, 1, 100, 200, 128), (1, 3, 200, 90, 32)].iter().enumerate()
+        {
             for dtype in [DType::BF16, DType::F16] {
                 let (atol, rtol) = tolerance(dtype);
                 let seed = 500 + 10 * s as u64;

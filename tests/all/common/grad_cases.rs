@@ -69,9 +69,11 @@ pub fn cases() -> Vec<Case> {
     case!("matmul transposed and vector", [randn(&[4, 3], DType::F64, 20), randn(&[4], DType::F64, 21)], |t| {
         t[0].t()?.matmul(&t[1])
     });
-    case!("matmul of a transposed batch by one shared matrix", [randn(&[2, 4, 3], DType::F64, 54), randn(&[4, 5], DType::F64, 55)], |t| {
-        t[0].transpose(1, 2)?.matmul(&t[1])
-    });
+    case!(
+        "matmul of a transposed batch by one shared matrix",
+        [randn(&[2, 4, 3], DType::F64, 54), randn(&[4, 5], DType::F64, 55)],
+        |t| { t[0].transpose(1, 2)?.matmul(&t[1]) }
+    );
     case!("linear with bias, batched input", [a(), randn(&[5, 4], DType::F64, 50), randn(&[5], DType::F64, 51)], |t| {
         t[0].linear(&t[1], Some(&t[2]))
     });
