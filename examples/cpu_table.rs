@@ -27,6 +27,8 @@ fn median_ms(warmup: usize, runs: usize, mut f: impl FnMut()) -> f64 {
 
 fn main() -> nabla::Result<()> {
     let filter = std::env::args().nth(1).unwrap_or_default();
+    // As `nabla train` does: freed buffers stay in the process for the next step.
+    nabla::cpu::keep_freed_memory();
     let cpu = Device::Cpu;
     let mut rng = Generator::new(0);
     println!("# nabla {} on the CPU, {} threads", env!("CARGO_PKG_VERSION"), nabla::num_threads());

@@ -462,6 +462,8 @@ fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let train_flags = matches.subcommand_matches("train").cloned();
+    // Training frees and allocates the same large buffers every step: keep them in the process.
+    nabla::cpu::keep_freed_memory();
     if let Some(threads) = cli.threads {
         nabla::set_num_threads(threads as usize);
     }

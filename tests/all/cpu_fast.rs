@@ -137,3 +137,11 @@ fn copies_into_strided_views_match_the_reference_in_parallel_and_across_dtypes()
         g.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
     );
 }
+
+#[test]
+fn the_allocator_can_be_asked_to_keep_freed_memory_on_glibc() {
+    // Every setting must take where glibc is the allocator (CI and these machines); elsewhere
+    // the call is a documented no-op.
+    let kept = nabla::cpu::keep_freed_memory();
+    assert_eq!(kept, cfg!(all(target_os = "linux", target_env = "gnu")));
+}
