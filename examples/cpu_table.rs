@@ -6,8 +6,9 @@
 //!
 //!     cargo run --release --example cpu_table [-- ROW_FILTER]
 
-use nabla::nn::{Activation, ConvNet, Mlp, Module};
+use nabla::nn::{Activation, ConvNet, Gpt, GptConfig, Mlp, Module};
 use nabla::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
+use nabla::train::text::next_token_loss;
 use nabla::{Conv2dOptions, DType, Device, Generator, Tensor};
 use std::time::Instant;
 
@@ -56,6 +57,20 @@ fn main() -> nabla::Result<()> {
         row(&format!("lenet5_sgd_step_batch{batch}"), 3, 15, &mut || {
             opt.zero_grad();
             model.forward(&x).unwrap().cross_entropy(&y).unwrap().backward().unwrap();
+            opt.step().unwrap();
+        });
+    }
+    if wants("char_gpt_adamw_step") {
+        // `--preset cpu`'s model (4 layers, 4 heads, width 128, context 64, batch 12) on random
+        // tokens of the plays' 76-character vocabulary.
+        let config = GptConfig { vocab: 76, context: 64, layers: 4, heads: 4, width: 128, dropout: 0.0 };
+        let model = Gpt::new(config, &cpu, &mut rng)?;
+        let mut opt = Adam::new(model.parameters(), AdamConfig::adamw(1e-3))?;
+        let x = Tensor::randint(0, 76, &[12, 64], &cpu, &mut rng)?;
+        let y = Tensor::randint(0, 76, &[12, 64], &cpu, &mut rng)?;
+        row("char_gpt_adamw_step", 5, 40, &mut || {
+            opt.zero_grad();
+            next_token_loss(&model, &x, &y).unwrap().backward().unwrap();
             opt.step().unwrap();
         });
     }

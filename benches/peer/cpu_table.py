@@ -5,6 +5,8 @@ median wall time in milliseconds, printed as `row<TAB>ms`. Pin both to the same 
     python3 benches/peer/cpu_table.py --threads 2
 """
 import argparse
+import importlib.util
+import os
 import statistics
 import time
 
@@ -68,6 +70,20 @@ def main():
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
         row(f"lenet5_sgd_step_batch{batch}", 3, 15, step)
+    # `--preset cpu`'s char-GPT (benches/peer/char_gpt.py's model) on random tokens.
+    spec = importlib.util.spec_from_file_location(
+        "char_gpt", os.path.join(os.path.dirname(__file__), "char_gpt.py"))
+    char_gpt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(char_gpt)
+    gpt = char_gpt.Gpt(76, dict(char_gpt.PRESETS["cpu"]))
+    gpt_opt = torch.optim.AdamW(gpt.parameters(), lr=1e-3)
+    tokens, targets = torch.randint(0, 76, (12, 64)), torch.randint(0, 76, (12, 64))
+
+    def gpt_step():
+        gpt_opt.zero_grad(set_to_none=True)
+        gpt(tokens, targets).backward()
+        gpt_opt.step()
+    row("char_gpt_adamw_step", 5, 40, gpt_step)
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     row("matmul_f32_1024", 2, 11, lambda: a @ b)
     a, b = torch.randn(1 << 22), torch.randn(1 << 22)

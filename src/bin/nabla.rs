@@ -862,6 +862,7 @@ fn viz_cmd(command: VizCommand) -> Result<()> {
 
 fn info() -> Result<()> {
     out!("nabla {}", env!("CARGO_PKG_VERSION"));
+    out!("cpu: {} threads, f32 products on {}", nabla::num_threads(), nabla::cpu::f32_gemm_kernel());
     let driver = cuda::driver_version();
     match kernels::MODULES.first().filter(|m| !m.images.is_empty()) {
         Some(first) => {

@@ -53,12 +53,37 @@ pub(crate) trait Gemm: Float {
         [rsc, csc]: [isize; 2],
     ) {
         // SAFETY: the same elements are addressed either way.
-        unsafe {
-            if m < 256 && n > m {
-                Self::gemm(n, k, m, b, [csb, rsb], a, [csa, rsa], beta, c, [csc, rsc])
-            } else {
-                Self::gemm(m, k, n, a, [rsa, csa], b, [rsb, csb], beta, c, [rsc, csc])
-            }
+        unsafe { oriented(m, k, n, a, [rsa, csa], b, [rsb, csb], beta, c, [rsc, csc], Self::gemm) }
+    }
+}
+
+/// The GEMM type of [`Gemm::gemm`], for [`oriented`].
+type GemmFn<T> = unsafe fn(usize, usize, usize, *const T, [isize; 2], *const T, [isize; 2], T, *mut T, [isize; 2]);
+
+/// `gemm` in matrixmultiply's better orientation (see [`Gemm::gemm_oriented`]).
+///
+/// # Safety
+/// As for [`Gemm::gemm`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn oriented<T>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const T,
+    [rsa, csa]: [isize; 2],
+    b: *const T,
+    [rsb, csb]: [isize; 2],
+    beta: T,
+    c: *mut T,
+    [rsc, csc]: [isize; 2],
+    gemm: GemmFn<T>,
+) {
+    // SAFETY: the same elements are addressed either way.
+    unsafe {
+        if m < 256 && n > m {
+            gemm(n, k, m, b, [csb, rsb], a, [csa, rsa], beta, c, [csc, rsc])
+        } else {
+            gemm(m, k, n, a, [rsa, csa], b, [rsb, csb], beta, c, [rsc, csc])
         }
     }
 }
@@ -76,8 +101,35 @@ impl Gemm for f32 {
         c: *mut f32,
         [rsc, csc]: [isize; 2],
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if super::sgemm::available() {
+            // SAFETY: forwarded from the caller's contract; the CPU has AVX-512F.
+            return unsafe { super::sgemm::sgemm(m, k, n, a, [rsa, csa], b, [rsb, csb], beta, c, [rsc, csc]) };
+        }
         // SAFETY: forwarded from the caller's contract.
         unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    }
+
+    unsafe fn gemm_oriented(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const f32,
+        a_strides: [isize; 2],
+        b: *const f32,
+        b_strides: [isize; 2],
+        beta: f32,
+        c: *mut f32,
+        c_strides: [isize; 2],
+    ) {
+        // nabla's own kernel stores rows of C and pads both edges alike: no orientation to pick.
+        #[cfg(target_arch = "x86_64")]
+        if super::sgemm::available() {
+            // SAFETY: forwarded from the caller's contract; the CPU has AVX-512F.
+            return unsafe { super::sgemm::sgemm(m, k, n, a, a_strides, b, b_strides, beta, c, c_strides) };
+        }
+        // SAFETY: the same elements are addressed either way.
+        unsafe { oriented(m, k, n, a, a_strides, b, b_strides, beta, c, c_strides, Self::gemm) }
     }
 }
 

@@ -17,6 +17,8 @@ pub mod gemm;
 pub mod layer_norm;
 pub mod pool;
 pub mod reduce;
+#[cfg(target_arch = "x86_64")]
+mod sgemm;
 pub mod softmax;
 
 use rayon::ThreadPool;
@@ -49,6 +51,17 @@ pub fn reference<R>(f: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(REFERENCE.with(|r| r.replace(true)));
     f()
+}
+
+/// The kernel that f32 (and f16/bf16, widened) matrix products, convolutions and attention run
+/// on: `"nabla-avx512"` (nabla's own, `cpu/sgemm.rs`, on CPUs with AVX-512F) or
+/// `"matrixmultiply"` (elsewhere, or when `NABLA_CPU_GEMM=matrixmultiply` is set).
+pub fn f32_gemm_kernel() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if sgemm::available() {
+        return "nabla-avx512";
+    }
+    "matrixmultiply"
 }
 
 /// Whether CPU ops on this thread take their fast paths: false inside [`reference`], and

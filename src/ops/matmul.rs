@@ -181,7 +181,7 @@ fn matmul_forward(
             let out = match (&*sa, &*sb) {
                 // f32 and f64 operands are read in place through their strides; the bias is
                 // accumulated onto (beta = 1) rather than added in a second pass.
-                (CpuStorage::F32(va), CpuStorage::F32(vb)) => {
+                (CpuStorage::F32(va), CpuStorage::F32(vb)) if fast => {
                     let bias: Option<Vec<f32>> = bias_as(DType::F32)?.map(|b| b.iter().map(|&x| x as f32).collect());
                     CpuStorage::F32(gemm::matmul(va, &a.layout, vb, &b.layout, batch_shape, dims, bias.as_deref()))
                 }
@@ -189,19 +189,19 @@ fn matmul_forward(
                     let bias = bias_as(DType::F64)?;
                     CpuStorage::F64(gemm::matmul(va, &a.layout, vb, &b.layout, batch_shape, dims, bias.as_deref()))
                 }
-                // 16-bit floats are widened to f32 and accumulate in f32, as on the GPU, then
-                // round once: the bias in f32 too (the fast path), or added in f64 after the
-                // product (the reference).
+                // The fast path widens 16-bit floats to f32 and accumulates in f32, as on the
+                // GPU, bias included, then rounds once. The reference (f32 and 16-bit operands)
+                // is the definition in f64, rounded once: independent of the f32 kernel it checks.
                 _ => {
-                    let (da, db): (Vec<f32>, Vec<f32>) = (sa.gather(&a.layout), sb.gather(&b.layout));
                     let (la, lb) = (Layout::contiguous(a.shape()), Layout::contiguous(b.shape()));
                     if fast {
+                        let (da, db): (Vec<f32>, Vec<f32>) = (sa.gather(&a.layout), sb.gather(&b.layout));
                         let bias: Option<Vec<f32>> = bias.map(|t| t.to_vec::<f32>()).transpose()?;
                         let c = gemm::matmul(&da, &la, &db, &lb, batch_shape, dims, bias.as_deref());
                         crate::cpu::narrow_vec(dtype, c)
                     } else {
-                        let c = gemm::matmul(&da, &la, &db, &lb, batch_shape, dims, None);
-                        let mut c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+                        let (da, db): (Vec<f64>, Vec<f64>) = (sa.gather(&a.layout), sb.gather(&b.layout));
+                        let mut c = gemm::matmul(&da, &la, &db, &lb, batch_shape, dims, None);
                         add_to_rows(&mut c, bias_as(DType::F64)?.as_deref());
                         CpuStorage::from_f64(dtype, &c)
                     }

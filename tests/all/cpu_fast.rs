@@ -7,6 +7,7 @@ use crate::common::*;
 use nabla::nn::{Activation, ConvNet, Mlp, Module};
 use nabla::optim::{Adam, AdamConfig, Optimizer};
 use nabla::{Conv2dOptions, DType, Device, Generator, Tensor};
+use std::io::Write;
 use std::sync::Mutex;
 
 /// Tests here change the process-wide thread count; they take turns.
@@ -144,4 +145,61 @@ fn the_allocator_can_be_asked_to_keep_freed_memory_on_glibc() {
     // the call is a documented no-op.
     let kept = nabla::cpu::keep_freed_memory();
     assert_eq!(kept, cfg!(all(target_os = "linux", target_env = "gnu")));
+}
+
+/// Asserts every element of the f32 product `got = lhs rhs (+ bias)` lies within the classic
+/// bound of a k-term f32 dot product, k·u·(|lhs| |rhs| + |bias|) with u = 2⁻²⁴, of the product in
+/// f64: one wrong term is far outside it, rounding inside it.
+fn assert_within_dot_product_bound(what: &str, got: &Tensor, lhs: &Tensor, rhs: &Tensor, bias: Option<&Tensor>) {
+    let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+    let k = lhs.shape()[1] as f64 + 1.0;
+    let mut exact = f64s(lhs).matmul(&f64s(rhs)).unwrap();
+    let mut scale = f64s(lhs).abs().unwrap().matmul(&f64s(rhs).abs().unwrap()).unwrap();
+    if let Some(bias) = bias {
+        exact = exact.add(&f64s(bias)).unwrap();
+        scale = scale.add(&f64s(bias).abs().unwrap()).unwrap();
+    }
+    assert_eq!(got.shape(), exact.shape(), "{what}");
+    let (got, exact, scale) =
+        (got.to_vec::<f64>().unwrap(), exact.to_vec::<f64>().unwrap(), scale.to_vec::<f64>().unwrap());
+    for (i, ((g, e), s)) in got.iter().zip(&exact).zip(&scale).enumerate() {
+        let bound = k * f64::from(f32::EPSILON) / 2.0 * s + f64::from(f32::MIN_POSITIVE);
+        assert!((g - e).abs() <= bound, "{what}: element {i}: got {g}, want {e} (bound {bound:e})");
+    }
+}
+
+#[test]
+fn cpu_matmul_matches_the_f64_product_across_kernel_tile_edges_block_sizes_and_layouts() {
+    // Sizes on both sides of the micro-tile (12 x 32, 16-step transposes) and block (144 rows,
+    // 256 steps, 1024 columns) edges, each product in the four layouts of its operands (plain,
+    // transposed views as a linear layer's forward and weight gradient read them), and as a
+    // linear layer accumulating onto its bias.
+    let _ = writeln!(std::io::stderr(), "f32 GEMM: {}", nabla::cpu::f32_gemm_kernel());
+    let shapes = [(1, 1, 1), (11, 17, 31), (12, 16, 32), (13, 257, 33), (145, 300, 70), (40, 70, 1030), (300, 9, 5)];
+    for (i, &(m, k, n)) in shapes.iter().enumerate() {
+        let seed = 100 + 4 * i as u64;
+        let a = randn(&[m, k], DType::F32, seed);
+        let b = randn(&[k, n], DType::F32, seed + 1);
+        let at = randn(&[k, m], DType::F32, seed + 2).t().unwrap();
+        let bt = randn(&[n, k], DType::F32, seed + 3).t().unwrap();
+        for (name, lhs, rhs) in [("a b", &a, &b), ("aᵀ b", &at, &b), ("a bᵀ", &a, &bt), ("aᵀ bᵀ", &at, &bt)] {
+            let what = format!("[{m}, {k}] x [{k}, {n}] as {name}");
+            assert_within_dot_product_bound(&what, &lhs.matmul(rhs).unwrap(), lhs, rhs, None);
+        }
+        let bias = randn(&[n], DType::F32, seed + 4);
+        let y = a.linear(&bt.t().unwrap(), Some(&bias)).unwrap();
+        assert_within_dot_product_bound(&format!("linear [{m}, {k}] -> {n}"), &y, &a, &bt, Some(&bias));
+    }
+}
+
+#[test]
+fn cpu_matmul_on_matrixmultiply_matches_the_f64_product_when_the_environment_asks_for_it() {
+    // The kernel for CPUs without AVX-512, chosen by the environment in a child process.
+    let name = "cpu_fast::cpu_matmul_on_matrixmultiply_matches_the_f64_product_when_the_environment_asks_for_it";
+    if !in_child_process(name, &[("NABLA_CPU_GEMM", "matrixmultiply")]) {
+        return;
+    }
+    assert_eq!(nabla::cpu::f32_gemm_kernel(), "matrixmultiply");
+    let (a, b) = (randn(&[37, 300], DType::F32, 140), randn(&[50, 300], DType::F32, 141).t().unwrap());
+    assert_within_dot_product_bound("matrixmultiply: a bᵀ", &a.matmul(&b).unwrap(), &a, &b, None);
 }

@@ -169,20 +169,10 @@ fn an_image_needs_a_driver_at_least_as_new_as_the_nvrtc_that_made_it() {
 /// the build embedded one (CI sets NABLA_NVRTC_LEGACY), else from the source.
 #[test]
 fn an_older_driver_gets_the_cuda_12_ptx_and_the_emulator_refuses_newer_ptx() {
-    const CHILD: &str = "NABLA_TEST_OLD_DRIVER_CHILD";
-    if std::env::var_os(CHILD).is_none() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "kernels_compile::an_older_driver_gets_the_cuda_12_ptx_and_the_emulator_refuses_newer_ptx",
-                "--nocapture",
-            ])
-            .env(CHILD, "1")
-            .env("NABLA_EMULATOR_DRIVER_VERSION", "12040")
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success() && text.contains("1 passed"), "child run failed:\n{text}");
+    if !crate::common::in_child_process(
+        "kernels_compile::an_older_driver_gets_the_cuda_12_ptx_and_the_emulator_refuses_newer_ptx",
+        &[("NABLA_EMULATOR_DRIVER_VERSION", "12040")],
+    ) {
         return;
     }
     if nabla::cuda::driver_present() {

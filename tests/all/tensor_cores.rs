@@ -2,6 +2,7 @@
 //! PTX itself, here the emulator's body, both held to the PTX ISA's fragment layout), and the
 //! f16/bf16 products that run on them against the f64 reference.
 
+use crate::common::in_child_process;
 use nabla::{DType, Device, Generator, Tensor};
 
 /// Small integers, exact in f16, bf16 and every f32 sum of their products.
@@ -81,26 +82,10 @@ fn half_precision_products_on_the_tensor_cores_match_the_reference_at_ragged_edg
     }
 }
 
-/// Runs the test `name` alone in a child process with `NABLA_TEST_CHILD` set: for tests that
-/// change process-wide settings, which the other tests running beside them must not see.
-fn in_child_process(name: &str) -> bool {
-    if std::env::var_os("NABLA_TEST_CHILD").is_some() {
-        return true;
-    }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture"])
-        .env("NABLA_TEST_CHILD", "1")
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.contains("1 passed"), "child run failed:\n{text}");
-    false
-}
-
 #[test]
 fn tf32_products_are_opt_in_and_match_the_reference_within_tf32_tolerance() {
     assert!(nabla::set_float32_matmul_precision("fastest").is_err(), "an unknown precision is refused");
-    if !in_child_process("tensor_cores::tf32_products_are_opt_in_and_match_the_reference_within_tf32_tolerance") {
+    if !in_child_process("tensor_cores::tf32_products_are_opt_in_and_match_the_reference_within_tf32_tolerance", &[]) {
         return;
     }
     let Some(gpu) = crate::common::cuda_or_skip("tf32 products") else { return };

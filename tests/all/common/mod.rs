@@ -120,3 +120,23 @@ pub fn image_folder(dir: &std::path::Path, classes: &[&str], per_class: usize) {
         }
     }
 }
+
+/// Runs the test `name` (its full path, as `module::test`) alone in a child process of this test
+/// binary, with `NABLA_TEST_CHILD` and `vars` set, and asserts that it passed: for tests of
+/// process-wide settings (read once per process, or set for the whole process) that the tests
+/// running beside them must not see. Returns true inside the child, where the caller goes on
+/// with the test body; false in the parent, once the child has passed.
+pub fn in_child_process(name: &str, vars: &[(&str, &str)]) -> bool {
+    if std::env::var_os("NABLA_TEST_CHILD").is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture"])
+        .env("NABLA_TEST_CHILD", "1")
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("1 passed"), "child run of {name} failed:\n{text}");
+    false
+}

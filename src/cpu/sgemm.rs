@@ -1,0 +1,391 @@
+//! nabla's own f32 GEMM for x86-64 CPUs with AVX-512F: C = A B + β C over strided operands.
+//!
+//! Why hand-written (the crates were measured first, 2 threads of this project's 2-vCPU Xeon):
+//! on the products of a transformer's training step (768 x 128 x 384, 768 x 512 x 128 and the
+//! like, in the three layouts of a linear layer's forward and backward) `matrixmultiply`'s
+//! AVX-512 kernel reached 100-190 GFLOP/s and `gemm` 0.19 less, where PyTorch's oneDNN reached
+//! 240-320. matrixmultiply's 16 x 16 micro-tile issues one broadcast load per two FMAs into 16
+//! accumulators, and its packing transposes one value at a time. This kernel reaches 250-290 on
+//! those products (1 thread: 135-165, PyTorch 130-175).
+//!
+//! Algorithm: Goto/BLIS's five loops. B is packed in blocks of `KC` x `NC` into panels of `NR`
+//! columns (each depth step's `NR` values contiguous, zero-padded at the right edge); a B whose
+//! columns are contiguous (`Wᵀ` of `x Wᵀ`) is transposed 16 x 16 at a time in registers. A is read
+//! in place when its rows are contiguous (`x`, `g`), else packed in blocks of `MC` x `KC` into
+//! panels of `MR` rows. The `MR` x `NR` micro-kernel keeps its tile of C in 24 of the 32 zmm
+//! registers (12 rows x 2 vectors of 16) while it walks the depth: per step two vector loads of
+//! B, twelve broadcasts of A, 24 FMAs. A B panel (`KC` x `NR`, 32 KiB) stays in L1 while the rows
+//! of A stream past it. Edges are masked loads and stores, never an access outside an operand.
+//!
+//! Each element's sum runs over k in the same order (blocks of `KC`, ascending) whatever the
+//! caller's tiling, so results do not depend on the thread count. Bound: the FMA pipes, two
+//! 16-lane FMAs a cycle per core where the CPU has two 512-bit units.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Rows of C per micro-tile.
+const MR: usize = 12;
+/// Columns of C per micro-tile: two 16-lane vectors.
+const NR: usize = 32;
+/// Depth of one packed block.
+const KC: usize = 256;
+/// Rows of A per packed block (a multiple of `MR`): 144 x 256 floats, 144 KiB, in L2.
+const MC: usize = 144;
+/// Columns of B per packed block (a multiple of `NR`).
+const NC: usize = 1024;
+
+/// Whether f32 products run on this kernel: the CPU has AVX-512F and the environment does not
+/// ask for matrixmultiply's (`NABLA_CPU_GEMM=matrixmultiply`, to compare the two or rule this
+/// one out). Decided once per process.
+pub(crate) fn available() -> bool {
+    static STATE: AtomicU8 = AtomicU8::new(0);
+    match STATE.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let has = std::arch::is_x86_feature_detected!("avx512f")
+                && std::env::var("NABLA_CPU_GEMM").map_or(true, |v| v != "matrixmultiply");
+            STATE.store(if has { 1 } else { 2 }, Ordering::Relaxed);
+            has
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's packing buffers for A and B, grown on demand and kept between calls.
+    static PACKS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// C = A B + β C for A `m x k`, B `k x n`, C `m x n`, each addressed through its (row, column)
+/// strides in elements. With β = 0, C is only written (it may be uninitialised).
+///
+/// # Safety
+/// [`available`] returned true; every element addressed through the sizes and strides lies
+/// inside its allocation, and C overlaps neither A nor B.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const f32,
+    [rsa, csa]: [isize; 2],
+    b: *const f32,
+    [rsb, csb]: [isize; 2],
+    beta: f32,
+    c: *mut f32,
+    [rsc, csc]: [isize; 2],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if csc != 1 && rsc == 1 {
+        // A column-major C is the row-major Cᵀ = Bᵀ Aᵀ: the micro-kernel stores rows.
+        // SAFETY: the same elements, addressed through swapped strides.
+        return unsafe { sgemm(n, k, m, b, [csb, rsb], a, [csa, rsa], beta, c, [csc, rsc]) };
+    }
+    if k == 0 {
+        for i in 0..m {
+            for j in 0..n {
+                // SAFETY: (i, j) lies inside C.
+                unsafe {
+                    let p = c.offset(i as isize * rsc + j as isize * csc);
+                    *p = if beta == 0.0 { 0.0 } else { beta * *p };
+                }
+            }
+        }
+        return;
+    }
+    PACKS.with(|packs| {
+        let (a_pack, b_pack) = &mut *packs.borrow_mut();
+        let a_len = MC.min(m.next_multiple_of(MR)) * KC.min(k);
+        let b_len = NC.min(n.next_multiple_of(NR)) * KC.min(k);
+        if a_pack.len() < a_len {
+            a_pack.resize(a_len, 0.0);
+        }
+        if b_pack.len() < b_len {
+            b_pack.resize(b_len, 0.0);
+        }
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                // Later depth blocks accumulate onto the earlier ones.
+                let beta = if pc == 0 { beta } else { 1.0 };
+                // SAFETY: the block lies inside B; the buffer holds ceil(nc / NR) panels.
+                unsafe { pack_b(kc, nc, b.offset(pc as isize * rsb + jc as isize * csb), [rsb, csb], b_pack) };
+                for ic in (0..m).step_by(MC) {
+                    let mc = MC.min(m - ic);
+                    // SAFETY: the block starts inside A.
+                    let block = unsafe { a.offset(ic as isize * rsa + pc as isize * csa) };
+                    // Rows of A contiguous along k (x of x Wᵀ, g of g W) are read in place: the
+                    // broadcasts load single values anyway, and a transposing pack cost an eighth
+                    // of a transformer step (its products are narrow, so each value of A meets
+                    // few columns). Not when the row stride is a multiple of 4 KiB: then the
+                    // twelve rows share one L1 set, and packing is cheaper than the misses.
+                    let in_place = csa == 1 && rsa % 1024 != 0;
+                    if !in_place {
+                        // SAFETY: as for B.
+                        unsafe { pack_a(kc, mc, block, [rsa, csa], a_pack) };
+                    }
+                    for jr in (0..nc).step_by(NR) {
+                        for ir in (0..mc).step_by(MR) {
+                            let rows = MR.min(mc - ir);
+                            let b_panel = unsafe { b_pack.as_ptr().add(jr * kc) };
+                            let c_tile = unsafe { c.offset((ic + ir) as isize * rsc + (jc + jr) as isize * csc) };
+                            let corner = (rows, NR.min(nc - jr));
+                            // SAFETY: the A panel holds MR rows of kc steps (in place: a full
+                            // panel of A; packed: zero-padded), B's kc packed steps; the tile's
+                            // corner lies inside C.
+                            unsafe {
+                                if !in_place {
+                                    let panel = a_pack.as_ptr().add(ir * kc);
+                                    micro_kernel::<false>(kc, panel, 0, b_panel, c_tile, [rsc, csc], corner, beta)
+                                } else if rows == MR {
+                                    let panel = block.offset(ir as isize * rsa);
+                                    micro_kernel::<true>(kc, panel, rsa, b_panel, c_tile, [rsc, csc], corner, beta)
+                                } else {
+                                    // The bottom edge is packed: never a row past A.
+                                    pack_a(kc, rows, block.offset(ir as isize * rsa), [rsa, csa], a_pack);
+                                    micro_kernel::<false>(
+                                        kc,
+                                        a_pack.as_ptr(),
+                                        0,
+                                        b_panel,
+                                        c_tile,
+                                        [rsc, csc],
+                                        corner,
+                                        beta,
+                                    )
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Lanes `0..n` of a 16-lane mask.
+fn lanes(n: usize) -> __mmask16 {
+    if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
+}
+
+/// Transposes a 16 x 16 block held as 16 rows: in three rounds of in-lane unpacks (pairs of
+/// 32-bit, then of 64-bit values) and one of 128-bit lane shuffles, 64 shuffles for 256 values.
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    // t[2i], t[2i + 1]: rows 2i and 2i + 1 interleaved, per 128-bit lane.
+    let t: [__m512; 16] = std::array::from_fn(|x| {
+        let (a, b) = (r[x & !1], r[x | 1]);
+        if x % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
+    });
+    // u[4g + j]: rows 4g..4g + 4 of column j of each 128-bit lane.
+    let u: [__m512; 16] = std::array::from_fn(|x| {
+        let (g, j) = (x / 4, x % 4);
+        let (a, b) = (_mm512_castps_pd(t[4 * g + j / 2]), _mm512_castps_pd(t[4 * g + 2 + j / 2]));
+        _mm512_castpd_ps(if j % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
+    });
+    // Column 4L + j gathers lane L of u[j], u[4 + j], u[8 + j], u[12 + j].
+    std::array::from_fn(|col| {
+        let (lane, j) = (col / 4, col % 4);
+        let (lo, hi) = if lane % 2 == 0 {
+            (_mm512_shuffle_f32x4::<0x88>(u[j], u[4 + j]), _mm512_shuffle_f32x4::<0x88>(u[8 + j], u[12 + j]))
+        } else {
+            (_mm512_shuffle_f32x4::<0xdd>(u[j], u[4 + j]), _mm512_shuffle_f32x4::<0xdd>(u[8 + j], u[12 + j]))
+        };
+        if lane < 2 { _mm512_shuffle_f32x4::<0x88>(lo, hi) } else { _mm512_shuffle_f32x4::<0xdd>(lo, hi) }
+    })
+}
+
+/// Packs `lines` (at most 16) strided lines of `kc` contiguous values, line i at `src + i * line`,
+/// transposed: step p's values land at `dst[p * width + i]`. 16 steps at a time through
+/// [`transpose16`]; lines past `lines` are zeros.
+///
+/// # Safety
+/// Each line's `kc` values lie inside its allocation; `dst` holds `kc * width` values.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_transposed(kc: usize, lines: usize, src: *const f32, line: isize, width: usize, dst: &mut [f32]) {
+    let store = lanes(lines.min(width));
+    for p0 in (0..kc).step_by(16) {
+        let steps = 16.min(kc - p0);
+        let rows: [__m512; 16] = std::array::from_fn(|i| {
+            if i < lines {
+                // SAFETY: `steps` values of line i from step p0 lie inside it.
+                unsafe { _mm512_maskz_loadu_ps(lanes(steps), src.offset(i as isize * line + p0 as isize)) }
+            } else {
+                _mm512_setzero_ps()
+            }
+        });
+        let cols = transpose16(rows);
+        for (q, col) in cols.iter().enumerate().take(steps) {
+            let at = &mut dst[(p0 + q) * width..(p0 + q) * width + width.min(16)];
+            // SAFETY: `at` holds the stored lanes (at most `width` and 16).
+            unsafe { _mm512_mask_storeu_ps(at.as_mut_ptr(), store, *col) };
+        }
+    }
+}
+
+/// Packs the `mc x kc` block of A at `a` into panels of `MR` rows: panel r holds, for each depth
+/// step, its `MR` values contiguous; rows past `mc` are zeros.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_a(kc: usize, mc: usize, a: *const f32, [rsa, csa]: [isize; 2], dst: &mut [f32]) {
+    for (panel, r0) in (0..mc).step_by(MR).enumerate() {
+        let rows = MR.min(mc - r0);
+        let out = &mut dst[panel * MR * kc..(panel + 1) * MR * kc];
+        // SAFETY (all reads below): rows r0..r0 + rows and kc depth steps lie inside the block.
+        let src = unsafe { a.offset(r0 as isize * rsa) };
+        if csa == 1 {
+            // Rows contiguous along k (x of x Wᵀ, g of g W): transposed 16 steps at a time.
+            unsafe { pack_transposed(kc, rows, src, rsa, MR, out) };
+            continue;
+        }
+        if rsa == 1 {
+            // Columns contiguous (gᵀ of gᵀ x): each step is one masked load, zero-padded.
+            let (read, write) = (lanes(rows), lanes(MR));
+            for p in 0..kc {
+                let at = &mut out[p * MR..(p + 1) * MR];
+                // SAFETY: `rows` values of step p; the store writes the MR values of `at`.
+                unsafe {
+                    let step = _mm512_maskz_loadu_ps(read, src.offset(p as isize * csa));
+                    _mm512_mask_storeu_ps(at.as_mut_ptr(), write, step);
+                }
+            }
+            continue;
+        } else {
+            for p in 0..kc {
+                for i in 0..rows {
+                    out[p * MR + i] = unsafe { *src.offset(i as isize * rsa + p as isize * csa) };
+                }
+            }
+        }
+        if rows < MR {
+            for p in 0..kc {
+                out[p * MR + rows..(p + 1) * MR].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Packs the `kc x nc` block of B at `b` into panels of `NR` columns: panel j holds, for each
+/// depth step, its `NR` values contiguous; columns past `nc` are zeros.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_b(kc: usize, nc: usize, b: *const f32, [rsb, csb]: [isize; 2], dst: &mut [f32]) {
+    for (panel, c0) in (0..nc).step_by(NR).enumerate() {
+        let cols = NR.min(nc - c0);
+        let out = &mut dst[panel * NR * kc..(panel + 1) * NR * kc];
+        // SAFETY (all reads below): columns c0..c0 + cols and kc depth steps lie inside the block.
+        let src = unsafe { b.offset(c0 as isize * csb) };
+        if rsb == 1 {
+            // Columns contiguous (Wᵀ of x Wᵀ): two halves of 16 columns, transposed.
+            for half in 0..2 {
+                let lines = cols.saturating_sub(16 * half).min(16);
+                unsafe {
+                    pack_transposed(kc, lines, src.offset(16 * half as isize * csb), csb, NR, &mut out[16 * half..])
+                };
+            }
+            continue;
+        }
+        if csb == 1 {
+            // Rows contiguous (W of g W, x of gᵀ x): each step is two masked loads, zero-padded.
+            let (left, right) = (lanes(cols), lanes(cols.saturating_sub(16)));
+            for p in 0..kc {
+                let at = &mut out[p * NR..(p + 1) * NR];
+                // SAFETY: `cols` values of step p; the stores write the NR values of `at`.
+                unsafe {
+                    let row = src.offset(p as isize * rsb);
+                    _mm512_storeu_ps(at.as_mut_ptr(), _mm512_maskz_loadu_ps(left, row));
+                    _mm512_storeu_ps(at.as_mut_ptr().add(16), _mm512_maskz_loadu_ps(right, row.add(16)));
+                }
+            }
+            continue;
+        } else {
+            for p in 0..kc {
+                for j in 0..cols {
+                    out[p * NR + j] = unsafe { *src.offset(p as isize * rsb + j as isize * csb) };
+                }
+            }
+        }
+        if cols < NR {
+            for p in 0..kc {
+                out[p * NR + cols..(p + 1) * NR].fill(0.0);
+            }
+        }
+    }
+}
+
+/// One `MR x NR` tile: C = Ã B̃ + β C over `kc` depth steps of packed panels, storing only the
+/// `rows x cols` corner that lies inside C (β = 0: C is not read).
+///
+/// # Safety
+/// `a` holds `MR` rows of `kc` steps, packed (`IN_PLACE` false) or as rows `rsa` apart with unit
+/// steps (true); `b` holds `kc` packed steps; the corner lies inside C.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_kernel<const IN_PLACE: bool>(
+    kc: usize,
+    a: *const f32,
+    rsa: isize,
+    b: *const f32,
+    c: *mut f32,
+    [rsc, csc]: [isize; 2],
+    (rows, cols): (usize, usize),
+    beta: f32,
+) {
+    let mut left = [_mm512_setzero_ps(); MR];
+    let mut right = [_mm512_setzero_ps(); MR];
+    // SAFETY: kc packed steps of MR values of A and NR values of B.
+    unsafe {
+        for p in 0..kc {
+            let b0 = _mm512_loadu_ps(b.add(p * NR));
+            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+            for i in 0..MR {
+                let ai = _mm512_set1_ps(if IN_PLACE {
+                    *a.offset(i as isize * rsa + p as isize)
+                } else {
+                    *a.add(p * MR + i)
+                });
+                left[i] = _mm512_fmadd_ps(ai, b0, left[i]);
+                right[i] = _mm512_fmadd_ps(ai, b1, right[i]);
+            }
+        }
+    }
+    if csc == 1 {
+        let (mask0, mask1) = (lanes(cols), lanes(cols.saturating_sub(16)));
+        let betav = _mm512_set1_ps(beta);
+        for i in 0..rows.min(MR) {
+            // SAFETY: the masks cover only the corner's columns of row i, inside C; masked-off
+            // lanes are neither read nor written.
+            unsafe {
+                let row = c.offset(i as isize * rsc);
+                let (mut l, mut r) = (left[i], right[i]);
+                if beta != 0.0 {
+                    l = _mm512_fmadd_ps(betav, _mm512_maskz_loadu_ps(mask0, row), l);
+                    r = _mm512_fmadd_ps(betav, _mm512_maskz_loadu_ps(mask1, row.add(16)), r);
+                }
+                _mm512_mask_storeu_ps(row, mask0, l);
+                _mm512_mask_storeu_ps(row.add(16), mask1, r);
+            }
+        }
+    } else {
+        let mut tile = [0f32; MR * NR];
+        for i in 0..MR {
+            // SAFETY: 32 values per row of the local tile.
+            unsafe {
+                _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR), left[i]);
+                _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR + 16), right[i]);
+            }
+        }
+        for i in 0..rows {
+            for j in 0..cols {
+                // SAFETY: (i, j) lies inside the corner.
+                unsafe {
+                    let p = c.offset(i as isize * rsc + j as isize * csc);
+                    *p = tile[i * NR + j] + if beta == 0.0 { 0.0 } else { beta * *p };
+                }
+            }
+        }
+    }
+}
