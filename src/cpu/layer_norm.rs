@@ -1,6 +1,7 @@
 //! Layer norm on the CPU over dense `[rows, cols]` data in the compute type, rows in parallel:
-//! the statistics accumulate in f64; the parameter gradients sum rows in fixed blocks that are
-//! combined in order (so they do not depend on the thread count).
+//! the statistics accumulate in f64, in eight independent lanes (one sequential f64 sum per row
+//! was latency-bound: 4 cycles an element); the parameter gradients sum rows in fixed blocks that
+//! are combined in order (so they do not depend on the thread count).
 
 use super::{Float, PARALLEL_MIN, install};
 use rayon::prelude::*;
@@ -12,11 +13,28 @@ fn par_rows<T: Send>(out: &mut [T], cols: usize, body: impl Fn(usize, &mut [T]) 
     if cols == 0 {
         return;
     }
+    let run = |(r, row): (usize, &mut [T])| super::vectorized(|| body(r, row));
     if out.len() < PARALLEL_MIN {
-        out.chunks_mut(cols).enumerate().for_each(|(r, row)| body(r, row));
+        out.chunks_mut(cols).enumerate().for_each(run);
     } else {
-        install(|| out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| body(r, row)));
+        install(|| out.par_chunks_mut(cols).enumerate().for_each(run));
     }
+}
+
+/// Σ term(j) over `0..n` in f64, in eight independent lanes (which vectorise) added pairwise.
+#[inline(always)]
+fn sum_lanes(n: usize, term: impl Fn(usize) -> f64) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let full = n / 8 * 8;
+    for j0 in (0..full).step_by(8) {
+        for (k, lane) in lanes.iter_mut().enumerate() {
+            *lane += term(j0 + k);
+        }
+    }
+    for j in full..n {
+        lanes[j - full] += term(j);
+    }
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
 }
 
 /// y, and each row's mean and reciprocal standard deviation.
@@ -31,22 +49,26 @@ pub(crate) fn forward<T: Float>(
     let mut stats = vec![(0.0f64, 0.0f64); rows];
     let stat = |r: usize| {
         let row = &x[r * cols..(r + 1) * cols];
-        let mu = row.iter().map(|v| v.to_f64_()).sum::<f64>() / cols as f64;
-        let var = row.iter().map(|v| (v.to_f64_() - mu).powi(2)).sum::<f64>() / cols as f64;
-        (mu, 1.0 / (var + eps).sqrt())
+        super::vectorized(|| {
+            let mu = sum_lanes(cols, |j| row[j].to_f64_()) / cols as f64;
+            let var = sum_lanes(cols, |j| (row[j].to_f64_() - mu).powi(2)) / cols as f64;
+            (mu, 1.0 / (var + eps).sqrt())
+        })
     };
     if x.len() < PARALLEL_MIN {
         stats.iter_mut().enumerate().for_each(|(r, s)| *s = stat(r));
     } else {
         install(|| stats.par_iter_mut().enumerate().for_each(|(r, s)| *s = stat(r)));
     }
+    // Absent parameters are ones and zeros, so each row is one zipped loop (which vectorises).
+    let (ones, zeros) = (vec![T::ONE; cols], vec![T::ZERO; cols]);
+    let (w, b) = (w.unwrap_or(&ones), b.unwrap_or(&zeros));
     let mut y = vec![T::ZERO; x.len()];
     par_rows(&mut y, cols, |r, out| {
         let (mu, inv) = (T::from_f64_(stats[r].0), T::from_f64_(stats[r].1));
         let row = &x[r * cols..(r + 1) * cols];
-        for (j, (o, &v)) in out.iter_mut().zip(row).enumerate() {
-            let scaled = (v - mu) * inv * w.map_or(T::ONE, |w| w[j]);
-            *o = scaled + b.map_or(T::ZERO, |b| b[j]);
+        for (((o, &v), &wj), &bj) in out.iter_mut().zip(row).zip(w).zip(b) {
+            *o = (v - mu) * inv * wj + bj;
         }
     });
     let (mean, rstd) = stats.into_iter().unzip();
@@ -62,16 +84,16 @@ pub(crate) fn grad_input<T: Float>(
     mean: &[f64],
     rstd: &[f64],
 ) -> Vec<T> {
+    let ones = vec![T::ONE; cols];
+    let w = &w.unwrap_or(&ones)[..cols];
     let mut dx = vec![T::ZERO; x.len()];
     par_rows(&mut dx, cols, |r, out| {
         let (g, xr) = (&dy[r * cols..(r + 1) * cols], &x[r * cols..(r + 1) * cols]);
         let (mu, inv) = (T::from_f64_(mean[r]), T::from_f64_(rstd[r]));
-        let gw = |j: usize| g[j] * w.map_or(T::ONE, |w| w[j]);
-        let xhat = |j: usize| (xr[j] - mu) * inv;
-        let mean_g = T::from_f64_((0..cols).map(|j| gw(j).to_f64_()).sum::<f64>() / cols as f64);
-        let mean_gx = T::from_f64_((0..cols).map(|j| (gw(j) * xhat(j)).to_f64_()).sum::<f64>() / cols as f64);
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = inv * (gw(j) - mean_g - xhat(j) * mean_gx);
+        let mean_g = T::from_f64_(sum_lanes(cols, |j| (g[j] * w[j]).to_f64_()) / cols as f64);
+        let mean_gx = T::from_f64_(sum_lanes(cols, |j| (g[j] * w[j] * ((xr[j] - mu) * inv)).to_f64_()) / cols as f64);
+        for (((o, &gj), &xj), &wj) in out.iter_mut().zip(g).zip(xr).zip(w) {
+            *o = inv * (gj * wj - mean_g - (xj - mu) * inv * mean_gx);
         }
     });
     dx
