@@ -26,14 +26,77 @@ pub(crate) struct Node {
     grad: Mutex<Option<Tensor>>,
     /// Where the op was recorded (its line in `src/ops`), for anomaly reports.
     origin: &'static Location<'static>,
+    /// Set when the op is a slice of its one input (`narrow`): (dim, start). Such a node has no
+    /// `backward`: the pass hands its gradient to the input's `Pending` as a slice.
+    slice: Option<(usize, usize)>,
 }
 
 impl Node {
     #[track_caller]
-    fn new(inputs: Vec<Tensor>, backward: Option<BackwardFn>) -> Arc<Node> {
+    fn new(inputs: Vec<Tensor>, backward: Option<BackwardFn>, slice: Option<(usize, usize)>) -> Arc<Node> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Node { id, inputs, backward, grad: Mutex::new(None), origin: Location::caller() })
+        Arc::new(Node { id, inputs, backward, grad: Mutex::new(None), origin: Location::caller(), slice })
+    }
+}
+
+/// A node's gradient while the backward pass gathers it: the sum of the dense contributions,
+/// and apart from it the gradients that slices of the node (`narrow`) handed back. Slices that
+/// tile the whole tensor along one dim become one `cat` (a fused q/k/v projection's three
+/// gradients: one pass), where each slice's gradient as zeros around it and two sums made
+/// three zero tensors and two full passes.
+struct Pending {
+    dense: Option<Tensor>,
+    /// (dim, start, gradient of the slice), in the order the pass met them.
+    slices: Vec<(usize, usize, Tensor)>,
+    /// The node's shape (known once a slice arrives; the dense part has it otherwise).
+    shape: Vec<usize>,
+}
+
+impl Pending {
+    fn dense(g: Tensor) -> Pending {
+        Pending { shape: g.shape().to_vec(), dense: Some(g), slices: Vec::new() }
+    }
+
+    fn add_dense(&mut self, g: Tensor) -> Result<()> {
+        self.dense = Some(match self.dense.take() {
+            Some(previous) => previous.add(&g)?,
+            None => g,
+        });
+        Ok(())
+    }
+
+    /// The whole gradient.
+    fn into_tensor(self) -> Result<Tensor> {
+        let Pending { dense, mut slices, shape } = self;
+        if slices.is_empty() {
+            return dense.ok_or_else(|| Error::invalid("backward", "a gradient with no parts"));
+        }
+        // A stable sort: equal starts keep the pass's order, so sums run in a fixed order.
+        slices.sort_by_key(|&(dim, start, _)| (dim, start));
+        let dim = slices[0].0;
+        let mut end = 0;
+        let tiles = slices.iter().all(|(d, start, g)| {
+            let fits = *d == dim && *start == end;
+            end += g.shape()[dim];
+            fits
+        }) && end == shape[dim];
+        let sliced = if tiles {
+            let parts: Vec<&Tensor> = slices.iter().map(|(_, _, g)| g).collect();
+            Tensor::cat(&parts, dim as isize)?
+        } else {
+            let first = &slices[0].2;
+            let full = Tensor::zeros(&shape, first.dtype(), &first.device())?;
+            for (d, start, g) in &slices {
+                let region = full.narrow(*d as isize, *start, g.shape()[*d])?;
+                region.copy_(&region.add(g)?)?;
+            }
+            full
+        };
+        match dense {
+            Some(dense) => dense.add(&sliced),
+            None => Ok(sliced),
+        }
     }
 }
 
@@ -137,7 +200,20 @@ pub(crate) fn record(
         return out;
     }
     let inputs = inputs.iter().map(|t| (*t).clone()).collect();
-    Tensor { node: Some(Node::new(inputs, Some(Box::new(backward)))), ..out }
+    Tensor { node: Some(Node::new(inputs, Some(Box::new(backward)), None)), ..out }
+}
+
+/// [`record`] for `out`, a slice of `input` (elements `start..` of dim `dim`): the backward pass
+/// gathers the gradients of the slices of each tensor and joins them (see `Pending`).
+#[track_caller]
+pub(crate) fn record_slice(out: Tensor, input: &Tensor, (dim, start): (usize, usize)) -> Tensor {
+    if is_anomaly_enabled() {
+        check_output(&out, Location::caller());
+    }
+    if !is_grad_enabled() || input.node.is_none() {
+        return out;
+    }
+    Tensor { node: Some(Node::new(vec![input.clone()], None, Some((dim, start)))), ..out }
 }
 
 impl Tensor {
@@ -147,7 +223,7 @@ impl Tensor {
         if !self.dtype.is_float() {
             return Err(Error::unsupported("requires_grad_", self.dtype, " (only floats have gradients)"));
         }
-        Ok(Tensor { node: Some(Node::new(Vec::new(), None)), ..self.clone() })
+        Ok(Tensor { node: Some(Node::new(Vec::new(), None, None)), ..self.clone() })
     }
 
     /// Whether this tensor is part of the autograd graph (a leaf or an op's output).
@@ -202,10 +278,31 @@ impl Tensor {
         // Each product's backward runs in the dtype its forward chose (saved in the graph).
         let _autocast = crate::amp::AutocastOff::new();
         let order = topological_order(root);
-        let mut grads: HashMap<usize, Tensor> = HashMap::new();
-        grads.insert(root.id, grad.detach());
+        let mut grads: HashMap<usize, Pending> = HashMap::new();
+        grads.insert(root.id, Pending::dense(grad.detach()));
         for node in order.iter().rev() {
-            let Some(g) = grads.remove(&node.id) else { continue };
+            let Some(pending) = grads.remove(&node.id) else { continue };
+            let g = pending.into_tensor()?;
+            if let (Some((dim, start)), [input]) = (node.slice, node.inputs.as_slice()) {
+                let Some(input_node) = &input.node else { continue };
+                if is_anomaly_enabled() && !all_finite(&g) {
+                    return Err(Error::invalid(
+                        "backward",
+                        format!(
+                            "anomaly: a non-finite gradient reached the slice at {}:{}",
+                            node.origin.file(),
+                            node.origin.line()
+                        ),
+                    ));
+                }
+                let entry = grads.entry(input_node.id).or_insert_with(|| Pending {
+                    dense: None,
+                    slices: Vec::new(),
+                    shape: input.shape().to_vec(),
+                });
+                entry.slices.push((dim, start, g));
+                continue;
+            }
             let Some(backward) = &node.backward else {
                 // Leaves keep dense gradients (a broadcast view would reach optimizers as such).
                 let g = g.contiguous()?;
@@ -240,11 +337,12 @@ impl Tensor {
                         ),
                     ));
                 }
-                let summed = match grads.remove(&input_node.id) {
-                    Some(previous) => previous.add(&input_grad)?,
-                    None => input_grad,
-                };
-                grads.insert(input_node.id, summed);
+                match grads.get_mut(&input_node.id) {
+                    Some(pending) => pending.add_dense(input_grad)?,
+                    None => {
+                        grads.insert(input_node.id, Pending::dense(input_grad));
+                    }
+                }
             }
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Views: new shapes and strides over the same storage, without copying.
 
 use super::Tensor;
-use crate::autograd::record;
+use crate::autograd::{record, record_slice};
 use crate::layout::{Layout, normalize_axis};
 use crate::{Error, Result};
 
@@ -65,13 +65,10 @@ impl Tensor {
     /// Elements `start..start + len` along `dim`.
     pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Tensor> {
         let out = self.with_layout(self.layout.narrow(dim, start, len)?);
-        let (shape, d) = (self.shape().to_vec(), normalize_axis("narrow", dim, self.shape())?);
-        Ok(record(out, &[self], move |g| {
-            // The gradient of a slice: g in place, zeros around it.
-            let full = Tensor::zeros(&shape, g.dtype(), &g.device())?;
-            full.narrow(d as isize, start, len)?.copy_(g)?;
-            Ok(vec![Some(full)])
-        }))
+        let d = normalize_axis("narrow", dim, self.shape())?;
+        // The backward pass joins the gradients of the slices of one tensor (one `cat` when they
+        // tile it), or places each in zeros around it.
+        Ok(record_slice(out, self, (d, start)))
     }
 
     /// Views the tensor as `shape` by NumPy broadcasting, without copying.

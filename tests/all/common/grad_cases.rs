@@ -82,6 +82,16 @@ pub fn cases() -> Vec<Case> {
     });
     case!("reshape/permute/transpose", [a()], |t| t[0].reshape(&[6, 4])?.t()?.reshape(&[2, 2, 6])?.permute(&[2, 0, 1]));
     case!("narrow", [a()], |t| t[0].narrow(2, 1, 2)?.narrow(0, 1, 1));
+    // The backward pass joins slices that tile a dim with one cat (a fused q/k/v projection)...
+    case!("narrow: three slices that tile a dim", [a()], |t| {
+        let (left, middle, right) = (t[0].narrow(2, 0, 1)?, t[0].narrow(2, 1, 2)?, t[0].narrow(2, 3, 1)?);
+        Tensor::cat(&[&right.mul(&left)?, &middle.exp()?], 2)
+    });
+    // ...and sums overlapping slices, and a dense use beside them, into zeros around them.
+    case!("narrow: overlapping slices beside a dense use", [a()], |t| {
+        let (front, back) = (t[0].narrow(1, 0, 2)?, t[0].narrow(1, 1, 2)?);
+        front.mul(&back)?.add(&front.tanh()?)?.sum(&[1], false)?.add(&t[0].sum(&[1], false)?)
+    });
     case!("broadcast_as", [b()], |t| t[0].broadcast_as(&[2, 3, 5]));
     case!("squeeze/unsqueeze/flatten", [randn(&[3, 1, 4], DType::F64, 22)], |t| {
         t[0].squeeze(1)?.unsqueeze(0)?.flatten(0, 1)?.contiguous()
