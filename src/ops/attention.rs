@@ -140,7 +140,7 @@ fn values(t: &Tensor) -> Result<Vec<f64>> {
 }
 
 /// A CPU tensor's elements in logical order as `T` (f64 for f64, f32 for the others).
-fn typed<T: crate::Element>(t: &Tensor) -> Result<Vec<T>> {
+fn typed<T: crate::Element>(t: &Tensor) -> Result<super::HostSlice<'_, T>> {
     super::host_typed(OP, t)
 }
 

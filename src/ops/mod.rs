@@ -49,12 +49,45 @@ pub(crate) fn host_values(op: &'static str, t: &crate::Tensor) -> crate::Result<
     }
 }
 
-/// A CPU tensor's elements in logical order as `T` (the fast paths' dense input); `op` names
-/// the caller in the error for a CUDA tensor.
-pub(crate) fn host_typed<T: crate::Element>(op: &'static str, t: &crate::Tensor) -> crate::Result<Vec<T>> {
+/// A CPU tensor's elements in logical order as `T` (the fast paths' dense input), to read:
+/// borrowed from the storage, under its read lock, when the tensor is contiguous and holds `T`;
+/// gathered into a new vector otherwise (a strided view, another dtype). `op` names the caller in
+/// the error for a CUDA tensor.
+pub(crate) fn host_typed<'a, T: crate::Element>(
+    op: &'static str,
+    t: &'a crate::Tensor,
+) -> crate::Result<HostSlice<'a, T>> {
     match t.storage() {
-        crate::storage::StorageRef::Cpu(s) => Ok(s.gather::<T>(&t.layout)),
+        crate::storage::StorageRef::Cpu(s) => {
+            if t.is_contiguous() && s.typed::<T>().is_some() {
+                Ok(HostSlice::Borrowed(s, t.offset(), t.numel()))
+            } else {
+                Ok(HostSlice::Gathered(s.gather::<T>(&t.layout)))
+            }
+        }
         crate::storage::StorageRef::Cuda(_) => Err(crate::Error::invalid(op, "expected a CPU tensor")),
+    }
+}
+
+/// A tensor's elements as a dense slice: see [`host_typed`].
+pub(crate) enum HostSlice<'a, T> {
+    /// Storage of `T` under its read lock, with the view's offset and length.
+    Borrowed(std::sync::RwLockReadGuard<'a, crate::storage::CpuStorage>, usize, usize),
+    /// A gathered copy.
+    Gathered(Vec<T>),
+}
+
+impl<T: crate::Element> std::ops::Deref for HostSlice<'_, T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match self {
+            // `host_typed` borrows only storage of `T`, so `typed` is always `Some` here.
+            HostSlice::Borrowed(storage, offset, len) => {
+                storage.typed::<T>().map_or(&[], |v| &v[*offset..*offset + len])
+            }
+            HostSlice::Gathered(v) => v,
+        }
     }
 }
 
