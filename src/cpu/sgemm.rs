@@ -125,39 +125,31 @@ pub(crate) unsafe fn sgemm(
                     // few columns). Not when the row stride is a multiple of 4 KiB: then the
                     // twelve rows share one L1 set, and packing is cheaper than the misses.
                     let in_place = csa == 1 && rsa % 1024 != 0;
-                    if !in_place {
-                        // SAFETY: as for B.
-                        unsafe { pack_a(kc, mc, block, [rsa, csa], a_pack) };
+                    let edge_start = mc - mc % MR;
+                    // SAFETY: as for B; in place, only the bottom edge's rows (fewer than MR) are
+                    // packed, once, so the kernel never reads a row past A.
+                    unsafe {
+                        if !in_place {
+                            pack_a(kc, mc, block, [rsa, csa], a_pack);
+                        } else if edge_start < mc {
+                            pack_a(kc, mc - edge_start, block.offset(edge_start as isize * rsa), [rsa, csa], a_pack);
+                        }
                     }
                     for jr in (0..nc).step_by(NR) {
                         for ir in (0..mc).step_by(MR) {
-                            let rows = MR.min(mc - ir);
-                            let b_panel = unsafe { b_pack.as_ptr().add(jr * kc) };
-                            let c_tile = unsafe { c.offset((ic + ir) as isize * rsc + (jc + jr) as isize * csc) };
-                            let corner = (rows, NR.min(nc - jr));
+                            let corner = (MR.min(mc - ir), NR.min(nc - jr));
                             // SAFETY: the A panel holds MR rows of kc steps (in place: a full
-                            // panel of A; packed: zero-padded), B's kc packed steps; the tile's
-                            // corner lies inside C.
+                            // panel of A; packed: zero-padded), the B panel kc packed steps; the
+                            // tile's corner lies inside C.
                             unsafe {
-                                if !in_place {
-                                    let panel = a_pack.as_ptr().add(ir * kc);
-                                    micro_kernel::<false>(kc, panel, 0, b_panel, c_tile, [rsc, csc], corner, beta)
-                                } else if rows == MR {
+                                let b_panel = b_pack.as_ptr().add(jr * kc);
+                                let c_tile = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize * csc);
+                                if in_place && ir < edge_start {
                                     let panel = block.offset(ir as isize * rsa);
                                     micro_kernel::<true>(kc, panel, rsa, b_panel, c_tile, [rsc, csc], corner, beta)
                                 } else {
-                                    // The bottom edge is packed: never a row past A.
-                                    pack_a(kc, rows, block.offset(ir as isize * rsa), [rsa, csa], a_pack);
-                                    micro_kernel::<false>(
-                                        kc,
-                                        a_pack.as_ptr(),
-                                        0,
-                                        b_panel,
-                                        c_tile,
-                                        [rsc, csc],
-                                        corner,
-                                        beta,
-                                    )
+                                    let panel = a_pack.as_ptr().add(if in_place { 0 } else { ir * kc });
+                                    micro_kernel::<false>(kc, panel, 0, b_panel, c_tile, [rsc, csc], corner, beta)
                                 }
                             }
                         }
