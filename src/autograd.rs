@@ -193,6 +193,20 @@ pub(crate) fn record(
     inputs: &[&Tensor],
     backward: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
 ) -> Tensor {
+    attach(out, inputs, Some(Box::new(backward)), None)
+}
+
+/// [`record`] for `out`, a slice of `input` (elements `start..` of dim `dim`): the backward pass
+/// gathers the gradients of the slices of each tensor and joins them (see `Pending`).
+#[track_caller]
+pub(crate) fn record_slice(out: Tensor, input: &Tensor, (dim, start): (usize, usize)) -> Tensor {
+    attach(out, &[input], None, Some((dim, start)))
+}
+
+/// The node of [`record`] or [`record_slice`] on `out`, when recording is on and an input
+/// tracks gradients; checks the output first in anomaly mode.
+#[track_caller]
+fn attach(out: Tensor, inputs: &[&Tensor], backward: Option<BackwardFn>, slice: Option<(usize, usize)>) -> Tensor {
     if is_anomaly_enabled() {
         check_output(&out, Location::caller());
     }
@@ -200,20 +214,16 @@ pub(crate) fn record(
         return out;
     }
     let inputs = inputs.iter().map(|t| (*t).clone()).collect();
-    Tensor { node: Some(Node::new(inputs, Some(Box::new(backward)), None)), ..out }
+    Tensor { node: Some(Node::new(inputs, backward, slice)), ..out }
 }
 
-/// [`record`] for `out`, a slice of `input` (elements `start..` of dim `dim`): the backward pass
-/// gathers the gradients of the slices of each tensor and joins them (see `Pending`).
-#[track_caller]
-pub(crate) fn record_slice(out: Tensor, input: &Tensor, (dim, start): (usize, usize)) -> Tensor {
-    if is_anomaly_enabled() {
-        check_output(&out, Location::caller());
-    }
-    if !is_grad_enabled() || input.node.is_none() {
-        return out;
-    }
-    Tensor { node: Some(Node::new(vec![input.clone()], None, Some((dim, start)))), ..out }
+/// The error of a backward pass that met a non-finite gradient in anomaly mode: `what` says
+/// where, after the op's source line.
+fn non_finite_gradient(node: &Node, what: std::fmt::Arguments<'_>) -> Error {
+    Error::invalid(
+        "backward",
+        format!("anomaly: the backward of the op at {}:{} {what}", node.origin.file(), node.origin.line()),
+    )
 }
 
 impl Tensor {
@@ -286,14 +296,7 @@ impl Tensor {
             if let (Some((dim, start)), [input]) = (node.slice, node.inputs.as_slice()) {
                 let Some(input_node) = &input.node else { continue };
                 if is_anomaly_enabled() && !all_finite(&g) {
-                    return Err(Error::invalid(
-                        "backward",
-                        format!(
-                            "anomaly: a non-finite gradient reached the slice at {}:{}",
-                            node.origin.file(),
-                            node.origin.line()
-                        ),
-                    ));
+                    return Err(non_finite_gradient(node, format_args!("(a slice) received a non-finite gradient")));
                 }
                 let entry = grads.entry(input_node.id).or_insert_with(|| Pending {
                     dense: None,
@@ -317,15 +320,8 @@ impl Tensor {
             for (index, (input, input_grad)) in node.inputs.iter().zip(input_grads).enumerate() {
                 let (Some(input_node), Some(input_grad)) = (&input.node, input_grad) else { continue };
                 if is_anomaly_enabled() && !all_finite(&input_grad) {
-                    return Err(Error::invalid(
-                        "backward",
-                        format!(
-                            "anomaly: the backward of the op at {}:{} gave a non-finite gradient for its input {index} {:?}",
-                            node.origin.file(),
-                            node.origin.line(),
-                            input.shape()
-                        ),
-                    ));
+                    let what = format_args!("gave a non-finite gradient for its input {index} {:?}", input.shape());
+                    return Err(non_finite_gradient(node, what));
                 }
                 if input_grad.shape() != input.shape() {
                     return Err(Error::shape(

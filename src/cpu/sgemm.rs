@@ -114,25 +114,32 @@ pub(crate) unsafe fn sgemm(
                 // Later depth blocks accumulate onto the earlier ones.
                 let beta = if pc == 0 { beta } else { 1.0 };
                 // SAFETY: the block lies inside B; the buffer holds ceil(nc / NR) panels.
-                unsafe { pack_b(kc, nc, b.offset(pc as isize * rsb + jc as isize * csb), [rsb, csb], b_pack) };
+                unsafe { pack_panels(kc, nc, NR, b.offset(pc as isize * rsb + jc as isize * csb), [csb, rsb], b_pack) };
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
                     // SAFETY: the block starts inside A.
                     let block = unsafe { a.offset(ic as isize * rsa + pc as isize * csa) };
                     // Rows of A contiguous along k (x of x Wᵀ, g of g W) are read in place: the
-                    // broadcasts load single values anyway, and a transposing pack cost an eighth
-                    // of a transformer step (its products are narrow, so each value of A meets
-                    // few columns). Not when the row stride is a multiple of 4 KiB: then the
-                    // twelve rows share one L1 set, and packing is cheaper than the misses.
+                    // broadcasts load single values anyway, and on the transformer's narrow
+                    // products (each value of A meets few columns) this measured 5-10% faster
+                    // single-threaded than the transposing pack. Not when the row stride is a
+                    // multiple of 4 KiB: then the twelve rows would share one L1 set.
                     let in_place = csa == 1 && rsa % 1024 != 0;
                     let edge_start = mc - mc % MR;
                     // SAFETY: as for B; in place, only the bottom edge's rows (fewer than MR) are
                     // packed, once, so the kernel never reads a row past A.
                     unsafe {
                         if !in_place {
-                            pack_a(kc, mc, block, [rsa, csa], a_pack);
+                            pack_panels(kc, mc, MR, block, [rsa, csa], a_pack);
                         } else if edge_start < mc {
-                            pack_a(kc, mc - edge_start, block.offset(edge_start as isize * rsa), [rsa, csa], a_pack);
+                            pack_panels(
+                                kc,
+                                mc - edge_start,
+                                MR,
+                                block.offset(edge_start as isize * rsa),
+                                [rsa, csa],
+                                a_pack,
+                            );
                         }
                     }
                     for jr in (0..nc).step_by(NR) {
@@ -193,14 +200,22 @@ fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
 }
 
 /// Packs `lines` (at most 16) strided lines of `kc` contiguous values, line i at `src + i * line`,
-/// transposed: step p's values land at `dst[p * width + i]`. 16 steps at a time through
-/// [`transpose16`]; lines past `lines` are zeros.
+/// transposed: step p's values land at `dst[p * width + i]`, `count` (at most 16) of them per
+/// step, lines past `lines` as zeros. 16 steps at a time through [`transpose16`].
 ///
 /// # Safety
-/// Each line's `kc` values lie inside its allocation; `dst` holds `kc * width` values.
+/// Each line's `kc` values lie inside its allocation; `dst` holds `(kc - 1) * width + count` values.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_transposed(kc: usize, lines: usize, src: *const f32, line: isize, width: usize, dst: &mut [f32]) {
-    let store = lanes(lines.min(width));
+unsafe fn pack_transposed(
+    kc: usize,
+    lines: usize,
+    src: *const f32,
+    line: isize,
+    width: usize,
+    count: usize,
+    dst: &mut [f32],
+) {
+    let store = lanes(count);
     for p0 in (0..kc).step_by(16) {
         let steps = 16.min(kc - p0);
         let rows: [__m512; 16] = std::array::from_fn(|i| {
@@ -213,96 +228,61 @@ unsafe fn pack_transposed(kc: usize, lines: usize, src: *const f32, line: isize,
         });
         let cols = transpose16(rows);
         for (q, col) in cols.iter().enumerate().take(steps) {
-            let at = &mut dst[(p0 + q) * width..(p0 + q) * width + width.min(16)];
-            // SAFETY: `at` holds the stored lanes (at most `width` and 16).
+            let at = &mut dst[(p0 + q) * width..(p0 + q) * width + count];
+            // SAFETY: `at` holds the `count` stored lanes.
             unsafe { _mm512_mask_storeu_ps(at.as_mut_ptr(), store, *col) };
         }
     }
 }
 
-/// Packs the `mc x kc` block of A at `a` into panels of `MR` rows: panel r holds, for each depth
-/// step, its `MR` values contiguous; rows past `mc` are zeros.
+/// Packs `extent` lines of `kc` depth steps (the rows of an A block, or the columns of a B
+/// block), line l's step p at `src + l * line + p * step`, into panels of `width` lines
+/// (`MR` for A, `NR` for B): panel q holds, for each step, its `width` values contiguous; lines
+/// past `extent` are zeros.
+///
+/// # Safety
+/// Every addressed value lies inside its allocation; `dst` holds ceil(extent / width) panels.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_a(kc: usize, mc: usize, a: *const f32, [rsa, csa]: [isize; 2], dst: &mut [f32]) {
-    for (panel, r0) in (0..mc).step_by(MR).enumerate() {
-        let rows = MR.min(mc - r0);
-        let out = &mut dst[panel * MR * kc..(panel + 1) * MR * kc];
-        // SAFETY (all reads below): rows r0..r0 + rows and kc depth steps lie inside the block.
-        let src = unsafe { a.offset(r0 as isize * rsa) };
-        if csa == 1 {
-            // Rows contiguous along k (x of x Wᵀ, g of g W): transposed 16 steps at a time.
-            unsafe { pack_transposed(kc, rows, src, rsa, MR, out) };
-            continue;
-        }
-        if rsa == 1 {
-            // Columns contiguous (gᵀ of gᵀ x): each step is one masked load, zero-padded.
-            let (read, write) = (lanes(rows), lanes(MR));
+unsafe fn pack_panels(
+    kc: usize,
+    extent: usize,
+    width: usize,
+    src: *const f32,
+    [line, step]: [isize; 2],
+    dst: &mut [f32],
+) {
+    for (panel, l0) in (0..extent).step_by(width).enumerate() {
+        let lines = width.min(extent - l0);
+        let out = &mut dst[panel * width * kc..(panel + 1) * width * kc];
+        // SAFETY (all reads below): lines l0..l0 + lines and kc steps lie inside the block.
+        let base = unsafe { src.offset(l0 as isize * line) };
+        if step == 1 {
+            // Lines contiguous along the depth (x of x Wᵀ, Wᵀ of x Wᵀ): transposed 16 lines at a time.
+            for h in (0..width).step_by(16) {
+                let (part, count) = (lines.saturating_sub(h).min(16), (width - h).min(16));
+                unsafe { pack_transposed(kc, part, base.offset(h as isize * line), line, width, count, &mut out[h..]) };
+            }
+        } else if line == 1 {
+            // Steps contiguous across the lines (gᵀ of gᵀ x, W of g W): masked loads, zero-padded.
             for p in 0..kc {
-                let at = &mut out[p * MR..(p + 1) * MR];
-                // SAFETY: `rows` values of step p; the store writes the MR values of `at`.
-                unsafe {
-                    let step = _mm512_maskz_loadu_ps(read, src.offset(p as isize * csa));
-                    _mm512_mask_storeu_ps(at.as_mut_ptr(), write, step);
+                let at = &mut out[p * width..(p + 1) * width];
+                for h in (0..width).step_by(16) {
+                    // SAFETY: the load reads this step's lines from h; the store writes inside `at`.
+                    unsafe {
+                        let values = _mm512_maskz_loadu_ps(
+                            lanes(lines.saturating_sub(h)),
+                            base.offset(p as isize * step + h as isize),
+                        );
+                        _mm512_mask_storeu_ps(at.as_mut_ptr().add(h), lanes(width - h), values);
+                    }
                 }
             }
-            continue;
         } else {
             for p in 0..kc {
-                for i in 0..rows {
-                    out[p * MR + i] = unsafe { *src.offset(i as isize * rsa + p as isize * csa) };
+                for l in 0..lines {
+                    out[p * width + l] = unsafe { *base.offset(l as isize * line + p as isize * step) };
                 }
-            }
-        }
-        if rows < MR {
-            for p in 0..kc {
-                out[p * MR + rows..(p + 1) * MR].fill(0.0);
-            }
-        }
-    }
-}
-
-/// Packs the `kc x nc` block of B at `b` into panels of `NR` columns: panel j holds, for each
-/// depth step, its `NR` values contiguous; columns past `nc` are zeros.
-#[target_feature(enable = "avx512f")]
-unsafe fn pack_b(kc: usize, nc: usize, b: *const f32, [rsb, csb]: [isize; 2], dst: &mut [f32]) {
-    for (panel, c0) in (0..nc).step_by(NR).enumerate() {
-        let cols = NR.min(nc - c0);
-        let out = &mut dst[panel * NR * kc..(panel + 1) * NR * kc];
-        // SAFETY (all reads below): columns c0..c0 + cols and kc depth steps lie inside the block.
-        let src = unsafe { b.offset(c0 as isize * csb) };
-        if rsb == 1 {
-            // Columns contiguous (Wᵀ of x Wᵀ): two halves of 16 columns, transposed.
-            for half in 0..2 {
-                let lines = cols.saturating_sub(16 * half).min(16);
-                unsafe {
-                    pack_transposed(kc, lines, src.offset(16 * half as isize * csb), csb, NR, &mut out[16 * half..])
-                };
-            }
-            continue;
-        }
-        if csb == 1 {
-            // Rows contiguous (W of g W, x of gᵀ x): each step is two masked loads, zero-padded.
-            let (left, right) = (lanes(cols), lanes(cols.saturating_sub(16)));
-            for p in 0..kc {
-                let at = &mut out[p * NR..(p + 1) * NR];
-                // SAFETY: `cols` values of step p; the stores write the NR values of `at`.
-                unsafe {
-                    let row = src.offset(p as isize * rsb);
-                    _mm512_storeu_ps(at.as_mut_ptr(), _mm512_maskz_loadu_ps(left, row));
-                    _mm512_storeu_ps(at.as_mut_ptr().add(16), _mm512_maskz_loadu_ps(right, row.add(16)));
-                }
-            }
-            continue;
-        } else {
-            for p in 0..kc {
-                for j in 0..cols {
-                    out[p * NR + j] = unsafe { *src.offset(p as isize * rsb + j as isize * csb) };
-                }
-            }
-        }
-        if cols < NR {
-            for p in 0..kc {
-                out[p * NR + cols..(p + 1) * NR].fill(0.0);
+                out[p * width + lines..(p + 1) * width].fill(0.0);
             }
         }
     }
