@@ -6,7 +6,8 @@
 //! stays linear in the batch.
 
 use super::gemm::Gemm;
-use super::install;
+use super::softmax::{row_max, sum_exp};
+use super::{Lane, install};
 use rayon::prelude::*;
 
 /// One attention call's sizes.
@@ -41,19 +42,22 @@ fn mm<T: Gemm>(m: usize, k: usize, n: usize, a: &[T], a_t: bool, b: &[T], b_t: b
 }
 
 /// The probabilities of one head in place of its scaled scores, and each row's log-sum-exp.
-fn softmax_rows<T: Gemm>(s: &AttentionShape, scores: &mut [T], lse: &mut [f64]) {
-    for (i, row) in scores.chunks_mut(s.sk).enumerate() {
-        let visible = s.visible(i);
-        let (seen, hidden) = row.split_at_mut(visible);
-        hidden.iter_mut().for_each(|x| *x = T::ZERO);
-        let max = seen.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x.to_f64_()));
-        let max_t = T::from_f64_(max);
-        seen.iter_mut().for_each(|x| *x = (*x - max_t).exp_());
-        let sum: f64 = seen.iter().map(|x| x.to_f64_()).sum();
-        let inv = T::from_f64_(1.0 / sum);
-        seen.iter_mut().for_each(|x| *x *= inv);
-        lse[i] = max + sum.ln();
-    }
+fn softmax_rows<T: Gemm + Lane<C = T>>(s: &AttentionShape, scores: &mut [T], lse: &mut [f64]) {
+    let mut exps = vec![T::ZERO; s.sk];
+    super::vectorized(
+        #[inline(always)]
+        || {
+            for (i, row) in scores.chunks_mut(s.sk).enumerate() {
+                let (seen, hidden) = row.split_at_mut(s.visible(i));
+                hidden.iter_mut().for_each(|x| *x = T::ZERO);
+                let max = row_max(seen);
+                let sum = sum_exp(seen, max, |j, e| exps[j..j + e.len()].copy_from_slice(e));
+                let inv = T::from_f64_(1.0 / sum);
+                seen.iter_mut().zip(&exps).for_each(|(x, &e)| *x = e * inv);
+                lse[i] = max.to_f64_() + sum.ln();
+            }
+        },
+    )
 }
 
 /// The scaled scores of one head, Q Kᵀ · scale, into `scores` (sq × sk).
@@ -64,7 +68,7 @@ fn scores<T: Gemm>(s: &AttentionShape, q: &[T], k: &[T], out: &mut [T]) {
 }
 
 /// The output (`[bh, sq, d]`) and each query's log-sum-exp, from dense `[bh, s, d]` inputs.
-pub(crate) fn forward<T: Gemm>(s: &AttentionShape, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<f64>) {
+pub(crate) fn forward<T: Gemm + Lane<C = T>>(s: &AttentionShape, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<f64>) {
     let (sq, sk, d) = (s.sq, s.sk, s.d);
     let mut out = vec![T::ZERO; s.bh * sq * d];
     let mut lse = vec![0.0; s.bh * sq];
@@ -82,7 +86,7 @@ pub(crate) fn forward<T: Gemm>(s: &AttentionShape, q: &[T], k: &[T], v: &[T]) ->
 }
 
 /// (dQ, dK, dV) from the forward's inputs, output, log-sum-exp and the output's gradient.
-pub(crate) fn backward<T: Gemm>(
+pub(crate) fn backward<T: Gemm + Lane<C = T>>(
     s: &AttentionShape,
     q: &[T],
     k: &[T],
@@ -103,22 +107,32 @@ pub(crate) fn backward<T: Gemm>(
         // P from the saved log-sum-exp: exp(scale · q·k − lse), zero past the causal edge.
         let mut p = vec![T::ZERO; sq * sk];
         scores(s, qh, kh, &mut p);
-        for (i, row) in p.chunks_mut(sk).enumerate() {
-            let l = T::from_f64_(lse[h * sq + i]);
-            let visible = s.visible(i);
-            row[..visible].iter_mut().for_each(|x| *x = (*x - l).exp_());
-            row[visible..].iter_mut().for_each(|x| *x = T::ZERO);
-        }
+        super::vectorized(
+            #[inline(always)]
+            || {
+                for (i, row) in p.chunks_mut(sk).enumerate() {
+                    let l = T::from_f64_(lse[h * sq + i]);
+                    let (seen, hidden) = row.split_at_mut(s.visible(i));
+                    seen.iter_mut().for_each(|x| *x = (*x - l).exp_());
+                    hidden.iter_mut().for_each(|x| *x = T::ZERO);
+                }
+            },
+        );
         mm(sk, sq, d, &p, true, gh, false, dvh, T::ZERO);
         let mut dp = vec![T::ZERO; sq * sk];
         mm(sq, d, sk, gh, false, vh, true, &mut dp, T::ZERO);
-        for i in 0..sq {
-            let delta: f64 = (0..d).map(|e| (gh[i * d + e] * oh[i * d + e]).to_f64_()).sum();
-            let delta = T::from_f64_(delta);
-            let (prow, dprow) = (&p[i * sk..(i + 1) * sk], &mut dp[i * sk..(i + 1) * sk]);
-            // dS, scaled once here for both dQ and dK.
-            dprow.iter_mut().zip(prow).for_each(|(x, &pr)| *x = pr * (*x - delta) * scale);
-        }
+        super::vectorized(
+            #[inline(always)]
+            || {
+                for i in 0..sq {
+                    let delta: f64 = (0..d).map(|e| (gh[i * d + e] * oh[i * d + e]).to_f64_()).sum();
+                    let delta = T::from_f64_(delta);
+                    let (prow, dprow) = (&p[i * sk..(i + 1) * sk], &mut dp[i * sk..(i + 1) * sk]);
+                    // dS, scaled once here for both dQ and dK.
+                    dprow.iter_mut().zip(prow).for_each(|(x, &pr)| *x = pr * (*x - delta) * scale);
+                }
+            },
+        );
         mm(sq, sk, d, &dp, false, kh, false, dqh, T::ZERO);
         mm(sk, sq, d, &dp, true, qh, false, dkh, T::ZERO);
     };

@@ -254,9 +254,12 @@ pub(crate) fn zip_map<T: Copy + Sync, U: Send>(
 }
 
 /// e^x in f32 within a few ulp, branch-free so loops over it vectorise: x = n ln2 + r with
-/// |r| ≤ ln2/2 (ln2 split in two for an exact product), e^r by its Taylor series to r^7
-/// (truncation below 1e-8 relative), and 2^n applied as two exact power-of-two factors so
-/// results that underflow into subnormals are rounded once. NaN stays NaN, ±inf give inf and 0.
+/// |r| ≤ ln2/2 (ln2 split in two, each product fused, for an exact reduction), e^r by its Taylor
+/// series to r^7 (truncation below 1e-8 relative) in Horner form of fused multiply-adds, and 2^n
+/// applied as two exact power-of-two factors so results that underflow into subnormals are
+/// rounded once. NaN stays NaN, ±inf give inf and 0. Fused multiply-adds round the same on every
+/// path (a hardware FMA inside [`super::vectorized`], libm's `fmaf` outside it), so results do not
+/// depend on the CPU; callers in hot loops run inside `vectorized`, where it is one instruction.
 #[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -265,16 +268,15 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // Adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits: n is read from
     // there, with no float-to-integer conversion (which would not vectorise).
     const ROUNDER: f32 = 12_582_912.0;
+    // Taylor coefficients 1/k!, highest first.
+    const C: [f32; 8] = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
     // NaN passes through the clamp (and the rest) as NaN.
     let x = x.clamp(-104.0, 89.0);
-    let shifted = x * LOG2E + ROUNDER;
+    let shifted = x.mul_add(LOG2E, ROUNDER);
     let n = shifted - ROUNDER;
     let ni = shifted.to_bits().wrapping_sub(ROUNDER.to_bits()) as i32;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let p = C[1..].iter().fold(C[0], |acc, &c| acc.mul_add(r, c));
     let half = ni >> 1;
     let scale = |e: i32| f32::from_bits((e.wrapping_add(127) as u32) << 23);
     p * scale(half) * scale(ni - half)

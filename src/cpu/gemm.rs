@@ -172,6 +172,33 @@ impl<T> OutPtr<T> {
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_FLOPS: usize = 1 << 18;
 
+/// A batched product whose B is shared by every batch entry (a linear layer on `[batch, tokens,
+/// features]`), with A's batch entries and rows one run of equal strides, as one product of
+/// `batch · m` rows: the layouts of that `[batch · m, k]` x `[k, n]` product. One large product
+/// packs B once and fills the kernel's tiles, where `batch` small ones pack it `batch` times.
+fn fold_batch_into_rows(la: &Layout, lb: &Layout, batch_shape: &[usize], m: usize) -> Option<(Layout, Layout)> {
+    let r = batch_shape.len();
+    let (sa, sb) = (la.strides(), lb.strides());
+    if r == 0 || (0..r).any(|d| batch_shape[d] > 1 && sb[d] != 0) {
+        return None;
+    }
+    // Walking out from the rows, each batch dim of A must step over all of the dims inside it.
+    let mut span = sa[r] * m;
+    for d in (0..r).rev() {
+        if batch_shape[d] > 1 && sa[d] != span {
+            return None;
+        }
+        span *= batch_shape[d];
+    }
+    let rows = batch_shape.iter().product::<usize>() * m;
+    let k = la.shape()[r + 1];
+    let n = lb.shape()[r + 1];
+    Some((
+        Layout::from_parts(vec![rows, k], vec![sa[r], sa[r + 1]], la.offset()),
+        Layout::from_parts(vec![k, n], vec![sb[r], sb[r + 1]], lb.offset()),
+    ))
+}
+
 /// `a x b (+ bias)` for `a` viewed as `batch_shape + [m, k]` through `la` and `b` as
 /// `batch_shape + [k, n]` through `lb` (broadcast batch dims have stride 0): dense
 /// `[batch, m, n]`.
@@ -184,6 +211,10 @@ pub(crate) fn matmul<T: Gemm>(
     [m, k, n]: [usize; 3],
     bias: Option<&[T]>,
 ) -> Vec<T> {
+    if let Some((la, lb)) = fold_batch_into_rows(la, lb, batch_shape, m) {
+        let rows = la.shape()[0];
+        return matmul(a, &la, b, &lb, &[], [rows, k, n], bias);
+    }
     let batch: usize = batch_shape.iter().product();
     let len = batch * m * n;
     // With β = 0 the GEMM never reads C (matrixmultiply's contract), so C is written, not

@@ -146,10 +146,11 @@ pub fn num_threads() -> usize {
     pool().current_num_threads()
 }
 
-/// Runs `f` on the pool (where rayon's parallel iterators inside it spread their work).
+/// Runs `f` on the pool (where rayon's parallel iterators inside it spread their work). Always
+/// through the pool, even one of a single thread: a parallel iterator run outside every pool
+/// would spread over rayon's global pool, one thread per core, whatever the setting says.
 pub(crate) fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    let pool = pool();
-    if pool.current_num_threads() == 1 { f() } else { pool.install(f) }
+    pool().install(f)
 }
 
 /// Elements below which a loop runs on the calling thread: a task hand-off costs a few
@@ -343,7 +344,8 @@ pub(crate) fn narrow_vec(dtype: crate::DType, values: Vec<f32>) -> crate::storag
 /// FMA, else the baseline (SSE2 on x86-64). The binary is built for the baseline, so a loop
 /// only gets wide vectors when its code is inlined into these wrappers: `f` and the helpers it
 /// calls in its hot loop are marked `#[inline(always)]`. Results do not depend on the path:
-/// the loops use no fused multiply-adds and the same order of operations everywhere.
+/// the loops run the same order of operations everywhere, and their only fused multiply-adds
+/// are explicit (`mul_add`: an instruction here, libm's exactly rounded `fma` on the baseline).
 #[inline(always)]
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -355,7 +357,7 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
         if level == 0 {
             level = if std::arch::is_x86_feature_detected!("avx512f") {
                 3
-            } else if std::arch::is_x86_feature_detected!("avx2") {
+            } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 2
             } else {
                 1
@@ -373,13 +375,13 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,avx")]
+#[target_feature(enable = "avx512f,avx2,avx,fma")]
 unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx")]
+#[target_feature(enable = "avx2,avx,fma")]
 unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }

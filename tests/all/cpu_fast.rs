@@ -203,3 +203,43 @@ fn cpu_matmul_on_matrixmultiply_matches_the_f64_product_when_the_environment_ask
     let (a, b) = (randn(&[37, 300], DType::F32, 140), randn(&[50, 300], DType::F32, 141).t().unwrap());
     assert_within_dot_product_bound("matrixmultiply: a bᵀ", &a.matmul(&b).unwrap(), &a, &b, None);
 }
+
+#[test]
+fn softmax_and_cross_entropy_rows_holding_nan_or_infinities_match_the_reference() {
+    // Rows of 1000 (62 sixteen-lane chunks and a tail of 8): a NaN inside the vector body, one in
+    // the tail, a −inf, a +inf, and a clean row.
+    let (rows, cols) = (5, 1000);
+    let mut values = uniform(&[rows, cols], -8.0, 8.0, DType::F64, 3).to_vec::<f64>().unwrap();
+    values[cols + 37] = f64::NAN;
+    values[2 * cols + 996] = f64::NAN;
+    values[3 * cols + 5] = f64::NEG_INFINITY;
+    values[4 * cols + 900] = f64::INFINITY;
+    for dtype in FLOATS {
+        let x = Tensor::from_vec(values.clone(), &[rows, cols], &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let tol = tolerance(dtype);
+        for log in [false, true] {
+            let run = || if log { x.log_softmax(-1) } else { x.softmax(-1) }.unwrap();
+            let (fast, want) = (run(), nabla::cpu::reference(run));
+            assert_close(&format!("{dtype} softmax (log {log})"), &fast, &want, tol);
+            let first_row = fast.narrow(0, 0, 1).unwrap().to_vec::<f64>().unwrap();
+            assert!(first_row.iter().all(|v| v.is_finite()), "{dtype}: the clean row stays finite");
+        }
+        // Cross-entropy of the clean row and of the row holding −inf (its label elsewhere), with
+        // the gradient of the logits.
+        for (row, label) in [(0, 0i64), (3, 6)] {
+            let logits = x.narrow(0, row, 1).unwrap().contiguous().unwrap().requires_grad_().unwrap();
+            let labels = Tensor::from_vec(vec![label], &[1], &Device::Cpu).unwrap();
+            let run = || {
+                let loss = logits.cross_entropy(&labels).unwrap();
+                loss.backward().unwrap();
+                let grad = logits.grad().unwrap();
+                logits.zero_grad();
+                (loss, grad)
+            };
+            let ((loss, grad), (want_loss, want_grad)) = (run(), nabla::cpu::reference(run));
+            assert!(loss.to_vec::<f64>().unwrap()[0].is_finite(), "{dtype}: row {row}'s loss is finite");
+            assert_close(&format!("{dtype} cross-entropy of row {row}"), &loss, &want_loss, tol);
+            assert_close(&format!("{dtype} its gradient"), &grad, &want_grad, tol);
+        }
+    }
+}

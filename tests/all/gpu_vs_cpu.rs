@@ -229,6 +229,8 @@ fn matmul_matches_cpu_reference_for_odd_batched_broadcast_and_transposed_shapes(
             (&[65, 127], &[127, 33]),
             (&[130, 70], &[70, 257]),
             (&[3, 1, 17, 19], &[4, 19, 23]),
+            // B shared by every batch entry: on the CPU one product of 2 · 3 · 5 rows.
+            (&[2, 3, 5, 7], &[7, 4]),
             (&[5, 0], &[0, 3]),
             (&[0, 4], &[4, 2]),
             (&[9], &[9, 4]),
@@ -252,6 +254,10 @@ fn matmul_matches_cpu_reference_for_odd_batched_broadcast_and_transposed_shapes(
             }
             let inputs = [randn(&[45, 77], dtype, 50), randn(&[91, 45], dtype, 51)];
             compare(&format!("matmul {dtype} aᵀ x bᵀ"), dev, &inputs, tol, |t| t[0].t()?.matmul(&t[1].t()?));
+            let inputs = [randn(&[2, 9, 45], dtype, 54), randn(&[45, 33], dtype, 55)];
+            compare(&format!("matmul {dtype} rows sliced from each batch entry, shared b"), dev, &inputs, tol, |t| {
+                t[0].narrow(1, 2, 5)?.matmul(&t[1])
+            });
             let inputs = [randn(&[2, 77, 45], dtype, 52), randn(&[77, 33], dtype, 53)];
             compare(&format!("matmul {dtype} batched aᵀ, shared b"), dev, &inputs, tol, |t| {
                 t[0].transpose(1, 2)?.matmul(&t[1])
