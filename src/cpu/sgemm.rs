@@ -11,8 +11,9 @@
 //! Algorithm: Goto/BLIS's five loops. B is packed in blocks of `KC` x `NC` into panels of `NR`
 //! columns (each depth step's `NR` values contiguous, zero-padded at the right edge); a B whose
 //! columns are contiguous (`Wᵀ` of `x Wᵀ`) is transposed 16 x 16 at a time in registers. A is read
-//! in place when its rows are contiguous (`x`, `g`), else packed in blocks of `MC` x `KC` into
-//! panels of `MR` rows. The `MR` x `NR` micro-kernel keeps its tile of C in 24 of the 32 zmm
+//! in place when its rows are contiguous (`x`, `g`) or when each depth step's values are (`gᵀ` of
+//! `gᵀ x`: twelve rows of a step are twelve adjacent values), else packed in blocks of `MC` x `KC`
+//! into panels of `MR` rows; in place, only a bottom edge of fewer than `MR` rows is packed. The `MR` x `NR` micro-kernel keeps its tile of C in 24 of the 32 zmm
 //! registers (12 rows x 2 vectors of 16) while it walks the depth: per step two vector loads of
 //! B, twelve broadcasts of A, 24 FMAs. A B panel (`KC` x `NR`, 32 KiB) stays in L1 while the rows
 //! of A stream past it. Edges are masked loads and stores, never an access outside an operand.
@@ -113,50 +114,43 @@ pub(crate) unsafe fn sgemm(
                 let kc = KC.min(k - pc);
                 // Later depth blocks accumulate onto the earlier ones.
                 let beta = if pc == 0 { beta } else { 1.0 };
+                // B is always packed: reading its rows in place measured no faster (B's panel
+                // is reused by every row block of A, and packed it stays in L1).
                 // SAFETY: the block lies inside B; the buffer holds ceil(nc / NR) panels.
                 unsafe { pack_panels(kc, nc, NR, b.offset(pc as isize * rsb + jc as isize * csb), [csb, rsb], b_pack) };
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
                     // SAFETY: the block starts inside A.
-                    let block = unsafe { a.offset(ic as isize * rsa + pc as isize * csa) };
-                    // Rows of A contiguous along k (x of x Wᵀ, g of g W) are read in place: the
-                    // broadcasts load single values anyway, and on the transformer's narrow
-                    // products (each value of A meets few columns) this measured 5-10% faster
-                    // single-threaded than the transposing pack. Not when the row stride is a
-                    // multiple of 4 KiB: then the twelve rows would share one L1 set.
-                    let in_place = csa == 1 && rsa % 1024 != 0;
-                    let edge_start = mc - mc % MR;
-                    // SAFETY: as for B; in place, only the bottom edge's rows (fewer than MR) are
-                    // packed, once, so the kernel never reads a row past A.
+                    let a_block = unsafe { a.offset(ic as isize * rsa + pc as isize * csa) };
+                    let a_rows = in_place(csa, rsa);
+                    let a_cols = !a_rows && in_place(rsa, csa);
+                    let a_edge = if a_rows || a_cols { mc - mc % MR } else { 0 };
+                    // SAFETY: as for B: only what is not read in place is packed, so the kernel
+                    // never reads a row past A.
                     unsafe {
-                        if !in_place {
-                            pack_panels(kc, mc, MR, block, [rsa, csa], a_pack);
-                        } else if edge_start < mc {
-                            pack_panels(
-                                kc,
-                                mc - edge_start,
-                                MR,
-                                block.offset(edge_start as isize * rsa),
-                                [rsa, csa],
-                                a_pack,
-                            );
-                        }
-                    }
+                        pack_panels(kc, mc - a_edge, MR, a_block.offset(a_edge as isize * rsa), [rsa, csa], a_pack)
+                    };
                     for jr in (0..nc).step_by(NR) {
+                        // SAFETY: panel jr / NR of the buffer holds kc steps.
+                        let b_panel = Panel { at: unsafe { b_pack.as_ptr().add(jr * kc) }, step: NR as isize };
                         for ir in (0..mc).step_by(MR) {
                             let corner = (MR.min(mc - ir), NR.min(nc - jr));
-                            // SAFETY: the A panel holds MR rows of kc steps (in place: a full
-                            // panel of A; packed: zero-padded), the B panel kc packed steps; the
+                            // SAFETY: the A panel holds MR rows of kc steps (in place: whole rows
+                            // of A; packed: zero-padded), the B panel kc steps of NR values; the
                             // tile's corner lies inside C.
                             unsafe {
-                                let b_panel = b_pack.as_ptr().add(jr * kc);
                                 let c_tile = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize * csc);
-                                if in_place && ir < edge_start {
-                                    let panel = block.offset(ir as isize * rsa);
-                                    micro_kernel::<true>(kc, panel, rsa, b_panel, c_tile, [rsc, csc], corner, beta)
+                                let in_block = a_block.offset(ir as isize * rsa);
+                                if a_rows && ir < a_edge {
+                                    let a_panel = Panel { at: in_block, step: rsa };
+                                    micro_kernel::<true>(kc, a_panel, b_panel, c_tile, [rsc, csc], corner, beta)
                                 } else {
-                                    let panel = a_pack.as_ptr().add(if in_place { 0 } else { ir * kc });
-                                    micro_kernel::<false>(kc, panel, 0, b_panel, c_tile, [rsc, csc], corner, beta)
+                                    let a_panel = if a_cols && ir < a_edge {
+                                        Panel { at: in_block, step: csa }
+                                    } else {
+                                        Panel { at: a_pack.as_ptr().add((ir - a_edge) * kc), step: MR as isize }
+                                    };
+                                    micro_kernel::<false>(kc, a_panel, b_panel, c_tile, [rsc, csc], corner, beta)
                                 }
                             }
                         }
@@ -165,6 +159,25 @@ pub(crate) unsafe fn sgemm(
             }
         }
     });
+}
+
+/// Whether A is read in place rather than packed, given the stride between the values the
+/// kernel reads together (`along`: 1 when they are contiguous: along a row, or down the twelve
+/// rows of one depth step) and the stride between those runs (`across`). In place, the rows of
+/// `x` and `g` (in `x Wᵀ` and `g W`) measured 5-10% faster single-threaded than packed, the
+/// columns of `gᵀ` (in `gᵀ x`) 1-2% on whole transformer steps. Not when that stride is a
+/// multiple of 4 KiB: then every line the kernel walks would fall into one L1 set.
+fn in_place(along: isize, across: isize) -> bool {
+    along == 1 && across % 1024 != 0
+}
+
+/// Where the micro-kernel reads one operand's panel: its first value and the stride between
+/// the lines it steps over (depth steps of a packed panel or of columns of A read in place, or
+/// rows of A read in place along the depth).
+#[derive(Clone, Copy)]
+struct Panel {
+    at: *const f32,
+    step: isize,
 }
 
 /// Lanes `0..n` of a 16-lane mask.
@@ -288,19 +301,19 @@ unsafe fn pack_panels(
     }
 }
 
-/// One `MR x NR` tile: C = Ã B̃ + β C over `kc` depth steps of packed panels, storing only the
-/// `rows x cols` corner that lies inside C (β = 0: C is not read).
+/// One `MR x NR` tile: C = Ã B̃ + β C over `kc` depth steps, storing only the `rows x cols`
+/// corner that lies inside C (β = 0: C is not read). B's panel holds each step's `NR` values
+/// contiguous, `b.step` apart (packed). A's panel holds each step's
+/// `MR` values contiguous, `a.step` apart (packed, or columns of A read in place) when `A_ROWS` is
+/// false; when true, `MR` rows of A `a.step` apart, each contiguous along the depth.
 ///
 /// # Safety
-/// `a` holds `MR` rows of `kc` steps, packed (`IN_PLACE` false) or as rows `rsa` apart with unit
-/// steps (true); `b` holds `kc` packed steps; the corner lies inside C.
+/// Both panels hold `kc` steps as described; the corner lies inside C.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn micro_kernel<const IN_PLACE: bool>(
+unsafe fn micro_kernel<const A_ROWS: bool>(
     kc: usize,
-    a: *const f32,
-    rsa: isize,
-    b: *const f32,
+    a: Panel,
+    b: Panel,
     c: *mut f32,
     [rsc, csc]: [isize; 2],
     (rows, cols): (usize, usize),
@@ -308,16 +321,17 @@ unsafe fn micro_kernel<const IN_PLACE: bool>(
 ) {
     let mut left = [_mm512_setzero_ps(); MR];
     let mut right = [_mm512_setzero_ps(); MR];
-    // SAFETY: kc packed steps of MR values of A and NR values of B.
+    // SAFETY: kc steps of MR values of A and NR values of B, as the panels describe.
     unsafe {
         for p in 0..kc {
-            let b0 = _mm512_loadu_ps(b.add(p * NR));
-            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+            let step_b = b.at.offset(p as isize * b.step);
+            let b0 = _mm512_loadu_ps(step_b);
+            let b1 = _mm512_loadu_ps(step_b.add(16));
             for i in 0..MR {
-                let ai = _mm512_set1_ps(if IN_PLACE {
-                    *a.offset(i as isize * rsa + p as isize)
+                let ai = _mm512_set1_ps(if A_ROWS {
+                    *a.at.offset(i as isize * a.step + p as isize)
                 } else {
-                    *a.add(p * MR + i)
+                    *a.at.offset(p as isize * a.step + i as isize)
                 });
                 left[i] = _mm512_fmadd_ps(ai, b0, left[i]);
                 right[i] = _mm512_fmadd_ps(ai, b1, right[i]);
