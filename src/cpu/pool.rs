@@ -104,33 +104,40 @@ pub(crate) fn forward<S: Lane>(x: &[S], win: &PoolWindows) -> (Vec<S>, Vec<i64>)
 }
 
 /// Max pooling with 2x2 windows at stride 2 and no padding (LeNet's and most CNNs' pooling):
-/// the four taps of each output compared in row-major order with selects, over whole output
-/// rows so the compiler can vectorise the stride-2 loads.
+/// the four taps of each output compared in row-major order by a chain of selects (no branch, no
+/// short-circuit), over whole output rows, inside [`super::vectorized`] so the stride-2 loads and
+/// the selects run on vectors.
 fn max_2x2<S: Lane>(plane: &[S], w: usize, ow: usize, out: &mut [S], slots: &mut [i64]) {
     if ow == 0 {
         return;
     }
-    for (oy, (orow, srow)) in out.chunks_mut(ow).zip(slots.chunks_mut(ow)).enumerate() {
-        let (r0, r1) = (&plane[2 * oy * w..2 * oy * w + 2 * ow], &plane[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow]);
-        for ox in 0..ow {
-            let taps = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]];
-            let offsets = [
-                2 * oy * w + 2 * ox,
-                2 * oy * w + 2 * ox + 1,
-                (2 * oy + 1) * w + 2 * ox,
-                (2 * oy + 1) * w + 2 * ox + 1,
-            ];
-            let (mut best, mut b) = (0usize, taps[0].widen());
-            for (t, tap) in taps.iter().enumerate().skip(1) {
-                let v = tap.widen();
-                let better = !b.is_nan_() && (v > b || v.is_nan_());
-                best = if better { t } else { best };
-                b = if better { v } else { b };
+    super::vectorized(
+        #[inline(always)]
+        || {
+            for (oy, (orow, srow)) in out.chunks_mut(ow).zip(slots.chunks_mut(ow)).enumerate() {
+                let top = &plane[2 * oy * w..2 * oy * w + 2 * ow];
+                let bottom = &plane[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow];
+                for ox in 0..ow {
+                    let corner = (2 * oy * w + 2 * ox) as i64;
+                    let (mut best, mut at) = (top[2 * ox].widen(), corner);
+                    let taps = [
+                        (top[2 * ox + 1], corner + 1),
+                        (bottom[2 * ox], corner + w as i64),
+                        (bottom[2 * ox + 1], corner + w as i64 + 1),
+                    ];
+                    for (tap, offset) in taps {
+                        let v = tap.widen();
+                        // The first largest wins, and the first NaN over everything.
+                        let better = !best.is_nan_() & ((v > best) | v.is_nan_());
+                        at = if better { offset } else { at };
+                        best = if better { v } else { best };
+                    }
+                    orow[ox] = S::narrow(best);
+                    srow[ox] = at;
+                }
             }
-            orow[ox] = taps[best];
-            srow[ox] = offsets[best] as i64;
-        }
-    }
+        },
+    )
 }
 
 /// The input gradient of a pooling from the dense output gradient `dy` (`[planes, oh, ow]`) and,

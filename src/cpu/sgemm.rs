@@ -9,7 +9,8 @@
 //! those products (1 thread: 135-165, PyTorch 130-175).
 //!
 //! Algorithm: Goto/BLIS's five loops. B is packed in blocks of `KC` x `NC` into panels of `NR`
-//! columns (each depth step's `NR` values contiguous, zero-padded at the right edge); a B whose
+//! columns (each depth step's `NR` values contiguous, zero-padded at the right edge), except that
+//! products of few rows read a B with contiguous rows in place (all but its right edge); a B whose
 //! columns are contiguous (`Wᵀ` of `x Wᵀ`) is transposed 16 x 16 at a time in registers. A is read
 //! in place when its rows are contiguous (`x`, `g`) or when each depth step's values are (`gᵀ` of
 //! `gᵀ x`: twelve rows of a step are twelve adjacent values), else packed in blocks of `MC` x `KC`
@@ -114,10 +115,17 @@ pub(crate) unsafe fn sgemm(
                 let kc = KC.min(k - pc);
                 // Later depth blocks accumulate onto the earlier ones.
                 let beta = if pc == 0 { beta } else { 1.0 };
-                // B is always packed: reading its rows in place measured no faster (B's panel
-                // is reused by every row block of A, and packed it stays in L1).
-                // SAFETY: the block lies inside B; the buffer holds ceil(nc / NR) panels.
-                unsafe { pack_panels(kc, nc, NR, b.offset(pc as isize * rsb + jc as isize * csb), [csb, rsb], b_pack) };
+                // SAFETY: the block starts inside B.
+                let b_block = unsafe { b.offset(pc as isize * rsb + jc as isize * csb) };
+                // Rows of B are read in place only when few rows of A meet each B panel (a
+                // convolution's patch matrix against a handful of filters, one attention head):
+                // there the copy is a large share of the product. Where a panel is reused by many
+                // tiles, packed it stays in L1, and in place measured no faster.
+                let b_in_place = m <= B_IN_PLACE_ROWS && in_place(csb, rsb);
+                let b_edge = if b_in_place { nc - nc % NR } else { 0 };
+                // SAFETY: the block (in place: its right edge, fewer than NR columns) lies inside
+                // B; the buffer holds ceil(nc / NR) panels.
+                unsafe { pack_panels(kc, nc - b_edge, NR, b_block.offset(b_edge as isize * csb), [csb, rsb], b_pack) };
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
                     // SAFETY: the block starts inside A.
@@ -131,8 +139,13 @@ pub(crate) unsafe fn sgemm(
                         pack_panels(kc, mc - a_edge, MR, a_block.offset(a_edge as isize * rsa), [rsa, csa], a_pack)
                     };
                     for jr in (0..nc).step_by(NR) {
-                        // SAFETY: panel jr / NR of the buffer holds kc steps.
-                        let b_panel = Panel { at: unsafe { b_pack.as_ptr().add(jr * kc) }, step: NR as isize };
+                        // SAFETY: column jr of the block lies inside B; panel (jr - b_edge) / NR
+                        // of the buffer holds kc steps.
+                        let b_panel = if jr < b_edge {
+                            Panel { at: unsafe { b_block.offset(jr as isize * csb) }, step: rsb }
+                        } else {
+                            Panel { at: unsafe { b_pack.as_ptr().add((jr - b_edge) * kc) }, step: NR as isize }
+                        };
                         for ir in (0..mc).step_by(MR) {
                             let corner = (MR.min(mc - ir), NR.min(nc - jr));
                             // SAFETY: the A panel holds MR rows of kc steps (in place: whole rows
@@ -160,6 +173,12 @@ pub(crate) unsafe fn sgemm(
         }
     });
 }
+
+/// Products of at most this many rows read the rows of B in place (each B panel then meets at
+/// most 14 tiles). Measured on whole steps, alternating step by step (2 threads): LeNet-5 at
+/// batch 256 5% faster than packing every B, the char-GPT (whose attention products have 64 rows)
+/// 2-7%; a bound of 24 rows gained only on LeNet-5's first convolution.
+const B_IN_PLACE_ROWS: usize = 160;
 
 /// Whether A is read in place rather than packed, given the stride between the values the
 /// kernel reads together (`along`: 1 when they are contiguous: along a row, or down the twelve

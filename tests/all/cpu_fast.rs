@@ -173,7 +173,8 @@ fn cpu_matmul_matches_the_f64_product_across_kernel_tile_edges_block_sizes_and_l
     // Sizes on both sides of the micro-tile (12 x 32, 16-step transposes) and block (144 rows,
     // 256 steps, 1024 columns) edges, each product in the four layouts of its operands (plain,
     // transposed views as a linear layer's forward and weight gradient read them), and as a
-    // linear layer accumulating onto its bias.
+    // linear layer accumulating onto its bias. Products of up to 160 rows read a row-major B in
+    // place (all but its right edge), larger ones pack it: both sides are here.
     let _ = writeln!(std::io::stderr(), "f32 GEMM: {}", nabla::cpu::f32_gemm_kernel());
     let shapes = [(1, 1, 1), (11, 17, 31), (12, 16, 32), (13, 257, 33), (145, 300, 70), (40, 70, 1030), (300, 9, 5)];
     for (i, &(m, k, n)) in shapes.iter().enumerate() {
