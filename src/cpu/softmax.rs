@@ -1,7 +1,8 @@
 //! Row-wise softmax, log-softmax and cross-entropy on the CPU, three passes over each row: the
 //! max; the exponentials of the shifted row (the vectorisable f32 exponential for f32 and 16-bit
-//! floats) into an L1-sized scratch row with their sum accumulated in sixteen f64 lanes; the
-//! scaled write. Rows run in parallel in fixed blocks, inside [`super::vectorized`].
+//! floats) into an L1-sized scratch row, summed in sixteen lanes per block of 256 values and
+//! the blocks in f64; the scaled write. Rows run in parallel in fixed blocks, inside
+//! [`super::vectorized`].
 
 use super::elementwise::new_vec;
 use super::{Float, Lane, PARALLEL_MIN, install};
