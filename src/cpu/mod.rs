@@ -23,6 +23,7 @@ pub mod softmax;
 
 use rayon::ThreadPool;
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 thread_local! {
@@ -85,19 +86,21 @@ fn default_threads() -> usize {
         .max(1)
 }
 
+/// Whether the current pool is the fallback of a refused thread spawn: the calling thread's own,
+/// which other threads must not hand work to (nothing would run it), so they run it themselves.
+static ON_CALLER: AtomicBool = AtomicBool::new(false);
+
 fn build_pool(threads: usize) -> Arc<ThreadPool> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("nabla-cpu-{i}"))
-        .build()
-        // Spawning threads fails only when the OS refuses them; run on the caller then.
-        .unwrap_or_else(|_| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .use_current_thread()
-                .build()
-                .expect("a pool of the current thread")
-        });
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("nabla-cpu-{i}")).build();
+    ON_CALLER.store(pool.is_err(), Ordering::Relaxed);
+    // Spawning threads fails only when the OS refuses them; run on the caller then.
+    let pool = pool.unwrap_or_else(|_| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .use_current_thread()
+            .build()
+            .expect("a pool of the current thread")
+    });
     Arc::new(pool)
 }
 
@@ -148,9 +151,11 @@ pub fn num_threads() -> usize {
 
 /// Runs `f` on the pool (where rayon's parallel iterators inside it spread their work). Always
 /// through the pool, even one of a single thread: a parallel iterator run outside every pool
-/// would spread over rayon's global pool, one thread per core, whatever the setting says.
+/// would spread over rayon's global pool, one thread per core, whatever the setting says. (The
+/// one exception: the fallback pool of a refused spawn, whose only thread is its builder.)
 pub(crate) fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    pool().install(f)
+    let pool = pool();
+    if ON_CALLER.load(Ordering::Relaxed) && pool.current_thread_index().is_none() { f() } else { pool.install(f) }
 }
 
 /// Elements below which a loop runs on the calling thread: a task hand-off costs a few
@@ -350,7 +355,7 @@ pub(crate) fn narrow_vec(dtype: crate::DType, values: Vec<f32>) -> crate::storag
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::sync::atomic::{AtomicU8, Ordering};
+        use std::sync::atomic::AtomicU8;
         // 0: not yet detected, 1: baseline, 2: AVX2, 3: AVX-512.
         static LEVEL: AtomicU8 = AtomicU8::new(0);
         let mut level = LEVEL.load(Ordering::Relaxed);
