@@ -64,9 +64,7 @@ pub(crate) fn forward<S: Lane>(x: &[S], win: &PoolWindows) -> (Vec<S>, Vec<i64>)
                     for iy in y0..y1 {
                         for (ix, &v) in plane[iy * win.w + x0..iy * win.w + x1].iter().enumerate() {
                             let v = v.widen();
-                            // Selects, not branches: data-dependent branches mispredict half
-                            // the time on real activations.
-                            let better = !b.is_nan_() && (v > b || v.is_nan_());
+                            let better = replaces(b, v);
                             best = if better { iy * win.w + x0 + ix } else { best };
                             b = if better { v } else { b };
                         }
@@ -103,9 +101,17 @@ pub(crate) fn forward<S: Lane>(x: &[S], win: &PoolWindows) -> (Vec<S>, Vec<i64>)
     (y, idx)
 }
 
+/// Whether `v`, met after `best` in a window, becomes the maximum: the first largest wins, and
+/// the first NaN over everything. Selects without short-circuit, so the loops hold no
+/// data-dependent branch (those mispredict half the time on real activations) and vectorise.
+#[inline(always)]
+fn replaces<C: Float>(best: C, v: C) -> bool {
+    !best.is_nan_() & ((v > best) | v.is_nan_())
+}
+
 /// Max pooling with 2x2 windows at stride 2 and no padding (LeNet's and most CNNs' pooling):
-/// the four taps of each output compared in row-major order by a chain of selects (no branch, no
-/// short-circuit), over whole output rows, inside [`super::vectorized`] so the stride-2 loads and
+/// the four taps of each output compared in row-major order by a chain of selects ([`replaces`]),
+/// over whole output rows, inside [`super::vectorized`] so the stride-2 loads and
 /// the selects run on vectors.
 fn max_2x2<S: Lane>(plane: &[S], w: usize, ow: usize, out: &mut [S], slots: &mut [i64]) {
     if ow == 0 {
@@ -127,8 +133,7 @@ fn max_2x2<S: Lane>(plane: &[S], w: usize, ow: usize, out: &mut [S], slots: &mut
                     ];
                     for (tap, offset) in taps {
                         let v = tap.widen();
-                        // The first largest wins, and the first NaN over everything.
-                        let better = !best.is_nan_() & ((v > best) | v.is_nan_());
+                        let better = replaces(best, v);
                         at = if better { offset } else { at };
                         best = if better { v } else { best };
                     }

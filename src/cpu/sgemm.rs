@@ -109,6 +109,10 @@ pub(crate) unsafe fn sgemm(
         if b_pack.len() < b_len {
             b_pack.resize(b_len, 0.0);
         }
+        // What is read in place rather than packed, decided once per product.
+        let b_in_place = m <= B_IN_PLACE_ROWS && in_place(csb, rsb);
+        let a_rows = in_place(csa, rsa);
+        let a_cols = !a_rows && in_place(rsa, csa);
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
             for pc in (0..k).step_by(KC) {
@@ -121,7 +125,6 @@ pub(crate) unsafe fn sgemm(
                 // convolution's patch matrix against a handful of filters, one attention head):
                 // there the copy is a large share of the product. Where a panel is reused by many
                 // tiles, packed it stays in L1, and in place measured no faster.
-                let b_in_place = m <= B_IN_PLACE_ROWS && in_place(csb, rsb);
                 let b_edge = if b_in_place { nc - nc % NR } else { 0 };
                 // SAFETY: the block (in place: its right edge, fewer than NR columns) lies inside
                 // B; the buffer holds ceil(nc / NR) panels.
@@ -130,8 +133,6 @@ pub(crate) unsafe fn sgemm(
                     let mc = MC.min(m - ic);
                     // SAFETY: the block starts inside A.
                     let a_block = unsafe { a.offset(ic as isize * rsa + pc as isize * csa) };
-                    let a_rows = in_place(csa, rsa);
-                    let a_cols = !a_rows && in_place(rsa, csa);
                     let a_edge = if a_rows || a_cols { mc - mc % MR } else { 0 };
                     // SAFETY: as for B: only what is not read in place is packed, so the kernel
                     // never reads a row past A.
@@ -180,9 +181,10 @@ pub(crate) unsafe fn sgemm(
 /// 2-7%; a bound of 24 rows gained only on LeNet-5's first convolution.
 const B_IN_PLACE_ROWS: usize = 160;
 
-/// Whether A is read in place rather than packed, given the stride between the values the
-/// kernel reads together (`along`: 1 when they are contiguous: along a row, or down the twelve
-/// rows of one depth step) and the stride between those runs (`across`). In place, the rows of
+/// Whether an operand may be read in place rather than packed, given the stride between the
+/// values the kernel reads together (`along`: 1 when they are contiguous: a row of B's panel, a
+/// row of A along the depth, or A's twelve rows of one depth step) and the stride between those
+/// runs (`across`). In place, the rows of
 /// `x` and `g` (in `x Wᵀ` and `g W`) measured 5-10% faster single-threaded than packed, the
 /// columns of `gᵀ` (in `gᵀ x`) 1-2% on whole transformer steps. Not when that stride is a
 /// multiple of 4 KiB: then every line the kernel walks would fall into one L1 set.
