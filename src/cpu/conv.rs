@@ -5,13 +5,17 @@
 //! - weight gradient: `dW_g += dy[n, g] · colᵀ`, accumulated per fixed block of images and the
 //!   blocks summed in order, so results do not depend on the thread count.
 //!
-//! The patch matrix of one image is K × P elements (for a 3×3, 64-channel, 56² layer: 7 MB in
-//! f32), allocated once per task. A 1×1 convolution with unit stride and no padding reads the
-//! image itself as its patch matrix.
+//! The patch matrix is unfolded a block of output rows at a time, about [`PATCH_BLOCK`] values
+//! (K × the block's pixels), and each block's GEMM runs right after its unfolding, while the
+//! block is still in L2. Unfolded whole, a 3×3, 64-channel, 56² layer's patch matrix is 7 MB in
+//! f32: written out to memory and read back, it cost about as much time as the GEMM itself. The
+//! blocks are fixed by the shape alone, so the sums' order still does not depend on the threads.
+//! A 1×1 convolution with unit stride and no padding reads the image itself as its patch matrix.
 
 use super::gemm::Gemm;
 use super::install;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// The sizes of one convolution (already validated by the op).
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +38,10 @@ pub(crate) struct ConvShape {
 /// Images per block of the weight gradient's accumulation. Fixed, so the order of the sums is.
 const WEIGHT_BLOCK: usize = 4;
 
+/// Values of patch data per unfolded block (512 KiB in f32: a quarter of a 2 MiB L2, beside the
+/// weights and the output block the GEMM touches).
+const PATCH_BLOCK: usize = 1 << 17;
+
 impl ConvShape {
     fn cg(&self) -> usize {
         self.c / self.groups
@@ -53,6 +61,22 @@ impl ConvShape {
         self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.padding == (0, 0)
     }
 
+    /// Output rows per unfolded block: as many as keep it near [`PATCH_BLOCK`] values, at least one.
+    fn rows_per_block(&self) -> usize {
+        (PATCH_BLOCK / (self.k() * self.ow).max(1)).clamp(1, self.oh.max(1))
+    }
+
+    /// The blocks of output rows, in order.
+    fn row_blocks(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        let rows = self.rows_per_block();
+        (0..self.oh).step_by(rows).map(move |oy| oy..(oy + rows).min(self.oh))
+    }
+
+    /// Elements of the scratch patch block (none when the image is its own patch matrix).
+    fn scratch(&self) -> usize {
+        if self.plain() { 0 } else { self.k() * self.rows_per_block() * self.ow }
+    }
+
     /// For kernel column `kx`: the output columns whose input column lies inside the image,
     /// as (first ox, end ox, input column of the first).
     fn columns(&self, kx: usize) -> (usize, usize, isize) {
@@ -69,9 +93,10 @@ impl ConvShape {
         (0..self.h as isize).contains(&iy).then_some(iy as usize)
     }
 
-    /// Unfolds group `g` of one image (`x`: C × H × W) into `col` (K × P).
-    fn im2col<T: Gemm>(&self, x: &[T], g: usize, col: &mut [T]) {
-        let (p, sw) = (self.p(), self.stride.1);
+    /// Unfolds output rows `oys` of group `g` of one image (`x`: C × H × W) into `col`
+    /// (K × the rows' pixels, dense).
+    fn im2col<T: Gemm>(&self, x: &[T], g: usize, oys: Range<usize>, col: &mut [T]) {
+        let (p, sw) = (oys.len() * self.ow, self.stride.1);
         let mut r = 0;
         for ci in g * self.cg()..(g + 1) * self.cg() {
             let plane = &x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
@@ -79,8 +104,8 @@ impl ConvShape {
                 for kx in 0..self.kw {
                     let (lo, hi, ix0) = self.columns(kx);
                     let row = &mut col[r * p..(r + 1) * p];
-                    for oy in 0..self.oh {
-                        let out = &mut row[oy * self.ow..(oy + 1) * self.ow];
+                    for (j, oy) in oys.clone().enumerate() {
+                        let out = &mut row[j * self.ow..(j + 1) * self.ow];
                         let Some(iy) = self.input_row(oy, ky) else {
                             out.fill(T::ZERO);
                             continue;
@@ -103,9 +128,10 @@ impl ConvShape {
         }
     }
 
-    /// Folds `col` (K × P) back onto group `g` of one image's gradient (`dx`: C × H × W), adding.
-    fn col2im<T: Gemm>(&self, col: &[T], g: usize, dx: &mut [T]) {
-        let (p, sw) = (self.p(), self.stride.1);
+    /// Folds `col` (K × the pixels of output rows `oys`) back onto group `g` of one image's
+    /// gradient (`dx`: C × H × W), adding.
+    fn col2im<T: Gemm>(&self, col: &[T], g: usize, oys: Range<usize>, dx: &mut [T]) {
+        let (p, sw) = (oys.len() * self.ow, self.stride.1);
         let mut r = 0;
         for ci in g * self.cg()..(g + 1) * self.cg() {
             let plane = &mut dx[ci * self.h * self.w..(ci + 1) * self.h * self.w];
@@ -113,9 +139,9 @@ impl ConvShape {
                 for kx in 0..self.kw {
                     let (lo, hi, ix0) = self.columns(kx);
                     let row = &col[r * p..(r + 1) * p];
-                    for oy in 0..self.oh {
+                    for (j, oy) in oys.clone().enumerate() {
                         let Some(iy) = self.input_row(oy, ky).filter(|_| lo < hi) else { continue };
-                        let src = &row[oy * self.ow + lo..oy * self.ow + hi];
+                        let src = &row[j * self.ow + lo..j * self.ow + hi];
                         let dst = &mut plane[iy * self.w + ix0.max(0) as usize..];
                         if sw == 1 {
                             dst[..hi - lo].iter_mut().zip(src).for_each(|(d, &v)| *d += v);
@@ -130,33 +156,50 @@ impl ConvShape {
     }
 }
 
-/// C = A · B (+ C when `accumulate`) for dense row-major operands, A m × k, B k × n (either
-/// read transposed when its flag says so), C m × n.
+/// Elements a `rows × cols` matrix spans through its (row, column) strides: one past the last.
+fn span(rows: usize, cols: usize, [rs, cs]: [usize; 2]) -> usize {
+    if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 }
+}
+
+/// C = A · B (+ C when `accumulate`) for A m × k, B k × n and C m × n, each a slice read
+/// through its (row, column) strides in elements (C's columns contiguous).
 #[allow(clippy::too_many_arguments)]
-fn dense_gemm<T: Gemm>(
-    m: usize,
-    k: usize,
-    n: usize,
+fn gemm<T: Gemm>(
+    [m, k, n]: [usize; 3],
     a: &[T],
-    a_t: bool,
+    a_strides: [usize; 2],
     b: &[T],
-    b_t: bool,
+    b_strides: [usize; 2],
     c: &mut [T],
+    c_row: usize,
     accumulate: bool,
 ) {
-    let a_strides = if a_t { [1, m as isize] } else { [k as isize, 1] };
-    let b_strides = if b_t { [1, k as isize] } else { [n as isize, 1] };
+    assert!(
+        a.len() >= span(m, k, a_strides) && b.len() >= span(k, n, b_strides) && c.len() >= span(m, n, [c_row, 1]),
+        "conv gemm operands too small"
+    );
+    let strides = |[r, c]: [usize; 2]| [r as isize, c as isize];
     let beta = if accumulate { T::ONE } else { T::ZERO };
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "dense_gemm operands too small");
-    // SAFETY: the asserts above keep every addressed element inside its slice; `c` is a unique
+    // SAFETY: the assert above keeps every addressed element inside its slice; `c` is a unique
     // borrow, so it overlaps neither input.
     unsafe {
-        T::gemm_oriented(m, k, n, a.as_ptr(), a_strides, b.as_ptr(), b_strides, beta, c.as_mut_ptr(), [n as isize, 1])
+        T::gemm_oriented(
+            m,
+            k,
+            n,
+            a.as_ptr(),
+            strides(a_strides),
+            b.as_ptr(),
+            strides(b_strides),
+            beta,
+            c.as_mut_ptr(),
+            [c_row as isize, 1],
+        )
     }
 }
 
 /// Runs `body(patches, image, per_image_output)` over `out` cut into one chunk per image, in
-/// parallel; `patches` is a scratch patch matrix of `scratch` elements, allocated once per
+/// parallel; `patches` is a scratch patch block of `scratch` elements, allocated once per
 /// worker's run of images rather than once per image.
 fn per_image<T: Gemm>(out: &mut [T], per: usize, scratch: usize, body: impl Fn(&mut Vec<T>, usize, &mut [T]) + Sync) {
     if per == 0 {
@@ -173,21 +216,24 @@ fn per_image<T: Gemm>(out: &mut [T], per: usize, scratch: usize, body: impl Fn(&
 pub(crate) fn forward<T: Gemm>(s: &ConvShape, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
     let (k, p, og) = (s.k(), s.p(), s.og());
     let mut y = vec![T::ZERO; s.n * s.o * p];
-    let scratch = if s.plain() { 0 } else { k * p };
-    per_image(&mut y, s.o * p, scratch, |col, i, yi| {
+    per_image(&mut y, s.o * p, s.scratch(), |col, i, yi| {
         let xi = &x[i * s.c * s.h * s.w..(i + 1) * s.c * s.h * s.w];
         for g in 0..s.groups {
             let out = &mut yi[g * og * p..(g + 1) * og * p];
             if let Some(b) = bias {
                 out.chunks_mut(p).zip(&b[g * og..]).for_each(|(row, &v)| row.fill(v));
             }
-            let patches: &[T] = if s.plain() {
-                &xi[g * k * p..(g + 1) * k * p]
-            } else {
-                s.im2col(xi, g, col);
-                col
-            };
-            dense_gemm(og, k, p, &w[g * og * k..(g + 1) * og * k], false, patches, false, out, bias.is_some());
+            let wg = &w[g * og * k..(g + 1) * og * k];
+            if s.plain() {
+                let image = &xi[g * k * p..(g + 1) * k * p];
+                gemm([og, k, p], wg, [k, 1], image, [p, 1], out, p, bias.is_some());
+                continue;
+            }
+            for oys in s.row_blocks() {
+                let (first, pixels) = (oys.start * s.ow, oys.len() * s.ow);
+                s.im2col(xi, g, oys, col);
+                gemm([og, k, pixels], wg, [k, 1], col, [pixels, 1], &mut out[first..], p, bias.is_some());
+            }
         }
     });
     y
@@ -197,17 +243,20 @@ pub(crate) fn forward<T: Gemm>(s: &ConvShape, x: &[T], w: &[T], bias: Option<&[T
 pub(crate) fn backward_input<T: Gemm>(s: &ConvShape, dy: &[T], w: &[T]) -> Vec<T> {
     let (k, p, og) = (s.k(), s.p(), s.og());
     let mut dx = vec![T::ZERO; s.n * s.c * s.h * s.w];
-    let scratch = if s.plain() { 0 } else { k * p };
-    per_image(&mut dx, s.c * s.h * s.w, scratch, |col, i, dxi| {
+    per_image(&mut dx, s.c * s.h * s.w, s.scratch(), |col, i, dxi| {
         let dyi = &dy[i * s.o * p..(i + 1) * s.o * p];
         for g in 0..s.groups {
+            // Wᵀ: K × O/groups, read through swapped strides.
             let wg = &w[g * og * k..(g + 1) * og * k];
             let dyg = &dyi[g * og * p..(g + 1) * og * p];
             if s.plain() {
-                dense_gemm(k, og, p, wg, true, dyg, false, &mut dxi[g * k * p..(g + 1) * k * p], false);
-            } else {
-                dense_gemm(k, og, p, wg, true, dyg, false, col, false);
-                s.col2im(col, g, dxi);
+                gemm([k, og, p], wg, [1, k], dyg, [p, 1], &mut dxi[g * k * p..(g + 1) * k * p], p, false);
+                continue;
+            }
+            for oys in s.row_blocks() {
+                let (first, pixels) = (oys.start * s.ow, oys.len() * s.ow);
+                gemm([k, og, pixels], wg, [1, k], &dyg[first..], [p, 1], col, pixels, false);
+                s.col2im(col, g, oys, dxi);
             }
         }
     });
@@ -220,20 +269,24 @@ pub(crate) fn backward_weight<T: Gemm>(s: &ConvShape, dy: &[T], x: &[T]) -> Vec<
     let size = s.o * k;
     let blocks = s.n.div_ceil(WEIGHT_BLOCK);
     let mut partials = vec![T::ZERO; blocks * size];
-    let scratch = if s.plain() { 0 } else { k * p };
-    per_image(&mut partials, size, scratch, |col, b, dw| {
+    per_image(&mut partials, size, s.scratch(), |col, b, dw| {
         for i in b * WEIGHT_BLOCK..((b + 1) * WEIGHT_BLOCK).min(s.n) {
             let xi = &x[i * s.c * s.h * s.w..(i + 1) * s.c * s.h * s.w];
             let dyi = &dy[i * s.o * p..(i + 1) * s.o * p];
             for g in 0..s.groups {
-                let patches: &[T] = if s.plain() {
-                    &xi[g * k * p..(g + 1) * k * p]
-                } else {
-                    s.im2col(xi, g, col);
-                    col
-                };
+                let dyg = &dyi[g * og * p..(g + 1) * og * p];
                 let dwg = &mut dw[g * og * k..(g + 1) * og * k];
-                dense_gemm(og, p, k, &dyi[g * og * p..(g + 1) * og * p], false, patches, true, dwg, true);
+                if s.plain() {
+                    let image = &xi[g * k * p..(g + 1) * k * p];
+                    gemm([og, p, k], dyg, [p, 1], image, [1, p], dwg, k, true);
+                    continue;
+                }
+                // colᵀ: pixels × K, read through swapped strides.
+                for oys in s.row_blocks() {
+                    let (first, pixels) = (oys.start * s.ow, oys.len() * s.ow);
+                    s.im2col(xi, g, oys, col);
+                    gemm([og, pixels, k], &dyg[first..], [p, 1], col, [1, pixels], dwg, k, true);
+                }
             }
         }
     });

@@ -285,6 +285,28 @@ unsafe fn pack_panels(
     [line, step]: [isize; 2],
     dst: &mut [f32],
 ) {
+    if line == 1 && step != 1 {
+        // Steps contiguous across the lines (gᵀ of gᵀ x, a row-major B): each step's values are
+        // one run in memory, read from start to end and scattered into the panels. Walking one
+        // panel down all steps instead reads 128 bytes every `step` (4 KiB apart in a 1024-wide
+        // B), which the prefetchers do not follow: the 1024³ product ran 3-7% slower that way.
+        for p in 0..kc {
+            // SAFETY (all reads below): step p's `extent` values lie inside the block.
+            let run = unsafe { src.offset(p as isize * step) };
+            for (panel, l0) in (0..extent).step_by(width).enumerate() {
+                let lines = width.min(extent - l0);
+                let at = &mut dst[(panel * kc + p) * width..(panel * kc + p + 1) * width];
+                for h in (0..width).step_by(16) {
+                    // SAFETY: the load reads this step's lines from l0 + h; the store writes inside `at`.
+                    unsafe {
+                        let values = _mm512_maskz_loadu_ps(lanes(lines.saturating_sub(h)), run.add(l0 + h));
+                        _mm512_mask_storeu_ps(at.as_mut_ptr().add(h), lanes(width - h), values);
+                    }
+                }
+            }
+        }
+        return;
+    }
     for (panel, l0) in (0..extent).step_by(width).enumerate() {
         let lines = width.min(extent - l0);
         let out = &mut dst[panel * width * kc..(panel + 1) * width * kc];
@@ -295,21 +317,6 @@ unsafe fn pack_panels(
             for h in (0..width).step_by(16) {
                 let (part, count) = (lines.saturating_sub(h).min(16), (width - h).min(16));
                 unsafe { pack_transposed(kc, part, base.offset(h as isize * line), line, width, count, &mut out[h..]) };
-            }
-        } else if line == 1 {
-            // Steps contiguous across the lines (gᵀ of gᵀ x, W of g W): masked loads, zero-padded.
-            for p in 0..kc {
-                let at = &mut out[p * width..(p + 1) * width];
-                for h in (0..width).step_by(16) {
-                    // SAFETY: the load reads this step's lines from h; the store writes inside `at`.
-                    unsafe {
-                        let values = _mm512_maskz_loadu_ps(
-                            lanes(lines.saturating_sub(h)),
-                            base.offset(p as isize * step + h as isize),
-                        );
-                        _mm512_mask_storeu_ps(at.as_mut_ptr().add(h), lanes(width - h), values);
-                    }
-                }
             }
         } else {
             for p in 0..kc {

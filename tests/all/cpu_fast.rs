@@ -244,3 +244,49 @@ fn softmax_and_cross_entropy_rows_holding_nan_or_infinities_match_the_reference(
         }
     }
 }
+
+#[test]
+fn cpu_conv2d_matches_the_reference_when_its_patch_matrix_is_unfolded_in_blocks_of_rows() {
+    // The fast path unfolds about 2¹⁷ patch values at a time. 288 patch rows x 40 output columns
+    // make blocks of 11 output rows, so 42 rows are four blocks, the last of 9; the grouped,
+    // dilated case (72 rows x 72 columns) makes blocks of 25, 25 and 20.
+    let cases = [
+        ([2, 32, 42, 81], [8, 32, 3, 3], Conv2dOptions { stride: (1, 2), padding: (1, 0), ..Conv2dOptions::default() }),
+        (
+            [1, 16, 70, 70],
+            [8, 8, 3, 3],
+            Conv2dOptions { padding: (2, 1), dilation: (2, 1), groups: 2, ..Conv2dOptions::default() },
+        ),
+    ];
+    for dtype in [DType::F32, DType::F64] {
+        let (atol, rtol) = tolerance(dtype);
+        for (i, (xs, ws, opt)) in cases.iter().enumerate() {
+            let seed = 150 + 4 * i as u64;
+            let leaves: Vec<Tensor> =
+                [randn(xs, dtype, seed), randn(ws, dtype, seed + 1), randn(&[ws[0]], dtype, seed + 2)]
+                    .into_iter()
+                    .map(|t| t.requires_grad_().unwrap())
+                    .collect();
+            let run = || -> Vec<Tensor> {
+                leaves.iter().for_each(Tensor::zero_grad);
+                let y = leaves[0].conv2d(&leaves[1], Some(&leaves[2]), *opt).unwrap();
+                y.mul(&randn(y.shape(), dtype, seed + 3)).unwrap().sum_all().unwrap().backward().unwrap();
+                std::iter::once(y.detach()).chain(leaves.iter().map(|l| l.grad().unwrap())).collect()
+            };
+            let (fast, want) = (run(), nabla::cpu::reference(run));
+            for (what, (got, want)) in
+                ["forward", "grad input", "grad weight", "grad bias"].iter().zip(fast.iter().zip(&want))
+            {
+                // An output element sums a patch's products of unit normals; a weight or bias
+                // gradient element sums one per output pixel of every image.
+                let terms = if what.starts_with("grad w") || what.ends_with("bias") {
+                    fast[0].numel() / ws[0]
+                } else {
+                    ws[1] * ws[2] * ws[3]
+                } as f64;
+                let tol = (atol * f64::sqrt(terms) * 4.0, rtol * 4.0);
+                assert_close(&format!("conv2d {what} {dtype} {xs:?} {ws:?}"), got, want, tol);
+            }
+        }
+    }
+}
