@@ -93,67 +93,119 @@ impl ConvShape {
         (0..self.h as isize).contains(&iy).then_some(iy as usize)
     }
 
+    /// Kernel tap (`ky`, `kx`) over output rows `oys`: its columns (see [`Self::columns`]) and,
+    /// where the tap reads one contiguous run of the input plane, that run.
+    ///
+    /// With unit strides and an output as wide as the input (a "same" convolution), pixel
+    /// t = j · OW + ox of the block reads input value t + shift, row after row. The run is the
+    /// block's pixels from the first inside pixel of its first row inside the image to the last
+    /// of its last, with that shift; it also covers the padding columns between rows, which the
+    /// callers clear. None where the layout has no such run or no pixel of the block is inside.
+    fn tap(&self, oys: &Range<usize>, ky: usize, kx: usize) -> Tap {
+        let (lo, hi, ix0) = self.columns(kx);
+        let inside = |oy: &usize| self.input_row(*oy, ky).is_some();
+        let run = (|| {
+            if self.stride != (1, 1) || self.ow != self.w || lo >= hi {
+                return None;
+            }
+            let (first, last) = (oys.clone().position(|oy| inside(&oy))?, oys.clone().rposition(|oy| inside(&oy))?);
+            let iy = self.input_row(oys.start + first, ky)? as isize;
+            let t0 = first * self.ow + lo;
+            Some((t0..last * self.ow + hi, iy * self.w as isize + ix0 - t0 as isize))
+        })();
+        Tap { ky, lo, hi, ix0, run }
+    }
+
+    /// Every kernel tap over output rows `oys`, in the order of a patch's rows (ky, then kx):
+    /// the same for every channel, so found once per block.
+    fn taps(&self, oys: &Range<usize>) -> Vec<Tap> {
+        (0..self.kh).flat_map(|ky| (0..self.kw).map(move |kx| (ky, kx))).map(|(ky, kx)| self.tap(oys, ky, kx)).collect()
+    }
+
     /// Unfolds output rows `oys` of group `g` of one image (`x`: C × H × W) into `col`
     /// (K × the rows' pixels, dense).
     fn im2col<T: Gemm>(&self, x: &[T], g: usize, oys: Range<usize>, col: &mut [T]) {
-        let (p, sw) = (oys.len() * self.ow, self.stride.1);
-        let mut r = 0;
-        for ci in g * self.cg()..(g + 1) * self.cg() {
-            let plane = &x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
-            for ky in 0..self.kh {
-                for kx in 0..self.kw {
-                    let (lo, hi, ix0) = self.columns(kx);
-                    let row = &mut col[r * p..(r + 1) * p];
-                    for (j, oy) in oys.clone().enumerate() {
-                        let out = &mut row[j * self.ow..(j + 1) * self.ow];
-                        let Some(iy) = self.input_row(oy, ky) else {
-                            out.fill(T::ZERO);
-                            continue;
-                        };
-                        out[..lo].fill(T::ZERO);
-                        out[hi..].fill(T::ZERO);
-                        if lo >= hi {
-                            continue;
-                        }
-                        let src = &plane[iy * self.w + ix0.max(0) as usize..];
-                        if sw == 1 {
-                            out[lo..hi].copy_from_slice(&src[..hi - lo]);
-                        } else {
-                            out[lo..hi].iter_mut().zip(src.iter().step_by(sw)).for_each(|(o, &v)| *o = v);
-                        }
-                    }
-                    r += 1;
+        let (p, sw, ow) = (oys.len() * self.ow, self.stride.1, self.ow);
+        let taps = self.taps(&oys);
+        let planes = x[g * self.cg() * self.h * self.w..].chunks(self.h * self.w).take(self.cg());
+        let rows = planes.flat_map(|plane| taps.iter().map(move |tap| (plane, tap)));
+        for (row, (plane, tap)) in col.chunks_mut(p).zip(rows) {
+            let (lo, hi) = (tap.lo, tap.hi);
+            if let Some((run, shift)) = tap.run.clone() {
+                // One copy for the whole block (not one call per output row: 56 values in a
+                // ResNet-style layer), then zeros around it and in the padding columns between
+                // its rows.
+                let from = (run.start as isize + shift) as usize;
+                row[run.clone()].copy_from_slice(&plane[from..from + run.len()]);
+                row[..run.start].fill(T::ZERO);
+                row[run.end..].fill(T::ZERO);
+                for gap in (run.start / ow..(run.end - 1) / ow).map(|j| j * ow + hi..(j + 1) * ow + lo) {
+                    row[gap].fill(T::ZERO);
+                }
+                continue;
+            }
+            for (out, oy) in row.chunks_mut(ow).zip(oys.clone()) {
+                let Some(iy) = self.input_row(oy, tap.ky).filter(|_| lo < hi) else {
+                    out.fill(T::ZERO);
+                    continue;
+                };
+                out[..lo].fill(T::ZERO);
+                out[hi..].fill(T::ZERO);
+                let src = &plane[iy * self.w + tap.ix0.max(0) as usize..];
+                if sw == 1 {
+                    out[lo..hi].copy_from_slice(&src[..hi - lo]);
+                } else {
+                    out[lo..hi].iter_mut().zip(src.iter().step_by(sw)).for_each(|(o, &v)| *o = v);
                 }
             }
         }
     }
 
     /// Folds `col` (K × the pixels of output rows `oys`) back onto group `g` of one image's
-    /// gradient (`dx`: C × H × W), adding.
-    fn col2im<T: Gemm>(&self, col: &[T], g: usize, oys: Range<usize>, dx: &mut [T]) {
-        let (p, sw) = (oys.len() * self.ow, self.stride.1);
-        let mut r = 0;
-        for ci in g * self.cg()..(g + 1) * self.cg() {
-            let plane = &mut dx[ci * self.h * self.w..(ci + 1) * self.h * self.w];
-            for ky in 0..self.kh {
-                for kx in 0..self.kw {
-                    let (lo, hi, ix0) = self.columns(kx);
-                    let row = &col[r * p..(r + 1) * p];
-                    for (j, oy) in oys.clone().enumerate() {
-                        let Some(iy) = self.input_row(oy, ky).filter(|_| lo < hi) else { continue };
-                        let src = &row[j * self.ow + lo..j * self.ow + hi];
-                        let dst = &mut plane[iy * self.w + ix0.max(0) as usize..];
-                        if sw == 1 {
-                            dst[..hi - lo].iter_mut().zip(src).for_each(|(d, &v)| *d += v);
-                        } else {
-                            dst.iter_mut().step_by(sw).zip(src).for_each(|(d, &v)| *d += v);
-                        }
+    /// gradient (`dx`: C × H × W), adding. `col` is scratch: its padding columns are cleared.
+    fn col2im<T: Gemm>(&self, col: &mut [T], g: usize, oys: Range<usize>, dx: &mut [T]) {
+        let (p, sw, ow) = (oys.len() * self.ow, self.stride.1, self.ow);
+        let taps = self.taps(&oys);
+        let planes = dx[g * self.cg() * self.h * self.w..].chunks_mut(self.h * self.w).take(self.cg());
+        let mut rows = col.chunks_mut(p);
+        for plane in planes {
+            // Taps first: a zip that ran out of taps after taking a row would lose that row.
+            for (tap, row) in taps.iter().zip(rows.by_ref()) {
+                let (lo, hi) = (tap.lo, tap.hi);
+                if let Some((run, shift)) = tap.run.clone() {
+                    // The padding columns inside the run belong to no input pixel: cleared, the
+                    // run adds onto the plane in one vectorised pass.
+                    for gap in (run.start / ow..(run.end - 1) / ow).map(|j| j * ow + hi..(j + 1) * ow + lo) {
+                        row[gap].fill(T::ZERO);
                     }
-                    r += 1;
+                    let from = (run.start as isize + shift) as usize;
+                    let (src, dst) = (&row[run.clone()], &mut plane[from..from + run.len()]);
+                    super::vectorized(|| dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v));
+                    continue;
+                }
+                for (src, oy) in row.chunks(ow).zip(oys.clone()) {
+                    let Some(iy) = self.input_row(oy, tap.ky).filter(|_| lo < hi) else { continue };
+                    let dst = &mut plane[iy * self.w + tap.ix0.max(0) as usize..];
+                    if sw == 1 {
+                        dst[..hi - lo].iter_mut().zip(&src[lo..hi]).for_each(|(d, &v)| *d += v);
+                    } else {
+                        dst.iter_mut().step_by(sw).zip(&src[lo..hi]).for_each(|(d, &v)| *d += v);
+                    }
                 }
             }
         }
     }
+}
+
+/// One kernel tap over a block of output rows: see [`ConvShape::tap`].
+struct Tap {
+    ky: usize,
+    /// The output columns whose input column lies inside the image, and the first's input column.
+    lo: usize,
+    hi: usize,
+    ix0: isize,
+    /// The block's pixels read as one run of the plane, and the shift from pixel to input.
+    run: Option<(Range<usize>, isize)>,
 }
 
 /// Elements a `rows × cols` matrix spans through its (row, column) strides: one past the last.
