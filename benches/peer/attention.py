@@ -4,27 +4,12 @@ after warm-up, median of 30. Run it in the same device session as the nabla benc
 
     python3 benches/peer/attention.py
 """
-import statistics
-
 import torch
 import torch.nn.functional as F
 
+from timing import cuda_median_ms
+
 dev = torch.device("cuda")
-
-
-def median_ms(fn, warmup=5, runs=30):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 CASES = [
@@ -37,12 +22,12 @@ CASES = [
 for name, dtype, shape, causal in CASES:
     q, k, v = (torch.randn(shape, device=dev, dtype=dtype, requires_grad=True) for _ in range(3))
     grad = torch.randn(shape, device=dev, dtype=dtype)
-    fwd = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+    fwd = cuda_median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
 
     def step():
         q.grad = k.grad = v.grad = None
         F.scaled_dot_product_attention(q, k, v, is_causal=causal).backward(grad)
 
-    both = median_ms(step)
+    both = cuda_median_ms(step)
     print(f"attention {name}: forward {fwd:.3f} ms, forward+backward {both:.3f} ms")
 print(f"pytorch {torch.__version__} on {torch.cuda.get_device_name()}")

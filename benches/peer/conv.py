@@ -4,29 +4,14 @@ step at batch 256 with SGD momentum. Run it in the same device session as the na
 
     python3 benches/peer/conv.py
 """
-import statistics
-
 import torch
+
+from timing import cuda_median_ms
 
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.benchmark = True
 dev = torch.device("cuda")
-
-
-def median_ms(fn, warmup=10, runs=50):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 LAYERS = [
@@ -40,14 +25,14 @@ for name, shape, out_c, k, stride, pad in LAYERS:
     w = torch.randn(out_c, shape[1], k, k, device=dev, requires_grad=True)
     y = torch.nn.functional.conv2d(x, w, stride=stride, padding=pad)
     flops = 2 * y.numel() * shape[1] * k * k
-    fwd = median_ms(lambda: torch.nn.functional.conv2d(x, w, stride=stride, padding=pad))
+    fwd = cuda_median_ms(lambda: torch.nn.functional.conv2d(x, w, stride=stride, padding=pad), 10, 50)
 
     def fwd_bwd():
         x.grad = None
         w.grad = None
         torch.nn.functional.conv2d(x, w, stride=stride, padding=pad).sum().backward()
 
-    both = median_ms(fwd_bwd)
+    both = cuda_median_ms(fwd_bwd, 10, 50)
     print(f"{name}: forward {fwd:.3f} ms ({flops / fwd / 1e9:.1f} TFLOP/s), forward+backward {both:.3f} ms")
 
 model = torch.nn.Sequential(
@@ -66,4 +51,4 @@ def step():
     opt.step()
 
 
-print(f"pytorch {torch.__version__} on {torch.cuda.get_device_name()}: lenet5 step {median_ms(step):.3f} ms")
+print(f"pytorch {torch.__version__} on {torch.cuda.get_device_name()}: lenet5 step {cuda_median_ms(step, 10, 50):.3f} ms")

@@ -7,21 +7,10 @@ median wall time in milliseconds, printed as `row<TAB>ms`. Pin both to the same 
 import argparse
 import importlib.util
 import os
-import statistics
-import time
 
 import torch
 
-
-def median_ms(warmup, runs, f):
-    for _ in range(warmup):
-        f()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        f()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+from timing import cpu_median_ms
 
 
 def lenet5():
@@ -45,7 +34,7 @@ def main():
 
     def row(name, warmup, runs, f):
         if args.filter in name:
-            print(f"{name}\t{median_ms(warmup, runs, f):.3f}", flush=True)
+            print(f"{name}\t{cpu_median_ms(f, warmup, runs):.3f}", flush=True)
 
     for batch in (64, 256):
         model = torch.nn.Sequential(

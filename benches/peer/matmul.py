@@ -5,27 +5,12 @@ Run it in the same device session as `cargo bench --bench ops` and record both w
 
     python3 benches/peer/matmul.py
 """
-import statistics
-
 import torch
+
+from timing import cuda_median_ms
 
 dev = torch.device("cuda")
 N = 4096
-
-
-def median_ms(fn, warmup=5, runs=30):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 CASES = [
@@ -38,7 +23,7 @@ CASES = [
 for name, dtype, precision in CASES:
     torch.set_float32_matmul_precision(precision)
     a, b = (torch.randn(N, N, device=dev, dtype=dtype) for _ in range(2))
-    ms = median_ms(lambda: a @ b)
+    ms = cuda_median_ms(lambda: a @ b)
     print(f"matmul_{name}_flops {N}^3: {ms:.3f} ms, {2 * N**3 / ms / 1e9:.1f} TFLOP/s")
 torch.set_float32_matmul_precision("highest")
 print(f"pytorch {torch.__version__} on {torch.cuda.get_device_name()}")
