@@ -111,6 +111,23 @@ template <int N> __device__ __forceinline__ void zero(float (*acc)[4]) {
         for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
 }
 
+// Stores this thread's part of a warp's accumulator fragment over 16 rows from `first` and N
+// blocks of 8 columns of a dense [rows, 8 N] matrix: rows first + group and first + group + 8
+// (those below `rows`), columns 2 tig and 2 tig + 1 of each block. `put(at, value, h)` writes
+// one element, `h` saying which of the two rows it is in (for per-row factors).
+template <int N, typename Put>
+__device__ __forceinline__ void store_rows(const float (*acc)[4], i64 first, i64 rows, int group, int tig, Put put) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const i64 row = first + group + 8 * h;
+        if (row >= rows) continue;
+#pragma unroll
+        for (int n = 0; n < N; ++n)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) put(row * (8 * N) + 8 * n + 2 * tig + c, acc[n][2 * h + c], h);
+    }
+}
+
 // The max (or sum) of a row's values across the four threads of its quad.
 __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
@@ -182,15 +199,11 @@ __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float
         mma_tile<T, KEYS / 16, NO, KEYS + TC_PAD>(acc, s, vt, group, tig);
     }
     T* oh = o + head * p.sq * D;
+    store_rows<NO>(acc, mine, p.sq, group, tig, [&](i64 at, float value, int h) { oh[at] = down<T>(value / l[h]); });
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const i64 row = mine + group + 8 * h;
-        if (row >= p.sq) continue;
-#pragma unroll
-        for (int n = 0; n < NO; ++n)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) oh[row * D + 8 * n + 2 * tig + c] = down<T>(acc[n][2 * h + c] / l[h]);
-        if (tig == 0) lse[head * p.sq + row] = m[h] + m_log(l[h]);
+        if (tig == 0 && row < p.sq) lse[head * p.sq + row] = m[h] + m_log(l[h]);
     }
 }
 
@@ -240,15 +253,7 @@ __device__ void attention_tc_bwd_dq(const T* q, const T* k, const T* v, const T*
         mma_tile<T, KEYS / 16, NO, KEYS + TC_PAD>(acc, s, kt, group, tig);
     }
     T* gh = dq + head * p.sq * D;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const i64 row = mine + group + 8 * h;
-        if (row >= p.sq) continue;
-#pragma unroll
-        for (int n = 0; n < NO; ++n)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) gh[row * D + 8 * n + 2 * tig + c] = down<T>(acc[n][2 * h + c] * scale);
-    }
+    store_rows<NO>(acc, mine, p.sq, group, tig, [&](i64 at, float value, int) { gh[at] = down<T>(value * scale); });
 }
 
 template <typename T, int D>
@@ -302,19 +307,8 @@ __device__ void attention_tc_bwd_dkdv(const T* q, const T* k, const T* v, const 
     }
     T* kg = dk + head * p.sk * D;
     T* vg = dv + head * p.sk * D;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const i64 key = mine + group + 8 * h;
-        if (key >= p.sk) continue;
-#pragma unroll
-        for (int n = 0; n < NO; ++n)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                const i64 at = key * D + 8 * n + 2 * tig + c;
-                kg[at] = down<T>(dk_acc[n][2 * h + c] * scale);
-                vg[at] = down<T>(dv_acc[n][2 * h + c]);
-            }
-    }
+    store_rows<NO>(dk_acc, mine, p.sk, group, tig, [&](i64 at, float value, int) { kg[at] = down<T>(value * scale); });
+    store_rows<NO>(dv_acc, mine, p.sk, group, tig, [&](i64 at, float value, int) { vg[at] = down<T>(value); });
 }
 
 #define ATTENTION_TC(T, tname, D) \
