@@ -321,23 +321,47 @@ pub(crate) fn backward_weight<T: Gemm>(s: &ConvShape, dy: &[T], x: &[T]) -> Vec<
     let size = s.o * k;
     let blocks = s.n.div_ceil(WEIGHT_BLOCK);
     let mut partials = vec![T::ZERO; blocks * size];
+    // With at least half a kernel panel (16 columns) of filters per group, the product runs as
+    // dW_gᵀ (K × O/groups) += col · dyᵀ: the patches are then read in place as rows of A and only
+    // dy is packed, where dW_g += dy · colᵀ packs (transposes) the whole patch matrix. With fewer
+    // filters (LeNet-5's first layer: 6) most of each panel would be padding: dy · colᵀ.
+    let transposed = og >= 16;
     per_image(&mut partials, size, s.scratch(), |col, b, dw| {
+        let mut dwt = if transposed { vec![T::ZERO; size] } else { Vec::new() };
         for i in b * WEIGHT_BLOCK..((b + 1) * WEIGHT_BLOCK).min(s.n) {
             let xi = &x[i * s.c * s.h * s.w..(i + 1) * s.c * s.h * s.w];
             let dyi = &dy[i * s.o * p..(i + 1) * s.o * p];
             for g in 0..s.groups {
                 let dyg = &dyi[g * og * p..(g + 1) * og * p];
-                let dwg = &mut dw[g * og * k..(g + 1) * og * k];
+                let dwg = if transposed {
+                    &mut dwt[g * k * og..(g + 1) * k * og]
+                } else {
+                    &mut dw[g * og * k..(g + 1) * og * k]
+                };
+                // One product over the pixels of `rows` (K × pixels, its rows `stride` apart) and
+                // dy's matching columns from pixel `first`.
+                let mut product = |rows: &[T], stride: usize, first: usize, pixels: usize| {
+                    if transposed {
+                        gemm([k, pixels, og], rows, [stride, 1], &dyg[first..], [1, p], dwg, og, true)
+                    } else {
+                        gemm([og, pixels, k], &dyg[first..], [p, 1], rows, [1, stride], dwg, k, true)
+                    }
+                };
                 if s.plain() {
-                    let image = &xi[g * k * p..(g + 1) * k * p];
-                    gemm([og, p, k], dyg, [p, 1], image, [1, p], dwg, k, true);
+                    product(&xi[g * k * p..(g + 1) * k * p], p, 0, p);
                     continue;
                 }
-                // colᵀ: pixels × K, read through swapped strides.
                 for oys in s.row_blocks() {
                     let (first, pixels) = (oys.start * s.ow, oys.len() * s.ow);
                     s.im2col(xi, g, oys, col);
-                    gemm([og, pixels, k], &dyg[first..], [p, 1], col, [1, pixels], dwg, k, true);
+                    product(col, pixels, first, pixels);
+                }
+            }
+        }
+        if transposed {
+            for (dwg, dwtg) in dw.chunks_mut(og * k).zip(dwt.chunks(k * og)) {
+                for (kk, row) in dwtg.chunks(og).enumerate() {
+                    row.iter().enumerate().for_each(|(o, &v)| dwg[o * k + kk] = v);
                 }
             }
         }

@@ -249,9 +249,15 @@ fn softmax_and_cross_entropy_rows_holding_nan_or_infinities_match_the_reference(
 fn cpu_conv2d_matches_the_reference_when_its_patch_matrix_is_unfolded_in_blocks_of_rows() {
     // The fast path unfolds about 2¹⁷ patch values at a time. 288 patch rows x 40 output columns
     // make blocks of 11 output rows, so 42 rows are four blocks, the last of 9; the grouped,
-    // dilated case (72 rows x 72 columns) makes blocks of 25, 25 and 20.
+    // dilated case (72 rows x 72 columns) makes blocks of 25, 25 and 20. The first case's 16
+    // filters take the weight gradient's transposed product (dWᵀ = col · dyᵀ), the second's 4 per
+    // group the direct one.
     let cases = [
-        ([2, 32, 42, 81], [8, 32, 3, 3], Conv2dOptions { stride: (1, 2), padding: (1, 0), ..Conv2dOptions::default() }),
+        (
+            [2, 32, 42, 81],
+            [16, 32, 3, 3],
+            Conv2dOptions { stride: (1, 2), padding: (1, 0), ..Conv2dOptions::default() },
+        ),
         (
             [1, 16, 70, 70],
             [8, 8, 3, 3],
