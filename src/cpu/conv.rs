@@ -2,8 +2,9 @@
 //! for each group g, with K = C/groups · KH · KW rows of patch data and P = OH · OW columns,
 //! - forward: `y[n, g] (O/groups × P) = W_g (O/groups × K) · col (K × P)` (+ bias, beta = 1);
 //! - input gradient: `dcol = W_gᵀ · dy[n, g]`, folded back onto dx (col2im, a scatter-add);
-//! - weight gradient: `dW_g += dy[n, g] · colᵀ`, accumulated per fixed block of images and the
-//!   blocks summed in order, so results do not depend on the thread count.
+//! - weight gradient: `dW_g += dy[n, g] · colᵀ` (with 16 or more filters per group as
+//!   `dW_gᵀ += col · dy[n, g]ᵀ`, so the patches are read in place), accumulated per fixed block of
+//!   images and the blocks summed in order, so results do not depend on the thread count.
 //!
 //! The patch matrix is unfolded a block of output rows at a time, about [`PATCH_BLOCK`] values
 //! (K × the block's pixels), and each block's GEMM runs right after its unfolding, while the
