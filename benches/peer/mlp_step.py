@@ -4,9 +4,10 @@ device session as the nabla bench and record both figures, their ratio and the c
 
     python3 benches/peer/mlp_step.py
 """
-import statistics
 
 import torch
+
+from timing import cuda_median_ms
 
 
 def main():
@@ -28,19 +29,8 @@ def main():
         loss.backward()
         opt.step()
 
-    for _ in range(20):
-        step()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(50):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
     print(f"pytorch {torch.__version__} on {torch.cuda.get_device_name()}: "
-          f"mlp step median {statistics.median(times):.3f} ms over 50")
+          f"mlp step median {cuda_median_ms(step, 20, 50):.3f} ms over 50")
 
 
 if __name__ == "__main__":

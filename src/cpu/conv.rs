@@ -140,7 +140,7 @@ impl ConvShape {
                 row[run.clone()].copy_from_slice(&plane[from..from + run.len()]);
                 row[..run.start].fill(T::ZERO);
                 row[run.end..].fill(T::ZERO);
-                for gap in (run.start / ow..(run.end - 1) / ow).map(|j| j * ow + hi..(j + 1) * ow + lo) {
+                for gap in tap.gaps(&run, ow) {
                     row[gap].fill(T::ZERO);
                 }
                 continue;
@@ -176,7 +176,7 @@ impl ConvShape {
                 if let Some((run, shift)) = tap.run.clone() {
                     // The padding columns inside the run belong to no input pixel: cleared, the
                     // run adds onto the plane in one vectorised pass.
-                    for gap in (run.start / ow..(run.end - 1) / ow).map(|j| j * ow + hi..(j + 1) * ow + lo) {
+                    for gap in tap.gaps(&run, ow) {
                         row[gap].fill(T::ZERO);
                     }
                     let from = (run.start as isize + shift) as usize;
@@ -207,6 +207,14 @@ struct Tap {
     ix0: isize,
     /// The block's pixels read as one run of the plane, and the shift from pixel to input.
     run: Option<(Range<usize>, isize)>,
+}
+
+impl Tap {
+    /// The padding columns inside `run` (this tap's run over rows `ow` pixels wide): from each
+    /// row's last inside column to the next row's first.
+    fn gaps(&self, run: &Range<usize>, ow: usize) -> impl Iterator<Item = Range<usize>> + '_ {
+        (run.start / ow..(run.end - 1) / ow).map(move |j| j * ow + self.hi..(j + 1) * ow + self.lo)
+    }
 }
 
 /// Elements a `rows × cols` matrix spans through its (row, column) strides: one past the last.
