@@ -6,8 +6,8 @@
 //! stays linear in the batch.
 
 use super::gemm::Gemm;
-use super::softmax::{row_max, sum_exp};
-use super::{Lane, install};
+use super::softmax::row_max;
+use super::{Lane, install, sum_lanes};
 use rayon::prelude::*;
 
 /// One attention call's sizes.
@@ -48,12 +48,20 @@ fn softmax_rows<T: Gemm + Lane<C = T>>(s: &AttentionShape, scores: &mut [T], lse
         #[inline(always)]
         || {
             for (i, row) in scores.chunks_mut(s.sk).enumerate() {
-                let (seen, hidden) = row.split_at_mut(s.visible(i));
-                hidden.iter_mut().for_each(|x| *x = T::ZERO);
-                let max = row_max(seen);
-                let sum = sum_exp(seen, max, |j, e| exps[j..j + e.len()].copy_from_slice(e));
+                // Exponentials in whole vectors (a causal row's visible part mostly ends in a
+                // scalar tail), those of masked scores then set to 0. (Not −∞ before: an
+                // exponential that underflows costs a microcode assist.)
+                let seen = s.visible(i);
+                let max = row_max(&row[..seen]);
+                let whole = seen.next_multiple_of(16).min(row.len());
+                let (values, out) = (&row[..whole], &mut exps[..whole]);
+                for j in 0..whole {
+                    out[j] = (values[j] - max).exp_();
+                }
+                exps[seen..].iter_mut().for_each(|e| *e = T::ZERO);
+                let sum = sum_lanes(&exps, &exps, &exps, |e, _, _| e.to_f64_());
                 let inv = T::from_f64_(1.0 / sum);
-                seen.iter_mut().zip(&exps).for_each(|(x, &e)| *x = e * inv);
+                row.iter_mut().zip(&exps).for_each(|(x, &e)| *x = e * inv);
                 lse[i] = max.to_f64_() + sum.ln();
             }
         },
@@ -112,9 +120,10 @@ pub(crate) fn backward<T: Gemm + Lane<C = T>>(
             || {
                 for (i, row) in p.chunks_mut(sk).enumerate() {
                     let l = T::from_f64_(lse[h * sq + i]);
-                    let (seen, hidden) = row.split_at_mut(s.visible(i));
-                    seen.iter_mut().for_each(|x| *x = (*x - l).exp_());
-                    hidden.iter_mut().for_each(|x| *x = T::ZERO);
+                    // In whole vectors, as in the forward's softmax.
+                    let seen = s.visible(i);
+                    row[..seen.next_multiple_of(16).min(sk)].iter_mut().for_each(|x| *x = (*x - l).exp_());
+                    row[seen..].iter_mut().for_each(|x| *x = T::ZERO);
                 }
             },
         );
@@ -125,8 +134,8 @@ pub(crate) fn backward<T: Gemm + Lane<C = T>>(
             #[inline(always)]
             || {
                 for i in 0..sq {
-                    let delta: f64 = (0..d).map(|e| (gh[i * d + e] * oh[i * d + e]).to_f64_()).sum();
-                    let delta = T::from_f64_(delta);
+                    let (go, oo) = (&gh[i * d..(i + 1) * d], &oh[i * d..(i + 1) * d]);
+                    let delta = T::from_f64_(sum_lanes(go, oo, oo, |g, o, _| (g * o).to_f64_()));
                     let (prow, dprow) = (&p[i * sk..(i + 1) * sk], &mut dp[i * sk..(i + 1) * sk]);
                     // dS, scaled once here for both dQ and dK.
                     dprow.iter_mut().zip(prow).for_each(|(x, &pr)| *x = pr * (*x - delta) * scale);

@@ -3,38 +3,45 @@
 //! was latency-bound: 4 cycles an element); the parameter gradients sum rows in fixed blocks that
 //! are combined in order (so they do not depend on the thread count).
 
-use super::{Float, PARALLEL_MIN, install};
+use super::elementwise::new_vec;
+use super::{Float, PARALLEL_MIN, install, sum_lanes};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Rows per block of the parameter gradients.
 const ROW_BLOCK: usize = 64;
 
-fn par_rows<T: Send>(out: &mut [T], cols: usize, body: impl Fn(usize, &mut [T]) + Sync) {
+/// About this many values per task of the row-parallel passes.
+const TASK_VALUES: usize = 1 << 13;
+
+/// Runs `body(first_row, rows, side)` over blocks of whole rows of `out` (`cols` values each,
+/// every one written by `body`)
+/// and the matching entries of `side` (one per row), blocks in parallel when `out` is large.
+/// Each block runs inside [`super::vectorized`], so `body` (marked `#[inline(always)]`, as the
+/// helpers of its hot loops) gets the CPU's wide vectors.
+fn row_blocks<T: Send, S: Send>(
+    out: &mut [T],
+    cols: usize,
+    side: &mut [S],
+    body: impl Fn(usize, &mut [T], &mut [S]) + Sync,
+) {
     if cols == 0 {
         return;
     }
-    let run = |(r, row): (usize, &mut [T])| super::vectorized(|| body(r, row));
+    let rows_per_block = (TASK_VALUES / cols).max(1);
+    let run = |(b, (rows, side)): (usize, (&mut [T], &mut [S]))| {
+        super::vectorized(
+            #[inline(always)]
+            || body(b * rows_per_block, rows, side),
+        )
+    };
     if out.len() < PARALLEL_MIN {
-        out.chunks_mut(cols).enumerate().for_each(run);
+        run((0, (out, side)));
     } else {
-        install(|| out.par_chunks_mut(cols).enumerate().for_each(run));
+        install(|| {
+            out.par_chunks_mut(rows_per_block * cols).zip(side.par_chunks_mut(rows_per_block)).enumerate().for_each(run)
+        });
     }
-}
-
-/// Σ term(j) over `0..n` in f64, in eight independent lanes (which vectorise) added pairwise.
-#[inline(always)]
-fn sum_lanes(n: usize, term: impl Fn(usize) -> f64) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let full = n / 8 * 8;
-    for j0 in (0..full).step_by(8) {
-        for (k, lane) in lanes.iter_mut().enumerate() {
-            *lane += term(j0 + k);
-        }
-    }
-    for j in full..n {
-        lanes[j - full] += term(j);
-    }
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
 }
 
 /// y, and each row's mean and reciprocal standard deviation.
@@ -47,29 +54,29 @@ pub(crate) fn forward<T: Float>(
 ) -> (Vec<T>, Vec<f64>, Vec<f64>) {
     let rows = x.len().checked_div(cols).unwrap_or(0);
     let mut stats = vec![(0.0f64, 0.0f64); rows];
-    let stat = |r: usize| {
-        let row = &x[r * cols..(r + 1) * cols];
-        super::vectorized(|| {
-            let mu = sum_lanes(cols, |j| row[j].to_f64_()) / cols as f64;
-            let var = sum_lanes(cols, |j| (row[j].to_f64_() - mu).powi(2)) / cols as f64;
-            (mu, 1.0 / (var + eps).sqrt())
-        })
-    };
-    if x.len() < PARALLEL_MIN {
-        stats.iter_mut().enumerate().for_each(|(r, s)| *s = stat(r));
-    } else {
-        install(|| stats.par_iter_mut().enumerate().for_each(|(r, s)| *s = stat(r)));
-    }
     // Absent parameters are ones and zeros, so each row is one zipped loop (which vectorises).
     let (ones, zeros) = (vec![T::ONE; cols], vec![T::ZERO; cols]);
     let (w, b) = (w.unwrap_or(&ones), b.unwrap_or(&zeros));
-    let mut y = vec![T::ZERO; x.len()];
-    par_rows(&mut y, cols, |r, out| {
-        let (mu, inv) = (T::from_f64_(stats[r].0), T::from_f64_(stats[r].1));
-        let row = &x[r * cols..(r + 1) * cols];
-        for (((o, &v), &wj), &bj) in out.iter_mut().zip(row).zip(w).zip(b) {
-            *o = (v - mu) * inv * wj + bj;
-        }
+    let y = new_vec(x.len(), |y| {
+        row_blocks(
+            y,
+            cols,
+            &mut stats,
+            #[inline(always)]
+            |first, out, stats| {
+                for (i, (out, stat)) in out.chunks_exact_mut(cols).zip(stats).enumerate() {
+                    let row = &x[(first + i) * cols..(first + i + 1) * cols];
+                    let mu = sum_lanes(row, row, row, |v, _, _| v.to_f64_()) / cols as f64;
+                    let var = sum_lanes(row, row, row, |v, _, _| (v.to_f64_() - mu).powi(2)) / cols as f64;
+                    let inv = 1.0 / (var + eps).sqrt();
+                    *stat = (mu, inv);
+                    let (mu, inv) = (T::from_f64_(mu), T::from_f64_(inv));
+                    for (((o, &v), &wj), &bj) in out.iter_mut().zip(row).zip(w).zip(b) {
+                        *o = MaybeUninit::new((v - mu) * inv * wj + bj);
+                    }
+                }
+            },
+        )
     });
     let (mean, rstd) = stats.into_iter().unzip();
     (y, mean, rstd)
@@ -86,17 +93,27 @@ pub(crate) fn grad_input<T: Float>(
 ) -> Vec<T> {
     let ones = vec![T::ONE; cols];
     let w = &w.unwrap_or(&ones)[..cols];
-    let mut dx = vec![T::ZERO; x.len()];
-    par_rows(&mut dx, cols, |r, out| {
-        let (g, xr) = (&dy[r * cols..(r + 1) * cols], &x[r * cols..(r + 1) * cols]);
-        let (mu, inv) = (T::from_f64_(mean[r]), T::from_f64_(rstd[r]));
-        let mean_g = T::from_f64_(sum_lanes(cols, |j| (g[j] * w[j]).to_f64_()) / cols as f64);
-        let mean_gx = T::from_f64_(sum_lanes(cols, |j| (g[j] * w[j] * ((xr[j] - mu) * inv)).to_f64_()) / cols as f64);
-        for (((o, &gj), &xj), &wj) in out.iter_mut().zip(g).zip(xr).zip(w) {
-            *o = inv * (gj * wj - mean_g - (xj - mu) * inv * mean_gx);
-        }
-    });
-    dx
+    new_vec(x.len(), |dx| {
+        row_blocks(
+            dx,
+            cols,
+            &mut vec![(); mean.len()],
+            #[inline(always)]
+            |first, out, _| {
+                for (i, out) in out.chunks_exact_mut(cols).enumerate() {
+                    let r = first + i;
+                    let (g, xr) = (&dy[r * cols..(r + 1) * cols], &x[r * cols..(r + 1) * cols]);
+                    let (mu, inv) = (T::from_f64_(mean[r]), T::from_f64_(rstd[r]));
+                    let mean_g = T::from_f64_(sum_lanes(g, w, xr, |gj, wj, _| (gj * wj).to_f64_()) / cols as f64);
+                    let mean_gx = sum_lanes(g, w, xr, |gj, wj, xj| (gj * wj * ((xj - mu) * inv)).to_f64_());
+                    let mean_gx = T::from_f64_(mean_gx / cols as f64);
+                    for (((o, &gj), &xj), &wj) in out.iter_mut().zip(g).zip(xr).zip(w) {
+                        *o = MaybeUninit::new(inv * (gj * wj - mean_g - (xj - mu) * inv * mean_gx));
+                    }
+                }
+            },
+        )
+    })
 }
 
 /// (dγ, dβ) = (Σ_r dy x̂, Σ_r dy) in f64.
@@ -110,14 +127,20 @@ pub(crate) fn grad_params<T: Float>(
     let rows = x.len().checked_div(cols).unwrap_or(0);
     let block = |b: usize| {
         let (mut dw, mut db) = (vec![0.0f64; cols], vec![0.0f64; cols]);
-        for r in b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(rows) {
-            let (g, xr) = (&dy[r * cols..(r + 1) * cols], &x[r * cols..(r + 1) * cols]);
-            for j in 0..cols {
-                let gj = g[j].to_f64_();
-                dw[j] += gj * (xr[j].to_f64_() - mean[r]) * rstd[r];
-                db[j] += gj;
-            }
-        }
+        super::vectorized(
+            #[inline(always)]
+            || {
+                for r in b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(rows) {
+                    let (g, xr) = (&dy[r * cols..(r + 1) * cols], &x[r * cols..(r + 1) * cols]);
+                    let (mu, inv) = (mean[r], rstd[r]);
+                    for (((dwj, dbj), &gj), &xj) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(xr) {
+                        let gj = gj.to_f64_();
+                        *dwj += gj * (xj.to_f64_() - mu) * inv;
+                        *dbj += gj;
+                    }
+                }
+            },
+        );
         (dw, db)
     };
     let blocks = rows.div_ceil(ROW_BLOCK);

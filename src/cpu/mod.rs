@@ -158,6 +158,25 @@ pub(crate) fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if ON_CALLER.load(Ordering::Relaxed) && pool.current_thread_index().is_none() { f() } else { pool.install(f) }
 }
 
+/// Σ_j term(a[j], b[j], c[j]) in f64 over three slices of `a`'s length, in eight independent
+/// lanes (lane k takes the j ≡ k mod 8, so the loop vectorises) added pairwise. Whole chunks of
+/// eight are indexed as arrays, which leaves no bounds check in the loop.
+#[inline(always)]
+pub(crate) fn sum_lanes<T: Copy>(a: &[T], b: &[T], c: &[T], term: impl Fn(T, T, T) -> f64) -> f64 {
+    let n = a.len();
+    let ((a8, at), (b8, bt), (c8, ct)) = (a.as_chunks::<8>(), b[..n].as_chunks::<8>(), c[..n].as_chunks::<8>());
+    let mut lanes = [0.0f64; 8];
+    for ((xa, xb), xc) in a8.iter().zip(b8).zip(c8) {
+        for k in 0..8 {
+            lanes[k] += term(xa[k], xb[k], xc[k]);
+        }
+    }
+    for (k, ((&xa, &xb), &xc)) in at.iter().zip(bt).zip(ct).enumerate() {
+        lanes[k] += term(xa, xb, xc);
+    }
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+}
+
 /// Elements below which a loop runs on the calling thread: a task hand-off costs a few
 /// microseconds, about what 32K simple elements take.
 pub(crate) const PARALLEL_MIN: usize = 1 << 15;
