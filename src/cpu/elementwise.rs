@@ -219,6 +219,23 @@ fn map_run<T: Copy, U>(dst: &mut [MaybeUninit<U>], x: &[T], f: &impl Fn(T) -> U)
     }
 }
 
+/// `dst[j] = f(a[j], b[j])` over one contiguous run, as [`map_run`].
+#[inline(always)]
+fn zip_run<T: Copy, U>(dst: &mut [MaybeUninit<U>], a: &[T], b: &[T], f: &impl Fn(T, T) -> U) {
+    let (a, b) = (&a[..dst.len()], &b[..dst.len()]);
+    let (dst_steps, dst_tail) = dst.as_chunks_mut::<INTERLEAVE>();
+    let ((a_steps, a_tail), (b_steps, b_tail)) = (a.as_chunks::<INTERLEAVE>(), b.as_chunks::<INTERLEAVE>());
+    for ((d, a), b) in dst_steps.iter_mut().zip(a_steps).zip(b_steps) {
+        for k in 0..INTERLEAVE {
+            d[k] = MaybeUninit::new(f(a[k], b[k]));
+        }
+    }
+    let (a_tail, b_tail) = (&a_tail[..dst_tail.len()], &b_tail[..dst_tail.len()]);
+    for j in 0..dst_tail.len() {
+        dst_tail[j] = MaybeUninit::new(f(a_tail[j], b_tail[j]));
+    }
+}
+
 /// `out[i] = f(a[i], b[i])` for the views `la` of `a` and `lb` of `b` (same shape), `out`
 /// being contiguous.
 pub(crate) fn zip_map<T: Copy + Sync, U: Send>(
@@ -241,12 +258,7 @@ pub(crate) fn zip_map<T: Copy + Sync, U: Send>(
                     |pos, [oa, ob], run, [sa, sb]| {
                         let dst = &mut chunk[pos - start..pos - start + run];
                         match (sa, sb) {
-                            (1, 1) => {
-                                let (xa, xb) = (&a[oa..oa + run], &b[ob..ob + run]);
-                                for j in 0..run {
-                                    dst[j] = MaybeUninit::new(f(xa[j], xb[j]));
-                                }
-                            }
+                            (1, 1) => zip_run(dst, &a[oa..oa + run], &b[ob..ob + run], &f),
                             (1, 0) => {
                                 let (xa, y) = (&a[oa..oa + run], b[ob]);
                                 for j in 0..run {
