@@ -8,6 +8,10 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nabla::{DType, Device, Generator, Tensor};
 
+/// Tensors start on cache lines (see `nabla::cpu::CacheAligned`).
+#[global_allocator]
+static ALLOCATOR: nabla::cpu::CacheAligned = nabla::cpu::CacheAligned;
+
 fn attention(c: &mut Criterion) {
     if nabla::cuda::device_count() == 0 {
         eprintln!("attention bench: no CUDA device, skipped");

@@ -9,6 +9,10 @@ use nabla::nn::{ConvNet, Module};
 use nabla::optim::{Optimizer, Sgd, SgdConfig};
 use nabla::{Conv2dOptions, DType, Device, Generator, Tensor};
 
+/// Tensors start on cache lines (see `nabla::cpu::CacheAligned`).
+#[global_allocator]
+static ALLOCATOR: nabla::cpu::CacheAligned = nabla::cpu::CacheAligned;
+
 struct Layer {
     name: &'static str,
     input: [usize; 4],

@@ -9,6 +9,10 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nabla::{DType, Device, Generator, Tensor};
 
+/// Tensors start on cache lines (see `nabla::cpu::CacheAligned`).
+#[global_allocator]
+static ALLOCATOR: nabla::cpu::CacheAligned = nabla::cpu::CacheAligned;
+
 fn devices() -> Vec<Device> {
     let mut out = vec![Device::Cpu];
     if nabla::cuda::device_count() > 0 {

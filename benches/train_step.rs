@@ -9,6 +9,10 @@ use nabla::optim::{Adam, AdamConfig, Optimizer};
 use nabla::train::text::next_token_loss;
 use nabla::{DType, Device, Generator, Precision, Tensor};
 
+/// Tensors start on cache lines (see `nabla::cpu::CacheAligned`).
+#[global_allocator]
+static ALLOCATOR: nabla::cpu::CacheAligned = nabla::cpu::CacheAligned;
+
 fn step(c: &mut Criterion) {
     let mut devices = vec![Device::Cpu];
     if nabla::cuda::device_count() > 0 {

@@ -12,6 +12,10 @@ use nabla::train::text::next_token_loss;
 use nabla::{Conv2dOptions, DType, Device, Generator, Tensor};
 use std::time::Instant;
 
+/// Tensors on cache lines, as `nabla train` has them.
+#[global_allocator]
+static ALLOCATOR: nabla::cpu::CacheAligned = nabla::cpu::CacheAligned;
+
 /// Median milliseconds of `runs` calls after `warmup` untimed ones.
 fn median_ms(warmup: usize, runs: usize, mut f: impl FnMut()) -> f64 {
     (0..warmup).for_each(|_| f());

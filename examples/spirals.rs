@@ -6,6 +6,10 @@ use nabla::nn::{Activation, Mlp, Module};
 use nabla::optim::{Adam, AdamConfig, Optimizer};
 use nabla::{Device, Generator, data::synthetic};
 
+/// Tensors start on cache lines (see `nabla::cpu::CacheAligned`).
+#[global_allocator]
+static ALLOCATOR: nabla::cpu::CacheAligned = nabla::cpu::CacheAligned;
+
 fn main() -> nabla::Result<()> {
     let device = Device::cuda_if_available();
     let data = synthetic::two_spirals(200, 0.02, 0, &device)?;

@@ -11,13 +11,14 @@
 //! because cargo-fuzz needs a nightly compiler and libFuzzer, and CI has neither.
 #![allow(dead_code)]
 
+use nabla::cpu::CacheAligned;
 use nabla::io::image::Image;
 use nabla::io::{safetensors, save_module};
 use nabla::nn::{Activation, Mlp, Module};
 use nabla::optim::{Adam, AdamConfig, Optimizer};
 use nabla::train::{self, EpochSummary};
 use nabla::{DType, Device, Generator, Result, Tensor};
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,27 +34,28 @@ thread_local! {
     static LARGEST: Cell<usize> = const { Cell::new(0) };
 }
 
-/// The system allocator, recording the largest allocation each thread asks for (a loader that
-/// believes a header asks for gigabytes before it checks anything).
+/// nabla's allocator (the system's, large blocks on cache lines), recording the largest
+/// allocation each thread asks for (a loader that believes a header asks for gigabytes before
+/// it checks anything).
 pub struct LargestAllocation;
 
-// SAFETY: every call is passed to `System` unchanged; the record is a thread-local `Cell`
+// SAFETY: every call is passed to `CacheAligned` unchanged; the record is a thread-local `Cell`
 // with a const initialiser, which neither allocates nor re-enters the allocator.
 unsafe impl GlobalAlloc for LargestAllocation {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
-        unsafe { System.alloc(layout) }
+        unsafe { CacheAligned.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { CacheAligned.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { CacheAligned.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { CacheAligned.dealloc(ptr, layout) }
     }
 }
 

@@ -12,6 +12,10 @@ use nabla::{DType, Device, Generator, Precision, Result, Tensor, metrics, vision
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// Tensors start on cache lines (see `nabla::cpu::CacheAligned`).
+#[global_allocator]
+static ALLOCATOR: nabla::cpu::CacheAligned = nabla::cpu::CacheAligned;
+
 /// Prints a line to stdout, ignoring a closed pipe (`nabla eval ... | head` must not panic).
 macro_rules! out {
     ($($arg:tt)*) => {{

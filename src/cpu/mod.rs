@@ -10,6 +10,7 @@
 //! the number of threads, and combines the blocks in a fixed order, so results are identical
 //! run to run *and* across thread counts.
 
+mod alloc;
 pub mod attention;
 pub mod conv;
 pub mod elementwise;
@@ -19,6 +20,7 @@ pub mod pool;
 pub mod reduce;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
+pub use alloc::CacheAligned;
 pub mod softmax;
 
 use rayon::ThreadPool;

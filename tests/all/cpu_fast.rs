@@ -296,3 +296,25 @@ fn cpu_conv2d_matches_the_reference_when_its_patch_matrix_is_unfolded_in_blocks_
         }
     }
 }
+
+#[test]
+fn large_allocations_start_on_cache_lines_and_keep_their_values_when_grown_past_the_threshold() {
+    // This test binary's allocator passes every call to `nabla::cpu::CacheAligned`.
+    for len in [256usize, 1000, 4096, 100_003] {
+        let v = vec![1.5f32; len];
+        assert_eq!(v.as_ptr() as usize % 64, 0, "a {len}-value vector starts on a cache line");
+    }
+    // Grown one value at a time from 16 bytes to 40 KB: across the 1 KiB threshold (a fresh,
+    // aligned block and a copy) and within each side of it.
+    let mut grown: Vec<u32> = Vec::new();
+    for i in 0..10_000u32 {
+        grown.push(i);
+        if grown.capacity() * 4 >= 1024 {
+            assert_eq!(grown.as_ptr() as usize % 64, 0, "capacity {}", grown.capacity());
+        }
+    }
+    assert!(grown.iter().enumerate().all(|(i, &x)| x == i as u32), "values survive every move");
+    grown.truncate(10);
+    grown.shrink_to_fit();
+    assert_eq!(grown, (0..10).collect::<Vec<u32>>(), "and a shrink back below it");
+}
