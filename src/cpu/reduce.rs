@@ -147,21 +147,62 @@ pub(crate) fn reduce<T: Copy + Sync + Wide>(fold: Fold, src: &[T], view: &Layout
     }
     if kept_walk.runs_count() == 1 && kept_walk.inner_stride(0) == 1 {
         // Column reductions: the outputs are a contiguous run of each reduced position's data.
-        let columns = |start: usize, acc: &mut [f64]| {
-            acc.iter_mut().for_each(|a| *a = fold.init());
-            gone_walk.runs(0, inner, |_, [o], run, [s]| {
-                for j in 0..run {
-                    let base = view.offset() + o + j * s + start;
-                    let xs = &src[base..base + acc.len()];
-                    acc.iter_mut().zip(xs).for_each(|(a, &x)| *a = fold.combine(*a, x.wide()));
-                }
-            });
+        // Reduced positions `first..first + count` folded into `acc`, in wide vectors.
+        let columns = |start: usize, (first, count): (usize, usize), acc: &mut [f64]| {
+            super::vectorized(
+                #[inline(always)]
+                || {
+                    acc.iter_mut().for_each(|a| *a = fold.init());
+                    gone_walk.runs(
+                        first,
+                        count,
+                        #[inline(always)]
+                        |_, [o], run, [s]| {
+                            for j in 0..run {
+                                let base = view.offset() + o + j * s + start;
+                                let xs = &src[base..base + acc.len()];
+                                if fold == Fold::Sum {
+                                    acc.iter_mut().zip(xs).for_each(|(a, &x)| *a += x.wide());
+                                } else {
+                                    acc.iter_mut().zip(xs).for_each(|(a, &x)| *a = fold.combine(*a, x.wide()));
+                                }
+                            }
+                        },
+                    );
+                },
+            )
         };
         const COLUMNS: usize = 1 << 10;
-        if outer * inner < PARALLEL_MIN || outer <= COLUMNS {
-            columns(0, &mut out);
+        if outer > COLUMNS && outer * inner >= PARALLEL_MIN {
+            // Wide: blocks of columns in parallel, each over every reduced position.
+            install(|| {
+                out.par_chunks_mut(COLUMNS).enumerate().for_each(|(i, acc)| columns(i * COLUMNS, (0, inner), acc))
+            });
+            return out;
+        }
+        // Narrow (a bias gradient over a batch of tokens): the reduced positions in at most
+        // `PARTS` blocks whose size depends only on the shape, folded in parallel and combined
+        // in order, so the result does not depend on the thread count.
+        const PARTS: usize = 64;
+        let rows = inner.div_ceil(PARTS).max(64);
+        let blocks: Vec<(usize, usize)> = (0..inner).step_by(rows).map(|r| (r, rows.min(inner - r))).collect();
+        if blocks.len() == 1 {
+            columns(0, blocks[0], &mut out);
+            return out;
+        }
+        let part = |&b: &(usize, usize)| {
+            let mut acc = vec![0.0; outer];
+            columns(0, b, &mut acc);
+            acc
+        };
+        let parts: Vec<Vec<f64>> = if outer * inner < PARALLEL_MIN {
+            blocks.iter().map(part).collect()
         } else {
-            install(|| out.par_chunks_mut(COLUMNS).enumerate().for_each(|(i, acc)| columns(i * COLUMNS, acc)));
+            install(|| blocks.par_iter().map(part).collect())
+        };
+        out.iter_mut().for_each(|o| *o = fold.init());
+        for p in parts {
+            out.iter_mut().zip(p).for_each(|(o, x)| *o = fold.combine(*o, x));
         }
         return out;
     }

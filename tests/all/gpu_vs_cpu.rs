@@ -123,6 +123,9 @@ fn reductions_match_cpu_reference_over_any_axes_including_two_pass_sums() {
             (&[33, 65], &[1]),
             // Leading dims reduced on a dense tensor: the column kernel (a bias gradient's shape).
             (&[1000, 70], &[0]),
+            // Wider than one block of columns, and a column sum of the char-GPT's bias shape.
+            (&[40, 1500], &[0]),
+            (&[12, 64, 384], &[0, 1]),
             (&[5, 40, 33], &[0, 1]),
             (&[2, 3, 257], &[0, 2]),
             (&[2, 3, 257], &[1]),
