@@ -233,10 +233,18 @@ impl Tensor {
                 let ix = ix.as_i64().expect("check_indices admits only i64 indices");
                 check_range(op, ix, size)?;
                 let mut out = b.gather_f64(&base.layout);
-                for (e, v) in s.gather_f64(&source.layout).into_iter().enumerate() {
-                    let (a, j, c) = (e / (idx_dim * inner), (e / inner) % idx_dim, e % inner);
-                    let k = if per_element { ix[e] } else { ix[j] } as usize;
-                    out[(a * size + k) * inner + c] += v;
+                let values = s.gather_f64(&source.layout);
+                // Source element e = (a · idx_dim + j) · inner + c, walked in that order (no
+                // divisions per element: they were most of an embedding's backward).
+                let mut e = 0;
+                for a in 0..outer {
+                    for j in 0..idx_dim {
+                        for c in 0..inner {
+                            let k = if per_element { ix[e] } else { ix[j] } as usize;
+                            out[(a * size + k) * inner + c] += values[e];
+                            e += 1;
+                        }
+                    }
                 }
                 Ok(Tensor::from_cpu(CpuStorage::from_f64(self.dtype, &out), self.shape()))
             }

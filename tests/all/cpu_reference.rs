@@ -240,6 +240,38 @@ fn index_select_gather_and_one_hot_pick_the_right_elements() {
 }
 
 #[test]
+fn index_add_and_scatter_add_accumulate_repeated_indices_along_an_inner_dim() {
+    // [2, 3, 4] base; index_add along dim 1 with ids [2, 0, 2] from a [2, 3, 4] source.
+    let base = randn(&[2, 3, 4], DType::F64, 70);
+    let source = randn(&[2, 3, 4], DType::F64, 71);
+    let ids = [2usize, 0, 2];
+    let index = Tensor::from_vec(ids.iter().map(|&i| i as i64).collect(), &[3], &Device::Cpu).unwrap();
+    let got = vals(&base.index_add(1, &index, &source).unwrap());
+    let (mut want, src) = (vals(&base), vals(&source));
+    for a in 0..2 {
+        for (j, &k) in ids.iter().enumerate() {
+            for c in 0..4 {
+                want[(a * 3 + k) * 4 + c] += src[(a * 3 + j) * 4 + c];
+            }
+        }
+    }
+    assert_eq!(got, want, "index_add along dim 1");
+    // scatter_add along dim 1: each source element to its own index.
+    let per = [[1i64, 1], [0, 2], [2, 2]];
+    let index = Tensor::from_vec(per.concat(), &[3, 2], &Device::Cpu).unwrap();
+    let source = randn(&[3, 2], DType::F64, 72);
+    let base = randn(&[3, 3], DType::F64, 73);
+    let got = vals(&base.scatter_add(1, &index, &source).unwrap());
+    let (mut want, src) = (vals(&base), vals(&source));
+    for (r, row) in per.iter().enumerate() {
+        for (j, &k) in row.iter().enumerate() {
+            want[r * 3 + k as usize] += src[r * 2 + j];
+        }
+    }
+    assert_eq!(got, want, "scatter_add along dim 1");
+}
+
+#[test]
 fn cat_and_stack_join_along_any_dim() {
     let a = t(&[1., 2., 3., 4.], &[2, 2]);
     let b = t(&[5., 6.], &[2, 1]);
