@@ -15,10 +15,9 @@ const ROW_BLOCK: usize = 64;
 const TASK_VALUES: usize = 1 << 13;
 
 /// Runs `body(first_row, rows, side)` over blocks of whole rows of `out` (`cols` values each,
-/// every one written by `body`)
-/// and the matching entries of `side` (one per row), blocks in parallel when `out` is large.
-/// Each block runs inside [`super::vectorized`], so `body` (marked `#[inline(always)]`, as the
-/// helpers of its hot loops) gets the CPU's wide vectors.
+/// every one written by `body`) and the matching entries of `side` (one per row), blocks in
+/// parallel when `out` is large. Each block runs inside [`super::vectorized`], so `body` (marked
+/// `#[inline(always)]`, as the helpers of its hot loops) gets the CPU's wide vectors.
 fn row_blocks<T: Send, S: Send>(
     out: &mut [T],
     cols: usize,
