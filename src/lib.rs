@@ -56,6 +56,7 @@ pub use ops::pool::Pool2dOptions;
 pub use ops::reduce::ReduceOp;
 pub use ops::unary::{UnaryOp, erf};
 pub use rng::Generator;
+pub use storage::host_memory_bytes;
 pub use tensor::Tensor;
 
 pub use cpu::{num_threads, set_num_threads};

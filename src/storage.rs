@@ -201,16 +201,17 @@ pub(crate) fn reinterpret_uninit_mut<S: Element, T: Element>(
 }
 
 /// Refuses, before an op allocates its host output of `shape` and `dtype`, a size the machine
-/// cannot hold: the element count is checked, and a large buffer (over 64 MiB) is reserved once
-/// and released, so a request the allocator would refuse becomes [`Error::OutOfMemory`] naming
-/// `op` instead of an abort inside the op. (Ops whose outputs can outgrow their inputs call it:
-/// broadcasting, copies of views, products, convolutions, lookups.)
+/// cannot hold: the element count is checked, and a large buffer (over 64 MiB) is held to
+/// [`host_memory_bytes`] and then reserved once and released, so a request the allocator would
+/// refuse becomes [`Error::OutOfMemory`] naming `op` instead of an abort inside the op. (Ops
+/// whose outputs can outgrow their inputs call it: broadcasting, copies of views, products,
+/// convolutions, lookups.)
 pub(crate) fn check_allocatable(op: &'static str, shape: &[usize], dtype: DType) -> Result<()> {
     let numel = crate::layout::checked_numel(op, shape)?;
     let bytes = numel.saturating_mul(dtype.size_in_bytes());
     if bytes > 64 << 20 {
         let mut probe: Vec<u8> = Vec::new();
-        probe.try_reserve_exact(bytes).map_err(|_| Error::OutOfMemory { op, bytes, device: crate::Device::Cpu })?;
+        reserve_host(op, &mut probe, bytes)?;
     }
     Ok(())
 }
@@ -219,13 +220,46 @@ pub(crate) fn check_allocatable(op: &'static str, shape: &[usize], dtype: DType)
 /// (instead of the abort of `vec![value; n]`).
 pub(crate) fn try_filled<T: Clone>(op: &'static str, n: usize, value: T) -> Result<Vec<T>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
-        op,
-        bytes: n.saturating_mul(std::mem::size_of::<T>()),
-        device: crate::Device::Cpu,
-    })?;
+    reserve_host(op, &mut v, n)?;
     v.resize(n, value);
     Ok(v)
+}
+
+/// Reserves room for `n` values in `v`, or [`Error::OutOfMemory`] naming `op`. A request larger
+/// than the machine's memory is refused before the allocator sees it: where the kernel
+/// overcommits memory (`vm.overcommit_memory = 1`, common on GPU servers) such a reservation
+/// succeeds, and the op then fills pages until the kernel kills the process.
+fn reserve_host<T>(op: &'static str, v: &mut Vec<T>, n: usize) -> Result<()> {
+    let bytes = n.saturating_mul(std::mem::size_of::<T>());
+    let out_of_memory = || Error::OutOfMemory { op, bytes, device: crate::Device::Cpu };
+    if host_memory_bytes().is_some_and(|total| bytes > total) {
+        return Err(out_of_memory());
+    }
+    v.try_reserve_exact(n).map_err(|_| out_of_memory())
+}
+
+/// The machine's physical memory and swap together, in bytes (read once; `None` where the
+/// system does not say): no single host buffer can be larger.
+pub fn host_memory_bytes() -> Option<usize> {
+    static TOTAL: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(read_host_memory_bytes)
+}
+
+#[cfg(target_os = "linux")]
+fn read_host_memory_bytes() -> Option<usize> {
+    // SAFETY: sysinfo fills the struct it is given and reads nothing else.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return None;
+    }
+    let unit = (info.mem_unit as usize).max(1);
+    let pages = (info.totalram as usize).saturating_add(info.totalswap as usize);
+    Some(pages.saturating_mul(unit)).filter(|&b| b > 0)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_host_memory_bytes() -> Option<usize> {
+    None
 }
 
 fn convert_slice<T: Element>(values: &[f64]) -> Vec<T> {

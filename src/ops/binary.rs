@@ -229,6 +229,10 @@ impl Tensor {
         if op == BinaryOp::Div && !self.dtype.is_float() && value.trunc() == 0.0 {
             return Err(integer_division_by_zero(self, &[]));
         }
+        if self.device == crate::Device::Cpu {
+            // A broadcast view's output can be far larger than its storage.
+            crate::storage::check_allocatable(name, self.shape(), self.dtype)?;
+        }
         let n = self.numel();
         match self.storage() {
             StorageRef::Cpu(a) => {

@@ -148,6 +148,10 @@ impl Tensor {
         if !op.supports(self.dtype) {
             return Err(Error::unsupported(name, self.dtype, " (needs a floating-point tensor)"));
         }
+        if self.device == crate::Device::Cpu {
+            // A broadcast view's output can be far larger than its storage.
+            crate::storage::check_allocatable(name, self.shape(), self.dtype)?;
+        }
         let n = self.numel();
         match self.storage() {
             StorageRef::Cpu(s) => {

@@ -190,6 +190,19 @@ fn shape_arithmetic_that_overflows_or_outgrows_memory_is_an_error_not_a_panic_or
     let wide = Tensor::zeros(&[1], DType::F32, &dev).unwrap().broadcast_as(&[1 << 46]).unwrap();
     assert!(message(wide.add(&wide)).contains("out of memory"));
     assert!(message(wide.contiguous()).contains("out of memory"));
+    // Twice the machine's memory, well inside the address space: refused before anything is
+    // allocated, also where the kernel overcommits (there the reservation succeeds, and the op
+    // filled pages until the kernel killed the test process, as on the lent GPU machine).
+    let total = nabla::host_memory_bytes();
+    assert!(total.is_some() || !cfg!(target_os = "linux"), "Linux says how much memory it has");
+    if let Some(total) = total {
+        let twice = total / 2; // f32 values
+        assert!(message(Tensor::zeros(&[twice], DType::F32, &dev)).contains("out of memory"));
+        let wide = Tensor::zeros(&[1], DType::F32, &dev).unwrap().broadcast_as(&[twice]).unwrap();
+        assert!(message(wide.add_scalar(1.0)).contains("out of memory"));
+        assert!(message(wide.exp()).contains("out of memory"));
+        assert!(message(wide.contiguous()).contains("out of memory"));
+    }
     let column = Tensor::zeros(&[1], DType::F32, &dev).unwrap().broadcast_as(&[1 << 31, 1]).unwrap();
     let row = Tensor::zeros(&[1], DType::F32, &dev).unwrap().broadcast_as(&[1, 1 << 31]).unwrap();
     assert!(column.matmul(&row).is_err());
