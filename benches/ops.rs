@@ -1,7 +1,8 @@
 //! Criterion benches of the core kernels on the CPU and, when present, the GPU (the CPU sizes are
 //! the rows of the CPU table in docs/benchmarks.md):
 //! elementwise add and sum (bytes moved per second), softmax over rows, and f32/TF32/f16/bf16 matmul
-//! (FLOP/s, reported by criterion as "elements" per second). GPU iterations end with a device
+//! (FLOP/s, reported by criterion as "elements" per second; f16/bf16 with both versions of the
+//! tensor-core GEMM). GPU iterations end with a device
 //! synchronize inside the measured closure, so they time the kernels, not the queueing.
 //!
 //! `cargo bench --bench ops`; on the GPU machine through ../shared/gpu (see docs/benchmarks.md).
@@ -107,6 +108,26 @@ fn matmul(c: &mut Criterion) {
         group.finish();
     }
     nabla::set_float32_matmul_precision("highest").unwrap();
+    // Version 2 of the tensor-core GEMM (cp.async pipeline, ldmatrix; opt-in until timed here),
+    // beside version 1's f16 and bf16 rows above.
+    if let Some(device) = devices().into_iter().find(|d| d.is_cuda()) {
+        nabla::cuda::gemm::set_tensor_core_gemm(2).unwrap();
+        for dtype in [DType::F16, DType::BF16] {
+            let mut group = c.benchmark_group(format!("matmul_{dtype}_v2_flops"));
+            let n = size(device, 1024, 4096);
+            let (a, b) = (randn(&[n, n], dtype, device), randn(&[n, n], dtype, device));
+            group.throughput(Throughput::Elements(2 * (n * n * n) as u64));
+            group.bench_function(BenchmarkId::new(device.to_string(), n), |bench| {
+                bench.iter(|| {
+                    let out = a.matmul(&b).unwrap();
+                    device.synchronize().unwrap();
+                    out
+                })
+            });
+            group.finish();
+        }
+        nabla::cuda::gemm::set_tensor_core_gemm(1).unwrap();
+    }
 }
 
 criterion_group! {

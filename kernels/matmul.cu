@@ -6,9 +6,12 @@
 // broadcast batch dims. The linear_* kernels add a bias [n] to every row in the epilogue (the
 // Linear layer's x Wᵀ + b in one kernel). Compute bound on the FMA pipes for large m, n, k; f16/bf16 accumulate
 // in f32. The *_tc_* kernels are the same problems on the tensor cores (mma_gemm.cuh), for
-// f16/bf16 on sm_80+; mma_probe_* run one m16n8k16 product for the intrinsic's own test.
+// f16/bf16 on sm_80+; the *_v2_* kernels are version 2 of those (mma_pipeline.cuh: cp.async
+// and ldmatrix) for operands dense along one axis; mma_probe_* and ldmatrix_probe run one
+// intrinsic for its own test.
 #include "tiled_gemm.cuh"
 #include "mma_gemm.cuh"
+#include "mma_pipeline.cuh"
 
 // One batch entry: the operands' bases and strides.
 template <typename T, bool Bias>
@@ -103,6 +106,45 @@ GEMM_INSTANTIATE(LINEAR_TC, f16, f16, 1, 2) GEMM_INSTANTIATE(LINEAR_TC, bf16, bf
 // f32 operands rounded to TF32 (m16n8k8), chosen only when nabla::set_float32_matmul_precision
 // allows it.
 GEMM_INSTANTIATE(MATMUL_TC, float, f32, 1, 2) GEMM_INSTANTIATE(LINEAR_TC, float, f32, 1, 2)
+
+// Version 2 (mma_pipeline.cuh), one instantiation per operand layout: the first letter says
+// along which axis A is contiguous (k or m), the second B (k or n). matmul_v2_kn_* is a plain
+// row-major product, linear_v2_kk_* a linear layer's x Wᵀ.
+#define MATMUL_V2(T, tname, layout, a_k_major, b_k_major) \
+    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, 1) \
+        matmul_v2_##layout##_##tname(const T* a, const T* b, T* c, const __grid_constant__ MatmulParams p) { \
+        const MatmulProblem<T, false> pb{a, b, nullptr, c, p}; \
+        mma_pipelined_gemm<T, a_k_major, b_k_major>(pb); \
+    }
+#define LINEAR_V2(T, tname, layout, a_k_major, b_k_major) \
+    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, 1) linear_v2_##layout##_##tname( \
+        const T* a, const T* b, const T* bias, T* c, const __grid_constant__ MatmulParams p) { \
+        const MatmulProblem<T, true> pb{a, b, bias, c, p}; \
+        mma_pipelined_gemm<T, a_k_major, b_k_major>(pb); \
+    }
+#define V2_LAYOUTS(KERNEL, T, tname) \
+    KERNEL(T, tname, kk, true, true) KERNEL(T, tname, kn, true, false) KERNEL(T, tname, mk, false, true) \
+    KERNEL(T, tname, mn, false, false)
+V2_LAYOUTS(MATMUL_V2, f16, f16) V2_LAYOUTS(MATMUL_V2, bf16, bf16)
+V2_LAYOUTS(LINEAR_V2, f16, f16) V2_LAYOUTS(LINEAR_V2, bf16, bf16)
+
+// One warp: the ldmatrix intrinsics on a 16 x 16 matrix of 16-bit values (row-major in `m`):
+// matrix j of the x4 load is rows 8 (j % 2).., columns 8 (j / 2).. (the A-fragment order); each
+// lane writes its four registers without and then with .trans to out[8 lane ..].
+extern "C" __global__ void ldmatrix_probe(const unsigned short* m, unsigned* out) {
+    __shared__ __align__(16) unsigned short tile[16 * 16];
+    const int lane = threadIdx.x % 32;
+    for (int i = lane; i < 256; i += 32) tile[i] = m[i];
+    __syncthreads();
+    const int j = lane >> 3, row = 8 * (j % 2) + (lane & 7), col = 8 * (j / 2);
+    unsigned r[4], t[4];
+    ldmatrix_x4(r, tile + row * 16 + col);
+    ldmatrix_x4_trans(t, tile + row * 16 + col);
+    for (int e = 0; e < 4; ++e) {
+        out[8 * lane + e] = r[e];
+        out[8 * lane + 4 + e] = t[e];
+    }
+}
 
 // One warp: D = A B + C for A 16 x 16 (row-major), B 16 x 8 (row-major, depth by column) and C
 // 16 x 8, the 16-bit operands given as raw bits, through the fragment layout of nabla.cuh.

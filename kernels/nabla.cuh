@@ -207,6 +207,50 @@ __device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const unsigned a[4]
 }
 __device__ __forceinline__ unsigned f32_to_tf32(float x) { return __float_as_uint(x); }
 #endif
+
+// ldmatrix_x4 / ldmatrix_x4_trans: four 8 x 8 matrices of 16-bit values from shared memory into
+// one 32-bit register each, across the 32 lanes of a warp. Lane l gives the address of row
+// l % 8 of matrix l / 8 (16 contiguous bytes, 16-byte aligned). Without trans, r[j] of lane t
+// packs matrix j's elements (t / 4, 2 (t % 4)) and (t / 4, 2 (t % 4) + 1), low half first: the
+// m16n8k16 fragment of a matrix stored row by row. With trans, (2 (t % 4), t / 4) and
+// (2 (t % 4) + 1, t / 4): the fragment of a matrix stored column by column.
+// cp_async_16: copies 16 bytes from global to shared memory without passing through registers
+// (`cp.async.cg`, cached in L2 only); with `valid` false it writes 16 zero bytes and reads
+// nothing. Both addresses 16-byte aligned. cp_async_commit closes the thread's group of copies
+// issued since the last one; cp_async_wait<N> returns once at most N of its committed groups
+// are still in flight (their shared memory is then readable by this thread; a barrier makes it
+// readable by the others). Needs sm_80.
+#if __CUDA_ARCH__ >= 800
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const void* row) {
+    const unsigned address = (unsigned)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address)
+                 : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* row) {
+    const unsigned address = (unsigned)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_16(void* shared, const void* global, bool valid) {
+    const unsigned address = (unsigned)__cvta_generic_to_shared(shared);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(address), "l"(global), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+#else
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const void* row) { asm volatile("trap;"); }
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* row) { asm volatile("trap;"); }
+__device__ __forceinline__ void cp_async_16(void* shared, const void* global, bool valid) { asm volatile("trap;"); }
+__device__ __forceinline__ void cp_async_commit() {}
+template <int N> __device__ __forceinline__ void cp_async_wait() {}
+#endif
 #endif
 
 // Fragment helpers shared by the tensor-core kernels (mma_gemm.cuh, attention_tc.cu).

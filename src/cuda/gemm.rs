@@ -97,6 +97,107 @@ pub fn float32_matmul_precision() -> &'static str {
     PRECISIONS[FLOAT32_MATMUL_PRECISION.load(Ordering::Relaxed) as usize]
 }
 
+/// Which tensor-core GEMM runs f16/bf16 matrix products and linear layers: 1, the engine every
+/// product can use (`kernels/mma_gemm.cuh`, the default), or 2, the `cp.async` pipeline with
+/// `ldmatrix` (`kernels/mma_pipeline.cuh`) wherever [`pipelined_layout`] accepts the operands.
+static TENSOR_CORE_GEMM: AtomicU8 = AtomicU8::new(1);
+
+/// Chooses the tensor-core GEMM version for f16/bf16 matmuls and linear layers on a GPU, for the
+/// whole process: 1 (the default) or 2. Version 2 is opt-in until a GPU has timed it against
+/// version 1 (the bench `matmul_*_flops` runs both); products it cannot take keep version 1.
+/// Any other version is an error.
+pub fn set_tensor_core_gemm(version: u8) -> crate::Result<()> {
+    if !(1..=2).contains(&version) {
+        return Err(crate::Error::invalid("set_tensor_core_gemm", format!("version {version} is not 1 or 2")));
+    }
+    TENSOR_CORE_GEMM.store(version, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The tensor-core GEMM version in force (see [`set_tensor_core_gemm`]).
+pub fn tensor_core_gemm() -> u8 {
+    TENSOR_CORE_GEMM.load(Ordering::Relaxed)
+}
+
+/// The operand layout of version 2's kernel for `m` x `k` times `k` x `n` products, as its name
+/// infix (`kk`, `kn`, `mk` or `mn`: along which axis A, then B, is contiguous), or `None` when
+/// version 2 cannot take them. A(r, k) is at `a_strides.0` r + `a_strides.1` k, B(k, c) at
+/// `b_strides.0` k + `b_strides.1` c; `others` are the offsets and batch strides. Version 2
+/// copies 16-byte chunks of 8 elements, so the contiguous axis needs stride 1 and an extent that
+/// is a multiple of 8, and the other stride and every offset and batch stride must be multiples
+/// of 8 (every chunk whole and 16-byte aligned; buffers start 256-byte aligned).
+pub fn pipelined_layout(
+    (m, n, k): (i64, i64, i64),
+    a_strides: (i64, i64),
+    b_strides: (i64, i64),
+    others: impl IntoIterator<Item = i64>,
+) -> Option<&'static str> {
+    let multiple = |v: i64| v % 8 == 0;
+    let a_k_major = if a_strides.1 == 1 && multiple(a_strides.0) && multiple(k) {
+        true
+    } else if a_strides.0 == 1 && multiple(a_strides.1) && multiple(m) {
+        false
+    } else {
+        return None;
+    };
+    let b_k_major = if b_strides.0 == 1 && multiple(b_strides.1) && multiple(k) {
+        true
+    } else if b_strides.1 == 1 && multiple(b_strides.0) && multiple(n) {
+        false
+    } else {
+        return None;
+    };
+    if !others.into_iter().all(multiple) {
+        return None;
+    }
+    Some(match (a_k_major, b_k_major) {
+        (true, true) => "kk",
+        (true, false) => "kn",
+        (false, true) => "mk",
+        (false, false) => "mn",
+    })
+}
+
+/// The launch of version 2's kernel for `rows` x `cols` products in `groups` batch entries: one
+/// 256-thread block per 128 x 128 tile of C (grid axes beyond the hardware's limits are covered
+/// by the kernel's loops), 48 KiB of static shared memory.
+pub fn pipelined_config(rows: usize, cols: usize, groups: usize) -> LaunchConfig {
+    let grid = (
+        cols.div_ceil(128).clamp(1, 1 << 30) as u32,
+        rows.div_ceil(128).clamp(1, 65535) as u32,
+        groups.clamp(1, 65535) as u32,
+    );
+    LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Runs the `ldmatrix` intrinsics on `dev` (sm_80+) over a 16 x 16 matrix of 16-bit values
+/// (row-major): matrix j of the x4 load covers rows 8 (j % 2).., columns 8 (j / 2)... Returns, per
+/// lane, its four registers without `.trans`, then its four with: 256 values. A check of the
+/// intrinsics against the PTX ISA's layout (the tests hold it to a CPU model).
+pub fn ldmatrix_probe(dev: &std::sync::Arc<super::CudaDevice>, matrix: &[u16]) -> crate::Result<Vec<u32>> {
+    const OP: &str = "ldmatrix_probe";
+    if matrix.len() != 256 {
+        return Err(crate::Error::shape(OP, format!("the matrix must hold 256 values, got {}", matrix.len())));
+    }
+    if dev.arch().0 < 8 {
+        return Err(crate::Error::invalid(
+            OP,
+            format!("ldmatrix and cp.async need sm_80, this GPU is {:?}", dev.arch()),
+        ));
+    }
+    let error = |e| super::cuda_error(OP, e);
+    let dm = dev.stream.clone_htod(matrix).map_err(error)?;
+    let mut out = dev.stream.alloc_zeros::<u32>(256).map_err(error)?;
+    let f = dev.function(OP, "matmul", OP)?;
+    let mut launch = dev.stream.launch_builder(&f);
+    launch.arg(&dm).arg(&mut out);
+    // SAFETY: ldmatrix_probe(const unsigned short* m, unsigned* out) reads 256 values of m and
+    // writes 8 per lane of its one warp, 256 in all.
+    unsafe { launch.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 }) }
+        .map_err(|e| super::launch_error(OP, OP, e))?;
+    dev.stream.clone_dtoh(&out).map_err(error)
+}
+
 /// Whether GEMM-shaped work of `dtype` on `dev` runs on the tensor cores (the `*_tc_*` kernels of
 /// `kernels/mma_gemm.cuh`) on sm_80 and newer, with f32 accumulation: f16 and bf16 always, f32
 /// (as TF32) when [`set_float32_matmul_precision`] allows it; f64 stays on the FMA pipes.

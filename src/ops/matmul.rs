@@ -22,8 +22,13 @@ pub(crate) fn kernel_names() -> Vec<String> {
         .iter()
         .flat_map(|d| GemmPlan::infixes().map(move |t| [format!("matmul_tc_{t}{d}"), format!("linear_tc_{t}{d}")]))
         .flatten();
-    let probes = ["mma_probe_bf16", "mma_probe_f16", "mma_probe_tf32"].map(String::from);
-    fma.chain(tensor_cores).chain(probes).collect()
+    let pipelined = [DType::F16, DType::BF16].iter().flat_map(|d| {
+        ["kk", "kn", "mk", "mn"]
+            .into_iter()
+            .flat_map(move |l| [format!("matmul_v2_{l}_{d}"), format!("linear_v2_{l}_{d}")])
+    });
+    let probes = ["mma_probe_bf16", "mma_probe_f16", "mma_probe_tf32", "ldmatrix_probe"].map(String::from);
+    fma.chain(tensor_cores).chain(pipelined).chain(probes).collect()
 }
 
 impl Tensor {
@@ -242,11 +247,30 @@ fn matmul_forward(
                 p.a_batch_strides[d] = sa_[d] as i64;
                 p.b_batch_strides[d] = sb_[d] as i64;
             }
-            let plan = crate::cuda::gemm::plan(m, n, k, batch, dev.multiprocessors(), 1);
-            let base = crate::cuda::gemm::engine_base(if bias.is_some() { "linear" } else { "matmul" }, dtype, &dev);
-            let kernel = plan.kernel(&base, dtype);
+            let base = if bias.is_some() { "linear" } else { "matmul" };
+            let pipelined = matches!(dtype, DType::F16 | DType::BF16)
+                && crate::cuda::gemm::tensor_core_gemm() == 2
+                && crate::cuda::gemm::uses_tensor_cores(dtype, &dev);
+            let layout = || {
+                let dims = r;
+                let others = [p.a_offset, p.b_offset].into_iter().chain(p.a_batch_strides[..dims].iter().copied());
+                crate::cuda::gemm::pipelined_layout(
+                    (p.m, p.n, p.k),
+                    (p.a_row_stride, p.a_col_stride),
+                    (p.b_row_stride, p.b_col_stride),
+                    others.chain(p.b_batch_strides[..dims].iter().copied()),
+                )
+            };
+            let (kernel, cfg) = match pipelined.then(layout).flatten() {
+                Some(layout) => {
+                    (format!("{base}_v2_{layout}_{dtype}"), crate::cuda::gemm::pipelined_config(m, n, batch))
+                }
+                None => {
+                    let plan = crate::cuda::gemm::plan(m, n, k, batch, dev.multiprocessors(), 1);
+                    (plan.kernel(&crate::cuda::gemm::engine_base(base, dtype, &dev), dtype), plan.config())
+                }
+            };
             let f = dev.function(OP, "matmul", &kernel)?;
-            let cfg = plan.config();
             let bias_storage = bias.map(|b| b.storage());
             let mut launch = dev.stream.launch_builder(&f);
             launch.arg(&sa.buf).arg(&sb.buf);

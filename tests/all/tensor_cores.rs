@@ -132,3 +132,95 @@ fn tf32_products_are_opt_in_and_match_the_reference_within_tf32_tolerance() {
     assert!(tf32 > 10.0 * exact.max(1e-7), "tf32 rounding shows: {tf32} vs f32 {exact}");
     nabla::set_float32_matmul_precision("highest").unwrap();
 }
+
+#[test]
+fn ldmatrix_intrinsics_load_the_ptx_fragment_layout_with_and_without_transpose() {
+    let Some(Device::Cuda(ordinal)) = crate::common::cuda_or_skip("ldmatrix intrinsics") else { return };
+    let dev = nabla::cuda::cuda_device(ordinal).unwrap();
+    let matrix: Vec<u16> = (0..256).map(|i| (i * 37 + 11) as u16).collect();
+    let got = nabla::cuda::gemm::ldmatrix_probe(&dev, &matrix).unwrap();
+    let at = |row: usize, col: usize| matrix[row * 16 + col] as u32;
+    for lane in 0..32 {
+        let (group, pair) = (lane / 4, 2 * (lane % 4));
+        for j in 0..4 {
+            // Matrix j: rows 8 (j % 2).., columns 8 (j / 2)...
+            let (r0, c0) = (8 * (j % 2), 8 * (j / 2));
+            let plain = at(r0 + group, c0 + pair) | at(r0 + group, c0 + pair + 1) << 16;
+            let transposed = at(r0 + pair, c0 + group) | at(r0 + pair + 1, c0 + group) << 16;
+            assert_eq!(got[8 * lane + j], plain, "lane {lane} register {j}");
+            assert_eq!(got[8 * lane + 4 + j], transposed, "lane {lane} register {j}, .trans");
+        }
+    }
+    assert!(nabla::cuda::gemm::ldmatrix_probe(&dev, &matrix[..255]).is_err(), "sizes are checked");
+}
+
+#[test]
+fn the_pipelined_gemm_takes_only_operands_whose_16_byte_chunks_are_whole_and_aligned() {
+    use nabla::cuda::gemm::pipelined_layout;
+    let none = std::iter::empty::<i64>;
+    // x Wᵀ, dY W and dYᵀ x of a linear layer 64 -> 24 at batch 40, and Xᵀ W.
+    assert_eq!(pipelined_layout((40, 24, 64), (64, 1), (1, 64), none()), Some("kk"));
+    assert_eq!(pipelined_layout((40, 64, 24), (24, 1), (64, 1), none()), Some("kn"));
+    assert_eq!(pipelined_layout((24, 64, 40), (1, 24), (64, 1), none()), Some("mn"));
+    assert_eq!(pipelined_layout((24, 16, 40), (1, 24), (1, 40), none()), Some("mk"));
+    // Ragged extents away from the contiguous axis are fine (zero-filled); along it they are not.
+    assert_eq!(pipelined_layout((37, 131, 64), (64, 1), (1, 64), none()), Some("kk"));
+    assert_eq!(pipelined_layout((40, 24, 60), (60, 1), (1, 60), none()), None, "k not a multiple of 8");
+    assert_eq!(pipelined_layout((40, 63, 24), (24, 1), (63, 1), none()), None, "n not a multiple of 8");
+    assert_eq!(pipelined_layout((40, 24, 64), (64, 2), (1, 64), none()), None, "a strided depth");
+    assert_eq!(pipelined_layout((40, 24, 64), (64, 1), (1, 64), [0, 4]), None, "an offset of 4 elements");
+    assert_eq!(pipelined_layout((40, 24, 64), (64, 1), (1, 64), [8, 0, 2560, 0]), Some("kk"));
+}
+
+/// Runs in a child process: the GEMM version is a process-wide setting.
+#[test]
+fn pipelined_tensor_core_products_match_the_reference_for_every_operand_layout() {
+    assert!(nabla::cuda::gemm::set_tensor_core_gemm(3).is_err(), "an unknown version is refused");
+    if !in_child_process(
+        "tensor_cores::pipelined_tensor_core_products_match_the_reference_for_every_operand_layout",
+        &[],
+    ) {
+        return;
+    }
+    let Some(gpu) = crate::common::cuda_or_skip("pipelined tensor-core products") else { return };
+    nabla::cuda::gemm::set_tensor_core_gemm(2).unwrap();
+    assert_eq!(nabla::cuda::gemm::tensor_core_gemm(), 2);
+    let mut rng = Generator::new(64);
+    // Ragged against the 128 x 128 tiles and the 32-deep stages; depths of one, two and several
+    // stages; a batch broadcast against a plain matrix.
+    for (m, k, n) in [(136, 40, 200), (8, 96, 16), (72, 264, 136)] {
+        for dtype in [DType::BF16, DType::F16] {
+            let randn = |shape: &[usize], rng: &mut Generator| Tensor::randn(shape, dtype, &Device::Cpu, rng).unwrap();
+            let (x, xt) = (randn(&[2, m, k], &mut rng), randn(&[k, m], &mut rng));
+            let (w, wt) = (randn(&[n, k], &mut rng), randn(&[k, n], &mut rng));
+            let bias = randn(&[n], &mut rng);
+            fn t(v: &Tensor) -> Tensor {
+                v.transpose(0, 1).unwrap()
+            }
+            type Product = fn(&[Tensor]) -> nabla::Result<Tensor>;
+            // kk with a bias (the linear kernel), kk, kn (broadcast batch), mk, mn.
+            let cases: [(&str, Product); 5] = [
+                ("linear kk", |v| v[0].linear(&v[2], Some(&v[4]))),
+                ("kk", |v| v[0].matmul(&t(&v[2]))),
+                ("kn", |v| v[0].matmul(&v[3])),
+                ("mk", |v| t(&v[1]).matmul(&t(&v[2]))),
+                ("mn", |v| t(&v[1]).matmul(&v[3])),
+            ];
+            let host = [x, xt, w, wt, bias];
+            let device: Vec<Tensor> = host.iter().map(|v| v.to_device(&gpu).unwrap()).collect();
+            let (atol, rtol) = crate::common::tolerance(dtype);
+            let scale = (k as f64).sqrt();
+            for (name, product) in &cases {
+                let want = nabla::cpu::reference(|| product(&host)).unwrap().to_vec::<f64>().unwrap();
+                let got = product(&device).unwrap().to_vec::<f64>().unwrap();
+                assert_eq!(got.len(), want.len());
+                for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (x - y).abs() <= atol * scale + rtol * y.abs(),
+                        "{name} {dtype} {m}x{k}x{n} [{i}]: {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -10,10 +10,13 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #define __global__
 #define __device__
@@ -22,6 +25,7 @@
 #define __shared__ static
 #define __launch_bounds__(...)
 #define __grid_constant__
+#define __align__(n) __attribute__((aligned(n)))
 
 struct uint3 { unsigned int x, y, z; };
 struct dim3 { unsigned int x, y, z; };
@@ -186,4 +190,74 @@ inline unsigned f32_to_tf32(float x) {
     std::memcpy(&u, &x, 4);
     if ((u & 0x7f800000u) == 0x7f800000u) return u;
     return (u + 0x1000u) & 0xffffe000u;
+}
+
+// ldmatrix.x4 (and .trans): each lane gathers the 32 row addresses and reads its own register of
+// each of the four 8 x 8 matrices by the layout in nabla.cuh. A row address that is not 16-byte
+// aligned faults on a GPU; here it stops the test process with a message.
+namespace emu {
+inline void require_aligned16(const void* p, const char* what) {
+    if ((std::uintptr_t)p % 16 != 0) {
+        std::fprintf(stderr, "nabla CUDA emulator: %s at %p is not 16-byte aligned (a GPU faults)\n", what, p);
+        std::abort();
+    }
+}
+inline void ldmatrix(unsigned r[4], const void* row, bool trans) {
+    require_aligned16(row, "an ldmatrix row address");
+    const void* rows[32];
+    warp_gather(&row, (int)sizeof row, rows);
+    const int t = lane_id();
+    for (int j = 0; j < 4; ++j) {
+        unsigned short lo, hi;
+        if (trans) {
+            lo = ((const unsigned short*)rows[8 * j + 2 * (t % 4)])[t / 4];
+            hi = ((const unsigned short*)rows[8 * j + 2 * (t % 4) + 1])[t / 4];
+        } else {
+            lo = ((const unsigned short*)rows[8 * j + t / 4])[2 * (t % 4)];
+            hi = ((const unsigned short*)rows[8 * j + t / 4])[2 * (t % 4) + 1];
+        }
+        r[j] = (unsigned)lo | ((unsigned)hi << 16);
+    }
+}
+
+// cp.async as the asynchronous copy it is: each thread's copies wait in its queue, tagged with
+// the group they will belong to, and land in shared memory only when a cp_async_wait lets them
+// (oldest first). A kernel that reads a tile before waiting for it, or that overwrites a stage
+// still being copied, reads stale values here as it could on a GPU.
+struct PendingCopy {
+    void* shared;
+    const void* global;
+    bool valid;
+    int group;
+};
+constexpr int kMaxCopyThreads = 1024;
+inline std::vector<PendingCopy> pending_copies[kMaxCopyThreads];
+inline int committed_groups[kMaxCopyThreads];
+inline int thread_linear() { return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
+inline void land_copies_older_than(int group) {
+    std::vector<PendingCopy>& queue = pending_copies[thread_linear()];
+    std::size_t kept = 0;
+    for (const PendingCopy& c : queue) {
+        if (c.group < group) {
+            if (c.valid) std::memcpy(c.shared, c.global, 16);
+            else std::memset(c.shared, 0, 16);
+        } else {
+            queue[kept++] = c;
+        }
+    }
+    queue.resize(kept);
+}
+}  // namespace emu
+
+inline void ldmatrix_x4(unsigned r[4], const void* row) { emu::ldmatrix(r, row, false); }
+inline void ldmatrix_x4_trans(unsigned r[4], const void* row) { emu::ldmatrix(r, row, true); }
+inline void cp_async_16(void* shared, const void* global, bool valid) {
+    emu::require_aligned16(shared, "a cp.async shared address");
+    if (valid) emu::require_aligned16(global, "a cp.async global address");
+    const int t = emu::thread_linear();
+    emu::pending_copies[t].push_back(emu::PendingCopy{shared, global, valid, emu::committed_groups[t]});
+}
+inline void cp_async_commit() { ++emu::committed_groups[emu::thread_linear()]; }
+template <int N> inline void cp_async_wait() {
+    emu::land_copies_older_than(emu::committed_groups[emu::thread_linear()] - N);
 }

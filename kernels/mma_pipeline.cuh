@@ -1,0 +1,159 @@
+// Version 2 of the tensor-core GEMM (version 1: mma_gemm.cuh), for f16/bf16 products whose
+// operands are each dense along one axis, as every linear layer's three products are: x Wᵀ
+// (both operands contiguous along the depth k), dY W (B contiguous along n) and dYᵀ x (A
+// contiguous along m). Version 1 moves every element through registers one at a time, widening
+// it to f32 and narrowing it back with a bounds check each (on an H200: 17 TFLOP/s at 4096³,
+// 2.3% of cuBLAS); here 16-byte chunks go from global to shared memory by `cp.async`, untouched,
+// and fragments come out of shared memory by `ldmatrix`.
+//
+// Tiling: a 256-thread block (8 warps, 2 down x 4 across) computes a 128 x 128 tile of C, 32
+// deep per stage, in a 3-stage pipeline (tiles k+1 and k+2 are in flight while tile k is
+// multiplied): 16 KiB of shared memory a stage, 48 KiB in all. A warp owns a 64 x 32 sub-tile:
+// per 16-deep slice, 4 ldmatrix.x4 for A, 2 for B and 16 mma.m16n8k16 with f32 accumulators.
+//
+// Shared layouts: an operand contiguous along k is stored [128 rows][32 k] ("k-major"), one
+// contiguous along m (A) or n (B) is stored [32 k][128] ("mn-major"); either way a row is cut
+// into 16-byte chunks whose position is XOR-swizzled by the row, so that the 8 rows one
+// ldmatrix reads fall on distinct banks without padding. ldmatrix gives the m16n8k16
+// fragments of a k-major tile directly and of an mn-major tile with .trans.
+//
+// The host picks this version only when every chunk is whole and aligned: the contiguous axis
+// has stride 1, the other strides, the offsets and the batch strides are multiples of 8
+// elements, and the contiguous extent (k for k-major, m or n for mn-major) is a multiple of 8;
+// chunks past the edges are zero-filled by cp.async. Bound: the tensor pipes for large
+// problems; mma.sync reaches about 60-70% of an H100's dense peak, wgmma the rest.
+#pragma once
+#include "tiled_gemm.cuh"
+
+#define PIPE_BM 128
+#define PIPE_BN 128
+#define PIPE_BK 32
+#define PIPE_STAGES 3
+#define PIPE_THREADS 256
+
+// Offset, in elements, of the 8-element chunk holding (row, 8 chunk) of a tile whose rows hold
+// `row_len` elements: k-major rows (32 elements, 4 chunks) swizzle by bits 1-2 of the row,
+// mn-major rows (128 elements, 16 chunks) by bits 0-2.
+template <int ROW_LEN>
+__device__ __forceinline__ int pipe_chunk(int row, int chunk) {
+    const int swizzle = ROW_LEN == PIPE_BK ? (row >> 1) & 3 : row & 7;
+    return row * ROW_LEN + ((chunk ^ swizzle) << 3);
+}
+
+// One operand's side of the pipeline. K_MAJOR: element (i, k) of the operand (i a row of A or a
+// column of B) is at base[i * stride_i + k]; else at base[k * stride_k + i]. `extent` is the
+// operand's m (A) or n (B).
+template <bool K_MAJOR>
+struct PipeOperand {
+    static constexpr int ROW_LEN = K_MAJOR ? PIPE_BK : PIPE_BM;
+    // Issues this thread's two 16-byte copies of the 128 x 32 tile at (i0, k0) into `tile`.
+    template <typename T>
+    __device__ static void load(unsigned short* tile, const T* base, i64 stride, i64 i0, i64 extent, i64 k0,
+                                i64 depth) {
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+            const int c = threadIdx.x + PIPE_THREADS * s;
+            int row, chunk;
+            i64 i, k;
+            if (K_MAJOR) {
+                row = c >> 2, chunk = c & 3;
+                i = i0 + row, k = k0 + 8 * chunk;
+            } else {
+                row = c >> 4, chunk = c & 15;
+                i = i0 + 8 * chunk, k = k0 + row;
+            }
+            const bool valid = i < extent && k < depth;
+            const T* src = valid ? (K_MAJOR ? base + i * stride + k : base + k * stride + i) : base;
+            cp_async_16(tile + pipe_chunk<ROW_LEN>(row, chunk), src, valid);
+        }
+    }
+    // The four registers of the 16 x 16 block at operand rows i..i+15 and depth kk..kk+15, as
+    // ldmatrix.x4 gives them: matrix j covers rows i + 8 (j & 1) (A order: a0..a3) when
+    // `a_order`, else rows i + 8 (j >> 1) (B order: b0, b1 of rows i..i+7, then of i+8..i+15);
+    // depth kk + 8 (j >> 1) or kk + 8 (j & 1) correspondingly.
+    __device__ static void fragments(unsigned r[4], const unsigned short* tile, int i, int kk, bool a_order) {
+        const int lane = threadIdx.x % 32, j = lane >> 3, within = lane & 7;
+        const int i_block = a_order ? (j & 1) : (j >> 1), k_block = a_order ? (j >> 1) : (j & 1);
+        if (K_MAJOR) {
+            const int row = i + 8 * i_block + within;
+            ldmatrix_x4(r, tile + pipe_chunk<ROW_LEN>(row, (kk >> 3) + k_block));
+        } else {
+            const int row = kk + 8 * k_block + within;
+            ldmatrix_x4_trans(r, tile + pipe_chunk<ROW_LEN>(row, (i >> 3) + i_block));
+        }
+    }
+};
+
+template <typename T, bool A_K_MAJOR, bool B_K_MAJOR, typename Problem>
+__device__ void mma_pipelined_gemm(const Problem& p) {
+    constexpr int TILE = PIPE_BM * PIPE_BK;  // elements of one operand's stage
+    constexpr int MI = 4, NI = 4;             // a warp's 64 x 32: 4 x 4 m16n8 fragments
+    typedef PipeOperand<A_K_MAJOR> OpA;
+    typedef PipeOperand<B_K_MAJOR> OpB;
+    __shared__ __align__(16) unsigned short as[PIPE_STAGES][TILE];
+    __shared__ __align__(16) unsigned short bs[PIPE_STAGES][TILE];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int group = lane >> 2, tig = lane & 3;
+    const int warp_row = (warp / 4) * 64, warp_col = (warp % 4) * 32;
+    const i64 rows = p.rows(), cols = p.cols();
+    typedef decltype(p.group(0, 0)) View;
+    for_each_tile<PIPE_BM, PIPE_BN, PIPE_BK>(p, [&](const View& q, i64 row0, i64 col0, i64 k_begin, i64 k_end) {
+        const i64 a_stride = A_K_MAJOR ? q.a_rs : q.a_cs, b_stride = B_K_MAJOR ? q.b_cs : q.b_rs;
+        const int tiles = (int)((k_end - k_begin + PIPE_BK - 1) / PIPE_BK);
+        auto load = [&](int stage, int t) {
+            const i64 k0 = k_begin + (i64)t * PIPE_BK;
+            OpA::load(as[stage], q.pa, a_stride, row0, rows, k0, k_end);
+            OpB::load(bs[stage], q.pb, b_stride, col0, cols, k0, k_end);
+        };
+        float acc[MI][NI][4];
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+            for (int j = 0; j < NI; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+#pragma unroll
+        for (int s = 0; s < PIPE_STAGES - 1; ++s) {
+            if (s < tiles) load(s, s);
+            cp_async_commit();  // one group per tile, empty ones included, so the count is exact
+        }
+        for (int t = 0; t < tiles; ++t) {
+            cp_async_wait<PIPE_STAGES - 2>();  // tile t has landed (this thread's part of it)
+            __syncthreads();                   // ...every thread's, and tile t - 1 is consumed
+            const int next = t + PIPE_STAGES - 1;
+            if (next < tiles) load(next % PIPE_STAGES, next);
+            cp_async_commit();
+            const unsigned short* a_tile = as[t % PIPE_STAGES];
+            const unsigned short* b_tile = bs[t % PIPE_STAGES];
+#pragma unroll
+            for (int kk = 0; kk < PIPE_BK; kk += 16) {
+                unsigned fa[MI][4], fb[NI / 2][4];
+#pragma unroll
+                for (int i = 0; i < MI; ++i) OpA::fragments(fa[i], a_tile, warp_row + 16 * i, kk, true);
+#pragma unroll
+                for (int j = 0; j < NI / 2; ++j) OpB::fragments(fb[j], b_tile, warp_col + 16 * j, kk, false);
+#pragma unroll
+                for (int i = 0; i < MI; ++i)
+#pragma unroll
+                    for (int j = 0; j < NI; ++j) {
+                        const unsigned b[2] = {fb[j / 2][2 * (j % 2)], fb[j / 2][2 * (j % 2) + 1]};
+                        mma_16816<T>(acc[i][j], fa[i], b);
+                    }
+            }
+        }
+        cp_async_wait<0>();
+        __syncthreads();  // the next tile of the grid-stride loop reuses the stages
+        // Accumulator element e of fragment (i, j): row group (+8 for e >= 2), column
+        // 2 tig + (e & 1).
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+            for (int j = 0; j < NI; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const i64 r = row0 + warp_row + 16 * i + group + 8 * (e / 2);
+                    const i64 c = col0 + warp_col + 8 * j + 2 * tig + (e & 1);
+                    if (r < rows && c < cols) q.store(r, c, acc[i][j][e]);
+                }
+    });
+}
