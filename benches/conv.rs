@@ -1,8 +1,9 @@
 //! conv2d forward and forward+backward on the three layers, and one LeNet-5 training
 //! step at batch 256 with SGD momentum. The GPU runs every case (synchronising inside the
-//! timed closure); the CPU reference only the small ones. FLOP/s are reported as criterion
-//! "elements". PyTorch twin: `benches/peer/conv.py` (cuDNN, TF32 off), to be run in the same
-//! device session; ratios and the card go in docs/benchmarks.md.
+//! timed closure); the CPU (when there is no GPU, or with `NABLA_BENCH_CPU=1`) only the small
+//! ones. FLOP/s are reported as criterion "elements". PyTorch twin: `benches/peer/conv.py`
+//! (cuDNN, TF32 off), to be run in the same device session; ratios and the card go in
+//! docs/benchmarks.md.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nabla::nn::{ConvNet, Module};
@@ -12,6 +13,9 @@ use nabla::{Conv2dOptions, DType, Device, Generator, Tensor};
 /// Tensors start on cache lines (see `nabla::cpu::CacheAligned`).
 #[global_allocator]
 static ALLOCATOR: nabla::cpu::CacheAligned = nabla::cpu::CacheAligned;
+
+mod common;
+use common::devices;
 
 struct Layer {
     name: &'static str,
@@ -58,14 +62,6 @@ fn layers() -> Vec<Layer> {
             on_cpu: false,
         },
     ]
-}
-
-fn devices() -> Vec<Device> {
-    let mut out = vec![Device::Cpu];
-    if nabla::cuda::device_count() > 0 {
-        out.push(Device::Cuda(0));
-    }
-    out
 }
 
 fn conv(c: &mut Criterion) {

@@ -1,9 +1,9 @@
-//! Criterion benches of the core kernels on the CPU and, when present, the GPU (the CPU sizes are
-//! the rows of the CPU table in docs/benchmarks.md):
-//! elementwise add and sum (bytes moved per second), softmax over rows, and f32/TF32/f16/bf16 matmul
-//! (FLOP/s, reported by criterion as "elements" per second; f16/bf16 with both versions of the
-//! tensor-core GEMM). GPU iterations end with a device
-//! synchronize inside the measured closure, so they time the kernels, not the queueing.
+//! Criterion benches of the core kernels on the GPU when one is present, else on the CPU
+//! (`NABLA_BENCH_CPU=1`: both; the CPU sizes are the rows of the CPU table in
+//! docs/benchmarks.md): elementwise add and sum (bytes moved per second), softmax over rows, and
+//! f32/TF32/f16/bf16 matmul (FLOP/s, reported by criterion as "elements" per second; f16/bf16
+//! with both versions of the tensor-core GEMM). GPU iterations end with a device synchronize
+//! inside the measured closure, so they time the kernels, not the queueing.
 //!
 //! `cargo bench --bench ops`; on the GPU machine through ../shared/gpu (see docs/benchmarks.md).
 
@@ -14,13 +14,8 @@ use nabla::{DType, Device, Generator, Tensor};
 #[global_allocator]
 static ALLOCATOR: nabla::cpu::CacheAligned = nabla::cpu::CacheAligned;
 
-fn devices() -> Vec<Device> {
-    let mut out = vec![Device::Cpu];
-    if nabla::cuda::device_count() > 0 {
-        out.push(Device::Cuda(0));
-    }
-    out
-}
+mod common;
+use common::devices;
 
 /// Larger problems on the GPU, where small ones only measure launch latency.
 fn size(device: Device, cpu: usize, gpu: usize) -> usize {

@@ -7,17 +7,16 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use nabla::nn::{Activation, Gpt, GptConfig, Mlp, Module};
 use nabla::optim::{Adam, AdamConfig, Optimizer};
 use nabla::train::text::next_token_loss;
-use nabla::{DType, Device, Generator, Precision, Tensor};
+use nabla::{DType, Generator, Precision, Tensor};
 
 /// Tensors start on cache lines (see `nabla::cpu::CacheAligned`).
 #[global_allocator]
 static ALLOCATOR: nabla::cpu::CacheAligned = nabla::cpu::CacheAligned;
 
+mod common;
+
 fn step(c: &mut Criterion) {
-    let mut devices = vec![Device::Cpu];
-    if nabla::cuda::device_count() > 0 {
-        devices.push(Device::Cuda(0));
-    }
+    let devices = common::devices();
     for batch in [64, 256] {
         let mut group = c.benchmark_group(format!("mlp_784_512_512_10_adam_batch{batch}"));
         for &device in &devices {
@@ -45,10 +44,7 @@ fn step(c: &mut Criterion) {
 /// products autocast to bf16 (`--precision bf16`; its PyTorch twin: `benches/peer/char_gpt.py`,
 /// whose whole run is the comparison in docs/benchmarks.md).
 fn gpt_step(c: &mut Criterion) {
-    let mut devices = vec![Device::Cpu];
-    if nabla::cuda::device_count() > 0 {
-        devices.push(Device::Cuda(0));
-    }
+    let devices = common::devices();
     let mut group = c.benchmark_group("char_gpt_adamw_step");
     group.sample_size(10);
     for device in devices {
