@@ -79,15 +79,22 @@ fn softmax(c: &mut Criterion) {
 }
 
 fn matmul(c: &mut Criterion) {
-    // f32 twice: as f32, then as TF32 on the tensor cores (GPU only, as PyTorch's "high").
-    for (dtype, precision) in
-        [(DType::F32, "highest"), (DType::F32, "high"), (DType::F16, "highest"), (DType::BF16, "highest")]
-    {
+    // (row, dtype, f32 precision, tensor-core GEMM version, GPU only): f32 twice, as f32 and as
+    // TF32 (as PyTorch's "high"); f16 and bf16 with version 1 and with version 2 of the
+    // tensor-core GEMM (cp.async pipeline, ldmatrix; opt-in until timed here). TF32, bf16 and
+    // version 2 are GPU rows (the CPU computes f32 as f32, and its 16-bit path is f16's).
+    let rows = [
+        ("f32", DType::F32, "highest", 1, false),
+        ("tf32", DType::F32, "high", 1, true),
+        ("f16", DType::F16, "highest", 1, false),
+        ("bf16", DType::BF16, "highest", 1, true),
+        ("f16_v2", DType::F16, "highest", 2, true),
+        ("bf16_v2", DType::BF16, "highest", 2, true),
+    ];
+    for (name, dtype, precision, version, gpu_only) in rows {
         nabla::set_float32_matmul_precision(precision).unwrap();
-        let name = if precision == "high" { "tf32".to_string() } else { dtype.to_string() };
+        nabla::cuda::gemm::set_tensor_core_gemm(version).unwrap();
         let mut group = c.benchmark_group(format!("matmul_{name}_flops"));
-        // TF32 and bf16 are GPU rows (the CPU computes f32 as f32, and its 16-bit path is f16's).
-        let gpu_only = precision == "high" || dtype == DType::BF16;
         for device in devices().into_iter().filter(|d| d.is_cuda() || !gpu_only) {
             let n = size(device, 1024, 4096);
             let (a, b) = (randn(&[n, n], dtype, device), randn(&[n, n], dtype, device));
@@ -103,26 +110,7 @@ fn matmul(c: &mut Criterion) {
         group.finish();
     }
     nabla::set_float32_matmul_precision("highest").unwrap();
-    // Version 2 of the tensor-core GEMM (cp.async pipeline, ldmatrix; opt-in until timed here),
-    // beside version 1's f16 and bf16 rows above.
-    if let Some(device) = devices().into_iter().find(|d| d.is_cuda()) {
-        nabla::cuda::gemm::set_tensor_core_gemm(2).unwrap();
-        for dtype in [DType::F16, DType::BF16] {
-            let mut group = c.benchmark_group(format!("matmul_{dtype}_v2_flops"));
-            let n = size(device, 1024, 4096);
-            let (a, b) = (randn(&[n, n], dtype, device), randn(&[n, n], dtype, device));
-            group.throughput(Throughput::Elements(2 * (n * n * n) as u64));
-            group.bench_function(BenchmarkId::new(device.to_string(), n), |bench| {
-                bench.iter(|| {
-                    let out = a.matmul(&b).unwrap();
-                    device.synchronize().unwrap();
-                    out
-                })
-            });
-            group.finish();
-        }
-        nabla::cuda::gemm::set_tensor_core_gemm(1).unwrap();
-    }
+    nabla::cuda::gemm::set_tensor_core_gemm(1).unwrap();
 }
 
 criterion_group! {

@@ -133,20 +133,19 @@ pub fn pipelined_layout(
     others: impl IntoIterator<Item = i64>,
 ) -> Option<&'static str> {
     let multiple = |v: i64| v % 8 == 0;
-    let a_k_major = if a_strides.1 == 1 && multiple(a_strides.0) && multiple(k) {
-        true
-    } else if a_strides.0 == 1 && multiple(a_strides.1) && multiple(m) {
-        false
-    } else {
-        return None;
+    // k-major (true) when contiguous along the depth, mn-major (false) when along its other axis,
+    // for an operand whose strides along the depth and across it are given, `extent` across.
+    let major = |along_k: i64, across: i64, extent: i64| {
+        if along_k == 1 && multiple(across) && multiple(k) {
+            Some(true)
+        } else if across == 1 && multiple(along_k) && multiple(extent) {
+            Some(false)
+        } else {
+            None
+        }
     };
-    let b_k_major = if b_strides.0 == 1 && multiple(b_strides.1) && multiple(k) {
-        true
-    } else if b_strides.1 == 1 && multiple(b_strides.0) && multiple(n) {
-        false
-    } else {
-        return None;
-    };
+    let a_k_major = major(a_strides.1, a_strides.0, m)?;
+    let b_k_major = major(b_strides.0, b_strides.1, n)?;
     if !others.into_iter().all(multiple) {
         return None;
     }

@@ -252,13 +252,12 @@ fn matmul_forward(
                 && crate::cuda::gemm::tensor_core_gemm() == 2
                 && crate::cuda::gemm::uses_tensor_cores(dtype, &dev);
             let layout = || {
-                let dims = r;
-                let others = [p.a_offset, p.b_offset].into_iter().chain(p.a_batch_strides[..dims].iter().copied());
+                let batch_strides = p.a_batch_strides[..r].iter().chain(&p.b_batch_strides[..r]);
                 crate::cuda::gemm::pipelined_layout(
                     (p.m, p.n, p.k),
                     (p.a_row_stride, p.a_col_stride),
                     (p.b_row_stride, p.b_col_stride),
-                    others.chain(p.b_batch_strides[..dims].iter().copied()),
+                    [p.a_offset, p.b_offset].into_iter().chain(batch_strides.copied()),
                 )
             };
             let (kernel, cfg) = match pipelined.then(layout).flatten() {
