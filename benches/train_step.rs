@@ -47,7 +47,7 @@ fn gpt_step(c: &mut Criterion) {
     let devices = common::devices();
     let mut group = c.benchmark_group("char_gpt_adamw_step");
     group.sample_size(10);
-    for device in devices {
+    for &device in &devices {
         let (layers, heads, width, context, batch) =
             if device.is_cuda() { (6, 6, 384, 256, 64) } else { (4, 4, 128, 64, 12) };
         let mut rng = Generator::new(0);
@@ -56,10 +56,18 @@ fn gpt_step(c: &mut Criterion) {
         let mut opt = Adam::new(model.parameters(), AdamConfig::adamw(1e-3)).unwrap();
         let x = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
         let y = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
-        let precisions: &[Precision] =
-            if device.is_cuda() { &[Precision::F32, Precision::Bf16] } else { &[Precision::F32] };
-        for &precision in precisions {
-            let name = format!("{device}/{precision}/{layers}x{width}_context{context}_batch{batch}");
+        // (precision, tensor-core GEMM version): bf16 with both versions of the GEMM.
+        let rows: &[(Precision, u8)] = if device.is_cuda() {
+            &[(Precision::F32, 1), (Precision::Bf16, 1), (Precision::Bf16, 2)]
+        } else {
+            &[(Precision::F32, 1)]
+        };
+        for &(precision, version) in rows {
+            let gemm = if version == 1 { String::new() } else { format!("_gemm_v{version}") };
+            let name = format!("{device}/{precision}{gemm}/{layers}x{width}_context{context}_batch{batch}");
+            if device.is_cuda() {
+                nabla::cuda::gemm::set_tensor_core_gemm(version).unwrap();
+            }
             group.bench_function(name, |b| {
                 b.iter(|| {
                     opt.zero_grad();
@@ -71,6 +79,9 @@ fn gpt_step(c: &mut Criterion) {
         }
     }
     group.finish();
+    if devices.iter().any(|d| d.is_cuda()) {
+        nabla::cuda::gemm::set_tensor_core_gemm(1).unwrap();
+    }
 }
 
 criterion_group! {

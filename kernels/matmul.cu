@@ -26,7 +26,12 @@ struct MatmulBatch {
     __device__ A a(const T* row, i64 k) const { return (A)up(row[k * a_cs]); }
     __device__ A b(const T* column, i64 k) const { return (A)up(column[k * b_rs]); }
     const T* bias;  // [n], added to every row when Bias
+    A* partial;     // this split's m x n partial sums when the depth is split, else null
     __device__ void store(i64 r, i64 col, A v) const {
+        if (partial) {
+            partial[r * n + col] = v;
+            return;
+        }
         if (Bias) v += (A)up(bias[col]);
         pc[r * n + col] = down<T>(v);
     }
@@ -45,8 +50,8 @@ struct MatmulProblem {
     __device__ i64 cols() const { return p.n; }
     __device__ i64 depth() const { return p.k; }
     __device__ i64 groups() const { return p.batch; }
-    __device__ i64 splits() const { return 1; }
-    __device__ MatmulBatch<T, Bias> group(i64 batch, i64) const {
+    __device__ i64 splits() const { return p.splits; }
+    __device__ MatmulBatch<T, Bias> group(i64 batch, i64 split) const {
         i64 a_base = p.a_offset, b_base = p.b_offset, rest = batch;
         for (int d = (int)p.batch_ndim - 1; d >= 0; --d) {
             const i64 idx = rest % p.batch_shape[d];
@@ -59,6 +64,8 @@ struct MatmulProblem {
         q.pb = b + b_base;
         q.bias = bias;
         q.pc = c + batch * p.m * p.n;
+        typedef typename Acc<T>::type A;
+        q.partial = p.splits > 1 ? (A*)(void*)c + (split * p.batch + batch) * p.m * p.n : nullptr;
         q.a_rs = p.a_row_stride;
         q.a_cs = p.a_col_stride;
         q.b_rs = p.b_row_stride;
@@ -127,6 +134,27 @@ GEMM_INSTANTIATE(MATMUL_TC, float, f32, 1, 2) GEMM_INSTANTIATE(LINEAR_TC, float,
     KERNEL(T, tname, mn, false, false)
 V2_LAYOUTS(MATMUL_V2, f16, f16) V2_LAYOUTS(MATMUL_V2, bf16, bf16)
 V2_LAYOUTS(LINEAR_V2, f16, f16) V2_LAYOUTS(LINEAR_V2, bf16, bf16)
+
+// The second half of a split-depth product: C[i] = the splits' partial sums at i (Acc<T>,
+// [splits][count]) added in split order, so the result does not depend on scheduling, plus
+// bias[i % n] when has_bias, narrowed to T. Memory bound: splits + 1 reads and one write an
+// element.
+template <typename T>
+__device__ void split_sum(const typename Acc<T>::type* partial, const T* bias, T* c, i64 count, i64 splits, i64 n,
+                          i64 has_bias) {
+    GRID_STRIDE_LOOP(i, count) {
+        typename Acc<T>::type v = partial[i];
+        for (i64 s = 1; s < splits; ++s) v += partial[s * count + i];
+        if (has_bias) v += (typename Acc<T>::type)up(bias[i % n]);
+        c[i] = down<T>(v);
+    }
+}
+#define SPLIT_SUM(T, tname) \
+    extern "C" __global__ void matmul_split_sum_##tname(const Acc<T>::type* partial, const T* bias, T* c, i64 count, \
+                                                        i64 splits, i64 n, i64 has_bias) { \
+        split_sum<T>(partial, bias, c, count, splits, n, has_bias); \
+    }
+SPLIT_SUM(float, f32) SPLIT_SUM(double, f64) SPLIT_SUM(f16, f16) SPLIT_SUM(bf16, bf16)
 
 // One warp: the ldmatrix intrinsics on a 16 x 16 matrix of 16-bit values (row-major in `m`):
 // matrix j of the x4 load is rows 8 (j % 2).., columns 8 (j / 2).. (the A-fragment order); each

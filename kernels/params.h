@@ -37,6 +37,10 @@ struct MatmulParams {
     long long b_offset;
     long long b_row_stride;
     long long b_col_stride;
+    // Depth splits (1: none). With more, split s of batch entry b writes its partial product,
+    // without the bias, to the Acc<T> workspace the host passes as C, at (s batch + b) m n; then
+    // matmul_split_sum_* adds the splits up (and the bias) into C.
+    long long splits;
 };
 
 // A reduction of `outer` rows of `inner` elements each. Element (row, i) is logical element

@@ -60,14 +60,27 @@ pub fn plan(
     let blocks = |(tm, tn, _): (usize, usize, &str)| rows.div_ceil(tm) * cols.div_ceil(tn) * groups;
     let big = if rows <= WIDE.0 { WIDE } else { LARGE };
     let shape = if blocks(big) >= multiprocessors { big } else { SMALL };
-    let wanted = (2 * multiprocessors).div_ceil(blocks(shape).max(1));
-    let splits = wanted.min(depth / MIN_SPLIT_DEPTH).min(max_splits).max(1);
+    let splits = depth_splits(blocks(shape), depth, multiprocessors, max_splits);
     let grid = (
         cols.div_ceil(shape.1).clamp(1, 1 << 30) as u32,
         rows.div_ceil(shape.0).clamp(1, 65535) as u32,
         (groups * splits).clamp(1, 65535) as u32,
     );
     GemmPlan { tile: (shape.0, shape.1), infix: shape.2, splits, grid }
+}
+
+/// Depth splits for `blocks` blocks of a GEMM `depth` deep: enough for about two blocks per SM,
+/// each split at least `MIN_SPLIT_DEPTH` deep, at most `max_splits`; 1 means none.
+fn depth_splits(blocks: usize, depth: usize, multiprocessors: usize, max_splits: usize) -> usize {
+    let wanted = (2 * multiprocessors).div_ceil(blocks.max(1));
+    wanted.min(depth / MIN_SPLIT_DEPTH).min(max_splits).max(1)
+}
+
+/// The most depth splits a matrix product takes: each split writes an f32 partial product of
+/// `count` = batch x m x n elements, so the workspace stays under 2^25 elements (128 MiB of f32)
+/// and at most 64 splits.
+pub fn max_matmul_splits(count: usize) -> usize {
+    ((1usize << 25) / count.max(1)).clamp(1, 64)
 }
 
 /// How f32 matrix products may run, as PyTorch's `torch.set_float32_matmul_precision`: 0
@@ -98,13 +111,25 @@ pub fn float32_matmul_precision() -> &'static str {
 }
 
 /// Which tensor-core GEMM runs f16/bf16 matrix products and linear layers: 1, the engine every
-/// product can use (`kernels/mma_gemm.cuh`, the default), or 2, the `cp.async` pipeline with
-/// `ldmatrix` (`kernels/mma_pipeline.cuh`) wherever [`pipelined_layout`] accepts the operands.
-static TENSOR_CORE_GEMM: AtomicU8 = AtomicU8::new(1);
+/// product can use (`kernels/mma_gemm.cuh`), or 2 (the default), the `cp.async` pipeline with
+/// `ldmatrix` (`kernels/mma_pipeline.cuh`) wherever [`pipelined_layout`] accepts the operands
+/// (12.7x version 1's speed for bf16 at 4096³ on an H200).
+/// 0 means not chosen yet: the first use reads `NABLA_TENSOR_CORE_GEMM`.
+static TENSOR_CORE_GEMM: AtomicU8 = AtomicU8::new(0);
+
+/// The version when the program has not chosen one: `NABLA_TENSOR_CORE_GEMM` (1 or 2), else 2.
+/// Any other value of the variable is ignored, as `NABLA_NUM_THREADS` ignores one.
+fn default_tensor_core_gemm() -> u8 {
+    std::env::var("NABLA_TENSOR_CORE_GEMM")
+        .ok()
+        .and_then(|v| v.trim().parse::<u8>().ok())
+        .filter(|v| (1..=2).contains(v))
+        .unwrap_or(2)
+}
 
 /// Chooses the tensor-core GEMM version for f16/bf16 matmuls and linear layers on a GPU, for the
-/// whole process: 1 (the default) or 2. Version 2 is opt-in until a GPU has timed it against
-/// version 1 (the bench `matmul_*_flops` runs both); products it cannot take keep version 1.
+/// whole process: 1 or 2 (the default; `NABLA_TENSOR_CORE_GEMM` chooses without code). Products
+/// version 2 cannot take run on version 1 either way; the bench `matmul_*_flops` times both.
 /// Any other version is an error.
 pub fn set_tensor_core_gemm(version: u8) -> crate::Result<()> {
     if !(1..=2).contains(&version) {
@@ -114,9 +139,20 @@ pub fn set_tensor_core_gemm(version: u8) -> crate::Result<()> {
     Ok(())
 }
 
-/// The tensor-core GEMM version in force (see [`set_tensor_core_gemm`]).
+/// The tensor-core GEMM version in force (see [`set_tensor_core_gemm`]; without a call,
+/// `NABLA_TENSOR_CORE_GEMM`, else 2).
 pub fn tensor_core_gemm() -> u8 {
-    TENSOR_CORE_GEMM.load(Ordering::Relaxed)
+    match TENSOR_CORE_GEMM.load(Ordering::Relaxed) {
+        0 => {
+            let version = default_tensor_core_gemm();
+            // A concurrent set_tensor_core_gemm wins over the environment.
+            match TENSOR_CORE_GEMM.compare_exchange(0, version, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => version,
+                Err(chosen) => chosen,
+            }
+        }
+        version => version,
+    }
 }
 
 /// The operand layout of version 2's kernel for `m` x `k` times `k` x `n` products, as its name
@@ -157,16 +193,27 @@ pub fn pipelined_layout(
     })
 }
 
-/// The launch of version 2's kernel for `rows` x `cols` products in `groups` batch entries: one
-/// 256-thread block per 128 x 128 tile of C (grid axes beyond the hardware's limits are covered
-/// by the kernel's loops), 48 KiB of static shared memory.
-pub fn pipelined_config(rows: usize, cols: usize, groups: usize) -> LaunchConfig {
+/// The launch of version 2's kernel for `groups` batch entries of `rows` x `cols` products
+/// `depth` deep on a card with `multiprocessors` SMs, and its depth splits (at most
+/// `max_splits`; 1: none): one 256-thread block per 128 x 128 tile of C and split (grid axes
+/// beyond the hardware's limits are covered by the kernel's loops), 48 KiB of static shared
+/// memory. Products with fewer tiles than SMs split their depth as [`plan`] does: the weight
+/// gradient of a 384 x 384 linear layer over 16,384 tokens has 9 tiles, which alone would leave
+/// 123 of an H200's 132 SMs idle.
+pub fn pipelined_config(
+    (rows, cols, depth): (usize, usize, usize),
+    groups: usize,
+    multiprocessors: usize,
+    max_splits: usize,
+) -> (LaunchConfig, usize) {
+    let blocks = rows.div_ceil(128) * cols.div_ceil(128) * groups;
+    let splits = if blocks < multiprocessors { depth_splits(blocks, depth, multiprocessors, max_splits) } else { 1 };
     let grid = (
         cols.div_ceil(128).clamp(1, 1 << 30) as u32,
         rows.div_ceil(128).clamp(1, 65535) as u32,
-        groups.clamp(1, 65535) as u32,
+        (groups * splits).clamp(1, 65535) as u32,
     );
-    LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+    (LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }, splits)
 }
 
 /// Runs the `ldmatrix` intrinsics on `dev` (sm_80+) over a 16 x 16 matrix of 16-bit values

@@ -33,6 +33,7 @@ pub struct MatmulParams {
     pub b_offset: i64,
     pub b_row_stride: i64,
     pub b_col_stride: i64,
+    pub splits: i64,
 }
 
 /// Mirror of `struct ReduceParams` in kernels/params.h.

@@ -27,8 +27,9 @@ pub(crate) fn kernel_names() -> Vec<String> {
             .into_iter()
             .flat_map(move |l| [format!("matmul_v2_{l}_{d}"), format!("linear_v2_{l}_{d}")])
     });
+    let split_sums = DType::ALL.iter().filter(|d| d.is_float()).map(|d| format!("matmul_split_sum_{d}"));
     let probes = ["mma_probe_bf16", "mma_probe_f16", "mma_probe_tf32", "ldmatrix_probe"].map(String::from);
-    fma.chain(tensor_cores).chain(pipelined).chain(probes).collect()
+    fma.chain(tensor_cores).chain(pipelined).chain(split_sums).chain(probes).collect()
 }
 
 impl Tensor {
@@ -260,28 +261,59 @@ fn matmul_forward(
                     [p.a_offset, p.b_offset].into_iter().chain(batch_strides.copied()),
                 )
             };
-            let (kernel, cfg) = match pipelined.then(layout).flatten() {
+            let (sms, max_splits) = (dev.multiprocessors(), crate::cuda::gemm::max_matmul_splits(batch * m * n));
+            let (kernel, cfg, splits) = match pipelined.then(layout).flatten() {
                 Some(layout) => {
-                    (format!("{base}_v2_{layout}_{dtype}"), crate::cuda::gemm::pipelined_config(m, n, batch))
+                    let (cfg, splits) = crate::cuda::gemm::pipelined_config((m, n, k), batch, sms, max_splits);
+                    (format!("{base}_v2_{layout}_{dtype}"), cfg, splits)
                 }
                 None => {
-                    let plan = crate::cuda::gemm::plan(m, n, k, batch, dev.multiprocessors(), 1);
-                    (plan.kernel(&crate::cuda::gemm::engine_base(base, dtype, &dev), dtype), plan.config())
+                    let plan = crate::cuda::gemm::plan(m, n, k, batch, sms, max_splits);
+                    (plan.kernel(&crate::cuda::gemm::engine_base(base, dtype, &dev), dtype), plan.config(), plan.splits)
                 }
             };
+            p.splits = splits as i64;
+            // A split depth writes partial products to a workspace in the accumulation type.
+            let accumulation = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+            let mut partial =
+                if splits > 1 { Some(dev.alloc(OP, accumulation, splits * batch * m * n)?) } else { None };
             let f = dev.function(OP, "matmul", &kernel)?;
             let bias_storage = bias.map(|b| b.storage());
+            let bias_buf = match &bias_storage {
+                Some(StorageRef::Cuda(sbias)) => Some(&sbias.buf),
+                _ => None,
+            };
             let mut launch = dev.stream.launch_builder(&f);
             launch.arg(&sa.buf).arg(&sb.buf);
-            if let Some(StorageRef::Cuda(sbias)) = &bias_storage {
-                launch.arg(&sbias.buf);
+            if let Some(buf) = bias_buf {
+                launch.arg(buf);
             }
-            launch.arg(&mut out.buf).arg(&p);
+            match &mut partial {
+                Some(ws) => launch.arg(&mut ws.buf),
+                None => launch.arg(&mut out.buf),
+            };
+            launch.arg(&p);
             // SAFETY: matmul_<T>(const T* a, const T* b, T* c, MatmulParams) and linear_<T>(a,
             // b, const T* bias, c, params) read A and B through the params' strides (inside
             // their buffers, as the views are) and the dense [n] bias, and write batch * m * n
-            // contiguous elements of C.
+            // contiguous elements of C, or with p.splits > 1 splits * batch * m * n partial sums
+            // in the accumulation type to the workspace passed as C.
             unsafe { launch.launch(cfg) }.map_err(|e| launch_error(OP, &kernel, e))?;
+            if let Some(ws) = &partial {
+                let sum = format!("matmul_split_sum_{dtype}");
+                let f = dev.function(OP, "matmul", &sum)?;
+                let (count, splits, n, has_bias) =
+                    ((batch * m * n) as i64, splits as i64, n as i64, bias_buf.is_some() as i64);
+                let mut launch = dev.stream.launch_builder(&f);
+                launch.arg(&ws.buf).arg(bias_buf.unwrap_or(&ws.buf)).arg(&mut out.buf);
+                launch.arg(&count).arg(&splits).arg(&n).arg(&has_bias);
+                // SAFETY: matmul_split_sum_<T>(const Acc* partial, const T* bias, T* c, i64
+                // count, i64 splits, i64 n, i64 has_bias) reads splits * count partial sums and,
+                // when has_bias, the [n] bias (else the stand-in is never read), and writes
+                // count elements of C.
+                unsafe { launch.launch(crate::cuda::elementwise_config(count as usize)) }
+                    .map_err(|e| launch_error(OP, &sum, e))?;
+            }
             Ok(Tensor::from_cuda(out, &out_shape))
         }
         _ => unreachable!("check_same rejects mixed devices"),

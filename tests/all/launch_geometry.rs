@@ -71,3 +71,21 @@ fn multiply_and_shift_division_is_exact_below_2_pow_31() {
         assert_eq!(divide(n, d.min(i32::MAX as u32)), n / d.min(i32::MAX as u32), "{n} / {d}");
     }
 }
+
+#[test]
+fn matrix_products_with_fewer_tiles_than_sms_split_their_depth() {
+    use nabla::cuda::gemm::{max_matmul_splits, pipelined_config};
+    // The char-GPT's weight gradients over 64 x 256 tokens: 9 tiles of 128 x 128 for the
+    // 384 x 384 projection, which alone would leave 123 of 132 SMs idle.
+    let (cfg, splits) = pipelined_config((384, 384, 16384), 1, 132, max_matmul_splits(384 * 384));
+    assert_eq!(splits, 30);
+    assert_eq!(cfg.grid_dim, (3, 3, 30));
+    // 36 tiles: 8 splits; a product that fills the card, or a shallow one, keeps one.
+    assert_eq!(pipelined_config((1536, 384, 16384), 1, 132, 64).1, 8);
+    assert_eq!(pipelined_config((4096, 4096, 4096), 1, 132, 64).1, 1);
+    assert_eq!(pipelined_config((384, 384, 600), 1, 132, 64).1, 1);
+    // The workspace of partial products stays under 2^25 elements.
+    assert_eq!(max_matmul_splits(384 * 384), 64);
+    assert_eq!(max_matmul_splits(1 << 22), 8);
+    assert_eq!(max_matmul_splits(1 << 30), 1);
+}

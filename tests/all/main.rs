@@ -18,6 +18,7 @@ mod gpu_vs_cpu;
 mod gradients;
 mod kernels_compile;
 mod launch_geometry;
+mod matmul_splits;
 mod metrics;
 mod mixed_precision;
 mod nn;
