@@ -91,6 +91,16 @@ struct FastDiv {
     long long shift;
 };
 
+// A view of fewer than 2^31 elements for kernels that gather through it: logical index i
+// unravels over `shape` by multiply and shift (FastDiv; shape[d].divisor is the extent of dim
+// d), a fraction of the cost of StridedLayout's 64-bit divisions.
+struct GatherLayout {
+    long long ndim;
+    long long offset;
+    struct FastDiv shape[NABLA_MAX_DIMS];
+    long long strides[NABLA_MAX_DIMS];
+};
+
 // Up to NABLA_MAX_TENSORS parameters updated by one optimizer launch, with their buffers as
 // device addresses. Tensor t has numel[t] elements and owns blocks first_block[t] ..
 // first_block[t + 1] - 1, each covering `chunk` consecutive elements. The per-tensor step state:

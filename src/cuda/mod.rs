@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 // SAFETY: plain #[repr(C)] structs of i64/f64 fields, mirrored from kernels/params.h.
 unsafe impl DeviceRepr for params::StridedLayout {}
+unsafe impl DeviceRepr for params::GatherLayout {}
 unsafe impl DeviceRepr for params::MatmulParams {}
 unsafe impl DeviceRepr for params::ReduceParams {}
 unsafe impl DeviceRepr for params::SgdParams {}
@@ -279,6 +280,22 @@ pub(crate) fn launch_error(op: &'static str, kernel: &str, e: DriverError) -> Er
 pub(crate) fn elementwise_config(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, 1 << 16) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ELEMENTWISE_THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The kernel-side description of a view of fewer than 2^31 elements for the gathering kernels
+/// (`gather_offset` in kernels/nabla.cuh), or `None` when it is larger or has more than
+/// NABLA_MAX_DIMS dims.
+pub(crate) fn gather_layout(layout: &Layout) -> Option<params::GatherLayout> {
+    if layout.rank() > NABLA_MAX_DIMS || layout.numel() >= 1 << 31 {
+        return None;
+    }
+    let mut out =
+        params::GatherLayout { ndim: layout.rank() as i64, offset: layout.offset() as i64, ..Default::default() };
+    for (d, (&size, &stride)) in layout.shape().iter().zip(layout.strides()).enumerate() {
+        out.shape[d] = params::FastDiv::new(size);
+        out.strides[d] = stride as i64;
+    }
+    Some(out)
 }
 
 /// The kernel-side description of a view; CUDA kernels take at most NABLA_MAX_DIMS dims.

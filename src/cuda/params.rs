@@ -80,6 +80,16 @@ pub struct FastDiv {
     pub shift: i64,
 }
 
+/// Mirror of `struct GatherLayout` in kernels/params.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GatherLayout {
+    pub ndim: i64,
+    pub offset: i64,
+    pub shape: [FastDiv; NABLA_MAX_DIMS],
+    pub strides: [i64; NABLA_MAX_DIMS],
+}
+
 /// Mirror of `NABLA_MAX_TENSORS`.
 pub const NABLA_MAX_TENSORS: usize = 24;
 

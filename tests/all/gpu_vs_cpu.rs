@@ -309,6 +309,13 @@ fn casts_copies_cat_and_stack_match_cpu_reference_exactly() {
                 compare(&format!("cast {from} -> {to} transposed"), dev, std::slice::from_ref(&x), (0.0, 0.0), |t| {
                     t[0].t()?.to_dtype(to)
                 });
+                // Dense slices whose first element is 16-byte aligned (row 16 of 65) or not (row 1).
+                for first in [1, 16] {
+                    let what = format!("cast {from} -> {to} of rows {first}..");
+                    compare(&what, dev, std::slice::from_ref(&x), (0.0, 0.0), |t| {
+                        t[0].narrow(0, first, 17)?.to_dtype(to)
+                    });
+                }
             }
             compare(&format!("contiguous {from}"), dev, std::slice::from_ref(&x), (0.0, 0.0), |t| {
                 t[0].permute(&[1, 0])?.narrow(0, 5, 50)?.contiguous()
