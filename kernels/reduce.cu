@@ -132,31 +132,48 @@ ARG_REDUCE(float, f32) ARG_REDUCE(double, f64) ARG_REDUCE(f16, f16) ARG_REDUCE(b
 
 // Column sums of a dense row-major [rows, cols] matrix (a reduction over the leading dims, such
 // as a bias gradient summed over a batch): out[c] = scale Σ_r x[offset + r cols + c]. A block of
-// 256 threads owns 32 adjacent columns: each warp reads 32 neighbouring elements of a row (one
-// coalesced transaction), the 8 warps stride down the rows, and shared memory folds the 8
-// partial sums in a fixed order. Memory bound, with every load coalesced (the row kernel above
-// would read such a column with a stride of `cols`).
-template <typename T>
-__device__ void reduce_cols_sum(const T* x, T* out, i64 rows, i64 cols, i64 offset, double scale) {
+// 256 threads owns 32 adjacent columns and `chunk` rows (blockIdx.y picks which): each warp
+// reads 32 neighbouring elements of a row (one coalesced transaction), the 8 warps stride down
+// the rows, and shared memory folds the 8 partial sums in a fixed order. With one chunk the
+// block writes the finished sum; with several (a bias gradient over 16,384 tokens and 384
+// columns is 12 blocks of columns, too few for a GPU's SMs) it writes its partial sum to row
+// blockIdx.y of `out` [chunks, cols] in the accumulation type, and the fold kernel adds the
+// chunks up in order. Memory bound, every load coalesced, deterministic.
+template <typename T, typename O, bool Finish>
+__device__ void reduce_cols(const T* x, O* out, i64 rows, i64 cols, i64 offset, double scale, i64 chunk) {
     typedef typename Acc<T>::type A;
     __shared__ A part[8][33];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const i64 c = (i64)blockIdx.x * 32 + lane;
+    const i64 first = (i64)blockIdx.y * chunk, end = first + chunk < rows ? first + chunk : rows;
     A sum = A(0);
     if (c < cols)
-        for (i64 r = warp; r < rows; r += 8) sum += (A)up(x[offset + r * cols + c]);
+        for (i64 r = first + warp; r < end; r += 8) sum += (A)up(x[offset + r * cols + c]);
     part[warp][lane] = sum;
     __syncthreads();
     if (warp == 0 && c < cols) {
         A total = A(0);
         for (int w = 0; w < 8; ++w) total += part[w][lane];
-        out[c] = down<T>(SumOp::finish(total, scale));
+        if constexpr (Finish)
+            out[c] = down<O>(SumOp::finish(total, scale));
+        else
+            out[(i64)blockIdx.y * cols + c] = total;
     }
 }
 
+// reduce_cols_sum_*: one chunk, T to T. reduce_cols_partial_*: T to its accumulation type, a
+// row of partial sums per chunk. reduce_cols_fold_*: those partial rows to the finished T sums.
 #define REDUCE_COLS(T, tname) \
     extern "C" __global__ void __launch_bounds__(REDUCE_THREADS) reduce_cols_sum_##tname( \
         const T* x, T* out, i64 rows, i64 cols, i64 offset, double scale) { \
-        reduce_cols_sum<T>(x, out, rows, cols, offset, scale); \
+        reduce_cols<T, T, true>(x, out, rows, cols, offset, scale, rows); \
+    } \
+    extern "C" __global__ void __launch_bounds__(REDUCE_THREADS) reduce_cols_partial_##tname( \
+        const T* x, Acc<T>::type* out, i64 rows, i64 cols, i64 offset, i64 chunk) { \
+        reduce_cols<T, Acc<T>::type, false>(x, out, rows, cols, offset, 1.0, chunk); \
+    } \
+    extern "C" __global__ void __launch_bounds__(REDUCE_THREADS) reduce_cols_fold_##tname( \
+        const Acc<T>::type* partial, T* out, i64 chunks, i64 cols, double scale) { \
+        reduce_cols<Acc<T>::type, T, true>(partial, out, chunks, cols, 0, scale, chunks); \
     }
 REDUCE_COLS(float, f32) REDUCE_COLS(double, f64) REDUCE_COLS(f16, f16) REDUCE_COLS(bf16, bf16) REDUCE_COLS(i64, i64)

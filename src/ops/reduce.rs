@@ -76,7 +76,9 @@ pub(crate) fn kernel_names() -> Vec<String> {
         }
     }
     names.extend(DType::ALL.iter().flat_map(|d| [format!("argmax_{d}"), format!("argmin_{d}")]));
-    names.extend(DType::ALL.iter().map(|d| format!("reduce_cols_sum_{d}")));
+    for kind in ["sum", "partial", "fold"] {
+        names.extend(DType::ALL.iter().map(|d| format!("reduce_cols_{kind}_{d}")));
+    }
     names
 }
 
@@ -330,21 +332,7 @@ fn cuda_reduce(name: &'static str, op: &str, src: &CudaStorage, r: &Rows, scale:
     }
     // A warp of columns at least: the column kernel reads rows coalesced.
     if op == "sum" && r.columns && r.outer >= 32 {
-        let kernel = format!("reduce_cols_sum_{dtype}");
-        let f = dev.function(name, "reduce", &kernel)?;
-        let (rows, cols, offset) = (r.inner as i64, r.outer as i64, r.view.offset() as i64);
-        let cfg = LaunchConfig {
-            grid_dim: (r.outer.div_ceil(32).min(i32::MAX as usize) as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = dev.stream.launch_builder(&f);
-        launch.arg(&src.buf).arg(&mut out.buf).arg(&rows).arg(&cols).arg(&offset).arg(&scale);
-        // SAFETY: reduce_cols_sum_<T>(const T* x, T* out, i64 rows, i64 cols, i64 offset, double)
-        // reads the dense rows x cols elements from `offset` (the source is contiguous there) and
-        // writes `cols` sums.
-        unsafe { launch.launch(cfg) }.map_err(|e| launch_error(name, &kernel, e))?;
-        return Ok(out);
+        return column_sums(name, &dev, src, out, &r, scale);
     }
     let layout = strided_layout(name, &r.view)?;
     let splits = TARGET_BLOCKS.div_ceil(r.outer).min(r.inner / MIN_CHUNK).max(1);
@@ -405,4 +393,62 @@ fn launch_reduce(
     // params' view of `src` and writes outer * splits outputs, which `out` holds.
     unsafe { launch.launch(cfg) }.map_err(|e| launch_error(name, kernel, e))?;
     Ok(())
+}
+
+/// Rows a chunk of the column kernel sums at least: shorter chunks cost more in partial sums
+/// than they gain in parallelism.
+const MIN_COLUMN_CHUNK: usize = 256;
+
+/// Sums over the leading dims of a dense source (`r.columns`): the column kernels of
+/// kernels/reduce.cu, with the rows cut into chunks (partial sums, then a fold) when the blocks
+/// of 32 columns alone are too few to keep the GPU busy.
+fn column_sums(
+    name: &'static str,
+    dev: &std::sync::Arc<crate::cuda::CudaDevice>,
+    src: &CudaStorage,
+    mut out: CudaStorage,
+    r: &Rows,
+    scale: f64,
+) -> Result<CudaStorage> {
+    let dtype = src.dtype;
+    let (rows, cols, offset) = (r.inner as i64, r.outer as i64, r.view.offset() as i64);
+    let column_blocks = r.outer.div_ceil(32).min(i32::MAX as usize);
+    let chunks = (2 * dev.multiprocessors()).div_ceil(column_blocks).min(r.inner / MIN_COLUMN_CHUNK).clamp(1, 65535);
+    let config = |chunks: usize| LaunchConfig {
+        grid_dim: (column_blocks as u32, chunks as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    if chunks == 1 {
+        let kernel = format!("reduce_cols_sum_{dtype}");
+        let f = dev.function(name, "reduce", &kernel)?;
+        let mut launch = dev.stream.launch_builder(&f);
+        launch.arg(&src.buf).arg(&mut out.buf).arg(&rows).arg(&cols).arg(&offset).arg(&scale);
+        // SAFETY: reduce_cols_sum_<T>(const T* x, T* out, i64 rows, i64 cols, i64 offset, double)
+        // reads the dense rows x cols elements from `offset` (the source is contiguous there) and
+        // writes `cols` sums.
+        unsafe { launch.launch(config(1)) }.map_err(|e| launch_error(name, &kernel, e))?;
+        return Ok(out);
+    }
+    let chunk = r.inner.div_ceil(chunks);
+    let chunks = r.inner.div_ceil(chunk);
+    let mut partials = dev.alloc(name, dtype.accumulator(), chunks * r.outer)?;
+    let kernel = format!("reduce_cols_partial_{dtype}");
+    let f = dev.function(name, "reduce", &kernel)?;
+    let chunk_arg = chunk as i64;
+    let mut launch = dev.stream.launch_builder(&f);
+    launch.arg(&src.buf).arg(&mut partials.buf).arg(&rows).arg(&cols).arg(&offset).arg(&chunk_arg);
+    // SAFETY: reduce_cols_partial_<T>(const T* x, Acc* out, i64 rows, i64 cols, i64 offset, i64
+    // chunk) reads the dense rows x cols elements from `offset` and writes one row of `cols`
+    // partial sums per chunk: chunks x cols, the workspace's size.
+    unsafe { launch.launch(config(chunks)) }.map_err(|e| launch_error(name, &kernel, e))?;
+    let kernel = format!("reduce_cols_fold_{dtype}");
+    let f = dev.function(name, "reduce", &kernel)?;
+    let chunks_arg = chunks as i64;
+    let mut launch = dev.stream.launch_builder(&f);
+    launch.arg(&partials.buf).arg(&mut out.buf).arg(&chunks_arg).arg(&cols).arg(&scale);
+    // SAFETY: reduce_cols_fold_<T>(const Acc* partial, T* out, i64 chunks, i64 cols, double)
+    // reads the chunks x cols partial sums and writes `cols` sums.
+    unsafe { launch.launch(config(1)) }.map_err(|e| launch_error(name, &kernel, e))?;
+    Ok(out)
 }
