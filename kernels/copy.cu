@@ -2,9 +2,9 @@
 //
 // One operation serves `contiguous()` (same dtype, contiguous destination), `to_dtype` and
 // concat/stack (the destination is a narrowed view of the output), in three kernels by what the
-// host knows of the views: dense and aligned (Pack8 accesses, eight elements a thread), a dense
-// destination (the source unravelled in 32 bits by multiply and shift), or any two views (64-bit
-// division per dim). Memory bound: the dense kernel should run near the card's bandwidth (an
+// host knows of the views: dense and aligned (Pack8 accesses, eight elements a thread), fewer
+// than 2^31 elements (both views unravelled in 32 bits by multiply and shift, their mergeable
+// dims merged on the host), or any two views (64-bit division per dim). Memory bound: the dense kernel should run near the card's bandwidth (an
 // H200's f32 add of 2^26 elements reaches 3.4 TB/s). Instantiations `cast_<src>_<dst>`,
 // `cast_dense_<src>_<dst>` and `cast_gather_<src>_<dst>` for every dtype pair.
 #include "nabla.cuh"
@@ -43,8 +43,8 @@ __device__ void cast_dense(const S* src, D* dst, i64 n) {
 }
 
 // `cast_*`: any two views. `cast_dense_*`: both dense and aligned, offsets in elements.
-// `cast_gather_*`: a dense destination and a source view of fewer than 2^31 elements (a
-// permuted or sliced tensor made contiguous), unravelled by multiply and shift.
+// `cast_gather_*`: views of fewer than 2^31 elements (a permuted tensor made contiguous, a
+// gradient written into a slice), unravelled in 32 bits by multiply and shift.
 #define CAST(S, sname, D, dname) \
     extern "C" __global__ void cast_##sname##_##dname(const S* src, D* dst, i64 n, StridedLayout ls, StridedLayout ld) { \
         GRID_STRIDE_LOOP(i, n) { dst[strided_offset(ld, i)] = convert<S, D>(src[strided_offset(ls, i)]); } \
@@ -54,8 +54,8 @@ __device__ void cast_dense(const S* src, D* dst, i64 n) {
         cast_dense<S, D>(src + src_offset, dst + dst_offset, n); \
     } \
     extern "C" __global__ void cast_gather_##sname##_##dname(const S* src, D* dst, i64 n, GatherLayout ls, \
-                                                           i64 dst_offset) { \
-        GRID_STRIDE_LOOP(i, n) { dst[dst_offset + i] = convert<S, D>(src[gather_offset(ls, (int)i)]); } \
+                                                           GatherLayout ld) { \
+        GRID_STRIDE_LOOP(i, n) { dst[gather_offset(ld, (int)i)] = convert<S, D>(src[gather_offset(ls, (int)i)]); } \
     }
 #define CAST_FROM(S, sname) \
     CAST(S, sname, float, f32) CAST(S, sname, double, f64) CAST(S, sname, f16, f16) CAST(S, sname, bf16, bf16) CAST(S, sname, i64, i64)

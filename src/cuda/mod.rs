@@ -283,15 +283,28 @@ pub(crate) fn elementwise_config(n: usize) -> LaunchConfig {
 }
 
 /// The kernel-side description of a view of fewer than 2^31 elements for the gathering kernels
-/// (`gather_offset` in kernels/nabla.cuh), or `None` when it is larger or has more than
-/// NABLA_MAX_DIMS dims.
+/// (`gather_offset` in kernels/nabla.cuh), or `None` when it is larger. Dims of size 1 are
+/// dropped and neighbours that step through memory as one dim are merged (a row-major view is
+/// one dim), so a kernel divides once per dim that remains.
 pub(crate) fn gather_layout(layout: &Layout) -> Option<params::GatherLayout> {
-    if layout.rank() > NABLA_MAX_DIMS || layout.numel() >= 1 << 31 {
+    if layout.numel() >= 1 << 31 {
+        return None;
+    }
+    // (size, stride) from the outermost dim in.
+    let mut dims: Vec<(usize, usize)> = Vec::with_capacity(layout.rank());
+    for (&size, &stride) in layout.shape().iter().zip(layout.strides()) {
+        match dims.last_mut() {
+            _ if size == 1 => {}
+            Some(outer) if outer.1 == size * stride => *outer = (outer.0 * size, stride),
+            _ => dims.push((size, stride)),
+        }
+    }
+    if dims.len() > NABLA_MAX_DIMS {
         return None;
     }
     let mut out =
-        params::GatherLayout { ndim: layout.rank() as i64, offset: layout.offset() as i64, ..Default::default() };
-    for (d, (&size, &stride)) in layout.shape().iter().zip(layout.strides()).enumerate() {
+        params::GatherLayout { ndim: dims.len() as i64, offset: layout.offset() as i64, ..Default::default() };
+    for (d, &(size, stride)) in dims.iter().enumerate() {
         out.shape[d] = params::FastDiv::new(size);
         out.strides[d] = stride as i64;
     }

@@ -236,14 +236,14 @@ fn cuda_copy(
         unsafe { launch.launch(elementwise_config(n.div_ceil(8))) }.map_err(|e| launch_error(op, &kernel, e))?;
         return Ok(());
     }
-    if let (true, Some(ls)) = (dst_layout.is_contiguous(), cuda::gather_layout(src_layout)) {
+    if let (Some(ls), Some(ld)) = (cuda::gather_layout(src_layout), cuda::gather_layout(dst_layout)) {
         let kernel = format!("cast_gather_{}_{}", src.dtype, dst.dtype);
         let f = dev.function(op, "copy", &kernel)?;
         let mut launch = dev.stream.launch_builder(&f);
-        launch.arg(&src.buf).arg(&dst.buf).arg(&n_arg).arg(&ls).arg(&dst_offset);
-        // SAFETY: cast_gather_<s>_<d>(const S*, D*, i64 n, GatherLayout, i64 dst_offset) reads
-        // n (< 2^31, as gather_layout checked) elements through `ls` and writes n from
-        // dst_offset, inside their buffers.
+        launch.arg(&src.buf).arg(&dst.buf).arg(&n_arg).arg(&ls).arg(&ld);
+        // SAFETY: cast_gather_<s>_<d>(const S*, D*, i64 n, GatherLayout, GatherLayout) reads n
+        // (< 2^31, as gather_layout checked) elements through `ls` and writes n through `ld`,
+        // inside their buffers (distinct storages).
         unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(op, &kernel, e))?;
         return Ok(());
     }
