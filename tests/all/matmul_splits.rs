@@ -20,28 +20,15 @@ fn split_depth_products_match_the_reference_for_every_dtype_layout_and_bias() {
             let randn = |shape: &[usize], rng: &mut Generator| Tensor::randn(shape, dtype, &Device::Cpu, rng).unwrap();
             let (x, w, bias) = (randn(&[m, k], &mut rng), randn(&[n, k], &mut rng), randn(&[n], &mut rng));
             let (dy, batched) = (randn(&[k, n], &mut rng), randn(&[2, m, k], &mut rng));
-            type Product = fn(&[Tensor]) -> nabla::Result<Tensor>;
-            let cases: [(&str, Product); 4] = [
+            let cases: [(&str, crate::common::Product); 4] = [
                 ("linear x Wᵀ + b", |v| v[0].linear(&v[1], Some(&v[2]))),
                 ("weight gradient dYᵀ X", |v| t(&v[3]).matmul(&t(&v[0]))),
                 ("batched X Wᵀ", |v| v[4].matmul(&t(&v[1]))),
                 ("X Wᵀ", |v| v[0].matmul(&t(&v[1]))),
             ];
             let host = [x, w, bias, dy, batched];
-            let device: Vec<Tensor> = host.iter().map(|v| v.to_device(&gpu).unwrap()).collect();
-            let (atol, rtol) = crate::common::tolerance(dtype);
-            let scale = (k as f64).sqrt();
-            for (name, product) in &cases {
-                let want = nabla::cpu::reference(|| product(&host)).unwrap().to_vec::<f64>().unwrap();
-                let got = product(&device).unwrap().to_vec::<f64>().unwrap();
-                assert_eq!(got.len(), want.len());
-                for (i, (x, y)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (x - y).abs() <= atol * scale + rtol * y.abs(),
-                        "{name} {dtype} {m}x{k}x{n} [{i}]: {x} vs {y}"
-                    );
-                }
-            }
+            let what = format!("{m}x{k}x{n}");
+            crate::common::assert_products_match_reference(&cases, &host, &gpu, dtype, k, &what);
         }
     }
 }

@@ -197,9 +197,8 @@ fn pipelined_tensor_core_products_match_the_reference_for_every_operand_layout()
             fn t(v: &Tensor) -> Tensor {
                 v.transpose(0, 1).unwrap()
             }
-            type Product = fn(&[Tensor]) -> nabla::Result<Tensor>;
             // kk with a bias (the linear kernel), kk, kn (broadcast batch), mk, mn.
-            let cases: [(&str, Product); 5] = [
+            let cases: [(&str, crate::common::Product); 5] = [
                 ("linear kk", |v| v[0].linear(&v[2], Some(&v[4]))),
                 ("kk", |v| v[0].matmul(&t(&v[2]))),
                 ("kn", |v| v[0].matmul(&v[3])),
@@ -207,20 +206,27 @@ fn pipelined_tensor_core_products_match_the_reference_for_every_operand_layout()
                 ("mn", |v| t(&v[1]).matmul(&v[3])),
             ];
             let host = [x, xt, w, wt, bias];
-            let device: Vec<Tensor> = host.iter().map(|v| v.to_device(&gpu).unwrap()).collect();
-            let (atol, rtol) = crate::common::tolerance(dtype);
-            let scale = (k as f64).sqrt();
-            for (name, product) in &cases {
-                let want = nabla::cpu::reference(|| product(&host)).unwrap().to_vec::<f64>().unwrap();
-                let got = product(&device).unwrap().to_vec::<f64>().unwrap();
-                assert_eq!(got.len(), want.len());
-                for (i, (x, y)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (x - y).abs() <= atol * scale + rtol * y.abs(),
-                        "{name} {dtype} {m}x{k}x{n} [{i}]: {x} vs {y}"
-                    );
-                }
-            }
+            let what = format!("{m}x{k}x{n}");
+            crate::common::assert_products_match_reference(&cases, &host, &gpu, dtype, k, &what);
         }
+    }
+}
+
+/// Runs in child processes: the variable is read once per process.
+#[test]
+fn the_tensor_core_gemm_version_defaults_to_2_and_follows_nabla_tensor_core_gemm() {
+    const NAME: &str = "tensor_cores::the_tensor_core_gemm_version_defaults_to_2_and_follows_nabla_tensor_core_gemm";
+    if std::env::var_os("NABLA_TEST_CHILD").is_some() {
+        let expected = match std::env::var("NABLA_TENSOR_CORE_GEMM").as_deref() {
+            Ok("1") => 1,
+            _ => 2, // unset, or a value that is not a version: the default
+        };
+        assert_eq!(nabla::cuda::gemm::tensor_core_gemm(), expected);
+        nabla::cuda::gemm::set_tensor_core_gemm(3 - expected).unwrap();
+        assert_eq!(nabla::cuda::gemm::tensor_core_gemm(), 3 - expected, "a call overrides the variable");
+        return;
+    }
+    for value in ["1", "2", "7", "two"] {
+        in_child_process(NAME, &[("NABLA_TENSOR_CORE_GEMM", value)]);
     }
 }

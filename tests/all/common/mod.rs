@@ -140,3 +140,30 @@ pub fn in_child_process(name: &str, vars: &[(&str, &str)]) -> bool {
     assert!(out.status.success() && text.contains("1 passed"), "child run of {name} failed:\n{text}");
     false
 }
+
+/// A product of tensors, for tables of cases.
+pub type Product = fn(&[Tensor]) -> nabla::Result<Tensor>;
+
+/// Each case's product of `host` tensors moved to `device`, against the f64 reference of the
+/// same product on the host, element by element within `dtype`'s tolerance with the absolute
+/// part scaled by √depth (a sum of `depth` rounded products). `what` names the shape in failures.
+pub fn assert_products_match_reference(
+    cases: &[(&str, Product)],
+    host: &[Tensor],
+    device: &Device,
+    dtype: DType,
+    depth: usize,
+    what: &str,
+) {
+    let on_device: Vec<Tensor> = host.iter().map(|v| v.to_device(device).unwrap()).collect();
+    let (atol, rtol) = tolerance(dtype);
+    let scale = (depth as f64).sqrt();
+    for (name, product) in cases {
+        let want = nabla::cpu::reference(|| product(host)).unwrap().to_vec::<f64>().unwrap();
+        let got = product(&on_device).unwrap().to_vec::<f64>().unwrap();
+        assert_eq!(got.len(), want.len());
+        for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+            assert!((x - y).abs() <= atol * scale + rtol * y.abs(), "{name} {dtype} {what} [{i}]: {x} vs {y}");
+        }
+    }
+}
