@@ -93,12 +93,7 @@ __device__ void mma_gemm(const Problem& p) {
                     }
                 };
                 float acc[MI][NI][4];
-#pragma unroll
-                for (int i = 0; i < MI; ++i)
-#pragma unroll
-                    for (int j = 0; j < NI; ++j)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+                zero_fragments(acc);
                 if (k_begin < k_end) fetch(k_begin);
                 for (i64 k0 = k_begin; k0 < k_end; k0 += BK) {
 #pragma unroll
@@ -122,17 +117,6 @@ __device__ void mma_gemm(const Problem& p) {
                     }
                     __syncthreads();
                 }
-                // Accumulator element e of fragment (i, j): row group (+8 for e >= 2), column
-                // 2 tig + (e & 1).
-#pragma unroll
-                for (int i = 0; i < MI; ++i)
-#pragma unroll
-                    for (int j = 0; j < NI; ++j)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            const i64 r = row0 + warp_row + 16 * i + group + 8 * (e / 2);
-                            const i64 c = col0 + warp_col + 8 * j + 2 * tig + (e & 1);
-                            if (r < rows && c < cols) q.store(r, c, acc[i][j][e]);
-                        }
+                store_fragments(q, acc, row0 + warp_row, col0 + warp_col, rows, cols, group, tig);
     });
 }

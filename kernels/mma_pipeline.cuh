@@ -106,12 +106,7 @@ __device__ void mma_pipelined_gemm(const Problem& p) {
             OpB::load(bs[stage], q.pb, b_stride, col0, cols, k0, k_end);
         };
         float acc[MI][NI][4];
-#pragma unroll
-        for (int i = 0; i < MI; ++i)
-#pragma unroll
-            for (int j = 0; j < NI; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+        zero_fragments(acc);
 #pragma unroll
         for (int s = 0; s < PIPE_STAGES - 1; ++s) {
             if (s < tiles) load(s, s);
@@ -143,17 +138,6 @@ __device__ void mma_pipelined_gemm(const Problem& p) {
         }
         cp_async_wait<0>();
         __syncthreads();  // the next tile of the grid-stride loop reuses the stages
-        // Accumulator element e of fragment (i, j): row group (+8 for e >= 2), column
-        // 2 tig + (e & 1).
-#pragma unroll
-        for (int i = 0; i < MI; ++i)
-#pragma unroll
-            for (int j = 0; j < NI; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const i64 r = row0 + warp_row + 16 * i + group + 8 * (e / 2);
-                    const i64 c = col0 + warp_col + 8 * j + 2 * tig + (e & 1);
-                    if (r < rows && c < cols) q.store(r, c, acc[i][j][e]);
-                }
+        store_fragments(q, acc, row0 + warp_row, col0 + warp_col, rows, cols, group, tig);
     });
 }

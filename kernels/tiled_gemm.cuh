@@ -58,6 +58,34 @@ __device__ __forceinline__ void for_each_tile(const Problem& p, Body body) {
     }
 }
 
+// A warp's MI x NI m16n8 accumulator fragments of the tensor-core engines (mma_gemm.cuh,
+// mma_pipeline.cuh): zeroed, and stored through the problem view q with the warp's top-left
+// at (row0, col0) of C. Element e of fragment (i, j) is row 16 i + group (+ 8 for e >= 2),
+// column 8 j + 2 tig + (e & 1); elements outside the rows x cols of C are dropped.
+template <int MI, int NI>
+__device__ __forceinline__ void zero_fragments(float (&acc)[MI][NI][4]) {
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+}
+template <int MI, int NI, typename Q>
+__device__ __forceinline__ void store_fragments(const Q& q, const float (&acc)[MI][NI][4], i64 row0, i64 col0,
+                                                i64 rows, i64 cols, int group, int tig) {
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const i64 r = row0 + 16 * i + group + 8 * (e / 2);
+                const i64 c = col0 + 8 * j + 2 * tig + (e & 1);
+                if (r < rows && c < cols) q.store(r, c, acc[i][j][e]);
+            }
+}
+
 // One thread's operand contexts in a tile: the LA rows of A it loads (first_row, then every
 // row_step) and its column of B, each with whether it lies inside C (outside, the context of
 // row or column 0 stands in, and the loads give 0).
