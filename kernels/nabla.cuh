@@ -149,6 +149,28 @@ struct __align__(16) Pack8 {
 #define GRID_STRIDE_LOOP(i, n) \
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)blockDim.x * gridDim.x)
 
+// Whether p is 16-byte aligned, as Pack8 accesses need.
+template <typename T> __device__ __forceinline__ bool aligned16(const T* p) {
+    return ((unsigned long long)p & 15) == 0;
+}
+
+// Whether the view `l` of `base` is dense from a 16-byte aligned first element, so that the
+// elementwise kernels may read it as Pack8s. The kernels decide this themselves; the host only
+// sizes the grid by the same rule (cuda::packed_config), so a disagreement costs time, never
+// correctness.
+template <typename T> __device__ __forceinline__ bool packable(const T* base, const StridedLayout& l) {
+    return l.contiguous && aligned16(base + l.offset);
+}
+
+// An elementwise loop over n elements, eight a thread: `pack(p)` for each whole pack p
+// (elements 8 p .. 8 p + 7), then `one(i)` for the last n % 8 elements.
+template <typename Pack, typename One>
+__device__ __forceinline__ void packed_loop(i64 n, Pack pack, One one) {
+    const i64 packs = n / 8;
+    GRID_STRIDE_LOOP(p, packs) pack(p);
+    GRID_STRIDE_LOOP(i, n - packs * 8) one(packs * 8 + i);
+}
+
 // Warp-level sum/max/min with shuffles; lanes of a full warp must all take part.
 template <typename A, typename Op>
 __device__ __forceinline__ A warp_reduce(A v, Op op) {

@@ -1,8 +1,10 @@
 // Elementwise unary ops: out[i] = f(in[strided i]).
 //
-// One thread per element in a grid-stride loop; the input may be any strided view, the output
-// is contiguous. Memory bound: one read and one write per element, so the goal is the card's
-// DRAM bandwidth on contiguous inputs. Math runs in Acc<T> (float for f16/bf16).
+// A grid-stride loop; the input may be any strided view, the output is contiguous. A dense input
+// from a 16-byte aligned element goes eight elements a thread as Pack8 accesses (as the dense
+// casts of copy.cu, which reached 2.5-3.4 TB/s on an H200), anything else one element a
+// thread. Memory bound: one read and one write per element, so the goal is the card's DRAM
+// bandwidth on contiguous inputs. Math runs in Acc<T> (float for f16/bf16).
 #include "nabla.cuh"
 
 struct Neg { template <typename A> __device__ A operator()(A x) const { return -x; } };
@@ -41,6 +43,20 @@ struct GeluGrad {
 template <typename T, typename Op>
 __device__ void unary(const T* in, T* out, i64 n, StridedLayout l) {
     Op op;
+    if (packable(in, l) && aligned16(out)) {
+        const T* x = in + l.offset;
+        packed_loop(
+            n,
+            [&](i64 p) {
+                const Pack8<T> a = ((const Pack8<T>*)x)[p];
+                Pack8<T> y;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) y.v[j] = down<T>(op(up(a.v[j])));
+                ((Pack8<T>*)out)[p] = y;
+            },
+            [&](i64 i) { out[i] = down<T>(op(up(x[i]))); });
+        return;
+    }
     GRID_STRIDE_LOOP(i, n) { out[i] = down<T>(op(up(in[strided_offset(l, i)]))); }
 }
 
@@ -71,6 +87,21 @@ UNARY_FLOAT(gelu_grad, GeluGrad)
 template <typename T, typename Grad>
 __device__ void activation_backward(const T* g, const T* x, T* out, i64 n, StridedLayout lg, StridedLayout lx) {
     Grad grad;
+    if (packable(g, lg) && packable(x, lx) && aligned16(out)) {
+        const T* gd = g + lg.offset;
+        const T* xd = x + lx.offset;
+        packed_loop(
+            n,
+            [&](i64 p) {
+                const Pack8<T> ga = ((const Pack8<T>*)gd)[p], xa = ((const Pack8<T>*)xd)[p];
+                Pack8<T> y;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) y.v[j] = down<T>(up(ga.v[j]) * grad(up(xa.v[j])));
+                ((Pack8<T>*)out)[p] = y;
+            },
+            [&](i64 i) { out[i] = down<T>(up(gd[i]) * grad(up(xd[i]))); });
+        return;
+    }
     GRID_STRIDE_LOOP(i, n) { out[i] = down<T>(up(g[strided_offset(lg, i)]) * grad(up(x[strided_offset(lx, i)]))); }
 }
 

@@ -282,6 +282,19 @@ pub(crate) fn elementwise_config(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ELEMENTWISE_THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// Whether the elementwise kernels read `layout` of a `dtype` buffer as Pack8s (eight elements
+/// a thread): dense from a 16-byte aligned element (buffers start 256-byte aligned). The
+/// kernels check the same rule themselves (`packable` in kernels/nabla.cuh).
+pub(crate) fn packable(layout: &Layout, dtype: DType) -> bool {
+    layout.is_contiguous() && (layout.offset() * dtype.size_in_bytes()) % 16 == 0
+}
+
+/// The grid of an elementwise kernel over `n` elements: a thread per element, or per eight when
+/// every operand is [`packable`].
+pub(crate) fn packed_config(n: usize, packed: bool) -> LaunchConfig {
+    elementwise_config(if packed { n.div_ceil(8) } else { n })
+}
+
 /// The kernel-side description of a view of fewer than 2^31 elements for the gathering kernels
 /// (`gather_offset` in kernels/nabla.cuh), or `None` when it is larger. Dims of size 1 are
 /// dropped and neighbours that step through memory as one dim are merged (a row-major view is

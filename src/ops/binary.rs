@@ -4,7 +4,7 @@
 use crate::autograd::record;
 use crate::cpu::elementwise::{map_vec, zip_map_vec};
 use crate::cpu::{Float, Lane};
-use crate::cuda::{elementwise_config, launch_error, strided_layout};
+use crate::cuda::{elementwise_config, launch_error, packable, packed_config, strided_layout};
 use crate::layout::{Layout, broadcast_shapes};
 use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
@@ -203,9 +203,10 @@ impl Tensor {
                     let n_arg = n as i64;
                     let mut launch = dev.stream.launch_builder(&f);
                     launch.arg(&a.buf).arg(&b.buf).arg(&mut out.buf).arg(&n_arg).arg(&ka).arg(&kb);
+                    let packed = packable(&la, self.dtype) && packable(&lb, self.dtype);
                     // SAFETY: binary_<op>_<T>(const T*, const T*, T* out, i64 n, StridedLayout x2)
                     // reads n elements through each broadcast layout and writes n contiguous.
-                    unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(name, &kernel, e))?;
+                    unsafe { launch.launch(packed_config(n, packed)) }.map_err(|e| launch_error(name, &kernel, e))?;
                 }
                 Ok(Tensor::from_cuda(out, &shape))
             }
@@ -260,9 +261,10 @@ impl Tensor {
                     let n_arg = n as i64;
                     let mut launch = dev.stream.launch_builder(&f);
                     launch.arg(&a.buf).arg(&mut out.buf).arg(&n_arg).arg(&la).arg(&value);
+                    let packed = packable(&self.layout, self.dtype);
                     // SAFETY: scalar_<op>_<T>(const T*, T* out, i64 n, StridedLayout, double)
                     // reads n elements through the layout and writes n contiguous.
-                    unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(name, &kernel, e))?;
+                    unsafe { launch.launch(packed_config(n, packed)) }.map_err(|e| launch_error(name, &kernel, e))?;
                 }
                 Ok(Tensor::from_cuda(out, self.shape()))
             }

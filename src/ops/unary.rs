@@ -3,7 +3,7 @@
 use crate::autograd::record;
 use crate::cpu::elementwise::{map_vec, zip_map_vec};
 use crate::cpu::{Float, Lane};
-use crate::cuda::{elementwise_config, launch_error, strided_layout};
+use crate::cuda::{launch_error, packable, packed_config, strided_layout};
 use crate::storage::{CpuStorage, StorageRef};
 use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::PushKernelArg;
@@ -171,9 +171,10 @@ impl Tensor {
                     let n_arg = n as i64;
                     let mut launch = dev.stream.launch_builder(&f);
                     launch.arg(&s.buf).arg(&mut out.buf).arg(&n_arg).arg(&layout);
+                    let packed = packable(&self.layout, self.dtype);
                     // SAFETY: unary_<op>_<T>(const T* in, T* out, i64 n, StridedLayout) reads n
                     // elements through the layout and writes n contiguous ones.
-                    unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(name, &kernel, e))?;
+                    unsafe { launch.launch(packed_config(n, packed)) }.map_err(|e| launch_error(name, &kernel, e))?;
                 }
                 Ok(Tensor::from_cuda(out, self.shape()))
             }
@@ -289,9 +290,10 @@ fn activation_backward(op: UnaryOp, x: &Tensor, g: &Tensor) -> Result<Option<Ten
             let n_arg = n as i64;
             let mut launch = dev.stream.launch_builder(&f);
             launch.arg(&gs.buf).arg(&xs.buf).arg(&mut out.buf).arg(&n_arg).arg(&lg).arg(&lx);
+            let packed = packable(&g.layout, x.dtype) && packable(&x.layout, x.dtype);
             // SAFETY: <relu|gelu>_backward_<T>(const T* g, const T* x, T* out, i64 n, StridedLayout
             // x2) reads n elements of g and x through their layouts and writes n contiguous ones.
-            unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(name, &kernel, e))?;
+            unsafe { launch.launch(packed_config(n, packed)) }.map_err(|e| launch_error(name, &kernel, e))?;
         }
         return Ok(Some(Tensor::from_cuda(out, x.shape())));
     }
