@@ -286,7 +286,7 @@ pub(crate) fn elementwise_config(n: usize) -> LaunchConfig {
 /// a thread): dense from a 16-byte aligned element (buffers start 256-byte aligned). The
 /// kernels check the same rule themselves (`packable` in kernels/nabla.cuh).
 pub(crate) fn packable(layout: &Layout, dtype: DType) -> bool {
-    layout.is_contiguous() && (layout.offset() * dtype.size_in_bytes()) % 16 == 0
+    layout.is_contiguous() && (layout.offset() * dtype.size_in_bytes()).is_multiple_of(16)
 }
 
 /// The grid of an elementwise kernel over `n` elements: a thread per element, or per eight when

@@ -222,10 +222,7 @@ fn cuda_copy(
     let dev = dst.device.clone();
     let n_arg = n as i64;
     let (src_offset, dst_offset) = (src_layout.offset() as i64, dst_layout.offset() as i64);
-    // Buffers start 256-byte aligned, so a view is 16-byte aligned when its offset is.
-    let aligned = |offset: i64, dtype: DType| (offset as usize * dtype.size_in_bytes()) % 16 == 0;
-    let dense = src_layout.is_contiguous() && dst_layout.is_contiguous();
-    if dense && aligned(src_offset, src.dtype) && aligned(dst_offset, dst.dtype) {
+    if cuda::packable(src_layout, src.dtype) && cuda::packable(dst_layout, dst.dtype) {
         let kernel = format!("cast_dense_{}_{}", src.dtype, dst.dtype);
         let f = dev.function(op, "copy", &kernel)?;
         let mut launch = dev.stream.launch_builder(&f);

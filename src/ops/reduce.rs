@@ -332,7 +332,7 @@ fn cuda_reduce(name: &'static str, op: &str, src: &CudaStorage, r: &Rows, scale:
     }
     // A warp of columns at least: the column kernel reads rows coalesced.
     if op == "sum" && r.columns && r.outer >= 32 {
-        return column_sums(name, &dev, src, out, &r, scale);
+        return column_sums(name, &dev, src, out, r, scale);
     }
     let layout = strided_layout(name, &r.view)?;
     let splits = TARGET_BLOCKS.div_ceil(r.outer).min(r.inner / MIN_CHUNK).max(1);
