@@ -4,7 +4,8 @@
 //
 // Tiling: a block of 4 warps owns 64 rows of its pass (queries for the forward and dQ, keys for
 // dK/dV); each warp owns 16 of them and keeps their operand fragments in registers for the
-// whole pass. The block walks the other side in tiles of KEYS rows (64; 32 when D = 128),
+// whole pass. The block walks the other side in tiles of KEYS rows (64; 32 when D = 128, and
+// 16 queries for dK/dV at D = 128, which keeps two D-wide accumulators without spilling),
 // copied to shared memory as rows ([KEYS][D + 8] 16-bit values) by cp.async in 16-byte chunks,
 // double-buffered: the next tile's copies are in flight while the current one is multiplied.
 // Products over D read a tile's rows as B fragments with 32-bit loads; products over the
@@ -297,7 +298,9 @@ __device__ void attention_tc_bwd_dq(const T* q, const T* k, const T* v, const T*
 template <typename T, int D>
 __device__ void attention_tc_bwd_dkdv(const T* q, const T* k, const T* v, const T* dout, const float* lse,
                                       const float* delta, T* dk, T* dv, AttentionParams p) {
-    constexpr int QUERIES = TcTile<D>::KEYS, KD = D / 16, NS = QUERIES / 8, NO = D / 8;
+    // 16 queries a tile at D = 128: two accumulators of D columns and the K and V fragments
+    // leave no registers for a 32-query tile's scores without spilling.
+    constexpr int QUERIES = D >= 128 ? 16 : TcTile<D>::KEYS, KD = D / 16, NS = QUERIES / 8, NO = D / 8;
     __shared__ __align__(16) unsigned short qs[2][QUERIES][D + TC_PAD];
     __shared__ __align__(16) unsigned short gs[2][QUERIES][D + TC_PAD];
     __shared__ float tile_lse[2][QUERIES], tile_delta[2][QUERIES];
