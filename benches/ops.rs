@@ -81,7 +81,7 @@ fn softmax(c: &mut Criterion) {
 fn matmul(c: &mut Criterion) {
     // (row, dtype, f32 precision, tensor-core GEMM version, GPU only): f32 twice, as f32 and as
     // TF32 (as PyTorch's "high"); f16 and bf16 with version 1 and with version 2 of the
-    // tensor-core GEMM (cp.async pipeline, ldmatrix; opt-in until timed here). TF32, bf16 and
+    // tensor-core GEMM (cp.async pipeline, ldmatrix; the default). TF32, bf16 and
     // version 2 are GPU rows (the CPU computes f32 as f32, and its 16-bit path is f16's).
     let rows = [
         ("f32", DType::F32, "highest", 1, false),
@@ -91,6 +91,7 @@ fn matmul(c: &mut Criterion) {
         ("f16_v2", DType::F16, "highest", 2, true),
         ("bf16_v2", DType::BF16, "highest", 2, true),
     ];
+    let default_version = nabla::cuda::gemm::tensor_core_gemm();
     for (name, dtype, precision, version, gpu_only) in rows {
         nabla::set_float32_matmul_precision(precision).unwrap();
         nabla::cuda::gemm::set_tensor_core_gemm(version).unwrap();
@@ -110,7 +111,7 @@ fn matmul(c: &mut Criterion) {
         group.finish();
     }
     nabla::set_float32_matmul_precision("highest").unwrap();
-    nabla::cuda::gemm::set_tensor_core_gemm(1).unwrap();
+    nabla::cuda::gemm::set_tensor_core_gemm(default_version).unwrap();
 }
 
 criterion_group! {

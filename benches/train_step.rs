@@ -45,6 +45,7 @@ fn step(c: &mut Criterion) {
 /// whose whole run is the comparison in docs/benchmarks.md).
 fn gpt_step(c: &mut Criterion) {
     let devices = common::devices();
+    let default_version = nabla::cuda::gemm::tensor_core_gemm();
     let mut group = c.benchmark_group("char_gpt_adamw_step");
     group.sample_size(10);
     for &device in &devices {
@@ -80,7 +81,7 @@ fn gpt_step(c: &mut Criterion) {
     }
     group.finish();
     if devices.iter().any(|d| d.is_cuda()) {
-        nabla::cuda::gemm::set_tensor_core_gemm(1).unwrap();
+        nabla::cuda::gemm::set_tensor_core_gemm(default_version).unwrap();
     }
 }
 

@@ -274,9 +274,8 @@ fn matmul_forward(
             };
             p.splits = splits as i64;
             // A split depth writes partial products to a workspace in the accumulation type.
-            let accumulation = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
             let mut partial =
-                if splits > 1 { Some(dev.alloc(OP, accumulation, splits * batch * m * n)?) } else { None };
+                if splits > 1 { Some(dev.alloc(OP, dtype.accumulator(), splits * batch * m * n)?) } else { None };
             let f = dev.function(OP, "matmul", &kernel)?;
             let bias_storage = bias.map(|b| b.storage());
             let bias_buf = match &bias_storage {
