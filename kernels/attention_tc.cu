@@ -2,16 +2,19 @@
 // f16 and bf16 on sm_80+): the same contract, layout, masks and log-sum-exp as version 1, the
 // products done by `mma.sync.m16n8k16` with f32 accumulation (FlashAttention-2's work split).
 //
-// Tiling: a block of 4 warps owns 64 rows of its pass (queries for the forward and dQ, keys for
-// dK/dV); each warp owns 16 of them and keeps their operand fragments in registers for the
-// whole pass. The block walks the other side in tiles of KEYS rows (64; 32 when D = 128, and
-// 16 queries for dK/dV at D = 128, which keeps two D-wide accumulators without spilling),
-// copied to shared memory as rows ([KEYS][D + 8] 16-bit values) by cp.async in 16-byte chunks,
-// double-buffered: the next tile's copies are in flight while the current one is multiplied.
-// Products over D read a tile's rows as B fragments with 32-bit loads; products over the
-// tile's rows read it transposed through ldmatrix.trans, so no tile is stored twice. The
-// 8-half padding (rows of D + 8 halves, a multiple of 16 bytes) puts the eight rows that a
-// fragment load or an ldmatrix touches on distinct banks.
+// Tiling: a block of 4 warps owns 64 rows of its pass (queries for dQ, keys for dK/dV; 128
+// queries for the forward pass up to D = 64, two 16-row blocks a warp so that each K and V
+// fragment read from shared memory feeds two products); a warp keeps its rows' operand
+// fragments in registers for the whole pass. The block walks the other side in tiles of KEYS
+// rows (64; 32 when D = 128, and 16 queries for dK/dV at D = 128, which keeps two D-wide
+// accumulators without spilling), copied to shared memory as rows ([KEYS][D + 8] 16-bit
+// values) by cp.async in 16-byte chunks, double-buffered: the next tile's copies are in flight
+// while the current one is multiplied. Products over D read a tile's rows through ldmatrix,
+// products over the tile's rows read it transposed through ldmatrix.trans, so no tile is
+// stored twice. The 8-half padding (rows of D + 8 halves, a multiple of 16 bytes) puts the
+// eight rows that an ldmatrix touches on distinct banks. Softmax runs in base 2 (exp2f is one
+// instruction), and only tiles that cross the causal diagonal or the end of a side test each
+// element against the mask; a warp skips causal tiles hidden from all its rows.
 // - attention_tc_fwd:      S = Q Kᵀ (16 x KEYS per warp), online softmax in f32 on the
 //                          accumulator fragments (a row's four threads combine by shuffles),
 //                          P rounded to T as the A operand of O += P V.
@@ -23,18 +26,28 @@
 // registers.
 // Bound: the tensor pipes. Until session 12 the tiles were staged synchronously, element by
 // element and once more transposed (on an H200, 9 TFLOP/s for the char-GPT's causal forward);
-// what remains between this and FlashAttention-2 is a warp's 16 rows (FA2: 16 per warp with
-// 4-8 warps and 128-row blocks) and the scalar A-fragment packing of P and dS.
+// until session 13 the B fragments over D were read as 32-bit shared loads (four per two
+// products) and every element was tested against the mask. What remains between this and
+// FlashAttention-2: the backward's 16 rows a warp, its recomputation of S and dP in two
+// kernels (FA2 accumulates dQ atomically from one), and the A-fragment packing of P and dS.
 #include "nabla.cuh"
 
 #define TC_WARPS 4
 #define TC_ROWS (16 * TC_WARPS)
 #define TC_PAD 8
 
-// Rows of the other side per shared tile.
+// Rows of the other side per shared tile, and how many 16-row blocks a warp of the forward
+// pass owns: two up to D = 64 (a block of 128 queries), so that every K and V fragment read
+// from shared memory feeds two products; one at D = 128, where two would not fit in registers.
 template <int D> struct TcTile {
     static constexpr int KEYS = D >= 128 ? 32 : 64;
+    static constexpr int FWD_BLOCKS = D >= 128 ? 1 : 2;
 };
+
+// log2(e): the kernels work in base 2 (exp2f is one ex2 instruction; expf is several), with
+// scores scaled by scale * log2(e) and log-sum-exps converted at the edges.
+#define TC_LOG2E 1.4426950408889634f
+#define TC_LN2 0.6931471805599453f
 
 // Two floats rounded to T, packed as one fragment register (the first in the low half).
 template <typename T> __device__ __forceinline__ unsigned pack_pair(float lo, float hi) {
@@ -107,39 +120,58 @@ __device__ __forceinline__ void b_fragments_trans(unsigned r[4], const unsigned 
     ldmatrix_x4_trans(r, &tile[k0 + 8 * (j & 1) + within][n0 + 8 * (j >> 1)]);
 }
 
-// acc[n] += A B for the warp's 16 x (16 KD) A fragments and B = the transpose of `rows`' 8 N
-// rows (each 16 KD long): a product over D with one accumulator per n8 block of rows.
-template <typename T, int KD, int N, int STRIDE>
-__device__ __forceinline__ void mma_rows(float (*acc)[4], const unsigned (*a)[4], const unsigned short (*rows)[STRIDE],
-                                         int group, int tig) {
+// acc[m][n] += A[m] B for the warp's MB blocks of 16 x (16 KD) A fragments and B = the
+// transpose of `rows`' 8 N rows (each 16 KD long): a product over D with one accumulator per n8
+// block of rows. ldmatrix.x4 reads the B fragments of two n8 blocks for one k16 step: matrices
+// (rows n0.., depth k0..), (n0.., k0 + 8..), (n0 + 8.., k0..), (n0 + 8.., k0 + 8..), stored row
+// by row, are b0, b1 of block n0 and b0, b1 of block n0 + 8; each feeds MB products.
+template <typename T, int MB, int KD, int N, int STRIDE>
+__device__ __forceinline__ void mma_rows(float (*acc)[N][4], const unsigned (*a)[KD][4],
+                                         const unsigned short (*rows)[STRIDE]) {
+    static_assert(N % 2 == 0, "n8 blocks come in pairs from ldmatrix.x4");
+    const int lane = threadIdx.x % 32, j = lane >> 3, within = lane & 7;
 #pragma unroll
-    for (int j = 0; j < N; ++j)
+    for (int n = 0; n < N; n += 2)
 #pragma unroll
         for (int kd = 0; kd < KD; ++kd) {
-            const unsigned short* r = rows[8 * j + group];
-            const unsigned b[2] = {pair_at(r, 16 * kd + 2 * tig), pair_at(r, 16 * kd + 2 * tig + 8)};
-            mma_16816<T>(acc[j], a[kd], b);
+            unsigned r[4];
+            ldmatrix_x4(r, &rows[8 * n + 8 * (j >> 1) + within][16 * kd + 8 * (j & 1)]);
+            const unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+#pragma unroll
+            for (int m = 0; m < MB; ++m) {
+                mma_16816<T>(acc[m][n], a[m][kd], b0);
+                mma_16816<T>(acc[m][n + 1], a[m][kd], b1);
+            }
         }
 }
 
-// acc[n] += P B where P is the warp's 16 x (16 KK) accumulator tile `p` (8-wide blocks, rounded
-// to T as A fragments) and B the shared tile `rows` ([16 KK][8 N], stored row by row along the
-// product's depth, the tile's rows): a product over the tile.
-template <typename T, int KK, int N, int STRIDE>
-__device__ __forceinline__ void mma_tile(float (*acc)[4], const float (*p)[4], const unsigned short (*rows)[STRIDE]) {
-    static_assert(N % 2 == 0, "n8 blocks come in pairs from ldmatrix.x4");
+// acc[m][n] += P[m] B where P[m] is the warp's m-th 16 x (8 NP) accumulator tile (8-wide
+// blocks, rounded to T as A fragments) and B the shared tile `rows` ([8 NP][8 N], stored row by
+// row along the product's depth, the tile's rows): a product over the tile.
+template <typename T, int MB, int NP, int N, int STRIDE>
+__device__ __forceinline__ void mma_tile(float (*acc)[N][4], const float (*p)[NP][4], const unsigned short (*rows)[STRIDE]) {
+    static_assert(N % 2 == 0 && NP % 2 == 0, "n8 blocks come in pairs from ldmatrix.x4");
 #pragma unroll
-    for (int kk = 0; kk < KK; ++kk) {
-        const unsigned a[4] = {pack_pair<T>(p[2 * kk][0], p[2 * kk][1]), pack_pair<T>(p[2 * kk][2], p[2 * kk][3]),
-                               pack_pair<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]),
-                               pack_pair<T>(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    for (int kk = 0; kk < NP / 2; ++kk) {
+        unsigned a[MB][4];
+#pragma unroll
+        for (int m = 0; m < MB; ++m) {
+            const float(*q)[4] = p[m];
+            a[m][0] = pack_pair<T>(q[2 * kk][0], q[2 * kk][1]);
+            a[m][1] = pack_pair<T>(q[2 * kk][2], q[2 * kk][3]);
+            a[m][2] = pack_pair<T>(q[2 * kk + 1][0], q[2 * kk + 1][1]);
+            a[m][3] = pack_pair<T>(q[2 * kk + 1][2], q[2 * kk + 1][3]);
+        }
 #pragma unroll
         for (int n = 0; n < N; n += 2) {
             unsigned b[4];
             b_fragments_trans<STRIDE>(b, rows, 16 * kk, 8 * n);
             const unsigned b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-            mma_16816<T>(acc[n], a, b0);
-            mma_16816<T>(acc[n + 1], a, b1);
+#pragma unroll
+            for (int m = 0; m < MB; ++m) {
+                mma_16816<T>(acc[m][n], a[m], b0);
+                mma_16816<T>(acc[m][n + 1], a[m], b1);
+            }
         }
     }
 }
@@ -183,67 +215,105 @@ __device__ __forceinline__ bool tc_visible(const AttentionParams& p, i64 i, i64 
     return i < p.sq && j < p.sk && (!p.causal || j <= i);
 }
 
+// Whether a warp's rows first .. first + 16 MB - 1 need the mask against the columns t0 .. t0 +
+// C - 1 of a tile (the other side's rows) of a pass whose rows are queries (or keys when
+// `transposed`): only tiles that cross the end of the columns, or the causal diagonal, do;
+// every other tile is all visible and skips the per-element test. Rows past their end need no
+// mask: their operands are zeros, so their values stay finite, and they are never stored.
+template <int MB, int C>
+__device__ __forceinline__ bool tile_needs_mask(const AttentionParams& p, i64 first, i64 t0, bool transposed) {
+    if (transposed) return t0 + C > p.sq || (p.causal && first + 16 * MB - 1 > t0);
+    return t0 + C > p.sk || (p.causal && t0 + C - 1 > first);
+}
+
+// Whether a causal tile is hidden from every one of a warp's rows, which then skips it.
+template <int MB, int C>
+__device__ __forceinline__ bool tile_hidden(const AttentionParams& p, i64 first, i64 t0, bool transposed) {
+    if (!p.causal) return false;
+    return transposed ? t0 + C - 1 < first : t0 > first + 16 * MB - 1;
+}
+
 template <typename T, int D>
 __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float* lse, AttentionParams p) {
-    constexpr int KEYS = TcTile<D>::KEYS, KD = D / 16, NS = KEYS / 8, NO = D / 8;
+    constexpr int KEYS = TcTile<D>::KEYS, MB = TcTile<D>::FWD_BLOCKS, ROWS = 16 * MB * TC_WARPS;
+    constexpr int KD = D / 16, NS = KEYS / 8, NO = D / 8;
     __shared__ __align__(16) unsigned short ks[2][KEYS][D + TC_PAD];
     __shared__ __align__(16) unsigned short vs[2][KEYS][D + TC_PAD];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3;
-    const i64 head = blockIdx.y, first = (i64)blockIdx.x * TC_ROWS, mine = first + 16 * warp;
+    const i64 head = blockIdx.y, first = (i64)blockIdx.x * ROWS, mine = first + 16 * MB * warp;
     const T* kh = k + head * p.sk * D;
     const T* vh = v + head * p.sk * D;
-    unsigned qf[KD][4];
-    load_a_rows<T, D>(qf, q + head * p.sq * D, mine, p.sq, group, tig);
-    const float scale = (float)p.scale, neg_inf = -NABLA_INF;
-    float acc[NO][4], m[2] = {neg_inf, neg_inf}, l[2] = {0.0f, 0.0f};
-    zero<NO>(acc);
-    const i64 key_end = p.causal ? (first + TC_ROWS < p.sk ? first + TC_ROWS : p.sk) : p.sk;
+    unsigned qf[MB][KD][4];
+#pragma unroll
+    for (int m = 0; m < MB; ++m) load_a_rows<T, D>(qf[m], q + head * p.sq * D, mine + 16 * m, p.sq, group, tig);
+    // Scores in base 2: s * scale * log2(e); m is the running max of those, l the running sum.
+    const float scale = (float)p.scale * TC_LOG2E, neg_inf = -NABLA_INF;
+    float acc[MB][NO][4], m[MB][2], l[MB][2];
+#pragma unroll
+    for (int b = 0; b < MB; ++b) {
+        zero<NO>(acc[b]);
+        m[b][0] = m[b][1] = neg_inf;
+        l[b][0] = l[b][1] = 0.0f;
+    }
+    const i64 key_end = p.causal ? (first + ROWS < p.sk ? first + ROWS : p.sk) : p.sk;
     auto stage = [&](int b, i64 t0) {
         stage_tile<T, D, KEYS>(ks[b], kh, t0, p.sk);
         stage_tile<T, D, KEYS>(vs[b], vh, t0, p.sk);
     };
     double_buffered(0, key_end, KEYS, stage, [&](int b, i64 t0) {
-        float s[NS][4];
-        zero<NS>(s);
-        mma_rows<T, KD, NS, D + TC_PAD>(s, qf, ks[b], group, tig);
-        // Element e of block j: row mine + group + 8 (e / 2), key t0 + 8 j + 2 tig + (e & 1).
-        float tile_max[2] = {neg_inf, neg_inf};
+        if (tile_hidden<MB, KEYS>(p, mine, t0, false)) return;
+        float s[MB][NS][4];
 #pragma unroll
-        for (int j = 0; j < NS; ++j)
+        for (int r = 0; r < MB; ++r) zero<NS>(s[r]);
+        mma_rows<T, MB, KD, NS, D + TC_PAD>(s, qf, ks[b]);
+        const bool masked = tile_needs_mask<MB, KEYS>(p, mine, t0, false);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const bool seen = tc_visible(p, mine + group + 8 * (e / 2), t0 + 8 * j + 2 * tig + (e & 1));
-                s[j][e] = seen ? s[j][e] * scale : neg_inf;
-                tile_max[e / 2] = fmaxf(tile_max[e / 2], s[j][e]);
+        for (int r = 0; r < MB; ++r) {
+            // Element e of block j: row mine + 16 r + group + 8 (e / 2), key t0 + 8 j + 2 tig + (e & 1).
+            float tile_max[2] = {neg_inf, neg_inf};
+#pragma unroll
+            for (int j = 0; j < NS; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const i64 row = mine + 16 * r + group + 8 * (e / 2), key = t0 + 8 * j + 2 * tig + (e & 1);
+                    s[r][j][e] = !masked || tc_visible(p, row, key) ? s[r][j][e] * scale : neg_inf;
+                    tile_max[e / 2] = fmaxf(tile_max[e / 2], s[r][j][e]);
+                }
+            float alpha[2], row_sum[2] = {0.0f, 0.0f}, base[2];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const float m_new = fmaxf(m[r][h], quad_max(tile_max[h]));
+                alpha[h] = m[r][h] == neg_inf ? 0.0f : exp2f(m[r][h] - m_new);
+                m[r][h] = m_new;
+                base[h] = m_new == neg_inf ? 0.0f : m_new;  // a row with nothing visible yet
             }
-        float alpha[2], row_sum[2] = {0.0f, 0.0f};
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const float m_new = fmaxf(m[h], quad_max(tile_max[h]));
-            alpha[h] = m[h] == neg_inf ? 0.0f : m_exp(m[h] - m_new);
-            m[h] = m_new;
+            for (int j = 0; j < NS; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    s[r][j][e] = exp2f(s[r][j][e] - base[e / 2]);  // exp2(-inf) = 0
+                    row_sum[e / 2] += s[r][j][e];
+                }
+#pragma unroll
+            for (int h = 0; h < 2; ++h) l[r][h] = l[r][h] * alpha[h] + quad_sum(row_sum[h]);
+#pragma unroll
+            for (int n = 0; n < NO; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[r][n][e] *= alpha[e / 2];
         }
-#pragma unroll
-        for (int j = 0; j < NS; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                s[j][e] = s[j][e] == neg_inf ? 0.0f : m_exp(s[j][e] - m[e / 2]);
-                row_sum[e / 2] += s[j][e];
-            }
-#pragma unroll
-        for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + quad_sum(row_sum[h]);
-#pragma unroll
-        for (int n = 0; n < NO; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e / 2];
-        mma_tile<T, KEYS / 16, NO, D + TC_PAD>(acc, s, vs[b]);
+        mma_tile<T, MB, NS, NO, D + TC_PAD>(acc, s, vs[b]);
     });
     T* oh = o + head * p.sq * D;
-    store_rows<NO>(acc, mine, p.sq, group, tig, [&](i64 at, float value, int h) { oh[at] = down<T>(value / l[h]); });
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const i64 row = mine + group + 8 * h;
-        if (tig == 0 && row < p.sq) lse[head * p.sq + row] = m[h] + m_log(l[h]);
+    for (int r = 0; r < MB; ++r) {
+        const i64 rows_from = mine + 16 * r;
+        store_rows<NO>(acc[r], rows_from, p.sq, group, tig,
+                       [&](i64 at, float value, int h) { oh[at] = down<T>(value / l[r][h]); });
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const i64 row = rows_from + group + 8 * h;
+            if (tig == 0 && row < p.sq) lse[head * p.sq + row] = (m[r][h] + log2f(l[r][h])) * TC_LN2;
+        }
     }
 }
 
@@ -257,42 +327,45 @@ __device__ void attention_tc_bwd_dq(const T* q, const T* k, const T* v, const T*
     const i64 head = blockIdx.y, first = (i64)blockIdx.x * TC_ROWS, mine = first + 16 * warp;
     const T* kh = k + head * p.sk * D;
     const T* vh = v + head * p.sk * D;
-    unsigned qf[KD][4], gf[KD][4];
-    load_a_rows<T, D>(qf, q + head * p.sq * D, mine, p.sq, group, tig);
-    load_a_rows<T, D>(gf, dout + head * p.sq * D, mine, p.sq, group, tig);
-    float row_lse[2], row_delta[2];
+    unsigned qf[1][KD][4], gf[1][KD][4];
+    load_a_rows<T, D>(qf[0], q + head * p.sq * D, mine, p.sq, group, tig);
+    load_a_rows<T, D>(gf[0], dout + head * p.sq * D, mine, p.sq, group, tig);
+    float row_lse[2], row_delta[2];  // the log-sum-exp in base 2
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const i64 row = mine + group + 8 * h;
-        row_lse[h] = row < p.sq ? lse[head * p.sq + row] : 0.0f;
+        row_lse[h] = row < p.sq ? lse[head * p.sq + row] * TC_LOG2E : 0.0f;
         row_delta[h] = row < p.sq ? delta[head * p.sq + row] : 0.0f;
     }
-    const float scale = (float)p.scale;
-    float acc[NO][4];
-    zero<NO>(acc);
+    const float scale = (float)p.scale * TC_LOG2E;
+    float acc[1][NO][4];
+    zero<NO>(acc[0]);
     const i64 key_end = p.causal ? (first + TC_ROWS < p.sk ? first + TC_ROWS : p.sk) : p.sk;
     auto stage = [&](int b, i64 t0) {
         stage_tile<T, D, KEYS>(ks[b], kh, t0, p.sk);
         stage_tile<T, D, KEYS>(vs[b], vh, t0, p.sk);
     };
     double_buffered(0, key_end, KEYS, stage, [&](int b, i64 t0) {
-        float s[NS][4], dp[NS][4];
-        zero<NS>(s);
-        zero<NS>(dp);
-        mma_rows<T, KD, NS, D + TC_PAD>(s, qf, ks[b], group, tig);
-        mma_rows<T, KD, NS, D + TC_PAD>(dp, gf, vs[b], group, tig);
+        if (tile_hidden<1, KEYS>(p, mine, t0, false)) return;
+        float s[1][NS][4], dp[1][NS][4];
+        zero<NS>(s[0]);
+        zero<NS>(dp[0]);
+        mma_rows<T, 1, KD, NS, D + TC_PAD>(s, qf, ks[b]);
+        mma_rows<T, 1, KD, NS, D + TC_PAD>(dp, gf, vs[b]);
+        const bool masked = tile_needs_mask<1, KEYS>(p, mine, t0, false);
 #pragma unroll
         for (int j = 0; j < NS; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int h = e / 2;
-                const bool seen = tc_visible(p, mine + group + 8 * h, t0 + 8 * j + 2 * tig + (e & 1));
-                s[j][e] = seen ? m_exp(s[j][e] * scale - row_lse[h]) * (dp[j][e] - row_delta[h]) : 0.0f;
+                const bool seen = !masked || tc_visible(p, mine + group + 8 * h, t0 + 8 * j + 2 * tig + (e & 1));
+                s[0][j][e] = seen ? exp2f(s[0][j][e] * scale - row_lse[h]) * (dp[0][j][e] - row_delta[h]) : 0.0f;
             }
-        mma_tile<T, KEYS / 16, NO, D + TC_PAD>(acc, s, ks[b]);
+        mma_tile<T, 1, NS, NO, D + TC_PAD>(acc, s, ks[b]);
     });
     T* gh = dq + head * p.sq * D;
-    store_rows<NO>(acc, mine, p.sq, group, tig, [&](i64 at, float value, int) { gh[at] = down<T>(value * scale); });
+    const float unscale = (float)p.scale;
+    store_rows<NO>(acc[0], mine, p.sq, group, tig, [&](i64 at, float value, int) { gh[at] = down<T>(value * unscale); });
 }
 
 template <typename T, int D>
@@ -308,46 +381,49 @@ __device__ void attention_tc_bwd_dkdv(const T* q, const T* k, const T* v, const 
     const i64 head = blockIdx.y, first = (i64)blockIdx.x * TC_ROWS, mine = first + 16 * warp;
     const T* qh = q + head * p.sq * D;
     const T* gh = dout + head * p.sq * D;
-    unsigned kf[KD][4], vf[KD][4];
-    load_a_rows<T, D>(kf, k + head * p.sk * D, mine, p.sk, group, tig);
-    load_a_rows<T, D>(vf, v + head * p.sk * D, mine, p.sk, group, tig);
-    const float scale = (float)p.scale;
-    float dk_acc[NO][4], dv_acc[NO][4];
-    zero<NO>(dk_acc);
-    zero<NO>(dv_acc);
-    // Queries before the block's first key see none of its keys when causal.
+    unsigned kf[1][KD][4], vf[1][KD][4];
+    load_a_rows<T, D>(kf[0], k + head * p.sk * D, mine, p.sk, group, tig);
+    load_a_rows<T, D>(vf[0], v + head * p.sk * D, mine, p.sk, group, tig);
+    const float scale = (float)p.scale * TC_LOG2E;
+    float dk_acc[1][NO][4], dv_acc[1][NO][4];
+    zero<NO>(dk_acc[0]);
+    zero<NO>(dv_acc[0]);
     auto stage = [&](int b, i64 t0) {
         stage_tile<T, D, QUERIES>(qs[b], qh, t0, p.sq);
         stage_tile<T, D, QUERIES>(gs[b], gh, t0, p.sq);
         if (threadIdx.x < QUERIES) {
-            const i64 query = t0 + threadIdx.x;
-            tile_lse[b][threadIdx.x] = query < p.sq ? lse[head * p.sq + query] : 0.0f;
+            const i64 query = t0 + threadIdx.x;  // the log-sum-exp in base 2
+            tile_lse[b][threadIdx.x] = query < p.sq ? lse[head * p.sq + query] * TC_LOG2E : 0.0f;
             tile_delta[b][threadIdx.x] = query < p.sq ? delta[head * p.sq + query] : 0.0f;
         }
     };
+    // Queries before the block's first key see none of its keys when causal.
     double_buffered(p.causal ? first : 0, p.sq, QUERIES, stage, [&](int b, i64 t0) {
+        if (tile_hidden<1, QUERIES>(p, mine, t0, true)) return;
         // Element e of block j: key mine + group + 8 (e / 2), query t0 + 8 j + 2 tig + (e & 1).
-        float s[NS][4], dp[NS][4];
-        zero<NS>(s);
-        zero<NS>(dp);
-        mma_rows<T, KD, NS, D + TC_PAD>(s, kf, qs[b], group, tig);
-        mma_rows<T, KD, NS, D + TC_PAD>(dp, vf, gs[b], group, tig);
+        float s[1][NS][4], dp[1][NS][4];
+        zero<NS>(s[0]);
+        zero<NS>(dp[0]);
+        mma_rows<T, 1, KD, NS, D + TC_PAD>(s, kf, qs[b]);
+        mma_rows<T, 1, KD, NS, D + TC_PAD>(dp, vf, gs[b]);
+        const bool masked = tile_needs_mask<1, QUERIES>(p, mine, t0, true);
 #pragma unroll
         for (int j = 0; j < NS; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int col = 8 * j + 2 * tig + (e & 1);
-                const bool seen = tc_visible(p, t0 + col, mine + group + 8 * (e / 2));
-                s[j][e] = seen ? m_exp(s[j][e] * scale - tile_lse[b][col]) : 0.0f;  // Pᵀ
-                dp[j][e] = s[j][e] * (dp[j][e] - tile_delta[b][col]);              // dSᵀ
+                const bool seen = !masked || tc_visible(p, t0 + col, mine + group + 8 * (e / 2));
+                s[0][j][e] = seen ? exp2f(s[0][j][e] * scale - tile_lse[b][col]) : 0.0f;  // Pᵀ
+                dp[0][j][e] = s[0][j][e] * (dp[0][j][e] - tile_delta[b][col]);             // dSᵀ
             }
-        mma_tile<T, QUERIES / 16, NO, D + TC_PAD>(dv_acc, s, gs[b]);
-        mma_tile<T, QUERIES / 16, NO, D + TC_PAD>(dk_acc, dp, qs[b]);
+        mma_tile<T, 1, NS, NO, D + TC_PAD>(dv_acc, s, gs[b]);
+        mma_tile<T, 1, NS, NO, D + TC_PAD>(dk_acc, dp, qs[b]);
     });
     T* kg = dk + head * p.sk * D;
     T* vg = dv + head * p.sk * D;
-    store_rows<NO>(dk_acc, mine, p.sk, group, tig, [&](i64 at, float value, int) { kg[at] = down<T>(value * scale); });
-    store_rows<NO>(dv_acc, mine, p.sk, group, tig, [&](i64 at, float value, int) { vg[at] = down<T>(value); });
+    const float unscale = (float)p.scale;
+    store_rows<NO>(dk_acc[0], mine, p.sk, group, tig, [&](i64 at, float value, int) { kg[at] = down<T>(value * unscale); });
+    store_rows<NO>(dv_acc[0], mine, p.sk, group, tig, [&](i64 at, float value, int) { vg[at] = down<T>(value); });
 }
 
 #define ATTENTION_TC(T, tname, D) \

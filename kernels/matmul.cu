@@ -116,15 +116,20 @@ GEMM_INSTANTIATE(MATMUL_TC, float, f32, 1, 2) GEMM_INSTANTIATE(LINEAR_TC, float,
 
 // Version 2 (mma_pipeline.cuh), one instantiation per operand layout: the first letter says
 // along which axis A is contiguous (k or m), the second B (k or n). matmul_v2_kn_* is a plain
-// row-major product, linear_v2_kk_* a linear layer's x Wᵀ.
+// row-major product, linear_v2_kk_* a linear layer's x Wᵀ. Two blocks a multiprocessor (at most
+// 128 registers a thread, 96 KiB of shared memory): with one, 8 warps left the tensor pipes
+// waiting on shared-memory latency (ncu on an H200, session 12: 170 registers, SM throughput
+// 34%); at 128 registers ptxas keeps every value in registers (the CI's register test holds it
+// to no spills).
+#define PIPE_BLOCKS_PER_SM 2
 #define MATMUL_V2(T, tname, layout, a_k_major, b_k_major) \
-    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, 1) \
+    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) \
         matmul_v2_##layout##_##tname(const T* a, const T* b, T* c, const __grid_constant__ MatmulParams p) { \
         const MatmulProblem<T, false> pb{a, b, nullptr, c, p}; \
         mma_pipelined_gemm<T, a_k_major, b_k_major>(pb); \
     }
 #define LINEAR_V2(T, tname, layout, a_k_major, b_k_major) \
-    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, 1) linear_v2_##layout##_##tname( \
+    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) linear_v2_##layout##_##tname( \
         const T* a, const T* b, const T* bias, T* c, const __grid_constant__ MatmulParams p) { \
         const MatmulProblem<T, true> pb{a, b, bias, c, p}; \
         mma_pipelined_gemm<T, a_k_major, b_k_major>(pb); \

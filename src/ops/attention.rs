@@ -19,8 +19,15 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 const OP: &str = "scaled_dot_product_attention";
 /// Query (or key) rows per block of version 1 (`kernels/attention.cu`): one per warp.
 const ROWS_PER_BLOCK: usize = 8;
-/// Rows per block of the tensor-core version (`kernels/attention_tc.cu`): 16 per warp, 4 warps.
-const TC_ROWS_PER_BLOCK: usize = 64;
+/// Warps per block of the tensor-core version (`kernels/attention_tc.cu`).
+const TC_WARPS: usize = 4;
+
+/// Rows per block of the tensor-core version's pass `kind` at head size `d`: 16 per warp, or 32
+/// in the forward pass up to head_dim 64 (`TcTile::FWD_BLOCKS` in the kernel).
+fn tc_rows_per_block(kind: &str, d: usize) -> usize {
+    let blocks_per_warp = if kind == "fwd" && d <= 64 { 2 } else { 1 };
+    16 * blocks_per_warp * TC_WARPS
+}
 /// The head sizes the kernels are compiled for (f64: up to 64).
 pub const HEAD_DIMS: [usize; 4] = [16, 32, 64, 128];
 
@@ -192,8 +199,8 @@ fn rows_config(rows: usize, heads: usize) -> LaunchConfig {
 }
 
 /// Which kernels a pass over `rows` rows per head runs: version 1's (module `attention`, one row
-/// per warp) or, for f16/bf16 on sm_80+, the tensor-core version (module `attention_tc`, 16 rows
-/// per warp); returns the module, the kernel name for `kind` (`fwd`, `bwd_dq`, `bwd_dkdv`) and
+/// per warp) or, for f16/bf16 on sm_80+, the tensor-core version (module `attention_tc`, 16 or
+/// 32 rows per warp); returns the module, the kernel name for `kind` (`fwd`, `bwd_dq`, `bwd_dkdv`) and
 /// the launch geometry.
 fn pass(
     kind: &str,
@@ -205,8 +212,8 @@ fn pass(
 ) -> (&'static str, String, LaunchConfig) {
     if matches!(dtype, DType::F16 | DType::BF16) && crate::cuda::gemm::uses_tensor_cores(dtype, dev) {
         let config = LaunchConfig {
-            grid_dim: (rows.div_ceil(TC_ROWS_PER_BLOCK).max(1) as u32, heads as u32, 1),
-            block_dim: (2 * TC_ROWS_PER_BLOCK as u32, 1, 1),
+            grid_dim: (rows.div_ceil(tc_rows_per_block(kind, d)).max(1) as u32, heads as u32, 1),
+            block_dim: (32 * TC_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         return ("attention_tc", format!("attention_tc_{kind}_{dtype}_d{d}"), config);
