@@ -80,16 +80,17 @@ fn softmax(c: &mut Criterion) {
 
 fn matmul(c: &mut Criterion) {
     // (row, dtype, f32 precision, tensor-core GEMM version, GPU only): f32 twice, as f32 and as
-    // TF32 (as PyTorch's "high"); f16 and bf16 with version 1 and with version 2 of the
-    // tensor-core GEMM (cp.async pipeline, ldmatrix; the default). TF32, bf16 and
-    // version 2 are GPU rows (the CPU computes f32 as f32, and its 16-bit path is f16's).
+    // TF32 (as PyTorch's "high"); f16 and bf16 with version 2 of the tensor-core GEMM (cp.async
+    // pipeline, ldmatrix; the default), then with version 1 (`_v1`). The row names match
+    // `benches/peer/matmul.py`'s. TF32, bf16 and version 1 are GPU rows (the CPU computes f32 as
+    // f32, and its 16-bit path is f16's).
     let rows = [
         ("f32", DType::F32, "highest", 1, false),
         ("tf32", DType::F32, "high", 1, true),
-        ("f16", DType::F16, "highest", 1, false),
-        ("bf16", DType::BF16, "highest", 1, true),
-        ("f16_v2", DType::F16, "highest", 2, true),
-        ("bf16_v2", DType::BF16, "highest", 2, true),
+        ("f16", DType::F16, "highest", 2, false),
+        ("bf16", DType::BF16, "highest", 2, true),
+        ("f16_v1", DType::F16, "highest", 1, true),
+        ("bf16_v1", DType::BF16, "highest", 1, true),
     ];
     let default_version = nabla::cuda::gemm::tensor_core_gemm();
     for (name, dtype, precision, version, gpu_only) in rows {

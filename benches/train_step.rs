@@ -57,14 +57,15 @@ fn gpt_step(c: &mut Criterion) {
         let mut opt = Adam::new(model.parameters(), AdamConfig::adamw(1e-3)).unwrap();
         let x = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
         let y = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
-        // (precision, tensor-core GEMM version): bf16 with both versions of the GEMM.
+        // (precision, tensor-core GEMM version): bf16 with the default version 2 of the GEMM,
+        // then with version 1 (the row `bf16_gemm_v1`).
         let rows: &[(Precision, u8)] = if device.is_cuda() {
-            &[(Precision::F32, 1), (Precision::Bf16, 1), (Precision::Bf16, 2)]
+            &[(Precision::F32, 2), (Precision::Bf16, 2), (Precision::Bf16, 1)]
         } else {
             &[(Precision::F32, 1)]
         };
         for &(precision, version) in rows {
-            let gemm = if version == 1 { String::new() } else { format!("_gemm_v{version}") };
+            let gemm = if version == 2 { String::new() } else { format!("_gemm_v{version}") };
             let name = format!("{device}/{precision}{gemm}/{layers}x{width}_context{context}_batch{batch}");
             if device.is_cuda() {
                 nabla::cuda::gemm::set_tensor_core_gemm(version).unwrap();

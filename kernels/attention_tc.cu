@@ -2,19 +2,18 @@
 // f16 and bf16 on sm_80+): the same contract, layout, masks and log-sum-exp as version 1, the
 // products done by `mma.sync.m16n8k16` with f32 accumulation (FlashAttention-2's work split).
 //
-// Tiling: a block of 4 warps owns 64 rows of its pass (queries for dQ, keys for dK/dV; 128
-// queries for the forward pass up to D = 64, two 16-row blocks a warp so that each K and V
-// fragment read from shared memory feeds two products); a warp keeps its rows' operand
-// fragments in registers for the whole pass. The block walks the other side in tiles of KEYS
-// rows (64; 32 when D = 128, and 16 queries for dK/dV at D = 128, which keeps two D-wide
-// accumulators without spilling), copied to shared memory as rows ([KEYS][D + 8] 16-bit
-// values) by cp.async in 16-byte chunks, double-buffered: the next tile's copies are in flight
-// while the current one is multiplied. Products over D read a tile's rows through ldmatrix,
-// products over the tile's rows read it transposed through ldmatrix.trans, so no tile is
-// stored twice. The 8-half padding (rows of D + 8 halves, a multiple of 16 bytes) puts the
-// eight rows that an ldmatrix touches on distinct banks. Softmax runs in base 2 (exp2f is one
-// instruction), and only tiles that cross the causal diagonal or the end of a side test each
-// element against the mask; a warp skips causal tiles hidden from all its rows.
+// Tiling: a block of 4 warps owns 64 or 128 rows of its pass (queries for the forward and dQ,
+// keys for dK/dV): 16 or 32 a warp, as TcTile says per head size. A warp keeps its rows'
+// operand fragments in registers for the whole pass, and with 32 rows each fragment it reads
+// from shared memory feeds two products. The block walks the other side in tiles of 16-64 rows,
+// copied to shared memory as rows ([rows][D + 8] 16-bit values) by cp.async in 16-byte chunks,
+// double-buffered: the next tile's copies are in flight while the current one is multiplied.
+// Products over D read a tile's rows through ldmatrix, products over the tile's rows read it
+// transposed through ldmatrix.trans, so no tile is stored twice. The 8-half padding (rows of
+// D + 8 halves, a multiple of 16 bytes) puts the eight rows that an ldmatrix touches on
+// distinct banks. Softmax runs in base 2 (exp2f is one instruction), and only tiles that cross
+// the causal diagonal or the end of a side test each element against the mask; a warp skips
+// causal tiles hidden from all its rows.
 // - attention_tc_fwd:      S = Q Kᵀ (16 x KEYS per warp), online softmax in f32 on the
 //                          accumulator fragments (a row's four threads combine by shuffles),
 //                          P rounded to T as the A operand of O += P V.
@@ -27,21 +26,28 @@
 // Bound: the tensor pipes. Until session 12 the tiles were staged synchronously, element by
 // element and once more transposed (on an H200, 9 TFLOP/s for the char-GPT's causal forward);
 // until session 13 the B fragments over D were read as 32-bit shared loads (four per two
-// products) and every element was tested against the mask. What remains between this and
-// FlashAttention-2: the backward's 16 rows a warp, its recomputation of S and dP in two
-// kernels (FA2 accumulates dQ atomically from one), and the A-fragment packing of P and dS.
+// products), each warp owned 16 rows, and every element was tested against the mask. What
+// remains between this and FlashAttention-2: 16 rows a warp for dK/dV from D = 64, the
+// backward's recomputation of S and dP in two kernels (FA2 accumulates dQ atomically from
+// one), and the A-fragment packing of P and dS.
 #include "nabla.cuh"
 
 #define TC_WARPS 4
-#define TC_ROWS (16 * TC_WARPS)
 #define TC_PAD 8
 
-// Rows of the other side per shared tile, and how many 16-row blocks a warp of the forward
-// pass owns: two up to D = 64 (a block of 128 queries), so that every K and V fragment read
-// from shared memory feeds two products; one at D = 128, where two would not fit in registers.
+// Per pass: rows of the other side per shared tile (KEYS, DQ_KEYS, DKDV_QUERIES), and how many
+// 16-row blocks a warp owns (*_BLOCKS; the block's rows are 64 times that, and the host's
+// tc_rows_per_block in src/ops/attention.rs says the same). Two blocks make every fragment read
+// from shared memory feed two products, halving the shared-memory traffic per product; they
+// are used wherever the accumulators still fit in 255 registers without spilling (ptxas, sm_90,
+// NVRTC 13.0), the tiles shrinking to make room where needed.
 template <int D> struct TcTile {
     static constexpr int KEYS = D >= 128 ? 32 : 64;
     static constexpr int FWD_BLOCKS = D >= 128 ? 1 : 2;
+    static constexpr int DQ_BLOCKS = D >= 128 ? 1 : 2;
+    static constexpr int DQ_KEYS = D >= 64 ? 32 : KEYS;
+    static constexpr int DKDV_BLOCKS = D >= 64 ? 1 : 2;
+    static constexpr int DKDV_QUERIES = D >= 128 ? 16 : D >= 64 ? 64 : 32;
 };
 
 // log2(e): the kernels work in base 2 (exp2f is one ex2 instruction; expf is several), with
@@ -320,74 +326,90 @@ __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float
 template <typename T, int D>
 __device__ void attention_tc_bwd_dq(const T* q, const T* k, const T* v, const T* dout, const float* lse,
                                     const float* delta, T* dq, AttentionParams p) {
-    constexpr int KEYS = TcTile<D>::KEYS, KD = D / 16, NS = KEYS / 8, NO = D / 8;
+    constexpr int KEYS = TcTile<D>::DQ_KEYS, MB = TcTile<D>::DQ_BLOCKS, ROWS = 16 * MB * TC_WARPS;
+    constexpr int KD = D / 16, NS = KEYS / 8, NO = D / 8;
     __shared__ __align__(16) unsigned short ks[2][KEYS][D + TC_PAD];
     __shared__ __align__(16) unsigned short vs[2][KEYS][D + TC_PAD];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3;
-    const i64 head = blockIdx.y, first = (i64)blockIdx.x * TC_ROWS, mine = first + 16 * warp;
+    const i64 head = blockIdx.y, first = (i64)blockIdx.x * ROWS, mine = first + 16 * MB * warp;
     const T* kh = k + head * p.sk * D;
     const T* vh = v + head * p.sk * D;
-    unsigned qf[1][KD][4], gf[1][KD][4];
-    load_a_rows<T, D>(qf[0], q + head * p.sq * D, mine, p.sq, group, tig);
-    load_a_rows<T, D>(gf[0], dout + head * p.sq * D, mine, p.sq, group, tig);
-    float row_lse[2], row_delta[2];  // the log-sum-exp in base 2
+    unsigned qf[MB][KD][4], gf[MB][KD][4];
+    float row_lse[MB][2], row_delta[MB][2];  // the log-sum-exp in base 2
+    float acc[MB][NO][4];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const i64 row = mine + group + 8 * h;
-        row_lse[h] = row < p.sq ? lse[head * p.sq + row] * TC_LOG2E : 0.0f;
-        row_delta[h] = row < p.sq ? delta[head * p.sq + row] : 0.0f;
+    for (int r = 0; r < MB; ++r) {
+        load_a_rows<T, D>(qf[r], q + head * p.sq * D, mine + 16 * r, p.sq, group, tig);
+        load_a_rows<T, D>(gf[r], dout + head * p.sq * D, mine + 16 * r, p.sq, group, tig);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const i64 row = mine + 16 * r + group + 8 * h;
+            row_lse[r][h] = row < p.sq ? lse[head * p.sq + row] * TC_LOG2E : 0.0f;
+            row_delta[r][h] = row < p.sq ? delta[head * p.sq + row] : 0.0f;
+        }
+        zero<NO>(acc[r]);
     }
     const float scale = (float)p.scale * TC_LOG2E;
-    float acc[1][NO][4];
-    zero<NO>(acc[0]);
-    const i64 key_end = p.causal ? (first + TC_ROWS < p.sk ? first + TC_ROWS : p.sk) : p.sk;
+    const i64 key_end = p.causal ? (first + ROWS < p.sk ? first + ROWS : p.sk) : p.sk;
     auto stage = [&](int b, i64 t0) {
         stage_tile<T, D, KEYS>(ks[b], kh, t0, p.sk);
         stage_tile<T, D, KEYS>(vs[b], vh, t0, p.sk);
     };
     double_buffered(0, key_end, KEYS, stage, [&](int b, i64 t0) {
-        if (tile_hidden<1, KEYS>(p, mine, t0, false)) return;
-        float s[1][NS][4], dp[1][NS][4];
-        zero<NS>(s[0]);
-        zero<NS>(dp[0]);
-        mma_rows<T, 1, KD, NS, D + TC_PAD>(s, qf, ks[b]);
-        mma_rows<T, 1, KD, NS, D + TC_PAD>(dp, gf, vs[b]);
-        const bool masked = tile_needs_mask<1, KEYS>(p, mine, t0, false);
+        if (tile_hidden<MB, KEYS>(p, mine, t0, false)) return;
+        float s[MB][NS][4], dp[MB][NS][4];
 #pragma unroll
-        for (int j = 0; j < NS; ++j)
+        for (int r = 0; r < MB; ++r) {
+            zero<NS>(s[r]);
+            zero<NS>(dp[r]);
+        }
+        mma_rows<T, MB, KD, NS, D + TC_PAD>(s, qf, ks[b]);
+        mma_rows<T, MB, KD, NS, D + TC_PAD>(dp, gf, vs[b]);
+        const bool masked = tile_needs_mask<MB, KEYS>(p, mine, t0, false);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int h = e / 2;
-                const bool seen = !masked || tc_visible(p, mine + group + 8 * h, t0 + 8 * j + 2 * tig + (e & 1));
-                s[0][j][e] = seen ? exp2f(s[0][j][e] * scale - row_lse[h]) * (dp[0][j][e] - row_delta[h]) : 0.0f;
-            }
-        mma_tile<T, 1, NS, NO, D + TC_PAD>(acc, s, ks[b]);
+        for (int r = 0; r < MB; ++r)
+#pragma unroll
+            for (int j = 0; j < NS; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int h = e / 2;
+                    const i64 row = mine + 16 * r + group + 8 * h, key = t0 + 8 * j + 2 * tig + (e & 1);
+                    const bool seen = !masked || tc_visible(p, row, key);
+                    s[r][j][e] =
+                        seen ? exp2f(s[r][j][e] * scale - row_lse[r][h]) * (dp[r][j][e] - row_delta[r][h]) : 0.0f;
+                }
+        mma_tile<T, MB, NS, NO, D + TC_PAD>(acc, s, ks[b]);
     });
     T* gh = dq + head * p.sq * D;
     const float unscale = (float)p.scale;
-    store_rows<NO>(acc[0], mine, p.sq, group, tig, [&](i64 at, float value, int) { gh[at] = down<T>(value * unscale); });
+#pragma unroll
+    for (int r = 0; r < MB; ++r)
+        store_rows<NO>(acc[r], mine + 16 * r, p.sq, group, tig,
+                       [&](i64 at, float value, int) { gh[at] = down<T>(value * unscale); });
 }
 
 template <typename T, int D>
 __device__ void attention_tc_bwd_dkdv(const T* q, const T* k, const T* v, const T* dout, const float* lse,
                                       const float* delta, T* dk, T* dv, AttentionParams p) {
-    // 16 queries a tile at D = 128: two accumulators of D columns and the K and V fragments
-    // leave no registers for a 32-query tile's scores without spilling.
-    constexpr int QUERIES = D >= 128 ? 16 : TcTile<D>::KEYS, KD = D / 16, NS = QUERIES / 8, NO = D / 8;
+    constexpr int QUERIES = TcTile<D>::DKDV_QUERIES, MB = TcTile<D>::DKDV_BLOCKS, ROWS = 16 * MB * TC_WARPS;
+    constexpr int KD = D / 16, NS = QUERIES / 8, NO = D / 8;
     __shared__ __align__(16) unsigned short qs[2][QUERIES][D + TC_PAD];
     __shared__ __align__(16) unsigned short gs[2][QUERIES][D + TC_PAD];
     __shared__ float tile_lse[2][QUERIES], tile_delta[2][QUERIES];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3;
-    const i64 head = blockIdx.y, first = (i64)blockIdx.x * TC_ROWS, mine = first + 16 * warp;
+    const i64 head = blockIdx.y, first = (i64)blockIdx.x * ROWS, mine = first + 16 * MB * warp;
     const T* qh = q + head * p.sq * D;
     const T* gh = dout + head * p.sq * D;
-    unsigned kf[1][KD][4], vf[1][KD][4];
-    load_a_rows<T, D>(kf[0], k + head * p.sk * D, mine, p.sk, group, tig);
-    load_a_rows<T, D>(vf[0], v + head * p.sk * D, mine, p.sk, group, tig);
+    unsigned kf[MB][KD][4], vf[MB][KD][4];
+    float dk_acc[MB][NO][4], dv_acc[MB][NO][4];
+#pragma unroll
+    for (int r = 0; r < MB; ++r) {
+        load_a_rows<T, D>(kf[r], k + head * p.sk * D, mine + 16 * r, p.sk, group, tig);
+        load_a_rows<T, D>(vf[r], v + head * p.sk * D, mine + 16 * r, p.sk, group, tig);
+        zero<NO>(dk_acc[r]);
+        zero<NO>(dv_acc[r]);
+    }
     const float scale = (float)p.scale * TC_LOG2E;
-    float dk_acc[1][NO][4], dv_acc[1][NO][4];
-    zero<NO>(dk_acc[0]);
-    zero<NO>(dv_acc[0]);
     auto stage = [&](int b, i64 t0) {
         stage_tile<T, D, QUERIES>(qs[b], qh, t0, p.sq);
         stage_tile<T, D, QUERIES>(gs[b], gh, t0, p.sq);
@@ -399,31 +421,40 @@ __device__ void attention_tc_bwd_dkdv(const T* q, const T* k, const T* v, const 
     };
     // Queries before the block's first key see none of its keys when causal.
     double_buffered(p.causal ? first : 0, p.sq, QUERIES, stage, [&](int b, i64 t0) {
-        if (tile_hidden<1, QUERIES>(p, mine, t0, true)) return;
-        // Element e of block j: key mine + group + 8 (e / 2), query t0 + 8 j + 2 tig + (e & 1).
-        float s[1][NS][4], dp[1][NS][4];
-        zero<NS>(s[0]);
-        zero<NS>(dp[0]);
-        mma_rows<T, 1, KD, NS, D + TC_PAD>(s, kf, qs[b]);
-        mma_rows<T, 1, KD, NS, D + TC_PAD>(dp, vf, gs[b]);
-        const bool masked = tile_needs_mask<1, QUERIES>(p, mine, t0, true);
+        if (tile_hidden<MB, QUERIES>(p, mine, t0, true)) return;
+        // Element e of block j of r: key mine + 16 r + group + 8 (e / 2), query t0 + 8 j + 2 tig + (e & 1).
+        float s[MB][NS][4], dp[MB][NS][4];
 #pragma unroll
-        for (int j = 0; j < NS; ++j)
+        for (int r = 0; r < MB; ++r) {
+            zero<NS>(s[r]);
+            zero<NS>(dp[r]);
+        }
+        mma_rows<T, MB, KD, NS, D + TC_PAD>(s, kf, qs[b]);
+        mma_rows<T, MB, KD, NS, D + TC_PAD>(dp, vf, gs[b]);
+        const bool masked = tile_needs_mask<MB, QUERIES>(p, mine, t0, true);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int col = 8 * j + 2 * tig + (e & 1);
-                const bool seen = !masked || tc_visible(p, t0 + col, mine + group + 8 * (e / 2));
-                s[0][j][e] = seen ? exp2f(s[0][j][e] * scale - tile_lse[b][col]) : 0.0f;  // Pᵀ
-                dp[0][j][e] = s[0][j][e] * (dp[0][j][e] - tile_delta[b][col]);             // dSᵀ
-            }
-        mma_tile<T, 1, NS, NO, D + TC_PAD>(dv_acc, s, gs[b]);
-        mma_tile<T, 1, NS, NO, D + TC_PAD>(dk_acc, dp, qs[b]);
+        for (int r = 0; r < MB; ++r)
+#pragma unroll
+            for (int j = 0; j < NS; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int col = 8 * j + 2 * tig + (e & 1);
+                    const bool seen = !masked || tc_visible(p, t0 + col, mine + 16 * r + group + 8 * (e / 2));
+                    s[r][j][e] = seen ? exp2f(s[r][j][e] * scale - tile_lse[b][col]) : 0.0f;  // Pᵀ
+                    dp[r][j][e] = s[r][j][e] * (dp[r][j][e] - tile_delta[b][col]);             // dSᵀ
+                }
+        mma_tile<T, MB, NS, NO, D + TC_PAD>(dv_acc, s, gs[b]);
+        mma_tile<T, MB, NS, NO, D + TC_PAD>(dk_acc, dp, qs[b]);
     });
     T* kg = dk + head * p.sk * D;
     T* vg = dv + head * p.sk * D;
     const float unscale = (float)p.scale;
-    store_rows<NO>(dk_acc[0], mine, p.sk, group, tig, [&](i64 at, float value, int) { kg[at] = down<T>(value * unscale); });
-    store_rows<NO>(dv_acc[0], mine, p.sk, group, tig, [&](i64 at, float value, int) { vg[at] = down<T>(value); });
+#pragma unroll
+    for (int r = 0; r < MB; ++r) {
+        store_rows<NO>(dk_acc[r], mine + 16 * r, p.sk, group, tig,
+                       [&](i64 at, float value, int) { kg[at] = down<T>(value * unscale); });
+        store_rows<NO>(dv_acc[r], mine + 16 * r, p.sk, group, tig, [&](i64 at, float value, int) { vg[at] = down<T>(value); });
+    }
 }
 
 #define ATTENTION_TC(T, tname, D) \

@@ -23,9 +23,14 @@ const ROWS_PER_BLOCK: usize = 8;
 const TC_WARPS: usize = 4;
 
 /// Rows per block of the tensor-core version's pass `kind` at head size `d`: 16 per warp, or 32
-/// in the forward pass up to head_dim 64 (`TcTile::FWD_BLOCKS` in the kernel).
+/// where the kernel gives a warp two 16-row blocks (`TcTile` in `kernels/attention_tc.cu`: the
+/// forward pass and dQ up to head_dim 64, dK/dV up to 32).
 fn tc_rows_per_block(kind: &str, d: usize) -> usize {
-    let blocks_per_warp = if kind == "fwd" && d <= 64 { 2 } else { 1 };
+    let two_blocks = match kind {
+        "bwd_dkdv" => d <= 32,
+        _ => d <= 64,
+    };
+    let blocks_per_warp = if two_blocks { 2 } else { 1 };
     16 * blocks_per_warp * TC_WARPS
 }
 /// The head sizes the kernels are compiled for (f64: up to 64).

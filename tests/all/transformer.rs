@@ -270,11 +270,12 @@ fn fused_attention_on_the_gpu_matches_the_cpu_for_every_dtype_head_size_and_ragg
 #[test]
 fn tensor_core_attention_matches_the_cpu_across_several_query_and_key_tiles() {
     // f16/bf16 run on kernels/attention_tc.cu on sm_80+ (and on the emulator, which claims
-    // sm_90): 64 rows per block, key tiles of 64 (32 at head_dim 128). These shapes cross
-    // several of both, with more queries than keys and the reverse, causal and full.
+    // sm_90): 64 or 128 rows per block, tiles of 16 to 64 rows of the other side (`TcTile`).
+    // These shapes cross several of both, with more queries than keys and the reverse, causal
+    // and full, so that some tiles are masked, some not and some hidden from a whole warp.
     for dev in devices_under_test("tensor-core attention").into_iter().filter(|d| d.is_cuda()) {
         for (s, &(b, h, sq, sk, d)) in
-            [(2, 2, 150, 150, 64), (1, 1, 100, 200, 128), (1, 3, 200, 90, 32)].iter().enumerate()
+            [(2, 2, 150, 150, 64), (1, 1, 100, 200, 128), (1, 3, 200, 90, 32), (1, 1, 300, 270, 16)].iter().enumerate()
         {
             for dtype in [DType::BF16, DType::F16] {
                 let (atol, rtol) = tolerance(dtype);
