@@ -303,7 +303,34 @@ pub(crate) fn gather_layout(layout: &Layout) -> Option<params::GatherLayout> {
     if layout.numel() >= 1 << 31 {
         return None;
     }
-    // (size, stride) from the outermost dim in.
+    gather_layout_of(&merged_dims(layout), layout.offset())
+}
+
+/// [`gather_layout`] in units of 8 elements, for `cast_gather8_*` in kernels/copy.cu: `Some`
+/// when every run of 8 consecutive elements of the view is contiguous and starts 16-byte
+/// aligned (its buffer is: the innermost merged dim has stride 1 and a multiple of 8 elements,
+/// every other stride and the offset are multiples of 8, and 8 elements are a multiple of 16
+/// bytes for every dtype). The kernel then moves pack `p` = elements 8 p .. 8 p + 7.
+pub(crate) fn gather_layout_packed(layout: &Layout) -> Option<params::GatherLayout> {
+    if layout.numel() >= 1 << 31 {
+        return None;
+    }
+    let mut dims = merged_dims(layout);
+    let &(inner, inner_stride) = dims.last()?;
+    let outer_aligned = dims[..dims.len() - 1].iter().all(|&(_, stride)| stride.is_multiple_of(8));
+    if inner_stride != 1 || !inner.is_multiple_of(8) || !outer_aligned || !layout.offset().is_multiple_of(8) {
+        return None;
+    }
+    let last = dims.len() - 1;
+    for (d, dim) in dims.iter_mut().enumerate() {
+        *dim = if d == last { (dim.0 / 8, 1) } else { (dim.0, dim.1 / 8) };
+    }
+    gather_layout_of(&dims, layout.offset() / 8)
+}
+
+/// The view's (size, stride) pairs from the outermost dim in, without dims of size 1 and with
+/// neighbours that step through memory as one dim merged (a row-major view is one dim).
+fn merged_dims(layout: &Layout) -> Vec<(usize, usize)> {
     let mut dims: Vec<(usize, usize)> = Vec::with_capacity(layout.rank());
     for (&size, &stride) in layout.shape().iter().zip(layout.strides()) {
         match dims.last_mut() {
@@ -312,11 +339,14 @@ pub(crate) fn gather_layout(layout: &Layout) -> Option<params::GatherLayout> {
             _ => dims.push((size, stride)),
         }
     }
+    dims
+}
+
+fn gather_layout_of(dims: &[(usize, usize)], offset: usize) -> Option<params::GatherLayout> {
     if dims.len() > NABLA_MAX_DIMS {
         return None;
     }
-    let mut out =
-        params::GatherLayout { ndim: dims.len() as i64, offset: layout.offset() as i64, ..Default::default() };
+    let mut out = params::GatherLayout { ndim: dims.len() as i64, offset: offset as i64, ..Default::default() };
     for (d, &(size, stride)) in dims.iter().enumerate() {
         out.shape[d] = params::FastDiv::new(size);
         out.strides[d] = stride as i64;

@@ -12,7 +12,7 @@ use std::mem::MaybeUninit;
 
 pub(crate) fn kernel_names() -> Vec<String> {
     let pairs = DType::ALL.iter().flat_map(|s| DType::ALL.iter().map(move |d| format!("{s}_{d}")));
-    pairs.flat_map(|p| ["cast_", "cast_dense_", "cast_gather_"].map(|k| format!("{k}{p}"))).collect()
+    pairs.flat_map(|p| ["cast_", "cast_dense_", "cast_gather8_", "cast_gather_"].map(|k| format!("{k}{p}"))).collect()
 }
 
 impl Tensor {
@@ -231,6 +231,19 @@ fn cuda_copy(
         // n elements from src_offset and writes n from dst_offset, inside their buffers (the
         // views are), both 16-byte aligned as its Pack8 accesses need (checked above).
         unsafe { launch.launch(elementwise_config(n.div_ceil(8))) }.map_err(|e| launch_error(op, &kernel, e))?;
+        return Ok(());
+    }
+    if let (Some(ls), Some(ld)) = (cuda::gather_layout_packed(src_layout), cuda::gather_layout_packed(dst_layout)) {
+        let kernel = format!("cast_gather8_{}_{}", src.dtype, dst.dtype);
+        let f = dev.function(op, "copy", &kernel)?;
+        let packs = n_arg / 8;
+        let mut launch = dev.stream.launch_builder(&f);
+        launch.arg(&src.buf).arg(&dst.buf).arg(&packs).arg(&ls).arg(&ld);
+        // SAFETY: cast_gather8_<s>_<d>(const S*, D*, i64 packs, GatherLayout, GatherLayout)
+        // reads n / 8 runs of 8 elements through `ls` and writes them through `ld` (layouts in
+        // units of 8 elements, n a multiple of 8, every run inside its buffer and 16-byte
+        // aligned, as gather_layout_packed checked), distinct storages.
+        unsafe { launch.launch(elementwise_config(n / 8)) }.map_err(|e| launch_error(op, &kernel, e))?;
         return Ok(());
     }
     if let (Some(ls), Some(ld)) = (cuda::gather_layout(src_layout), cuda::gather_layout(dst_layout)) {

@@ -330,6 +330,29 @@ fn casts_copies_cat_and_stack_match_cpu_reference_exactly() {
             compare(&format!("broadcast copy {from}"), dev, &[x.narrow(0, 0, 1).unwrap()], (0.0, 0.0), |t| {
                 t[0].broadcast_as(&[4, 33, 65])?.contiguous()
             });
+            // Views whose runs of 8 are contiguous and aligned (cast_gather8): attention's head
+            // split [B, T, 3, H, 8] -> [B, H, T, 8] and its merge back, and parts written into a
+            // slice; and the same with the run's start off by one element (cast_gather).
+            let z = if from == DType::I64 { integers(&[2, 5, 48], -9, 9, 2) } else { randn(&[2, 5, 48], from, 2) };
+            for (first, what) in [(16, "aligned"), (17, "unaligned")] {
+                for to in [from, DType::F32, DType::BF16] {
+                    compare(
+                        &format!("head split {from} -> {to} {what}"),
+                        dev,
+                        std::slice::from_ref(&z),
+                        (0.0, 0.0),
+                        |t| {
+                            let heads = t[0].narrow(2, first, 16)?.reshape(&[2, 5, 2, 8])?;
+                            heads.permute(&[0, 2, 1, 3])?.to_dtype(to)?.contiguous()
+                        },
+                    );
+                }
+            }
+            compare(&format!("head merge and cat {from}"), dev, std::slice::from_ref(&z), (0.0, 0.0), |t| {
+                let heads = t[0].reshape(&[2, 5, 6, 8])?.permute(&[0, 2, 1, 3])?.contiguous()?;
+                let merged = heads.permute(&[0, 2, 1, 3])?.reshape(&[2, 5, 48])?;
+                Tensor::cat(&[&merged, &t[0].narrow(2, 8, 16)?.to_dtype(DType::BF16)?.to_dtype(from)?], 2)
+            });
         }
     }
 }
