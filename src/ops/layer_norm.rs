@@ -52,8 +52,7 @@ impl Tensor {
             return Err(Error::invalid(OP, format!("eps must be a non-negative number, got {eps}")));
         }
         let rows = self.numel().checked_div(cols).unwrap_or(0);
-        // Rows per block of the parameter gradient: 256, more when the grid's y limit would be passed.
-        let chunk = rows.div_ceil(65_535).max(256);
+        let chunk = param_chunk(rows, cols);
         let p = LayerNormParams { rows: rows as i64, cols: cols as i64, chunk: chunk as i64, eps };
         let x = self.dense()?.detach();
         let (w, b) = (weight.map(Tensor::detach), bias.map(Tensor::detach));
@@ -95,9 +94,23 @@ fn cuda(t: &Tensor) -> Result<&CudaStorage> {
     super::device_buffer(OP, t)
 }
 
-/// One block per row, grid-stride past 65,535 rows.
+/// A block per row, or per four rows of at most 1024 columns; grid-stride past 65,535 blocks.
 fn per_row_config(p: LayerNormParams) -> LaunchConfig {
-    LaunchConfig { grid_dim: ((p.rows as u32).clamp(1, 65535), 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+    // Rows of at most 1024 columns take a warp each (ROW_VALUES in the kernel), four a block.
+    let rows_per_block = if p.cols <= 1024 { THREADS as i64 / 32 } else { 1 };
+    let blocks = (p.rows + rows_per_block - 1) / rows_per_block;
+    LaunchConfig { grid_dim: (blocks.clamp(1, 65535) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Rows per block of the parameter gradients' partial sums (`layer_norm_bwd_params`): enough
+/// chunks for about 1024 blocks, since a block's threads each add their column over the chunk
+/// one row after another (192 blocks of 256 rows, the char-GPT's LayerNorm, ran at 1.25 TB/s on
+/// an H200); at least 16 rows, so the [chunks, cols] partials stay small beside the input; and
+/// no more than 65,535 chunks, the grid's y limit.
+fn param_chunk(rows: usize, cols: usize) -> usize {
+    let column_blocks = cols.div_ceil(THREADS as usize).max(1);
+    let chunks = 1024usize.div_ceil(column_blocks);
+    rows.div_ceil(chunks).max(16).max(rows.div_ceil(65_535))
 }
 
 /// y, and the rows' means and reciprocal standard deviations in the accumulate dtype.

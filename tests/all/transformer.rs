@@ -51,8 +51,9 @@ fn fused_layer_norm_matches_its_definition_from_tensor_ops_with_gradients() {
 #[test]
 fn layer_norm_kernels_on_the_gpu_match_the_cpu_for_every_dtype() {
     for dev in devices_under_test("layer norm kernels") {
-        // Rows longer than a block (129, 300), a single column, many short rows, an empty batch.
-        let shapes: &[&[usize]] = &[&[3, 5, 129], &[2, 300], &[7, 1], &[600, 9], &[0, 4]];
+        // Rows longer than a block (129, 300), a single column, many short rows, an empty batch;
+        // rows of 1024 columns fill a warp's registers (a warp per row), 1100 take a block.
+        let shapes: &[&[usize]] = &[&[3, 5, 129], &[2, 300], &[7, 1], &[600, 9], &[0, 4], &[9, 1024], &[3, 1100]];
         for dtype in FLOATS {
             let (atol, rtol) = tolerance(dtype);
             for (s, shape) in shapes.iter().enumerate() {
