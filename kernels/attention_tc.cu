@@ -61,10 +61,11 @@ template <typename T> __device__ __forceinline__ unsigned pack_pair(float lo, fl
 }
 
 // Two neighbouring elements of a dense row in device memory as one fragment register (zero past
-// the last row). Two 16-bit loads: a view's offset may leave the pair unaligned for a 32-bit one.
+// the last row), one 32-bit load: the host passes dense buffers at offset 0 (as stage_tile
+// needs), D is even and `at` is even, so the pair is 4-byte aligned.
 template <typename T> __device__ __forceinline__ unsigned pair_from(const T* m, i64 row, i64 rows, int at, int D) {
     if (row >= rows) return 0u;
-    return (unsigned)bits_of(m[row * D + at]) | ((unsigned)bits_of(m[row * D + at + 1]) << 16);
+    return *(const unsigned*)(m + row * D + at);
 }
 
 // The A fragments of 16 rows (first + group, first + group + 8) of a dense [rows, D] matrix, for

@@ -119,6 +119,9 @@ fn compiler(out_dir: &Path) -> cc::Build {
         .out_dir(out_dir)
         .include(root().join("tests/emulator"))
         .flag("-fvisibility=hidden")
+        // Kernels reinterpret device memory as CUDA allows (a pair of 16-bit values read as one
+        // 32-bit word, eight elements as one Pack8): no type-based alias analysis for them.
+        .flag("-fno-strict-aliasing")
         .flag("-Wno-unknown-pragmas");
     build
 }
