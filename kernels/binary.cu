@@ -35,18 +35,8 @@ template <typename T, typename Op>
 __device__ void binary(const T* a, const T* b, T* out, i64 n, const StridedLayout& la, const StridedLayout& lb) {
     Op op;
     if (packable(a, la) && packable(b, lb) && aligned16(out)) {
-        const T* ad = a + la.offset;
-        const T* bd = b + lb.offset;
-        packed_loop(
-            n,
-            [&](i64 p) {
-                const Pack8<T> x = ((const Pack8<T>*)ad)[p], y = ((const Pack8<T>*)bd)[p];
-                Pack8<T> z;
-#pragma unroll
-                for (int j = 0; j < 8; ++j) z.v[j] = down<T>(op(up(x.v[j]), up(y.v[j])));
-                ((Pack8<T>*)out)[p] = z;
-            },
-            [&](i64 i) { out[i] = down<T>(op(up(ad[i]), up(bd[i]))); });
+        typedef typename Acc<T>::type A;
+        dense_map(out, n, [&](A x, A y) { return op(x, y); }, a + la.offset, b + lb.offset);
         return;
     }
     GRID_STRIDE_LOOP(i, n) { out[i] = down<T>(op(up(a[strided_offset(la, i)]), up(b[strided_offset(lb, i)]))); }
@@ -59,17 +49,7 @@ __device__ void binary_scalar(const T* a, T* out, i64 n, const StridedLayout& la
     typedef typename Acc<T>::type A;
     const A s = (A)scalar;
     if (packable(a, la) && aligned16(out)) {
-        const T* ad = a + la.offset;
-        packed_loop(
-            n,
-            [&](i64 p) {
-                const Pack8<T> x = ((const Pack8<T>*)ad)[p];
-                Pack8<T> z;
-#pragma unroll
-                for (int j = 0; j < 8; ++j) z.v[j] = down<T>(op(up(x.v[j]), s));
-                ((Pack8<T>*)out)[p] = z;
-            },
-            [&](i64 i) { out[i] = down<T>(op(up(ad[i]), s)); });
+        dense_map(out, n, [&](A x) { return op(x, s); }, a + la.offset);
         return;
     }
     GRID_STRIDE_LOOP(i, n) { out[i] = down<T>(op(up(a[strided_offset(la, i)]), s)); }

@@ -162,13 +162,35 @@ template <typename T> __device__ __forceinline__ bool packable(const T* base, co
     return l.contiguous && aligned16(base + l.offset);
 }
 
-// An elementwise loop over n elements, eight a thread: `pack(p)` for each whole pack p
-// (elements 8 p .. 8 p + 7), then `one(i)` for the last n % 8 elements.
-template <typename Pack, typename One>
-__device__ __forceinline__ void packed_loop(i64 n, Pack pack, One one) {
+// out[i] = f(a[i]) (or f(a[i], b[i])) for n elements of dense, 16-byte aligned arrays, eight a
+// thread as Pack8 accesses, then the last n % 8 one by one. f takes and returns accumulate-type
+// values (`up` of each element); the result is rounded to T once.
+template <typename T, typename F>
+__device__ __forceinline__ void dense_map(T* out, i64 n, F f, const T* a) {
     const i64 packs = n / 8;
-    GRID_STRIDE_LOOP(p, packs) pack(p);
-    GRID_STRIDE_LOOP(i, n - packs * 8) one(packs * 8 + i);
+    GRID_STRIDE_LOOP(p, packs) {
+        const Pack8<T> x = ((const Pack8<T>*)a)[p];
+        Pack8<T> y;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) y.v[j] = down<T>(f(up(x.v[j])));
+        ((Pack8<T>*)out)[p] = y;
+    }
+    GRID_STRIDE_LOOP(i, n - packs * 8) out[packs * 8 + i] = down<T>(f(up(a[packs * 8 + i])));
+}
+template <typename T, typename F>
+__device__ __forceinline__ void dense_map(T* out, i64 n, F f, const T* a, const T* b) {
+    const i64 packs = n / 8;
+    GRID_STRIDE_LOOP(p, packs) {
+        const Pack8<T> x = ((const Pack8<T>*)a)[p], y = ((const Pack8<T>*)b)[p];
+        Pack8<T> z;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) z.v[j] = down<T>(f(up(x.v[j]), up(y.v[j])));
+        ((Pack8<T>*)out)[p] = z;
+    }
+    GRID_STRIDE_LOOP(i, n - packs * 8) {
+        const i64 k = packs * 8 + i;
+        out[k] = down<T>(f(up(a[k]), up(b[k])));
+    }
 }
 
 // Warp-level sum/max/min with shuffles; lanes of a full warp must all take part.

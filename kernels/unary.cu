@@ -44,17 +44,7 @@ template <typename T, typename Op>
 __device__ void unary(const T* in, T* out, i64 n, StridedLayout l) {
     Op op;
     if (packable(in, l) && aligned16(out)) {
-        const T* x = in + l.offset;
-        packed_loop(
-            n,
-            [&](i64 p) {
-                const Pack8<T> a = ((const Pack8<T>*)x)[p];
-                Pack8<T> y;
-#pragma unroll
-                for (int j = 0; j < 8; ++j) y.v[j] = down<T>(op(up(a.v[j])));
-                ((Pack8<T>*)out)[p] = y;
-            },
-            [&](i64 i) { out[i] = down<T>(op(up(x[i]))); });
+        dense_map(out, n, [&](typename Acc<T>::type x) { return op(x); }, in + l.offset);
         return;
     }
     GRID_STRIDE_LOOP(i, n) { out[i] = down<T>(op(up(in[strided_offset(l, i)]))); }
@@ -88,18 +78,8 @@ template <typename T, typename Grad>
 __device__ void activation_backward(const T* g, const T* x, T* out, i64 n, StridedLayout lg, StridedLayout lx) {
     Grad grad;
     if (packable(g, lg) && packable(x, lx) && aligned16(out)) {
-        const T* gd = g + lg.offset;
-        const T* xd = x + lx.offset;
-        packed_loop(
-            n,
-            [&](i64 p) {
-                const Pack8<T> ga = ((const Pack8<T>*)gd)[p], xa = ((const Pack8<T>*)xd)[p];
-                Pack8<T> y;
-#pragma unroll
-                for (int j = 0; j < 8; ++j) y.v[j] = down<T>(up(ga.v[j]) * grad(up(xa.v[j])));
-                ((Pack8<T>*)out)[p] = y;
-            },
-            [&](i64 i) { out[i] = down<T>(up(gd[i]) * grad(up(xd[i]))); });
+        typedef typename Acc<T>::type A;
+        dense_map(out, n, [&](A gv, A xv) { return gv * grad(xv); }, g + lg.offset, x + lx.offset);
         return;
     }
     GRID_STRIDE_LOOP(i, n) { out[i] = down<T>(up(g[strided_offset(lg, i)]) * grad(up(x[strided_offset(lx, i)]))); }
