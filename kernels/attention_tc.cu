@@ -183,11 +183,16 @@ __device__ __forceinline__ void mma_tile(float (*acc)[N][4], const float (*p)[NP
     }
 }
 
-template <int N> __device__ __forceinline__ void zero(float (*acc)[4]) {
-#pragma unroll
-    for (int j = 0; j < N; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
+// The backward's two products over D for a tile of the other side: s = A `s_rows`ᵀ (scores,
+// or their transpose in dK/dV) and dp = G `dp_rows`ᵀ (dP = dO Vᵀ, or V dOᵀ), each from zero.
+template <typename T, int MB, int KD, int NS, int STRIDE>
+__device__ __forceinline__ void scores_and_dp(float (&s)[MB][NS][4], float (&dp)[MB][NS][4], const unsigned (*a)[KD][4],
+                                              const unsigned (*g)[KD][4], const unsigned short (*s_rows)[STRIDE],
+                                              const unsigned short (*dp_rows)[STRIDE]) {
+    zero_fragments(s);
+    zero_fragments(dp);
+    mma_rows<T, MB, KD, NS, STRIDE>(s, a, s_rows);
+    mma_rows<T, MB, KD, NS, STRIDE>(dp, g, dp_rows);
 }
 
 // Stores this thread's part of a warp's accumulator fragment over 16 rows from `first` and N
@@ -256,9 +261,9 @@ __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float
     // Scores in base 2: s * scale * log2(e); m is the running max of those, l the running sum.
     const float scale = (float)p.scale * TC_LOG2E, neg_inf = -NABLA_INF;
     float acc[MB][NO][4], m[MB][2], l[MB][2];
+    zero_fragments(acc);
 #pragma unroll
     for (int b = 0; b < MB; ++b) {
-        zero<NO>(acc[b]);
         m[b][0] = m[b][1] = neg_inf;
         l[b][0] = l[b][1] = 0.0f;
     }
@@ -270,8 +275,7 @@ __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float
     double_buffered(0, key_end, KEYS, stage, [&](int b, i64 t0) {
         if (tile_hidden<MB, KEYS>(p, mine, t0, false)) return;
         float s[MB][NS][4];
-#pragma unroll
-        for (int r = 0; r < MB; ++r) zero<NS>(s[r]);
+        zero_fragments(s);
         mma_rows<T, MB, KD, NS, D + TC_PAD>(s, qf, ks[b]);
         const bool masked = tile_needs_mask<MB, KEYS>(p, mine, t0, false);
 #pragma unroll
@@ -348,8 +352,8 @@ __device__ void attention_tc_bwd_dq(const T* q, const T* k, const T* v, const T*
             row_lse[r][h] = row < p.sq ? lse[head * p.sq + row] * TC_LOG2E : 0.0f;
             row_delta[r][h] = row < p.sq ? delta[head * p.sq + row] : 0.0f;
         }
-        zero<NO>(acc[r]);
     }
+    zero_fragments(acc);
     const float scale = (float)p.scale * TC_LOG2E;
     const i64 key_end = p.causal ? (first + ROWS < p.sk ? first + ROWS : p.sk) : p.sk;
     auto stage = [&](int b, i64 t0) {
@@ -359,13 +363,7 @@ __device__ void attention_tc_bwd_dq(const T* q, const T* k, const T* v, const T*
     double_buffered(0, key_end, KEYS, stage, [&](int b, i64 t0) {
         if (tile_hidden<MB, KEYS>(p, mine, t0, false)) return;
         float s[MB][NS][4], dp[MB][NS][4];
-#pragma unroll
-        for (int r = 0; r < MB; ++r) {
-            zero<NS>(s[r]);
-            zero<NS>(dp[r]);
-        }
-        mma_rows<T, MB, KD, NS, D + TC_PAD>(s, qf, ks[b]);
-        mma_rows<T, MB, KD, NS, D + TC_PAD>(dp, gf, vs[b]);
+        scores_and_dp<T>(s, dp, qf, gf, ks[b], vs[b]);
         const bool masked = tile_needs_mask<MB, KEYS>(p, mine, t0, false);
 #pragma unroll
         for (int r = 0; r < MB; ++r)
@@ -407,9 +405,9 @@ __device__ void attention_tc_bwd_dkdv(const T* q, const T* k, const T* v, const 
     for (int r = 0; r < MB; ++r) {
         load_a_rows<T, D>(kf[r], k + head * p.sk * D, mine + 16 * r, p.sk, group, tig);
         load_a_rows<T, D>(vf[r], v + head * p.sk * D, mine + 16 * r, p.sk, group, tig);
-        zero<NO>(dk_acc[r]);
-        zero<NO>(dv_acc[r]);
     }
+    zero_fragments(dk_acc);
+    zero_fragments(dv_acc);
     const float scale = (float)p.scale * TC_LOG2E;
     auto stage = [&](int b, i64 t0) {
         stage_tile<T, D, QUERIES>(qs[b], qh, t0, p.sq);
@@ -425,13 +423,7 @@ __device__ void attention_tc_bwd_dkdv(const T* q, const T* k, const T* v, const 
         if (tile_hidden<MB, QUERIES>(p, mine, t0, true)) return;
         // Element e of block j of r: key mine + 16 r + group + 8 (e / 2), query t0 + 8 j + 2 tig + (e & 1).
         float s[MB][NS][4], dp[MB][NS][4];
-#pragma unroll
-        for (int r = 0; r < MB; ++r) {
-            zero<NS>(s[r]);
-            zero<NS>(dp[r]);
-        }
-        mma_rows<T, MB, KD, NS, D + TC_PAD>(s, kf, qs[b]);
-        mma_rows<T, MB, KD, NS, D + TC_PAD>(dp, vf, gs[b]);
+        scores_and_dp<T>(s, dp, kf, vf, qs[b], gs[b]);
         const bool masked = tile_needs_mask<MB, QUERIES>(p, mine, t0, true);
 #pragma unroll
         for (int r = 0; r < MB; ++r)

@@ -331,6 +331,18 @@ template <> __device__ __forceinline__ void mma_16816<f16>(float d[4], const uns
     mma_m16n8k16_f16(d, a, b, d);
 }
 
+// Zeroes MI x NI m16n8 accumulator fragments (a GEMM warp's tile, attention's scores or
+// outputs of MI 16-row blocks).
+template <int MI, int NI>
+__device__ __forceinline__ void zero_fragments(float (&acc)[MI][NI][4]) {
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+}
+
 // Two neighbouring 16-bit values of a shared row as one 32-bit fragment register (the lower
 // index in the low half). `at` is even and rows have an even length, so the load is aligned.
 __device__ __forceinline__ unsigned pair_at(const unsigned short* row, int at) {

@@ -59,18 +59,10 @@ __device__ __forceinline__ void for_each_tile(const Problem& p, Body body) {
 }
 
 // A warp's MI x NI m16n8 accumulator fragments of the tensor-core engines (mma_gemm.cuh,
-// mma_pipeline.cuh): zeroed, and stored through the problem view q with the warp's top-left
-// at (row0, col0) of C. Element e of fragment (i, j) is row 16 i + group (+ 8 for e >= 2),
-// column 8 j + 2 tig + (e & 1); elements outside the rows x cols of C are dropped.
-template <int MI, int NI>
-__device__ __forceinline__ void zero_fragments(float (&acc)[MI][NI][4]) {
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < NI; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-}
+// mma_pipeline.cuh; zeroed by zero_fragments in nabla.cuh), stored through the problem view q
+// with the warp's top-left at (row0, col0) of C. Element e of fragment (i, j) is row 16 i +
+// group (+ 8 for e >= 2), column 8 j + 2 tig + (e & 1); elements outside the rows x cols of C
+// are dropped.
 template <int MI, int NI, typename Q>
 __device__ __forceinline__ void store_fragments(const Q& q, const float (&acc)[MI][NI][4], i64 row0, i64 col0,
                                                 i64 rows, i64 cols, int group, int tig) {

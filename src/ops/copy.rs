@@ -233,28 +233,29 @@ fn cuda_copy(
         unsafe { launch.launch(elementwise_config(n.div_ceil(8))) }.map_err(|e| launch_error(op, &kernel, e))?;
         return Ok(());
     }
-    if let (Some(ls), Some(ld)) = (cuda::gather_layout_packed(src_layout), cuda::gather_layout_packed(dst_layout)) {
-        let kernel = format!("cast_gather8_{}_{}", src.dtype, dst.dtype);
+    // Views under 2^31 elements: in runs of 8 elements where both views allow it (layouts in
+    // units of 8), else element by element.
+    let packed = || match (cuda::gather_layout_packed(src_layout), cuda::gather_layout_packed(dst_layout)) {
+        (Some(ls), Some(ld)) => Some(("cast_gather8", 8, ls, ld)),
+        _ => None,
+    };
+    let single = || match (cuda::gather_layout(src_layout), cuda::gather_layout(dst_layout)) {
+        (Some(ls), Some(ld)) => Some(("cast_gather", 1, ls, ld)),
+        _ => None,
+    };
+    if let Some((name, unit, ls, ld)) = packed().or_else(single) {
+        let kernel = format!("{name}_{}_{}", src.dtype, dst.dtype);
         let f = dev.function(op, "copy", &kernel)?;
-        let packs = n_arg / 8;
+        let units = n / unit;
+        let units_arg = units as i64;
         let mut launch = dev.stream.launch_builder(&f);
-        launch.arg(&src.buf).arg(&dst.buf).arg(&packs).arg(&ls).arg(&ld);
-        // SAFETY: cast_gather8_<s>_<d>(const S*, D*, i64 packs, GatherLayout, GatherLayout)
-        // reads n / 8 runs of 8 elements through `ls` and writes them through `ld` (layouts in
-        // units of 8 elements, n a multiple of 8, every run inside its buffer and 16-byte
-        // aligned, as gather_layout_packed checked), distinct storages.
-        unsafe { launch.launch(elementwise_config(n / 8)) }.map_err(|e| launch_error(op, &kernel, e))?;
-        return Ok(());
-    }
-    if let (Some(ls), Some(ld)) = (cuda::gather_layout(src_layout), cuda::gather_layout(dst_layout)) {
-        let kernel = format!("cast_gather_{}_{}", src.dtype, dst.dtype);
-        let f = dev.function(op, "copy", &kernel)?;
-        let mut launch = dev.stream.launch_builder(&f);
-        launch.arg(&src.buf).arg(&dst.buf).arg(&n_arg).arg(&ls).arg(&ld);
-        // SAFETY: cast_gather_<s>_<d>(const S*, D*, i64 n, GatherLayout, GatherLayout) reads n
-        // (< 2^31, as gather_layout checked) elements through `ls` and writes n through `ld`,
-        // inside their buffers (distinct storages).
-        unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(op, &kernel, e))?;
+        launch.arg(&src.buf).arg(&dst.buf).arg(&units_arg).arg(&ls).arg(&ld);
+        // SAFETY: cast_gather8_<s>_<d> and cast_gather_<s>_<d>(const S*, D*, i64 units,
+        // GatherLayout, GatherLayout) read `units` runs of `unit` elements (n < 2^31 in all, a
+        // multiple of the unit) through `ls` and write them through `ld`, layouts in units of
+        // `unit` elements; every run lies inside its buffer and, for runs of 8, is 16-byte
+        // aligned, as gather_layout_packed checked. Distinct storages.
+        unsafe { launch.launch(elementwise_config(units)) }.map_err(|e| launch_error(op, &kernel, e))?;
         return Ok(());
     }
     let kernel = format!("cast_{}_{}", src.dtype, dst.dtype);
