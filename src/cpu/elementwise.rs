@@ -171,6 +171,7 @@ pub(crate) fn map<T: Copy + Sync, U: Send>(
     f: impl Fn(T) -> U + Sync,
 ) {
     let walk = Walk::new([layout]);
+    let stream = streams(out);
     for_chunks(out, |start, chunk| {
         super::vectorized(
             #[inline(always)]
@@ -184,14 +185,15 @@ pub(crate) fn map<T: Copy + Sync, U: Send>(
                         // functions the wide-vector wrapper may not inline.
                         let dst = &mut chunk[pos - start..pos - start + run];
                         if s == 1 {
-                            map_run(dst, &src[o..o + run], &f);
+                            map_run(dst, &src[o..o + run], &f, stream);
                         } else {
                             for j in 0..run {
                                 dst[j] = MaybeUninit::new(f(src[o + j * s]));
                             }
                         }
                     },
-                )
+                );
+                fence_streams(stream);
             },
         )
     });
@@ -202,14 +204,25 @@ pub(crate) fn map<T: Copy + Sync, U: Send>(
 const INTERLEAVE: usize = 64;
 
 /// `dst[j] = f(x[j])` over one contiguous run, [`INTERLEAVE`] values a step: a loop of one
-/// vector a step left a long function latency-bound (GELU ran at 5 cycles a value).
+/// vector a step left a long function latency-bound (GELU ran at 5 cycles a value). With
+/// `stream`, each step's values are staged and written with [`stream_step`].
 #[inline(always)]
-fn map_run<T: Copy, U>(dst: &mut [MaybeUninit<U>], x: &[T], f: &impl Fn(T) -> U) {
+fn map_run<T: Copy, U>(dst: &mut [MaybeUninit<U>], x: &[T], f: &impl Fn(T) -> U, stream: bool) {
     let x = &x[..dst.len()];
     let ((dst_steps, dst_tail), (x_steps, x_tail)) = (dst.as_chunks_mut::<INTERLEAVE>(), x.as_chunks::<INTERLEAVE>());
-    for (d, x) in dst_steps.iter_mut().zip(x_steps) {
-        for k in 0..INTERLEAVE {
-            d[k] = MaybeUninit::new(f(x[k]));
+    if stream {
+        for (d, x) in dst_steps.iter_mut().zip(x_steps) {
+            let mut staged = [const { MaybeUninit::uninit() }; INTERLEAVE];
+            for k in 0..INTERLEAVE {
+                staged[k] = MaybeUninit::new(f(x[k]));
+            }
+            stream_step(d, &staged);
+        }
+    } else {
+        for (d, x) in dst_steps.iter_mut().zip(x_steps) {
+            for k in 0..INTERLEAVE {
+                d[k] = MaybeUninit::new(f(x[k]));
+            }
         }
     }
     // An indexed loop, which vectorises (the zipped iterators here compiled to scalar code).
@@ -221,19 +234,79 @@ fn map_run<T: Copy, U>(dst: &mut [MaybeUninit<U>], x: &[T], f: &impl Fn(T) -> U)
 
 /// `dst[j] = f(a[j], b[j])` over one contiguous run, as [`map_run`].
 #[inline(always)]
-fn zip_run<T: Copy, U>(dst: &mut [MaybeUninit<U>], a: &[T], b: &[T], f: &impl Fn(T, T) -> U) {
+fn zip_run<T: Copy, U>(dst: &mut [MaybeUninit<U>], a: &[T], b: &[T], f: &impl Fn(T, T) -> U, stream: bool) {
     let (a, b) = (&a[..dst.len()], &b[..dst.len()]);
     let (dst_steps, dst_tail) = dst.as_chunks_mut::<INTERLEAVE>();
     let ((a_steps, a_tail), (b_steps, b_tail)) = (a.as_chunks::<INTERLEAVE>(), b.as_chunks::<INTERLEAVE>());
-    for ((d, a), b) in dst_steps.iter_mut().zip(a_steps).zip(b_steps) {
-        for k in 0..INTERLEAVE {
-            d[k] = MaybeUninit::new(f(a[k], b[k]));
+    if stream {
+        for ((d, a), b) in dst_steps.iter_mut().zip(a_steps).zip(b_steps) {
+            let mut staged = [const { MaybeUninit::uninit() }; INTERLEAVE];
+            for k in 0..INTERLEAVE {
+                staged[k] = MaybeUninit::new(f(a[k], b[k]));
+            }
+            stream_step(d, &staged);
+        }
+    } else {
+        for ((d, a), b) in dst_steps.iter_mut().zip(a_steps).zip(b_steps) {
+            for k in 0..INTERLEAVE {
+                d[k] = MaybeUninit::new(f(a[k], b[k]));
+            }
         }
     }
     let (a_tail, b_tail) = (&a_tail[..dst_tail.len()], &b_tail[..dst_tail.len()]);
     for j in 0..dst_tail.len() {
         dst_tail[j] = MaybeUninit::new(f(a_tail[j], b_tail[j]));
     }
+}
+
+/// Outputs of at least this many bytes are written with non-temporal (streaming) stores, which
+/// skip reading each destination line into the cache before overwriting it: a quarter less
+/// memory traffic for `a + b`. Measured on this project's 2-vCPU EPYC (32 MiB L3), adding two
+/// 2²² f32 vectors on one thread: 1.7-2.0 ms with ordinary stores, 1.15-1.25 ms streamed.
+/// Smaller outputs are likely read again while still cached, which streaming would forfeit;
+/// at 16 MiB an output fills half of a typical server L3 on its own.
+const STREAM_MIN_BYTES: usize = 16 << 20;
+
+/// Whether a loop writing `out` streams its stores (see [`STREAM_MIN_BYTES`]).
+fn streams<U>(out: &[MaybeUninit<U>]) -> bool {
+    cfg!(target_arch = "x86_64") && std::mem::size_of_val(out) >= STREAM_MIN_BYTES
+}
+
+/// Writes one step's staged values to `dst` with 16-byte non-temporal stores where `dst` starts
+/// on 16 bytes and the step is a whole number of them (SSE2, part of every x86-64 CPU);
+/// otherwise, and on other targets, as an ordinary copy.
+#[inline(always)]
+fn stream_step<U, const N: usize>(dst: &mut [MaybeUninit<U>; N], staged: &[MaybeUninit<U>; N]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+        let bytes = std::mem::size_of_val(staged);
+        if bytes % 16 == 0 && (dst.as_ptr() as usize) % 16 == 0 {
+            let (from, to) = (staged.as_ptr() as *const __m128i, dst.as_mut_ptr() as *mut __m128i);
+            for q in 0..bytes / 16 {
+                // SAFETY: both arrays hold `bytes` bytes, so q < bytes / 16 stays inside each;
+                // `to` is 16-byte aligned (checked) as the streaming store requires, and the
+                // load is unaligned. Every staged value was written before.
+                unsafe { _mm_stream_si128(to.add(q), _mm_loadu_si128(from.add(q))) };
+            }
+            return;
+        }
+    }
+    // SAFETY: two distinct arrays of N elements.
+    unsafe { std::ptr::copy_nonoverlapping(staged.as_ptr(), dst.as_mut_ptr(), N) };
+}
+
+/// Orders this thread's streaming stores before whatever it does next (the end of its task,
+/// after which other threads read the output): streaming stores are weakly ordered.
+#[inline(always)]
+fn fence_streams(stream: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if stream {
+        // SAFETY: SSE2's store fence, present on every x86-64 CPU.
+        unsafe { std::arch::x86_64::_mm_sfence() };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = stream;
 }
 
 /// `out[i] = f(a[i], b[i])` for the views `la` of `a` and `lb` of `b` (same shape), `out`
@@ -247,6 +320,7 @@ pub(crate) fn zip_map<T: Copy + Sync, U: Send>(
     f: impl Fn(T, T) -> U + Sync,
 ) {
     let walk = Walk::new([la, lb]);
+    let stream = streams(out);
     for_chunks(out, |start, chunk| {
         super::vectorized(
             #[inline(always)]
@@ -258,7 +332,7 @@ pub(crate) fn zip_map<T: Copy + Sync, U: Send>(
                     |pos, [oa, ob], run, [sa, sb]| {
                         let dst = &mut chunk[pos - start..pos - start + run];
                         match (sa, sb) {
-                            (1, 1) => zip_run(dst, &a[oa..oa + run], &b[ob..ob + run], &f),
+                            (1, 1) => zip_run(dst, &a[oa..oa + run], &b[ob..ob + run], &f, stream),
                             (1, 0) => {
                                 let (xa, y) = (&a[oa..oa + run], b[ob]);
                                 for j in 0..run {
@@ -278,7 +352,8 @@ pub(crate) fn zip_map<T: Copy + Sync, U: Send>(
                             }
                         }
                     },
-                )
+                );
+                fence_streams(stream);
             },
         )
     });

@@ -140,6 +140,41 @@ fn copies_into_strided_views_match_the_reference_in_parallel_and_across_dtypes()
 }
 
 #[test]
+fn outputs_large_enough_for_streaming_stores_match_the_reference() {
+    // Past 16 MiB the elementwise loops write with non-temporal stores: a binary op on two
+    // views (one starting off its storage's first element), a unary op, and a cast to f64,
+    // each over a length that ends in a partial step, against the reference element by element.
+    let n = (1 << 22) + 37;
+    let base = uniform(&[n + 3], -4.0, 4.0, DType::F32, 31);
+    let (a, b) = (base.narrow(0, 3, n).unwrap(), uniform(&[n], -4.0, 4.0, DType::F32, 32));
+    let cases: [(&str, &dyn Fn() -> Tensor); 3] = [
+        ("mul", &|| a.mul(&b).unwrap()),
+        ("exp", &|| a.exp().unwrap()),
+        ("to f64", &|| a.to_dtype(DType::F64).unwrap()),
+    ];
+    for (what, op) in cases {
+        let (fast, want) = (op(), nabla::cpu::reference(op));
+        assert_close(what, &fast, &want, tolerance(DType::F32));
+    }
+}
+
+#[test]
+fn long_f32_sums_stay_within_the_bound_of_their_blocked_summation() {
+    // Sums add 128-value blocks in f32 before f64: |error| <= 3·u·Σ|x| of each block, so the
+    // whole sum is within 3·u·Σ|x| (plus the final rounding) of the exact one, for a sum with
+    // heavy cancellation and one whose length ends in partial blocks.
+    for (n, shift) in [((1 << 20) + 77, 0.0), (100_003, 1000.0)] {
+        let x = uniform(&[n], -1.0, 1.0, DType::F32, 33).add_scalar(shift).unwrap();
+        let values = x.to_vec::<f32>().unwrap();
+        let exact: f64 = values.iter().map(|&v| v as f64).sum();
+        let magnitude: f64 = values.iter().map(|&v| (v as f64).abs()).sum();
+        let got = x.sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let bound = 3.0 * f32::EPSILON as f64 / 2.0 * magnitude + exact.abs() * f32::EPSILON as f64;
+        assert!((got - exact).abs() <= bound, "sum of {n}: {got}, exact {exact}, bound {bound}");
+    }
+}
+
+#[test]
 fn the_allocator_can_be_asked_to_keep_freed_memory_on_glibc() {
     // Every setting must take where glibc is the allocator (CI and these machines); elsewhere
     // the call is a documented no-op.
