@@ -1,8 +1,9 @@
 //! Reductions over a view split into kept dims (the output) and reduced dims, accumulating in
 //! f64 whatever the input dtype. Three shapes of work:
-//! - *row* reductions, where each output's elements are one contiguous run: summed in eight
-//!   independent lanes (which the compiler vectorises), long rows cut into fixed blocks that
-//!   run in parallel and are combined in order;
+//! - *row* reductions, where each output's elements are one contiguous run: sums add blocks of
+//!   128 values as trees in the compute type, then into sixteen f64 lanes (which the compiler
+//!   vectorises; see [`sum_slice`]), long rows cut into fixed blocks that run in parallel and
+//!   are combined in order;
 //! - *column* reductions, where the kept dims are the contiguous ones (a bias gradient, the
 //!   sum over a batch): whole input rows are added into a vector of accumulators;
 //! - anything else walks each output's elements through the strided layout.
