@@ -93,10 +93,12 @@ fn conv(c: &mut Criterion) {
             group.throughput(Throughput::Elements(3 * flops as u64));
             group.bench_function(format!("forward_backward/{device}"), |b| {
                 b.iter(|| {
-                    xl.zero_grad();
-                    wl.zero_grad();
-                    xl.conv2d(&wl, None, layer.options).unwrap().sum_all().unwrap().backward().unwrap();
-                    device.synchronize().unwrap();
+                    common::step_on(&device, || {
+                        xl.zero_grad();
+                        wl.zero_grad();
+                        xl.conv2d(&wl, None, layer.options).unwrap().sum_all().unwrap().backward().unwrap();
+                        device.synchronize().unwrap();
+                    })
                 })
             });
         }
@@ -116,10 +118,12 @@ fn lenet_step(c: &mut Criterion) {
             let y = Tensor::randint(0, 10, &[batch], &device, &mut rng).unwrap();
             group.bench_function(device.to_string(), |b| {
                 b.iter(|| {
-                    opt.zero_grad();
-                    model.forward(&x).unwrap().cross_entropy(&y).unwrap().backward().unwrap();
-                    opt.step().unwrap();
-                    device.synchronize().unwrap();
+                    common::step_on(&device, || {
+                        opt.zero_grad();
+                        model.forward(&x).unwrap().cross_entropy(&y).unwrap().backward().unwrap();
+                        opt.step().unwrap();
+                        device.synchronize().unwrap();
+                    })
                 })
             });
         }

@@ -27,11 +27,13 @@ fn step(c: &mut Criterion) {
             let y = Tensor::randint(0, 10, &[batch], &device, &mut rng).unwrap();
             group.bench_function(device.to_string(), |b| {
                 b.iter(|| {
-                    opt.zero_grad();
-                    let loss = model.forward(&x).unwrap().cross_entropy(&y).unwrap();
-                    loss.backward().unwrap();
-                    opt.step().unwrap();
-                    device.synchronize().unwrap();
+                    common::step_on(&device, || {
+                        opt.zero_grad();
+                        let loss = model.forward(&x).unwrap().cross_entropy(&y).unwrap();
+                        loss.backward().unwrap();
+                        opt.step().unwrap();
+                        device.synchronize().unwrap();
+                    })
                 })
             });
         }
@@ -72,10 +74,12 @@ fn gpt_step(c: &mut Criterion) {
             }
             group.bench_function(name, |b| {
                 b.iter(|| {
-                    opt.zero_grad();
-                    precision.run(|| next_token_loss(&model, &x, &y)).unwrap().backward().unwrap();
-                    opt.step().unwrap();
-                    device.synchronize().unwrap();
+                    common::step_on(&device, || {
+                        opt.zero_grad();
+                        precision.run(|| next_token_loss(&model, &x, &y)).unwrap().backward().unwrap();
+                        opt.step().unwrap();
+                        device.synchronize().unwrap();
+                    })
                 })
             });
         }

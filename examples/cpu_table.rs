@@ -31,6 +31,11 @@ fn median_ms(warmup: usize, runs: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() -> nabla::Result<()> {
+    // As `nabla train` does: every op starts its parallel loops from inside the pool.
+    nabla::cpu::in_pool(table)
+}
+
+fn table() -> nabla::Result<()> {
     let filter = std::env::args().nth(1).unwrap_or_default();
     // As `nabla train` does: freed buffers stay in the process for the next step.
     nabla::cpu::keep_freed_memory();

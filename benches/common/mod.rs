@@ -12,3 +12,10 @@ pub fn devices() -> Vec<Device> {
     let with_cpu = std::env::var("NABLA_BENCH_CPU").is_ok_and(|v| v == "1");
     if with_cpu { vec![Device::Cpu, Device::Cuda(0)] } else { vec![Device::Cuda(0)] }
 }
+
+/// Runs one timed step: on the CPU from inside the pool, as `nabla train` runs its steps (see
+/// `nabla::cpu::in_pool`); on the GPU directly.
+#[allow(dead_code)] // not every bench times whole steps
+pub fn step_on<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    if device.is_cuda() { f() } else { nabla::cpu::in_pool(f) }
+}

@@ -471,7 +471,9 @@ fn main() -> ExitCode {
     if let Some(threads) = cli.threads {
         nabla::set_num_threads(threads as usize);
     }
-    let result = match cli.command {
+    // The whole command on a thread of the CPU pool, so that its ops' parallel loops start
+    // from inside it (see `nabla::cpu::in_pool`).
+    let result = nabla::cpu::in_pool(|| match cli.command {
         None => {
             let _ = Cli::command().print_help();
             Ok(())
@@ -488,7 +490,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "nabla", &mut std::io::stdout());
             Ok(())
         }
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
