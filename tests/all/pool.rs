@@ -95,3 +95,33 @@ fn pooling_forward_and_backward_on_the_gpu_match_the_cpu() {
         }
     }
 }
+
+#[test]
+fn max_pool_2x2_picks_the_first_largest_or_first_nan_as_the_reference_does_on_even_and_odd_widths() {
+    // Values from {0, 1, 2, NaN} so windows hold ties and NaNs in every position; planes of
+    // even and odd widths (the last column unused), several of them so the pooling runs in
+    // parallel. The chosen element shows in the gradient, which goes to it alone.
+    let mut rng = Generator::new(12);
+    for (h, w) in [(28, 28), (10, 10), (9, 11), (6, 2)] {
+        let values: Vec<f64> = (0..24 * h * w)
+            .map(|_| match rng.below(7).unwrap() {
+                0 => f64::NAN,
+                v => (v % 3) as f64,
+            })
+            .collect();
+        for dtype in [DType::F32, DType::F64, DType::BF16] {
+            let x = Tensor::from_vec(values.clone(), &[4, 6, h, w], &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let run = || {
+                let leaf = x.requires_grad_().unwrap();
+                let y = leaf.max_pool2d(Pool2dOptions::new(2)).unwrap();
+                let g = Tensor::arange(1.0, 1.0 + y.numel() as f64, 1.0, dtype, &Device::Cpu).unwrap();
+                y.mul(&g.reshape(y.shape()).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                (y.to_vec::<f64>().unwrap(), leaf.grad().unwrap().to_vec::<f64>().unwrap())
+            };
+            let ((y, dx), (want_y, want_dx)) = (run(), nabla::cpu::reference(run));
+            let same = |a: &f64, b: &f64| a == b || (a.is_nan() && b.is_nan());
+            assert!(y.iter().zip(&want_y).all(|(a, b)| same(a, b)), "{h}x{w} {dtype}: values");
+            assert!(dx.iter().zip(&want_dx).all(|(a, b)| same(a, b)), "{h}x{w} {dtype}: chosen elements");
+        }
+    }
+}
