@@ -281,7 +281,7 @@ fn stream_step<U, const N: usize>(dst: &mut [MaybeUninit<U>; N], staged: &[Maybe
     {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
         let bytes = std::mem::size_of_val(staged);
-        if bytes % 16 == 0 && (dst.as_ptr() as usize) % 16 == 0 {
+        if bytes.is_multiple_of(16) && (dst.as_ptr() as usize).is_multiple_of(16) {
             let (from, to) = (staged.as_ptr() as *const __m128i, dst.as_mut_ptr() as *mut __m128i);
             for q in 0..bytes / 16 {
                 // SAFETY: both arrays hold `bytes` bytes, so q < bytes / 16 stays inside each;

@@ -98,6 +98,7 @@ impl Fold {
 /// The tree's error is at most 3·u·Σ|x| of its eight terms, well inside the tolerance of a
 /// rounded f32 result; the tail runs in the f64 lanes directly.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // j indexes the block at eight offsets and the lanes
 pub(crate) fn sum_slice<T: Lane>(xs: &[T]) -> f64 {
     let mut wide = [0.0f64; 16];
     let blocks = xs.chunks_exact(128);
