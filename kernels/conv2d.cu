@@ -10,7 +10,8 @@
 // Columns run over pixels (or the weight's contiguous K), so loads of X / dY and stores of
 // Y / dX coalesce along x. Compute bound for large layers, like the GEMM it is. The grad-weight
 // GEMM is short and deep (o x cg kh kw outputs, n oh ow depth), so the host splits its depth
-// over enough blocks to fill the card and adds the partial sums.
+// over enough blocks to fill the card and adds the partial sums. Layers with few input channels
+// per group take their grad input from a direct kernel instead (below ConvGradInput).
 #include "tiled_gemm.cuh"
 #include "mma_gemm.cuh"
 
@@ -139,6 +140,89 @@ struct ConvGradInput : ConvShape {
         dx[(n * p.c + g * cg() + ci) * p.h * p.w + q] = down<T>(v);
     }
 };
+
+// Grad input, direct: for layers with few input channels per group (a network's first layer
+// reads 1-3), where the implicit GEMM above fills cg of its 64 tile rows and, at stride
+// (sh, sw), spends all but 1 / (sh sw) of its depth on terms whose division is inexact (zeros).
+// Each thread owns one input pixel and DIRECT_CHANNELS of its channels and visits only the taps
+// that reach an output pixel:
+//   dX[n, ci, iy, ix] = Σ_{ky, kx: iy + ph - ky dh = oy sh, ix + pw - kx dw = ox sw, in range}
+//                       Σ_o W[o, ci, ky, kx] · dY[n, o, oy, ox]
+// A warp holds 32 pixels of one input row whose columns share their residue modulo sw
+// (ix = rx + sw j), so every lane takes the same taps: a tap's dY reads are 32 consecutive
+// elements, and its weights are one warp-uniform (broadcast) read of a DirectWeights quad, which
+// the host packs as [groups, channel blocks, kh, kw, og] quads of DIRECT_CHANNELS channels
+// (zero past cg). Warps are numbered over (n, group, channel block, iy, rx, run of 32 along the
+// row) in a grid-stride loop, in 64 bits. Work per pixel: og · cg · (reaching taps)
+// multiply-adds, two loads per DIRECT_CHANNELS of them: bound by the L1 load rate.
+constexpr int DIRECT_CHANNELS = 4;
+
+// One weight per channel of a channel block. The host's packed buffer starts at an allocation
+// (256-byte aligned) and holds whole quads, so every quad is aligned to its size.
+template <typename T>
+struct alignas(DIRECT_CHANNELS * sizeof(T)) DirectWeights {
+    T v[DIRECT_CHANNELS];
+};
+
+template <typename T>
+__device__ void conv_grad_input_direct(const T* dy, const DirectWeights<T>* wq, T* dx, const Conv2dParams& p) {
+    typedef typename Acc<T>::type A;
+    const ConvShape s{p};
+    const i64 og = s.og(), cg = s.cg(), ohow = p.oh * p.ow;
+    const int taps = s.taps(), lane = (int)(threadIdx.x % 32);
+    const i64 runs = ((p.w + p.sw - 1) / p.sw + 31) / 32;  // runs of 32 per residue class and row
+    const i64 blocks = (cg + DIRECT_CHANNELS - 1) / DIRECT_CHANNELS;
+    const i64 warps = p.n * p.groups * blocks * p.h * p.sw * runs;
+    const i64 warps_per_block = blockDim.x / 32;
+    for (i64 wi = blockIdx.x * warps_per_block + threadIdx.x / 32; wi < warps; wi += gridDim.x * warps_per_block) {
+        i64 r = wi;
+        const i64 run = r % runs; r /= runs;
+        const i64 rx = r % p.sw; r /= p.sw;
+        const int iy = (int)(r % p.h); r /= p.h;
+        const i64 block = r % blocks; r /= blocks;
+        const i64 g = r % p.groups, n = r / p.groups;
+        const int ix = (int)(rx + p.sw * (run * 32 + lane));
+        if (ix >= p.w) continue;
+        const T* grad = dy + (n * p.o + g * og) * ohow;
+        const DirectWeights<T>* wb = wq + (g * blocks + block) * taps * og;
+        A acc[DIRECT_CHANNELS];
+#pragma unroll
+        for (int c = 0; c < DIRECT_CHANNELS; ++c) acc[c] = A(0);
+        for (int ky = 0; ky < (int)p.kh; ++ky) {
+            const int ty = iy + (int)p.ph - ky * (int)p.dh;
+            if (ty < 0) break;  // ty only falls as ky grows
+            const int oy = fast_div(ty, p.div_sh);
+            if (oy * (int)p.sh != ty || oy >= p.oh) continue;
+            for (int kx = 0; kx < (int)p.kw; ++kx) {
+                const int tx = ix + (int)p.pw - kx * (int)p.dw;
+                if (tx < 0) break;
+                const int ox = fast_div(tx, p.div_sw);
+                if (ox * (int)p.sw != tx || ox >= p.ow) continue;
+                const T* gp = grad + (i64)oy * p.ow + ox;
+                const DirectWeights<T>* wp = wb + (ky * (int)p.kw + kx) * og;
+#pragma unroll 4
+                for (i64 o = 0; o < og; ++o) {
+                    const A v = (A)up(gp[o * ohow]);
+                    const DirectWeights<T> q = wp[o];
+#pragma unroll
+                    for (int c = 0; c < DIRECT_CHANNELS; ++c) acc[c] += v * (A)up(q.v[c]);
+                }
+            }
+        }
+        const i64 c0 = block * DIRECT_CHANNELS;
+        // unrolled with a guard, so acc stays in registers (a loop to cg - c0 would index it at run time)
+#pragma unroll
+        for (int c = 0; c < DIRECT_CHANNELS; ++c)
+            if (c0 + c < cg) dx[((n * p.c + g * cg + c0 + c) * p.h + iy) * p.w + ix] = down<T>(acc[c]);
+    }
+}
+
+#define CONV_DIRECT(T, suffix) \
+    extern "C" __global__ void conv2d_bwd_input_direct_##suffix(const T* dy, const DirectWeights<T>* w, T* dx, \
+                                                               const __grid_constant__ Conv2dParams p) { \
+        conv_grad_input_direct<T>(dy, w, dx, p); \
+    }
+CONV_DIRECT(float, f32) CONV_DIRECT(double, f64) CONV_DIRECT(f16, f16) CONV_DIRECT(bf16, bf16)
 
 // A weight tap (ci, ky, kx) seen from the output pixels: its input channel plane and the input
 // coordinate it reads for output (0, 0).

@@ -144,6 +144,47 @@ fn conv2d_on_the_gpu_matches_the_cpu_with_large_tiles_and_a_split_weight_gradien
 }
 
 #[test]
+fn conv2d_grad_input_on_the_gpu_matches_the_cpu_on_both_sides_of_the_direct_kernel_rule() {
+    let Some(dev) = cuda_or_skip("conv2d grad input, direct and GEMM") else { return };
+    let opt = |s: (usize, usize), p: (usize, usize), d: (usize, usize), g| Conv2dOptions {
+        stride: s,
+        padding: p,
+        dilation: d,
+        groups: g,
+    };
+    // The direct kernel takes up to 4 input channels per group at stride 1 and up to 16 where
+    // the strides' product is at least 4; the implicit GEMM the rest. Rows 70 wide at stride 2
+    // give each residue class two runs of 32 lanes, the second partly past the row.
+    let shapes = [
+        ([2, 3, 27, 29], [5, 3, 11, 11], opt((4, 4), (2, 2), (1, 1), 1)), // direct: AlexNet's first layer, small
+        ([1, 4, 9, 70], [3, 4, 3, 3], opt((1, 1), (1, 1), (1, 1), 1)),    // direct
+        ([1, 5, 9, 10], [3, 5, 3, 3], opt((1, 1), (1, 1), (1, 1), 1)),    // GEMM
+        ([1, 16, 9, 70], [3, 16, 3, 3], opt((2, 2), (1, 1), (1, 1), 1)),  // direct
+        ([1, 17, 9, 12], [3, 17, 3, 3], opt((2, 2), (1, 1), (1, 1), 1)),  // GEMM
+        ([2, 6, 13, 15], [4, 3, 5, 3], opt((1, 3), (2, 0), (2, 1), 2)),   // direct, two groups, dilated
+        ([1, 10, 11, 11], [6, 5, 3, 3], opt((3, 1), (0, 2), (1, 2), 2)),  // direct, a channel block of 1
+    ];
+    for dtype in FLOATS {
+        let (atol, rtol) = tolerance(dtype);
+        for (i, (xs, ws, opt)) in shapes.iter().enumerate() {
+            let x = randn(xs, dtype, 200 + i as u64);
+            let w = randn(ws, dtype, 300 + i as u64);
+            let depth = (ws[0] / opt.groups * ws[2] * ws[3]) as f64;
+            let run = |device: &Device| -> Tensor {
+                let xl = x.to_device(device).unwrap().requires_grad_().unwrap();
+                let y = xl.conv2d(&w.to_device(device).unwrap(), None, *opt).unwrap();
+                let g = randn(y.shape(), dtype, 400 + i as u64).to_device(device).unwrap();
+                y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+                xl.grad().unwrap().to_device(&Device::Cpu).unwrap()
+            };
+            let (gpu, cpu) = (run(&dev), nabla::cpu::reference(|| run(&Device::Cpu)));
+            let tol = (atol * (depth.sqrt() + 1.0) * 4.0, rtol * 4.0);
+            assert_close(&format!("conv2d grad input {dtype} {xs:?} {ws:?} {opt:?}"), &gpu, &cpu, tol);
+        }
+    }
+}
+
+#[test]
 fn conv2d_forward_and_backward_on_the_gpu_match_the_cpu_over_random_shapes() {
     for dev in devices_under_test("conv2d") {
         let mut rng = Generator::new(42);
