@@ -153,8 +153,17 @@ pub(crate) fn backward<S: Lane>(dy: &[S], idx: Option<&[i64]>, win: &PoolWindows
     let mut dx = vec![S::default(); planes * pin];
     let ow = win.cols.len();
     let work = dx.len();
+    // Windows that do not overlap (LeNet's 2x2 at stride 2) choose each input at most once, so
+    // its gradient is one output's, stored as it is: the f64 sum of a single term, narrowed.
+    let apart = |windows: &[(usize, usize)]| windows.windows(2).all(|pair| pair[0].1 <= pair[1].0);
+    let disjoint = apart(win.rows) && apart(win.cols);
     planes_in_parallel(&mut dx, pin, work, |p, out| {
         let g = &dy[p * pout..(p + 1) * pout];
+        if let (Some(idx), true) = (idx, disjoint) {
+            let idx = &idx[p * pout..(p + 1) * pout];
+            g.iter().zip(idx).for_each(|(&v, &i)| out[i as usize] = v);
+            return;
+        }
         let mut acc = vec![0.0f64; pin];
         match idx {
             Some(idx) => {
