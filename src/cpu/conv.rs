@@ -141,6 +141,12 @@ impl ConvShape {
         (0..self.kh).flat_map(|ky| (0..self.kw).map(move |kx| (ky, kx))).map(|(ky, kx)| self.tap(oys, ky, kx)).collect()
     }
 
+    /// The K rows of `pixels` values each in the patch block `col` (rows [`row_stride`] apart).
+    fn patch_rows<'c, T>(&self, col: &'c mut [T], pixels: usize) -> impl Iterator<Item = &'c mut [T]> {
+        let stride = row_stride(pixels);
+        col[..self.k() * stride].chunks_mut(stride).map(move |row| &mut row[..pixels])
+    }
+
     /// Unfolds the output rows of `block` in group `g` of one image (`x`: C × H × W) into `col`
     /// (K × the rows' pixels, rows [`row_stride`] apart).
     fn im2col<T: Gemm>(&self, x: &[T], g: usize, block: &Block, col: &mut [T]) {
@@ -148,8 +154,7 @@ impl ConvShape {
         let (p, sw, ow) = (oys.len() * self.ow, self.stride.1, self.ow);
         let planes = x[g * self.cg() * self.h * self.w..].chunks(self.h * self.w).take(self.cg());
         let rows = planes.flat_map(|plane| taps.iter().map(move |tap| (plane, tap)));
-        let stride = row_stride(p);
-        for (row, (plane, tap)) in col[..self.k() * stride].chunks_mut(stride).map(|r| &mut r[..p]).zip(rows) {
+        for (row, (plane, tap)) in self.patch_rows(col, p).zip(rows) {
             let (lo, hi) = (tap.lo, tap.hi);
             if let Some((run, shift)) = tap.run.clone() {
                 // One copy for the whole block (not one call per output row: 56 values in a
@@ -181,14 +186,13 @@ impl ConvShape {
         }
     }
 
-    /// Folds `col` (K × the pixels of `block`'s output rows, rows [`row_stride`] apart) back onto group `g` of one image's
-    /// gradient (`dx`: C × H × W), adding. `col` is scratch: its padding columns are cleared.
+    /// Folds `col` (K × the pixels of `block`'s output rows, rows [`row_stride`] apart) back
+    /// onto group `g` of one image's gradient (`dx`: C × H × W), adding. `col` is scratch: its padding columns are cleared.
     fn col2im<T: Gemm>(&self, col: &mut [T], g: usize, block: &Block, dx: &mut [T]) {
         let (oys, taps) = (block.rows.clone(), &block.taps);
         let (p, sw, ow) = (oys.len() * self.ow, self.stride.1, self.ow);
         let planes = dx[g * self.cg() * self.h * self.w..].chunks_mut(self.h * self.w).take(self.cg());
-        let stride = row_stride(p);
-        let mut rows = col[..self.k() * stride].chunks_mut(stride).map(|r| &mut r[..p]);
+        let mut rows = self.patch_rows(col, p);
         for plane in planes {
             // Taps first: a zip that ran out of taps after taking a row would lose that row.
             for (tap, row) in taps.iter().zip(rows.by_ref()) {

@@ -490,26 +490,14 @@ fn direct_weights(w: &Tensor, d: &Dims) -> Result<Tensor> {
 /// Launches the direct grad-input kernel on (dy, w, dx): one warp per run of 32 input pixels
 /// of a row and residue class, per block of channels, covered by a grid-stride loop.
 fn launch_direct_input(dev: &Arc<CudaDevice>, dtype: DType, d: &Dims, buffers: [&CudaSlice<u8>; 3]) -> Result<()> {
-    const OP: &str = "conv2d";
     let (cg, sw) = (d.c / d.opt.groups, d.opt.stride.1);
     let runs = d.w.div_ceil(sw).div_ceil(32);
     let warps = d.n * d.opt.groups * cg.div_ceil(DIRECT_CHANNELS) * d.h * sw * runs;
     let warps_per_block = (DIRECT_THREADS / 32) as usize;
     let blocks = warps.div_ceil(warps_per_block).clamp(1, 1 << 24) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (DIRECT_THREADS, 1, 1), shared_mem_bytes: 0 };
-    let kernel = format!("{DIRECT_INPUT}_{dtype}");
-    let f = dev.function(OP, "conv2d", &kernel)?;
-    let params = d.params();
-    let mut l = dev.stream.launch_builder(&f);
-    for buffer in buffers {
-        l.arg(buffer);
-    }
-    l.arg(&params);
-    // SAFETY: the kernel takes (dy, w, dx, Conv2dParams); dy and w are dense with the sizes the
-    // params describe, dx is a fresh dense buffer of n c h w elements that only it writes, and
-    // its loop stops at the warps the params imply, whatever the grid.
-    unsafe { l.launch(cfg) }.map_err(|e| launch_error(OP, &kernel, e))?;
-    Ok(())
+    // Its loop stops at the warps the params imply, whatever the grid.
+    launch_kernel(dev, &format!("{DIRECT_INPUT}_{dtype}"), cfg, &buffers.map(Some), d.params())
 }
 
 /// Launches `base` (e.g. `conv2d_fwd`) for `dtype` as `plan` says, with the buffer pointers in
@@ -522,11 +510,22 @@ fn launch(
     plan: GemmPlan,
     buffers: &[Option<&CudaSlice<u8>>],
 ) -> Result<()> {
-    const OP: &str = "conv2d";
     let params = Conv2dParams { splits: plan.splits as i64, ..d.params() };
     let kernel = plan.kernel(&crate::cuda::gemm::engine_base(base, dtype, dev), dtype);
-    let f = dev.function(OP, "conv2d", &kernel)?;
-    let cfg = plan.config();
+    launch_kernel(dev, &kernel, plan.config(), buffers, params)
+}
+
+/// Launches the conv2d kernel `kernel` with the buffer pointers in kernel order (`None` passes
+/// a null pointer) and then the params.
+fn launch_kernel(
+    dev: &Arc<CudaDevice>,
+    kernel: &str,
+    cfg: LaunchConfig,
+    buffers: &[Option<&CudaSlice<u8>>],
+    params: Conv2dParams,
+) -> Result<()> {
+    const OP: &str = "conv2d";
+    let f = dev.function(OP, "conv2d", kernel)?;
     let null: u64 = 0;
     let mut l = dev.stream.launch_builder(&f);
     for buffer in buffers {
@@ -539,6 +538,6 @@ fn launch(
     // SAFETY: the conv2d kernels take (pointers..., Conv2dParams); every buffer is dense with
     // the sizes the params describe, the outputs (and the grad-weight partial sums, splits x o x
     // ksize) are written only by this kernel (device memory, so shared handles suffice).
-    unsafe { l.launch(cfg) }.map_err(|e| launch_error(OP, &kernel, e))?;
+    unsafe { l.launch(cfg) }.map_err(|e| launch_error(OP, kernel, e))?;
     Ok(())
 }
