@@ -48,28 +48,29 @@ fn row_stride(pixels: usize) -> usize {
 }
 
 /// Extra scratch elements from which [`per_image`] finds a 64-byte boundary.
-const ALIGN_SLACK: usize = 16;
+pub(super) const ALIGN_SLACK: usize = 16;
 
 /// Values of patch data per unfolded block (512 KiB in f32: a quarter of a 2 MiB L2, beside the
 /// weights and the output block the GEMM touches).
 const PATCH_BLOCK: usize = 1 << 17;
 
 impl ConvShape {
-    fn cg(&self) -> usize {
+    pub(super) fn cg(&self) -> usize {
         self.c / self.groups
     }
-    fn og(&self) -> usize {
+    pub(super) fn og(&self) -> usize {
         self.o / self.groups
     }
     /// Rows of one group's patch matrix.
-    fn k(&self) -> usize {
+    pub(super) fn k(&self) -> usize {
         self.cg() * self.kh * self.kw
     }
     /// Columns of the patch matrix: output pixels per image.
     fn p(&self) -> usize {
         self.oh * self.ow
     }
-    fn plain(&self) -> bool {
+    /// Whether the image is its own patch matrix: a 1 × 1 unit-stride, unpadded convolution.
+    pub(super) fn plain(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.padding == (0, 0)
     }
 
@@ -292,7 +293,12 @@ fn gemm<T: Gemm>(
 /// Runs `body(patches, image, per_image_output)` over `out` cut into one chunk per image, in
 /// parallel; `patches` is a scratch patch block from a 64-byte boundary, of `scratch` elements
 /// less [`ALIGN_SLACK`], allocated once per worker's run of images rather than once per image.
-fn per_image<T: Gemm>(out: &mut [T], per: usize, scratch: usize, body: impl Fn(&mut [T], usize, &mut [T]) + Sync) {
+pub(super) fn per_image<T: Gemm>(
+    out: &mut [T],
+    per: usize,
+    scratch: usize,
+    body: impl Fn(&mut [T], usize, &mut [T]) + Sync,
+) {
     if per == 0 {
         return;
     }
@@ -305,6 +311,16 @@ fn per_image<T: Gemm>(out: &mut [T], per: usize, scratch: usize, body: impl Fn(&
             },
         )
     });
+}
+
+/// The forward pass in f32: directly where the layer has few filters per group and the CPU
+/// AVX-512F (see [`super::conv_direct`]), else through the patch matrix.
+pub(crate) fn forward_f32(s: &ConvShape, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if super::conv_direct::applies(s) {
+        return super::conv_direct::forward(s, x, w, bias);
+    }
+    forward(s, x, w, bias)
 }
 
 /// The forward pass: `x` dense N × C × H × W, `w` dense O × C/groups × KH × KW, `bias` [O].
@@ -335,6 +351,16 @@ pub(crate) fn forward<T: Gemm>(s: &ConvShape, x: &[T], w: &[T], bias: Option<&[T
     y
 }
 
+/// The input gradient in f32: directly where the layer has few filters per group, unit strides
+/// and the CPU AVX-512F (see [`super::conv_direct`]), else through the patch matrix.
+pub(crate) fn backward_input_f32(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if super::conv_direct::applies_to_input(s) {
+        return super::conv_direct::backward_input(s, dy, w);
+    }
+    backward_input(s, dy, w)
+}
+
 /// The input gradient from `dy` (N × O × OH × OW) and the weight.
 pub(crate) fn backward_input<T: Gemm>(s: &ConvShape, dy: &[T], w: &[T]) -> Vec<T> {
     let (k, p, og) = (s.k(), s.p(), s.og());
@@ -358,6 +384,16 @@ pub(crate) fn backward_input<T: Gemm>(s: &ConvShape, dy: &[T], w: &[T]) -> Vec<T
         }
     });
     dx
+}
+
+/// The weight gradient in f32: directly where the layer has few filters per group and the CPU
+/// AVX-512F (see [`super::conv_direct`]), else through the patch matrix.
+pub(crate) fn backward_weight_f32(s: &ConvShape, dy: &[f32], x: &[f32]) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if super::conv_direct::applies(s) {
+        return super::conv_direct::backward_weight(s, dy, x);
+    }
+    backward_weight(s, dy, x)
 }
 
 /// The weight gradient (O × C/groups × KH × KW) from `dy` and the input.

@@ -13,6 +13,8 @@
 mod alloc;
 pub mod attention;
 pub mod conv;
+#[cfg(target_arch = "x86_64")]
+mod conv_direct;
 pub mod elementwise;
 pub mod gemm;
 pub mod layer_norm;

@@ -211,14 +211,14 @@ struct Panel {
 }
 
 /// Lanes `0..n` of a 16-lane mask.
-fn lanes(n: usize) -> __mmask16 {
+pub(super) fn lanes(n: usize) -> __mmask16 {
     if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
 }
 
 /// Transposes a 16 x 16 block held as 16 rows: in three rounds of in-lane unpacks (pairs of
 /// 32-bit, then of 64-bit values) and one of 128-bit lane shuffles, 64 shuffles for 256 values.
 #[target_feature(enable = "avx512f")]
-fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+pub(super) fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     // t[2i], t[2i + 1]: rows 2i and 2i + 1 interleaved, per 128-bit lane.
     let t: [__m512; 16] = std::array::from_fn(|x| {
         let (a, b) = (r[x & !1], r[x | 1]);

@@ -454,6 +454,17 @@ fn fast_conv(
             Pass::Weight => cpu_conv::backward_weight(s, a, b),
         }
     }
+    // f32 (and the 16-bit floats through it) has direct kernels for few filters per group.
+    fn run_f32(pass: Pass, s: &ConvShape, a: &[f32], b: &[f32], bias: Option<&[f64]>) -> Vec<f32> {
+        match pass {
+            Pass::Forward => {
+                let bias: Option<Vec<f32>> = bias.map(|v| v.iter().map(|&x| x as f32).collect());
+                cpu_conv::forward_f32(s, a, b, bias.as_deref())
+            }
+            Pass::Weight => cpu_conv::backward_weight_f32(s, a, b),
+            Pass::Input => cpu_conv::backward_input_f32(s, a, b),
+        }
+    }
     fn dense<'a, T: crate::Element>(s: &'a CpuStorage, l: &Layout) -> &'a [T] {
         let all = s.typed::<T>().expect("dtype checked by the caller");
         &all[l.offset()..l.offset() + l.numel()]
@@ -461,10 +472,10 @@ fn fast_conv(
     let shape = d.cpu_shape();
     match a.0.dtype() {
         DType::F64 => CpuStorage::F64(run(pass, &shape, dense(a.0, a.1), dense(b.0, b.1), bias)),
-        DType::F32 => CpuStorage::F32(run(pass, &shape, dense(a.0, a.1), dense(b.0, b.1), bias)),
+        DType::F32 => CpuStorage::F32(run_f32(pass, &shape, dense(a.0, a.1), dense(b.0, b.1), bias)),
         dtype => {
             let (wa, wb): (Vec<f32>, Vec<f32>) = (a.0.gather(a.1), b.0.gather(b.1));
-            crate::cpu::narrow_vec(dtype, run(pass, &shape, &wa, &wb, bias))
+            crate::cpu::narrow_vec(dtype, run_f32(pass, &shape, &wa, &wb, bias))
         }
     }
 }

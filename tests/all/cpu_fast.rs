@@ -333,6 +333,67 @@ fn cpu_conv2d_matches_the_reference_when_its_patch_matrix_is_unfolded_in_blocks_
 }
 
 #[test]
+fn cpu_conv2d_with_few_filters_matches_the_reference_forward_and_backward_for_padded_strided_dilated_and_grouped_layers()
+ {
+    // At most 16 filters per group run the direct kernels on CPUs with AVX-512F (elsewhere the
+    // patch matrix's). Forward: output rows cut into equal steps of up to 12 pixels (10; 28 as
+    // 10, 9, 9; 37 as 10, 9, 9, 9; 1). Weight gradient: patch positions in equal chunks of up to
+    // 12 (150 as 11 and 12s; 2; 9), 5 images (a block of 4 and one). Input gradient (unit
+    // strides, padding within the kernel's reach): rows of 14, 28 (16 + 12), 37 (16 + 16 + 5)
+    // and 3 pixels, 14 channels as two chunks of 7, dilation; strided layers and a padded 1 × 1
+    // take the patch matrix's. Padded layers read from bordered copies; one case has no bias;
+    // 17 filters are on the patch-matrix side.
+    let opt = |s: (usize, usize), p: (usize, usize), d: (usize, usize), g| Conv2dOptions {
+        stride: s,
+        padding: p,
+        dilation: d,
+        groups: g,
+    };
+    let cases: [([usize; 4], [usize; 4], Conv2dOptions, bool); 9] = [
+        ([5, 6, 14, 14], [16, 6, 5, 5], Conv2dOptions::default(), true),
+        ([2, 1, 28, 28], [6, 1, 5, 5], opt((1, 1), (2, 2), (1, 1), 1), true),
+        ([2, 3, 15, 31], [5, 3, 3, 2], opt((2, 3), (1, 2), (2, 1), 1), true),
+        ([1, 8, 9, 37], [12, 2, 3, 3], opt((1, 1), (0, 1), (1, 1), 4), true),
+        ([2, 4, 11, 13], [4, 1, 3, 3], opt((2, 2), (1, 1), (1, 1), 4), false),
+        ([1, 2, 5, 3], [7, 2, 3, 3], Conv2dOptions::default(), true),
+        ([2, 14, 9, 21], [10, 14, 3, 3], opt((1, 1), (2, 1), (2, 1), 1), true),
+        ([1, 2, 6, 6], [3, 2, 1, 1], opt((1, 1), (1, 1), (1, 1), 1), true),
+        ([1, 3, 8, 8], [17, 3, 3, 3], Conv2dOptions::default(), true),
+    ];
+    for dtype in [DType::F32, DType::BF16] {
+        let (atol, rtol) = tolerance(dtype);
+        for (i, (xs, ws, opt, with_bias)) in cases.iter().enumerate() {
+            let seed = 170 + 4 * i as u64;
+            let leaves: Vec<Tensor> =
+                [randn(xs, dtype, seed), randn(ws, dtype, seed + 1), randn(&[ws[0]], dtype, seed + 2)]
+                    .into_iter()
+                    .map(|t| t.requires_grad_().unwrap())
+                    .collect();
+            let run = || -> Vec<Tensor> {
+                leaves.iter().for_each(Tensor::zero_grad);
+                let bias = with_bias.then_some(&leaves[2]);
+                let y = leaves[0].conv2d(&leaves[1], bias, *opt).unwrap();
+                y.mul(&randn(y.shape(), dtype, seed + 3)).unwrap().sum_all().unwrap().backward().unwrap();
+                vec![y.detach(), leaves[0].grad().unwrap(), leaves[1].grad().unwrap()]
+            };
+            let (fast, want) = (run(), nabla::cpu::reference(run));
+            for (what, (got, want)) in ["forward", "grad input", "grad weight"].iter().zip(fast.iter().zip(&want)) {
+                // An output sums a patch's products of unit normals, an input gradient element
+                // at most one per filter and tap, a weight gradient element one per output pixel
+                // of every image.
+                let terms = match *what {
+                    "forward" => ws[1] * ws[2] * ws[3],
+                    "grad input" => ws[0] * ws[2] * ws[3],
+                    _ => fast[0].numel() / ws[0],
+                };
+                let tol = (atol * f64::sqrt(terms as f64) * 4.0, rtol * 4.0);
+                assert_close(&format!("conv2d {what} {dtype} {xs:?} {ws:?} {opt:?}"), got, want, tol);
+            }
+        }
+    }
+}
+
+#[test]
 fn large_allocations_start_on_cache_lines_and_keep_their_values_when_grown_past_the_threshold() {
     // This test binary's allocator passes every call to `nabla::cpu::CacheAligned`.
     for len in [256usize, 1000, 4096, 100_003] {
