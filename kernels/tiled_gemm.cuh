@@ -12,8 +12,12 @@
 // Tiling: a 256-thread block computes a BM x BN tile of C (128 x 128; 64 x 128 for problems of
 // at most 64 rows, such as 64-channel convolutions; 64 x 64 for problems too small to fill the
 // card), stepping 8 deep. Each thread holds a (BM/16) x (BN/16) register
-// tile with rows and columns 16 apart, so shared-memory reads are broadcasts or conflict-free
-// and an 8 x 8 tile does 64 FMAs per 16 shared loads. The next step's operands are fetched into
+// tile made of runs of four adjacent rows and columns, 64 apart (thread (tx, ty) owns rows
+// 4 ty .. 4 ty + 3 and, in a 128-row tile, 64 + 4 ty .. 64 + 4 ty + 3), so each run is one
+// 16-byte shared-memory read (LDS.128; a warp's reads of A are broadcasts, of B 256 contiguous
+// bytes) and an 8 x 8 tile does 64 FMAs per 4 shared loads, where runs of one (rows 16 apart)
+// took 16 (Boehm's SGEMM worklog: vectorised shared loads were worth 69% → 78% of cuBLAS).
+// The next step's operands are fetched into
 // registers while the current step computes (one tile of shared memory, register prefetch).
 // A is loaded with consecutive threads on consecutive k, B and C with consecutive threads on
 // consecutive columns, so problems whose contiguous axis is the columns coalesce. Split-K
@@ -101,6 +105,11 @@ struct TileContexts {
     }
 };
 
+// Four adjacent values of a 16-byte aligned shared-memory row, read as one access (two for f64).
+template <typename A> struct __align__(4 * sizeof(A)) Quad {
+    A v[4];
+};
+
 template <typename A, int BM, int BN, typename Problem>
 __device__ void tiled_gemm(const Problem& p) {
     constexpr int BK = GEMM_TILE_K;
@@ -108,9 +117,14 @@ __device__ void tiled_gemm(const Problem& p) {
     constexpr int LA = BM * BK / GEMM_THREADS;                // A elements each thread loads
     constexpr int LB = BK * BN / GEMM_THREADS;                // B elements each thread loads
     constexpr int A_ROW_STEP = GEMM_THREADS / BK, B_K_STEP = GEMM_THREADS / BN;
-    __shared__ A as[BK][BM + 4];  // +4: the k-major stores of A hit 32 distinct banks
-    __shared__ A bs[BK][BN];
+    static_assert(TM % 4 == 0 && TN % 4 == 0, "the register tile is made of runs of four");
+    // +4: the k-major stores of A hit 32 distinct banks, and rows stay 16-byte aligned.
+    __shared__ __align__(4 * sizeof(A)) A as[BK][BM + 4];
+    __shared__ __align__(4 * sizeof(A)) A bs[BK][BN];
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    // Row i of the thread's register tile (column j likewise with tx): runs of 4, 64 apart.
+    auto tile_row = [&](int i) { return 64 * (i / 4) + 4 * ty + i % 4; };
+    auto tile_col = [&](int j) { return 64 * (j / 4) + 4 * tx + j % 4; };
     const int a_k = threadIdx.x % BK, a_r = threadIdx.x / BK;  // A: row a_r + i A_ROW_STEP, depth a_k
     const int b_c = threadIdx.x % BN, b_k = threadIdx.x / BN;  // B: column b_c, depth b_k + i B_K_STEP
     const i64 rows = p.rows(), cols = p.cols();
@@ -145,25 +159,25 @@ __device__ void tiled_gemm(const Problem& p) {
                     if (k0 + BK < k_end) fetch(k0 + BK);  // in flight while this step computes
 #pragma unroll
                     for (int kk = 0; kk < BK; ++kk) {
-                        A ra[TM], rb[TN];
+                        Quad<A> ra[TM / 4], rb[TN / 4];
 #pragma unroll
-                        for (int i = 0; i < TM; ++i) ra[i] = as[kk][ty + 16 * i];
+                        for (int i = 0; i < TM / 4; ++i) ra[i] = *(const Quad<A>*)&as[kk][tile_row(4 * i)];
 #pragma unroll
-                        for (int j = 0; j < TN; ++j) rb[j] = bs[kk][tx + 16 * j];
+                        for (int j = 0; j < TN / 4; ++j) rb[j] = *(const Quad<A>*)&bs[kk][tile_col(4 * j)];
 #pragma unroll
                         for (int i = 0; i < TM; ++i)
 #pragma unroll
-                            for (int j = 0; j < TN; ++j) acc[i][j] += ra[i] * rb[j];
+                            for (int j = 0; j < TN; ++j) acc[i][j] += ra[i / 4].v[i % 4] * rb[j / 4].v[j % 4];
                     }
                     __syncthreads();
                 }
 #pragma unroll
                 for (int i = 0; i < TM; ++i) {
-                    const i64 r = row0 + ty + 16 * i;
+                    const i64 r = row0 + tile_row(i);
                     if (r >= rows) continue;
 #pragma unroll
                     for (int j = 0; j < TN; ++j) {
-                        const i64 c = col0 + tx + 16 * j;
+                        const i64 c = col0 + tile_col(j);
                         if (c < cols) q.store(r, c, acc[i][j]);
                     }
                 }
@@ -175,8 +189,10 @@ __device__ void tiled_gemm(const Problem& p) {
 // (src/cuda/gemm.rs). KERNEL(T, suffix, BM, BN, MIN_BLOCKS) defines one, MIN_BLOCKS being its
 // __launch_bounds__ blocks per SM: 2 caps a thread at 128 registers, 1 at 255. The choices
 // (`large` for the 128 x 128 tile, `other` for the rest) keep every instantiation free of
-// register spills, as ptxas -v reports for sm_90 (a test holds them to it): f32/f16/bf16
+// register spills, as ptxas -v reports for sm_90 (a test holds them to it): f32 and bf16
 // matmuls fit 128 registers; the 128 x 128 convolutions and linear kernels, whose loaders or
-// epilogue carry more context, and f64 (two registers a value) take one block per SM.
+// epilogue carry more context, f16 matmuls (32 bytes of spills at 128 registers since the
+// register tile reads runs of four; f16 products run on the tensor cores from sm_80) and f64
+// (two registers a value) take one block per SM.
 #define GEMM_INSTANTIATE(KERNEL, T, tname, large, other) \
     KERNEL(T, tname, 128, 128, large) KERNEL(T, wide_##tname, 64, 128, other) KERNEL(T, small_##tname, 64, 64, other)
