@@ -116,16 +116,20 @@ fn lenet_step(c: &mut Criterion) {
             let mut opt = Sgd::new(model.parameters(), SgdConfig { momentum: 0.9, ..SgdConfig::new(0.01) }).unwrap();
             let x = Tensor::rand(&[batch, 1, 28, 28], DType::F32, &device, &mut rng).unwrap();
             let y = Tensor::randint(0, 10, &[batch], &device, &mut rng).unwrap();
+            let train = |opt: &mut Sgd| {
+                opt.zero_grad();
+                model.forward(&x).unwrap().cross_entropy(&y).unwrap().backward().unwrap();
+                opt.step().unwrap();
+            };
             group.bench_function(device.to_string(), |b| {
                 b.iter(|| {
                     common::step_on(&device, || {
-                        opt.zero_grad();
-                        model.forward(&x).unwrap().cross_entropy(&y).unwrap().backward().unwrap();
-                        opt.step().unwrap();
+                        train(&mut opt);
                         device.synchronize().unwrap();
                     })
                 })
             });
+            common::bench_cuda_graph(&mut group, device, &mut opt, train);
         }
         group.finish();
     }

@@ -1,6 +1,6 @@
 //! One training step of the 784-512-512-10 ReLU MLP at batch 64 and 256 with Adam: forward,
 //! fused cross-entropy, backward, fused Adam update. The GPU figure synchronises inside the
-//! timed closure. Its PyTorch twin is `benches/peer/mlp_step.py`; run both in one device
+//! timed closure; on a GPU the row `cuda_graph` times the same step replayed as a CUDA graph. Its PyTorch twin is `benches/peer/mlp_step.py`; run both in one device
 //! session and record the ratio and the card in docs/benchmarks.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -25,17 +25,21 @@ fn step(c: &mut Criterion) {
             let mut opt = Adam::new(model.parameters(), AdamConfig::adam(1e-3)).unwrap();
             let x = Tensor::rand(&[batch, 784], DType::F32, &device, &mut rng).unwrap();
             let y = Tensor::randint(0, 10, &[batch], &device, &mut rng).unwrap();
+            let train = |opt: &mut Adam| {
+                opt.zero_grad();
+                let loss = model.forward(&x).unwrap().cross_entropy(&y).unwrap();
+                loss.backward().unwrap();
+                opt.step().unwrap();
+            };
             group.bench_function(device.to_string(), |b| {
                 b.iter(|| {
                     common::step_on(&device, || {
-                        opt.zero_grad();
-                        let loss = model.forward(&x).unwrap().cross_entropy(&y).unwrap();
-                        loss.backward().unwrap();
-                        opt.step().unwrap();
+                        train(&mut opt);
                         device.synchronize().unwrap();
                     })
                 })
             });
+            common::bench_cuda_graph(&mut group, device, &mut opt, train);
         }
         group.finish();
     }

@@ -61,3 +61,4 @@ pub use tensor::Tensor;
 
 pub use cpu::{num_threads, set_num_threads};
 pub use cuda::gemm::{float32_matmul_precision, set_float32_matmul_precision};
+pub use cuda::graph::CudaGraph;

@@ -5,6 +5,7 @@
 //! Only downloads (and the index-range checks of indexing ops) wait for the device.
 
 pub mod gemm;
+pub mod graph;
 pub mod kernels;
 pub mod nvrtc;
 pub(crate) mod params;
@@ -16,6 +17,7 @@ use cudarc::driver::{
 use kernels::ModuleOrigin;
 use params::{NABLA_MAX_DIMS, StridedLayout};
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex, OnceLock};
 
 // SAFETY: plain #[repr(C)] structs of i64/f64 fields, mirrored from kernels/params.h.
@@ -64,14 +66,27 @@ pub struct CudaDevice {
     multiprocessors: usize,
     modules: Mutex<HashMap<String, (Arc<CudaModule>, ModuleOrigin)>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Whether the stream runs work, captures it into a CUDA graph or refreshes one (graph.rs).
+    mode: Mutex<graph::Mode>,
 }
 
 /// A device buffer of `len` elements of `dtype` (bytes, typed by the kernels that read it).
 pub(crate) struct CudaStorage {
-    pub(crate) buf: CudaSlice<u8>,
+    /// Released by `Drop` as its origin requires (graph.rs), never dropped in place.
+    pub(crate) buf: ManuallyDrop<CudaSlice<u8>>,
     pub(crate) dtype: DType,
     pub(crate) len: usize,
     pub(crate) device: Arc<CudaDevice>,
+    /// The CUDA graph pool the memory belongs to, for buffers allocated during a capture.
+    pool: Option<Arc<graph::GraphPool>>,
+}
+
+impl Drop for CudaStorage {
+    fn drop(&mut self) {
+        // SAFETY: `buf` is taken once, here, and not used afterwards.
+        let buf = unsafe { ManuallyDrop::take(&mut self.buf) };
+        self.device.release(buf, self.bytes(), self.pool.as_ref());
+    }
 }
 
 /// Whether the CUDA driver library can be loaded (a missing one would otherwise panic).
@@ -117,6 +132,9 @@ pub fn cuda_device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     // One stream per device orders everything, so cudarc's per-buffer events are not needed.
     // SAFETY: nabla never uses a second stream.
     unsafe { ctx.disable_event_tracking() };
+    // A stream of its own rather than the legacy default stream, which cannot be captured into
+    // a CUDA graph.
+    let stream = ctx.new_stream().map_err(|e| Error::CudaUnavailable(format!("cuda:{ordinal}: {e}")))?;
     let arch = ctx.compute_capability().map_err(|e| Error::CudaUnavailable(format!("cuda:{ordinal}: {e}")))?;
     keep_pool_memory(&ctx);
     let multiprocessors = ctx
@@ -124,12 +142,13 @@ pub fn cuda_device(ordinal: usize) -> Result<Arc<CudaDevice>> {
         .map_or(1, |n| n.max(1) as usize);
     let dev = Arc::new(CudaDevice {
         ordinal,
-        stream: ctx.default_stream(),
+        stream,
         ctx,
         arch,
         multiprocessors,
         modules: Mutex::new(HashMap::new()),
         functions: Mutex::new(HashMap::new()),
+        mode: Mutex::default(),
     });
     devices.insert(ordinal, dev.clone());
     Ok(dev)
@@ -213,18 +232,21 @@ impl CudaDevice {
 
     /// An uninitialised buffer of `len` elements. Every kernel that receives one writes all of it.
     pub(crate) fn alloc(self: &Arc<Self>, op: &'static str, dtype: DType, len: usize) -> Result<CudaStorage> {
-        let bytes = len * dtype.size_in_bytes();
-        // SAFETY: callers fully overwrite the buffer before it is read. At least one byte, so
-        // empty tensors still own a valid allocation.
-        let buf = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| self.alloc_error(op, bytes, e))?;
-        Ok(CudaStorage { buf, dtype, len, device: self.clone() })
+        // At least one byte, so empty tensors still own a valid allocation.
+        let bytes = (len * dtype.size_in_bytes()).max(1);
+        if let Some((buf, pool)) = self.graph_buffer(op, bytes)? {
+            return Ok(CudaStorage { buf: ManuallyDrop::new(buf), dtype, len, device: self.clone(), pool: Some(pool) });
+        }
+        // SAFETY: callers fully overwrite the buffer before it is read.
+        let buf = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(|e| self.alloc_error(op, bytes, e))?;
+        Ok(CudaStorage { buf: ManuallyDrop::new(buf), dtype, len, device: self.clone(), pool: None })
     }
 
     /// A zero-filled buffer of `len` elements.
     pub(crate) fn alloc_zeros(self: &Arc<Self>, op: &'static str, dtype: DType, len: usize) -> Result<CudaStorage> {
-        let bytes = len * dtype.size_in_bytes();
-        let buf = self.stream.alloc_zeros::<u8>(bytes.max(1)).map_err(|e| self.alloc_error(op, bytes, e))?;
-        Ok(CudaStorage { buf, dtype, len, device: self.clone() })
+        let mut storage = self.alloc(op, dtype, len)?;
+        self.stream.memset_zeros(&mut *storage.buf).map_err(|e| cuda_error(op, e))?;
+        Ok(storage)
     }
 
     /// Copies host bytes holding `len` elements of `dtype` to a new device buffer.
@@ -235,6 +257,7 @@ impl CudaDevice {
         len: usize,
         bytes: &[u8],
     ) -> Result<CudaStorage> {
+        self.refuse_host_access(op, "copying host data to the device")?;
         let mut storage = self.alloc(op, dtype, len)?;
         if !bytes.is_empty() {
             let mut view = storage.buf.slice_mut(0..bytes.len());
@@ -253,13 +276,20 @@ impl CudaDevice {
 
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<()> {
+        self.refuse_host_access("synchronize", "waiting for the device")?;
         self.stream.synchronize().map_err(|e| cuda_error("synchronize", e))
     }
 }
 
 impl CudaStorage {
+    /// The buffer's size in bytes (at least 1: empty tensors own one byte).
+    fn bytes(&self) -> usize {
+        (self.len * self.dtype.size_in_bytes()).max(1)
+    }
+
     /// Copies the whole buffer to the host (waits for queued work).
     pub(crate) fn download(&self, op: &'static str) -> Result<Vec<u8>> {
+        self.device.refuse_host_access(op, "copying device data to the host")?;
         let bytes = self.len * self.dtype.size_in_bytes();
         if bytes == 0 {
             return Ok(Vec::new());

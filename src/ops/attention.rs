@@ -263,7 +263,7 @@ fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: AttentionParams, d: usize) -> 
         let (module, kernel, config) = pass("fwd", q.dtype, d, sq, bh, &s.device);
         let f = s.device.function(OP, module, &kernel)?;
         let mut l = s.device.stream.launch_builder(&f);
-        l.arg(&s.buf).arg(&cuda(k)?.buf).arg(&cuda(v)?.buf).arg(&out.buf).arg(&lse.buf).arg(&p);
+        l.arg(&*s.buf).arg(&*cuda(k)?.buf).arg(&*cuda(v)?.buf).arg(&*out.buf).arg(&*lse.buf).arg(&p);
         // SAFETY: attention[_tc]_fwd_<T>_d<D>(q, k, v, T* o, A* lse, params) reads dense
         // [bh, sq, D] queries and [bh, sk, D] keys and values, and writes every output row and
         // its lse (A: f32 for the 16-bit dtypes, which the tensor-core version takes).
@@ -333,14 +333,14 @@ fn backward(
         let kernel = format!("attention_bwd_prep_{}_d{d}", q.dtype);
         let f = dev.function(OP, "attention", &kernel)?;
         let mut l = dev.stream.launch_builder(&f);
-        l.arg(&os.buf).arg(&gs.buf).arg(&delta.buf).arg(&p);
+        l.arg(&*os.buf).arg(&*gs.buf).arg(&*delta.buf).arg(&p);
         // SAFETY: attention_bwd_prep_<T>_d<D>(o, dout, A* delta, params) reads bh·sq dense rows
         // of D and writes one delta per row.
         unsafe { l.launch(rows_config(bh * sq, 1)) }.map_err(|e| launch_error(OP, &kernel, e))?;
         let (module, kernel, config) = pass("bwd_dq", q.dtype, d, sq, bh, dev);
         let f = dev.function(OP, module, &kernel)?;
         let mut l = dev.stream.launch_builder(&f);
-        l.arg(&qs.buf).arg(&ks.buf).arg(&vs.buf).arg(&gs.buf).arg(&ls.buf).arg(&delta.buf).arg(&dq.buf).arg(&p);
+        l.arg(&*qs.buf).arg(&*ks.buf).arg(&*vs.buf).arg(&*gs.buf).arg(&*ls.buf).arg(&*delta.buf).arg(&*dq.buf).arg(&p);
         // SAFETY: attention[_tc]_bwd_dq_<T>_d<D>(q, k, v, dout, lse, delta, T* dq, params) reads
         // the dense inputs of the forward, the output's gradient and the per-query lse and
         // delta, and writes every row of dq.
@@ -350,8 +350,8 @@ fn backward(
         let (module, kernel, config) = pass("bwd_dkdv", q.dtype, d, sk, bh, dev);
         let f = dev.function(OP, module, &kernel)?;
         let mut l = dev.stream.launch_builder(&f);
-        l.arg(&qs.buf).arg(&ks.buf).arg(&vs.buf).arg(&gs.buf).arg(&ls.buf).arg(&delta.buf);
-        l.arg(&dk.buf).arg(&dv.buf).arg(&p);
+        l.arg(&*qs.buf).arg(&*ks.buf).arg(&*vs.buf).arg(&*gs.buf).arg(&*ls.buf).arg(&*delta.buf);
+        l.arg(&*dk.buf).arg(&*dv.buf).arg(&p);
         // SAFETY: attention[_tc]_bwd_dkdv_<T>_d<D>(q, k, v, dout, lse, delta, T* dk, T* dv,
         // params) reads the same inputs and writes every row of dk and dv (zeros for keys no
         // query sees).

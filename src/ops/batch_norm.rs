@@ -157,7 +157,7 @@ fn stats(x: &Tensor, p: BatchNormParams) -> Result<(Tensor, Tensor)> {
     let kernel = format!("batch_norm_stats_{}", x.dtype);
     let f = s.device.function(OP, "batch_norm", &kernel)?;
     let mut l = s.device.stream.launch_builder(&f);
-    l.arg(&s.buf).arg(&mean.buf).arg(&var.buf).arg(&p);
+    l.arg(&*s.buf).arg(&*mean.buf).arg(&*var.buf).arg(&p);
     // SAFETY: batch_norm_stats_<T>(const T* x, T* mean, T* var, BatchNormParams) reads the dense
     // [n, c, hw] input and writes c means and variances.
     unsafe { l.launch(per_channel_config(p)) }.map_err(|e| launch_error(OP, &kernel, e))?;
@@ -180,8 +180,8 @@ fn apply(x: &Tensor, mean: &Tensor, var: &Tensor, w: &Tensor, b: &Tensor, p: Bat
         let kernel = format!("batch_norm_apply_{}", x.dtype);
         let f = s.device.function(OP, "batch_norm", &kernel)?;
         let mut l = s.device.stream.launch_builder(&f);
-        l.arg(&s.buf).arg(&cuda(mean)?.buf).arg(&cuda(var)?.buf).arg(&cuda(&w)?.buf).arg(&cuda(&b)?.buf);
-        l.arg(&y.buf).arg(&p);
+        l.arg(&*s.buf).arg(&*cuda(mean)?.buf).arg(&*cuda(var)?.buf).arg(&*cuda(&w)?.buf).arg(&*cuda(&b)?.buf);
+        l.arg(&*y.buf).arg(&p);
         // SAFETY: batch_norm_apply_<T>(x, mean, var, weight, bias, T* y, BatchNormParams) reads
         // the dense input and four dense [c] tensors, and writes every element of y.
         unsafe { l.launch(elementwise_config(x.numel())) }.map_err(|e| launch_error(OP, &kernel, e))?;
@@ -207,8 +207,8 @@ fn grad_sums(dy: &Tensor, x: &Tensor, mean: &Tensor, var: &Tensor, p: BatchNormP
     let kernel = format!("batch_norm_bwd_reduce_{}", x.dtype);
     let f = s.device.function(OP, "batch_norm", &kernel)?;
     let mut l = s.device.stream.launch_builder(&f);
-    l.arg(&cuda(dy)?.buf).arg(&s.buf).arg(&cuda(mean)?.buf).arg(&cuda(var)?.buf);
-    l.arg(&sum.buf).arg(&sum_xhat.buf).arg(&p);
+    l.arg(&*cuda(dy)?.buf).arg(&*s.buf).arg(&*cuda(mean)?.buf).arg(&*cuda(var)?.buf);
+    l.arg(&*sum.buf).arg(&*sum_xhat.buf).arg(&p);
     // SAFETY: batch_norm_bwd_reduce_<T>(dy, x, mean, var, T* sum_dy, T* sum_dy_xhat, params)
     // reads dense [n, c, hw] gradients and inputs and [c] statistics, and writes 2 x c sums.
     unsafe { l.launch(per_channel_config(p)) }.map_err(|e| launch_error(OP, &kernel, e))?;
@@ -249,12 +249,12 @@ fn grad_input(
         let kernel = format!("batch_norm_bwd_input_{}", x.dtype);
         let f = s.device.function(OP, "batch_norm", &kernel)?;
         let mut l = s.device.stream.launch_builder(&f);
-        l.arg(&cuda(dy)?.buf).arg(&s.buf).arg(&cuda(mean)?.buf).arg(&cuda(var)?.buf).arg(&cuda(&w)?.buf);
+        l.arg(&*cuda(dy)?.buf).arg(&*s.buf).arg(&*cuda(mean)?.buf).arg(&*cuda(var)?.buf).arg(&*cuda(&w)?.buf);
         match sums {
-            Some((sum, sum_xhat)) => l.arg(&cuda(sum)?.buf).arg(&cuda(sum_xhat)?.buf),
+            Some((sum, sum_xhat)) => l.arg(&*cuda(sum)?.buf).arg(&*cuda(sum_xhat)?.buf),
             None => l.arg(&null).arg(&null),
         };
-        l.arg(&dx.buf).arg(&p);
+        l.arg(&*dx.buf).arg(&p);
         // SAFETY: batch_norm_bwd_input_<T>(dy, x, mean, var, weight, sum_dy | null,
         // sum_dy_xhat | null, T* dx, params) reads dense tensors of the sizes the params give
         // and writes every element of dx.

@@ -202,7 +202,7 @@ impl Tensor {
                     let (ka, kb) = (strided_layout(name, &la)?, strided_layout(name, &lb)?);
                     let n_arg = n as i64;
                     let mut launch = dev.stream.launch_builder(&f);
-                    launch.arg(&a.buf).arg(&b.buf).arg(&mut out.buf).arg(&n_arg).arg(&ka).arg(&kb);
+                    launch.arg(&*a.buf).arg(&*b.buf).arg(&mut *out.buf).arg(&n_arg).arg(&ka).arg(&kb);
                     let packed = packable(&la, self.dtype) && packable(&lb, self.dtype);
                     // SAFETY: binary_<op>_<T>(const T*, const T*, T* out, i64 n, StridedLayout x2)
                     // reads n elements through each broadcast layout and writes n contiguous.
@@ -260,7 +260,7 @@ impl Tensor {
                     let la = strided_layout(name, &self.layout)?;
                     let n_arg = n as i64;
                     let mut launch = dev.stream.launch_builder(&f);
-                    launch.arg(&a.buf).arg(&mut out.buf).arg(&n_arg).arg(&la).arg(&value);
+                    launch.arg(&*a.buf).arg(&mut *out.buf).arg(&n_arg).arg(&la).arg(&value);
                     let packed = packable(&self.layout, self.dtype);
                     // SAFETY: scalar_<op>_<T>(const T*, T* out, i64 n, StridedLayout, double)
                     // reads n elements through the layout and writes n contiguous.
@@ -312,7 +312,15 @@ impl Tensor {
                     let (kc, ka, kb) = (strided_layout(OP, &lc)?, strided_layout(OP, &la)?, strided_layout(OP, &lb)?);
                     let n_arg = n as i64;
                     let mut launch = dev.stream.launch_builder(&f);
-                    launch.arg(&c.buf).arg(&a.buf).arg(&b.buf).arg(&mut out.buf).arg(&n_arg).arg(&kc).arg(&ka).arg(&kb);
+                    launch
+                        .arg(&*c.buf)
+                        .arg(&*a.buf)
+                        .arg(&*b.buf)
+                        .arg(&mut *out.buf)
+                        .arg(&n_arg)
+                        .arg(&kc)
+                        .arg(&ka)
+                        .arg(&kb);
                     // SAFETY: where_<T>(const T* c, const T* a, const T* b, T* out, i64 n,
                     // StridedLayout x3) reads n elements through each layout and writes n.
                     unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error(OP, &kernel, e))?;

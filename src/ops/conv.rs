@@ -323,11 +323,11 @@ fn conv_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, d: DimsWithBias) 
             let y = dev.alloc("conv2d", x.dtype, out_shape.iter().product())?;
             let b_storage = bias.as_ref().map(|b| b.storage());
             let b_buf = match &b_storage {
-                Some(StorageRef::Cuda(b)) => Some(&b.buf),
+                Some(StorageRef::Cuda(b)) => Some(&*b.buf),
                 _ => None,
             };
             let plan = d.plan(&dev, d.o / d.opt.groups, d.n * d.oh * d.ow, d.ksize(), 1)?;
-            let buffers = [Some(&xs.buf), Some(&ws.buf), b_buf, Some(&y.buf)];
+            let buffers = [Some(&*xs.buf), Some(&*ws.buf), b_buf, Some(&*y.buf)];
             launch(&dev, "conv2d_fwd", x.dtype, d, plan, &buffers)?;
             Ok(Tensor::from_cuda(y, &out_shape))
         }
@@ -367,10 +367,10 @@ fn conv_backward_input(dy: &Tensor, w: &Tensor, d: DimsWithBias) -> Result<Tenso
             if d.direct_grad_input() {
                 let packed = direct_weights(&w, &d)?;
                 let StorageRef::Cuda(ps) = packed.storage() else { unreachable!("packed on w's device") };
-                launch_direct_input(&gs.device, dy.dtype, &d, [&gs.buf, &ps.buf, &dx.buf])?;
+                launch_direct_input(&gs.device, dy.dtype, &d, [&*gs.buf, &*ps.buf, &*dx.buf])?;
                 return Ok(Tensor::from_cuda(dx, &in_shape));
             }
-            let buffers = [Some(&gs.buf), Some(&ws.buf), Some(&dx.buf)];
+            let buffers = [Some(&*gs.buf), Some(&*ws.buf), Some(&*dx.buf)];
             launch(&gs.device, "conv2d_bwd_input", dy.dtype, d, plan, &buffers)?;
             Ok(Tensor::from_cuda(dx, &in_shape))
         }
@@ -406,7 +406,7 @@ fn conv_backward_weight(dy: &Tensor, x: &Tensor, d: DimsWithBias) -> Result<Tens
             let plan = d.plan(dev, d.o / d.opt.groups, d.ksize(), d.n * d.oh * d.ow, MAX_WEIGHT_SPLITS)?;
             if plan.splits == 1 {
                 let dw = dev.alloc("conv2d", dy.dtype, w_shape.iter().product())?;
-                let buffers = [Some(&gs.buf), Some(&xs.buf), Some(&dw.buf), None];
+                let buffers = [Some(&*gs.buf), Some(&*xs.buf), Some(&*dw.buf), None];
                 launch(dev, "conv2d_bwd_weight", dy.dtype, d, plan, &buffers)?;
                 return Ok(Tensor::from_cuda(dw, &w_shape));
             }
@@ -414,7 +414,7 @@ fn conv_backward_weight(dy: &Tensor, x: &Tensor, d: DimsWithBias) -> Result<Tens
             // writes only these; dw stays null), then their sum.
             let acc = if dy.dtype == DType::F64 { DType::F64 } else { DType::F32 };
             let partial = dev.alloc("conv2d", acc, plan.splits * d.o * d.ksize())?;
-            let buffers = [Some(&gs.buf), Some(&xs.buf), None, Some(&partial.buf)];
+            let buffers = [Some(&*gs.buf), Some(&*xs.buf), None, Some(&*partial.buf)];
             launch(dev, "conv2d_bwd_weight", dy.dtype, d, plan, &buffers)?;
             Tensor::from_cuda(partial, &[plan.splits, d.o * d.ksize()])
                 .sum(&[0], false)?

@@ -226,7 +226,7 @@ fn cuda_copy(
         let kernel = format!("cast_dense_{}_{}", src.dtype, dst.dtype);
         let f = dev.function(op, "copy", &kernel)?;
         let mut launch = dev.stream.launch_builder(&f);
-        launch.arg(&src.buf).arg(&dst.buf).arg(&n_arg).arg(&src_offset).arg(&dst_offset);
+        launch.arg(&*src.buf).arg(&*dst.buf).arg(&n_arg).arg(&src_offset).arg(&dst_offset);
         // SAFETY: cast_dense_<s>_<d>(const S*, D*, i64 n, i64 src_offset, i64 dst_offset) reads
         // n elements from src_offset and writes n from dst_offset, inside their buffers (the
         // views are), both 16-byte aligned as its Pack8 accesses need (checked above).
@@ -249,7 +249,7 @@ fn cuda_copy(
         let units = n / unit;
         let units_arg = units as i64;
         let mut launch = dev.stream.launch_builder(&f);
-        launch.arg(&src.buf).arg(&dst.buf).arg(&units_arg).arg(&ls).arg(&ld);
+        launch.arg(&*src.buf).arg(&*dst.buf).arg(&units_arg).arg(&ls).arg(&ld);
         // SAFETY: cast_gather8_<s>_<d> and cast_gather_<s>_<d>(const S*, D*, i64 units,
         // GatherLayout, GatherLayout) read `units` runs of `unit` elements (n < 2^31 in all, a
         // multiple of the unit) through `ls` and write them through `ld`, layouts in units of
@@ -262,7 +262,7 @@ fn cuda_copy(
     let f = dev.function(op, "copy", &kernel)?;
     let (ls, ld) = (strided_layout(op, src_layout)?, strided_layout(op, dst_layout)?);
     let mut launch = dev.stream.launch_builder(&f);
-    launch.arg(&src.buf).arg(&dst.buf).arg(&n_arg).arg(&ls).arg(&ld);
+    launch.arg(&*src.buf).arg(&*dst.buf).arg(&n_arg).arg(&ls).arg(&ld);
     // SAFETY: cast_<s>_<d>(const S*, D*, i64 n, StridedLayout, StridedLayout) reads n elements
     // through `ls` and writes n through `ld`, both inside their buffers (distinct storages).
     // The destination is device memory written by the kernel, so a shared handle suffices.

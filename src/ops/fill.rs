@@ -20,7 +20,7 @@ pub(crate) fn cuda_fill(dev: &Arc<CudaDevice>, dtype: DType, n: usize, value: f6
     let f = dev.function("full", "fill", &kernel)?;
     let n_arg = n as i64;
     let mut launch = dev.stream.launch_builder(&f);
-    launch.arg(&mut out.buf).arg(&n_arg).arg(&value);
+    launch.arg(&mut *out.buf).arg(&n_arg).arg(&value);
     // SAFETY: fill_<dtype>(T* out, i64 n, double value) writes n elements of `out`.
     unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error("full", &kernel, e))?;
     Ok(out)
@@ -36,7 +36,7 @@ pub(crate) fn cuda_arange(dev: &Arc<CudaDevice>, dtype: DType, n: usize, start: 
     let f = dev.function("arange", "fill", &kernel)?;
     let n_arg = n as i64;
     let mut launch = dev.stream.launch_builder(&f);
-    launch.arg(&mut out.buf).arg(&n_arg).arg(&start).arg(&step);
+    launch.arg(&mut *out.buf).arg(&n_arg).arg(&start).arg(&step);
     // SAFETY: arange_<dtype>(T* out, i64 n, double start, double step) writes n elements.
     unsafe { launch.launch(elementwise_config(n)) }.map_err(|e| launch_error("arange", &kernel, e))?;
     Ok(out)

@@ -314,14 +314,15 @@ fn cuda_index(
     if n == 0 {
         return Ok(out);
     }
+    dev.refuse_host_access(op, "checking its indices (the host reads the kernel's range flag)")?;
     let mut bad = dev.stream.alloc_zeros::<i32>(1).map_err(|e| crate::cuda::cuda_error(op, e))?;
     let kernel = format!("{kernel_base}_{dtype}");
     let f = dev.function(op, "index", &kernel)?;
     let mut launch = dev.stream.launch_builder(&f);
     if let Some(src) = src {
-        launch.arg(&src.buf);
+        launch.arg(&*src.buf);
     }
-    launch.arg(&idx.buf).arg(&mut out.buf);
+    launch.arg(&*idx.buf).arg(&mut *out.buf);
     for d in dims {
         launch.arg(d);
     }

@@ -155,16 +155,16 @@ fn forward(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, p: LayerNormParam
         let kernel = format!("layer_norm_fwd_{}", x.dtype);
         let f = s.device.function(OP, "layer_norm", &kernel)?;
         let mut l = s.device.stream.launch_builder(&f);
-        l.arg(&s.buf);
+        l.arg(&*s.buf);
         match &w {
-            Some(w) => l.arg(&cuda(w)?.buf),
+            Some(w) => l.arg(&*cuda(w)?.buf),
             None => l.arg(&null),
         };
         match &b {
-            Some(b) => l.arg(&cuda(b)?.buf),
+            Some(b) => l.arg(&*cuda(b)?.buf),
             None => l.arg(&null),
         };
-        l.arg(&y.buf).arg(&mean.buf).arg(&rstd.buf).arg(&p);
+        l.arg(&*y.buf).arg(&*mean.buf).arg(&*rstd.buf).arg(&p);
         // SAFETY: layer_norm_fwd_<T>(x, weight | null, bias | null, T* y, A* mean, A* rstd,
         // params) reads `rows` dense rows of `cols` and [cols] weight and bias, and writes every
         // element of y and `rows` statistics.
@@ -218,12 +218,12 @@ fn grad_input(
         let kernel = format!("layer_norm_bwd_input_{}", x.dtype);
         let f = s.device.function(OP, "layer_norm", &kernel)?;
         let mut l = s.device.stream.launch_builder(&f);
-        l.arg(&cuda(dy)?.buf).arg(&s.buf);
+        l.arg(&*cuda(dy)?.buf).arg(&*s.buf);
         match &w {
-            Some(w) => l.arg(&cuda(w)?.buf),
+            Some(w) => l.arg(&*cuda(w)?.buf),
             None => l.arg(&null),
         };
-        l.arg(&cuda(mean)?.buf).arg(&cuda(rstd)?.buf).arg(&dx.buf).arg(&p);
+        l.arg(&*cuda(mean)?.buf).arg(&*cuda(rstd)?.buf).arg(&*dx.buf).arg(&p);
         // SAFETY: layer_norm_bwd_input_<T>(dy, x, weight | null, mean, rstd, T* dx, params) reads
         // dense [rows, cols] tensors, [cols] weight and [rows] statistics, and writes all of dx.
         unsafe { l.launch(per_row_config(p)) }.map_err(|e| launch_error(OP, &kernel, e))?;
@@ -265,8 +265,8 @@ fn grad_params(dy: &Tensor, x: &Tensor, mean: &Tensor, rstd: &Tensor, p: LayerNo
         let kernel = format!("layer_norm_bwd_params_{}", x.dtype);
         let f = s.device.function(OP, "layer_norm", &kernel)?;
         let mut l = s.device.stream.launch_builder(&f);
-        l.arg(&cuda(dy)?.buf).arg(&s.buf).arg(&cuda(mean)?.buf).arg(&cuda(rstd)?.buf);
-        l.arg(&dw.buf).arg(&db.buf).arg(&p);
+        l.arg(&*cuda(dy)?.buf).arg(&*s.buf).arg(&*cuda(mean)?.buf).arg(&*cuda(rstd)?.buf);
+        l.arg(&*dw.buf).arg(&*db.buf).arg(&p);
         let config = LaunchConfig {
             grid_dim: ((cols as u32).div_ceil(THREADS), chunks as u32, 1),
             block_dim: (THREADS, 1, 1),

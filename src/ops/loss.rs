@@ -100,7 +100,7 @@ impl Tensor {
                     let f = dev.function("dropout_mask", "fill", &kernel)?;
                     let n_arg = n as i64;
                     let mut launch = dev.stream.launch_builder(&f);
-                    launch.arg(&mut out.buf).arg(&n_arg).arg(&keep).arg(&seed);
+                    launch.arg(&mut *out.buf).arg(&n_arg).arg(&keep).arg(&seed);
                     // SAFETY: dropout_mask_<T>(T* out, i64 n, double keep, u64 seed) writes n elements.
                     unsafe { launch.launch(elementwise_config(n)) }
                         .map_err(|e| launch_error("dropout_mask", &kernel, e))?;
@@ -132,7 +132,7 @@ fn cuda_forward(x: &CudaStorage, labels: &CudaStorage, rows: usize, cols: usize)
             LaunchConfig { grid_dim: (rows.min(65535) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
         let (r, c) = (rows as i64, cols as i64);
         let mut launch = dev.stream.launch_builder(&f);
-        launch.arg(&x.buf).arg(&labels.buf).arg(&mut loss.buf).arg(&mut lse.buf).arg(&r).arg(&c);
+        launch.arg(&*x.buf).arg(&*labels.buf).arg(&mut *loss.buf).arg(&mut *lse.buf).arg(&r).arg(&c);
         // SAFETY: cross_entropy_fwd_<T>(const T* x, const i64* labels, T* loss, Acc* lse, i64 rows,
         // i64 cols) reads rows * cols logits and rows labels, writes rows losses and lses.
         unsafe { launch.launch(cfg) }.map_err(|e| launch_error(OP, &kernel, e))?;
@@ -200,7 +200,15 @@ fn cross_entropy_backward(
                 let f = dev.function(OP, "loss", &kernel)?;
                 let (r, c) = (rows as i64, cols as i64);
                 let mut launch = dev.stream.launch_builder(&f);
-                launch.arg(&xs.buf).arg(&ys.buf).arg(&ls.buf).arg(&gs.buf).arg(&mut dx.buf).arg(&r).arg(&c).arg(&scale);
+                launch
+                    .arg(&*xs.buf)
+                    .arg(&*ys.buf)
+                    .arg(&*ls.buf)
+                    .arg(&*gs.buf)
+                    .arg(&mut *dx.buf)
+                    .arg(&r)
+                    .arg(&c)
+                    .arg(&scale);
                 // SAFETY: cross_entropy_bwd_<T>(const T* x, const i64* labels, const Acc* lse,
                 // const T* g, T* dx, i64 rows, i64 cols, double scale) reads the dense inputs
                 // and one gradient value, and writes rows * cols gradients.

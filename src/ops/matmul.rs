@@ -279,17 +279,17 @@ fn matmul_forward(
             let f = dev.function(OP, "matmul", &kernel)?;
             let bias_storage = bias.map(|b| b.storage());
             let bias_buf = match &bias_storage {
-                Some(StorageRef::Cuda(sbias)) => Some(&sbias.buf),
+                Some(StorageRef::Cuda(sbias)) => Some(&*sbias.buf),
                 _ => None,
             };
             let mut launch = dev.stream.launch_builder(&f);
-            launch.arg(&sa.buf).arg(&sb.buf);
+            launch.arg(&*sa.buf).arg(&*sb.buf);
             if let Some(buf) = bias_buf {
                 launch.arg(buf);
             }
             match &mut partial {
-                Some(ws) => launch.arg(&mut ws.buf),
-                None => launch.arg(&mut out.buf),
+                Some(ws) => launch.arg(&mut *ws.buf),
+                None => launch.arg(&mut *out.buf),
             };
             launch.arg(&p);
             // SAFETY: matmul_<T>(const T* a, const T* b, T* c, MatmulParams) and linear_<T>(a,
@@ -304,7 +304,7 @@ fn matmul_forward(
                 let (count, splits, n, has_bias) =
                     ((batch * m * n) as i64, splits as i64, n as i64, bias_buf.is_some() as i64);
                 let mut launch = dev.stream.launch_builder(&f);
-                launch.arg(&ws.buf).arg(bias_buf.unwrap_or(&ws.buf)).arg(&mut out.buf);
+                launch.arg(&*ws.buf).arg(bias_buf.unwrap_or(&*ws.buf)).arg(&mut *out.buf);
                 launch.arg(&count).arg(&splits).arg(&n).arg(&has_bias);
                 // SAFETY: matmul_split_sum_<T>(const Acc* partial, const T* bias, T* c, i64
                 // count, i64 splits, i64 n, i64 has_bias) reads splits * count partial sums and,

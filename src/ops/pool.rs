@@ -248,9 +248,9 @@ fn pool_forward(kind: Kind, x: &Tensor, p: PoolParams) -> Result<(Tensor, Option
                 let kernel = format!("{op}_fwd_{}", x.dtype);
                 let f = dev.function(op, "pool", &kernel)?;
                 let mut l = dev.stream.launch_builder(&f);
-                l.arg(&s.buf).arg(&y.buf);
+                l.arg(&*s.buf).arg(&*y.buf);
                 if let Some(i) = &idx {
-                    l.arg(&i.buf);
+                    l.arg(&*i.buf);
                 }
                 l.arg(&p);
                 // SAFETY: <pool>_fwd_<T>(const T* x, T* y, [i64* idx,] PoolParams) reads the dense
@@ -325,11 +325,11 @@ fn pool_backward(kind: Kind, dy: &Tensor, idx: Option<&Tensor>, in_shape: &[usiz
                 let idx = idx.map(Tensor::dense).transpose()?;
                 let idx_storage = idx.as_ref().map(|i| i.storage());
                 let mut l = dev.stream.launch_builder(&f);
-                l.arg(&s.buf);
+                l.arg(&*s.buf);
                 if let Some(StorageRef::Cuda(i)) = &idx_storage {
-                    l.arg(&i.buf);
+                    l.arg(&*i.buf);
                 }
-                l.arg(&dx.buf).arg(&p);
+                l.arg(&*dx.buf).arg(&p);
                 // SAFETY: <pool>_bwd_<T>(const T* dy, [const i64* idx,] T* dx, PoolParams) reads
                 // the dense output gradient (and indices) and writes every input gradient.
                 unsafe { l.launch(elementwise_config(n)) }.map_err(|e| launch_error(op, &kernel, e))?;

@@ -388,7 +388,7 @@ fn launch_reduce(
         shared_mem_bytes: 0,
     };
     let mut launch = dev.stream.launch_builder(&f);
-    launch.arg(src).arg(&mut out.buf).arg(params);
+    launch.arg(src).arg(&mut *out.buf).arg(params);
     // SAFETY: reduce_<op>_<in>_<out> / argmax_<T>(const In*, Out*, ReduceParams) reads the
     // params' view of `src` and writes outer * splits outputs, which `out` holds.
     unsafe { launch.launch(cfg) }.map_err(|e| launch_error(name, kernel, e))?;
@@ -423,7 +423,7 @@ fn column_sums(
         let kernel = format!("reduce_cols_sum_{dtype}");
         let f = dev.function(name, "reduce", &kernel)?;
         let mut launch = dev.stream.launch_builder(&f);
-        launch.arg(&src.buf).arg(&mut out.buf).arg(&rows).arg(&cols).arg(&offset).arg(&scale);
+        launch.arg(&*src.buf).arg(&mut *out.buf).arg(&rows).arg(&cols).arg(&offset).arg(&scale);
         // SAFETY: reduce_cols_sum_<T>(const T* x, T* out, i64 rows, i64 cols, i64 offset, double)
         // reads the dense rows x cols elements from `offset` (the source is contiguous there) and
         // writes `cols` sums.
@@ -437,7 +437,7 @@ fn column_sums(
     let f = dev.function(name, "reduce", &kernel)?;
     let chunk_arg = chunk as i64;
     let mut launch = dev.stream.launch_builder(&f);
-    launch.arg(&src.buf).arg(&mut partials.buf).arg(&rows).arg(&cols).arg(&offset).arg(&chunk_arg);
+    launch.arg(&*src.buf).arg(&mut *partials.buf).arg(&rows).arg(&cols).arg(&offset).arg(&chunk_arg);
     // SAFETY: reduce_cols_partial_<T>(const T* x, Acc* out, i64 rows, i64 cols, i64 offset, i64
     // chunk) reads the dense rows x cols elements from `offset` and writes one row of `cols`
     // partial sums per chunk: chunks x cols, the workspace's size.
@@ -446,7 +446,7 @@ fn column_sums(
     let f = dev.function(name, "reduce", &kernel)?;
     let chunks_arg = chunks as i64;
     let mut launch = dev.stream.launch_builder(&f);
-    launch.arg(&partials.buf).arg(&mut out.buf).arg(&chunks_arg).arg(&cols).arg(&scale);
+    launch.arg(&*partials.buf).arg(&mut *out.buf).arg(&chunks_arg).arg(&cols).arg(&scale);
     // SAFETY: reduce_cols_fold_<T>(const Acc* partial, T* out, i64 chunks, i64 cols, double)
     // reads the chunks x cols partial sums and writes `cols` sums.
     unsafe { launch.launch(config(1)) }.map_err(|e| launch_error(name, &kernel, e))?;

@@ -86,7 +86,7 @@ impl Tensor {
                     };
                     let (rows_arg, cols_arg) = (rows as i64, cols as i64);
                     let mut launch = dev.stream.launch_builder(&f);
-                    launch.arg(&s.buf).arg(&mut out.buf).arg(&rows_arg).arg(&cols_arg);
+                    launch.arg(&*s.buf).arg(&mut *out.buf).arg(&rows_arg).arg(&cols_arg);
                     // SAFETY: softmax_<T>(const T* x, T* y, i64 rows, i64 cols) reads and writes
                     // rows * cols contiguous elements; both buffers hold that many.
                     unsafe { launch.launch(cfg) }.map_err(|e| launch_error(name, &kernel, e))?;

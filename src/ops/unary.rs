@@ -170,7 +170,7 @@ impl Tensor {
                     let layout = strided_layout(name, &self.layout)?;
                     let n_arg = n as i64;
                     let mut launch = dev.stream.launch_builder(&f);
-                    launch.arg(&s.buf).arg(&mut out.buf).arg(&n_arg).arg(&layout);
+                    launch.arg(&*s.buf).arg(&mut *out.buf).arg(&n_arg).arg(&layout);
                     let packed = packable(&self.layout, self.dtype);
                     // SAFETY: unary_<op>_<T>(const T* in, T* out, i64 n, StridedLayout) reads n
                     // elements through the layout and writes n contiguous ones.
@@ -289,7 +289,7 @@ fn activation_backward(op: UnaryOp, x: &Tensor, g: &Tensor) -> Result<Option<Ten
             let (lg, lx) = (strided_layout(name, &g.layout)?, strided_layout(name, &x.layout)?);
             let n_arg = n as i64;
             let mut launch = dev.stream.launch_builder(&f);
-            launch.arg(&gs.buf).arg(&xs.buf).arg(&mut out.buf).arg(&n_arg).arg(&lg).arg(&lx);
+            launch.arg(&*gs.buf).arg(&*xs.buf).arg(&mut *out.buf).arg(&n_arg).arg(&lg).arg(&lx);
             let packed = packable(&g.layout, x.dtype) && packable(&x.layout, x.dtype);
             // SAFETY: <relu|gelu>_backward_<T>(const T* g, const T* x, T* out, i64 n, StridedLayout
             // x2) reads n elements of g and x through their layouts and writes n contiguous ones.

@@ -11,11 +11,12 @@ mod schedule;
 pub use schedule::{ConstantLr, CosineLr, LrSchedule, StepLr, WarmupLr};
 
 use crate::cpu::{Float, Lane};
+use crate::cuda::CudaStorage;
+use crate::cuda::graph::launch_refreshable;
 use crate::cuda::params::{AdamParams, NABLA_MAX_TENSORS, SgdParams, TensorList};
-use crate::cuda::{CudaStorage, launch_error};
 use crate::storage::{CpuStorage, Storage, StorageRef};
 use crate::{DType, Device, Error, Result, Tensor};
-use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
@@ -596,12 +597,12 @@ fn launch_list(op: &'static str, kernel: &str, batch: &[DeviceStep], args: &impl
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut launch = dev.stream.launch_builder(&f);
-    launch.arg(&list).arg(args);
-    // SAFETY: sgd_step_<T>(TensorList, SgdParams) and adam_step_<T>(TensorList, AdamParams)
+    // Refreshable: in a captured training step, the learning rate and the bias corrections of
+    // each replay reach the graph's node through this same call (cuda/graph.rs).
+    // Its safety: sgd_step_<T>(TensorList, SgdParams) and adam_step_<T>(TensorList, AdamParams)
     // read and write numel[t] elements at each listed address: dense device buffers of the
     // parameter's size and dtype (parameters and state are contiguous, gradients made dense
-    // above), alive until the queued kernel has run (frees are stream-ordered after it).
-    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(op, kernel, e))?;
-    Ok(())
+    // above), alive until the queued kernel has run (frees are stream-ordered after it, and a
+    // graph keeps what it reads).
+    launch_refreshable(&dev, op, kernel, &f, cfg, (&list, args))
 }

@@ -1,6 +1,7 @@
 //! The training driver behind `nabla train`: a model, an optimizer and a data loader, one
 //! summary per epoch, checkpoints and a metric history written atomically, and resumption.
 
+mod captured;
 mod data;
 mod progress;
 mod run;
@@ -198,6 +199,11 @@ pub struct TrainConfig {
     /// Mixed precision: the products (linear, conv2d, attention) in bf16 or f16 with f32
     /// master weights and optimizer state ([`crate::amp`]); f16 adds dynamic loss scaling.
     pub precision: Precision,
+    /// Capture the training step as a CUDA graph after one eager step and replay it for every
+    /// batch of that shape (`captured.rs`): the same run, with one launch per step. CUDA
+    /// devices; models without dropout or batch norm; not with f16's loss scaling or
+    /// `detect_anomaly`, which read the device every step.
+    pub cuda_graph: bool,
 }
 
 impl Default for TrainConfig {
@@ -224,6 +230,7 @@ impl Default for TrainConfig {
             report: Report::Silent,
             detect_anomaly: false,
             precision: Precision::F32,
+            cuda_graph: false,
         }
     }
 }
@@ -261,6 +268,27 @@ impl TrainConfig {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
         self.batch_norm.validate()?;
+        if self.cuda_graph {
+            let refuse = |why: &str| bad(format!("--cuda-graph: {why}"));
+            if !self.device.is_cuda() {
+                return refuse(&format!("a CUDA graph needs a CUDA device, got {}", self.device));
+            }
+            if matches!(self.model, ModelKind::AlexNet | ModelKind::ResNet) || self.dropout > 0.0 {
+                return refuse(&format!(
+                    "{} has dropout or batch norm, whose masks and running statistics change every step \
+                     outside the optimizer (mlp, perceptron, lenet5 and vit can be captured, without --dropout)",
+                    self.model.name()
+                ));
+            }
+            if self.precision == Precision::F16 {
+                return refuse(
+                    "f16's loss scaling reads the gradients' overflow flag on the host every step; use bf16",
+                );
+            }
+            if self.detect_anomaly {
+                return refuse("--detect-anomaly reads every op's output on the host");
+            }
+        }
         let geometry = self.geometry()?;
         if self.shift >= geometry.size {
             return bad(format!(
@@ -416,6 +444,7 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
         run::write_history(&checkpoint, &history)?;
     }
     let flip = config.flips();
+    let mut captured_step = config.cuda_graph.then(|| captured::TrainingStep::new(device, config.precision));
 
     for epoch in first_epoch..config.epochs {
         let started = Instant::now();
@@ -433,26 +462,32 @@ pub fn train_with(config: &TrainConfig, mut keep_going: impl FnMut(&EpochSummary
             let x =
                 DataKind::augment(geometry, &batch.features, config.shift, flip, &mut augment)?.to_device(&device)?;
             let y = batch.targets.to_device(&device)?;
-            let scores = config.precision.run(|| model.forward(&x))?;
-            let loss = scores.cross_entropy(&y)?;
-            if config.detect_anomaly {
-                let value = loss.to_scalar::<f64>()?;
-                if !value.is_finite() {
-                    let culprit = crate::take_anomaly().unwrap_or_else(|| "no op output was non-finite".into());
-                    return Err(diverged(epoch, i, steps_per_epoch, value, culprit));
-                }
-            }
-            optimizer.zero_grad();
-            match scaler.as_mut() {
-                Some(scaler) => {
-                    scaler.scale_loss(&loss)?.backward()?;
-                    scaler.step(optimizer.as_mut())?;
-                }
+            let (scores, loss) = match captured_step.as_mut() {
+                Some(step) => step.run(model.as_ref(), optimizer.as_mut(), &x, &y)?,
                 None => {
-                    loss.backward()?;
-                    optimizer.step()?;
+                    let scores = config.precision.run(|| model.forward(&x))?;
+                    let loss = scores.cross_entropy(&y)?;
+                    if config.detect_anomaly {
+                        let value = loss.to_scalar::<f64>()?;
+                        if !value.is_finite() {
+                            let culprit = crate::take_anomaly().unwrap_or_else(|| "no op output was non-finite".into());
+                            return Err(diverged(epoch, i, steps_per_epoch, value, culprit));
+                        }
+                    }
+                    optimizer.zero_grad();
+                    match scaler.as_mut() {
+                        Some(scaler) => {
+                            scaler.scale_loss(&loss)?.backward()?;
+                            scaler.step(optimizer.as_mut())?;
+                        }
+                        None => {
+                            loss.backward()?;
+                            optimizer.step()?;
+                        }
+                    }
+                    (scores, loss)
                 }
-            }
+            };
             crate::no_grad(|| -> Result<()> {
                 losses.narrow(0, i, 1)?.copy_(&loss.detach().reshape(&[1])?)?;
                 let hits = scores.detach().argmax(-1, false)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?;

@@ -168,6 +168,7 @@ impl RunSettings {
             report: super::Report::Silent,
             detect_anomaly: false,
             precision: self.precision.parse()?,
+            cuda_graph: false,
         })
     }
 }

@@ -16,6 +16,7 @@ mod data;
 mod fuzz;
 mod gpu_vs_cpu;
 mod gradients;
+mod graphs;
 mod kernels_compile;
 mod launch_geometry;
 mod matmul_splits;

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -48,16 +49,36 @@ constexpr int kMaxGatherBytes = 32;
 void warp_gather(const void* value, int bytes, void* all);
 int lane_id();
 
+// A launch's arguments copied by value, for a CUDA graph's kernel node that runs them later
+// (graph.cpp): `pointers` has one entry per argument, into the copies, as cuLaunchKernel's array.
+struct SavedArgs {
+    virtual ~SavedArgs() = default;
+    std::vector<void*> pointers;
+};
+template <typename... Args>
+struct SavedArgsOf final : SavedArgs {
+    std::tuple<std::remove_cv_t<std::remove_reference_t<Args>>...> values;
+    template <std::size_t... I>
+    SavedArgsOf(void** params, std::index_sequence<I...>)
+        : values(*static_cast<std::remove_cv_t<std::remove_reference_t<Args>>*>(params[I])...) {
+        pointers = {static_cast<void*>(&std::get<I>(values))...};
+    }
+};
+
 // Registration of an `extern "C"` kernel under its name: the launch passes `void** params`, one
-// pointer per argument, as cuLaunchKernel does; the call unpacks them by the kernel's own types.
-void register_kernel(const char* name, std::function<void(void**)> run);
+// pointer per argument, as cuLaunchKernel does; `run` unpacks them by the kernel's own types and
+// `save` copies them for a graph node.
+void register_kernel(const char* name, std::function<void(void**)> run,
+                     std::function<SavedArgs*(void**)> save);
 template <typename... Args, std::size_t... I>
 void call_kernel(void (*kernel)(Args...), void** params, std::index_sequence<I...>) {
     kernel(*static_cast<std::remove_cv_t<std::remove_reference_t<Args>>*>(params[I])...);
 }
 template <typename... Args>
 bool add_kernel(const char* name, void (*kernel)(Args...)) {
-    register_kernel(name, [kernel](void** params) { call_kernel(kernel, params, std::index_sequence_for<Args...>{}); });
+    register_kernel(
+        name, [kernel](void** params) { call_kernel(kernel, params, std::index_sequence_for<Args...>{}); },
+        [](void** params) -> SavedArgs* { return new SavedArgsOf<Args...>(params, std::index_sequence_for<Args...>{}); });
     return true;
 }
 }  // namespace emu

@@ -34,27 +34,6 @@
 
 #define EXPORT extern "C" __attribute__((visibility("default")))
 
-typedef int CUresult;
-typedef int CUdevice;
-typedef unsigned long long CUdeviceptr;
-typedef void* CUcontext;
-typedef void* CUmodule;
-typedef void* CUstream;
-typedef void* CUevent;
-typedef void* CUmemoryPool;
-typedef struct EmulatedKernel* CUfunction;
-
-enum : CUresult {
-    CUDA_SUCCESS = 0,
-    CUDA_ERROR_INVALID_VALUE = 1,
-    CUDA_ERROR_OUT_OF_MEMORY = 2,
-    CUDA_ERROR_INVALID_DEVICE = 101,
-    CUDA_ERROR_INVALID_PTX = 218,
-    CUDA_ERROR_UNSUPPORTED_PTX_VERSION = 222,
-    CUDA_ERROR_NOT_FOUND = 500,
-    CUDA_ERROR_LAUNCH_FAILED = 719,
-};
-
 // ---------------------------------------------------------------------------------------------
 // Kernel registry: every generated kernel module registers its `extern "C"` entry points.
 
@@ -64,8 +43,8 @@ static std::map<std::string, EmulatedKernel*>& registry() {
 }
 
 namespace emu {
-void register_kernel(const char* name, std::function<void(void**)> run) {
-    registry()[name] = new EmulatedKernel{name, std::move(run)};
+void register_kernel(const char* name, std::function<void(void**)> run, std::function<SavedArgs*(void**)> save) {
+    registry()[name] = new EmulatedKernel{name, std::move(run), std::move(save)};
 }
 }  // namespace emu
 
@@ -119,7 +98,7 @@ CUresult release_memory(CUdeviceptr ptr) {
 // ---------------------------------------------------------------------------------------------
 // Driver entry points (the subset cudarc and nabla call).
 
-static int context_token, module_token, pool_token, stream_token;
+static int context_token, module_token, pool_token;
 
 // The CUDA version this driver claims: 13.0, or NABLA_EMULATOR_DRIVER_VERSION (12040 for a 12.4
 // driver), so tests can see how the library treats images too new for an older driver.
@@ -195,11 +174,16 @@ EXPORT CUresult cuCtxGetDevice(CUdevice* device) {
 }
 EXPORT CUresult cuCtxSynchronize() { return CUDA_SUCCESS; }
 EXPORT CUresult cuStreamCreate(CUstream* stream, unsigned int) {
-    *stream = &stream_token;
+    *stream = graph::new_stream();
     return CUDA_SUCCESS;
 }
-EXPORT CUresult cuStreamDestroy_v2(CUstream) { return CUDA_SUCCESS; }
-EXPORT CUresult cuStreamSynchronize(CUstream) { return CUDA_SUCCESS; }
+EXPORT CUresult cuStreamDestroy_v2(CUstream stream) {
+    graph::destroy_stream(stream);
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuStreamSynchronize(CUstream stream) {
+    return graph::capturing(stream) ? graph::refuse(stream, "cuStreamSynchronize") : CUDA_SUCCESS;
+}
 EXPORT CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned int) { return CUDA_SUCCESS; }
 EXPORT CUresult cuDeviceGetDefaultMemPool(CUmemoryPool* pool, CUdevice) {
     *pool = &pool_token;
@@ -212,11 +196,24 @@ EXPORT CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     return CUDA_SUCCESS;
 }
 
-EXPORT CUresult cuMemAllocAsync(CUdeviceptr* ptr, size_t bytes, CUstream) { return allocate(ptr, bytes); }
+// A capture records memsets and device copies; a stream-ordered allocation or free would be a
+// graph memory node, which nabla never makes (its graphs allocate from their own pool), and a
+// copy to or from host memory cannot be captured at all: each of those invalidates the capture.
+EXPORT CUresult cuMemAllocAsync(CUdeviceptr* ptr, size_t bytes, CUstream stream) {
+    if (graph::capturing(stream)) return graph::refuse(stream, "cuMemAllocAsync");
+    return allocate(ptr, bytes);
+}
 EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* ptr, size_t bytes) { return allocate(ptr, bytes); }
-EXPORT CUresult cuMemFreeAsync(CUdeviceptr ptr, CUstream) { return release_memory(ptr); }
+EXPORT CUresult cuMemFreeAsync(CUdeviceptr ptr, CUstream stream) {
+    if (graph::capturing(stream)) return graph::refuse(stream, "cuMemFreeAsync");
+    return release_memory(ptr);
+}
 EXPORT CUresult cuMemFree_v2(CUdeviceptr ptr) { return release_memory(ptr); }
-EXPORT CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char value, size_t n, CUstream) {
+EXPORT CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char value, size_t n, CUstream stream) {
+    if (graph::capturing(stream)) {
+        graph::record_memset(stream, dst, value, n);
+        return CUDA_SUCCESS;
+    }
     std::memset((void*)dst, value, n);
     return CUDA_SUCCESS;
 }
@@ -224,7 +221,8 @@ EXPORT CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char value, size_t n) {
     std::memset((void*)dst, value, n);
     return CUDA_SUCCESS;
 }
-EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, CUstream) {
+EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, CUstream stream) {
+    if (graph::capturing(stream)) return graph::refuse(stream, "cuMemcpyHtoDAsync");
     std::memcpy((void*)dst, src, n);
     return CUDA_SUCCESS;
 }
@@ -232,7 +230,8 @@ EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
     std::memcpy((void*)dst, src, n);
     return CUDA_SUCCESS;
 }
-EXPORT CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream) {
+EXPORT CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream stream) {
+    if (graph::capturing(stream)) return graph::refuse(stream, "cuMemcpyDtoHAsync");
     std::memcpy(dst, (const void*)src, n);
     return CUDA_SUCCESS;
 }
@@ -240,7 +239,11 @@ EXPORT CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
     std::memcpy(dst, (const void*)src, n);
     return CUDA_SUCCESS;
 }
-EXPORT CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream) {
+EXPORT CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream stream) {
+    if (graph::capturing(stream)) {
+        graph::record_copy(stream, dst, src, n);
+        return CUDA_SUCCESS;
+    }
     std::memmove((void*)dst, (const void*)src, n);
     return CUDA_SUCCESS;
 }
@@ -278,13 +281,17 @@ EXPORT CUresult cuFuncGetAttribute(int* value, int, CUfunction) {
 EXPORT CUresult cuFuncSetAttribute(CUfunction, int, int) { return CUDA_SUCCESS; }
 
 EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
-                               unsigned int by, unsigned int bz, unsigned int shared_bytes, CUstream, void** params,
+                               unsigned int by, unsigned int bz, unsigned int shared_bytes, CUstream stream, void** params,
                                void** extra) {
     if (!f || extra || !params) return CUDA_ERROR_INVALID_VALUE;
     const unsigned long long threads = (unsigned long long)bx * by * bz;
     if (threads == 0 || threads > kMaxThreads || gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535 ||
         shared_bytes > 48 * 1024)
         return CUDA_ERROR_INVALID_VALUE;
+    if (graph::capturing(stream)) {
+        graph::record_launch(stream, f, params, dim3{gx, gy, gz}, dim3{bx, by, bz});
+        return CUDA_SUCCESS;
+    }
     std::string failure;
     if (!run_launch(f, params, dim3{gx, gy, gz}, dim3{bx, by, bz}, &failure)) {
         std::fprintf(stderr, "nabla CUDA emulator: kernel `%s` failed: %s\n", f->name.c_str(), failure.c_str());
@@ -332,7 +339,12 @@ static const ErrorText kErrors[] = {
     {CUDA_ERROR_UNSUPPORTED_PTX_VERSION, "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
      "the provided PTX was compiled with an unsupported toolchain."},
     {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {CUDA_ERROR_ILLEGAL_STATE, "CUDA_ERROR_ILLEGAL_STATE", "the operation is not permitted in this state"},
     {CUDA_ERROR_LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure (emulator: see stderr)"},
+    {CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
+     "operation not permitted when stream is capturing"},
+    {CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
+     "operation failed due to a previous error during capture"},
 };
 static const ErrorText& error_text(CUresult code) {
     static const ErrorText unknown = {-1, "CUDA_ERROR_UNKNOWN", "unknown error"};

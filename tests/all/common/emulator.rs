@@ -2,7 +2,8 @@
 //! the GPU-vs-CPU tests run the source of every kernel against the CPU reference here and in CI.
 //!
 //! The emulator is one shared library: `driver.cpp` (the driver entry points cudarc calls, over
-//! host memory), `scheduler.cpp` (blocks and fiber threads) and every kernel module compiled by
+//! host memory), `scheduler.cpp` (blocks and fiber threads), `graph.cpp` (stream capture and CUDA
+//! graphs) and every kernel module compiled by
 //! the host's C++ compiler, with a registration
 //! line for each kernel the host side can launch. Its soname is `libcuda.so`, so once it is
 //! loaded, cudarc's `dlopen("libcuda.so")` finds it. It is built once per source hash under
@@ -44,7 +45,7 @@ fn build_and_load() -> Result<(), String> {
 }
 
 /// The emulator's own sources in tests/emulator.
-const EMULATOR_FILES: [&str; 4] = ["cuda_emu.h", "emulator.h", "driver.cpp", "scheduler.cpp"];
+const EMULATOR_FILES: [&str; 5] = ["cuda_emu.h", "emulator.h", "driver.cpp", "scheduler.cpp", "graph.cpp"];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
