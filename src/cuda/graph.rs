@@ -51,6 +51,8 @@ pub(crate) struct Capturing {
     pool: Arc<GraphPool>,
     kept: Vec<CudaSlice<u8>>,
     refreshable: Vec<KernelNode>,
+    /// Blocks of older graphs' pools that were let go during this capture.
+    orphans: Vec<CUdeviceptr>,
 }
 
 /// The state of a refresh: the instantiated graph and the next refreshable node.
@@ -76,14 +78,15 @@ unsafe impl Send for KernelNode {}
 
 /// The device memory of the buffers allocated while a graph was captured.
 pub(crate) struct GraphPool {
+    device: Arc<CudaDevice>,
     stream: Arc<CudaStream>,
     blocks: Mutex<Vec<CUdeviceptr>>,
     free: Mutex<HashMap<usize, Vec<CUdeviceptr>>>,
 }
 
 impl GraphPool {
-    fn new(stream: Arc<CudaStream>) -> Self {
-        GraphPool { stream, blocks: Mutex::default(), free: Mutex::default() }
+    fn new(device: Arc<CudaDevice>) -> Self {
+        GraphPool { stream: device.stream.clone(), device, blocks: Mutex::default(), free: Mutex::default() }
     }
 
     /// A buffer of `bytes` bytes: one given back earlier in this capture, else a new one.
@@ -112,12 +115,27 @@ impl GraphPool {
 
 impl Drop for GraphPool {
     fn drop(&mut self) {
-        // The last replay may still run: wait for it before the memory goes.
-        let _ = self.stream.synchronize();
-        for &ptr in self.blocks.get_mut().unwrap_or_else(|e| e.into_inner()).iter() {
-            // SAFETY: allocated by `take`, used by nothing now (no graph, no tensor holds the pool).
-            let _ = unsafe { cudarc::driver::result::free_sync(ptr) };
+        let blocks = std::mem::take(self.blocks.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if let Mode::Capturing(capture) = &mut *self.device.mode() {
+            // The stream is capturing another graph and cannot wait now: that capture frees
+            // these blocks when it ends.
+            capture.orphans.extend(blocks);
+            return;
         }
+        free_blocks(&self.stream, blocks);
+    }
+}
+
+/// Frees blocks of a graph pool that neither a graph nor a tensor uses any more, once the
+/// stream's queued work (the last replay) has finished.
+fn free_blocks(stream: &CudaStream, blocks: Vec<CUdeviceptr>) {
+    if blocks.is_empty() {
+        return;
+    }
+    let _ = stream.synchronize();
+    for ptr in blocks {
+        // SAFETY: allocated by `GraphPool::take`; nothing holds its pool any more.
+        let _ = unsafe { cudarc::driver::result::free_sync(ptr) };
     }
 }
 
@@ -235,15 +253,22 @@ impl CudaGraph {
             dev.stream
                 .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
                 .map_err(|e| cuda_error("capture", e))?;
-            let pool = Arc::new(GraphPool::new(dev.stream.clone()));
+            let pool = Arc::new(GraphPool::new(dev.clone()));
             let thread = std::thread::current().id();
-            *mode = Mode::Capturing(Capturing { thread, pool, kept: Vec::new(), refreshable: Vec::new() });
+            *mode = Mode::Capturing(Capturing {
+                thread,
+                pool,
+                kept: Vec::new(),
+                refreshable: Vec::new(),
+                orphans: Vec::new(),
+            });
         }
         let result = work();
         let Mode::Capturing(state) = std::mem::take(&mut *dev.mode()) else {
             unreachable!("only this function leaves the capturing mode")
         };
         let graph = dev.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        free_blocks(&dev.stream, state.orphans);
         let value = result?;
         let graph = graph
             .map_err(|e| {

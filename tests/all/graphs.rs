@@ -123,6 +123,21 @@ fn a_replay_recomputes_its_outputs_from_the_current_contents_of_its_inputs() {
         let want = nabla::cpu::reference(|| ha.matmul(&hb)?.relu()?.sum(&[1], false)).unwrap();
         assert_close(&format!("replay {seed}"), &out, &want, tolerance(DType::F32));
     }
+    // A graph and its outputs let go while another graph is captured: their memory waits for
+    // the capture to end (the stream cannot be waited on meanwhile), and the new graph works.
+    let mut old = Some((graph, out));
+    let (graph, doubled) = CudaGraph::capture(&dev, || {
+        old.take();
+        a.add(&a)
+    })
+    .unwrap();
+    graph.replay().unwrap();
+    assert_close(
+        "after the old graph went",
+        &doubled,
+        &a.to_device(&Device::Cpu).unwrap().mul_scalar(2.0).unwrap(),
+        (0.0, 0.0),
+    );
 }
 
 #[test]
