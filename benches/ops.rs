@@ -1,9 +1,10 @@
 //! Criterion benches of the core kernels on the GPU when one is present, else on the CPU
 //! (`NABLA_BENCH_CPU=1`: both; the CPU sizes are the rows of the CPU table in
 //! docs/benchmarks.md): elementwise add and sum (bytes moved per second), softmax over rows, and
-//! f32/TF32/f16/bf16 matmul (FLOP/s, reported by criterion as "elements" per second; f16/bf16
-//! with both versions of the tensor-core GEMM). GPU iterations end with a device synchronize
-//! inside the measured closure, so they time the kernels, not the queueing.
+//! f32/TF32/f16/bf16 matmul (FLOP/s, reported by criterion as "elements" per second; f32 with
+//! three versions of the FMA-pipe GEMM, f16/bf16 with both versions of the tensor-core GEMM).
+//! GPU iterations end with a device synchronize inside the measured closure, so they time the
+//! kernels, not the queueing.
 //!
 //! `cargo bench --bench ops`; on the GPU machine through ../shared/gpu (see docs/benchmarks.md).
 
@@ -79,23 +80,28 @@ fn softmax(c: &mut Criterion) {
 }
 
 fn matmul(c: &mut Criterion) {
-    // (row, dtype, f32 precision, tensor-core GEMM version, GPU only): f32 twice, as f32 and as
-    // TF32 (as PyTorch's "high"); f16 and bf16 with version 2 of the tensor-core GEMM (cp.async
-    // pipeline, ldmatrix; the default), then with version 1 (`_v1`). The row names match
-    // `benches/peer/matmul.py`'s. TF32, bf16 and version 1 are GPU rows (the CPU computes f32 as
-    // f32, and its 16-bit path is f16's).
+    // (row, dtype, f32 precision, tensor-core GEMM version, FMA GEMM version, GPU only): f32
+    // with version 1 of the FMA-pipe GEMM (the default), with versions 2 and 3 (`f32_v2`,
+    // `f32_v3`: 16-byte loads, two shared buffers) and as TF32 (as PyTorch's "high"); f16 and
+    // bf16 with version 2 of the tensor-core GEMM (cp.async pipeline, ldmatrix; the default), then
+    // with version 1 (`_v1`). The row names match `benches/peer/matmul.py`'s (`f32_v*` against its
+    // `f32`). TF32, bf16 and the other versions are GPU rows (the CPU computes f32 as f32, and its
+    // 16-bit path is f16's).
     let rows = [
-        ("f32", DType::F32, "highest", 1, false),
-        ("tf32", DType::F32, "high", 1, true),
-        ("f16", DType::F16, "highest", 2, false),
-        ("bf16", DType::BF16, "highest", 2, true),
-        ("f16_v1", DType::F16, "highest", 1, true),
-        ("bf16_v1", DType::BF16, "highest", 1, true),
+        ("f32", DType::F32, "highest", 2, 1, false),
+        ("f32_v2", DType::F32, "highest", 2, 2, true),
+        ("f32_v3", DType::F32, "highest", 2, 3, true),
+        ("tf32", DType::F32, "high", 1, 1, true),
+        ("f16", DType::F16, "highest", 2, 1, false),
+        ("bf16", DType::BF16, "highest", 2, 1, true),
+        ("f16_v1", DType::F16, "highest", 1, 1, true),
+        ("bf16_v1", DType::BF16, "highest", 1, 1, true),
     ];
-    let default_version = nabla::cuda::gemm::tensor_core_gemm();
-    for (name, dtype, precision, version, gpu_only) in rows {
+    let (default_version, default_fma) = (nabla::cuda::gemm::tensor_core_gemm(), nabla::cuda::gemm::fma_gemm());
+    for (name, dtype, precision, version, fma, gpu_only) in rows {
         nabla::set_float32_matmul_precision(precision).unwrap();
         nabla::cuda::gemm::set_tensor_core_gemm(version).unwrap();
+        nabla::cuda::gemm::set_fma_gemm(fma).unwrap();
         let mut group = c.benchmark_group(format!("matmul_{name}_flops"));
         for device in devices().into_iter().filter(|d| d.is_cuda() || !gpu_only) {
             let n = size(device, 1024, 4096);
@@ -113,6 +119,7 @@ fn matmul(c: &mut Criterion) {
     }
     nabla::set_float32_matmul_precision("highest").unwrap();
     nabla::cuda::gemm::set_tensor_core_gemm(default_version).unwrap();
+    nabla::cuda::gemm::set_fma_gemm(default_fma).unwrap();
 }
 
 criterion_group! {

@@ -12,6 +12,7 @@
 #include "tiled_gemm.cuh"
 #include "mma_gemm.cuh"
 #include "mma_pipeline.cuh"
+#include "sgemm_v2.cuh"
 
 // One batch entry: the operands' bases and strides.
 template <typename T, bool Bias>
@@ -213,3 +214,31 @@ extern "C" __global__ void mma_probe_tf32(const float* a, const float* b, const 
     mma_m16n8k8_tf32(fd, fa, fb, fc);
     for (int e = 0; e < 4; ++e) d[(group + 8 * (e / 2)) * 8 + 2 * tig + (e & 1)] = fd[e];
 }
+
+// Versions 2 and 3 of the f32 FMA-pipe GEMM (sgemm_v2.cuh), with the same layout names:
+// version 2 loops over a step's depths at two blocks a multiprocessor (at most 128 registers a
+// thread, 33 KiB of shared memory a block), version 3 unrolls them at one block (the register
+// test holds both to no spills).
+#define MATMUL_FMA2(T, tname, layout, a_k_major, b_k_major) \
+    extern "C" __global__ void __launch_bounds__(SGEMM2_THREADS, 2) \
+        matmul_v2_##layout##_##tname(const T* a, const T* b, T* c, const __grid_constant__ MatmulParams p) { \
+        const MatmulProblem<T, false> pb{a, b, nullptr, c, p}; \
+        sgemm_v2<a_k_major, b_k_major, false>(pb); \
+    } \
+    extern "C" __global__ void __launch_bounds__(SGEMM2_THREADS, 1) \
+        matmul_v3_##layout##_##tname(const T* a, const T* b, T* c, const __grid_constant__ MatmulParams p) { \
+        const MatmulProblem<T, false> pb{a, b, nullptr, c, p}; \
+        sgemm_v2<a_k_major, b_k_major, true>(pb); \
+    }
+#define LINEAR_FMA2(T, tname, layout, a_k_major, b_k_major) \
+    extern "C" __global__ void __launch_bounds__(SGEMM2_THREADS, 2) linear_v2_##layout##_##tname( \
+        const T* a, const T* b, const T* bias, T* c, const __grid_constant__ MatmulParams p) { \
+        const MatmulProblem<T, true> pb{a, b, bias, c, p}; \
+        sgemm_v2<a_k_major, b_k_major, false>(pb); \
+    } \
+    extern "C" __global__ void __launch_bounds__(SGEMM2_THREADS, 1) linear_v3_##layout##_##tname( \
+        const T* a, const T* b, const T* bias, T* c, const __grid_constant__ MatmulParams p) { \
+        const MatmulProblem<T, true> pb{a, b, bias, c, p}; \
+        sgemm_v2<a_k_major, b_k_major, true>(pb); \
+    }
+V2_LAYOUTS(MATMUL_FMA2, float, f32) V2_LAYOUTS(LINEAR_FMA2, float, f32)

@@ -155,20 +155,66 @@ pub fn tensor_core_gemm() -> u8 {
     }
 }
 
-/// The operand layout of version 2's kernel for `m` x `k` times `k` x `n` products, as its name
-/// infix (`kk`, `kn`, `mk` or `mn`: along which axis A, then B, is contiguous), or `None` when
-/// version 2 cannot take them. A(r, k) is at `a_strides.0` r + `a_strides.1` k, B(k, c) at
-/// `b_strides.0` k + `b_strides.1` c; `others` are the offsets and batch strides. Version 2
-/// copies 16-byte chunks of 8 elements, so the contiguous axis needs stride 1 and an extent that
-/// is a multiple of 8, and the other stride and every offset and batch stride must be multiples
-/// of 8 (every chunk whole and 16-byte aligned; buffers start 256-byte aligned).
+/// Which FMA-pipe GEMM runs f32 matmuls and linear layers (when they do not run as TF32): 1,
+/// the tiled engine every product can use (`kernels/tiled_gemm.cuh`, the default, measured at
+/// 55-59% of cuBLAS on an H200), or, wherever [`pipelined_layout`] accepts the operands, 2 or 3
+/// (`kernels/sgemm_v2.cuh`: 16-byte loads into two shared buffers, 16 deep a step, a warp-tiled
+/// 8 x 8 register tile; 2 loops over a step's depths at two blocks a multiprocessor, 3 unrolls
+/// them at one). Versions 2 and 3 are not yet timed on a GPU: the bench `matmul_f32_*` times all
+/// three, so that a GPU session can pick the default.
+/// 0 means not chosen yet: the first use reads `NABLA_FMA_GEMM`.
+static FMA_GEMM: AtomicU8 = AtomicU8::new(0);
+
+/// The FMA-pipe GEMM versions.
+const FMA_GEMM_VERSIONS: std::ops::RangeInclusive<u8> = 1..=3;
+
+/// Chooses the FMA-pipe GEMM version for f32 matmuls and linear layers on a GPU, for the whole
+/// process: 1 (the default), 2 or 3 (`NABLA_FMA_GEMM` chooses without code). Products versions
+/// 2 and 3 cannot take run on version 1 either way. Any other version is an error.
+pub fn set_fma_gemm(version: u8) -> crate::Result<()> {
+    if !FMA_GEMM_VERSIONS.contains(&version) {
+        return Err(crate::Error::invalid("set_fma_gemm", format!("version {version} is not 1, 2 or 3")));
+    }
+    FMA_GEMM.store(version, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The FMA-pipe GEMM version in force (see [`set_fma_gemm`]; without a call, `NABLA_FMA_GEMM`,
+/// else 1).
+pub fn fma_gemm() -> u8 {
+    match FMA_GEMM.load(Ordering::Relaxed) {
+        0 => {
+            let version = std::env::var("NABLA_FMA_GEMM")
+                .ok()
+                .and_then(|v| v.trim().parse::<u8>().ok())
+                .filter(|v| FMA_GEMM_VERSIONS.contains(v))
+                .unwrap_or(1);
+            match FMA_GEMM.compare_exchange(0, version, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => version,
+                Err(chosen) => chosen,
+            }
+        }
+        version => version,
+    }
+}
+
+/// The operand layout of a version-2 kernel for `m` x `k` times `k` x `n` products of `dtype`,
+/// as its name infix (`kk`, `kn`, `mk` or `mn`: along which axis A, then B, is contiguous), or
+/// `None` when version 2 cannot take them. A(r, k) is at `a_strides.0` r + `a_strides.1` k, B(k,
+/// c) at `b_strides.0` k + `b_strides.1` c; `others` are the offsets and batch strides. Version 2
+/// moves 16-byte chunks (8 elements of f16/bf16, 4 of f32), so the contiguous axis needs stride 1
+/// and an extent that is a multiple of a chunk, and the other stride and every offset and batch
+/// stride must be multiples of a chunk (every chunk whole and 16-byte aligned; buffers start
+/// 256-byte aligned).
 pub fn pipelined_layout(
+    dtype: crate::DType,
     (m, n, k): (i64, i64, i64),
     a_strides: (i64, i64),
     b_strides: (i64, i64),
     others: impl IntoIterator<Item = i64>,
 ) -> Option<&'static str> {
-    let multiple = |v: i64| v % 8 == 0;
+    let chunk = 16 / dtype.size_in_bytes() as i64;
+    let multiple = |v: i64| v % chunk == 0;
     // k-major (true) when contiguous along the depth, mn-major (false) when along its other axis,
     // for an operand whose strides along the depth and across it are given, `extent` across.
     let major = |along_k: i64, across: i64, extent: i64| {

@@ -22,11 +22,13 @@ pub(crate) fn kernel_names() -> Vec<String> {
         .iter()
         .flat_map(|d| GemmPlan::infixes().map(move |t| [format!("matmul_tc_{t}{d}"), format!("linear_tc_{t}{d}")]))
         .flatten();
-    let pipelined = [DType::F16, DType::BF16].iter().flat_map(|d| {
-        ["kk", "kn", "mk", "mn"]
-            .into_iter()
-            .flat_map(move |l| [format!("matmul_v2_{l}_{d}"), format!("linear_v2_{l}_{d}")])
-    });
+    // Version 2 of the tensor-core GEMM for f16/bf16, versions 2 and 3 of the FMA GEMM for f32.
+    let pipelined =
+        [(DType::F16, 2), (DType::BF16, 2), (DType::F32, 2), (DType::F32, 3)].into_iter().flat_map(|(d, v)| {
+            ["kk", "kn", "mk", "mn"]
+                .into_iter()
+                .flat_map(move |l| [format!("matmul_v{v}_{l}_{d}"), format!("linear_v{v}_{l}_{d}")])
+        });
     let split_sums = DType::ALL.iter().filter(|d| d.is_float()).map(|d| format!("matmul_split_sum_{d}"));
     let probes = ["mma_probe_bf16", "mma_probe_f16", "mma_probe_tf32", "ldmatrix_probe"].map(String::from);
     fma.chain(tensor_cores).chain(pipelined).chain(split_sums).chain(probes).collect()
@@ -249,12 +251,21 @@ fn matmul_forward(
                 p.b_batch_strides[d] = sb_[d] as i64;
             }
             let base = if bias.is_some() { "linear" } else { "matmul" };
-            let pipelined = matches!(dtype, DType::F16 | DType::BF16)
-                && crate::cuda::gemm::tensor_core_gemm() == 2
-                && crate::cuda::gemm::uses_tensor_cores(dtype, &dev);
+            // Version 2 of the tensor-core GEMM for f16/bf16, of the FMA-pipe GEMM for f32 (not
+            // as TF32); each takes operands dense along one axis.
+            // (f32: versions 2 and 3).
+            let version = match dtype {
+                DType::F16 | DType::BF16 if crate::cuda::gemm::uses_tensor_cores(dtype, &dev) => {
+                    crate::cuda::gemm::tensor_core_gemm()
+                }
+                DType::F32 if !crate::cuda::gemm::uses_tensor_cores(dtype, &dev) => crate::cuda::gemm::fma_gemm(),
+                _ => 1,
+            };
+            let pipelined = version > 1;
             let layout = || {
                 let batch_strides = p.a_batch_strides[..r].iter().chain(&p.b_batch_strides[..r]);
                 crate::cuda::gemm::pipelined_layout(
+                    dtype,
                     (p.m, p.n, p.k),
                     (p.a_row_stride, p.a_col_stride),
                     (p.b_row_stride, p.b_col_stride),
@@ -265,7 +276,7 @@ fn matmul_forward(
             let (kernel, cfg, splits) = match pipelined.then(layout).flatten() {
                 Some(layout) => {
                     let (cfg, splits) = crate::cuda::gemm::pipelined_config((m, n, k), batch, sms, max_splits);
-                    (format!("{base}_v2_{layout}_{dtype}"), cfg, splits)
+                    (format!("{base}_v{version}_{layout}_{dtype}"), cfg, splits)
                 }
                 None => {
                     let plan = crate::cuda::gemm::plan(m, n, k, batch, sms, max_splits);

@@ -158,18 +158,75 @@ fn ldmatrix_intrinsics_load_the_ptx_fragment_layout_with_and_without_transpose()
 fn the_pipelined_gemm_takes_only_operands_whose_16_byte_chunks_are_whole_and_aligned() {
     use nabla::cuda::gemm::pipelined_layout;
     let none = std::iter::empty::<i64>;
+    let bf16 = |mnk, a, b, others: &[i64]| pipelined_layout(DType::BF16, mnk, a, b, others.iter().copied());
     // x Wᵀ, dY W and dYᵀ x of a linear layer 64 -> 24 at batch 40, and Xᵀ W.
-    assert_eq!(pipelined_layout((40, 24, 64), (64, 1), (1, 64), none()), Some("kk"));
-    assert_eq!(pipelined_layout((40, 64, 24), (24, 1), (64, 1), none()), Some("kn"));
-    assert_eq!(pipelined_layout((24, 64, 40), (1, 24), (64, 1), none()), Some("mn"));
-    assert_eq!(pipelined_layout((24, 16, 40), (1, 24), (1, 40), none()), Some("mk"));
+    assert_eq!(bf16((40, 24, 64), (64, 1), (1, 64), &[]), Some("kk"));
+    assert_eq!(bf16((40, 64, 24), (24, 1), (64, 1), &[]), Some("kn"));
+    assert_eq!(bf16((24, 64, 40), (1, 24), (64, 1), &[]), Some("mn"));
+    assert_eq!(bf16((24, 16, 40), (1, 24), (1, 40), &[]), Some("mk"));
     // Ragged extents away from the contiguous axis are fine (zero-filled); along it they are not.
-    assert_eq!(pipelined_layout((37, 131, 64), (64, 1), (1, 64), none()), Some("kk"));
-    assert_eq!(pipelined_layout((40, 24, 60), (60, 1), (1, 60), none()), None, "k not a multiple of 8");
-    assert_eq!(pipelined_layout((40, 63, 24), (24, 1), (63, 1), none()), None, "n not a multiple of 8");
-    assert_eq!(pipelined_layout((40, 24, 64), (64, 2), (1, 64), none()), None, "a strided depth");
-    assert_eq!(pipelined_layout((40, 24, 64), (64, 1), (1, 64), [0, 4]), None, "an offset of 4 elements");
-    assert_eq!(pipelined_layout((40, 24, 64), (64, 1), (1, 64), [8, 0, 2560, 0]), Some("kk"));
+    assert_eq!(bf16((37, 131, 64), (64, 1), (1, 64), &[]), Some("kk"));
+    assert_eq!(bf16((40, 24, 60), (60, 1), (1, 60), &[]), None, "k not a multiple of 8");
+    assert_eq!(bf16((40, 63, 24), (24, 1), (63, 1), &[]), None, "n not a multiple of 8");
+    assert_eq!(bf16((40, 24, 64), (64, 2), (1, 64), &[]), None, "a strided depth");
+    assert_eq!(bf16((40, 24, 64), (64, 1), (1, 64), &[0, 4]), None, "an offset of 4 elements");
+    assert_eq!(bf16((40, 24, 64), (64, 1), (1, 64), &[8, 0, 2560, 0]), Some("kk"));
+    // f32 chunks are 4 elements: what was ragged for 16-bit chunks is whole here, 2 is not.
+    assert_eq!(pipelined_layout(DType::F32, (40, 24, 60), (60, 1), (1, 60), none()), Some("kk"));
+    assert_eq!(pipelined_layout(DType::F32, (40, 24, 64), (64, 1), (1, 64), [0, 4]), Some("kk"));
+    assert_eq!(pipelined_layout(DType::F32, (40, 24, 64), (64, 1), (1, 64), [0, 2]), None, "an offset of 2");
+    assert_eq!(pipelined_layout(DType::F32, (40, 66, 24), (24, 1), (66, 1), none()), None, "n of 66");
+}
+
+/// Runs in a child process: the GEMM version is a process-wide setting.
+#[test]
+fn versions_2_and_3_of_the_f32_gemm_match_the_reference_for_every_operand_layout_and_split_depths() {
+    assert!(nabla::cuda::gemm::set_fma_gemm(4).is_err(), "an unknown version is refused");
+    if !in_child_process(
+        "tensor_cores::versions_2_and_3_of_the_f32_gemm_match_the_reference_for_every_operand_layout_and_split_depths",
+        &[],
+    ) {
+        return;
+    }
+    let Some(gpu) = crate::common::cuda_or_skip("versions 2 and 3 of the f32 GEMM") else { return };
+    assert_eq!(nabla::cuda::gemm::fma_gemm(), 1, "version 1 is the default");
+    for version in [2, 3] {
+        nabla::cuda::gemm::set_fma_gemm(version).unwrap();
+        let mut rng = Generator::new(65);
+        // Ragged against the 128 x 128 tiles and the 16-deep steps; depths of one, two and several
+        // steps; a batch broadcast against a plain matrix; a long depth over few tiles, which splits.
+        for (m, k, n) in [(136, 44, 200), (8, 16, 4), (72, 264, 132), (12, 2048, 20)] {
+            layouts_match_reference(&gpu, DType::F32, (m, k, n), &mut rng, &format!("version {version}, {m}x{k}x{n}"));
+        }
+    }
+}
+
+/// A linear layer (kk with a bias) and the four operand layouts of a product of `dtype` on
+/// `gpu`, `m` x `k` times `k` x `n`: kk, kn (a batch of 2 against a plain matrix), mk and mn,
+/// each against the f64 reference.
+fn layouts_match_reference(
+    gpu: &Device,
+    dtype: DType,
+    (m, k, n): (usize, usize, usize),
+    rng: &mut Generator,
+    what: &str,
+) {
+    let mut randn = |shape: &[usize]| Tensor::randn(shape, dtype, &Device::Cpu, rng).unwrap();
+    let (x, xt) = (randn(&[2, m, k]), randn(&[k, m]));
+    let (w, wt) = (randn(&[n, k]), randn(&[k, n]));
+    let bias = randn(&[n]);
+    fn t(v: &Tensor) -> Tensor {
+        v.transpose(0, 1).unwrap()
+    }
+    let cases: [(&str, crate::common::Product); 5] = [
+        ("linear kk", |v| v[0].linear(&v[2], Some(&v[4]))),
+        ("kk", |v| v[0].matmul(&t(&v[2]))),
+        ("kn", |v| v[0].matmul(&v[3])),
+        ("mk", |v| t(&v[1]).matmul(&t(&v[2]))),
+        ("mn", |v| t(&v[1]).matmul(&v[3])),
+    ];
+    let host = [x, xt, w, wt, bias];
+    crate::common::assert_products_match_reference(&cases, &host, gpu, dtype, k, what);
 }
 
 /// Runs in a child process: the GEMM version is a process-wide setting.
@@ -190,24 +247,7 @@ fn pipelined_tensor_core_products_match_the_reference_for_every_operand_layout()
     // stages; a batch broadcast against a plain matrix.
     for (m, k, n) in [(136, 40, 200), (8, 96, 16), (72, 264, 136)] {
         for dtype in [DType::BF16, DType::F16] {
-            let randn = |shape: &[usize], rng: &mut Generator| Tensor::randn(shape, dtype, &Device::Cpu, rng).unwrap();
-            let (x, xt) = (randn(&[2, m, k], &mut rng), randn(&[k, m], &mut rng));
-            let (w, wt) = (randn(&[n, k], &mut rng), randn(&[k, n], &mut rng));
-            let bias = randn(&[n], &mut rng);
-            fn t(v: &Tensor) -> Tensor {
-                v.transpose(0, 1).unwrap()
-            }
-            // kk with a bias (the linear kernel), kk, kn (broadcast batch), mk, mn.
-            let cases: [(&str, crate::common::Product); 5] = [
-                ("linear kk", |v| v[0].linear(&v[2], Some(&v[4]))),
-                ("kk", |v| v[0].matmul(&t(&v[2]))),
-                ("kn", |v| v[0].matmul(&v[3])),
-                ("mk", |v| t(&v[1]).matmul(&t(&v[2]))),
-                ("mn", |v| t(&v[1]).matmul(&v[3])),
-            ];
-            let host = [x, xt, w, wt, bias];
-            let what = format!("{m}x{k}x{n}");
-            crate::common::assert_products_match_reference(&cases, &host, &gpu, dtype, k, &what);
+            layouts_match_reference(&gpu, dtype, (m, k, n), &mut rng, &format!("{m}x{k}x{n}"));
         }
     }
 }
