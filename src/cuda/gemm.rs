@@ -117,14 +117,25 @@ pub fn float32_matmul_precision() -> &'static str {
 /// 0 means not chosen yet: the first use reads `NABLA_TENSOR_CORE_GEMM`.
 static TENSOR_CORE_GEMM: AtomicU8 = AtomicU8::new(0);
 
-/// The version when the program has not chosen one: `NABLA_TENSOR_CORE_GEMM` (1 or 2), else 2.
-/// Any other value of the variable is ignored, as `NABLA_NUM_THREADS` ignores one.
-fn default_tensor_core_gemm() -> u8 {
-    std::env::var("NABLA_TENSOR_CORE_GEMM")
-        .ok()
-        .and_then(|v| v.trim().parse::<u8>().ok())
-        .filter(|v| (1..=2).contains(v))
-        .unwrap_or(2)
+/// The version in `slot`, or, when the program has not chosen one (0), the environment
+/// variable `var` if it names one of `versions`, else `default`; stored so later calls agree. A
+/// value of the variable that is not a version is ignored, as `NABLA_NUM_THREADS` ignores one.
+fn chosen_version(slot: &AtomicU8, var: &str, versions: std::ops::RangeInclusive<u8>, default: u8) -> u8 {
+    match slot.load(Ordering::Relaxed) {
+        0 => {
+            let version = std::env::var(var)
+                .ok()
+                .and_then(|v| v.trim().parse::<u8>().ok())
+                .filter(|v| versions.contains(v))
+                .unwrap_or(default);
+            // A concurrent explicit choice wins over the environment.
+            match slot.compare_exchange(0, version, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => version,
+                Err(chosen) => chosen,
+            }
+        }
+        version => version,
+    }
 }
 
 /// Chooses the tensor-core GEMM version for f16/bf16 matmuls and linear layers on a GPU, for the
@@ -142,17 +153,7 @@ pub fn set_tensor_core_gemm(version: u8) -> crate::Result<()> {
 /// The tensor-core GEMM version in force (see [`set_tensor_core_gemm`]; without a call,
 /// `NABLA_TENSOR_CORE_GEMM`, else 2).
 pub fn tensor_core_gemm() -> u8 {
-    match TENSOR_CORE_GEMM.load(Ordering::Relaxed) {
-        0 => {
-            let version = default_tensor_core_gemm();
-            // A concurrent set_tensor_core_gemm wins over the environment.
-            match TENSOR_CORE_GEMM.compare_exchange(0, version, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => version,
-                Err(chosen) => chosen,
-            }
-        }
-        version => version,
-    }
+    chosen_version(&TENSOR_CORE_GEMM, "NABLA_TENSOR_CORE_GEMM", 1..=2, 2)
 }
 
 /// Which FMA-pipe GEMM runs f32 matmuls and linear layers (when they do not run as TF32): 1,
@@ -182,20 +183,7 @@ pub fn set_fma_gemm(version: u8) -> crate::Result<()> {
 /// The FMA-pipe GEMM version in force (see [`set_fma_gemm`]; without a call, `NABLA_FMA_GEMM`,
 /// else 1).
 pub fn fma_gemm() -> u8 {
-    match FMA_GEMM.load(Ordering::Relaxed) {
-        0 => {
-            let version = std::env::var("NABLA_FMA_GEMM")
-                .ok()
-                .and_then(|v| v.trim().parse::<u8>().ok())
-                .filter(|v| FMA_GEMM_VERSIONS.contains(v))
-                .unwrap_or(1);
-            match FMA_GEMM.compare_exchange(0, version, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => version,
-                Err(chosen) => chosen,
-            }
-        }
-        version => version,
-    }
+    chosen_version(&FMA_GEMM, "NABLA_FMA_GEMM", FMA_GEMM_VERSIONS, 1)
 }
 
 /// The operand layout of a version-2 kernel for `m` x `k` times `k` x `n` products of `dtype`,
