@@ -185,6 +185,8 @@ fn cli_trains_evaluates_and_answers_bad_input_with_one_line() {
         vec!["train", "--bogus", "1"],
         vec!["train", "--epochs"],
         vec!["train", "--data", "/nonexistent", "--device", "cpu"],
+        vec!["train", "--cuda-graph", "--device", "cpu", "--epochs", "1"],
+        vec!["train", "--model", "gpt", "--cuda-graph", "--steps", "1"],
         vec!["eval"],
         vec!["eval", "--checkpoint", "/nonexistent.safetensors"],
         vec!["eval", "--checkpoint", corrupt.to_str().unwrap()],
