@@ -233,6 +233,8 @@ impl CudaGraph {
     /// Captures the device work `work` queues on `device` (a CUDA device) as a graph, without
     /// running it, and returns the graph with `work`'s result. The result's tensors live on
     /// the graph's memory: each replay recomputes them in place, as PyTorch's static outputs.
+    /// `work`'s host side does run (an optimizer's step count advances once), so the step it
+    /// captured runs with `replay()`, and later steps with `replay_with(|| optimizer.step())`.
     ///
     /// `work` must have static shapes and must not touch the host: no uploads of host data (copy
     /// inputs into tensors made before the capture, outside it), no reads of results, no ops
