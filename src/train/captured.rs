@@ -41,9 +41,9 @@ impl TrainingStep {
         TrainingStep { device, precision, warmed_up: None, captured: None }
     }
 
-    /// One step on the host batch (`x`, `y`) at the optimizer's current learning rate: the
-    /// batch's scores and mean loss, on the device (the graph's own tensors after a replay,
-    /// overwritten by the next one).
+    /// One step on the batch (`x`, `y`; on the host or the device) at the optimizer's current
+    /// learning rate: the batch's scores and mean loss, on the device (the graph's own tensors
+    /// after a replay, overwritten by the next one).
     pub(crate) fn run(
         &mut self,
         model: &dyn Module,
