@@ -2,8 +2,10 @@
 //! of the transformer issue: bf16 batch 4, 16 heads, seq 2048, head_dim 64 and 128 (full and
 //! causal), and f32 batch 8, 8 heads, seq 512, head_dim 64. The CPU reference is too slow for
 //! these sizes and is skipped. FLOP/s are criterion "elements" (4·B·H·Sq·Sk·D for the forward,
-//! halved when causal; 2.5x that for forward+backward). PyTorch twin: `benches/peer/attention.py`,
-//! to be run in the same device session.
+//! halved when causal; 2.5x that for forward+backward). The f32 shape runs on both f32
+//! versions: `f32_*` on the default (version 1, the FP32 pipes unless `NABLA_F32_ATTENTION` says
+//! otherwise) and `f32_*_v2` on the tensor cores in 3xTF32 (`nabla::ops::attention::set_f32_attention`).
+//! PyTorch twin: `benches/peer/attention.py`, to be run in the same device session.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nabla::{DType, Device, Generator, Tensor};
@@ -18,15 +20,20 @@ fn attention(c: &mut Criterion) {
         return;
     }
     let device = Device::Cuda(0);
+    use nabla::ops::attention::{f32_attention, set_f32_attention};
+    let default_f32 = f32_attention();
+    // (name, dtype, shape, causal, f32 version)
     let cases = [
-        ("bf16_b4_h16_s2048_d64", DType::BF16, [4, 16, 2048, 64], false),
-        ("bf16_b4_h16_s2048_d64_causal", DType::BF16, [4, 16, 2048, 64], true),
-        ("bf16_b4_h16_s2048_d128", DType::BF16, [4, 16, 2048, 128], false),
-        ("f32_b8_h8_s512_d64", DType::F32, [8, 8, 512, 64], false),
+        ("bf16_b4_h16_s2048_d64", DType::BF16, [4, 16, 2048, 64], false, default_f32),
+        ("bf16_b4_h16_s2048_d64_causal", DType::BF16, [4, 16, 2048, 64], true, default_f32),
+        ("bf16_b4_h16_s2048_d128", DType::BF16, [4, 16, 2048, 128], false, default_f32),
+        ("f32_b8_h8_s512_d64", DType::F32, [8, 8, 512, 64], false, default_f32),
+        ("f32_b8_h8_s512_d64_v2", DType::F32, [8, 8, 512, 64], false, 2),
     ];
     let mut group = c.benchmark_group("attention");
     group.sample_size(10);
-    for (name, dtype, shape, causal) in cases {
+    for (name, dtype, shape, causal, version) in cases {
+        set_f32_attention(version).unwrap();
         let mut rng = Generator::new(0);
         let [b, h, s, d] = shape;
         let make = |rng: &mut Generator| Tensor::randn(&shape, dtype, &device, rng).unwrap();
@@ -55,6 +62,7 @@ fn attention(c: &mut Criterion) {
         });
     }
     group.finish();
+    set_f32_attention(default_f32).unwrap();
 }
 
 criterion_group!(benches, attention);

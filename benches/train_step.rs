@@ -48,10 +48,13 @@ fn step(c: &mut Criterion) {
 /// One AdamW step of the char-GPT presets on random tokens (76 characters, as the shipped
 /// plays): `--preset cpu`'s model on the CPU, `--preset gpu`'s on the GPU, there also with the
 /// products autocast to bf16 (`--precision bf16`; its PyTorch twin: `benches/peer/char_gpt.py`,
-/// whose whole run is the comparison in docs/benchmarks.md).
+/// whose whole run is the comparison in docs/benchmarks.md), and in f32 with attention on the
+/// tensor cores in 3xTF32 (`f32_attention_v2`: `nabla::ops::attention::set_f32_attention(2)`).
 fn gpt_step(c: &mut Criterion) {
+    use nabla::ops::attention::{f32_attention, set_f32_attention};
     let devices = common::devices();
     let default_version = nabla::cuda::gemm::tensor_core_gemm();
+    let default_attention = f32_attention();
     let mut group = c.benchmark_group("char_gpt_adamw_step");
     group.sample_size(10);
     for &device in &devices {
@@ -63,18 +66,28 @@ fn gpt_step(c: &mut Criterion) {
         let mut opt = Adam::new(model.parameters(), AdamConfig::adamw(1e-3)).unwrap();
         let x = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
         let y = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
-        // (precision, tensor-core GEMM version): bf16 with the default version 2 of the GEMM,
-        // then with version 1 (the row `bf16_gemm_v1`).
-        let rows: &[(Precision, u8)] = if device.is_cuda() {
-            &[(Precision::F32, 2), (Precision::Bf16, 2), (Precision::Bf16, 1)]
+        // (precision, tensor-core GEMM version, f32 attention version): f32 as configured, f32
+        // with version 2 of f32 attention (the row `f32_attention_v2`), bf16 with the default
+        // version 2 of the GEMM, then with version 1 (the row `bf16_gemm_v1`).
+        let rows: &[(Precision, u8, u8)] = if device.is_cuda() {
+            &[
+                (Precision::F32, 2, default_attention),
+                (Precision::F32, 2, 2),
+                (Precision::Bf16, 2, default_attention),
+                (Precision::Bf16, 1, default_attention),
+            ]
         } else {
-            &[(Precision::F32, 1)]
+            &[(Precision::F32, 1, default_attention)]
         };
-        for &(precision, version) in rows {
+        for &(precision, version, attention) in rows {
             let gemm = if version == 2 { String::new() } else { format!("_gemm_v{version}") };
-            let name = format!("{device}/{precision}{gemm}/{layers}x{width}_context{context}_batch{batch}");
+            let attention_name =
+                if attention == default_attention { String::new() } else { format!("_attention_v{attention}") };
+            let name =
+                format!("{device}/{precision}{gemm}{attention_name}/{layers}x{width}_context{context}_batch{batch}");
             if device.is_cuda() {
                 nabla::cuda::gemm::set_tensor_core_gemm(version).unwrap();
+                set_f32_attention(attention).unwrap();
             }
             group.bench_function(name, |b| {
                 b.iter(|| {
@@ -91,6 +104,7 @@ fn gpt_step(c: &mut Criterion) {
     group.finish();
     if devices.iter().any(|d| d.is_cuda()) {
         nabla::cuda::gemm::set_tensor_core_gemm(default_version).unwrap();
+        set_f32_attention(default_attention).unwrap();
     }
 }
 

@@ -1,6 +1,10 @@
-// Fused scaled dot-product attention on the tensor cores (version 2 of kernels/attention.cu,
-// f16 and bf16 on sm_80+): the same contract, layout, masks and log-sum-exp as version 1, the
-// products done by `mma.sync.m16n8k16` with f32 accumulation (FlashAttention-2's work split).
+// Fused scaled dot-product attention on the tensor cores (version 2 of kernels/attention.cu, on
+// sm_80+): the same contract, layout, masks and log-sum-exp as version 1, the products done by
+// `mma.sync` with f32 accumulation (FlashAttention-2's work split). f16 and bf16 multiply on
+// m16n8k16; f32 on m16n8k8 TF32 products in 3xTF32 (split_tf32 in nabla.cuh: three products per
+// f32 product, f32's accuracy, as PyTorch's memory-efficient f32 attention multiplies), with
+// tiles of 4-byte values (TcTile<float, D>, TcOperand<float>); an f32 pass is otherwise the
+// same code.
 //
 // Tiling: a block of 4 warps owns 64 or 128 rows of its pass (queries for the forward and dQ,
 // keys for dK/dV): 16 or 32 a warp, as TcTile says per head size. A warp keeps its rows'
@@ -9,11 +13,12 @@
 // copied to shared memory as rows ([rows][D + 8] 16-bit values) by cp.async in 16-byte chunks,
 // double-buffered: the next tile's copies are in flight while the current one is multiplied.
 // Products over D read a tile's rows through ldmatrix, products over the tile's rows read it
-// transposed through ldmatrix.trans, so no tile is stored twice. The 8-half padding (rows of
+// transposed through ldmatrix.trans, so no tile is stored twice (f32: one value at a time). The 8-half padding (rows of
 // D + 8 halves, a multiple of 16 bytes) puts the eight rows that an ldmatrix touches on
-// distinct banks. Softmax runs in base 2 (exp2f is one instruction), and only tiles that cross
-// the causal diagonal or the end of a side test each element against the mask; a warp skips
-// causal tiles hidden from all its rows.
+// distinct banks. Softmax runs in base 2 (fast_exp2 is one instruction), and only tiles that cross
+// the causal diagonal or the end of a side test each element against the mask, in a pass of
+// their own (hide_masked); a warp skips causal tiles hidden from all its rows. P and dS become
+// 16-bit A fragments two values per instruction (pack_pair in nabla.cuh).
 // - attention_tc_fwd:      S = Q Kᵀ (16 x KEYS per warp), online softmax in f32 on the
 //                          accumulator fragments (a row's four threads combine by shuffles),
 //                          P rounded to T as the A operand of O += P V.
@@ -26,10 +31,16 @@
 // Bound: the tensor pipes. Until session 12 the tiles were staged synchronously, element by
 // element and once more transposed (on an H200, 9 TFLOP/s for the char-GPT's causal forward);
 // until session 13 the B fragments over D were read as 32-bit shared loads (four per two
-// products), each warp owned 16 rows, and every element was tested against the mask. What
-// remains between this and FlashAttention-2: 16 rows a warp for dK/dV from D = 64, the
-// backward's recomputation of S and dP in two kernels (FA2 accumulates dQ atomically from
-// one), and the A-fragment packing of P and dS.
+// products), each warp owned 16 rows, and every element was tested against the mask. Until
+// session 18 the mask test sat inside the softmax's element loop, where it compiled to a branch
+// around every element of every tile, P and dS were rounded to bf16 in integer arithmetic
+// (five instructions a value), and exp2f checked its range: per key tile of the bf16 forward
+// at D = 64, 2449 instructions issued by each warp for its 128 mma (cuobjdump, sm_90), against
+// 691 since (dQ 1227 -> 313, dK/dV 1626 -> 421); a warp issues one instruction a cycle, and its
+// 128 m16n8k16 products take about 1024 cycles of its tensor pipe, so the old loop was bound by
+// instruction issue. What remains between this and FlashAttention-2: 16 rows a warp for dK/dV
+// from D = 64, and the backward's recomputation of S and dP in two kernels (FA2 accumulates dQ
+// atomically from one).
 #include "nabla.cuh"
 
 #define TC_WARPS 4
@@ -41,7 +52,7 @@
 // from shared memory feed two products, halving the shared-memory traffic per product; they
 // are used wherever the accumulators still fit in 255 registers without spilling (ptxas, sm_90,
 // NVRTC 13.0), the tiles shrinking to make room where needed.
-template <int D> struct TcTile {
+template <typename T, int D> struct TcTile {
     static constexpr int KEYS = D >= 128 ? 32 : 64;
     static constexpr int FWD_BLOCKS = D >= 128 ? 1 : 2;
     static constexpr int DQ_BLOCKS = D >= 128 ? 1 : 2;
@@ -49,16 +60,37 @@ template <int D> struct TcTile {
     static constexpr int DKDV_BLOCKS = D >= 64 ? 1 : 2;
     static constexpr int DKDV_QUERIES = D >= 128 ? 16 : D >= 64 ? 64 : 32;
 };
+// f32 (3xTF32): tiles of 4-byte values, twice the bytes of a 16-bit row, so the other side's
+// tiles halve from D = 64 to keep two double-buffered tiles within 48 KiB of static shared
+// memory, and the A fragments (raw f32, split as they are used) take twice the registers.
+template <int D> struct TcTile<float, D> {
+    static constexpr int KEYS = D >= 128 ? 16 : D >= 64 ? 32 : 64;
+    static constexpr int FWD_BLOCKS = D >= 128 ? 1 : 2;
+    static constexpr int DQ_BLOCKS = 1;
+    static constexpr int DQ_KEYS = D >= 128 ? 16 : 32;
+    static constexpr int DKDV_BLOCKS = 1;
+    static constexpr int DKDV_QUERIES = D >= 128 ? 16 : 32;
+};
 
-// log2(e): the kernels work in base 2 (exp2f is one ex2 instruction; expf is several), with
+// How a pass holds its operands: shared tiles of `Stored` values in rows of D + PAD, A fragments
+// of `Reg` registers, one product `DEPTH` deep. f16/bf16: raw 16-bit values, pairs packed per
+// register, m16n8k16. f32: f32 values split into TF32 parts as they are used (3xTF32 on
+// m16n8k8); rows of D + 4 floats put the eight rows a B fragment reads on distinct banks.
+template <typename T> struct TcOperand {
+    typedef unsigned short Stored;
+    typedef unsigned Reg;
+    static constexpr int DEPTH = 16, PAD = TC_PAD;
+};
+template <> struct TcOperand<float> {
+    typedef float Stored;
+    typedef float Reg;
+    static constexpr int DEPTH = 8, PAD = 4;
+};
+
+// log2(e): the kernels work in base 2 (fast_exp2 is one ex2 instruction; expf is several), with
 // scores scaled by scale * log2(e) and log-sum-exps converted at the edges.
 #define TC_LOG2E 1.4426950408889634f
 #define TC_LN2 0.6931471805599453f
-
-// Two floats rounded to T, packed as one fragment register (the first in the low half).
-template <typename T> __device__ __forceinline__ unsigned pack_pair(float lo, float hi) {
-    return (unsigned)bits_of(down<T>(lo)) | ((unsigned)bits_of(down<T>(hi)) << 16);
-}
 
 // Two neighbouring elements of a dense row in device memory as one fragment register (zero past
 // the last row), one 32-bit load: the host passes dense buffers at offset 0 (as stage_tile
@@ -82,19 +114,35 @@ __device__ __forceinline__ void load_a_rows(unsigned (*frag)[4], const T* m, i64
     }
 }
 
+// The A fragments of 16 rows of a dense [rows, D] f32 matrix, for 3xTF32 products over D:
+// frag[kd][i] is the element at row first + group + 8 (i % 2), column 8 kd + tig + 4 (i / 2)
+// (zero past the last row), kept as f32 and split into TF32 parts where it is used.
+template <typename T, int D>
+__device__ __forceinline__ void load_a_rows(float (*frag)[4], const float* m, i64 first, i64 rows, int group, int tig) {
+#pragma unroll
+    for (int kd = 0; kd < D / 8; ++kd)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const i64 row = first + group + 8 * (i % 2);
+            frag[kd][i] = row < rows ? m[row * D + 8 * kd + tig + 4 * (i / 2)] : 0.0f;
+        }
+}
+
 // Issues the cp.async copies of rows first .. first + R of a dense [rows, D] matrix into the
-// shared tile [R][D + TC_PAD] with the whole block, 16 bytes a copy, zeros past the last row;
-// the caller commits and waits. A row of D (a multiple of 8) 16-bit values is whole 16-byte
-// chunks, and every row starts 16-byte aligned: the host passes dense buffers at offset 0, and
-// the padded tile rows are multiples of 16 bytes from a 16-byte aligned base.
-template <typename T, int D, int R>
-__device__ __forceinline__ void stage_tile(unsigned short (*tile)[D + TC_PAD], const T* m, i64 first, i64 rows) {
-    static_assert(D % 8 == 0, "rows are whole 16-byte chunks");
-    constexpr int CHUNKS = D / 8;
+// shared tile [R][STRIDE] with the whole block, 16 bytes a copy, zeros past the last row; the
+// caller commits and waits. A row of D values (a multiple of 8, so of 16 bytes in every dtype
+// here) is whole 16-byte chunks, and every row starts 16-byte aligned: the host passes dense
+// buffers at offset 0, and the padded tile rows are multiples of 16 bytes from a 16-byte aligned
+// base.
+template <typename T, int D, int R, typename S, int STRIDE>
+__device__ __forceinline__ void stage_tile(S (*tile)[STRIDE], const T* m, i64 first, i64 rows) {
+    static_assert(sizeof(S) == sizeof(T) && (STRIDE * sizeof(S)) % 16 == 0, "rows of 16-byte chunks");
+    constexpr int PER = 16 / sizeof(T), CHUNKS = D / PER;
+    static_assert(D % PER == 0, "rows are whole 16-byte chunks");
     for (int e = threadIdx.x; e < R * CHUNKS; e += blockDim.x) {
         const int r = e / CHUNKS, c = e % CHUNKS;
         const bool valid = first + r < rows;
-        cp_async_16(&tile[r][8 * c], valid ? m + (first + r) * D + 8 * c : m, valid);
+        cp_async_16(&tile[r][PER * c], valid ? m + (first + r) * D + PER * c : m, valid);
     }
 }
 
@@ -183,12 +231,76 @@ __device__ __forceinline__ void mma_tile(float (*acc)[N][4], const float (*p)[NP
     }
 }
 
+// The f32 versions of mma_rows and mma_tile: the same products in 3xTF32, one m16n8k8 step (8
+// deep) at a time; b[i] of a B fragment is the element at depth tig + 4 i, column group of the
+// step (read through ldmatrix over D, one value at a time over the tile). The A fragments over D stay whole f32
+// values for the pass and are split at each use (fresh keeps the compiler from holding both
+// parts of every one of them instead: twice the registers).
+template <typename T, int MB, int KD, int N, int STRIDE>
+__device__ __forceinline__ void mma_rows(float (*acc)[N][4], const float (*a)[KD][4], const float (*rows)[STRIDE]) {
+    static_assert(N % 2 == 0, "n8 blocks come in pairs from ldmatrix.x4");
+    const int lane = threadIdx.x % 32, j = lane >> 3, within = lane & 7;
+#pragma unroll
+    for (int kd = 0; kd < KD; ++kd) {
+        unsigned a_big[MB][4], a_small[MB][4];
+#pragma unroll
+        for (int m = 0; m < MB; ++m)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) split_tf32(fresh(a[m][kd][i]), a_big[m][i], a_small[m][i]);
+#pragma unroll
+        for (int n = 0; n < N; n += 2) {
+            // Two n8 blocks' B fragments in one ldmatrix.x4: an 8 x 4 block of f32 values is an
+            // 8 x 8 matrix of 16-bit halves, whose register for lane (group, tig) is the f32 at
+            // row group, column tig. Matrices (n, 8 kd), (n, 8 kd + 4), (n + 8, 8 kd), (n + 8,
+            // 8 kd + 4) are b0, b1 of block n and b0, b1 of block n + 1.
+            unsigned r[4];
+            ldmatrix_x4(r, &rows[8 * n + 8 * (j >> 1) + within][8 * kd + 4 * (j & 1)]);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                unsigned b_big[2], b_small[2];
+#pragma unroll
+                for (int i = 0; i < 2; ++i) split_tf32(__uint_as_float(r[2 * h + i]), b_big[i], b_small[i]);
+#pragma unroll
+                for (int m = 0; m < MB; ++m) mma_3xtf32(acc[m][n + h], a_big[m], a_small[m], b_big, b_small);
+            }
+        }
+    }
+}
+
+// The product over the tile's rows takes each 8-row step in the order 0, 2, 4, 6, 1, 3, 5, 7:
+// then the elements a thread holds of an accumulator block (columns 2 tig and 2 tig + 1) are
+// exactly the A fragment's (columns tig and tig + 4 of the step), and no value moves between
+// threads; the B fragment reads the tile's rows 2 tig and 2 tig + 1 to match.
+template <typename T, int MB, int NP, int N, int STRIDE>
+__device__ __forceinline__ void mma_tile(float (*acc)[N][4], const float (*p)[NP][4], const float (*rows)[STRIDE]) {
+    const int lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int kk = 0; kk < NP; ++kk) {
+        unsigned a_big[MB][4], a_small[MB][4];
+#pragma unroll
+        for (int m = 0; m < MB; ++m) {
+            const float* c = p[m][kk];  // rows g, g, g + 8, g + 8; columns 2 tig, 2 tig + 1
+            const float a[4] = {c[0], c[2], c[1], c[3]};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) split_tf32(a[i], a_big[m][i], a_small[m][i]);
+        }
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            unsigned b_big[2], b_small[2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) split_tf32(rows[8 * kk + 2 * tig + i][8 * n + group], b_big[i], b_small[i]);
+#pragma unroll
+            for (int m = 0; m < MB; ++m) mma_3xtf32(acc[m][n], a_big[m], a_small[m], b_big, b_small);
+        }
+    }
+}
+
 // The backward's two products over D for a tile of the other side: s = A `s_rows`ᵀ (scores,
 // or their transpose in dK/dV) and dp = G `dp_rows`ᵀ (dP = dO Vᵀ, or V dOᵀ), each from zero.
-template <typename T, int MB, int KD, int NS, int STRIDE>
-__device__ __forceinline__ void scores_and_dp(float (&s)[MB][NS][4], float (&dp)[MB][NS][4], const unsigned (*a)[KD][4],
-                                              const unsigned (*g)[KD][4], const unsigned short (*s_rows)[STRIDE],
-                                              const unsigned short (*dp_rows)[STRIDE]) {
+template <typename T, int MB, int KD, int NS, int STRIDE, typename Reg, typename S>
+__device__ __forceinline__ void scores_and_dp(float (&s)[MB][NS][4], float (&dp)[MB][NS][4], const Reg (*a)[KD][4],
+                                              const Reg (*g)[KD][4], const S (*s_rows)[STRIDE],
+                                              const S (*dp_rows)[STRIDE]) {
     zero_fragments(s);
     zero_fragments(dp);
     mma_rows<T, MB, KD, NS, STRIDE>(s, a, s_rows);
@@ -222,9 +334,31 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// Whether query i sees key j.
+// Whether query i sees key j (without short-circuits, so that it compiles to selects).
 __device__ __forceinline__ bool tc_visible(const AttentionParams& p, i64 i, i64 j) {
-    return i < p.sq && j < p.sk && (!p.causal || j <= i);
+    return (i < p.sq) & (j < p.sk) & (!p.causal | (j <= i));
+}
+
+// Sets the elements of a warp's accumulator tiles (rows first + 16 r + group + 8 (e / 2),
+// columns t0 + 8 j + 2 tig + (e & 1)) whose query does not see their key to `hidden`; rows are
+// queries, or keys when `transposed`. Called only on tiles that tile_needs_mask picks, so the
+// per-element test stays out of every other tile: inside the element loops it compiled to a
+// branch around every element (a convergence barrier, a branch and a rejoin for each of the 64
+// or 128 elements of a tile, whether the tile needed the mask or not).
+template <int MB, int NS>
+__device__ __forceinline__ void hide_masked(float (&s)[MB][NS][4], const AttentionParams& p, i64 first, i64 t0,
+                                            bool transposed, float hidden) {
+    const int lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int r = 0; r < MB; ++r)
+#pragma unroll
+        for (int j = 0; j < NS; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const i64 row = first + 16 * r + group + 8 * (e / 2), col = t0 + 8 * j + 2 * tig + (e & 1);
+                const bool seen = transposed ? tc_visible(p, col, row) : tc_visible(p, row, col);
+                s[r][j][e] = seen ? s[r][j][e] : hidden;
+            }
 }
 
 // Whether a warp's rows first .. first + 16 MB - 1 need the mask against the columns t0 .. t0 +
@@ -247,15 +381,15 @@ __device__ __forceinline__ bool tile_hidden(const AttentionParams& p, i64 first,
 
 template <typename T, int D>
 __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float* lse, AttentionParams p) {
-    constexpr int KEYS = TcTile<D>::KEYS, MB = TcTile<D>::FWD_BLOCKS, ROWS = 16 * MB * TC_WARPS;
-    constexpr int KD = D / 16, NS = KEYS / 8, NO = D / 8;
-    __shared__ __align__(16) unsigned short ks[2][KEYS][D + TC_PAD];
-    __shared__ __align__(16) unsigned short vs[2][KEYS][D + TC_PAD];
+    constexpr int KEYS = TcTile<T, D>::KEYS, MB = TcTile<T, D>::FWD_BLOCKS, ROWS = 16 * MB * TC_WARPS;
+    constexpr int KD = D / TcOperand<T>::DEPTH, STRIDE = D + TcOperand<T>::PAD, NS = KEYS / 8, NO = D / 8;
+    __shared__ __align__(16) typename TcOperand<T>::Stored ks[2][KEYS][STRIDE];
+    __shared__ __align__(16) typename TcOperand<T>::Stored vs[2][KEYS][STRIDE];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3;
     const i64 head = blockIdx.y, first = (i64)blockIdx.x * ROWS, mine = first + 16 * MB * warp;
     const T* kh = k + head * p.sk * D;
     const T* vh = v + head * p.sk * D;
-    unsigned qf[MB][KD][4];
+    typename TcOperand<T>::Reg qf[MB][KD][4];
 #pragma unroll
     for (int m = 0; m < MB; ++m) load_a_rows<T, D>(qf[m], q + head * p.sq * D, mine + 16 * m, p.sq, group, tig);
     // Scores in base 2: s * scale * log2(e); m is the running max of those, l the running sum.
@@ -276,25 +410,27 @@ __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float
         if (tile_hidden<MB, KEYS>(p, mine, t0, false)) return;
         float s[MB][NS][4];
         zero_fragments(s);
-        mma_rows<T, MB, KD, NS, D + TC_PAD>(s, qf, ks[b]);
-        const bool masked = tile_needs_mask<MB, KEYS>(p, mine, t0, false);
+        mma_rows<T, MB, KD, NS, STRIDE>(s, qf, ks[b]);
+        // Element e of block j: row mine + 16 r + group + 8 (e / 2), key t0 + 8 j + 2 tig + (e & 1).
+#pragma unroll
+        for (int r = 0; r < MB; ++r)
+#pragma unroll
+            for (int j = 0; j < NS; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[r][j][e] *= scale;
+        if (tile_needs_mask<MB, KEYS>(p, mine, t0, false)) hide_masked(s, p, mine, t0, false, neg_inf);
 #pragma unroll
         for (int r = 0; r < MB; ++r) {
-            // Element e of block j: row mine + 16 r + group + 8 (e / 2), key t0 + 8 j + 2 tig + (e & 1).
             float tile_max[2] = {neg_inf, neg_inf};
 #pragma unroll
             for (int j = 0; j < NS; ++j)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const i64 row = mine + 16 * r + group + 8 * (e / 2), key = t0 + 8 * j + 2 * tig + (e & 1);
-                    s[r][j][e] = !masked || tc_visible(p, row, key) ? s[r][j][e] * scale : neg_inf;
-                    tile_max[e / 2] = fmaxf(tile_max[e / 2], s[r][j][e]);
-                }
+                for (int e = 0; e < 4; ++e) tile_max[e / 2] = fmaxf(tile_max[e / 2], s[r][j][e]);
             float alpha[2], row_sum[2] = {0.0f, 0.0f}, base[2];
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const float m_new = fmaxf(m[r][h], quad_max(tile_max[h]));
-                alpha[h] = m[r][h] == neg_inf ? 0.0f : exp2f(m[r][h] - m_new);
+                alpha[h] = m[r][h] == neg_inf ? 0.0f : fast_exp2(m[r][h] - m_new);
                 m[r][h] = m_new;
                 base[h] = m_new == neg_inf ? 0.0f : m_new;  // a row with nothing visible yet
             }
@@ -302,7 +438,7 @@ __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float
             for (int j = 0; j < NS; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    s[r][j][e] = exp2f(s[r][j][e] - base[e / 2]);  // exp2(-inf) = 0
+                    s[r][j][e] = fast_exp2(s[r][j][e] - base[e / 2]);  // exp2(-inf) = 0
                     row_sum[e / 2] += s[r][j][e];
                 }
 #pragma unroll
@@ -312,7 +448,7 @@ __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float
 #pragma unroll
                 for (int e = 0; e < 4; ++e) acc[r][n][e] *= alpha[e / 2];
         }
-        mma_tile<T, MB, NS, NO, D + TC_PAD>(acc, s, vs[b]);
+        mma_tile<T, MB, NS, NO, STRIDE>(acc, s, vs[b]);
     });
     T* oh = o + head * p.sq * D;
 #pragma unroll
@@ -331,15 +467,15 @@ __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float
 template <typename T, int D>
 __device__ void attention_tc_bwd_dq(const T* q, const T* k, const T* v, const T* dout, const float* lse,
                                     const float* delta, T* dq, AttentionParams p) {
-    constexpr int KEYS = TcTile<D>::DQ_KEYS, MB = TcTile<D>::DQ_BLOCKS, ROWS = 16 * MB * TC_WARPS;
-    constexpr int KD = D / 16, NS = KEYS / 8, NO = D / 8;
-    __shared__ __align__(16) unsigned short ks[2][KEYS][D + TC_PAD];
-    __shared__ __align__(16) unsigned short vs[2][KEYS][D + TC_PAD];
+    constexpr int KEYS = TcTile<T, D>::DQ_KEYS, MB = TcTile<T, D>::DQ_BLOCKS, ROWS = 16 * MB * TC_WARPS;
+    constexpr int KD = D / TcOperand<T>::DEPTH, STRIDE = D + TcOperand<T>::PAD, NS = KEYS / 8, NO = D / 8;
+    __shared__ __align__(16) typename TcOperand<T>::Stored ks[2][KEYS][STRIDE];
+    __shared__ __align__(16) typename TcOperand<T>::Stored vs[2][KEYS][STRIDE];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3;
     const i64 head = blockIdx.y, first = (i64)blockIdx.x * ROWS, mine = first + 16 * MB * warp;
     const T* kh = k + head * p.sk * D;
     const T* vh = v + head * p.sk * D;
-    unsigned qf[MB][KD][4], gf[MB][KD][4];
+    typename TcOperand<T>::Reg qf[MB][KD][4], gf[MB][KD][4];
     float row_lse[MB][2], row_delta[MB][2];  // the log-sum-exp in base 2
     float acc[MB][NO][4];
 #pragma unroll
@@ -364,7 +500,8 @@ __device__ void attention_tc_bwd_dq(const T* q, const T* k, const T* v, const T*
         if (tile_hidden<MB, KEYS>(p, mine, t0, false)) return;
         float s[MB][NS][4], dp[MB][NS][4];
         scores_and_dp<T>(s, dp, qf, gf, ks[b], vs[b]);
-        const bool masked = tile_needs_mask<MB, KEYS>(p, mine, t0, false);
+        // dS = P (dP - delta); a hidden key's term, whatever it computed (even inf or NaN from a
+        // score far above the row's log-sum-exp), is replaced by zero.
 #pragma unroll
         for (int r = 0; r < MB; ++r)
 #pragma unroll
@@ -372,12 +509,10 @@ __device__ void attention_tc_bwd_dq(const T* q, const T* k, const T* v, const T*
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int h = e / 2;
-                    const i64 row = mine + 16 * r + group + 8 * h, key = t0 + 8 * j + 2 * tig + (e & 1);
-                    const bool seen = !masked || tc_visible(p, row, key);
-                    s[r][j][e] =
-                        seen ? exp2f(s[r][j][e] * scale - row_lse[r][h]) * (dp[r][j][e] - row_delta[r][h]) : 0.0f;
+                    s[r][j][e] = fast_exp2(s[r][j][e] * scale - row_lse[r][h]) * (dp[r][j][e] - row_delta[r][h]);
                 }
-        mma_tile<T, MB, NS, NO, D + TC_PAD>(acc, s, ks[b]);
+        if (tile_needs_mask<MB, KEYS>(p, mine, t0, false)) hide_masked(s, p, mine, t0, false, 0.0f);
+        mma_tile<T, MB, NS, NO, STRIDE>(acc, s, ks[b]);
     });
     T* gh = dq + head * p.sq * D;
     const float unscale = (float)p.scale;
@@ -390,16 +525,16 @@ __device__ void attention_tc_bwd_dq(const T* q, const T* k, const T* v, const T*
 template <typename T, int D>
 __device__ void attention_tc_bwd_dkdv(const T* q, const T* k, const T* v, const T* dout, const float* lse,
                                       const float* delta, T* dk, T* dv, AttentionParams p) {
-    constexpr int QUERIES = TcTile<D>::DKDV_QUERIES, MB = TcTile<D>::DKDV_BLOCKS, ROWS = 16 * MB * TC_WARPS;
-    constexpr int KD = D / 16, NS = QUERIES / 8, NO = D / 8;
-    __shared__ __align__(16) unsigned short qs[2][QUERIES][D + TC_PAD];
-    __shared__ __align__(16) unsigned short gs[2][QUERIES][D + TC_PAD];
+    constexpr int QUERIES = TcTile<T, D>::DKDV_QUERIES, MB = TcTile<T, D>::DKDV_BLOCKS, ROWS = 16 * MB * TC_WARPS;
+    constexpr int KD = D / TcOperand<T>::DEPTH, STRIDE = D + TcOperand<T>::PAD, NS = QUERIES / 8, NO = D / 8;
+    __shared__ __align__(16) typename TcOperand<T>::Stored qs[2][QUERIES][STRIDE];
+    __shared__ __align__(16) typename TcOperand<T>::Stored gs[2][QUERIES][STRIDE];
     __shared__ float tile_lse[2][QUERIES], tile_delta[2][QUERIES];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3;
     const i64 head = blockIdx.y, first = (i64)blockIdx.x * ROWS, mine = first + 16 * MB * warp;
     const T* qh = q + head * p.sq * D;
     const T* gh = dout + head * p.sq * D;
-    unsigned kf[MB][KD][4], vf[MB][KD][4];
+    typename TcOperand<T>::Reg kf[MB][KD][4], vf[MB][KD][4];
     float dk_acc[MB][NO][4], dv_acc[MB][NO][4];
 #pragma unroll
     for (int r = 0; r < MB; ++r) {
@@ -424,20 +559,25 @@ __device__ void attention_tc_bwd_dkdv(const T* q, const T* k, const T* v, const 
         // Element e of block j of r: key mine + 16 r + group + 8 (e / 2), query t0 + 8 j + 2 tig + (e & 1).
         float s[MB][NS][4], dp[MB][NS][4];
         scores_and_dp<T>(s, dp, kf, vf, qs[b], gs[b]);
-        const bool masked = tile_needs_mask<MB, QUERIES>(p, mine, t0, true);
+        // Pᵀ; the query of element e of block j is t0 + col(j, e).
+        auto col = [&](int j, int e) { return 8 * j + 2 * tig + (e & 1); };
 #pragma unroll
         for (int r = 0; r < MB; ++r)
 #pragma unroll
             for (int j = 0; j < NS; ++j)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int col = 8 * j + 2 * tig + (e & 1);
-                    const bool seen = !masked || tc_visible(p, t0 + col, mine + 16 * r + group + 8 * (e / 2));
-                    s[r][j][e] = seen ? exp2f(s[r][j][e] * scale - tile_lse[b][col]) : 0.0f;  // Pᵀ
-                    dp[r][j][e] = s[r][j][e] * (dp[r][j][e] - tile_delta[b][col]);             // dSᵀ
-                }
-        mma_tile<T, MB, NS, NO, D + TC_PAD>(dv_acc, s, gs[b]);
-        mma_tile<T, MB, NS, NO, D + TC_PAD>(dk_acc, dp, qs[b]);
+                for (int e = 0; e < 4; ++e) s[r][j][e] = fast_exp2(s[r][j][e] * scale - tile_lse[b][col(j, e)]);
+        // A hidden pair's term, whatever it computed (even inf from a score far above the query's
+        // log-sum-exp), is zero, and so is its dSᵀ below.
+        if (tile_needs_mask<MB, QUERIES>(p, mine, t0, true)) hide_masked(s, p, mine, t0, true, 0.0f);
+#pragma unroll
+        for (int r = 0; r < MB; ++r)
+#pragma unroll
+            for (int j = 0; j < NS; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) dp[r][j][e] = s[r][j][e] * (dp[r][j][e] - tile_delta[b][col(j, e)]);  // dSᵀ
+        mma_tile<T, MB, NS, NO, STRIDE>(dv_acc, s, gs[b]);
+        mma_tile<T, MB, NS, NO, STRIDE>(dk_acc, dp, qs[b]);
     });
     T* kg = dk + head * p.sk * D;
     T* vg = dv + head * p.sk * D;
@@ -450,7 +590,7 @@ __device__ void attention_tc_bwd_dkdv(const T* q, const T* k, const T* v, const 
     }
 }
 
-#define ATTENTION_TC(T, tname, D) \
+#define ATTENTION_TC_QUERY_PASSES(T, tname, D) \
     extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_fwd_##tname##_d##D( \
         const T* q, const T* k, const T* v, T* o, float* lse, AttentionParams p) { \
         attention_tc_fwd<T, D>(q, k, v, o, lse, p); \
@@ -459,12 +599,19 @@ __device__ void attention_tc_bwd_dkdv(const T* q, const T* k, const T* v, const 
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dq, \
         AttentionParams p) { \
         attention_tc_bwd_dq<T, D>(q, k, v, dout, lse, delta, dq, p); \
-    } \
+    }
+#define ATTENTION_TC_KEY_PASS(T, tname, D) \
     extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bwd_dkdv_##tname##_d##D( \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dk, T* dv, \
         AttentionParams p) { \
         attention_tc_bwd_dkdv<T, D>(q, k, v, dout, lse, delta, dk, dv, p); \
     }
+#define ATTENTION_TC(T, tname, D) ATTENTION_TC_QUERY_PASSES(T, tname, D) ATTENTION_TC_KEY_PASS(T, tname, D)
 #define ATTENTION_TC_DIMS(T, tname) \
     ATTENTION_TC(T, tname, 16) ATTENTION_TC(T, tname, 32) ATTENTION_TC(T, tname, 64) ATTENTION_TC(T, tname, 128)
 ATTENTION_TC_DIMS(f16, f16) ATTENTION_TC_DIMS(bf16, bf16)
+// f32 at D = 128 has no dK/dV pass here: its K and V fragments and two accumulators alone are
+// 256 registers a thread, so it spills; the host runs version 1's (attention.cu) instead, which
+// reads the same log-sum-exp and delta.
+ATTENTION_TC(float, f32, 16) ATTENTION_TC(float, f32, 32) ATTENTION_TC(float, f32, 64)
+ATTENTION_TC_QUERY_PASSES(float, f32, 128)

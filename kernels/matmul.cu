@@ -215,6 +215,19 @@ extern "C" __global__ void mma_probe_tf32(const float* a, const float* b, const 
     for (int e = 0; e < 4; ++e) d[(group + 8 * (e / 2)) * 8 + 2 * tig + (e & 1)] = fd[e];
 }
 
+// The same product in 3xTF32 (split_tf32 and mma_3xtf32 of nabla.cuh): the operands as given,
+// each split into two TF32 parts, three m16n8k8 products.
+extern "C" __global__ void mma_probe_3xtf32(const float* a, const float* b, const float* c, float* d) {
+    const int lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3;
+    unsigned a_big[4], a_small[4], b_big[2], b_small[2];
+    float fd[4];
+    for (int r = 0; r < 4; ++r) split_tf32(a[(group + 8 * (r % 2)) * 8 + tig + 4 * (r / 2)], a_big[r], a_small[r]);
+    for (int r = 0; r < 2; ++r) split_tf32(b[(tig + 4 * r) * 8 + group], b_big[r], b_small[r]);
+    for (int e = 0; e < 4; ++e) fd[e] = c[(group + 8 * (e / 2)) * 8 + 2 * tig + (e & 1)];
+    mma_3xtf32(fd, a_big, a_small, b_big, b_small);
+    for (int e = 0; e < 4; ++e) d[(group + 8 * (e / 2)) * 8 + 2 * tig + (e & 1)] = fd[e];
+}
+
 // Versions 2 and 3 of the f32 FMA-pipe GEMM (sgemm_v2.cuh), with the same layout names:
 // version 2 loops over a step's depths at two blocks a multiprocessor (at most 128 registers a
 // thread, 33 KiB of shared memory a block), version 3 unrolls them at one block (the register

@@ -316,6 +316,23 @@ __device__ __forceinline__ void cp_async_16(void* shared, const void* global, bo
 __device__ __forceinline__ void cp_async_commit() {}
 template <int N> __device__ __forceinline__ void cp_async_wait() {}
 #endif
+// fast_exp2(x): 2^x in one MUFU.EX2 (`ex2.approx.ftz.f32`, relative error about 2^-22), results
+// below 2^-126 flushed to zero and exp2(-inf) = 0. exp2f gives the same values but for those
+// tiny ones, at four instructions (a range test and two conditional scalings around the same
+// MUFU); softmax, whose weights below 2^-126 vanish against a sum of at least one, takes this.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+// fresh(x): x, as a value the compiler cannot prove unchanged since the last call (an empty asm
+// that claims to rewrite it). Work on a register that a loop never changes is then redone in
+// the loop rather than hoisted out of it with its results held in more registers (3xTF32's
+// split of a fragment kept for a whole pass doubles the fragment's registers when hoisted).
+__device__ __forceinline__ float fresh(float x) {
+    asm volatile("" : "+f"(x));
+    return x;
+}
 #endif
 
 // Fragment helpers shared by the tensor-core kernels (mma_gemm.cuh, attention_tc.cu).
@@ -323,12 +340,60 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {}
 __device__ __forceinline__ unsigned short bits_of(f16 x) { return x.bits; }
 __device__ __forceinline__ unsigned short bits_of(bf16 x) { return x.bits; }
 
+// pack_pair<T>(lo, hi): two floats rounded to T (to nearest, ties to even) as one fragment
+// register, `lo` in the low half. On sm_80+ one `cvt.rn.{bf16x2,f16x2}.f32` (F2FP) does both;
+// float_to_bf16's integer rounding takes about five instructions a value, which in attention's
+// loops (every probability goes through here) was a third of the instructions of a tile. The
+// emulator and older GPUs round one value at a time, to the same bits but for a NaN's payload.
+template <typename T> __device__ __forceinline__ unsigned pack_pair(float lo, float hi);
+#if !defined(NABLA_EMULATED_INTRINSICS) && __CUDA_ARCH__ >= 800
+template <> __device__ __forceinline__ unsigned pack_pair<bf16>(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+template <> __device__ __forceinline__ unsigned pack_pair<f16>(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+#else
+template <> __device__ __forceinline__ unsigned pack_pair<bf16>(float lo, float hi) {
+    return (unsigned)float_to_bf16(lo).bits | ((unsigned)float_to_bf16(hi).bits << 16);
+}
+template <> __device__ __forceinline__ unsigned pack_pair<f16>(float lo, float hi) {
+    return (unsigned)float_to_f16(lo).bits | ((unsigned)float_to_f16(hi).bits << 16);
+}
+#endif
+
 template <typename T> __device__ __forceinline__ void mma_16816(float d[4], const unsigned a[4], const unsigned b[2]);
 template <> __device__ __forceinline__ void mma_16816<bf16>(float d[4], const unsigned a[4], const unsigned b[2]) {
     mma_m16n8k16_bf16(d, a, b, d);
 }
 template <> __device__ __forceinline__ void mma_16816<f16>(float d[4], const unsigned a[4], const unsigned b[2]) {
     mma_m16n8k16_f16(d, a, b, d);
+}
+
+// 3xTF32: an f32 product on the TF32 tensor cores at f32's accuracy (CUTLASS's "fast f32").
+// Each f32 operand is split as x = big + small, big = x rounded to TF32 and small = the rest
+// rounded to TF32, and a b = big_a big_b + big_a small_b + small_a big_b + small_a small_b,
+// whose last term (2^-22 of the product) is dropped; the small terms go into the accumulator
+// first, so they are not lost against the big one. Three m16n8k8 products per f32 product.
+// Both parts are rounded as f32_to_tf32 rounds (to nearest, ties away from zero), here by
+// adding half of the dropped bits' weight to the bits and clearing them: two integer
+// instructions, where `cvt.rna.tf32.f32` compiles to five on sm_90 (its NaN test included; a
+// NaN's split stays NaN here too, through its small part).
+__device__ __forceinline__ unsigned round_to_tf32_bits(float x) { return (__float_as_uint(x) + 0x1000u) & 0xffffe000u; }
+__device__ __forceinline__ void split_tf32(float x, unsigned& big, unsigned& small) {
+    big = round_to_tf32_bits(x);
+    small = round_to_tf32_bits(x - __uint_as_float(big));
+}
+// acc += A B, A and B given as their big and small TF32 parts (fragments of mma_m16n8k8_tf32).
+__device__ __forceinline__ void mma_3xtf32(float acc[4], const unsigned a_big[4], const unsigned a_small[4],
+                                           const unsigned b_big[2], const unsigned b_small[2]) {
+    mma_m16n8k8_tf32(acc, a_small, b_big, acc);
+    mma_m16n8k8_tf32(acc, a_big, b_small, acc);
+    mma_m16n8k8_tf32(acc, a_big, b_big, acc);
 }
 
 // Zeroes MI x NI m16n8 accumulator fragments (a GEMM warp's tile, attention's scores or

@@ -1015,6 +1015,17 @@ fn check(args: CheckArgs) -> Result<()> {
             ));
         }
         out!("  {:<14} exact on a known product", "mma m16n8k8");
+        // 3xTF32 (f32 attention's version 2): a value TF32 rounds, times one, comes back whole.
+        let x = 1.0 + 2f32.powi(-11) + 2f32.powi(-12);
+        let (mut a, mut b) = (vec![0f32; 128], vec![0f32; 64]);
+        (a[0], b[0]) = (x, 1.0);
+        if cuda::gemm::mma_probe_3xtf32(&dev, &a, &b, &[0.0; 128])?[0] != x {
+            return Err(nabla::Error::invalid(
+                "check",
+                "3xTF32 (split_tf32, mma_3xtf32) loses f32 bits on a known product",
+            ));
+        }
+        out!("  {:<14} keeps f32's bits on a known product", "3xTF32");
     }
     Ok(())
 }

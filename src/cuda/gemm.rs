@@ -120,7 +120,7 @@ static TENSOR_CORE_GEMM: AtomicU8 = AtomicU8::new(0);
 /// The version in `slot`, or, when the program has not chosen one (0), the environment
 /// variable `var` if it names one of `versions`, else `default`; stored so later calls agree. A
 /// value of the variable that is not a version is ignored, as `NABLA_NUM_THREADS` ignores one.
-fn chosen_version(slot: &AtomicU8, var: &str, versions: std::ops::RangeInclusive<u8>, default: u8) -> u8 {
+pub(crate) fn chosen_version(slot: &AtomicU8, var: &str, versions: std::ops::RangeInclusive<u8>, default: u8) -> u8 {
     match slot.load(Ordering::Relaxed) {
         0 => {
             let version = std::env::var(var)
@@ -320,6 +320,18 @@ pub fn mma_probe_tf32(
     c: &[f32],
 ) -> crate::Result<Vec<f32>> {
     probe(dev, "mma_probe_tf32", a, b, c, (128, 64))
+}
+
+/// [`mma_probe_tf32`] in 3xTF32 (`split_tf32` and `mma_3xtf32` in `kernels/nabla.cuh`, as f32
+/// attention's version 2 multiplies): each f32 operand split into two TF32 parts, three
+/// products, f32's accuracy where one TF32 product keeps about three decimal digits.
+pub fn mma_probe_3xtf32(
+    dev: &std::sync::Arc<super::CudaDevice>,
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+) -> crate::Result<Vec<f32>> {
+    probe(dev, "mma_probe_3xtf32", a, b, c, (128, 64))
 }
 
 const PROBE: &str = "mma_probe";

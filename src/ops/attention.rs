@@ -15,6 +15,7 @@ use crate::cuda::{CudaStorage, launch_error};
 use crate::storage::CpuStorage;
 use crate::{DType, Device, Error, Result, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 const OP: &str = "scaled_dot_product_attention";
 /// Query (or key) rows per block of version 1 (`kernels/attention.cu`): one per warp.
@@ -22,12 +23,15 @@ const ROWS_PER_BLOCK: usize = 8;
 /// Warps per block of the tensor-core version (`kernels/attention_tc.cu`).
 const TC_WARPS: usize = 4;
 
-/// Rows per block of the tensor-core version's pass `kind` at head size `d`: 16 per warp, or 32
-/// where the kernel gives a warp two 16-row blocks (`TcTile` in `kernels/attention_tc.cu`: the
-/// forward pass and dQ up to head_dim 64, dK/dV up to 32).
-fn tc_rows_per_block(kind: &str, d: usize) -> usize {
-    let two_blocks = match kind {
-        "bwd_dkdv" => d <= 32,
+/// Rows per block of the tensor-core version's pass `kind` at head size `d` for `dtype`: 16 per
+/// warp, or 32 where the kernel gives a warp two 16-row blocks (`TcTile` in
+/// `kernels/attention_tc.cu`: f16/bf16's forward pass and dQ up to head_dim 64 and dK/dV up to
+/// 32; f32's forward pass up to 64).
+fn tc_rows_per_block(kind: &str, dtype: DType, d: usize) -> usize {
+    let two_blocks = match (kind, dtype) {
+        ("fwd", DType::F32) => d <= 64,
+        (_, DType::F32) => false,
+        ("bwd_dkdv", _) => d <= 32,
         _ => d <= 64,
     };
     let blocks_per_warp = if two_blocks { 2 } else { 1 };
@@ -48,17 +52,52 @@ pub(crate) fn kernel_names() -> Vec<String> {
     names
 }
 
-/// The tensor-core kernels (`kernels/attention_tc.cu`): f16 and bf16, every head size.
+/// The tensor-core kernels (`kernels/attention_tc.cu`): f16, bf16 and f32 (3xTF32), every head
+/// size, but for f32's dK/dV pass at head_dim 128 (see [`has_tensor_core_pass`]).
 pub(crate) fn tensor_core_kernel_names() -> Vec<String> {
     let mut names = Vec::new();
-    for dtype in [DType::F16, DType::BF16] {
+    for dtype in [DType::F16, DType::BF16, DType::F32] {
         for d in HEAD_DIMS {
-            for kind in ["fwd", "bwd_dq", "bwd_dkdv"] {
+            for kind in ["fwd", "bwd_dq", "bwd_dkdv"].into_iter().filter(|kind| has_tensor_core_pass(kind, dtype, d)) {
                 names.push(format!("attention_tc_{kind}_{dtype}_d{d}"));
             }
         }
     }
     names
+}
+
+/// Whether `kernels/attention_tc.cu` has pass `kind` for `dtype` at head size `d`: all of them
+/// but f32's dK/dV at 128, whose fragments and accumulators would not fit in registers (version
+/// 1 runs that pass; it reads the same log-sum-exp).
+fn has_tensor_core_pass(kind: &str, dtype: DType, d: usize) -> bool {
+    !(dtype == DType::F32 && kind == "bwd_dkdv" && d == 128)
+}
+
+/// 0 means not chosen yet: the first use reads `NABLA_F32_ATTENTION`.
+static F32_ATTENTION: AtomicU8 = AtomicU8::new(0);
+/// The f32 attention versions: 1, `kernels/attention.cu` on the FP32 pipes; 2,
+/// `kernels/attention_tc.cu` on the tensor cores in 3xTF32.
+const F32_ATTENTION_VERSIONS: std::ops::RangeInclusive<u8> = 1..=2;
+
+/// Chooses the kernels of f32 attention on a GPU, for the whole process: 1 (the default), the
+/// FP32-pipe kernels of `kernels/attention.cu`, or 2, the tensor-core kernels of
+/// `kernels/attention_tc.cu` on sm_80+, which multiply in 3xTF32 (each f32 operand split into
+/// two TF32 parts, three tensor-core products per product: f32's accuracy, as PyTorch's
+/// memory-efficient f32 attention). `NABLA_F32_ATTENTION` chooses without code. f16 and bf16
+/// always run on the tensor cores (sm_80+); `set_float32_matmul_precision` does not apply here.
+/// Any other version is an error. The bench `attention/f32_*` times both.
+pub fn set_f32_attention(version: u8) -> Result<()> {
+    if !F32_ATTENTION_VERSIONS.contains(&version) {
+        return Err(Error::invalid("set_f32_attention", format!("version {version} is not 1 or 2")));
+    }
+    F32_ATTENTION.store(version, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The f32 attention version in force (see [`set_f32_attention`]; without a call,
+/// `NABLA_F32_ATTENTION`, else 1).
+pub fn f32_attention() -> u8 {
+    crate::cuda::gemm::chosen_version(&F32_ATTENTION, "NABLA_F32_ATTENTION", F32_ATTENTION_VERSIONS, 1)
 }
 
 impl Tensor {
@@ -204,9 +243,9 @@ fn rows_config(rows: usize, heads: usize) -> LaunchConfig {
 }
 
 /// Which kernels a pass over `rows` rows per head runs: version 1's (module `attention`, one row
-/// per warp) or, for f16/bf16 on sm_80+, the tensor-core version (module `attention_tc`, 16 or
-/// 32 rows per warp); returns the module, the kernel name for `kind` (`fwd`, `bwd_dq`, `bwd_dkdv`) and
-/// the launch geometry.
+/// per warp) or, for f16/bf16 on sm_80+ and for f32 there when [`f32_attention`] is 2, the
+/// tensor-core version (module `attention_tc`, 16 or 32 rows per warp); returns the module, the
+/// kernel name for `kind` (`fwd`, `bwd_dq`, `bwd_dkdv`) and the launch geometry.
 fn pass(
     kind: &str,
     dtype: DType,
@@ -215,9 +254,14 @@ fn pass(
     heads: usize,
     dev: &crate::cuda::CudaDevice,
 ) -> (&'static str, String, LaunchConfig) {
-    if matches!(dtype, DType::F16 | DType::BF16) && crate::cuda::gemm::uses_tensor_cores(dtype, dev) {
+    let tensor_cores = match dtype {
+        DType::F16 | DType::BF16 => crate::cuda::gemm::uses_tensor_cores(dtype, dev),
+        DType::F32 => f32_attention() == 2 && dev.arch().0 >= 8 && has_tensor_core_pass(kind, dtype, d),
+        _ => false,
+    };
+    if tensor_cores {
         let config = LaunchConfig {
-            grid_dim: (rows.div_ceil(tc_rows_per_block(kind, d)).max(1) as u32, heads as u32, 1),
+            grid_dim: (rows.div_ceil(tc_rows_per_block(kind, dtype, d)).max(1) as u32, heads as u32, 1),
             block_dim: (32 * TC_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -266,7 +310,7 @@ fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: AttentionParams, d: usize) -> 
         l.arg(&*s.buf).arg(&*cuda(k)?.buf).arg(&*cuda(v)?.buf).arg(&*out.buf).arg(&*lse.buf).arg(&p);
         // SAFETY: attention[_tc]_fwd_<T>_d<D>(q, k, v, T* o, A* lse, params) reads dense
         // [bh, sq, D] queries and [bh, sk, D] keys and values, and writes every output row and
-        // its lse (A: f32 for the 16-bit dtypes, which the tensor-core version takes).
+        // its lse (A: f32 for f32 and the 16-bit dtypes, the tensor-core version's only lse type).
         unsafe { l.launch(config) }.map_err(|e| launch_error(OP, &kernel, e))?;
     }
     Ok((Tensor::from_cuda(out, q.shape()), Tensor::from_cuda(lse, &[bh * sq])))

@@ -30,7 +30,8 @@ pub(crate) fn kernel_names() -> Vec<String> {
                 .flat_map(move |l| [format!("matmul_v{v}_{l}_{d}"), format!("linear_v{v}_{l}_{d}")])
         });
     let split_sums = DType::ALL.iter().filter(|d| d.is_float()).map(|d| format!("matmul_split_sum_{d}"));
-    let probes = ["mma_probe_bf16", "mma_probe_f16", "mma_probe_tf32", "ldmatrix_probe"].map(String::from);
+    let probes =
+        ["mma_probe_bf16", "mma_probe_f16", "mma_probe_tf32", "mma_probe_3xtf32", "ldmatrix_probe"].map(String::from);
     fma.chain(tensor_cores).chain(pipelined).chain(split_sums).chain(probes).collect()
 }
 

@@ -1,4 +1,4 @@
-//! The tensor-core path: the `mma.sync.m16n8k16` intrinsics on a known product (on a GPU the
+//! The tensor-core path: the `mma.sync` intrinsics (and 3xTF32) on a known product (on a GPU the
 //! PTX itself, here the emulator's body, both held to the PTX ISA's fragment layout), and the
 //! f16/bf16 products that run on them against the f64 reference.
 
@@ -51,6 +51,26 @@ fn mma_intrinsics_compute_a_known_product_through_the_ptx_fragment_layout() {
     let d = nabla::cuda::gemm::mma_probe_tf32(&dev, &one, &identity, &vec![0.0; 128]).unwrap();
     assert_eq!(d[0], 1.0 + 2f32.powi(-10), "operands are rounded to TF32");
     assert!(nabla::cuda::gemm::mma_probe_tf32(&dev, &a, &b[..8], &c).is_err(), "sizes are checked");
+
+    // 3xTF32 keeps what one TF32 product rounds away: x = 1 + 2^-11 + 2^-12 is 1 + 2^-10 as TF32
+    // but big + small exactly, and random f32 products agree with f64 to f32's accuracy.
+    let d = nabla::cuda::gemm::mma_probe_3xtf32(&dev, &one, &identity, &vec![0.0; 128]).unwrap();
+    assert_eq!(d[0], x, "3xTF32 recovers the bits TF32 drops");
+    let mut rng = Generator::new(33);
+    let mut uniform = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect() };
+    let (a, b, c) = (uniform(128), uniform(64), uniform(128));
+    let three = nabla::cuda::gemm::mma_probe_3xtf32(&dev, &a, &b, &c).unwrap();
+    let single = nabla::cuda::gemm::mma_probe_tf32(&dev, &a, &b, &c).unwrap();
+    let (mut worst_three, mut worst_single) = (0f64, 0f64);
+    for r in 0..16 {
+        for n in 0..8 {
+            let want = c[r * 8 + n] as f64 + (0..8).map(|k| a[r * 8 + k] as f64 * b[k * 8 + n] as f64).sum::<f64>();
+            worst_three = worst_three.max((three[r * 8 + n] as f64 - want).abs());
+            worst_single = worst_single.max((single[r * 8 + n] as f64 - want).abs());
+        }
+    }
+    assert!(worst_three < 1e-5, "3xTF32 is off by {worst_three}");
+    assert!(worst_single > 1e-4, "one TF32 product is off by only {worst_single}: the test is too easy");
 }
 
 #[test]

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -183,10 +184,14 @@ inline void mma_m16n8k16_f16(float d[4], const unsigned a[4], const unsigned b[2
 }
 
 // m16n8k8 with TF32 operands: A element at row groupID + 8 (i % 2), column tid + 4 (i / 2); B
-// element i at row tid + 4 i, column groupID (the PTX ISA's layout for mma.m16n8k8 .tf32).
+// element i at row tid + 4 i, column groupID (the PTX ISA's layout for mma.m16n8k8 .tf32). As
+// the tensor cores do, the product reads only an operand's TF32 bits (sign, exponent and the
+// top 10 mantissa bits): f32 bits passed without rounding lose their low 13 bits, so a kernel
+// that forgets f32_to_tf32 (or 3xTF32's small parts) fails here as it would on a GPU.
 inline void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
     float A[16][8], B[8][8];
     unsigned mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]}, all[32][6];
+    for (unsigned& bits : mine) bits &= 0xffffe000u;
     emu::warp_gather(mine, (int)sizeof mine, all);
     for (int src = 0; src < 32; ++src) {
         const int group = src >> 2, tig = src & 3;
@@ -279,6 +284,13 @@ inline void cp_async_16(void* shared, const void* global, bool valid) {
     emu::pending_copies[t].push_back(emu::PendingCopy{shared, global, valid, emu::committed_groups[t]});
 }
 inline void cp_async_commit() { ++emu::committed_groups[emu::thread_linear()]; }
+// fresh: the value itself (on a GPU, only the compiler's view of it changes).
+inline float fresh(float x) { return x; }
+// ex2.approx.ftz.f32: 2^x with results below the smallest normal flushed to zero.
+inline float fast_exp2(float x) {
+    const float y = std::exp2(x);
+    return y < std::numeric_limits<float>::min() ? 0.0f : y;
+}
 template <int N> inline void cp_async_wait() {
     emu::land_copies_older_than(emu::committed_groups[emu::thread_linear()] - N);
 }
