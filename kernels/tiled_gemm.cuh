@@ -19,7 +19,9 @@
 // took 16 (Boehm's SGEMM worklog: its step that vectorised global and shared loads together
 // went from 69% to 78% of cuBLAS).
 // The next step's operands are fetched into
-// registers while the current step computes (one tile of shared memory, register prefetch).
+// registers while the current step computes (one tile of shared memory, register prefetch);
+// every fetch loads (a depth past the range reads its last depth instead) and then selects
+// zero for what lies outside, as a branch around each load cost more than the load.
 // A is loaded with consecutive threads on consecutive k, B and C with consecutive threads on
 // consecutive columns, so problems whose contiguous axis is the columns coalesce. Split-K
 // (splits() > 1) gives each split a contiguous, step-aligned depth range; the problem's store
@@ -133,16 +135,21 @@ __device__ void tiled_gemm(const Problem& p) {
     for_each_tile<BM, BN, BK>(p, [&](const View& q, i64 row0, i64 col0, i64 k_begin, i64 k_end) {
                 const TileContexts<View, LA> ctx(q, rows, cols, row0 + a_r, A_ROW_STEP, col0 + b_c);
                 A next_a[LA], next_b[LB];
+                // Every load is made, at depth k_begin where k is past the end (any context and
+                // any depth of the range is a valid address), and its value then selected: a
+                // load under a condition compiled to a branch around each element.
                 auto fetch = [&](i64 k0) {
 #pragma unroll
                     for (int i = 0; i < LA; ++i) {
                         const i64 k = k0 + a_k;
-                        next_a[i] = (ctx.a_ok[i] && k < k_end) ? q.a(ctx.a[i], k) : A(0);
+                        const A v = q.a(ctx.a[i], k < k_end ? k : k_end - 1);
+                        next_a[i] = (ctx.a_ok[i] && k < k_end) ? v : A(0);
                     }
 #pragma unroll
                     for (int i = 0; i < LB; ++i) {
                         const i64 k = k0 + b_k + i * B_K_STEP;
-                        next_b[i] = (ctx.b_ok && k < k_end) ? q.b(ctx.b, k) : A(0);
+                        const A v = q.b(ctx.b, k < k_end ? k : k_end - 1);
+                        next_b[i] = (ctx.b_ok && k < k_end) ? v : A(0);
                     }
                 };
                 A acc[TM][TN];
