@@ -18,13 +18,18 @@
 
 #define MMA_TILE_K 16
 
+// The bits of T of a value that came from T (the loaders widen T, or give zero), so that
+// narrowing is exact: bf16's top half, one shift where rounding takes about five instructions.
+__device__ __forceinline__ unsigned short exact_bits(float v, bf16) { return (unsigned short)(__float_as_uint(v) >> 16); }
+__device__ __forceinline__ unsigned short exact_bits(float v, f16) { return bits_of(float_to_f16(v)); }
+
 // How one operand type meets the tensor cores: what shared memory holds per element, its row
 // padding, the depth K of one mma (16 for m16n8k16, 8 for m16n8k8), and the fragments of a
 // warp's A rows `top` (row group) and `bottom` (group + 8) and B column (group) at depth k.
 template <typename T> struct MmaOperand {
     typedef unsigned short Stored;
     static constexpr int ROW = 24, K = 16;
-    __device__ static Stored from(float v) { return bits_of(down<T>(v)); }
+    __device__ static Stored from(float v) { return exact_bits(v, T()); }
     __device__ static void a_frag(unsigned a[4], const Stored* top, const Stored* bottom, int k, int tig) {
         a[0] = pair_at(top, k + 2 * tig);
         a[1] = pair_at(bottom, k + 2 * tig);
