@@ -35,10 +35,10 @@
 // session 18 the mask test sat inside the softmax's element loop, where it compiled to a branch
 // around every element of every tile, P and dS were rounded to bf16 in integer arithmetic
 // (five instructions a value), and exp2f checked its range: per key tile of the bf16 forward
-// at D = 64, 2449 instructions issued by each warp for its 128 mma (cuobjdump, sm_90), against
-// 691 since (dQ 1227 -> 313, dK/dV 1626 -> 421); a warp issues one instruction a cycle, and its
-// 128 m16n8k16 products take about 1024 cycles of its tensor pipe, so the old loop was bound by
-// instruction issue. What remains between this and FlashAttention-2: 16 rows a warp for dK/dV
+// at D = 64 without the mask, 1673 instructions issued by each warp for its 128 mma, against
+// 804 since (dQ 851 -> 426, dK/dV 1335 -> 578; benches/sass_mix.py --taken, sm_90); a warp
+// issues at most one instruction a cycle, and its 128 m16n8k16 products take about 1024
+// cycles of its tensor pipe, so the old loop was bound by instruction issue. What remains between this and FlashAttention-2: 16 rows a warp for dK/dV
 // from D = 64, and the backward's recomputation of S and dP in two kernels (FA2 accumulates dQ
 // atomically from one).
 #include "nabla.cuh"
