@@ -240,25 +240,7 @@ fn fused_attention_on_the_gpu_matches_the_cpu_for_every_dtype_head_size_and_ragg
                 }
             }
         }
-        // A long sequence, f32 forward: 1000 queries over 1000 keys.
-        let (q, k, v) = (
-            randn(&[1, 1, 1000, 32], DType::F32, 7),
-            randn(&[1, 1, 1000, 32], DType::F32, 8),
-            randn(&[1, 1, 1000, 32], DType::F32, 9),
-        );
-        for causal in [false, true] {
-            let run = |device: &Device| {
-                let (q, k, v) =
-                    (q.to_device(device).unwrap(), k.to_device(device).unwrap(), v.to_device(device).unwrap());
-                q.scaled_dot_product_attention(&k, &v, causal, None).unwrap().to_device(&Device::Cpu).unwrap()
-            };
-            assert_close(
-                &format!("attention f32 seq 1000 causal={causal}"),
-                &run(&dev),
-                &nabla::cpu::reference(|| run(&Device::Cpu)),
-                (2e-4, 2e-4),
-            );
-        }
+        long_f32_sequence_matches_the_cpu(&dev);
         if dev.is_cuda() {
             // The CPU takes any head size; the kernels are compiled for 16, 32, 64 and 128.
             let odd = randn(&[1, 1, 4, 24], DType::F32, 1).to_device(&dev).unwrap();
@@ -274,6 +256,27 @@ fn tensor_core_attention_matches_the_cpu_across_several_query_and_key_tiles() {
     // sm_90): 64 or 128 rows per block, tiles of 16 to 64 rows of the other side (`TcTile`).
     for dev in devices_under_test("tensor-core attention").into_iter().filter(|d| d.is_cuda()) {
         tensor_core_tiles_match_the_cpu(&dev, &[DType::BF16, DType::F16], 500);
+    }
+}
+
+/// A long sequence, f32 forward: 1000 queries over 1000 keys on `dev`, against the CPU.
+fn long_f32_sequence_matches_the_cpu(dev: &Device) {
+    let (q, k, v) = (
+        randn(&[1, 1, 1000, 32], DType::F32, 7),
+        randn(&[1, 1, 1000, 32], DType::F32, 8),
+        randn(&[1, 1, 1000, 32], DType::F32, 9),
+    );
+    for causal in [false, true] {
+        let run = |device: &Device| {
+            let (q, k, v) = (q.to_device(device).unwrap(), k.to_device(device).unwrap(), v.to_device(device).unwrap());
+            q.scaled_dot_product_attention(&k, &v, causal, None).unwrap().to_device(&Device::Cpu).unwrap()
+        };
+        assert_close(
+            &format!("attention f32 seq 1000 causal={causal}"),
+            &run(dev),
+            &nabla::cpu::reference(|| run(&Device::Cpu)),
+            (2e-4, 2e-4),
+        );
     }
 }
 
@@ -296,6 +299,7 @@ fn f32_attention_on_the_tensor_cores_in_3xtf32_matches_the_cpu_at_f32_tolerance(
         // TF32 product (10-bit mantissas) misses f32's tolerance by far: these pass only with
         // all three of 3xTF32's.
         tensor_core_tiles_match_the_cpu(&dev, &[DType::F32], 700);
+        long_f32_sequence_matches_the_cpu(&dev);
         set_f32_attention(1).unwrap();
     }
 }
