@@ -38,9 +38,9 @@
 // at D = 64 without the mask, 1673 instructions issued by each warp for its 128 mma, against
 // 804 since (dQ 851 -> 426, dK/dV 1335 -> 578; benches/sass_mix.py --taken, sm_90); a warp
 // issues at most one instruction a cycle, and its 128 m16n8k16 products take about 1024
-// cycles of its tensor pipe, so the old loop was bound by instruction issue. What remains between this and FlashAttention-2: 16 rows a warp for dK/dV
-// from D = 64, and the backward's recomputation of S and dP in two kernels (FA2 accumulates dQ
-// atomically from one).
+// cycles of its tensor pipe, so the old loop was bound by instruction issue. What remains
+// between this and FlashAttention-2: 16 rows a warp for dK/dV from D = 64, and the backward's
+// recomputation of S and dP in two kernels (FA2 accumulates dQ atomically from one).
 #include "nabla.cuh"
 
 #define TC_WARPS 4
@@ -339,6 +339,18 @@ __device__ __forceinline__ bool tc_visible(const AttentionParams& p, i64 i, i64 
     return (i < p.sq) & (j < p.sk) & (!p.causal | (j <= i));
 }
 
+// Calls f(r, j, e) for every element of MB x NS accumulator fragments: block j of row block r,
+// element e (row group + 8 (e / 2), column 8 j + 2 tig + (e & 1) of the block).
+template <int MB, int NS, typename F>
+__device__ __forceinline__ void each_element(F f) {
+#pragma unroll
+    for (int r = 0; r < MB; ++r)
+#pragma unroll
+        for (int j = 0; j < NS; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) f(r, j, e);
+}
+
 // Sets the elements of a warp's accumulator tiles (rows first + 16 r + group + 8 (e / 2),
 // columns t0 + 8 j + 2 tig + (e & 1)) whose query does not see their key to `hidden`; rows are
 // queries, or keys when `transposed`. Called only on tiles that tile_needs_mask picks, so the
@@ -349,16 +361,11 @@ template <int MB, int NS>
 __device__ __forceinline__ void hide_masked(float (&s)[MB][NS][4], const AttentionParams& p, i64 first, i64 t0,
                                             bool transposed, float hidden) {
     const int lane = threadIdx.x % 32, group = lane >> 2, tig = lane & 3;
-#pragma unroll
-    for (int r = 0; r < MB; ++r)
-#pragma unroll
-        for (int j = 0; j < NS; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const i64 row = first + 16 * r + group + 8 * (e / 2), col = t0 + 8 * j + 2 * tig + (e & 1);
-                const bool seen = transposed ? tc_visible(p, col, row) : tc_visible(p, row, col);
-                s[r][j][e] = seen ? s[r][j][e] : hidden;
-            }
+    each_element<MB, NS>([&](int r, int j, int e) {
+        const i64 row = first + 16 * r + group + 8 * (e / 2), col = t0 + 8 * j + 2 * tig + (e & 1);
+        const bool seen = transposed ? tc_visible(p, col, row) : tc_visible(p, row, col);
+        s[r][j][e] = seen ? s[r][j][e] : hidden;
+    });
 }
 
 // Whether a warp's rows first .. first + 16 MB - 1 need the mask against the columns t0 .. t0 +
@@ -412,12 +419,7 @@ __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float
         zero_fragments(s);
         mma_rows<T, MB, KD, NS, STRIDE>(s, qf, ks[b]);
         // Element e of block j: row mine + 16 r + group + 8 (e / 2), key t0 + 8 j + 2 tig + (e & 1).
-#pragma unroll
-        for (int r = 0; r < MB; ++r)
-#pragma unroll
-            for (int j = 0; j < NS; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) s[r][j][e] *= scale;
+        each_element<MB, NS>([&](int r, int j, int e) { s[r][j][e] *= scale; });
         if (tile_needs_mask<MB, KEYS>(p, mine, t0, false)) hide_masked(s, p, mine, t0, false, neg_inf);
 #pragma unroll
         for (int r = 0; r < MB; ++r) {
@@ -502,15 +504,10 @@ __device__ void attention_tc_bwd_dq(const T* q, const T* k, const T* v, const T*
         scores_and_dp<T>(s, dp, qf, gf, ks[b], vs[b]);
         // dS = P (dP - delta); a hidden key's term, whatever it computed (even inf or NaN from a
         // score far above the row's log-sum-exp), is replaced by zero.
-#pragma unroll
-        for (int r = 0; r < MB; ++r)
-#pragma unroll
-            for (int j = 0; j < NS; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int h = e / 2;
-                    s[r][j][e] = fast_exp2(s[r][j][e] * scale - row_lse[r][h]) * (dp[r][j][e] - row_delta[r][h]);
-                }
+        each_element<MB, NS>([&](int r, int j, int e) {
+            const int h = e / 2;
+            s[r][j][e] = fast_exp2(s[r][j][e] * scale - row_lse[r][h]) * (dp[r][j][e] - row_delta[r][h]);
+        });
         if (tile_needs_mask<MB, KEYS>(p, mine, t0, false)) hide_masked(s, p, mine, t0, false, 0.0f);
         mma_tile<T, MB, NS, NO, STRIDE>(acc, s, ks[b]);
     });
@@ -561,21 +558,13 @@ __device__ void attention_tc_bwd_dkdv(const T* q, const T* k, const T* v, const 
         scores_and_dp<T>(s, dp, kf, vf, qs[b], gs[b]);
         // Pᵀ; the query of element e of block j is t0 + col(j, e).
         auto col = [&](int j, int e) { return 8 * j + 2 * tig + (e & 1); };
-#pragma unroll
-        for (int r = 0; r < MB; ++r)
-#pragma unroll
-            for (int j = 0; j < NS; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) s[r][j][e] = fast_exp2(s[r][j][e] * scale - tile_lse[b][col(j, e)]);
+        each_element<MB, NS>(
+            [&](int r, int j, int e) { s[r][j][e] = fast_exp2(s[r][j][e] * scale - tile_lse[b][col(j, e)]); });
         // A hidden pair's term, whatever it computed (even inf from a score far above the query's
         // log-sum-exp), is zero, and so is its dSᵀ below.
         if (tile_needs_mask<MB, QUERIES>(p, mine, t0, true)) hide_masked(s, p, mine, t0, true, 0.0f);
-#pragma unroll
-        for (int r = 0; r < MB; ++r)
-#pragma unroll
-            for (int j = 0; j < NS; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) dp[r][j][e] = s[r][j][e] * (dp[r][j][e] - tile_delta[b][col(j, e)]);  // dSᵀ
+        each_element<MB, NS>(  // dSᵀ
+            [&](int r, int j, int e) { dp[r][j][e] = s[r][j][e] * (dp[r][j][e] - tile_delta[b][col(j, e)]); });
         mma_tile<T, MB, NS, NO, STRIDE>(dv_acc, s, gs[b]);
         mma_tile<T, MB, NS, NO, STRIDE>(dk_acc, dp, qs[b]);
     });

@@ -135,9 +135,9 @@ __device__ void tiled_gemm(const Problem& p) {
     for_each_tile<BM, BN, BK>(p, [&](const View& q, i64 row0, i64 col0, i64 k_begin, i64 k_end) {
                 const TileContexts<View, LA> ctx(q, rows, cols, row0 + a_r, A_ROW_STEP, col0 + b_c);
                 A next_a[LA], next_b[LB];
-                // Every load is made, at depth k_begin where k is past the end (any context and
-                // any depth of the range is a valid address), and its value then selected: a
-                // load under a condition compiled to a branch around each element.
+                // Every load is made, at the range's last depth where k is past its end (any
+                // context and any depth of the range is a valid address), and its value then
+                // selected: a load under a condition compiled to a branch around each element.
                 auto fetch = [&](i64 k0) {
 #pragma unroll
                     for (int i = 0; i < LA; ++i) {
