@@ -46,27 +46,53 @@ __device__ __forceinline__ int pipe_chunk(int row, int chunk) {
 template <bool K_MAJOR>
 struct PipeOperand {
     static constexpr int ROW_LEN = K_MAJOR ? PIPE_BK : PIPE_BM;
-    // Issues this thread's two 16-byte copies of the 128 x 32 tile at (i0, k0) into `tile`.
-    template <typename T>
-    __device__ static void load(unsigned short* tile, const T* base, i64 stride, i64 i0, i64 extent, i64 k0,
-                                i64 depth) {
-#pragma unroll
-        for (int s = 0; s < 2; ++s) {
-            const int c = threadIdx.x + PIPE_THREADS * s;
-            int row, chunk;
-            i64 i, k;
-            if (K_MAJOR) {
-                row = c >> 2, chunk = c & 3;
-                i = i0 + row, k = k0 + 8 * chunk;
-            } else {
-                row = c >> 4, chunk = c & 15;
-                i = i0 + 8 * chunk, k = k0 + row;
-            }
-            const bool valid = i < extent && k < depth;
-            const T* src = valid ? (K_MAJOR ? base + i * stride + k : base + k * stride + i) : base;
-            cp_async_16(tile + pipe_chunk<ROW_LEN>(row, chunk), src, valid);
+    // Where chunk c (0 .. 511) of a 128 x 32 stage sits: its row of the shared tile and chunk
+    // within the row, its operand index i and its depth, both relative to the stage's corner.
+    __device__ static void place(int c, int* row, int* chunk, int* di, int* dk) {
+        if (K_MAJOR) {
+            *row = c >> 2, *chunk = c & 3, *di = *row, *dk = 8 * *chunk;
+        } else {
+            *row = c >> 4, *chunk = c & 15, *di = 8 * *chunk, *dk = *row;
         }
     }
+    // This thread's two 16-byte copies of every stage of one tile of C. Their addresses are
+    // computed once a tile and advanced by a stage's depth after each copy, and whether a
+    // chunk's i lies inside the operand is decided once, so a copy costs its depth test, a
+    // select and a 64-bit add. (Computed from scratch every stage, with 64-bit products and
+    // compares, the copies took about 110 of the step loop's 170 instructions and left the
+    // loop bound by issue: benches/sass_mix.py.)
+    template <typename T>
+    struct Loader {
+        const T* base;
+        const T* src[2];
+        i64 step;         // elements from one stage's chunk to the next stage's
+        int dst[2];       // offsets of the chunks in a stage, in elements
+        int dk[2];        // their depths relative to the stage's first
+        bool inside[2];   // their i lies inside the operand
+        __device__ Loader(const T* b, i64 stride, i64 i0, i64 extent, i64 k_begin)
+            : base(b), step(K_MAJOR ? (i64)PIPE_BK : PIPE_BK * stride) {
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+                int row, chunk, di;
+                place(threadIdx.x + PIPE_THREADS * s, &row, &chunk, &di, &dk[s]);
+                inside[s] = i0 + di < extent;
+                const i64 i = inside[s] ? i0 + di : 0, k = k_begin + dk[s];
+                src[s] = K_MAJOR ? b + i * stride + k : b + k * stride + i;
+                dst[s] = pipe_chunk<ROW_LEN>(row, chunk);
+            }
+        }
+        // Copies this thread's chunks of the stage at depth k0 into `tile` (zeros past the
+        // operand's edges and from `depth` on) and moves on to the next stage.
+        __device__ void issue(unsigned short* tile, i64 k0, i64 depth) {
+            const int left = depth - k0 < PIPE_BK ? (int)(depth - k0) : PIPE_BK;  // depths in this stage
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+                const bool valid = inside[s] && dk[s] < left;
+                cp_async_16(tile + dst[s], valid ? src[s] : base, valid);
+                src[s] += step;
+            }
+        }
+    };
     // The four registers of the 16 x 16 block at operand rows i..i+15 and depth kk..kk+15, as
     // ldmatrix.x4 gives them: matrix j covers rows i + 8 (j & 1) (A order: a0..a3) when
     // `a_order`, else rows i + 8 (j >> 1) (B order: b0, b1 of rows i..i+7, then of i+8..i+15);
@@ -100,26 +126,33 @@ __device__ void mma_pipelined_gemm(const Problem& p) {
     for_each_tile<PIPE_BM, PIPE_BN, PIPE_BK>(p, [&](const View& q, i64 row0, i64 col0, i64 k_begin, i64 k_end) {
         const i64 a_stride = A_K_MAJOR ? q.a_rs : q.a_cs, b_stride = B_K_MAJOR ? q.b_cs : q.b_rs;
         const int tiles = (int)((k_end - k_begin + PIPE_BK - 1) / PIPE_BK);
-        auto load = [&](int stage, int t) {
-            const i64 k0 = k_begin + (i64)t * PIPE_BK;
-            OpA::load(as[stage], q.pa, a_stride, row0, rows, k0, k_end);
-            OpB::load(bs[stage], q.pb, b_stride, col0, cols, k0, k_end);
+        typename OpA::template Loader<T> load_a(q.pa, a_stride, row0, rows, k_begin);
+        typename OpB::template Loader<T> load_b(q.pb, b_stride, col0, cols, k_begin);
+        // Stages are issued in order, one a turn: stage t's copies go to buffer t % PIPE_STAGES.
+        int fill = 0;
+        i64 fill_k = k_begin;
+        auto load = [&]() {
+            load_a.issue(as[fill], fill_k, k_end);
+            load_b.issue(bs[fill], fill_k, k_end);
+            fill = fill + 1 == PIPE_STAGES ? 0 : fill + 1;
+            fill_k += PIPE_BK;
         };
         float acc[MI][NI][4];
         zero_fragments(acc);
 #pragma unroll
         for (int s = 0; s < PIPE_STAGES - 1; ++s) {
-            if (s < tiles) load(s, s);
+            if (s < tiles) load();
             cp_async_commit();  // one group per tile, empty ones included, so the count is exact
         }
+        int use = 0;  // the buffer of stage t
         for (int t = 0; t < tiles; ++t) {
             cp_async_wait<PIPE_STAGES - 2>();  // tile t has landed (this thread's part of it)
             __syncthreads();                   // ...every thread's, and tile t - 1 is consumed
-            const int next = t + PIPE_STAGES - 1;
-            if (next < tiles) load(next % PIPE_STAGES, next);
+            if (t + PIPE_STAGES - 1 < tiles) load();
             cp_async_commit();
-            const unsigned short* a_tile = as[t % PIPE_STAGES];
-            const unsigned short* b_tile = bs[t % PIPE_STAGES];
+            const unsigned short* a_tile = as[use];
+            const unsigned short* b_tile = bs[use];
+            use = use + 1 == PIPE_STAGES ? 0 : use + 1;
 #pragma unroll
             for (int kk = 0; kk < PIPE_BK; kk += 16) {
                 unsigned fa[MI][4], fb[NI / 2][4];
