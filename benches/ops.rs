@@ -84,7 +84,7 @@ fn matmul(c: &mut Criterion) {
     // with version 1 of the FMA-pipe GEMM (the default), with versions 2 and 3 (`f32_v2`,
     // `f32_v3`: 16-byte loads, two shared buffers) and as TF32 (as PyTorch's "high"); f16 and
     // bf16 with version 2 of the tensor-core GEMM (cp.async pipeline, ldmatrix; the default), then
-    // with version 1 (`_v1`). The row names match `benches/peer/matmul.py`'s (`f32_v*` against its
+    // with version 3 (`_v3`: 64-deep stages in dynamic shared memory) and version 1 (`_v1`). The row names match `benches/peer/matmul.py`'s (`f32_v*` against its
     // `f32`). TF32, bf16 and the other versions are GPU rows (the CPU computes f32 as f32, and its
     // 16-bit path is f16's).
     let rows = [
@@ -94,6 +94,8 @@ fn matmul(c: &mut Criterion) {
         ("tf32", DType::F32, "high", 1, 1, true),
         ("f16", DType::F16, "highest", 2, 1, false),
         ("bf16", DType::BF16, "highest", 2, 1, true),
+        ("f16_v3", DType::F16, "highest", 3, 1, true),
+        ("bf16_v3", DType::BF16, "highest", 3, 1, true),
         ("f16_v1", DType::F16, "highest", 1, 1, true),
         ("bf16_v1", DType::BF16, "highest", 1, 1, true),
     ];

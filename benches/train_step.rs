@@ -68,12 +68,14 @@ fn gpt_step(c: &mut Criterion) {
         let y = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
         // (precision, tensor-core GEMM version, f32 attention version): f32 as configured, f32
         // with version 2 of f32 attention (the row `f32_attention_v2`), bf16 with the default
-        // version 2 of the GEMM, then with version 1 (the row `bf16_gemm_v1`).
+        // version 2 of the GEMM, then with versions 3 and 1 (the rows `bf16_gemm_v3`,
+        // `bf16_gemm_v1`).
         let rows: &[(Precision, u8, u8)] = if device.is_cuda() {
             &[
                 (Precision::F32, 2, default_attention),
                 (Precision::F32, 2, 2),
                 (Precision::Bf16, 2, default_attention),
+                (Precision::Bf16, 3, default_attention),
                 (Precision::Bf16, 1, default_attention),
             ]
         } else {

@@ -115,31 +115,37 @@ GEMM_INSTANTIATE(LINEAR_TC, f16, f16, 1, 2) GEMM_INSTANTIATE(LINEAR_TC, bf16, bf
 // allows it.
 GEMM_INSTANTIATE(MATMUL_TC, float, f32, 1, 2) GEMM_INSTANTIATE(LINEAR_TC, float, f32, 1, 2)
 
-// Version 2 (mma_pipeline.cuh), one instantiation per operand layout: the first letter says
-// along which axis A is contiguous (k or m), the second B (k or n). matmul_v2_kn_* is a plain
-// row-major product, linear_v2_kk_* a linear layer's x Wᵀ. Two blocks a multiprocessor (at most
-// 128 registers a thread, 96 KiB of shared memory): with one, 8 warps left the tensor pipes
-// waiting on shared-memory latency (ncu on an H200, session 12: 170 registers, SM throughput
-// 34%); at 128 registers ptxas keeps every value in registers (the CI's register test holds it
-// to no spills).
+// Versions 2 and 3 (mma_pipeline.cuh), one instantiation per operand layout: the first letter
+// says along which axis A is contiguous (k or m), the second B (k or n). matmul_v2_kn_* is a
+// plain row-major product, linear_v2_kk_* a linear layer's x Wᵀ. Two blocks a multiprocessor (at
+// most 128 registers a thread; version 2: 96 KiB of shared memory, version 3: 192 KiB): with
+// one, 8 warps left the tensor pipes waiting on shared-memory latency (ncu on an H200, session
+// 12: 170 registers, SM throughput 34%); at 128 registers ptxas keeps every value in registers
+// (the CI's register test holds it to no spills).
 #define PIPE_BLOCKS_PER_SM 2
-#define MATMUL_V2(T, tname, layout, a_k_major, b_k_major) \
+// Each version's stage depth, and whether its stages live in dynamic shared memory (version 3's
+// 96 KiB) rather than static (version 2's 48 KiB).
+#define PIPE_SHAPE_v2 PIPE_V2_BK, false
+#define PIPE_SHAPE_v3 PIPE_V3_BK, true
+#define MATMUL_PIPE(V, T, tname, layout, a_k_major, b_k_major) \
     extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) \
-        matmul_v2_##layout##_##tname(const T* a, const T* b, T* c, const __grid_constant__ MatmulParams p) { \
+        matmul_##V##_##layout##_##tname(const T* a, const T* b, T* c, const __grid_constant__ MatmulParams p) { \
         const MatmulProblem<T, false> pb{a, b, nullptr, c, p}; \
-        mma_pipelined_gemm<T, a_k_major, b_k_major>(pb); \
+        mma_pipelined_gemm<T, a_k_major, b_k_major, PIPE_SHAPE_##V>(pb); \
     }
-#define LINEAR_V2(T, tname, layout, a_k_major, b_k_major) \
-    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) linear_v2_##layout##_##tname( \
+#define LINEAR_PIPE(V, T, tname, layout, a_k_major, b_k_major) \
+    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) linear_##V##_##layout##_##tname( \
         const T* a, const T* b, const T* bias, T* c, const __grid_constant__ MatmulParams p) { \
         const MatmulProblem<T, true> pb{a, b, bias, c, p}; \
-        mma_pipelined_gemm<T, a_k_major, b_k_major>(pb); \
+        mma_pipelined_gemm<T, a_k_major, b_k_major, PIPE_SHAPE_##V>(pb); \
     }
-#define V2_LAYOUTS(KERNEL, T, tname) \
-    KERNEL(T, tname, kk, true, true) KERNEL(T, tname, kn, true, false) KERNEL(T, tname, mk, false, true) \
-    KERNEL(T, tname, mn, false, false)
-V2_LAYOUTS(MATMUL_V2, f16, f16) V2_LAYOUTS(MATMUL_V2, bf16, bf16)
-V2_LAYOUTS(LINEAR_V2, f16, f16) V2_LAYOUTS(LINEAR_V2, bf16, bf16)
+#define PIPE_LAYOUTS(KERNEL, V, T, tname) \
+    KERNEL(V, T, tname, kk, true, true) KERNEL(V, T, tname, kn, true, false) KERNEL(V, T, tname, mk, false, true) \
+    KERNEL(V, T, tname, mn, false, false)
+#define PIPE_VERSION(V) \
+    PIPE_LAYOUTS(MATMUL_PIPE, V, f16, f16) PIPE_LAYOUTS(MATMUL_PIPE, V, bf16, bf16) \
+    PIPE_LAYOUTS(LINEAR_PIPE, V, f16, f16) PIPE_LAYOUTS(LINEAR_PIPE, V, bf16, bf16)
+PIPE_VERSION(v2) PIPE_VERSION(v3)
 
 // The second half of a split-depth product: C[i] = the splits' partial sums at i (Acc<T>,
 // [splits][count]) added in split order, so the result does not depend on scheduling, plus
@@ -254,4 +260,7 @@ extern "C" __global__ void mma_probe_3xtf32(const float* a, const float* b, cons
         const MatmulProblem<T, true> pb{a, b, bias, c, p}; \
         sgemm_v2<a_k_major, b_k_major, true>(pb); \
     }
-V2_LAYOUTS(MATMUL_FMA2, float, f32) V2_LAYOUTS(LINEAR_FMA2, float, f32)
+#define FMA_LAYOUTS(KERNEL, T, tname) \
+    KERNEL(T, tname, kk, true, true) KERNEL(T, tname, kn, true, false) KERNEL(T, tname, mk, false, true) \
+    KERNEL(T, tname, mn, false, false)
+FMA_LAYOUTS(MATMUL_FMA2, float, f32) FMA_LAYOUTS(LINEAR_FMA2, float, f32)

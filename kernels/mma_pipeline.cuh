@@ -1,23 +1,29 @@
-// Version 2 of the tensor-core GEMM (version 1: mma_gemm.cuh), for f16/bf16 products whose
-// operands are each dense along one axis, as every linear layer's three products are: x Wᵀ
+// Versions 2 and 3 of the tensor-core GEMM (version 1: mma_gemm.cuh), for f16/bf16 products
+// whose operands are each dense along one axis, as every linear layer's three products are: x Wᵀ
 // (both operands contiguous along the depth k), dY W (B contiguous along n) and dYᵀ x (A
 // contiguous along m). Version 1 moves every element through registers one at a time, widening
 // it to f32 and narrowing it back with a bounds check each (on an H200: 17 TFLOP/s at 4096³,
 // 2.3% of cuBLAS); here 16-byte chunks go from global to shared memory by `cp.async`, untouched,
 // and fragments come out of shared memory by `ldmatrix`.
 //
-// Tiling: a 256-thread block (8 warps, 2 down x 4 across) computes a 128 x 128 tile of C, 32
+// Tiling: a 256-thread block (8 warps, 2 down x 4 across) computes a 128 x 128 tile of C, BK
 // deep per stage, in a 3-stage pipeline (tiles k+1 and k+2 are in flight while tile k is
-// multiplied): 16 KiB of shared memory a stage, 48 KiB in all. A warp owns a 64 x 32 sub-tile:
-// per 16-deep slice, 4 ldmatrix.x4 for A, 2 for B and 16 mma.m16n8k16 with f32 accumulators.
+// multiplied). A warp owns a 64 x 32 sub-tile: per 16-deep slice, 4 ldmatrix.x4 for A, 2 for B
+// and 16 mma.m16n8k16 with f32 accumulators.
+// - Version 2: BK = 32, 16 KiB a stage, 48 KiB of static shared memory in all (on an H200:
+//   277 TFLOP/s at 4096³, 38% of cuBLAS).
+// - Version 3: BK = 64, 32 KiB a stage, 96 KiB of dynamic shared memory (the host raises the
+//   kernel's limit past the default 48 KiB; two blocks still fit an H100/H200 SM's 228 KiB).
+//   A stage's fixed costs (the wait, the barrier, the copies' bookkeeping) are spread over 64
+//   products a warp instead of 32.
 //
-// Shared layouts: an operand contiguous along k is stored [128 rows][32 k] ("k-major"), one
-// contiguous along m (A) or n (B) is stored [32 k][128] ("mn-major"); either way a row is cut
+// Shared layouts: an operand contiguous along k is stored [128 rows][BK k] ("k-major"), one
+// contiguous along m (A) or n (B) is stored [BK k][128] ("mn-major"); either way a row is cut
 // into 16-byte chunks whose position is XOR-swizzled by the row, so that the 8 rows one
 // ldmatrix reads fall on distinct banks without padding. ldmatrix gives the m16n8k16
 // fragments of a k-major tile directly and of an mn-major tile with .trans.
 //
-// The host picks this version only when every chunk is whole and aligned: the contiguous axis
+// The host picks these versions only when every chunk is whole and aligned: the contiguous axis
 // has stride 1, the other strides, the offsets and the batch strides are multiples of 8
 // elements, and the contiguous extent (k for k-major, m or n for mn-major) is a multiple of 8;
 // chunks past the edges are zero-filled by cp.async. Bound: the tensor pipes for large
@@ -27,70 +33,72 @@
 
 #define PIPE_BM 128
 #define PIPE_BN 128
-#define PIPE_BK 32
 #define PIPE_STAGES 3
 #define PIPE_THREADS 256
+#define PIPE_V2_BK 32
+#define PIPE_V3_BK 64
+// Version 3 is launched with 2 x PIPE_STAGES x PIPE_BM x PIPE_V3_BK 16-bit values of dynamic
+// shared memory (TENSOR_CORE_V3_SHARED_BYTES in src/cuda/gemm.rs; a test holds the two together).
 
 // Offset, in elements, of the 8-element chunk holding (row, 8 chunk) of a tile whose rows hold
-// `row_len` elements: k-major rows (32 elements, 4 chunks) swizzle by bits 1-2 of the row,
-// mn-major rows (128 elements, 16 chunks) by bits 0-2.
+// `ROW_LEN` elements: rows of 32 elements (4 chunks: version 2's k-major tiles) swizzle by bits
+// 1-2 of the row, longer rows (8 or 16 chunks) by bits 0-2.
 template <int ROW_LEN>
 __device__ __forceinline__ int pipe_chunk(int row, int chunk) {
-    const int swizzle = ROW_LEN == PIPE_BK ? (row >> 1) & 3 : row & 7;
+    const int swizzle = ROW_LEN == 32 ? (row >> 1) & 3 : row & 7;
     return row * ROW_LEN + ((chunk ^ swizzle) << 3);
 }
 
-// One operand's side of the pipeline. K_MAJOR: element (i, k) of the operand (i a row of A or a
-// column of B) is at base[i * stride_i + k]; else at base[k * stride_k + i]. `extent` is the
-// operand's m (A) or n (B).
-template <bool K_MAJOR>
+// One operand's side of the pipeline, BK deep a stage. K_MAJOR: element (i, k) of the operand (i
+// a row of A or a column of B) is at base[i * stride_i + k]; else at base[k * stride_k + i].
+// `extent` is the operand's m (A) or n (B).
+template <bool K_MAJOR, int BK>
 struct PipeOperand {
-    static constexpr int ROW_LEN = K_MAJOR ? PIPE_BK : PIPE_BM;
-    // Where chunk c (0 .. 511) of a 128 x 32 stage sits: its row of the shared tile and chunk
-    // within the row, its operand index i and its depth, both relative to the stage's corner.
-    __device__ static void place(int c, int* row, int* chunk, int* di, int* dk) {
-        if (K_MAJOR) {
-            *row = c >> 2, *chunk = c & 3, *di = *row, *dk = 8 * *chunk;
-        } else {
-            *row = c >> 4, *chunk = c & 15, *di = 8 * *chunk, *dk = *row;
-        }
-    }
-    // This thread's two 16-byte copies of every stage of one tile of C. Their addresses are
-    // computed once a tile and advanced by a stage's depth after each copy, and whether a
-    // chunk's i lies inside the operand is decided once, so a copy costs its depth test, a
-    // select and a 64-bit add. (Computed from scratch every stage, with 64-bit products and
-    // compares, the copies took about 110 of the step loop's 170 instructions and left the
-    // loop bound by issue: benches/sass_mix.py.)
+    static constexpr int ROW_LEN = K_MAJOR ? BK : PIPE_BM;
+    // 16-byte chunks a thread copies a stage (2 or 4), and the rows of the shared tile between
+    // one of them and the next: a thread's chunks are threadIdx.x + PIPE_THREADS s, the same
+    // chunk of rows that far apart, so they share their swizzle and, k-major, their depth;
+    // mn-major, their i.
+    static constexpr int CHUNKS = PIPE_BM * BK / 8 / PIPE_THREADS;
+    static constexpr int ROWS_APART = PIPE_THREADS * 8 / ROW_LEN;
+    // This thread's copies of every stage of one tile of C. Their addresses are computed once a
+    // tile and advanced by a stage's depth after each stage, and whether a chunk's i lies inside
+    // the operand is decided once, so a copy costs its depth test, a select and a 64-bit add.
+    // (Computed from scratch every stage, with 64-bit products and compares, version 2's copies
+    // took about 110 of its step loop's 170 instructions and left the loop bound by issue:
+    // benches/sass_mix.py.)
     template <typename T>
     struct Loader {
-        const T* base;
-        const T* src[2];
+        const T* safe;    // a valid address (the operand's first element) for copies that read nothing
+        const T* src;     // chunk 0's source in the next stage
         i64 step;         // elements from one stage's chunk to the next stage's
-        int dst[2];       // offsets of the chunks in a stage, in elements
-        int dk[2];        // their depths relative to the stage's first
-        bool inside[2];   // their i lies inside the operand
+        i64 apart;        // elements from chunk s's source to chunk s + 1's
+        int dst;          // chunk 0's offset in a stage, in elements (chunk s: + s PIPE_THREADS 8)
+        int dk;           // chunk 0's depth relative to the stage's first
+        unsigned inside;  // bit s: chunk s's i lies inside the operand
         __device__ Loader(const T* b, i64 stride, i64 i0, i64 extent, i64 k_begin)
-            : base(b), step(K_MAJOR ? (i64)PIPE_BK : PIPE_BK * stride) {
+            : safe(b), step(K_MAJOR ? (i64)BK : BK * stride), apart(ROWS_APART * stride), inside(0) {
+            const int c = threadIdx.x, row = c / (ROW_LEN / 8), chunk = c % (ROW_LEN / 8);
+            const int di = K_MAJOR ? row : 8 * chunk;
+            dk = K_MAJOR ? 8 * chunk : row;
+            dst = pipe_chunk<ROW_LEN>(row, chunk);
 #pragma unroll
-            for (int s = 0; s < 2; ++s) {
-                int row, chunk, di;
-                place(threadIdx.x + PIPE_THREADS * s, &row, &chunk, &di, &dk[s]);
-                inside[s] = i0 + di < extent;
-                const i64 i = inside[s] ? i0 + di : 0, k = k_begin + dk[s];
-                src[s] = K_MAJOR ? b + i * stride + k : b + k * stride + i;
-                dst[s] = pipe_chunk<ROW_LEN>(row, chunk);
+            for (int s = 0; s < CHUNKS; ++s) {
+                inside |= (unsigned)(i0 + di + (K_MAJOR ? ROWS_APART * s : 0) < extent) << s;
             }
+            const i64 i = i0 + di < extent ? i0 + di : 0, k = k_begin + dk;
+            src = K_MAJOR ? b + i * stride + k : b + k * stride + i;
         }
         // Copies this thread's chunks of the stage at depth k0 into `tile` (zeros past the
         // operand's edges and from `depth` on) and moves on to the next stage.
         __device__ void issue(unsigned short* tile, i64 k0, i64 depth) {
-            const int left = depth - k0 < PIPE_BK ? (int)(depth - k0) : PIPE_BK;  // depths in this stage
+            const int left = depth - k0 < BK ? (int)(depth - k0) : BK;  // depths in this stage
 #pragma unroll
-            for (int s = 0; s < 2; ++s) {
-                const bool valid = inside[s] && dk[s] < left;
-                cp_async_16(tile + dst[s], valid ? src[s] : base, valid);
-                src[s] += step;
+            for (int s = 0; s < CHUNKS; ++s) {
+                const bool valid = (inside >> s & 1) && dk + (K_MAJOR ? 0 : ROWS_APART * s) < left;
+                cp_async_16(tile + dst + PIPE_THREADS * 8 * s, valid ? src + s * apart : safe, valid);
             }
+            src += step;
         }
     };
     // The four registers of the 16 x 16 block at operand rows i..i+15 and depth kk..kk+15, as
@@ -110,22 +118,30 @@ struct PipeOperand {
     }
 };
 
-template <typename T, bool A_K_MAJOR, bool B_K_MAJOR, typename Problem>
+// The product for one block: `shared` holds PIPE_STAGES stages of A, then as many of B, each
+// PIPE_BM x BK elements (static in version 2, dynamic in version 3).
+template <typename T, bool A_K_MAJOR, bool B_K_MAJOR, int BK, bool DYNAMIC, typename Problem>
 __device__ void mma_pipelined_gemm(const Problem& p) {
-    constexpr int TILE = PIPE_BM * PIPE_BK;  // elements of one operand's stage
-    constexpr int MI = 4, NI = 4;             // a warp's 64 x 32: 4 x 4 m16n8 fragments
-    typedef PipeOperand<A_K_MAJOR> OpA;
-    typedef PipeOperand<B_K_MAJOR> OpB;
-    __shared__ __align__(16) unsigned short as[PIPE_STAGES][TILE];
-    __shared__ __align__(16) unsigned short bs[PIPE_STAGES][TILE];
+    constexpr int TILE = PIPE_BM * BK;  // elements of one operand's stage
+    constexpr int MI = 4, NI = 4;       // a warp's 64 x 32: 4 x 4 m16n8 fragments
+    typedef PipeOperand<A_K_MAJOR, BK> OpA;
+    typedef PipeOperand<B_K_MAJOR, BK> OpB;
+    // Version 2's stages are two static arrays: taken through a pointer instead, ptxas spills
+    // its m-major layouts at 128 registers.
+    __shared__ __align__(16) unsigned short fixed_a[DYNAMIC ? 1 : PIPE_STAGES][DYNAMIC ? 8 : TILE];
+    __shared__ __align__(16) unsigned short fixed_b[DYNAMIC ? 1 : PIPE_STAGES][DYNAMIC ? 8 : TILE];
+    NABLA_DYNAMIC_SHARED(unsigned short, dynamic_stages);
+    unsigned short(*as)[TILE] = DYNAMIC ? (unsigned short(*)[TILE])dynamic_stages : (unsigned short(*)[TILE])fixed_a;
+    unsigned short(*bs)[TILE] =
+        DYNAMIC ? (unsigned short(*)[TILE])(dynamic_stages + PIPE_STAGES * TILE) : (unsigned short(*)[TILE])fixed_b;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int group = lane >> 2, tig = lane & 3;
     const int warp_row = (warp / 4) * 64, warp_col = (warp % 4) * 32;
     const i64 rows = p.rows(), cols = p.cols();
     typedef decltype(p.group(0, 0)) View;
-    for_each_tile<PIPE_BM, PIPE_BN, PIPE_BK>(p, [&](const View& q, i64 row0, i64 col0, i64 k_begin, i64 k_end) {
+    for_each_tile<PIPE_BM, PIPE_BN, BK>(p, [&](const View& q, i64 row0, i64 col0, i64 k_begin, i64 k_end) {
         const i64 a_stride = A_K_MAJOR ? q.a_rs : q.a_cs, b_stride = B_K_MAJOR ? q.b_cs : q.b_rs;
-        const int tiles = (int)((k_end - k_begin + PIPE_BK - 1) / PIPE_BK);
+        const int tiles = (int)((k_end - k_begin + BK - 1) / BK);
         typename OpA::template Loader<T> load_a(q.pa, a_stride, row0, rows, k_begin);
         typename OpB::template Loader<T> load_b(q.pb, b_stride, col0, cols, k_begin);
         // Stages are issued in order, one a turn: stage t's copies go to buffer t % PIPE_STAGES.
@@ -135,7 +151,7 @@ __device__ void mma_pipelined_gemm(const Problem& p) {
             load_a.issue(as[fill], fill_k, k_end);
             load_b.issue(bs[fill], fill_k, k_end);
             fill = fill + 1 == PIPE_STAGES ? 0 : fill + 1;
-            fill_k += PIPE_BK;
+            fill_k += BK;
         };
         float acc[MI][NI][4];
         zero_fragments(acc);
@@ -153,8 +169,10 @@ __device__ void mma_pipelined_gemm(const Problem& p) {
             const unsigned short* a_tile = as[use];
             const unsigned short* b_tile = bs[use];
             use = use + 1 == PIPE_STAGES ? 0 : use + 1;
-#pragma unroll
-            for (int kk = 0; kk < PIPE_BK; kk += 16) {
+            // Two 16-deep slices a turn: version 2's whole stage; version 3's four unrolled
+            // spill its m-major layouts at 128 registers (ptxas hoists every slice's addresses).
+#pragma unroll 2
+            for (int kk = 0; kk < BK; kk += 16) {
                 unsigned fa[MI][4], fb[NI / 2][4];
 #pragma unroll
                 for (int i = 0; i < MI; ++i) OpA::fragments(fa[i], a_tile, warp_row + 16 * i, kk, true);

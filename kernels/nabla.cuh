@@ -146,6 +146,15 @@ struct __align__(16) Pack8 {
     T v[8];
 };
 
+// The block's dynamic shared memory (the launch's shared byte count; past 48 KiB only after the
+// host raises the kernel's CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), as `type* name`,
+// 16-byte aligned. The CPU emulator defines its own.
+#ifndef NABLA_DYNAMIC_SHARED
+#define NABLA_DYNAMIC_SHARED(type, name)                       \
+    extern __shared__ __align__(16) unsigned char name##_bytes[]; \
+    type* name = (type*)name##_bytes
+#endif
+
 #define GRID_STRIDE_LOOP(i, n) \
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)blockDim.x * gridDim.x)
 

@@ -111,9 +111,11 @@ pub fn float32_matmul_precision() -> &'static str {
 }
 
 /// Which tensor-core GEMM runs f16/bf16 matrix products and linear layers: 1, the engine every
-/// product can use (`kernels/mma_gemm.cuh`), or 2 (the default), the `cp.async` pipeline with
-/// `ldmatrix` (`kernels/mma_pipeline.cuh`) wherever [`pipelined_layout`] accepts the operands
-/// (12.7x version 1's speed for bf16 at 4096³ on an H200).
+/// product can use (`kernels/mma_gemm.cuh`), or, wherever [`pipelined_layout`] accepts the
+/// operands, 2 (the default), the `cp.async` pipeline with `ldmatrix`
+/// (`kernels/mma_pipeline.cuh`, 32 deep a stage; 12.7x version 1's speed for bf16 at 4096³ on
+/// an H200), or 3, the same pipeline 64 deep a stage in 96 KiB of dynamic shared memory (not yet
+/// timed on a GPU; on a card that cannot give a block that much, version 2 runs instead).
 /// 0 means not chosen yet: the first use reads `NABLA_TENSOR_CORE_GEMM`.
 static TENSOR_CORE_GEMM: AtomicU8 = AtomicU8::new(0);
 
@@ -138,13 +140,21 @@ pub(crate) fn chosen_version(slot: &AtomicU8, var: &str, versions: std::ops::Ran
     }
 }
 
+/// The tensor-core GEMM versions.
+const TENSOR_CORE_GEMM_VERSIONS: std::ops::RangeInclusive<u8> = 1..=3;
+
+/// Dynamic shared memory a block of tensor-core GEMM version 3 uses: three stages of a 128 x 64
+/// tile of A and of B, 16-bit values (`PIPE_STAGES`, `PIPE_BM` and `PIPE_V3_BK` in
+/// kernels/mma_pipeline.cuh).
+pub const TENSOR_CORE_V3_SHARED_BYTES: u32 = 2 * 3 * 128 * 64 * 2;
+
 /// Chooses the tensor-core GEMM version for f16/bf16 matmuls and linear layers on a GPU, for the
-/// whole process: 1 or 2 (the default; `NABLA_TENSOR_CORE_GEMM` chooses without code). Products
-/// version 2 cannot take run on version 1 either way; the bench `matmul_*_flops` times both.
-/// Any other version is an error.
+/// whole process: 1, 2 (the default) or 3 (`NABLA_TENSOR_CORE_GEMM` chooses without code).
+/// Products versions 2 and 3 cannot take run on version 1 either way; the bench
+/// `matmul_*_flops` times all three. Any other version is an error.
 pub fn set_tensor_core_gemm(version: u8) -> crate::Result<()> {
-    if !(1..=2).contains(&version) {
-        return Err(crate::Error::invalid("set_tensor_core_gemm", format!("version {version} is not 1 or 2")));
+    if !TENSOR_CORE_GEMM_VERSIONS.contains(&version) {
+        return Err(crate::Error::invalid("set_tensor_core_gemm", format!("version {version} is not 1, 2 or 3")));
     }
     TENSOR_CORE_GEMM.store(version, Ordering::Relaxed);
     Ok(())
@@ -153,7 +163,7 @@ pub fn set_tensor_core_gemm(version: u8) -> crate::Result<()> {
 /// The tensor-core GEMM version in force (see [`set_tensor_core_gemm`]; without a call,
 /// `NABLA_TENSOR_CORE_GEMM`, else 2).
 pub fn tensor_core_gemm() -> u8 {
-    chosen_version(&TENSOR_CORE_GEMM, "NABLA_TENSOR_CORE_GEMM", 1..=2, 2)
+    chosen_version(&TENSOR_CORE_GEMM, "NABLA_TENSOR_CORE_GEMM", TENSOR_CORE_GEMM_VERSIONS, 2)
 }
 
 /// Which FMA-pipe GEMM runs f32 matmuls and linear layers (when they do not run as TF32): 1,

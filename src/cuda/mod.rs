@@ -64,6 +64,8 @@ pub struct CudaDevice {
     pub(crate) stream: Arc<CudaStream>,
     arch: (i32, i32),
     multiprocessors: usize,
+    /// The most shared memory a block may opt in to (bytes).
+    max_shared_per_block: usize,
     modules: Mutex<HashMap<String, (Arc<CudaModule>, ModuleOrigin)>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     /// Whether the stream runs work, captures it into a CUDA graph or refreshes one (graph.rs).
@@ -140,12 +142,16 @@ pub fn cuda_device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     let multiprocessors = ctx
         .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
         .map_or(1, |n| n.max(1) as usize);
+    let max_shared_per_block = ctx
+        .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_or(48 * 1024, |n| n.max(0) as usize);
     let dev = Arc::new(CudaDevice {
         ordinal,
         stream,
         ctx,
         arch,
         multiprocessors,
+        max_shared_per_block,
         modules: Mutex::new(HashMap::new()),
         functions: Mutex::new(HashMap::new()),
         mode: Mutex::default(),
@@ -221,11 +227,34 @@ impl CudaDevice {
 
     /// The kernel `kernel` of module `module`, looked up once and cached.
     pub(crate) fn function(&self, op: &'static str, module: &str, kernel: &str) -> Result<CudaFunction> {
+        self.function_with_shared(op, module, kernel, 0)
+    }
+
+    /// The most shared memory a block of a kernel may use on this device, once the kernel opts
+    /// in (bytes; 227 KiB on an H100/H200, 48 KiB where the driver does not say).
+    pub fn max_shared_per_block(&self) -> usize {
+        self.max_shared_per_block
+    }
+
+    /// As [`CudaDevice::function`], for a kernel launched with `dynamic_shared` bytes of
+    /// dynamic shared memory: past the default 48 KiB, the kernel's limit is raised when it is
+    /// first loaded (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`), as a launch needs.
+    pub(crate) fn function_with_shared(
+        &self,
+        op: &'static str,
+        module: &str,
+        kernel: &str,
+        dynamic_shared: u32,
+    ) -> Result<CudaFunction> {
         if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(kernel) {
             return Ok(f.clone());
         }
         let (loaded, _) = self.module(module)?;
         let f = loaded.load_function(kernel).map_err(|e| launch_error(op, kernel, e))?;
+        if dynamic_shared > 48 * 1024 {
+            let attribute = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            f.set_attribute(attribute, dynamic_shared as i32).map_err(|e| launch_error(op, kernel, e))?;
+        }
         self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(kernel.to_string(), f.clone());
         Ok(f)
     }

@@ -22,9 +22,9 @@ pub(crate) fn kernel_names() -> Vec<String> {
         .iter()
         .flat_map(|d| GemmPlan::infixes().map(move |t| [format!("matmul_tc_{t}{d}"), format!("linear_tc_{t}{d}")]))
         .flatten();
-    // Version 2 of the tensor-core GEMM for f16/bf16, versions 2 and 3 of the FMA GEMM for f32.
+    // Versions 2 and 3 of the tensor-core GEMM for f16/bf16, of the FMA GEMM for f32.
     let pipelined =
-        [(DType::F16, 2), (DType::BF16, 2), (DType::F32, 2), (DType::F32, 3)].into_iter().flat_map(|(d, v)| {
+        [DType::F16, DType::BF16, DType::F32].into_iter().flat_map(|d| [(d, 2), (d, 3)]).flat_map(|(d, v)| {
             ["kk", "kn", "mk", "mn"]
                 .into_iter()
                 .flat_map(move |l| [format!("matmul_v{v}_{l}_{d}"), format!("linear_v{v}_{l}_{d}")])
@@ -252,9 +252,8 @@ fn matmul_forward(
                 p.b_batch_strides[d] = sb_[d] as i64;
             }
             let base = if bias.is_some() { "linear" } else { "matmul" };
-            // Version 2 of the tensor-core GEMM for f16/bf16, of the FMA-pipe GEMM for f32 (not
-            // as TF32); each takes operands dense along one axis.
-            // (f32: versions 2 and 3).
+            // Versions 2 and 3 of the tensor-core GEMM for f16/bf16, of the FMA-pipe GEMM for f32
+            // (not as TF32); each takes operands dense along one axis.
             let version = match dtype {
                 DType::F16 | DType::BF16 if crate::cuda::gemm::uses_tensor_cores(dtype, &dev) => {
                     crate::cuda::gemm::tensor_core_gemm()
@@ -274,9 +273,18 @@ fn matmul_forward(
                 )
             };
             let (sms, max_splits) = (dev.multiprocessors(), crate::cuda::gemm::max_matmul_splits(batch * m * n));
+            // Tensor-core version 3 needs 96 KiB of shared memory a block; a card that cannot
+            // give it runs version 2.
+            let dynamic_shared = match dtype {
+                DType::F16 | DType::BF16 if version == 3 => crate::cuda::gemm::TENSOR_CORE_V3_SHARED_BYTES,
+                _ => 0,
+            };
+            let version = if dynamic_shared as usize > dev.max_shared_per_block() { 2 } else { version };
+            let dynamic_shared = if version == 3 { dynamic_shared } else { 0 };
             let (kernel, cfg, splits) = match pipelined.then(layout).flatten() {
                 Some(layout) => {
-                    let (cfg, splits) = crate::cuda::gemm::pipelined_config((m, n, k), batch, sms, max_splits);
+                    let (mut cfg, splits) = crate::cuda::gemm::pipelined_config((m, n, k), batch, sms, max_splits);
+                    cfg.shared_mem_bytes = dynamic_shared;
                     (format!("{base}_v{version}_{layout}_{dtype}"), cfg, splits)
                 }
                 None => {
@@ -288,7 +296,7 @@ fn matmul_forward(
             // A split depth writes partial products to a workspace in the accumulation type.
             let mut partial =
                 if splits > 1 { Some(dev.alloc(OP, dtype.accumulator(), splits * batch * m * n)?) } else { None };
-            let f = dev.function(OP, "matmul", &kernel)?;
+            let f = dev.function_with_shared(OP, "matmul", &kernel, cfg.shared_mem_bytes)?;
             let bias_storage = bias.map(|b| b.storage());
             let bias_buf = match &bias_storage {
                 Some(StorageRef::Cuda(sbias)) => Some(&*sbias.buf),

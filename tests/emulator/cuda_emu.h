@@ -28,6 +28,8 @@
 #define __launch_bounds__(...)
 #define __grid_constant__
 #define __align__(n) __attribute__((aligned(n)))
+// A kernel's dynamic shared memory as `type* name` (nabla.cuh: `extern __shared__` on a GPU).
+#define NABLA_DYNAMIC_SHARED(type, name) type* name = (type*)emu::dynamic_shared()
 
 struct uint3 { unsigned int x, y, z; };
 struct dim3 { unsigned int x, y, z; };
@@ -49,6 +51,8 @@ void warp_exchange(const void* value, void* out, int bytes, int src_lane);
 constexpr int kMaxGatherBytes = 32;
 void warp_gather(const void* value, int bytes, void* all);
 int lane_id();
+// The running block's dynamic shared memory (the launch's shared byte count), 16-byte aligned.
+void* dynamic_shared();
 
 // A launch's arguments copied by value, for a CUDA graph's kernel node that runs them later
 // (graph.cpp): `pointers` has one entry per argument, into the copies, as cuLaunchKernel's array.

@@ -278,7 +278,16 @@ EXPORT CUresult cuFuncGetAttribute(int* value, int, CUfunction) {
     *value = 0;
     return CUDA_SUCCESS;
 }
-EXPORT CUresult cuFuncSetAttribute(CUfunction, int, int) { return CUDA_SUCCESS; }
+// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (8) is kept and checked at launch; others are
+// accepted and ignored.
+EXPORT CUresult cuFuncSetAttribute(CUfunction f, int attribute, int value) {
+    if (!f) return CUDA_ERROR_INVALID_VALUE;
+    if (attribute == 8) {
+        if (value < 0 || value > kMaxOptInShared) return CUDA_ERROR_INVALID_VALUE;
+        f->max_dynamic_shared = value;
+    }
+    return CUDA_SUCCESS;
+}
 
 EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
                                unsigned int by, unsigned int bz, unsigned int shared_bytes, CUstream stream, void** params,
@@ -286,14 +295,14 @@ EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, u
     if (!f || extra || !params) return CUDA_ERROR_INVALID_VALUE;
     const unsigned long long threads = (unsigned long long)bx * by * bz;
     if (threads == 0 || threads > kMaxThreads || gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535 ||
-        shared_bytes > 48 * 1024)
+        shared_bytes > (unsigned)f->max_dynamic_shared)
         return CUDA_ERROR_INVALID_VALUE;
     if (graph::capturing(stream)) {
-        graph::record_launch(stream, f, params, dim3{gx, gy, gz}, dim3{bx, by, bz});
+        graph::record_launch(stream, f, params, dim3{gx, gy, gz}, dim3{bx, by, bz}, shared_bytes);
         return CUDA_SUCCESS;
     }
     std::string failure;
-    if (!run_launch(f, params, dim3{gx, gy, gz}, dim3{bx, by, bz}, &failure)) {
+    if (!run_launch(f, params, dim3{gx, gy, gz}, dim3{bx, by, bz}, shared_bytes, &failure)) {
         std::fprintf(stderr, "nabla CUDA emulator: kernel `%s` failed: %s\n", f->name.c_str(), failure.c_str());
         return CUDA_ERROR_LAUNCH_FAILED;
     }

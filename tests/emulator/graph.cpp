@@ -33,6 +33,7 @@ struct Node {
     EmulatedKernel* kernel = nullptr;
     std::shared_ptr<emu::SavedArgs> args;
     dim3 grid{1, 1, 1}, block{1, 1, 1};
+    unsigned shared_bytes = 0;
     CUdeviceptr dst = 0, src = 0;
     size_t bytes = 0;
     unsigned char value = 0;
@@ -92,13 +93,15 @@ bool capturing(CUstream stream) {
     return capture_of(stream) != nullptr;
 }
 
-void record_launch(CUstream stream, EmulatedKernel* kernel, void** params, dim3 grid, dim3 block) {
+void record_launch(CUstream stream, EmulatedKernel* kernel, void** params, dim3 grid, dim3 block,
+                   unsigned shared_bytes) {
     Node node;
     node.kind = Node::Kind::Kernel;
     node.kernel = kernel;
     node.args.reset(kernel->save(params));
     node.grid = grid;
     node.block = block;
+    node.shared_bytes = shared_bytes;
     append(stream, std::move(node));
 }
 
@@ -219,7 +222,8 @@ EXPORT CUresult cuGraphLaunch(CUgraphExec exec, CUstream stream) {
         switch (node.kind) {
             case Node::Kind::Kernel: {
                 std::string failure;
-                if (!run_launch(node.kernel, node.args->pointers.data(), node.grid, node.block, &failure)) {
+                if (!run_launch(node.kernel, node.args->pointers.data(), node.grid, node.block, node.shared_bytes,
+                                &failure)) {
                     std::fprintf(stderr, "nabla CUDA emulator: kernel `%s` of a graph failed: %s\n",
                                  node.kernel->name.c_str(), failure.c_str());
                     return CUDA_ERROR_LAUNCH_FAILED;
@@ -243,6 +247,7 @@ EXPORT CUresult cuGraphExecKernelNodeSetParams_v2(CUgraphExec exec, CUgraphNode 
     target.args.reset(target.kernel->save(params->kernelParams));
     target.grid = dim3{params->gridDimX, params->gridDimY, params->gridDimZ};
     target.block = dim3{params->blockDimX, params->blockDimY, params->blockDimZ};
+    target.shared_bytes = params->sharedMemBytes;
     return CUDA_SUCCESS;
 }
 

@@ -59,6 +59,9 @@ struct Launch {
     int at_warp_barrier[kMaxThreads / 32] = {};
     unsigned char exchange[kMaxThreads / 32][32][8] = {};
     unsigned char gathered[kMaxThreads / 32][32][emu::kMaxGatherBytes] = {};
+    // The block's dynamic shared memory, refilled with a pattern before each block (on a GPU
+    // it starts undefined; a NaN-like pattern makes a read before a write show).
+    std::vector<unsigned char> dynamic_shared;
     std::string failure;
 };
 
@@ -282,6 +285,11 @@ void warp_gather(const void* value, int bytes, void* all) {
     warp_barrier();
 }
 
+void* dynamic_shared() {
+    const uintptr_t at = (uintptr_t)launch.dynamic_shared.data();
+    return (void*)((at + 15) & ~(uintptr_t)15);
+}
+
 void warp_exchange(const void* value, void* out, int bytes, int src_lane) {
     if (bytes > 8) std::abort();
     const int warp = current / 32, lane = current % 32;
@@ -292,7 +300,8 @@ void warp_exchange(const void* value, void* out, int bytes, int src_lane) {
 }
 }  // namespace emu
 
-bool run_launch(EmulatedKernel* kernel, void** params, dim3 grid, dim3 block, std::string* failure) {
+bool run_launch(EmulatedKernel* kernel, void** params, dim3 grid, dim3 block, unsigned shared_bytes,
+                std::string* failure) {
     std::lock_guard<std::mutex> lock(launch_mutex);
     install_fault_handler();
     launch.kernel = kernel;
@@ -307,6 +316,7 @@ bool run_launch(EmulatedKernel* kernel, void** params, dim3 grid, dim3 block, st
         const unsigned long long b = reverse_order() ? blocks - 1 - i : i;
         blockIdx = uint3{(unsigned int)(b % grid.x), (unsigned int)(b / grid.x % grid.y),
                          (unsigned int)(b / ((unsigned long long)grid.x * grid.y))};
+        launch.dynamic_shared.assign(shared_bytes + 16, 0xff);
         ok = run_block();
     }
     launch.kernel = nullptr;
