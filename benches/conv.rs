@@ -89,6 +89,24 @@ fn conv(c: &mut Criterion) {
                     out
                 })
             });
+            // bf16 forwards on the GPU, for layers whose channels suit the channels-last pipeline:
+            // version 1 of the tensor-core convolution, then version 2 (`forward_bf16_v2`;
+            // `benches/peer/conv.py` times PyTorch's bf16 channels-last forward beside them).
+            if device.is_cuda() && ci.is_multiple_of(8) {
+                let (xb, wb) = (x.to_dtype(DType::BF16).unwrap(), weight.to_dtype(DType::BF16).unwrap());
+                let default_version = nabla::cuda::gemm::tensor_core_conv();
+                for (version, row) in [(1, "forward_bf16"), (2, "forward_bf16_v2")] {
+                    nabla::cuda::gemm::set_tensor_core_conv(version).unwrap();
+                    group.bench_function(format!("{row}/{device}"), |b| {
+                        b.iter(|| {
+                            let out = xb.conv2d(&wb, None, layer.options).unwrap();
+                            device.synchronize().unwrap();
+                            out
+                        })
+                    });
+                }
+                nabla::cuda::gemm::set_tensor_core_conv(default_version).unwrap();
+            }
             let (xl, wl) = (x.requires_grad_().unwrap(), weight.requires_grad_().unwrap());
             group.throughput(Throughput::Elements(3 * flops as u64));
             group.bench_function(format!("forward_backward/{device}"), |b| {

@@ -14,6 +14,7 @@
 // per group take their grad input from a direct kernel instead (below ConvGradInput).
 #include "tiled_gemm.cuh"
 #include "mma_gemm.cuh"
+#include "mma_pipeline.cuh"
 
 // Index helpers over the params. The host guarantees that every per-axis coordinate and the
 // GEMM depths fit in 32 bits (n oh ow, n h w, cg kh kw and og kh kw below 2^31), so the inner
@@ -339,3 +340,102 @@ GEMM_INSTANTIATE(CONV, f16, f16, 1, 2) GEMM_INSTANTIATE(CONV, bf16, bf16, 1, 2)
     }
 GEMM_INSTANTIATE(CONV_TC, f16, f16, 1, 2) GEMM_INSTANTIATE(CONV_TC, bf16, bf16, 1, 2)
 GEMM_INSTANTIATE(CONV_TC, float, f32, 1, 2)  // as TF32, when set_float32_matmul_precision allows
+
+// Forward on the tensor-core pipeline (version 2, f16/bf16; mma_pipeline.cuh), channels last.
+// The loaders above gather one element at a time (1-3% of their loop is HMMA in the sm_90
+// SASS); here both operands move in 16-byte cp.async chunks of 8 channels, which needs the
+// channels of a tap contiguous: the host passes X as NHWC and W as [o, kh, kw, cg] (copies of
+// the NCHW tensors), so the depth runs over (ky, kx, ci) and a chunk never straddles a tap when
+// cg is a multiple of 8 (the host's condition). W's rows are then a plain k-major matrix; a
+// pixel's row of the implicit patch matrix is, per tap, cg contiguous channels of one input
+// pixel, or zeros in the padding. Y is stored NCHW through ConvForward::store. Bound: the
+// tensor pipes for large layers, like the GEMM.
+
+// One thread's copies of the patch rows (output pixels, k-major stages) of one tile: the
+// PipeOperand<true, BK> layout, so its fragments read them. A thread's chunks share their depth
+// (ky, kx, ci), kept decomposed and advanced a stage at a time; each has its own pixel: its
+// image's first pixel (n h w) and top-left input coordinate, far outside the image when the
+// pixel lies past the last, so that every tap of it reads nothing.
+template <typename T, int BK>
+struct ConvPatchLoader {
+    typedef PipeOperand<true, BK> Op;
+    const Conv2dParams& p;
+    const T* x;  // NHWC, at the group's first channel
+    int image[Op::CHUNKS], iy0[Op::CHUNKS], ix0[Op::CHUNKS];
+    int dst, dk;
+    int ky, kx, ci;  // chunk depth in the next stage
+    __device__ ConvPatchLoader(const Conv2dParams& params, const T* x_group, i64 col0, i64 cols, i64 k_begin)
+        : p(params), x(x_group) {
+        const int cg = (int)(p.c / p.groups);
+        const int row = threadIdx.x / (BK / 8), chunk = threadIdx.x % (BK / 8);
+        dk = 8 * chunk;
+        dst = pipe_chunk<BK>(row, chunk);
+        const int ohow = (int)(p.oh * p.ow);
+#pragma unroll
+        for (int s = 0; s < Op::CHUNKS; ++s) {
+            const i64 m = col0 + row + Op::ROWS_APART * s;
+            const int mi = m < cols ? (int)m : 0, n = fast_div(mi, p.div_ohow), q = mi - n * ohow;
+            const int oy = fast_div(q, p.div_ow), ox = q - oy * (int)p.ow;
+            image[s] = n * (int)(p.h * p.w);
+            iy0[s] = m < cols ? oy * (int)p.sh - (int)p.ph : -(1 << 30);
+            ix0[s] = ox * (int)p.sw - (int)p.pw;
+        }
+        const int k = (int)k_begin + dk, per_row = (int)p.kw * cg;
+        ky = k / per_row;
+        kx = (k - ky * per_row) / cg;
+        ci = k - ky * per_row - kx * cg;
+    }
+    __device__ void issue(unsigned short* tile, i64 k0, i64 depth) {
+        const int left = depth - k0 < BK ? (int)(depth - k0) : BK;
+        const int h = (int)p.h, w = (int)p.w;
+#pragma unroll
+        for (int s = 0; s < Op::CHUNKS; ++s) {
+            const int iy = iy0[s] + ky * (int)p.dh, ix = ix0[s] + kx * (int)p.dw;
+            const bool valid = dk < left && (unsigned)iy < (unsigned)h && (unsigned)ix < (unsigned)w;
+            const int pixel = valid ? image[s] + iy * w + ix : 0;
+            cp_async_16(tile + dst + PIPE_THREADS * 8 * s, x + ((i64)pixel * p.c + (valid ? ci : 0)), valid);
+        }
+        ci += BK;
+        const int cg = (int)(p.c / p.groups);
+        while (ci >= cg) {  // once a stage when cg >= BK
+            ci -= cg;
+            if (++kx == (int)p.kw) kx = 0, ++ky;
+        }
+    }
+};
+
+// The forward as for_each_tile's problem: ConvForward's shape, and a view per group that stores
+// Y (NCHW, with the bias) in 32-bit index arithmetic (the host keeps n oh ow below 2^31; a
+// 64-bit division per element, a call, made ptxas spill the whole kernel).
+template <typename T>
+struct ConvForwardPipe : ConvForward<T> {
+    struct View {
+        const ConvForwardPipe& f;
+        i64 first_channel;  // the group's first output channel
+        int g;
+        __device__ void store(i64 o, i64 m, float v) const {
+            const Conv2dParams& p = f.p;
+            const int ohow = (int)(p.oh * p.ow), n = fast_div((int)m, p.div_ohow), q = (int)m - n * ohow;
+            const i64 oc = first_channel + o;
+            if (f.bias) v += up(f.bias[oc]);
+            f.y[((i64)n * p.o + oc) * ohow + q] = down<T>(v);
+        }
+    };
+    __device__ View group(i64 g, i64) const { return {*this, g * (i64)((int)this->p.o / (int)this->p.groups), (int)g}; }
+};
+#define CONV_PIPE(T, suffix) \
+    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) conv2d_fwd_v2_##suffix( \
+        const T* x_nhwc, const T* w_ohwc, const T* bias, T* y, const __grid_constant__ Conv2dParams p) { \
+        typedef PipeOperand<true, PIPE_V2_BK> Op; \
+        typedef typename Op::template Loader<T> WeightLoader; \
+        typedef ConvPatchLoader<T, PIPE_V2_BK> PatchLoader; \
+        const ConvForwardPipe<T> pb{{{p}, x_nhwc, w_ohwc, bias, y}}; \
+        const int og = (int)p.o / (int)p.groups, cg = (int)p.c / (int)p.groups; \
+        const i64 ksize = (i64)cg * p.kh * p.kw, cols = p.n * p.oh * p.ow; \
+        mma_pipeline<T, PIPE_V2_BK, false, Op, Op>(pb, [&](const auto& q, i64 row0, i64 col0, i64 k_begin) { \
+            return PipeLoaders<WeightLoader, PatchLoader>{ \
+                WeightLoader(w_ohwc + q.first_channel * ksize, ksize, row0, og, k_begin), \
+                PatchLoader(p, x_nhwc + q.g * cg, col0, cols, k_begin)}; \
+        }); \
+    }
+CONV_PIPE(f16, f16) CONV_PIPE(bf16, bf16)

@@ -117,12 +117,8 @@ GEMM_INSTANTIATE(MATMUL_TC, float, f32, 1, 2) GEMM_INSTANTIATE(LINEAR_TC, float,
 
 // Versions 2 and 3 (mma_pipeline.cuh), one instantiation per operand layout: the first letter
 // says along which axis A is contiguous (k or m), the second B (k or n). matmul_v2_kn_* is a
-// plain row-major product, linear_v2_kk_* a linear layer's x Wᵀ. Two blocks a multiprocessor (at
-// most 128 registers a thread; version 2: 96 KiB of shared memory, version 3: 192 KiB): with
-// one, 8 warps left the tensor pipes waiting on shared-memory latency (ncu on an H200, session
-// 12: 170 registers, SM throughput 34%); at 128 registers ptxas keeps every value in registers
-// (the CI's register test holds it to no spills).
-#define PIPE_BLOCKS_PER_SM 2
+// plain row-major product, linear_v2_kk_* a linear layer's x Wᵀ. Two blocks a multiprocessor
+// (PIPE_BLOCKS_PER_SM).
 // Each version's stage depth, and whether its stages live in dynamic shared memory (version 3's
 // 96 KiB) rather than static (version 2's 48 KiB).
 #define PIPE_SHAPE_v2 PIPE_V2_BK, false

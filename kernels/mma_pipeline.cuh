@@ -35,6 +35,11 @@
 #define PIPE_BN 128
 #define PIPE_STAGES 3
 #define PIPE_THREADS 256
+// Two blocks a multiprocessor (at most 128 registers a thread; version 2: 96 KiB of shared
+// memory, version 3: 192 KiB): with one, 8 warps left the tensor pipes waiting on shared-memory
+// latency (ncu on an H200, session 12: 170 registers, SM throughput 34%); at 128 registers
+// ptxas keeps every value in registers (the CI's register test holds it to no spills).
+#define PIPE_BLOCKS_PER_SM 2
 #define PIPE_V2_BK 32
 #define PIPE_V3_BK 64
 // Version 3 is launched with 2 x PIPE_STAGES x PIPE_BM x PIPE_V3_BK 16-bit values of dynamic
@@ -118,14 +123,22 @@ struct PipeOperand {
     }
 };
 
-// The product for one block: `shared` holds PIPE_STAGES stages of A, then as many of B, each
-// PIPE_BM x BK elements (static in version 2, dynamic in version 3).
-template <typename T, bool A_K_MAJOR, bool B_K_MAJOR, int BK, bool DYNAMIC, typename Problem>
-__device__ void mma_pipelined_gemm(const Problem& p) {
+// A tile's two loaders: anything with `issue(tile, k0, depth)`, which copies its thread's part
+// of the stage at depth k0 (zeros from `depth` on) and moves on to the next stage.
+template <typename LoaderA, typename LoaderB>
+struct PipeLoaders {
+    LoaderA a;
+    LoaderB b;
+};
+
+// The pipeline for every tile of C a block owns (for_each_tile over problem p, whose views
+// store C). `loaders(q, row0, col0, k_begin)` gives a tile's PipeLoaders; OpA and OpB
+// (PipeOperand) say how the stages are laid out in shared memory, where PIPE_STAGES stages of
+// A, then as many of B, each PIPE_BM x BK elements, are static (DYNAMIC false) or dynamic.
+template <typename T, int BK, bool DYNAMIC, typename OpA, typename OpB, typename Problem, typename MakeLoaders>
+__device__ void mma_pipeline(const Problem& p, MakeLoaders loaders) {
     constexpr int TILE = PIPE_BM * BK;  // elements of one operand's stage
     constexpr int MI = 4, NI = 4;       // a warp's 64 x 32: 4 x 4 m16n8 fragments
-    typedef PipeOperand<A_K_MAJOR, BK> OpA;
-    typedef PipeOperand<B_K_MAJOR, BK> OpB;
     // Version 2's stages are two static arrays: taken through a pointer instead, ptxas spills
     // its m-major layouts at 128 registers.
     __shared__ __align__(16) unsigned short fixed_a[DYNAMIC ? 1 : PIPE_STAGES][DYNAMIC ? 8 : TILE];
@@ -140,10 +153,10 @@ __device__ void mma_pipelined_gemm(const Problem& p) {
     const i64 rows = p.rows(), cols = p.cols();
     typedef decltype(p.group(0, 0)) View;
     for_each_tile<PIPE_BM, PIPE_BN, BK>(p, [&](const View& q, i64 row0, i64 col0, i64 k_begin, i64 k_end) {
-        const i64 a_stride = A_K_MAJOR ? q.a_rs : q.a_cs, b_stride = B_K_MAJOR ? q.b_cs : q.b_rs;
         const int tiles = (int)((k_end - k_begin + BK - 1) / BK);
-        typename OpA::template Loader<T> load_a(q.pa, a_stride, row0, rows, k_begin);
-        typename OpB::template Loader<T> load_b(q.pb, b_stride, col0, cols, k_begin);
+        auto tile_loaders = loaders(q, row0, col0, k_begin);
+        auto& load_a = tile_loaders.a;
+        auto& load_b = tile_loaders.b;
         // Stages are issued in order, one a turn: stage t's copies go to buffer t % PIPE_STAGES.
         int fill = 0;
         i64 fill_k = k_begin;
@@ -190,5 +203,20 @@ __device__ void mma_pipelined_gemm(const Problem& p) {
         cp_async_wait<0>();
         __syncthreads();  // the next tile of the grid-stride loop reuses the stages
         store_fragments(q, acc, row0 + warp_row, col0 + warp_col, rows, cols, group, tig);
+    });
+}
+
+// The matrix product for one block, operands read through the view's pointers and strides.
+template <typename T, bool A_K_MAJOR, bool B_K_MAJOR, int BK, bool DYNAMIC, typename Problem>
+__device__ void mma_pipelined_gemm(const Problem& p) {
+    typedef PipeOperand<A_K_MAJOR, BK> OpA;
+    typedef PipeOperand<B_K_MAJOR, BK> OpB;
+    typedef typename OpA::template Loader<T> LoaderA;
+    typedef typename OpB::template Loader<T> LoaderB;
+    const i64 rows = p.rows(), cols = p.cols();
+    mma_pipeline<T, BK, DYNAMIC, OpA, OpB>(p, [&](const auto& q, i64 row0, i64 col0, i64 k_begin) {
+        const i64 a_stride = A_K_MAJOR ? q.a_rs : q.a_cs, b_stride = B_K_MAJOR ? q.b_cs : q.b_rs;
+        return PipeLoaders<LoaderA, LoaderB>{LoaderA(q.pa, a_stride, row0, rows, k_begin),
+                                             LoaderB(q.pb, b_stride, col0, cols, k_begin)};
     });
 }

@@ -166,6 +166,30 @@ pub fn tensor_core_gemm() -> u8 {
     chosen_version(&TENSOR_CORE_GEMM, "NABLA_TENSOR_CORE_GEMM", TENSOR_CORE_GEMM_VERSIONS, 2)
 }
 
+/// Which tensor-core forward runs f16/bf16 convolutions: 1 (the default), the implicit GEMM of
+/// `mma_gemm.cuh` that gathers every patch element through registers, or 2, the `cp.async`
+/// pipeline of `mma_pipeline.cuh` over channels-last copies of the input and the weight
+/// (`conv2d_fwd_v2_*`), for layers whose input channels per group are a multiple of 8 (others
+/// run on version 1 either way). Version 2 is opt-in until a GPU has timed it.
+/// 0 means not chosen yet: the first use reads `NABLA_TENSOR_CORE_CONV`.
+static TENSOR_CORE_CONV: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses the tensor-core convolution forward for the whole process: 1 (the default) or 2
+/// (`NABLA_TENSOR_CORE_CONV` chooses without code). Any other version is an error.
+pub fn set_tensor_core_conv(version: u8) -> crate::Result<()> {
+    if !(1..=2).contains(&version) {
+        return Err(crate::Error::invalid("set_tensor_core_conv", format!("version {version} is not 1 or 2")));
+    }
+    TENSOR_CORE_CONV.store(version, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The tensor-core convolution forward in force (see [`set_tensor_core_conv`]; without a call,
+/// `NABLA_TENSOR_CORE_CONV`, else 1).
+pub fn tensor_core_conv() -> u8 {
+    chosen_version(&TENSOR_CORE_CONV, "NABLA_TENSOR_CORE_CONV", 1..=2, 1)
+}
+
 /// Which FMA-pipe GEMM runs f32 matmuls and linear layers (when they do not run as TF32): 1,
 /// the tiled engine every product can use (`kernels/tiled_gemm.cuh`, the default, measured at
 /// 55-59% of cuBLAS on an H200), or, wherever [`pipelined_layout`] accepts the operands, 2 or 3

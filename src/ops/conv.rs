@@ -54,7 +54,8 @@ pub(crate) fn kernel_names() -> Vec<String> {
         BASES.iter().flat_map(move |b| GemmPlan::infixes().map(move |t| format!("{b}{tc}_{t}{d}")))
     });
     let direct = [DType::F32, DType::F64, DType::F16, DType::BF16].map(|d| format!("{DIRECT_INPUT}_{d}"));
-    gemms.chain(direct).collect()
+    let pipelined = [DType::F16, DType::BF16].map(|d| format!("conv2d_fwd_v2_{d}"));
+    gemms.chain(direct).chain(pipelined).collect()
 }
 
 /// The direct grad-input kernel (`kernels/conv2d.cu`), for few input channels per group.
@@ -327,6 +328,20 @@ fn conv_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, d: DimsWithBias) 
                 _ => None,
             };
             let plan = d.plan(&dev, d.o / d.opt.groups, d.n * d.oh * d.ow, d.ksize(), 1)?;
+            if pipelined_forward(&dev, x.dtype, &d) {
+                // Channels last: every tap's input channels, and a filter's, contiguous.
+                let x_nhwc = x.detach().permute(&[0, 2, 3, 1])?.dense()?;
+                let w_ohwc = w.detach().permute(&[0, 2, 3, 1])?.dense()?;
+                let (x_nhwc, w_ohwc) = (x_nhwc.storage(), w_ohwc.storage());
+                let (StorageRef::Cuda(xl), StorageRef::Cuda(wl)) = (&x_nhwc, &w_ohwc) else {
+                    unreachable!("a copy stays on its device")
+                };
+                let gemm = (d.o / d.opt.groups, d.n * d.oh * d.ow, d.ksize());
+                let (cfg, _) = gemm::pipelined_config(gemm, d.opt.groups, dev.multiprocessors(), 1);
+                let buffers = [Some(&*xl.buf), Some(&*wl.buf), b_buf, Some(&*y.buf)];
+                launch_kernel(&dev, &format!("conv2d_fwd_v2_{}", x.dtype), cfg, &buffers, d.params())?;
+                return Ok(Tensor::from_cuda(y, &out_shape));
+            }
             let buffers = [Some(&*xs.buf), Some(&*ws.buf), b_buf, Some(&*y.buf)];
             launch(&dev, "conv2d_fwd", x.dtype, d, plan, &buffers)?;
             Ok(Tensor::from_cuda(y, &out_shape))
@@ -509,6 +524,17 @@ fn launch_direct_input(dev: &Arc<CudaDevice>, dtype: DType, d: &Dims, buffers: [
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (DIRECT_THREADS, 1, 1), shared_mem_bytes: 0 };
     // Its loop stops at the warps the params imply, whatever the grid.
     launch_kernel(dev, &format!("{DIRECT_INPUT}_{dtype}"), cfg, &buffers.map(Some), d.params())
+}
+
+/// Whether the forward runs on version 2 of the tensor-core convolution
+/// ([`gemm::set_tensor_core_conv`]): f16/bf16 on a card with tensor cores, and input channels per
+/// group a multiple of 8, so that a 16-byte chunk of channels never straddles a tap and every
+/// chunk is aligned (`ConvPatchLoader` in kernels/conv2d.cu).
+fn pipelined_forward(dev: &CudaDevice, dtype: DType, d: &Dims) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16)
+        && gemm::uses_tensor_cores(dtype, dev)
+        && gemm::tensor_core_conv() == 2
+        && (d.c / d.opt.groups).is_multiple_of(8)
 }
 
 /// Launches `base` (e.g. `conv2d_fwd`) for `dtype` as `plan` says, with the buffer pointers in

@@ -119,6 +119,51 @@ fn conv2d_rejects_mismatched_shapes_with_the_shapes_in_the_message() {
     assert!(x.conv2d(&w3, None, Conv2dOptions { stride: (0, 1), ..Default::default() }).is_err());
 }
 
+/// Runs in a child process: the convolution version is a process-wide setting. Version 2 of the
+/// tensor-core forward gathers channels-last chunks of 8 channels by cp.async; its cases have a
+/// multiple of 8 input channels per group, ragged against the 128 x 128 tiles and the 32-deep
+/// stages (a depth of 8 and of 9 taps x 64 channels; 136 output channels; 288 pixels).
+#[test]
+fn conv2d_forward_on_the_channels_last_tensor_core_pipeline_matches_the_definition() {
+    assert!(nabla::cuda::gemm::set_tensor_core_conv(3).is_err(), "an unknown version is refused");
+    const NAME: &str = "conv::conv2d_forward_on_the_channels_last_tensor_core_pipeline_matches_the_definition";
+    if !in_child_process(NAME, &[]) {
+        return;
+    }
+    let Some(dev) = cuda_or_skip("conv2d forward, version 2") else { return };
+    assert_eq!(nabla::cuda::gemm::tensor_core_conv(), 1, "version 1 is the default");
+    nabla::cuda::gemm::set_tensor_core_conv(2).unwrap();
+    let opt = |s: (usize, usize), p: (usize, usize), d: (usize, usize), g| Conv2dOptions {
+        stride: s,
+        padding: p,
+        dilation: d,
+        groups: g,
+    };
+    let cases = [
+        ([2, 16, 12, 12], [24, 16, 3, 3], opt((1, 1), (1, 1), (1, 1), 1), true),
+        ([3, 32, 9, 10], [16, 16, 3, 2], opt((2, 1), (1, 0), (2, 1), 2), false),
+        ([1, 8, 5, 7], [8, 8, 1, 1], opt((1, 1), (0, 0), (1, 1), 1), true),
+        ([2, 64, 6, 6], [136, 64, 3, 3], opt((1, 1), (1, 1), (1, 1), 1), true),
+    ];
+    for dtype in [DType::BF16, DType::F16] {
+        // f32 accumulation of K products of unit normals (about √K in size), rounded to dtype.
+        let rounding = if dtype == DType::BF16 { 2f64.powi(-8) } else { 2f64.powi(-11) };
+        for (seed, (xs, ws, o, with_bias)) in cases.into_iter().enumerate() {
+            let x = randn(&xs, DType::F32, 10 + seed as u64).to_dtype(dtype).unwrap();
+            let w = randn(&ws, DType::F32, 20 + seed as u64).to_dtype(dtype).unwrap();
+            let b = with_bias.then(|| randn(&[ws[0]], DType::F32, 30 + seed as u64).to_dtype(dtype).unwrap());
+            let on_gpu = |t: &Tensor| t.to_device(&dev).unwrap();
+            let got = on_gpu(&x).conv2d(&on_gpu(&w), b.as_ref().map(on_gpu).as_ref(), o).unwrap();
+            let (shape, want) = naive_conv(&x, &w, b.as_ref(), o);
+            let want = Tensor::from_vec(want, &shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let depth = (ws[1] * ws[2] * ws[3]) as f64;
+            let what = format!("{dtype} conv2d forward, version 2, {xs:?} * {ws:?}");
+            let got = got.to_device(&Device::Cpu).unwrap();
+            assert_close(&what, &got, &want, (2.0 * rounding * depth.sqrt(), 2.0 * rounding));
+        }
+    }
+}
+
 #[test]
 fn conv2d_on_the_gpu_matches_the_cpu_with_large_tiles_and_a_split_weight_gradient() {
     let Some(dev) = cuda_or_skip("conv2d large tiles") else { return };
