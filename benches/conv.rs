@@ -89,19 +89,33 @@ fn conv(c: &mut Criterion) {
                     out
                 })
             });
-            // bf16 forwards on the GPU, for layers whose channels suit the channels-last pipeline:
-            // version 1 of the tensor-core convolution, then version 2 (`forward_bf16_v2`;
-            // `benches/peer/conv.py` times PyTorch's bf16 channels-last forward beside them).
+            // bf16 on the GPU, for layers whose channels suit the channels-last pipeline: forward
+            // and forward+backward on version 1 of the tensor-core convolution, then on version 2
+            // (`_v2`: its forward, and at stride 1 its input gradient; `benches/peer/conv.py`
+            // times PyTorch's bf16 channels-last forward beside them).
             if device.is_cuda() && ci.is_multiple_of(8) {
                 let (xb, wb) = (x.to_dtype(DType::BF16).unwrap(), weight.to_dtype(DType::BF16).unwrap());
+                let (xg, wg) = (xb.requires_grad_().unwrap(), wb.requires_grad_().unwrap());
                 let default_version = nabla::cuda::gemm::tensor_core_conv();
-                for (version, row) in [(1, "forward_bf16"), (2, "forward_bf16_v2")] {
+                for (version, suffix) in [(1, ""), (2, "_v2")] {
                     nabla::cuda::gemm::set_tensor_core_conv(version).unwrap();
-                    group.bench_function(format!("{row}/{device}"), |b| {
+                    group.throughput(Throughput::Elements(flops as u64));
+                    group.bench_function(format!("forward_bf16{suffix}/{device}"), |b| {
                         b.iter(|| {
                             let out = xb.conv2d(&wb, None, layer.options).unwrap();
                             device.synchronize().unwrap();
                             out
+                        })
+                    });
+                    group.throughput(Throughput::Elements(3 * flops as u64));
+                    group.bench_function(format!("forward_backward_bf16{suffix}/{device}"), |b| {
+                        b.iter(|| {
+                            common::step_on(&device, || {
+                                xg.zero_grad();
+                                wg.zero_grad();
+                                xg.conv2d(&wg, None, layer.options).unwrap().sum_all().unwrap().backward().unwrap();
+                                device.synchronize().unwrap();
+                            })
                         })
                     });
                 }

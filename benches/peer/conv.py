@@ -35,10 +35,18 @@ for name, shape, out_c, k, stride, pad in LAYERS:
     both = cuda_median_ms(fwd_bwd, 10, 50)
     print(f"{name}: forward {fwd:.3f} ms ({flops / fwd / 1e9:.1f} TFLOP/s), forward+backward {both:.3f} ms")
     if shape[1] % 8 == 0:  # the layers nabla's forward_bf16 rows time
-        xb = x.detach().to(torch.bfloat16, memory_format=torch.channels_last)
-        wb = w.detach().to(torch.bfloat16, memory_format=torch.channels_last)
+        xb = x.detach().to(torch.bfloat16, memory_format=torch.channels_last).requires_grad_()
+        wb = w.detach().to(torch.bfloat16, memory_format=torch.channels_last).requires_grad_()
         bf16 = cuda_median_ms(lambda: torch.nn.functional.conv2d(xb, wb, stride=stride, padding=pad), 10, 50)
-        print(f"{name}: bf16 channels-last forward {bf16:.3f} ms ({flops / bf16 / 1e9:.1f} TFLOP/s)")
+
+        def bf16_fwd_bwd():
+            xb.grad = None
+            wb.grad = None
+            torch.nn.functional.conv2d(xb, wb, stride=stride, padding=pad).sum().backward()
+
+        bf16_both = cuda_median_ms(bf16_fwd_bwd, 10, 50)
+        print(f"{name}: bf16 channels-last forward {bf16:.3f} ms ({flops / bf16 / 1e9:.1f} TFLOP/s), "
+              f"forward+backward {bf16_both:.3f} ms")
 
 model = torch.nn.Sequential(
     torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),

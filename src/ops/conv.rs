@@ -10,7 +10,7 @@ use crate::cuda::params::{Conv2dParams, FastDiv};
 use crate::cuda::{CudaDevice, launch_error};
 use crate::layout::Layout;
 use crate::storage::{CpuStorage, StorageRef};
-use crate::{DType, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor};
 use cudarc::driver::CudaSlice;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use std::sync::Arc;
@@ -330,16 +330,8 @@ fn conv_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, d: DimsWithBias) 
             let plan = d.plan(&dev, d.o / d.opt.groups, d.n * d.oh * d.ow, d.ksize(), 1)?;
             if pipelined_forward(&dev, x.dtype, &d) {
                 // Channels last: every tap's input channels, and a filter's, contiguous.
-                let x_nhwc = x.detach().permute(&[0, 2, 3, 1])?.dense()?;
                 let w_ohwc = w.detach().permute(&[0, 2, 3, 1])?.dense()?;
-                let (x_nhwc, w_ohwc) = (x_nhwc.storage(), w_ohwc.storage());
-                let (StorageRef::Cuda(xl), StorageRef::Cuda(wl)) = (&x_nhwc, &w_ohwc) else {
-                    unreachable!("a copy stays on its device")
-                };
-                let gemm = (d.o / d.opt.groups, d.n * d.oh * d.ow, d.ksize());
-                let (cfg, _) = gemm::pipelined_config(gemm, d.opt.groups, dev.multiprocessors(), 1);
-                let buffers = [Some(&*xl.buf), Some(&*wl.buf), b_buf, Some(&*y.buf)];
-                launch_kernel(&dev, &format!("conv2d_fwd_v2_{}", x.dtype), cfg, &buffers, d.params())?;
+                forward_v2(&dev, &x, &w_ohwc, b_buf, &y, &d)?;
                 return Ok(Tensor::from_cuda(y, &out_shape));
             }
             let buffers = [Some(&*xs.buf), Some(&*ws.buf), b_buf, Some(&*y.buf)];
@@ -379,6 +371,11 @@ fn conv_backward_input(dy: &Tensor, w: &Tensor, d: DimsWithBias) -> Result<Tenso
             let og = d.o / d.opt.groups;
             // (the plan also refuses sizes the kernels cannot index in 32 bits)
             let plan = d.plan(&gs.device, d.c / d.opt.groups, d.n * d.h * d.w, og * d.kh * d.kw, 1)?;
+            if pipelined_grad_input(&gs.device, dy.dtype, &d) {
+                let (t, w_flipped) = transposed(&d, &w)?;
+                forward_v2(&gs.device, &dy, &w_flipped, None, &dx, &t)?;
+                return Ok(Tensor::from_cuda(dx, &in_shape));
+            }
             if d.direct_grad_input() {
                 let packed = direct_weights(&w, &d)?;
                 let StorageRef::Cuda(ps) = packed.storage() else { unreachable!("packed on w's device") };
@@ -535,6 +532,62 @@ fn pipelined_forward(dev: &CudaDevice, dtype: DType, d: &Dims) -> bool {
         && gemm::uses_tensor_cores(dtype, dev)
         && gemm::tensor_core_conv() == 2
         && (d.c / d.opt.groups).is_multiple_of(8)
+}
+
+/// Whether the input gradient runs as version 2's forward over the output gradient (see
+/// [`transposed`]): as [`pipelined_forward`] for the transposed layer, at stride 1 (at larger
+/// strides most of its products would be with zeros), with padding at most the dilated kernel's
+/// reach, and when the direct kernel does not take the layer.
+fn pipelined_grad_input(dev: &CudaDevice, dtype: DType, d: &Dims) -> bool {
+    let (p, dil) = (d.opt.padding, d.opt.dilation);
+    d.opt.stride == (1, 1)
+        && p.0 <= dil.0 * (d.kh - 1)
+        && p.1 <= dil.1 * (d.kw - 1)
+        && !d.direct_grad_input()
+        && pipelined_forward(dev, dtype, &transposed_dims(d))
+}
+
+/// At stride 1 the input gradient is a convolution of the output gradient: dX[n, ci, y, x] =
+/// Σ_{o, ky, kx} W[o, ci, ky, kx] dY[n, o, y + ph - ky dh, x + pw - kx dw], which is the
+/// forward over dY (o channels) with the kernel flipped, channels swapped within each group and
+/// padding dh (kh - 1) - ph (and so for the columns).
+fn transposed_dims(d: &Dims) -> Dims {
+    let (p, dil) = (d.opt.padding, d.opt.dilation);
+    let padding = (dil.0 * (d.kh - 1) - p.0, dil.1 * (d.kw - 1) - p.1);
+    let opt = Conv2dOptions { stride: (1, 1), padding, dilation: dil, groups: d.opt.groups };
+    Dims { n: d.n, c: d.o, h: d.oh, w: d.ow, o: d.c, kh: d.kh, kw: d.kw, oh: d.h, ow: d.w, opt }
+}
+
+/// The transposed layer of [`transposed_dims`] and its weight in version 2's layout: W [o, cg,
+/// kh, kw] flipped along kh and kw, as [g, cg, kh, kw, og] ([c, kh, kw, og]).
+fn transposed(d: &Dims, w: &Tensor) -> Result<(Dims, Tensor)> {
+    let (g, og, cg) = (d.opt.groups, d.o / d.opt.groups, d.c / d.opt.groups);
+    let reversed =
+        |n: usize| Tensor::from_vec((0..n as i64).rev().collect(), &[n], &Device::Cpu)?.to_device(&w.device());
+    let flipped = w.detach().index_select(2, &reversed(d.kh)?)?.index_select(3, &reversed(d.kw)?)?;
+    let w_t = flipped.reshape(&[g, og, cg, d.kh, d.kw])?.permute(&[0, 2, 3, 4, 1])?.dense()?;
+    Ok((transposed_dims(d), w_t))
+}
+
+/// Version 2 of the tensor-core forward (`conv2d_fwd_v2_*`) of layer `d`: y = x * w (+ bias),
+/// x NCHW (copied here to NHWC), w already [o, kh, kw, cg], y NCHW.
+fn forward_v2(
+    dev: &Arc<CudaDevice>,
+    x: &Tensor,
+    w_ohwc: &Tensor,
+    bias: Option<&CudaSlice<u8>>,
+    y: &crate::cuda::CudaStorage,
+    d: &Dims,
+) -> Result<()> {
+    let x_nhwc = x.detach().permute(&[0, 2, 3, 1])?.dense()?;
+    let (x_nhwc, w_ohwc) = (x_nhwc.storage(), w_ohwc.storage());
+    let (StorageRef::Cuda(xl), StorageRef::Cuda(wl)) = (&x_nhwc, &w_ohwc) else {
+        unreachable!("copies stay on their device")
+    };
+    let gemm = (d.o / d.opt.groups, d.n * d.oh * d.ow, d.ksize());
+    let (cfg, _) = gemm::pipelined_config(gemm, d.opt.groups, dev.multiprocessors(), 1);
+    let buffers = [Some(&*xl.buf), Some(&*wl.buf), bias, Some(&*y.buf)];
+    launch_kernel(dev, &format!("conv2d_fwd_v2_{}", x.dtype()), cfg, &buffers, d.params())
 }
 
 /// Launches `base` (e.g. `conv2d_fwd`) for `dtype` as `plan` says, with the buffer pointers in
