@@ -432,10 +432,135 @@ struct ConvForwardPipe : ConvForward<T> {
         const ConvForwardPipe<T> pb{{{p}, x_nhwc, w_ohwc, bias, y}}; \
         const int og = (int)p.o / (int)p.groups, cg = (int)p.c / (int)p.groups; \
         const i64 ksize = (i64)cg * p.kh * p.kw, cols = p.n * p.oh * p.ow; \
-        mma_pipeline<T, PIPE_V2_BK, false, Op, Op>(pb, [&](const auto& q, i64 row0, i64 col0, i64 k_begin) { \
+        /* (a generic lambda here, in a kernel that is not a template, is a host function to NVRTC) */ \
+        typedef typename ConvForwardPipe<T>::View View; \
+        mma_pipeline<T, PIPE_V2_BK, false, Op, Op>(pb, [&](const View& q, i64 row0, i64 col0, i64 k_begin) { \
             return PipeLoaders<WeightLoader, PatchLoader>{ \
                 WeightLoader(w_ohwc + q.first_channel * ksize, ksize, row0, og, k_begin), \
                 PatchLoader(p, x_nhwc + q.g * cg, col0, cols, k_begin)}; \
         }); \
     }
 CONV_PIPE(f16, f16) CONV_PIPE(bf16, bf16)
+
+// The weight gradient on the same pipeline (version 2): dW[o, (ky, kx, ci)] = Σ_m dY[o, m]
+// P[m, (ky, kx, ci)] per group, rows the group's output channels, columns the taps' channels
+// (ky, kx, ci), depth the output pixels m = (n, oy, ox). dY stays NCHW: a channel's pixels of
+// one image are contiguous, so with oh ow a multiple of 8 (the host's condition) its rows are a
+// k-major operand in 16-byte chunks. The patch matrix's rows, per pixel, are runs of cg channels
+// of X (NHWC): an mn-major operand whose 16-byte chunks are 8 channels of one tap. dW comes out
+// as [o, kh, kw, cg] (the host puts it back as [o, cg, kh, kw]), or as split partial sums.
+
+// One thread's copies of dY's rows (k-major): its chunks are rows ROWS_APART apart at one depth,
+// a pixel m decomposed into image and position by multiply and shift each stage (branch-free:
+// a carried decomposition needs a loop where a stage spans images).
+template <typename T, int BK>
+struct ConvGradRowsLoader {
+    typedef PipeOperand<true, BK> Op;
+    const Conv2dParams& p;
+    const T* rows;      // dY at the group's first channel of image 0
+    int dst;
+    int m;              // the chunks' pixel (depth) in the next stage
+    unsigned inside;    // bit s: chunk s's channel lies in the group
+    __device__ ConvGradRowsLoader(const Conv2dParams& params, const T* dy_group, i64 row0, i64 og, i64 k_begin)
+        : p(params), inside(0) {
+        const int row = threadIdx.x / (BK / 8), chunk = threadIdx.x % (BK / 8);
+        dst = pipe_chunk<BK>(row, chunk);
+        const int ohow = (int)(p.oh * p.ow);
+        m = (int)k_begin + 8 * chunk;
+#pragma unroll
+        for (int s = 0; s < Op::CHUNKS; ++s) inside |= (unsigned)(row0 + row + Op::ROWS_APART * s < og) << s;
+        rows = dy_group + (row0 + row) * ohow;
+    }
+    __device__ void issue(unsigned short* tile, i64 k0, i64 depth) {
+        const int ohow = (int)(p.oh * p.ow), n = fast_div(m, p.div_ohow), q = m - n * ohow;
+#pragma unroll
+        for (int s = 0; s < Op::CHUNKS; ++s) {
+            const bool valid = (inside >> s & 1) && m < depth;  // (depth: this split's end)
+            const T* src = rows + ((i64)n * p.o + Op::ROWS_APART * s) * ohow + q;
+            cp_async_16(tile + dst + PIPE_THREADS * 8 * s, valid ? src : rows, valid);
+        }
+        m += BK;
+    }
+};
+
+// One thread's copies of the patch matrix (mn-major: a stage is BK pixels x 128 columns). Its
+// chunks are 16 pixels apart at one column, 8 channels of one tap, fixed for the tile; each
+// chunk's pixel is decomposed into (n, oy, ox) by multiply and shift each stage.
+template <typename T, int BK>
+struct ConvPatchColumnsLoader {
+    typedef PipeOperand<false, BK> Op;
+    const Conv2dParams& p;
+    const T* x;  // NHWC at the group's first channel, plus the chunk's channel
+    int dst;
+    int dy0, dx0;  // the tap's offset from a pixel's top-left input coordinate (dy0 far negative
+                   // when the chunk's columns lie past the problem's, so that it reads nothing)
+    int m;  // chunk 0's pixel in the next stage (chunk s: + ROWS_APART s)
+    __device__ ConvPatchColumnsLoader(const Conv2dParams& params, const T* x_group, i64 col0, i64 cols, i64 k_begin)
+        : p(params) {
+        const int row = threadIdx.x / 16, chunk = threadIdx.x % 16;
+        dst = pipe_chunk<PIPE_BM>(row, chunk);
+        const int cg = (int)p.c / (int)p.groups, per_row = (int)p.kw * cg;
+        const i64 k = col0 + 8 * chunk;
+        const bool column = k < cols;
+        const int kk = column ? (int)k : 0, ky = kk / per_row, kx = (kk - ky * per_row) / cg;
+        const int ci = kk - ky * per_row - kx * cg;
+        dy0 = column ? ky * (int)p.dh - (int)p.ph : -(1 << 30);
+        dx0 = kx * (int)p.dw - (int)p.pw;
+        x = x_group + ci;
+        m = (int)k_begin + row;
+    }
+    __device__ void issue(unsigned short* tile, i64 k0, i64 depth) {
+        const int h = (int)p.h, w = (int)p.w, ohow = (int)(p.oh * p.ow);
+#pragma unroll
+        for (int s = 0; s < Op::CHUNKS; ++s) {
+            const int ms = m + Op::ROWS_APART * s, n = fast_div(ms, p.div_ohow), rest = ms - n * ohow;
+            const int oy = fast_div(rest, p.div_ow), ox = rest - oy * (int)p.ow;
+            const int iy = oy * (int)p.sh + dy0, ix = ox * (int)p.sw + dx0;
+            const bool valid = ms < depth && (unsigned)iy < (unsigned)h && (unsigned)ix < (unsigned)w;
+            const i64 pixel = valid ? ((i64)n * h + iy) * w + ix : 0;
+            cp_async_16(tile + dst + PIPE_THREADS * 8 * s, x + pixel * p.c, valid);
+        }
+        m += BK;
+    }
+};
+
+// The weight gradient as for_each_tile's problem: ConvGradWeight's shape and splits, and a view
+// that stores dW as [o, kh, kw, cg] (or the split's partial sums in that order).
+template <typename T>
+struct ConvGradWeightPipe : ConvGradWeight<T> {
+    struct View {
+        const ConvGradWeightPipe& f;
+        i64 first_channel, split;
+        int g;
+        __device__ void store(i64 o, i64 k, float v) const {
+            const i64 ksize = (i64)((int)f.p.c / (int)f.p.groups) * f.p.kh * f.p.kw;
+            const i64 at = (first_channel + o) * ksize + k;
+            if (f.p.splits > 1) {
+                f.partial[split * f.p.o * ksize + at] = v;
+            } else {
+                f.dw[at] = down<T>(v);
+            }
+        }
+    };
+    __device__ View group(i64 g, i64 s) const {
+        return {*this, g * (i64)((int)this->p.o / (int)this->p.groups), s, (int)g};
+    }
+};
+
+#define CONV_PIPE_WEIGHT(T, suffix) \
+    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) conv2d_bwd_weight_v2_##suffix( \
+        const T* dy, const T* x_nhwc, T* dw_ohwc, float* partial, const __grid_constant__ Conv2dParams p) { \
+        typedef ConvGradRowsLoader<T, PIPE_V2_BK> RowsLoader; \
+        typedef ConvPatchColumnsLoader<T, PIPE_V2_BK> ColumnsLoader; \
+        const ConvGradWeightPipe<T> pb{{{p}, dy, x_nhwc, dw_ohwc, partial}}; \
+        typedef typename ConvGradWeightPipe<T>::View View; \
+        const int og = (int)p.o / (int)p.groups, cg = (int)p.c / (int)p.groups; \
+        const i64 ohow = p.oh * p.ow, ksize = (i64)cg * p.kh * p.kw; \
+        mma_pipeline<T, PIPE_V2_BK, false, typename RowsLoader::Op, typename ColumnsLoader::Op>( \
+            pb, [&](const View& q, i64 row0, i64 col0, i64 k_begin) { \
+                return PipeLoaders<RowsLoader, ColumnsLoader>{ \
+                    RowsLoader(p, dy + q.first_channel * ohow, row0, og, k_begin), \
+                    ColumnsLoader(p, x_nhwc + q.g * cg, col0, ksize, k_begin)}; \
+            }); \
+    }
+CONV_PIPE_WEIGHT(f16, f16) CONV_PIPE_WEIGHT(bf16, bf16)

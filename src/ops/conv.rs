@@ -54,7 +54,8 @@ pub(crate) fn kernel_names() -> Vec<String> {
         BASES.iter().flat_map(move |b| GemmPlan::infixes().map(move |t| format!("{b}{tc}_{t}{d}")))
     });
     let direct = [DType::F32, DType::F64, DType::F16, DType::BF16].map(|d| format!("{DIRECT_INPUT}_{d}"));
-    let pipelined = [DType::F16, DType::BF16].map(|d| format!("conv2d_fwd_v2_{d}"));
+    let pipelined =
+        [DType::F16, DType::BF16].into_iter().flat_map(|d| ["fwd", "bwd_weight"].map(|p| format!("conv2d_{p}_v2_{d}")));
     gemms.chain(direct).chain(pipelined).collect()
 }
 
@@ -416,6 +417,9 @@ fn conv_backward_weight(dy: &Tensor, x: &Tensor, d: DimsWithBias) -> Result<Tens
         (StorageRef::Cuda(gs), StorageRef::Cuda(xs)) => {
             let dev = &gs.device;
             let plan = d.plan(dev, d.o / d.opt.groups, d.ksize(), d.n * d.oh * d.ow, MAX_WEIGHT_SPLITS)?;
+            if pipelined_forward(dev, dy.dtype, &d) && (d.oh * d.ow).is_multiple_of(8) {
+                return grad_weight_v2(dev, &dy, &x, &d);
+            }
             if plan.splits == 1 {
                 let dw = dev.alloc("conv2d", dy.dtype, w_shape.iter().product())?;
                 let buffers = [Some(&*gs.buf), Some(&*xs.buf), Some(&*dw.buf), None];
@@ -588,6 +592,38 @@ fn forward_v2(
     let (cfg, _) = gemm::pipelined_config(gemm, d.opt.groups, dev.multiprocessors(), 1);
     let buffers = [Some(&*xl.buf), Some(&*wl.buf), bias, Some(&*y.buf)];
     launch_kernel(dev, &format!("conv2d_fwd_v2_{}", x.dtype()), cfg, &buffers, d.params())
+}
+
+/// Version 2 of the tensor-core weight gradient (`conv2d_bwd_weight_v2_*`, under the same
+/// conditions as [`pipelined_forward`], and with a whole number of 16-byte chunks in an output
+/// plane, oh ow a multiple of 8): dY read in place (NCHW), x copied to NHWC, dW made as [o, kh,
+/// kw, cg] (in split partial sums when the depth splits) and put back as [o, cg, kh, kw].
+fn grad_weight_v2(dev: &Arc<CudaDevice>, dy: &Tensor, x: &Tensor, d: &Dims) -> Result<Tensor> {
+    let x_nhwc = x.detach().permute(&[0, 2, 3, 1])?.dense()?;
+    let (g, cg) = (d.opt.groups, d.c / d.opt.groups);
+    let gemm = (d.o / g, d.ksize(), d.n * d.oh * d.ow);
+    let (cfg, splits) = gemm::pipelined_config(gemm, g, dev.multiprocessors(), MAX_WEIGHT_SPLITS);
+    let count = d.o * d.ksize();
+    let out = if splits == 1 {
+        dev.alloc("conv2d", dy.dtype(), count)?
+    } else {
+        dev.alloc("conv2d", DType::F32, splits * count)?
+    };
+    let (dy_s, x_s) = (dy.storage(), x_nhwc.storage());
+    let (StorageRef::Cuda(gs), StorageRef::Cuda(xs)) = (&dy_s, &x_s) else { unreachable!("one device throughout") };
+    let buffers = if splits == 1 {
+        [Some(&*gs.buf), Some(&*xs.buf), Some(&*out.buf), None]
+    } else {
+        [Some(&*gs.buf), Some(&*xs.buf), None, Some(&*out.buf)]
+    };
+    let params = Conv2dParams { splits: splits as i64, ..d.params() };
+    launch_kernel(dev, &format!("conv2d_bwd_weight_v2_{}", dy.dtype()), cfg, &buffers, params)?;
+    let dw = if splits == 1 {
+        Tensor::from_cuda(out, &[count])
+    } else {
+        Tensor::from_cuda(out, &[splits, count]).sum(&[0], false)?.to_dtype(dy.dtype())?
+    };
+    dw.reshape(&[d.o, d.kh, d.kw, cg])?.permute(&[0, 3, 1, 2])?.dense()
 }
 
 /// Launches `base` (e.g. `conv2d_fwd`) for `dtype` as `plan` says, with the buffer pointers in

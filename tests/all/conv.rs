@@ -120,16 +120,18 @@ fn conv2d_rejects_mismatched_shapes_with_the_shapes_in_the_message() {
 }
 
 /// Runs in a child process: the convolution version is a process-wide setting. Version 2 of the
-/// tensor-core forward gathers channels-last chunks of 8 channels by cp.async; its cases have a
-/// multiple of 8 input channels per group, ragged against the 128 x 128 tiles and the 32-deep
-/// stages (a depth of 8 and of 9 taps x 64 channels; 136 output channels; 288 pixels). At
-/// stride 1 the input gradient runs as the same forward over the output gradient with the
-/// kernel flipped; it is held to the CPU reference (strided layers take version 1).
+/// tensor-core convolution gathers channels-last chunks of 8 channels by cp.async; its cases
+/// have a multiple of 8 input channels per group, ragged against the 128 x 128 tiles and the
+/// 32-deep stages (a depth of 8 and of 9 taps x 64 channels; 136 output channels; 288 pixels).
+/// At stride 1 the input gradient runs as the same forward over the output gradient with the
+/// kernel flipped, and where an output plane holds a multiple of 8 pixels the weight gradient
+/// runs on the pipeline too (one case splits its depth); both are held to the CPU reference
+/// (the other layers take version 1).
 #[test]
-fn conv2d_forward_and_grad_input_on_the_channels_last_tensor_core_pipeline_match_the_reference() {
+fn conv2d_forward_and_gradients_on_the_channels_last_tensor_core_pipeline_match_the_reference() {
     assert!(nabla::cuda::gemm::set_tensor_core_conv(3).is_err(), "an unknown version is refused");
     const NAME: &str =
-        "conv::conv2d_forward_and_grad_input_on_the_channels_last_tensor_core_pipeline_match_the_reference";
+        "conv::conv2d_forward_and_gradients_on_the_channels_last_tensor_core_pipeline_match_the_reference";
     if !in_child_process(NAME, &[]) {
         return;
     }
@@ -146,8 +148,9 @@ fn conv2d_forward_and_grad_input_on_the_channels_last_tensor_core_pipeline_match
         ([2, 16, 12, 12], [24, 16, 3, 3], opt((1, 1), (1, 1), (1, 1), 1), true),
         ([3, 32, 9, 10], [16, 16, 3, 2], opt((2, 1), (1, 0), (2, 1), 2), false),
         ([1, 8, 5, 7], [8, 8, 1, 1], opt((1, 1), (0, 0), (1, 1), 1), true),
-        ([2, 64, 6, 6], [136, 64, 3, 3], opt((1, 1), (1, 1), (1, 1), 1), true),
+        ([2, 64, 8, 8], [136, 64, 3, 3], opt((1, 1), (1, 1), (1, 1), 1), true),
         ([2, 16, 9, 8], [16, 8, 3, 3], opt((1, 1), (2, 1), (2, 1), 2), false),
+        ([8, 16, 16, 16], [16, 16, 3, 3], opt((1, 1), (1, 1), (1, 1), 1), false),
     ];
     for dtype in [DType::BF16, DType::F16] {
         // f32 accumulation of K products of unit normals (about √K in size), rounded to dtype.
@@ -164,18 +167,22 @@ fn conv2d_forward_and_grad_input_on_the_channels_last_tensor_core_pipeline_match
             let what = format!("{dtype} conv2d forward, version 2, {xs:?} * {ws:?}");
             let got = got.to_device(&Device::Cpu).unwrap();
             assert_close(&what, &got, &want, (2.0 * rounding * depth.sqrt(), 2.0 * rounding));
-            // The input gradient of Σ y g, on the GPU and by the CPU reference.
+            // The gradients of Σ y g, on the GPU and by the CPU reference.
             let g = randn(&shape, DType::F32, 40 + seed as u64).to_dtype(dtype).unwrap();
-            let grad_input = |device: &Device| {
+            let grads = |device: &Device| {
                 let xl = x.to_device(device).unwrap().requires_grad_().unwrap();
-                let y = xl.conv2d(&w.to_device(device).unwrap(), None, o).unwrap();
+                let wl = w.to_device(device).unwrap().requires_grad_().unwrap();
+                let y = xl.conv2d(&wl, None, o).unwrap();
                 y.mul(&g.to_device(device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
-                xl.grad().unwrap().to_device(&Device::Cpu).unwrap()
+                [xl, wl].map(|t| t.grad().unwrap().to_device(&Device::Cpu).unwrap())
             };
-            let (gpu, cpu) = (grad_input(&dev), nabla::cpu::reference(|| grad_input(&Device::Cpu)));
+            let (gpu, cpu) = (grads(&dev), nabla::cpu::reference(|| grads(&Device::Cpu)));
             let depth = (ws[0] / o.groups * ws[2] * ws[3]) as f64;
             let what = format!("{dtype} conv2d grad input, {xs:?} * {ws:?}");
-            assert_close(&what, &gpu, &cpu, (2.0 * rounding * depth.sqrt(), 2.0 * rounding));
+            assert_close(&what, &gpu[0], &cpu[0], (2.0 * rounding * depth.sqrt(), 2.0 * rounding));
+            let depth = (shape[0] * shape[2] * shape[3]) as f64;
+            let what = format!("{dtype} conv2d grad weight, {xs:?} * {ws:?}");
+            assert_close(&what, &gpu[1], &cpu[1], (2.0 * rounding * depth.sqrt(), 2.0 * rounding));
         }
     }
 }
