@@ -214,7 +214,9 @@ __device__ void mma_pipelined_gemm(const Problem& p) {
     typedef typename OpA::template Loader<T> LoaderA;
     typedef typename OpB::template Loader<T> LoaderB;
     const i64 rows = p.rows(), cols = p.cols();
-    mma_pipeline<T, BK, DYNAMIC, OpA, OpB>(p, [&](const auto& q, i64 row0, i64 col0, i64 k_begin) {
+    // (NVRTC takes a generic lambda's call operator for a host function: the view's type is spelled)
+    typedef decltype(p.group(0, 0)) View;
+    mma_pipeline<T, BK, DYNAMIC, OpA, OpB>(p, [&](const View& q, i64 row0, i64 col0, i64 k_begin) {
         const i64 a_stride = A_K_MAJOR ? q.a_rs : q.a_cs, b_stride = B_K_MAJOR ? q.b_cs : q.b_rs;
         return PipeLoaders<LoaderA, LoaderB>{LoaderA(q.pa, a_stride, row0, rows, k_begin),
                                              LoaderB(q.pb, b_stride, col0, cols, k_begin)};

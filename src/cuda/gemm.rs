@@ -166,15 +166,17 @@ pub fn tensor_core_gemm() -> u8 {
     chosen_version(&TENSOR_CORE_GEMM, "NABLA_TENSOR_CORE_GEMM", TENSOR_CORE_GEMM_VERSIONS, 2)
 }
 
-/// Which tensor-core forward runs f16/bf16 convolutions: 1 (the default), the implicit GEMM of
-/// `mma_gemm.cuh` that gathers every patch element through registers, or 2, the `cp.async`
-/// pipeline of `mma_pipeline.cuh` over channels-last copies of the input and the weight
-/// (`conv2d_fwd_v2_*`), for layers whose input channels per group are a multiple of 8 (others
-/// run on version 1 either way). Version 2 is opt-in until a GPU has timed it.
+/// Which tensor-core convolution runs f16/bf16 layers: 1 (the default), the implicit GEMMs of
+/// `mma_gemm.cuh` that gather every patch element through registers, or 2, the `cp.async`
+/// pipeline of `mma_pipeline.cuh` over channels-last copies, for layers whose input channels
+/// per group are a multiple of 8: the forward (`conv2d_fwd_v2_*`), at stride 1 the input
+/// gradient (the same kernel over dY with the kernel flipped), and where an output plane holds a
+/// multiple of 8 pixels the weight gradient (`conv2d_bwd_weight_v2_*`). The other passes run on
+/// version 1 either way. Version 2 is opt-in until a GPU has timed it.
 /// 0 means not chosen yet: the first use reads `NABLA_TENSOR_CORE_CONV`.
 static TENSOR_CORE_CONV: AtomicU8 = AtomicU8::new(0);
 
-/// Chooses the tensor-core convolution forward for the whole process: 1 (the default) or 2
+/// Chooses the tensor-core convolution for the whole process: 1 (the default) or 2
 /// (`NABLA_TENSOR_CORE_CONV` chooses without code). Any other version is an error.
 pub fn set_tensor_core_conv(version: u8) -> crate::Result<()> {
     if !(1..=2).contains(&version) {
@@ -184,7 +186,7 @@ pub fn set_tensor_core_conv(version: u8) -> crate::Result<()> {
     Ok(())
 }
 
-/// The tensor-core convolution forward in force (see [`set_tensor_core_conv`]; without a call,
+/// The tensor-core convolution in force (see [`set_tensor_core_conv`]; without a call,
 /// `NABLA_TENSOR_CORE_CONV`, else 1).
 pub fn tensor_core_conv() -> u8 {
     chosen_version(&TENSOR_CORE_CONV, "NABLA_TENSOR_CORE_CONV", 1..=2, 1)

@@ -10,10 +10,13 @@ use crate::cuda::params::{Conv2dParams, FastDiv};
 use crate::cuda::{CudaDevice, launch_error};
 use crate::layout::Layout;
 use crate::storage::{CpuStorage, StorageRef};
-use crate::{DType, Device, Error, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::CudaSlice;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use std::sync::Arc;
+
+mod pipelined;
+use pipelined::{forward_v2, grad_weight_v2, pipelined_forward, pipelined_grad_input, transposed};
 
 /// Stride, padding, dilation and groups of a 2-D convolution (PyTorch's defaults: 1, 0, 1, 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -525,105 +528,6 @@ fn launch_direct_input(dev: &Arc<CudaDevice>, dtype: DType, d: &Dims, buffers: [
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (DIRECT_THREADS, 1, 1), shared_mem_bytes: 0 };
     // Its loop stops at the warps the params imply, whatever the grid.
     launch_kernel(dev, &format!("{DIRECT_INPUT}_{dtype}"), cfg, &buffers.map(Some), d.params())
-}
-
-/// Whether the forward runs on version 2 of the tensor-core convolution
-/// ([`gemm::set_tensor_core_conv`]): f16/bf16 on a card with tensor cores, and input channels per
-/// group a multiple of 8, so that a 16-byte chunk of channels never straddles a tap and every
-/// chunk is aligned (`ConvPatchLoader` in kernels/conv2d.cu).
-fn pipelined_forward(dev: &CudaDevice, dtype: DType, d: &Dims) -> bool {
-    matches!(dtype, DType::F16 | DType::BF16)
-        && gemm::uses_tensor_cores(dtype, dev)
-        && gemm::tensor_core_conv() == 2
-        && (d.c / d.opt.groups).is_multiple_of(8)
-}
-
-/// Whether the input gradient runs as version 2's forward over the output gradient (see
-/// [`transposed`]): as [`pipelined_forward`] for the transposed layer, at stride 1 (at larger
-/// strides most of its products would be with zeros), with padding at most the dilated kernel's
-/// reach, and when the direct kernel does not take the layer.
-fn pipelined_grad_input(dev: &CudaDevice, dtype: DType, d: &Dims) -> bool {
-    let (p, dil) = (d.opt.padding, d.opt.dilation);
-    d.opt.stride == (1, 1)
-        && p.0 <= dil.0 * (d.kh - 1)
-        && p.1 <= dil.1 * (d.kw - 1)
-        && !d.direct_grad_input()
-        && pipelined_forward(dev, dtype, &transposed_dims(d))
-}
-
-/// At stride 1 the input gradient is a convolution of the output gradient: dX[n, ci, y, x] =
-/// Σ_{o, ky, kx} W[o, ci, ky, kx] dY[n, o, y + ph - ky dh, x + pw - kx dw], which is the
-/// forward over dY (o channels) with the kernel flipped, channels swapped within each group and
-/// padding dh (kh - 1) - ph (and so for the columns).
-fn transposed_dims(d: &Dims) -> Dims {
-    let (p, dil) = (d.opt.padding, d.opt.dilation);
-    let padding = (dil.0 * (d.kh - 1) - p.0, dil.1 * (d.kw - 1) - p.1);
-    let opt = Conv2dOptions { stride: (1, 1), padding, dilation: dil, groups: d.opt.groups };
-    Dims { n: d.n, c: d.o, h: d.oh, w: d.ow, o: d.c, kh: d.kh, kw: d.kw, oh: d.h, ow: d.w, opt }
-}
-
-/// The transposed layer of [`transposed_dims`] and its weight in version 2's layout: W [o, cg,
-/// kh, kw] flipped along kh and kw, as [g, cg, kh, kw, og] ([c, kh, kw, og]).
-fn transposed(d: &Dims, w: &Tensor) -> Result<(Dims, Tensor)> {
-    let (g, og, cg) = (d.opt.groups, d.o / d.opt.groups, d.c / d.opt.groups);
-    let reversed =
-        |n: usize| Tensor::from_vec((0..n as i64).rev().collect(), &[n], &Device::Cpu)?.to_device(&w.device());
-    let flipped = w.detach().index_select(2, &reversed(d.kh)?)?.index_select(3, &reversed(d.kw)?)?;
-    let w_t = flipped.reshape(&[g, og, cg, d.kh, d.kw])?.permute(&[0, 2, 3, 4, 1])?.dense()?;
-    Ok((transposed_dims(d), w_t))
-}
-
-/// Version 2 of the tensor-core forward (`conv2d_fwd_v2_*`) of layer `d`: y = x * w (+ bias),
-/// x NCHW (copied here to NHWC), w already [o, kh, kw, cg], y NCHW.
-fn forward_v2(
-    dev: &Arc<CudaDevice>,
-    x: &Tensor,
-    w_ohwc: &Tensor,
-    bias: Option<&CudaSlice<u8>>,
-    y: &crate::cuda::CudaStorage,
-    d: &Dims,
-) -> Result<()> {
-    let x_nhwc = x.detach().permute(&[0, 2, 3, 1])?.dense()?;
-    let (x_nhwc, w_ohwc) = (x_nhwc.storage(), w_ohwc.storage());
-    let (StorageRef::Cuda(xl), StorageRef::Cuda(wl)) = (&x_nhwc, &w_ohwc) else {
-        unreachable!("copies stay on their device")
-    };
-    let gemm = (d.o / d.opt.groups, d.n * d.oh * d.ow, d.ksize());
-    let (cfg, _) = gemm::pipelined_config(gemm, d.opt.groups, dev.multiprocessors(), 1);
-    let buffers = [Some(&*xl.buf), Some(&*wl.buf), bias, Some(&*y.buf)];
-    launch_kernel(dev, &format!("conv2d_fwd_v2_{}", x.dtype()), cfg, &buffers, d.params())
-}
-
-/// Version 2 of the tensor-core weight gradient (`conv2d_bwd_weight_v2_*`, under the same
-/// conditions as [`pipelined_forward`], and with a whole number of 16-byte chunks in an output
-/// plane, oh ow a multiple of 8): dY read in place (NCHW), x copied to NHWC, dW made as [o, kh,
-/// kw, cg] (in split partial sums when the depth splits) and put back as [o, cg, kh, kw].
-fn grad_weight_v2(dev: &Arc<CudaDevice>, dy: &Tensor, x: &Tensor, d: &Dims) -> Result<Tensor> {
-    let x_nhwc = x.detach().permute(&[0, 2, 3, 1])?.dense()?;
-    let (g, cg) = (d.opt.groups, d.c / d.opt.groups);
-    let gemm = (d.o / g, d.ksize(), d.n * d.oh * d.ow);
-    let (cfg, splits) = gemm::pipelined_config(gemm, g, dev.multiprocessors(), MAX_WEIGHT_SPLITS);
-    let count = d.o * d.ksize();
-    let out = if splits == 1 {
-        dev.alloc("conv2d", dy.dtype(), count)?
-    } else {
-        dev.alloc("conv2d", DType::F32, splits * count)?
-    };
-    let (dy_s, x_s) = (dy.storage(), x_nhwc.storage());
-    let (StorageRef::Cuda(gs), StorageRef::Cuda(xs)) = (&dy_s, &x_s) else { unreachable!("one device throughout") };
-    let buffers = if splits == 1 {
-        [Some(&*gs.buf), Some(&*xs.buf), Some(&*out.buf), None]
-    } else {
-        [Some(&*gs.buf), Some(&*xs.buf), None, Some(&*out.buf)]
-    };
-    let params = Conv2dParams { splits: splits as i64, ..d.params() };
-    launch_kernel(dev, &format!("conv2d_bwd_weight_v2_{}", dy.dtype()), cfg, &buffers, params)?;
-    let dw = if splits == 1 {
-        Tensor::from_cuda(out, &[count])
-    } else {
-        Tensor::from_cuda(out, &[splits, count]).sum(&[0], false)?.to_dtype(dy.dtype())?
-    };
-    dw.reshape(&[d.o, d.kh, d.kw, cg])?.permute(&[0, 3, 1, 2])?.dense()
 }
 
 /// Launches `base` (e.g. `conv2d_fwd`) for `dtype` as `plan` says, with the buffer pointers in
