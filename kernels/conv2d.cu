@@ -457,7 +457,8 @@ template <typename T, int BK>
 struct ConvGradRowsLoader {
     typedef PipeOperand<true, BK> Op;
     const Conv2dParams& p;
-    const T* rows;      // dY at the group's first channel of image 0
+    const T* rows;      // dY at chunk 0's channel of image 0 (the group's first when that lies
+                        // past the group: a valid address for the copies that read nothing)
     int dst;
     int m;              // the chunks' pixel (depth) in the next stage
     unsigned inside;    // bit s: chunk s's channel lies in the group
@@ -469,7 +470,7 @@ struct ConvGradRowsLoader {
         m = (int)k_begin + 8 * chunk;
 #pragma unroll
         for (int s = 0; s < Op::CHUNKS; ++s) inside |= (unsigned)(row0 + row + Op::ROWS_APART * s < og) << s;
-        rows = dy_group + (row0 + row) * ohow;
+        rows = dy_group + ((inside & 1) ? row0 + row : 0) * ohow;
     }
     __device__ void issue(unsigned short* tile, i64 k0, i64 depth) {
         const int ohow = (int)(p.oh * p.ow), n = fast_div(m, p.div_ohow), q = m - n * ohow;
