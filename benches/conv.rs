@@ -5,7 +5,8 @@
 //! (cuDNN, TF32 off), to be run in the same device session; ratios and the card go in
 //! docs/benchmarks.md.
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use nabla::nn::{ConvNet, Module};
 use nabla::optim::{Optimizer, Sgd, SgdConfig};
 use nabla::{Conv2dOptions, DType, Device, Generator, Tensor};
@@ -64,6 +65,39 @@ fn layers() -> Vec<Layer> {
     ]
 }
 
+/// Benches `x` convolved with `w` on `device`: the forward (`forward{label}/{device}`) and the
+/// forward+backward of its sum (`forward_backward{label}/{device}`); `flops` is the forward's.
+fn forward_and_backward(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    label: &str,
+    device: &Device,
+    x: &Tensor,
+    w: &Tensor,
+    options: Conv2dOptions,
+    flops: usize,
+) {
+    group.throughput(Throughput::Elements(flops as u64));
+    group.bench_function(format!("forward{label}/{device}"), |b| {
+        b.iter(|| {
+            let out = x.conv2d(w, None, options).unwrap();
+            device.synchronize().unwrap();
+            out
+        })
+    });
+    let (xl, wl) = (x.requires_grad_().unwrap(), w.requires_grad_().unwrap());
+    group.throughput(Throughput::Elements(3 * flops as u64));
+    group.bench_function(format!("forward_backward{label}/{device}"), |b| {
+        b.iter(|| {
+            common::step_on(device, || {
+                xl.zero_grad();
+                wl.zero_grad();
+                xl.conv2d(&wl, None, options).unwrap().sum_all().unwrap().backward().unwrap();
+                device.synchronize().unwrap();
+            })
+        })
+    });
+}
+
 fn conv(c: &mut Criterion) {
     for layer in layers() {
         let mut group = c.benchmark_group(format!("conv2d_{}", layer.name));
@@ -81,58 +115,20 @@ fn conv(c: &mut Criterion) {
             let y = x.conv2d(&weight, None, layer.options).unwrap();
             let (oh, ow) = (y.shape()[2], y.shape()[3]);
             let flops = 2 * n * layer.out_channels * oh * ow * ci * layer.kernel * layer.kernel;
-            group.throughput(Throughput::Elements(flops as u64));
-            group.bench_function(format!("forward/{device}"), |b| {
-                b.iter(|| {
-                    let out = x.conv2d(&weight, None, layer.options).unwrap();
-                    device.synchronize().unwrap();
-                    out
-                })
-            });
-            // bf16 on the GPU, for layers whose channels suit the channels-last pipeline: forward
-            // and forward+backward on version 1 of the tensor-core convolution, then on version 2
-            // (`_v2`: its forward, and at stride 1 its input gradient; `benches/peer/conv.py`
-            // times PyTorch's bf16 channels-last forward beside them).
+            forward_and_backward(&mut group, "", &device, &x, &weight, layer.options, flops);
+            // bf16 on the GPU, for layers whose channels suit the channels-last pipeline: on
+            // version 1 of the tensor-core convolution, then on version 2 (`_v2`: its forward, at
+            // stride 1 its input gradient, and its weight gradient; `benches/peer/conv.py` times
+            // PyTorch's bf16 channels-last convolution beside them).
             if device.is_cuda() && ci.is_multiple_of(8) {
                 let (xb, wb) = (x.to_dtype(DType::BF16).unwrap(), weight.to_dtype(DType::BF16).unwrap());
-                let (xg, wg) = (xb.requires_grad_().unwrap(), wb.requires_grad_().unwrap());
                 let default_version = nabla::cuda::gemm::tensor_core_conv();
-                for (version, suffix) in [(1, ""), (2, "_v2")] {
+                for (version, label) in [(1, "_bf16"), (2, "_bf16_v2")] {
                     nabla::cuda::gemm::set_tensor_core_conv(version).unwrap();
-                    group.throughput(Throughput::Elements(flops as u64));
-                    group.bench_function(format!("forward_bf16{suffix}/{device}"), |b| {
-                        b.iter(|| {
-                            let out = xb.conv2d(&wb, None, layer.options).unwrap();
-                            device.synchronize().unwrap();
-                            out
-                        })
-                    });
-                    group.throughput(Throughput::Elements(3 * flops as u64));
-                    group.bench_function(format!("forward_backward_bf16{suffix}/{device}"), |b| {
-                        b.iter(|| {
-                            common::step_on(&device, || {
-                                xg.zero_grad();
-                                wg.zero_grad();
-                                xg.conv2d(&wg, None, layer.options).unwrap().sum_all().unwrap().backward().unwrap();
-                                device.synchronize().unwrap();
-                            })
-                        })
-                    });
+                    forward_and_backward(&mut group, label, &device, &xb, &wb, layer.options, flops);
                 }
                 nabla::cuda::gemm::set_tensor_core_conv(default_version).unwrap();
             }
-            let (xl, wl) = (x.requires_grad_().unwrap(), weight.requires_grad_().unwrap());
-            group.throughput(Throughput::Elements(3 * flops as u64));
-            group.bench_function(format!("forward_backward/{device}"), |b| {
-                b.iter(|| {
-                    common::step_on(&device, || {
-                        xl.zero_grad();
-                        wl.zero_grad();
-                        xl.conv2d(&wl, None, layer.options).unwrap().sum_all().unwrap().backward().unwrap();
-                        device.synchronize().unwrap();
-                    })
-                })
-            });
         }
         group.finish();
     }

@@ -16,15 +16,13 @@ dev = torch.device("cuda")
 
 LAYERS = [
     ("lenet_c1", (256, 1, 28, 28), 6, 5, 1, 0),
+    ("resnet_3x3_n16", (16, 64, 56, 56), 64, 3, 1, 1),
     ("resnet_3x3", (64, 64, 56, 56), 64, 3, 1, 1),
     ("alexnet_c1", (128, 3, 224, 224), 64, 11, 4, 2),
 ]
 
-for name, shape, out_c, k, stride, pad in LAYERS:
-    x = torch.randn(shape, device=dev, requires_grad=True)
-    w = torch.randn(out_c, shape[1], k, k, device=dev, requires_grad=True)
-    y = torch.nn.functional.conv2d(x, w, stride=stride, padding=pad)
-    flops = 2 * y.numel() * shape[1] * k * k
+def forward_and_both_ms(x, w, stride, pad):
+    """Median ms of conv2d's forward, and of its forward+backward, on leaf tensors x and w."""
     fwd = cuda_median_ms(lambda: torch.nn.functional.conv2d(x, w, stride=stride, padding=pad), 10, 50)
 
     def fwd_bwd():
@@ -32,21 +30,22 @@ for name, shape, out_c, k, stride, pad in LAYERS:
         w.grad = None
         torch.nn.functional.conv2d(x, w, stride=stride, padding=pad).sum().backward()
 
-    both = cuda_median_ms(fwd_bwd, 10, 50)
+    return fwd, cuda_median_ms(fwd_bwd, 10, 50)
+
+
+for name, shape, out_c, k, stride, pad in LAYERS:
+    x = torch.randn(shape, device=dev, requires_grad=True)
+    w = torch.randn(out_c, shape[1], k, k, device=dev, requires_grad=True)
+    y = torch.nn.functional.conv2d(x, w, stride=stride, padding=pad)
+    flops = 2 * y.numel() * shape[1] * k * k
+    fwd, both = forward_and_both_ms(x, w, stride, pad)
     print(f"{name}: forward {fwd:.3f} ms ({flops / fwd / 1e9:.1f} TFLOP/s), forward+backward {both:.3f} ms")
-    if shape[1] % 8 == 0:  # the layers nabla's forward_bf16 rows time
+    if shape[1] % 8 == 0:  # the layers nabla's *_bf16 rows time
         xb = x.detach().to(torch.bfloat16, memory_format=torch.channels_last).requires_grad_()
         wb = w.detach().to(torch.bfloat16, memory_format=torch.channels_last).requires_grad_()
-        bf16 = cuda_median_ms(lambda: torch.nn.functional.conv2d(xb, wb, stride=stride, padding=pad), 10, 50)
-
-        def bf16_fwd_bwd():
-            xb.grad = None
-            wb.grad = None
-            torch.nn.functional.conv2d(xb, wb, stride=stride, padding=pad).sum().backward()
-
-        bf16_both = cuda_median_ms(bf16_fwd_bwd, 10, 50)
-        print(f"{name}: bf16 channels-last forward {bf16:.3f} ms ({flops / bf16 / 1e9:.1f} TFLOP/s), "
-              f"forward+backward {bf16_both:.3f} ms")
+        fwd, both = forward_and_both_ms(xb, wb, stride, pad)
+        print(f"{name}: bf16 channels-last forward {fwd:.3f} ms ({flops / fwd / 1e9:.1f} TFLOP/s), "
+              f"forward+backward {both:.3f} ms")
 
 model = torch.nn.Sequential(
     torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
