@@ -91,6 +91,7 @@ fn matmul(c: &mut Criterion) {
         ("f32", DType::F32, "highest", 2, 1, false),
         ("f32_v2", DType::F32, "highest", 2, 2, true),
         ("f32_v3", DType::F32, "highest", 2, 3, true),
+        ("f32_v4", DType::F32, "highest", 2, 4, true),
         ("tf32", DType::F32, "high", 1, 1, true),
         ("f16", DType::F16, "highest", 2, 1, false),
         ("bf16", DType::BF16, "highest", 2, 1, true),

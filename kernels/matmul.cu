@@ -12,7 +12,7 @@
 #include "tiled_gemm.cuh"
 #include "mma_gemm.cuh"
 #include "mma_pipeline.cuh"
-#include "sgemm_v2.cuh"
+#include "sgemm_v4.cuh"
 
 // One batch entry: the operands' bases and strides.
 template <typename T, bool Bias>
@@ -260,3 +260,20 @@ extern "C" __global__ void mma_probe_3xtf32(const float* a, const float* b, cons
     KERNEL(T, tname, kk, true, true) KERNEL(T, tname, kn, true, false) KERNEL(T, tname, mk, false, true) \
     KERNEL(T, tname, mn, false, false)
 FMA_LAYOUTS(MATMUL_FMA2, float, f32) FMA_LAYOUTS(LINEAR_FMA2, float, f32)
+
+// Version 4 of the f32 FMA-pipe GEMM (sgemm_v4.cuh): version 2's tiles with a 4-stage cp.async
+// pipeline in 80 KiB of dynamic shared memory, two blocks a multiprocessor (sm_80+; the host
+// runs version 2 elsewhere).
+#define MATMUL_FMA4(T, tname, layout, a_k_major, b_k_major) \
+    extern "C" __global__ void __launch_bounds__(SGEMM2_THREADS, 2) \
+        matmul_v4_##layout##_##tname(const T* a, const T* b, T* c, const __grid_constant__ MatmulParams p) { \
+        const MatmulProblem<T, false> pb{a, b, nullptr, c, p}; \
+        sgemm_v4<a_k_major, b_k_major>(pb); \
+    }
+#define LINEAR_FMA4(T, tname, layout, a_k_major, b_k_major) \
+    extern "C" __global__ void __launch_bounds__(SGEMM2_THREADS, 2) linear_v4_##layout##_##tname( \
+        const T* a, const T* b, const T* bias, T* c, const __grid_constant__ MatmulParams p) { \
+        const MatmulProblem<T, true> pb{a, b, bias, c, p}; \
+        sgemm_v4<a_k_major, b_k_major>(pb); \
+    }
+FMA_LAYOUTS(MATMUL_FMA4, float, f32) FMA_LAYOUTS(LINEAR_FMA4, float, f32)

@@ -192,25 +192,57 @@ pub fn tensor_core_conv() -> u8 {
     chosen_version(&TENSOR_CORE_CONV, "NABLA_TENSOR_CORE_CONV", 1..=2, 1)
 }
 
+/// Which convolution runs f32 layers on the FP32 pipes (when they do not run as TF32): 1 (the
+/// default), the implicit GEMMs of `tiled_gemm.cuh` that gather every patch element one load at a
+/// time, or 2, version 4's `cp.async` pipeline of the f32 GEMM (`kernels/sgemm_v4.cuh`) over
+/// channels-last copies, for layers whose input channels per group are a multiple of 4, on sm_80+:
+/// the forward (`conv2d_fwd_v2_f32`) and, at stride 1, the input gradient (the same kernel over
+/// dY with the kernel flipped). The weight gradient runs on version 1 either way. Version 2 is
+/// opt-in until a GPU has timed it.
+/// 0 means not chosen yet: the first use reads `NABLA_FMA_CONV`.
+static FMA_CONV: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses the f32 convolution for the whole process: 1 (the default) or 2 (`NABLA_FMA_CONV`
+/// chooses without code). Any other version is an error.
+pub fn set_fma_conv(version: u8) -> crate::Result<()> {
+    if !(1..=2).contains(&version) {
+        return Err(crate::Error::invalid("set_fma_conv", format!("version {version} is not 1 or 2")));
+    }
+    FMA_CONV.store(version, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The f32 convolution in force (see [`set_fma_conv`]; without a call, `NABLA_FMA_CONV`, else 1).
+pub fn fma_conv() -> u8 {
+    chosen_version(&FMA_CONV, "NABLA_FMA_CONV", 1..=2, 1)
+}
+
 /// Which FMA-pipe GEMM runs f32 matmuls and linear layers (when they do not run as TF32): 1,
 /// the tiled engine every product can use (`kernels/tiled_gemm.cuh`, the default, measured at
-/// 55-59% of cuBLAS on an H200), or, wherever [`pipelined_layout`] accepts the operands, 2 or 3
-/// (`kernels/sgemm_v2.cuh`: 16-byte loads into two shared buffers, 16 deep a step, a warp-tiled
-/// 8 x 8 register tile; 2 loops over a step's depths at two blocks a multiprocessor, 3 unrolls
-/// them at one). Versions 2 and 3 are not yet timed on a GPU: the bench `matmul_f32_*` times all
-/// three, so that a GPU session can pick the default.
+/// 55-59% of cuBLAS on an H200), or, wherever [`pipelined_layout`] accepts the operands, 2, 3 or
+/// 4: a warp-tiled 8 x 8 register tile, 16 deep a step, 128 x 128 tiles. 2 and 3
+/// (`kernels/sgemm_v2.cuh`) stage 16-byte loads through registers into two shared buffers; 2
+/// loops over a step's depths at two blocks a multiprocessor, 3 unrolls them at one. 4
+/// (`kernels/sgemm_v4.cuh`, sm_80+; version 2 runs on older cards) copies by `cp.async` into a
+/// 4-stage pipeline in 80 KiB of dynamic shared memory. Versions 2-4 are not yet timed on a
+/// GPU: the bench `matmul_f32_*` times them all, so that a GPU session can pick the default.
 /// 0 means not chosen yet: the first use reads `NABLA_FMA_GEMM`.
 static FMA_GEMM: AtomicU8 = AtomicU8::new(0);
 
 /// The FMA-pipe GEMM versions.
-const FMA_GEMM_VERSIONS: std::ops::RangeInclusive<u8> = 1..=3;
+const FMA_GEMM_VERSIONS: std::ops::RangeInclusive<u8> = 1..=4;
+
+/// Dynamic shared memory a block of FMA-pipe GEMM version 4 uses: four stages of A and of B, each
+/// the larger of a 128 x (16 + 4) and a 16 x (128 + 4) f32 tile (`SGEMM4_STAGES` and
+/// `SGEMM4_STAGE_FLOATS` in kernels/sgemm_v4.cuh).
+pub const FMA_V4_SHARED_BYTES: u32 = 2 * 4 * 128 * 20 * 4;
 
 /// Chooses the FMA-pipe GEMM version for f32 matmuls and linear layers on a GPU, for the whole
-/// process: 1 (the default), 2 or 3 (`NABLA_FMA_GEMM` chooses without code). Products versions
-/// 2 and 3 cannot take run on version 1 either way. Any other version is an error.
+/// process: 1 (the default), 2, 3 or 4 (`NABLA_FMA_GEMM` chooses without code). Products
+/// versions 2-4 cannot take run on version 1 either way. Any other version is an error.
 pub fn set_fma_gemm(version: u8) -> crate::Result<()> {
     if !FMA_GEMM_VERSIONS.contains(&version) {
-        return Err(crate::Error::invalid("set_fma_gemm", format!("version {version} is not 1, 2 or 3")));
+        return Err(crate::Error::invalid("set_fma_gemm", format!("version {version} is not 1, 2, 3 or 4")));
     }
     FMA_GEMM.store(version, Ordering::Relaxed);
     Ok(())

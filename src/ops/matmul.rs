@@ -22,9 +22,12 @@ pub(crate) fn kernel_names() -> Vec<String> {
         .iter()
         .flat_map(|d| GemmPlan::infixes().map(move |t| [format!("matmul_tc_{t}{d}"), format!("linear_tc_{t}{d}")]))
         .flatten();
-    // Versions 2 and 3 of the tensor-core GEMM for f16/bf16, of the FMA GEMM for f32.
-    let pipelined =
-        [DType::F16, DType::BF16, DType::F32].into_iter().flat_map(|d| [(d, 2), (d, 3)]).flat_map(|(d, v)| {
+    // Versions 2 and 3 of the tensor-core GEMM for f16/bf16, versions 2-4 of the FMA GEMM for f32.
+    let versions = |d: DType| if d == DType::F32 { 2..=4 } else { 2..=3 };
+    let pipelined = [DType::F16, DType::BF16, DType::F32]
+        .into_iter()
+        .flat_map(|d| versions(d).map(move |v| (d, v)))
+        .flat_map(|(d, v)| {
             ["kk", "kn", "mk", "mn"]
                 .into_iter()
                 .flat_map(move |l| [format!("matmul_v{v}_{l}_{d}"), format!("linear_v{v}_{l}_{d}")])
@@ -273,14 +276,16 @@ fn matmul_forward(
                 )
             };
             let (sms, max_splits) = (dev.multiprocessors(), crate::cuda::gemm::max_matmul_splits(batch * m * n));
-            // Tensor-core version 3 needs 96 KiB of shared memory a block; a card that cannot
-            // give it runs version 2.
-            let dynamic_shared = match dtype {
-                DType::F16 | DType::BF16 if version == 3 => crate::cuda::gemm::TENSOR_CORE_V3_SHARED_BYTES,
+            // Tensor-core version 3 and FMA-pipe version 4 keep their stages in dynamic shared
+            // memory (96 and 80 KiB a block), and version 4 copies by cp.async (sm_80+): a card
+            // that cannot give them that runs version 2.
+            let dynamic_shared = match (dtype, version) {
+                (DType::F16 | DType::BF16, 3) => crate::cuda::gemm::TENSOR_CORE_V3_SHARED_BYTES,
+                (DType::F32, 4) => crate::cuda::gemm::FMA_V4_SHARED_BYTES,
                 _ => 0,
             };
-            let version = if dynamic_shared as usize > dev.max_shared_per_block() { 2 } else { version };
-            let dynamic_shared = if version == 3 { dynamic_shared } else { 0 };
+            let fits = dynamic_shared as usize <= dev.max_shared_per_block() && (version != 4 || dev.arch().0 >= 8);
+            let (version, dynamic_shared) = if fits { (version, dynamic_shared) } else { (2, 0) };
             let (kernel, cfg, splits) = match pipelined.then(layout).flatten() {
                 Some(layout) => {
                     let (mut cfg, splits) = crate::cuda::gemm::pipelined_config((m, n, k), batch, sms, max_splits);

@@ -198,19 +198,21 @@ fn the_pipelined_gemm_takes_only_operands_whose_16_byte_chunks_are_whole_and_ali
     assert_eq!(pipelined_layout(DType::F32, (40, 66, 24), (24, 1), (66, 1), none()), None, "n of 66");
 }
 
-/// Runs in a child process: the GEMM version is a process-wide setting.
+/// Runs in a child process: the GEMM version is a process-wide setting. On the emulator, version
+/// 4's launches fail unless the host raised the kernels' dynamic shared memory limit, and its
+/// shared memory starts as NaN patterns, so a stage read before its copies land shows.
 #[test]
-fn versions_2_and_3_of_the_f32_gemm_match_the_reference_for_every_operand_layout_and_split_depths() {
-    assert!(nabla::cuda::gemm::set_fma_gemm(4).is_err(), "an unknown version is refused");
+fn versions_2_to_4_of_the_f32_gemm_match_the_reference_for_every_operand_layout_and_split_depths() {
+    assert!(nabla::cuda::gemm::set_fma_gemm(5).is_err(), "an unknown version is refused");
     if !in_child_process(
-        "tensor_cores::versions_2_and_3_of_the_f32_gemm_match_the_reference_for_every_operand_layout_and_split_depths",
+        "tensor_cores::versions_2_to_4_of_the_f32_gemm_match_the_reference_for_every_operand_layout_and_split_depths",
         &[],
     ) {
         return;
     }
-    let Some(gpu) = crate::common::cuda_or_skip("versions 2 and 3 of the f32 GEMM") else { return };
+    let Some(gpu) = crate::common::cuda_or_skip("versions 2 to 4 of the f32 GEMM") else { return };
     assert_eq!(nabla::cuda::gemm::fma_gemm(), 1, "version 1 is the default");
-    for version in [2, 3] {
+    for version in [2, 3, 4] {
         nabla::cuda::gemm::set_fma_gemm(version).unwrap();
         let mut rng = Generator::new(65);
         // Ragged against the 128 x 128 tiles and the 16-deep steps; depths of one, two and several
@@ -290,6 +292,28 @@ fn version_3_of_the_tensor_core_gemm_is_launched_with_the_shared_memory_its_stag
     let stages = 2 * define("PIPE_STAGES") * define("PIPE_BM") * define("PIPE_V3_BK") * 2;
     assert_eq!(nabla::cuda::gemm::TENSOR_CORE_V3_SHARED_BYTES, stages);
     assert!(stages > 48 * 1024, "version 3 is the one past the default limit");
+}
+
+#[test]
+fn version_4_of_the_f32_gemm_is_launched_with_the_shared_memory_its_stages_take() {
+    let header = include_str!("../../kernels/sgemm_v4.cuh");
+    let v2 = include_str!("../../kernels/sgemm_v2.cuh");
+    let define = |text: &str, name: &str| -> u32 {
+        let prefix = format!("#define {name} ");
+        let line = text.lines().find_map(|l| l.strip_prefix(&prefix)).map(str::trim);
+        line.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} is not a number in its header"))
+    };
+    // A stage of each operand is the larger layout: 128 rows of 16 depths and 4 of padding
+    // (k-major) against 16 depths of 128 and 4 (mn-major).
+    fn line<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(&format!("#define {name} "))).map(str::trim)
+    }
+    assert_eq!(line(header, "SGEMM4_K_STRIDE"), Some("#define SGEMM4_K_STRIDE (SGEMM2_BK + 4)"));
+    assert_eq!(line(v2, "SGEMM2_STRIDE"), Some("#define SGEMM2_STRIDE (SGEMM2_TILE + 4)"));
+    let (tile, depth) = (define(v2, "SGEMM2_TILE"), define(v2, "SGEMM2_BK"));
+    let stage = tile * (depth + 4);
+    assert!(stage >= depth * (tile + 4), "the k-major tile is the larger");
+    assert_eq!(nabla::cuda::gemm::FMA_V4_SHARED_BYTES, 2 * define(header, "SGEMM4_STAGES") * stage * 4);
 }
 
 /// Runs in child processes: the variable is read once per process.
