@@ -116,6 +116,15 @@ fn conv(c: &mut Criterion) {
             let (oh, ow) = (y.shape()[2], y.shape()[3]);
             let flops = 2 * n * layer.out_channels * oh * ow * ci * layer.kernel * layer.kernel;
             forward_and_backward(&mut group, "", &device, &x, &weight, layer.options, flops);
+            // f32 on the GPU's FP32 pipes on version 2 (`_v2`: channels-last copies on the f32
+            // GEMM's cp.async pipeline; its forward, at stride 1 its input gradient, and its
+            // weight gradient), for layers with a multiple of 4 input channels.
+            if device.is_cuda() && ci.is_multiple_of(4) {
+                let default_version = nabla::cuda::gemm::fma_conv();
+                nabla::cuda::gemm::set_fma_conv(2).unwrap();
+                forward_and_backward(&mut group, "_v2", &device, &x, &weight, layer.options, flops);
+                nabla::cuda::gemm::set_fma_conv(default_version).unwrap();
+            }
             // bf16 on the GPU, for layers whose channels suit the channels-last pipeline: on
             // version 1 of the tensor-core convolution, then on version 2 (`_v2`: its forward, at
             // stride 1 its input gradient, and its weight gradient; `benches/peer/conv.py` times

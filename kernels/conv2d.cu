@@ -15,6 +15,7 @@
 #include "tiled_gemm.cuh"
 #include "mma_gemm.cuh"
 #include "mma_pipeline.cuh"
+#include "sgemm_v4.cuh"
 
 // Index helpers over the params. The host guarantees that every per-axis coordinate and the
 // GEMM depths fit in 32 bits (n oh ow, n h w, cg kh kw and og kh kw below 2^31), so the inner
@@ -351,14 +352,14 @@ GEMM_INSTANTIATE(CONV_TC, float, f32, 1, 2)  // as TF32, when set_float32_matmul
 // pixel, or zeros in the padding. Y is stored NCHW through ConvForward::store. Bound: the
 // tensor pipes for large layers, like the GEMM.
 
-// One thread's copies of the patch rows (output pixels, k-major stages) of one tile: the
-// PipeOperand<true, BK> layout, so its fragments read them. A thread's chunks share their depth
-// (ky, kx, ci), kept decomposed and advanced a stage at a time; each has its own pixel: its
-// image's first pixel (n h w) and top-left input coordinate, far outside the image when the
-// pixel lies past the last, so that every tap of it reads nothing.
-template <typename T, int BK>
+// One thread's copies of the patch rows (output pixels, k-major stages) of one tile, in the
+// layout of Op: PipeOperand<true, BK> (16-bit, 8 channels a chunk) or Sgemm4Operand<true, 32>
+// (f32, 4 channels a chunk; sgemm_v4.cuh), so that the pipeline's fragments read them. A thread's
+// chunks share their depth (ky, kx, ci), kept decomposed and advanced a stage at a time; each
+// has its own pixel: its image's first pixel (n h w) and top-left input coordinate, far outside
+// the image when the pixel lies past the last, so that every tap of it reads nothing.
+template <typename T, int BK, typename Op = PipeOperand<true, BK>>
 struct ConvPatchLoader {
-    typedef PipeOperand<true, BK> Op;
     const Conv2dParams& p;
     const T* x;  // NHWC, at the group's first channel
     int image[Op::CHUNKS], iy0[Op::CHUNKS], ix0[Op::CHUNKS];
@@ -367,9 +368,9 @@ struct ConvPatchLoader {
     __device__ ConvPatchLoader(const Conv2dParams& params, const T* x_group, i64 col0, i64 cols, i64 k_begin)
         : p(params), x(x_group) {
         const int cg = (int)(p.c / p.groups);
-        const int row = threadIdx.x / (BK / 8), chunk = threadIdx.x % (BK / 8);
-        dk = 8 * chunk;
-        dst = pipe_chunk<BK>(row, chunk);
+        const int row = Op::chunk_row(threadIdx.x), chunk = Op::chunk_col(threadIdx.x);
+        dk = Op::CHUNK * chunk;
+        dst = Op::chunk_dst(row, chunk);
         const int ohow = (int)(p.oh * p.ow);
 #pragma unroll
         for (int s = 0; s < Op::CHUNKS; ++s) {
@@ -385,7 +386,8 @@ struct ConvPatchLoader {
         kx = (k - ky * per_row) / cg;
         ci = k - ky * per_row - kx * cg;
     }
-    __device__ void issue(unsigned short* tile, i64 k0, i64 depth) {
+    template <typename S>  // a stage's element: unsigned short (16-bit) or float
+    __device__ void issue(S* tile, i64 k0, i64 depth) {
         const int left = depth - k0 < BK ? (int)(depth - k0) : BK;
         const int h = (int)p.h, w = (int)p.w;
 #pragma unroll
@@ -393,7 +395,7 @@ struct ConvPatchLoader {
             const int iy = iy0[s] + ky * (int)p.dh, ix = ix0[s] + kx * (int)p.dw;
             const bool valid = dk < left && (unsigned)iy < (unsigned)h && (unsigned)ix < (unsigned)w;
             const int pixel = valid ? image[s] + iy * w + ix : 0;
-            cp_async_16(tile + dst + PIPE_THREADS * 8 * s, x + ((i64)pixel * p.c + (valid ? ci : 0)), valid);
+            cp_async_16(tile + dst + Op::DST_APART * s, x + ((i64)pixel * p.c + (valid ? ci : 0)), valid);
         }
         ci += BK;
         const int cg = (int)(p.c / p.groups);
@@ -442,6 +444,26 @@ struct ConvForwardPipe : ConvForward<T> {
     }
 CONV_PIPE(f16, f16) CONV_PIPE(bf16, bf16)
 
+// The f32 forward on the FMA pipes' cp.async pipeline (version 4 of the f32 GEMM, sgemm_v4.cuh),
+// with the same channels-last operands in 4-channel chunks (cg a multiple of 4, the host's
+// condition): W's rows by the GEMM's own k-major loader, the patch rows by ConvPatchLoader in that
+// pipeline's layout. 80 KiB of dynamic shared memory; sm_80+. Bound: the FP32 pipes.
+extern "C" __global__ void __launch_bounds__(SGEMM2_THREADS, 2) conv2d_fwd_v2_f32(
+    const float* x_nhwc, const float* w_ohwc, const float* bias, float* y, const __grid_constant__ Conv2dParams p) {
+    typedef Sgemm4Operand<true, 64> OpW;
+    typedef Sgemm4Operand<true, 32> OpX;
+    typedef OpW::Loader WeightLoader;
+    typedef ConvPatchLoader<float, SGEMM2_BK, OpX> PatchLoader;
+    const ConvForwardPipe<float> pb{{{p}, x_nhwc, w_ohwc, bias, y}};
+    const int og = (int)p.o / (int)p.groups, cg = (int)p.c / (int)p.groups;
+    const i64 ksize = (i64)cg * p.kh * p.kw, cols = p.n * p.oh * p.ow;
+    typedef ConvForwardPipe<float>::View View;
+    fma_pipeline<OpW, OpX>(pb, [&](const View& q, i64 row0, i64 col0, i64 k_begin) {
+        return PipeLoaders<WeightLoader, PatchLoader>{WeightLoader(w_ohwc + q.first_channel * ksize, ksize, row0, og, k_begin),
+                                                      PatchLoader(p, x_nhwc + q.g * cg, col0, cols, k_begin)};
+    });
+}
+
 // The weight gradient on the same pipeline (version 2): dW[o, (ky, kx, ci)] = Σ_m dY[o, m]
 // P[m, (ky, kx, ci)] per group, rows the group's output channels, columns the taps' channels
 // (ky, kx, ci), depth the output pixels m = (n, oy, ox). dY stays NCHW: a channel's pixels of
@@ -450,12 +472,12 @@ CONV_PIPE(f16, f16) CONV_PIPE(bf16, bf16)
 // of X (NHWC): an mn-major operand whose 16-byte chunks are 8 channels of one tap. dW comes out
 // as [o, kh, kw, cg] (the host puts it back as [o, cg, kh, kw]), or as split partial sums.
 
-// One thread's copies of dY's rows (k-major): its chunks are rows ROWS_APART apart at one depth,
-// a pixel m decomposed into image and position by multiply and shift each stage (branch-free:
-// a carried decomposition needs a loop where a stage spans images).
-template <typename T, int BK>
+// One thread's copies of dY's rows (k-major, in Op's layout: PipeOperand<true, BK>, 8 pixels a
+// chunk, or Sgemm4Operand<true, 64>, 4): its chunks are rows ROWS_APART apart at one depth, a
+// pixel m decomposed into image and position by multiply and shift each stage (branch-free: a
+// carried decomposition needs a loop where a stage spans images).
+template <typename T, int BK, typename Op = PipeOperand<true, BK>>
 struct ConvGradRowsLoader {
-    typedef PipeOperand<true, BK> Op;
     const Conv2dParams& p;
     const T* rows;      // dY at chunk 0's channel of image 0 (the group's first when that lies
                         // past the group: a valid address for the copies that read nothing)
@@ -464,32 +486,33 @@ struct ConvGradRowsLoader {
     unsigned inside;    // bit s: chunk s's channel lies in the group
     __device__ ConvGradRowsLoader(const Conv2dParams& params, const T* dy_group, i64 row0, i64 og, i64 k_begin)
         : p(params), inside(0) {
-        const int row = threadIdx.x / (BK / 8), chunk = threadIdx.x % (BK / 8);
-        dst = pipe_chunk<BK>(row, chunk);
+        const int row = Op::chunk_row(threadIdx.x), chunk = Op::chunk_col(threadIdx.x);
+        dst = Op::chunk_dst(row, chunk);
         const int ohow = (int)(p.oh * p.ow);
-        m = (int)k_begin + 8 * chunk;
+        m = (int)k_begin + Op::CHUNK * chunk;
 #pragma unroll
         for (int s = 0; s < Op::CHUNKS; ++s) inside |= (unsigned)(row0 + row + Op::ROWS_APART * s < og) << s;
         rows = dy_group + ((inside & 1) ? row0 + row : 0) * ohow;
     }
-    __device__ void issue(unsigned short* tile, i64 k0, i64 depth) {
+    template <typename S>  // a stage's element: unsigned short (16-bit) or float
+    __device__ void issue(S* tile, i64 k0, i64 depth) {
         const int ohow = (int)(p.oh * p.ow), n = fast_div(m, p.div_ohow), q = m - n * ohow;
 #pragma unroll
         for (int s = 0; s < Op::CHUNKS; ++s) {
             const bool valid = (inside >> s & 1) && m < depth;  // (depth: this split's end)
             const T* src = rows + ((i64)n * p.o + Op::ROWS_APART * s) * ohow + q;
-            cp_async_16(tile + dst + PIPE_THREADS * 8 * s, valid ? src : rows, valid);
+            cp_async_16(tile + dst + Op::DST_APART * s, valid ? src : rows, valid);
         }
         m += BK;
     }
 };
 
-// One thread's copies of the patch matrix (mn-major: a stage is BK pixels x 128 columns). Its
-// chunks are 16 pixels apart at one column, 8 channels of one tap, fixed for the tile; each
-// chunk's pixel is decomposed into (n, oy, ox) by multiply and shift each stage.
-template <typename T, int BK>
+// One thread's copies of the patch matrix (mn-major, in Op's layout: a stage is BK pixels x 128
+// columns). Its chunks are ROWS_APART pixels apart at one column, Op::CHUNK channels of one tap
+// (8: PipeOperand<false, BK>; 4: Sgemm4Operand<false, 32>), fixed for the tile; each chunk's
+// pixel is decomposed into (n, oy, ox) by multiply and shift each stage.
+template <typename T, int BK, typename Op = PipeOperand<false, BK>>
 struct ConvPatchColumnsLoader {
-    typedef PipeOperand<false, BK> Op;
     const Conv2dParams& p;
     const T* x;  // NHWC at the group's first channel, plus the chunk's channel
     int dst;
@@ -498,10 +521,10 @@ struct ConvPatchColumnsLoader {
     int m;  // chunk 0's pixel in the next stage (chunk s: + ROWS_APART s)
     __device__ ConvPatchColumnsLoader(const Conv2dParams& params, const T* x_group, i64 col0, i64 cols, i64 k_begin)
         : p(params) {
-        const int row = threadIdx.x / 16, chunk = threadIdx.x % 16;
-        dst = pipe_chunk<PIPE_BM>(row, chunk);
+        const int row = Op::chunk_row(threadIdx.x), chunk = Op::chunk_col(threadIdx.x);
+        dst = Op::chunk_dst(row, chunk);
         const int cg = (int)p.c / (int)p.groups, per_row = (int)p.kw * cg;
-        const i64 k = col0 + 8 * chunk;
+        const i64 k = col0 + Op::CHUNK * chunk;
         const bool column = k < cols;
         const int kk = column ? (int)k : 0, ky = kk / per_row, kx = (kk - ky * per_row) / cg;
         const int ci = kk - ky * per_row - kx * cg;
@@ -510,7 +533,8 @@ struct ConvPatchColumnsLoader {
         x = x_group + ci;
         m = (int)k_begin + row;
     }
-    __device__ void issue(unsigned short* tile, i64 k0, i64 depth) {
+    template <typename S>  // a stage's element: unsigned short (16-bit) or float
+    __device__ void issue(S* tile, i64 k0, i64 depth) {
         const int h = (int)p.h, w = (int)p.w, ohow = (int)(p.oh * p.ow);
 #pragma unroll
         for (int s = 0; s < Op::CHUNKS; ++s) {
@@ -519,7 +543,7 @@ struct ConvPatchColumnsLoader {
             const int iy = oy * (int)p.sh + dy0, ix = ox * (int)p.sw + dx0;
             const bool valid = ms < depth && (unsigned)iy < (unsigned)h && (unsigned)ix < (unsigned)w;
             const i64 pixel = valid ? ((i64)n * h + iy) * w + ix : 0;
-            cp_async_16(tile + dst + PIPE_THREADS * 8 * s, x + pixel * p.c, valid);
+            cp_async_16(tile + dst + Op::DST_APART * s, x + pixel * p.c, valid);
         }
         m += BK;
     }
@@ -551,13 +575,15 @@ struct ConvGradWeightPipe : ConvGradWeight<T> {
 #define CONV_PIPE_WEIGHT(T, suffix) \
     extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) conv2d_bwd_weight_v2_##suffix( \
         const T* dy, const T* x_nhwc, T* dw_ohwc, float* partial, const __grid_constant__ Conv2dParams p) { \
+        typedef PipeOperand<true, PIPE_V2_BK> RowsOp; \
+        typedef PipeOperand<false, PIPE_V2_BK> ColumnsOp; \
         typedef ConvGradRowsLoader<T, PIPE_V2_BK> RowsLoader; \
         typedef ConvPatchColumnsLoader<T, PIPE_V2_BK> ColumnsLoader; \
         const ConvGradWeightPipe<T> pb{{{p}, dy, x_nhwc, dw_ohwc, partial}}; \
         typedef typename ConvGradWeightPipe<T>::View View; \
         const int og = (int)p.o / (int)p.groups, cg = (int)p.c / (int)p.groups; \
         const i64 ohow = p.oh * p.ow, ksize = (i64)cg * p.kh * p.kw; \
-        mma_pipeline<T, PIPE_V2_BK, false, typename RowsLoader::Op, typename ColumnsLoader::Op>( \
+        mma_pipeline<T, PIPE_V2_BK, false, RowsOp, ColumnsOp>( \
             pb, [&](const View& q, i64 row0, i64 col0, i64 k_begin) { \
                 return PipeLoaders<RowsLoader, ColumnsLoader>{ \
                     RowsLoader(p, dy + q.first_channel * ohow, row0, og, k_begin), \
@@ -565,3 +591,22 @@ struct ConvGradWeightPipe : ConvGradWeight<T> {
             }); \
     }
 CONV_PIPE_WEIGHT(f16, f16) CONV_PIPE_WEIGHT(bf16, bf16)
+
+// The f32 weight gradient on the FMA pipes' cp.async pipeline (sgemm_v4.cuh), with the same
+// loaders in 4-value chunks: dY's rows k-major (oh ow a multiple of 4, the host's condition), the
+// patch matrix's rows mn-major (cg a multiple of 4). 80 KiB of dynamic shared memory; sm_80+.
+extern "C" __global__ void __launch_bounds__(SGEMM2_THREADS, 2) conv2d_bwd_weight_v2_f32(
+    const float* dy, const float* x_nhwc, float* dw_ohwc, float* partial, const __grid_constant__ Conv2dParams p) {
+    typedef Sgemm4Operand<true, 64> RowsOp;
+    typedef Sgemm4Operand<false, 32> ColumnsOp;
+    typedef ConvGradRowsLoader<float, SGEMM2_BK, RowsOp> RowsLoader;
+    typedef ConvPatchColumnsLoader<float, SGEMM2_BK, ColumnsOp> ColumnsLoader;
+    const ConvGradWeightPipe<float> pb{{{p}, dy, x_nhwc, dw_ohwc, partial}};
+    typedef ConvGradWeightPipe<float>::View View;
+    const int og = (int)p.o / (int)p.groups, cg = (int)p.c / (int)p.groups;
+    const i64 ohow = p.oh * p.ow, ksize = (i64)cg * p.kh * p.kw;
+    fma_pipeline<RowsOp, ColumnsOp>(pb, [&](const View& q, i64 row0, i64 col0, i64 k_begin) {
+        return PipeLoaders<RowsLoader, ColumnsLoader>{RowsLoader(p, dy + q.first_channel * ohow, row0, og, k_begin),
+                                                      ColumnsLoader(p, x_nhwc + q.g * cg, col0, ksize, k_begin)};
+    });
+}

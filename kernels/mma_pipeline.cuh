@@ -66,6 +66,13 @@ struct PipeOperand {
     // mn-major, their i.
     static constexpr int CHUNKS = PIPE_BM * BK / 8 / PIPE_THREADS;
     static constexpr int ROWS_APART = PIPE_THREADS * 8 / ROW_LEN;
+    // A chunk's values, and the elements between a thread's chunks in a stage.
+    static constexpr int CHUNK = 8, DST_APART = PIPE_THREADS * 8;
+    // Where a stage's chunk c (a thread's first: c = threadIdx.x) lies: its tile row (an index i
+    // k-major, a depth mn-major), its chunk within the row, and its swizzled offset.
+    __device__ static int chunk_row(unsigned c) { return c / (ROW_LEN / 8); }
+    __device__ static int chunk_col(unsigned c) { return c % (ROW_LEN / 8); }
+    __device__ static int chunk_dst(int row, int col) { return pipe_chunk<ROW_LEN>(row, col); }
     // This thread's copies of every stage of one tile of C. Their addresses are computed once a
     // tile and advanced by a stage's depth after each stage, and whether a chunk's i lies inside
     // the operand is decided once, so a copy costs its depth test, a select and a 64-bit add.

@@ -28,6 +28,7 @@
 // past the edges are zero-filled by cp.async. Bound: the FP32 pipes for large problems.
 #pragma once
 #include "sgemm_v2.cuh"
+#include "mma_pipeline.cuh"
 
 #define SGEMM4_STAGES 4
 #define SGEMM4_K_STRIDE (SGEMM2_BK + 4)
@@ -47,18 +48,29 @@ struct __align__(8) Float2 {
 template <bool K_MAJOR, int SPAN>
 struct Sgemm4Operand {
     static constexpr int LANES = SPAN / 8;
+    // A stage's 16-byte chunks (4 values), as a thread copies them: chunk c = threadIdx.x + 256 s
+    // (s = 0, 1) is, k-major, row c / 4 and depths 4 (c % 4).., mn-major, depth c / 32 and
+    // indices 4 (c % 32)...; a thread's two are ROWS_APART rows of the tile (indices k-major,
+    // depths mn-major) and DST_APART floats apart. (The same shape as PipeOperand's, so that
+    // conv2d.cu's loaders serve both pipelines.)
+    static constexpr int CHUNK = 4, CHUNKS = 2;
+    static constexpr int ROWS_APART = K_MAJOR ? 64 : 8;
+    static constexpr int DST_APART = K_MAJOR ? 64 * SGEMM4_K_STRIDE : 8 * SGEMM2_STRIDE;
+    __device__ static int chunk_row(unsigned c) { return K_MAJOR ? c / 4 : c / 32; }
+    __device__ static int chunk_col(unsigned c) { return K_MAJOR ? c % 4 : c % 32; }
+    // Offset in a stage of chunk `col` of row `row` (a k-major tile's row is an index i, an
+    // mn-major tile's a depth).
+    __device__ static int chunk_dst(int row, int col) {
+        return row * (K_MAJOR ? SGEMM4_K_STRIDE : SGEMM2_STRIDE) + 4 * col;
+    }
     // Index, within the warp's SPAN, of value v (0..7) of the lane at position lp (0..LANES-1).
     __device__ static int index(int lp, int v) {
         return K_MAJOR ? lp + LANES * v : 4 * lp + (v % 4) + (SPAN / 2) * (v / 4);
     }
-    // This thread's two 16-byte copies of every stage of one tile of C: chunk c = threadIdx.x +
-    // 256 s (s = 0, 1) of a stage is, k-major, row c / 4 and depths 4 (c % 4).., mn-major, depth
-    // c / 32 and indices 4 (c % 32)... Their sources are computed once a tile and advanced by a
-    // stage's depth after each stage (as mma_pipeline.cuh's loaders).
+    // This thread's two copies of every stage of one tile of C, for an operand read through a
+    // pointer and a stride. Their sources are computed once a tile and advanced by a stage's
+    // depth after each stage (as mma_pipeline.cuh's loaders).
     struct Loader {
-        static constexpr int ROWS_APART = K_MAJOR ? 64 : 0;  // along i between chunk 0 and 1
-        static constexpr int DEPTH_APART = K_MAJOR ? 0 : 8;  // along k between them
-        static constexpr int DST_APART = K_MAJOR ? 64 * SGEMM4_K_STRIDE : 8 * SGEMM2_STRIDE;
         const float* safe;  // a valid address (the operand's first element) for copies that read nothing
         const float* src;   // chunk 0's source in the next stage
         i64 step;           // elements from one stage's chunk to the next stage's
@@ -69,12 +81,12 @@ struct Sgemm4Operand {
         __device__ Loader(const float* b, i64 stride, i64 i0, i64 extent, i64 k_begin)
             : safe(b),
               step(K_MAJOR ? (i64)SGEMM2_BK : SGEMM2_BK * stride),
-              apart(K_MAJOR ? ROWS_APART * stride : DEPTH_APART * stride) {
-            const int c = threadIdx.x;
-            const int di = K_MAJOR ? c / 4 : 4 * (c % 32);
-            dk = K_MAJOR ? 4 * (c % 4) : c / 32;
-            dst = K_MAJOR ? di * SGEMM4_K_STRIDE + dk : dk * SGEMM2_STRIDE + di;
-            inside = (unsigned)(i0 + di < extent) | (unsigned)(i0 + di + ROWS_APART < extent) << 1;
+              apart(ROWS_APART * stride) {
+            const int row = chunk_row(threadIdx.x), col = chunk_col(threadIdx.x);
+            const int di = K_MAJOR ? row : 4 * col;
+            dk = K_MAJOR ? 4 * col : row;
+            dst = chunk_dst(row, col);
+            inside = (unsigned)(i0 + di < extent) | (unsigned)(i0 + di + (K_MAJOR ? ROWS_APART : 0) < extent) << 1;
             const i64 i = i0 + di < extent ? i0 + di : 0, k = k_begin + dk;
             src = K_MAJOR ? b + i * stride + k : b + k * stride + i;
         }
@@ -84,7 +96,7 @@ struct Sgemm4Operand {
             const int left = depth - k0 < SGEMM2_BK ? (int)(depth - k0) : SGEMM2_BK;  // depths in this stage
 #pragma unroll
             for (int s = 0; s < 2; ++s) {
-                const bool valid = (inside >> s & 1) && dk + DEPTH_APART * s < left;
+                const bool valid = (inside >> s & 1) && dk + (K_MAJOR ? 0 : ROWS_APART) * s < left;
                 cp_async_16(tile + dst + DST_APART * s, valid ? src + s * apart : safe, valid);
             }
             src += step;
@@ -120,10 +132,12 @@ struct Sgemm4Operand {
     }
 };
 
-template <bool A_K_MAJOR, bool B_K_MAJOR, typename Problem>
-__device__ void sgemm_v4(const Problem& p) {
-    typedef Sgemm4Operand<A_K_MAJOR, 64> OpA;
-    typedef Sgemm4Operand<B_K_MAJOR, 32> OpB;
+// The pipeline for every tile of C a block owns (for_each_tile over problem p, whose views store
+// C). `loaders(q, row0, col0, k_begin)` gives a tile's PipeLoaders (mma_pipeline.cuh): anything
+// with `issue(tile, k0, depth)` that copies its thread's part of the stage at depth k0 in OpA's
+// (OpB's) layout, zeros from `depth` on, and moves on to the next stage.
+template <typename OpA, typename OpB, typename Problem, typename MakeLoaders>
+__device__ void fma_pipeline(const Problem& p, MakeLoaders loaders) {
     NABLA_DYNAMIC_SHARED(float, stages);
     float* as = stages;
     float* bs = stages + SGEMM4_STAGES * SGEMM4_STAGE_FLOATS;
@@ -135,9 +149,9 @@ __device__ void sgemm_v4(const Problem& p) {
     typedef decltype(p.group(0, 0)) View;
     for_each_tile<SGEMM2_TILE, SGEMM2_TILE, SGEMM2_BK>(p, [&](const View& q, i64 row0, i64 col0, i64 k_begin,
                                                              i64 k_end) {
-        const i64 a_stride = A_K_MAJOR ? q.a_rs : q.a_cs, b_stride = B_K_MAJOR ? q.b_cs : q.b_rs;
-        typename OpA::Loader load_a(q.pa, a_stride, row0, rows, k_begin);
-        typename OpB::Loader load_b(q.pb, b_stride, col0, cols, k_begin);
+        auto tile_loaders = loaders(q, row0, col0, k_begin);
+        auto& load_a = tile_loaders.a;
+        auto& load_b = tile_loaders.b;
         const int steps = (int)((k_end - k_begin + SGEMM2_BK - 1) / SGEMM2_BK);
         // Stages are issued in order, one a turn: stage t's copies go to buffer t % SGEMM4_STAGES.
         int fill = 0;
@@ -167,6 +181,7 @@ __device__ void sgemm_v4(const Problem& p) {
             const float* a_tile = as + use * SGEMM4_STAGE_FLOATS + a_lane;
             const float* b_tile = bs + use * SGEMM4_STAGE_FLOATS + b_lane;
             use = use + 1 == SGEMM4_STAGES ? 0 : use + 1;
+            // One depth pair a turn: unrolled further, ptxas spills at 128 registers.
 #pragma unroll 1
             for (int kk = 0; kk < SGEMM2_BK; kk += 2) {
                 float va[8][2], vb[8][2];
@@ -192,5 +207,22 @@ __device__ void sgemm_v4(const Problem& p) {
                 if (c < cols) q.store(r, c, acc[i][j]);
             }
         }
+    });
+}
+
+// The matrix product for one block, operands read through the view's pointers and strides.
+template <bool A_K_MAJOR, bool B_K_MAJOR, typename Problem>
+__device__ void sgemm_v4(const Problem& p) {
+    typedef Sgemm4Operand<A_K_MAJOR, 64> OpA;
+    typedef Sgemm4Operand<B_K_MAJOR, 32> OpB;
+    typedef typename OpA::Loader LoaderA;
+    typedef typename OpB::Loader LoaderB;
+    const i64 rows = p.rows(), cols = p.cols();
+    // (NVRTC takes a generic lambda's call operator for a host function: the view's type is spelled)
+    typedef decltype(p.group(0, 0)) View;
+    fma_pipeline<OpA, OpB>(p, [&](const View& q, i64 row0, i64 col0, i64 k_begin) {
+        const i64 a_stride = A_K_MAJOR ? q.a_rs : q.a_cs, b_stride = B_K_MAJOR ? q.b_cs : q.b_rs;
+        return PipeLoaders<LoaderA, LoaderB>{LoaderA(q.pa, a_stride, row0, rows, k_begin),
+                                             LoaderB(q.pb, b_stride, col0, cols, k_begin)};
     });
 }

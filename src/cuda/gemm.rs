@@ -196,9 +196,10 @@ pub fn tensor_core_conv() -> u8 {
 /// default), the implicit GEMMs of `tiled_gemm.cuh` that gather every patch element one load at a
 /// time, or 2, version 4's `cp.async` pipeline of the f32 GEMM (`kernels/sgemm_v4.cuh`) over
 /// channels-last copies, for layers whose input channels per group are a multiple of 4, on sm_80+:
-/// the forward (`conv2d_fwd_v2_f32`) and, at stride 1, the input gradient (the same kernel over
-/// dY with the kernel flipped). The weight gradient runs on version 1 either way. Version 2 is
-/// opt-in until a GPU has timed it.
+/// the forward (`conv2d_fwd_v2_f32`), at stride 1 the input gradient (the same kernel over dY
+/// with the kernel flipped), and where an output plane holds a multiple of 4 pixels the weight
+/// gradient (`conv2d_bwd_weight_v2_f32`). The other passes run on version 1 either way. Version 2
+/// is opt-in until a GPU has timed it.
 /// 0 means not chosen yet: the first use reads `NABLA_FMA_CONV`.
 static FMA_CONV: AtomicU8 = AtomicU8::new(0);
 

@@ -119,25 +119,28 @@ fn conv2d_rejects_mismatched_shapes_with_the_shapes_in_the_message() {
     assert!(x.conv2d(&w3, None, Conv2dOptions { stride: (0, 1), ..Default::default() }).is_err());
 }
 
-/// Runs in a child process: the convolution version is a process-wide setting. Version 2 of the
-/// tensor-core convolution gathers channels-last chunks of 8 channels by cp.async; its cases
-/// have a multiple of 8 input channels per group, ragged against the 128 x 128 tiles and the
-/// 32-deep stages (a depth of 8 and of 9 taps x 64 channels; 136 output channels; 288 pixels).
-/// At stride 1 the input gradient runs as the same forward over the output gradient with the
-/// kernel flipped, and where an output plane holds a multiple of 8 pixels the weight gradient
-/// runs on the pipeline too (one case splits its depth); both are held to the CPU reference
-/// (the other layers take version 1).
+/// Runs in a child process: the convolution versions are process-wide settings. Version 2 of the
+/// tensor-core convolution gathers channels-last chunks of 8 channels by cp.async, version 2 of
+/// the f32 convolution chunks of 4 (on the f32 GEMM's version-4 pipeline); the cases have a
+/// multiple of 8 (one of them 4) input channels per group, ragged against the 128 x 128 tiles and
+/// the 16- and 32-deep stages (a depth of 4, 8 and 9 taps x 64 channels; 136 output channels;
+/// 288 pixels). At stride 1 the input gradient runs as the same forward over the output gradient
+/// with the kernel flipped, and where an output plane holds a whole number of chunks (8 pixels of
+/// 16 bits, 4 of f32) the weight gradient runs on the pipeline too (one case splits its depth);
+/// all are held to the CPU reference (the other layers take version 1).
 #[test]
-fn conv2d_forward_and_gradients_on_the_channels_last_tensor_core_pipeline_match_the_reference() {
+fn conv2d_forward_and_gradients_on_the_channels_last_pipelines_match_the_reference() {
     assert!(nabla::cuda::gemm::set_tensor_core_conv(3).is_err(), "an unknown version is refused");
-    const NAME: &str =
-        "conv::conv2d_forward_and_gradients_on_the_channels_last_tensor_core_pipeline_match_the_reference";
+    assert!(nabla::cuda::gemm::set_fma_conv(3).is_err(), "an unknown version is refused");
+    const NAME: &str = "conv::conv2d_forward_and_gradients_on_the_channels_last_pipelines_match_the_reference";
     if !in_child_process(NAME, &[]) {
         return;
     }
     let Some(dev) = cuda_or_skip("conv2d forward, version 2") else { return };
     assert_eq!(nabla::cuda::gemm::tensor_core_conv(), 1, "version 1 is the default");
+    assert_eq!(nabla::cuda::gemm::fma_conv(), 1, "version 1 is the default");
     nabla::cuda::gemm::set_tensor_core_conv(2).unwrap();
+    nabla::cuda::gemm::set_fma_conv(2).unwrap();
     let opt = |s: (usize, usize), p: (usize, usize), d: (usize, usize), g| Conv2dOptions {
         stride: s,
         padding: p,
@@ -151,10 +154,16 @@ fn conv2d_forward_and_gradients_on_the_channels_last_tensor_core_pipeline_match_
         ([2, 64, 8, 8], [136, 64, 3, 3], opt((1, 1), (1, 1), (1, 1), 1), true),
         ([2, 16, 9, 8], [16, 8, 3, 3], opt((1, 1), (2, 1), (2, 1), 2), false),
         ([8, 16, 16, 16], [16, 16, 3, 3], opt((1, 1), (1, 1), (1, 1), 1), false),
+        ([2, 8, 7, 9], [12, 4, 3, 3], opt((1, 1), (1, 1), (1, 1), 2), true),
     ];
-    for dtype in [DType::BF16, DType::F16] {
-        // f32 accumulation of K products of unit normals (about √K in size), rounded to dtype.
-        let rounding = if dtype == DType::BF16 { 2f64.powi(-8) } else { 2f64.powi(-11) };
+    for dtype in [DType::BF16, DType::F16, DType::F32] {
+        // f32 accumulation of K products of unit normals (about √K in size), rounded to dtype
+        // (f32: the accumulation's own rounding, K additions).
+        let rounding = match dtype {
+            DType::BF16 => 2f64.powi(-8),
+            DType::F16 => 2f64.powi(-11),
+            _ => 2f64.powi(-18),
+        };
         for (seed, (xs, ws, o, with_bias)) in cases.into_iter().enumerate() {
             let x = randn(&xs, DType::F32, 10 + seed as u64).to_dtype(dtype).unwrap();
             let w = randn(&ws, DType::F32, 20 + seed as u64).to_dtype(dtype).unwrap();

@@ -16,7 +16,9 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
 mod pipelined;
-use pipelined::{forward_v2, grad_weight_v2, pipelined_forward, pipelined_grad_input, transposed};
+use pipelined::{
+    forward_v2, grad_weight_v2, pipelined_forward, pipelined_grad_input, pipelined_grad_weight, transposed,
+};
 
 /// Stride, padding, dilation and groups of a 2-D convolution (PyTorch's defaults: 1, 0, 1, 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +61,8 @@ pub(crate) fn kernel_names() -> Vec<String> {
     let direct = [DType::F32, DType::F64, DType::F16, DType::BF16].map(|d| format!("{DIRECT_INPUT}_{d}"));
     let pipelined =
         [DType::F16, DType::BF16].into_iter().flat_map(|d| ["fwd", "bwd_weight"].map(|p| format!("conv2d_{p}_v2_{d}")));
-    gemms.chain(direct).chain(pipelined).collect()
+    let pipelined_f32 = ["conv2d_fwd_v2_f32", "conv2d_bwd_weight_v2_f32"].map(String::from);
+    gemms.chain(direct).chain(pipelined).chain(pipelined_f32).collect()
 }
 
 /// The direct grad-input kernel (`kernels/conv2d.cu`), for few input channels per group.
@@ -420,7 +423,7 @@ fn conv_backward_weight(dy: &Tensor, x: &Tensor, d: DimsWithBias) -> Result<Tens
         (StorageRef::Cuda(gs), StorageRef::Cuda(xs)) => {
             let dev = &gs.device;
             let plan = d.plan(dev, d.o / d.opt.groups, d.ksize(), d.n * d.oh * d.ow, MAX_WEIGHT_SPLITS)?;
-            if pipelined_forward(dev, dy.dtype, &d) && (d.oh * d.ow).is_multiple_of(8) {
+            if pipelined_grad_weight(dev, dy.dtype, &d) {
                 return grad_weight_v2(dev, &dy, &x, &d);
             }
             if plan.splits == 1 {
@@ -555,7 +558,7 @@ fn launch_kernel(
     params: Conv2dParams,
 ) -> Result<()> {
     const OP: &str = "conv2d";
-    let f = dev.function(OP, "conv2d", kernel)?;
+    let f = dev.function_with_shared(OP, "conv2d", kernel, cfg.shared_mem_bytes)?;
     let null: u64 = 0;
     let mut l = dev.stream.launch_builder(&f);
     for buffer in buffers {

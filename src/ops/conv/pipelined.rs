@@ -1,7 +1,8 @@
-//! Version 2 of the tensor-core convolution (f16/bf16, opt-in: `cuda::gemm::set_tensor_core_conv`):
-//! which passes of a layer it takes, the channels-last copies it needs, and its launches
-//! (`conv2d_fwd_v2_*`, `conv2d_bwd_weight_v2_*` in kernels/conv2d.cu, on the pipeline of
-//! kernels/mma_pipeline.cuh).
+//! Version 2 of the convolutions (opt-in): f16/bf16 on the tensor cores
+//! (`cuda::gemm::set_tensor_core_conv`, the pipeline of kernels/mma_pipeline.cuh) and f32 on the
+//! FP32 pipes (`cuda::gemm::set_fma_conv`, the pipeline of kernels/sgemm_v4.cuh): which passes of
+//! a layer they take, the channels-last copies they need, and their launches (`conv2d_fwd_v2_*`,
+//! `conv2d_bwd_weight_v2_*` in kernels/conv2d.cu).
 
 use super::{Dims, MAX_WEIGHT_SPLITS, launch_kernel};
 use crate::cuda::CudaDevice;
@@ -12,15 +13,34 @@ use crate::{Conv2dOptions, DType, Device, Result, Tensor};
 use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 
-/// Whether the forward runs on version 2 of the tensor-core convolution
-/// ([`gemm::set_tensor_core_conv`]): f16/bf16 on a card with tensor cores, and input channels per
-/// group a multiple of 8, so that a 16-byte chunk of channels never straddles a tap and every
-/// chunk is aligned (`ConvPatchLoader` in kernels/conv2d.cu).
+/// Whether the forward runs on version 2: f16/bf16 on a card with tensor cores
+/// ([`gemm::set_tensor_core_conv`]) with input channels per group a multiple of 8, or f32 off the
+/// tensor cores ([`gemm::set_fma_conv`]) on sm_80+ with a multiple of 4, so that a 16-byte chunk of
+/// channels never straddles a tap and every chunk is aligned (`ConvPatchLoader` in
+/// kernels/conv2d.cu).
 pub(super) fn pipelined_forward(dev: &CudaDevice, dtype: DType, d: &Dims) -> bool {
-    matches!(dtype, DType::F16 | DType::BF16)
-        && gemm::uses_tensor_cores(dtype, dev)
-        && gemm::tensor_core_conv() == 2
-        && (d.c / d.opt.groups).is_multiple_of(8)
+    let cg = d.c / d.opt.groups;
+    match dtype {
+        DType::F16 | DType::BF16 => {
+            gemm::uses_tensor_cores(dtype, dev) && gemm::tensor_core_conv() == 2 && cg.is_multiple_of(8)
+        }
+        DType::F32 => {
+            !gemm::uses_tensor_cores(dtype, dev)
+                && gemm::fma_conv() == 2
+                && dev.arch().0 >= 8
+                && gemm::FMA_V4_SHARED_BYTES as usize <= dev.max_shared_per_block()
+                && cg.is_multiple_of(4)
+        }
+        _ => false,
+    }
+}
+
+/// Whether the weight gradient runs on version 2 (`conv2d_bwd_weight_v2_*`): as
+/// [`pipelined_forward`], with a whole number of 16-byte chunks in an output plane (oh ow a
+/// multiple of 8 values of 16 bits, or of 4 of f32).
+pub(super) fn pipelined_grad_weight(dev: &CudaDevice, dtype: DType, d: &Dims) -> bool {
+    let chunk = 16 / dtype.size_in_bytes();
+    pipelined_forward(dev, dtype, d) && (d.oh * d.ow).is_multiple_of(chunk)
 }
 
 /// Whether the input gradient runs as version 2's forward over the output gradient (see
@@ -58,8 +78,9 @@ pub(super) fn transposed(d: &Dims, w: &Tensor) -> Result<(Dims, Tensor)> {
     Ok((transposed_dims(d), w_t))
 }
 
-/// Version 2 of the tensor-core forward (`conv2d_fwd_v2_*`) of layer `d`: y = x * w (+ bias),
-/// x NCHW (copied here to NHWC), w already [o, kh, kw, cg], y NCHW.
+/// Version 2 of the forward (`conv2d_fwd_v2_*`) of layer `d`: y = x * w (+ bias), x NCHW (copied
+/// here to NHWC), w already [o, kh, kw, cg], y NCHW. The f32 kernel's stages take 80 KiB of
+/// dynamic shared memory, the 16-bit kernels' 48 KiB of static.
 pub(super) fn forward_v2(
     dev: &Arc<CudaDevice>,
     x: &Tensor,
@@ -74,20 +95,25 @@ pub(super) fn forward_v2(
         unreachable!("copies stay on their device")
     };
     let gemm = (d.o / d.opt.groups, d.n * d.oh * d.ow, d.ksize());
-    let (cfg, _) = gemm::pipelined_config(gemm, d.opt.groups, dev.multiprocessors(), 1);
+    let (mut cfg, _) = gemm::pipelined_config(gemm, d.opt.groups, dev.multiprocessors(), 1);
+    if x.dtype() == DType::F32 {
+        cfg.shared_mem_bytes = gemm::FMA_V4_SHARED_BYTES;
+    }
     let buffers = [Some(&*xl.buf), Some(&*wl.buf), bias, Some(&*y.buf)];
     launch_kernel(dev, &format!("conv2d_fwd_v2_{}", x.dtype()), cfg, &buffers, d.params())
 }
 
-/// Version 2 of the tensor-core weight gradient (`conv2d_bwd_weight_v2_*`, under the same
-/// conditions as [`pipelined_forward`], and with a whole number of 16-byte chunks in an output
-/// plane, oh ow a multiple of 8): dY read in place (NCHW), x copied to NHWC, dW made as [o, kh,
+/// Version 2 of the weight gradient (`conv2d_bwd_weight_v2_*`, where [`pipelined_grad_weight`]
+/// allows): dY read in place (NCHW), x copied to NHWC, dW made as [o, kh,
 /// kw, cg] (in split partial sums when the depth splits) and put back as [o, cg, kh, kw].
 pub(super) fn grad_weight_v2(dev: &Arc<CudaDevice>, dy: &Tensor, x: &Tensor, d: &Dims) -> Result<Tensor> {
     let x_nhwc = x.detach().permute(&[0, 2, 3, 1])?.dense()?;
     let (g, cg) = (d.opt.groups, d.c / d.opt.groups);
     let gemm = (d.o / g, d.ksize(), d.n * d.oh * d.ow);
-    let (cfg, splits) = gemm::pipelined_config(gemm, g, dev.multiprocessors(), MAX_WEIGHT_SPLITS);
+    let (mut cfg, splits) = gemm::pipelined_config(gemm, g, dev.multiprocessors(), MAX_WEIGHT_SPLITS);
+    if dy.dtype() == DType::F32 {
+        cfg.shared_mem_bytes = gemm::FMA_V4_SHARED_BYTES;
+    }
     let count = d.o * d.ksize();
     let out = if splits == 1 {
         dev.alloc("conv2d", dy.dtype(), count)?
