@@ -170,7 +170,7 @@ pub fn tensor_core_gemm() -> u8 {
 /// `mma_gemm.cuh` that gather every patch element through registers, or 2, the `cp.async`
 /// pipeline of `mma_pipeline.cuh` over channels-last copies, for layers whose input channels
 /// per group are a multiple of 8: the forward (`conv2d_fwd_v2_*`), at stride 1 the input
-/// gradient (the same kernel over dY with the kernel flipped), and where an output plane holds a
+/// gradient (the same kernel over dY, its taps stepping back), and where an output plane holds a
 /// multiple of 8 pixels the weight gradient (`conv2d_bwd_weight_v2_*`). The other passes run on
 /// version 1 either way. Version 2 is opt-in until a GPU has timed it.
 /// 0 means not chosen yet: the first use reads `NABLA_TENSOR_CORE_CONV`.
@@ -196,8 +196,8 @@ pub fn tensor_core_conv() -> u8 {
 /// default), the implicit GEMMs of `tiled_gemm.cuh` that gather every patch element one load at a
 /// time, or 2, version 4's `cp.async` pipeline of the f32 GEMM (`kernels/sgemm_v4.cuh`) over
 /// channels-last copies, for layers whose input channels per group are a multiple of 4, on sm_80+:
-/// the forward (`conv2d_fwd_v2_f32`), at stride 1 the input gradient (the same kernel over dY
-/// with the kernel flipped), and where an output plane holds a multiple of 4 pixels the weight
+/// the forward (`conv2d_fwd_v2_f32`), at stride 1 the input gradient (the same kernel over dY,
+/// its taps stepping back), and where an output plane holds a multiple of 4 pixels the weight
 /// gradient (`conv2d_bwd_weight_v2_f32`). The other passes run on version 1 either way. Version 2
 /// is opt-in until a GPU has timed it.
 /// 0 means not chosen yet: the first use reads `NABLA_FMA_CONV`.

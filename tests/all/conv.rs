@@ -124,8 +124,8 @@ fn conv2d_rejects_mismatched_shapes_with_the_shapes_in_the_message() {
 /// the f32 convolution chunks of 4 (on the f32 GEMM's version-4 pipeline); the cases have a
 /// multiple of 8 (one of them 4) input channels per group, ragged against the 128 x 128 tiles and
 /// the 16- and 32-deep stages (a depth of 4, 8 and 9 taps x 64 channels; 136 output channels;
-/// 288 pixels). At stride 1 the input gradient runs as the same forward over the output gradient
-/// with the kernel flipped, and where an output plane holds a whole number of chunks (8 pixels of
+/// 288 pixels). At stride 1 the input gradient runs as the same forward over the output gradient,
+/// its taps stepping back (negative padding and dilation; one case pads a 1 x 1 kernel), and where an output plane holds a whole number of chunks (8 pixels of
 /// 16 bits, 4 of f32) the weight gradient runs on the pipeline too (one case splits its depth);
 /// all are held to the CPU reference (the other layers take version 1).
 #[test]
@@ -150,7 +150,7 @@ fn conv2d_forward_and_gradients_on_the_channels_last_pipelines_match_the_referen
     let cases = [
         ([2, 16, 12, 12], [24, 16, 3, 3], opt((1, 1), (1, 1), (1, 1), 1), true),
         ([3, 32, 9, 10], [16, 16, 3, 2], opt((2, 1), (1, 0), (2, 1), 2), false),
-        ([1, 8, 5, 7], [8, 8, 1, 1], opt((1, 1), (0, 0), (1, 1), 1), true),
+        ([1, 8, 5, 7], [8, 8, 1, 1], opt((1, 1), (1, 0), (1, 1), 1), true),
         ([2, 64, 8, 8], [136, 64, 3, 3], opt((1, 1), (1, 1), (1, 1), 1), true),
         ([2, 16, 9, 8], [16, 8, 3, 3], opt((1, 1), (2, 1), (2, 1), 2), false),
         ([8, 16, 16, 16], [16, 16, 3, 3], opt((1, 1), (1, 1), (1, 1), 1), false),

@@ -338,7 +338,7 @@ fn conv_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, d: DimsWithBias) 
             if pipelined_forward(&dev, x.dtype, &d) {
                 // Channels last: every tap's input channels, and a filter's, contiguous.
                 let w_ohwc = w.detach().permute(&[0, 2, 3, 1])?.dense()?;
-                forward_v2(&dev, &x, &w_ohwc, b_buf, &y, &d)?;
+                forward_v2(&dev, &x, &w_ohwc, b_buf, &y, (&d, d.params()))?;
                 return Ok(Tensor::from_cuda(y, &out_shape));
             }
             let buffers = [Some(&*xs.buf), Some(&*ws.buf), b_buf, Some(&*y.buf)];
@@ -379,8 +379,8 @@ fn conv_backward_input(dy: &Tensor, w: &Tensor, d: DimsWithBias) -> Result<Tenso
             // (the plan also refuses sizes the kernels cannot index in 32 bits)
             let plan = d.plan(&gs.device, d.c / d.opt.groups, d.n * d.h * d.w, og * d.kh * d.kw, 1)?;
             if pipelined_grad_input(&gs.device, dy.dtype, &d) {
-                let (t, w_flipped) = transposed(&d, &w)?;
-                forward_v2(&gs.device, &dy, &w_flipped, None, &dx, &t)?;
+                let (t, params, w_t) = transposed(&d, &w)?;
+                forward_v2(&gs.device, &dy, &w_t, None, &dx, (&t, params))?;
                 return Ok(Tensor::from_cuda(dx, &in_shape));
             }
             if d.direct_grad_input() {

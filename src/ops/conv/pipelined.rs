@@ -9,7 +9,7 @@ use crate::cuda::CudaDevice;
 use crate::cuda::gemm;
 use crate::cuda::params::Conv2dParams;
 use crate::storage::StorageRef;
-use crate::{Conv2dOptions, DType, Device, Result, Tensor};
+use crate::{Conv2dOptions, DType, Result, Tensor};
 use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 
@@ -45,49 +45,47 @@ pub(super) fn pipelined_grad_weight(dev: &CudaDevice, dtype: DType, d: &Dims) ->
 
 /// Whether the input gradient runs as version 2's forward over the output gradient (see
 /// [`transposed`]): as [`pipelined_forward`] for the transposed layer, at stride 1 (at larger
-/// strides most of its products would be with zeros), with padding at most the dilated kernel's
-/// reach, and when the direct kernel does not take the layer.
+/// strides most of its products would be with zeros), and when the direct kernel does not take
+/// the layer.
 pub(super) fn pipelined_grad_input(dev: &CudaDevice, dtype: DType, d: &Dims) -> bool {
-    let (p, dil) = (d.opt.padding, d.opt.dilation);
-    d.opt.stride == (1, 1)
-        && p.0 <= dil.0 * (d.kh - 1)
-        && p.1 <= dil.1 * (d.kw - 1)
-        && !d.direct_grad_input()
-        && pipelined_forward(dev, dtype, &transposed_dims(d))
+    d.opt.stride == (1, 1) && !d.direct_grad_input() && pipelined_forward(dev, dtype, &transposed_dims(d))
 }
 
-/// At stride 1 the input gradient is a convolution of the output gradient: dX[n, ci, y, x] =
-/// Σ_{o, ky, kx} W[o, ci, ky, kx] dY[n, o, y + ph - ky dh, x + pw - kx dw], which is the
-/// forward over dY (o channels) with the kernel flipped, channels swapped within each group and
-/// padding dh (kh - 1) - ph (and so for the columns).
+/// The sizes of the transposed layer: dY's o channels in, x's c out, dY's plane in, x's out.
 fn transposed_dims(d: &Dims) -> Dims {
-    let (p, dil) = (d.opt.padding, d.opt.dilation);
-    let padding = (dil.0 * (d.kh - 1) - p.0, dil.1 * (d.kw - 1) - p.1);
-    let opt = Conv2dOptions { stride: (1, 1), padding, dilation: dil, groups: d.opt.groups };
+    let opt = Conv2dOptions { stride: (1, 1), padding: (0, 0), dilation: d.opt.dilation, groups: d.opt.groups };
     Dims { n: d.n, c: d.o, h: d.oh, w: d.ow, o: d.c, kh: d.kh, kw: d.kw, oh: d.h, ow: d.w, opt }
 }
 
-/// The transposed layer of [`transposed_dims`] and its weight in version 2's layout: W [o, cg,
-/// kh, kw] flipped along kh and kw, as [g, cg, kh, kw, og] ([c, kh, kw, og]).
-pub(super) fn transposed(d: &Dims, w: &Tensor) -> Result<(Dims, Tensor)> {
+/// At stride 1 the input gradient is a convolution of the output gradient: dX[n, ci, y, x] =
+/// Σ_{o, ky, kx} W[o, ci, ky, kx] dY[n, o, y + ph - ky dh, x + pw - kx dw]: the forward over dY
+/// (o channels in, c out) with W's channels swapped within each group, whose taps step back
+/// through dY: padding -ph and dilation -dh (the patch gather reads input row y - pad + ky dil),
+/// and so for the columns. Returns that layer's sizes, its kernel parameters (the negative
+/// padding and dilation, which Conv2dOptions cannot hold), and its weight in version 2's
+/// layout, W [o, cg, kh, kw] as [g, cg, kh, kw, og] ([c, kh, kw, og]): a permuted copy, with no
+/// host data and no flip, so nothing waits for the device and a CUDA graph can capture it.
+pub(super) fn transposed(d: &Dims, w: &Tensor) -> Result<(Dims, Conv2dParams, Tensor)> {
     let (g, og, cg) = (d.opt.groups, d.o / d.opt.groups, d.c / d.opt.groups);
-    let reversed =
-        |n: usize| Tensor::from_vec((0..n as i64).rev().collect(), &[n], &Device::Cpu)?.to_device(&w.device());
-    let flipped = w.detach().index_select(2, &reversed(d.kh)?)?.index_select(3, &reversed(d.kw)?)?;
-    let w_t = flipped.reshape(&[g, og, cg, d.kh, d.kw])?.permute(&[0, 2, 3, 4, 1])?.dense()?;
-    Ok((transposed_dims(d), w_t))
+    let w_t = w.detach().reshape(&[g, og, cg, d.kh, d.kw])?.permute(&[0, 2, 3, 4, 1])?.dense()?;
+    let t = transposed_dims(d);
+    let (p, dil) = (d.opt.padding, d.opt.dilation);
+    let params =
+        Conv2dParams { ph: -(p.0 as i64), pw: -(p.1 as i64), dh: -(dil.0 as i64), dw: -(dil.1 as i64), ..t.params() };
+    Ok((t, params, w_t))
 }
 
-/// Version 2 of the forward (`conv2d_fwd_v2_*`) of layer `d`: y = x * w (+ bias), x NCHW (copied
-/// here to NHWC), w already [o, kh, kw, cg], y NCHW. The f32 kernel's stages take 80 KiB of
-/// dynamic shared memory, the 16-bit kernels' 48 KiB of static.
+/// Version 2 of the forward (`conv2d_fwd_v2_*`) of layer `d` with kernel parameters `params`
+/// (`d.params()`, or [`transposed`]'s): y = x * w (+ bias), x NCHW (copied here to NHWC), w
+/// already [o, kh, kw, cg], y NCHW. The f32 kernel's stages take 80 KiB of dynamic shared memory,
+/// the 16-bit kernels' 48 KiB of static.
 pub(super) fn forward_v2(
     dev: &Arc<CudaDevice>,
     x: &Tensor,
     w_ohwc: &Tensor,
     bias: Option<&CudaSlice<u8>>,
     y: &crate::cuda::CudaStorage,
-    d: &Dims,
+    (d, params): (&Dims, Conv2dParams),
 ) -> Result<()> {
     let x_nhwc = x.detach().permute(&[0, 2, 3, 1])?.dense()?;
     let (x_nhwc, w_ohwc) = (x_nhwc.storage(), w_ohwc.storage());
@@ -100,7 +98,7 @@ pub(super) fn forward_v2(
         cfg.shared_mem_bytes = gemm::FMA_V4_SHARED_BYTES;
     }
     let buffers = [Some(&*xl.buf), Some(&*wl.buf), bias, Some(&*y.buf)];
-    launch_kernel(dev, &format!("conv2d_fwd_v2_{}", x.dtype()), cfg, &buffers, d.params())
+    launch_kernel(dev, &format!("conv2d_fwd_v2_{}", x.dtype()), cfg, &buffers, params)
 }
 
 /// Version 2 of the weight gradient (`conv2d_bwd_weight_v2_*`, where [`pipelined_grad_weight`]
