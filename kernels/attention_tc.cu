@@ -128,6 +128,20 @@ __device__ __forceinline__ void load_a_rows(float (*frag)[4], const float* m, i6
         }
 }
 
+// Flips the sign of every value of a block of A fragments: two 16-bit values a register (their
+// sign bits), or one f32.
+__device__ __forceinline__ void negate_value(unsigned& pair) { pair ^= 0x80008000u; }
+__device__ __forceinline__ void negate_value(float& value) { value = -value; }
+template <typename Reg, int MB, int KD>
+__device__ __forceinline__ void negate_fragments(Reg (&frag)[MB][KD][4]) {
+#pragma unroll
+    for (int m = 0; m < MB; ++m)
+#pragma unroll
+        for (int kd = 0; kd < KD; ++kd)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) negate_value(frag[m][kd][i]);
+}
+
 // Issues the cp.async copies of rows first .. first + R of a dense [rows, D] matrix into the
 // shared tile [R][STRIDE] with the whole block, 16 bytes a copy, zeros past the last row; the
 // caller commits and waits. A row of D values (a multiple of 8, so of 16 bytes in every dtype
@@ -399,8 +413,14 @@ __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float
     typename TcOperand<T>::Reg qf[MB][KD][4];
 #pragma unroll
     for (int m = 0; m < MB; ++m) load_a_rows<T, D>(qf[m], q + head * p.sq * D, mine + 16 * m, p.sq, group, tig);
-    // Scores in base 2: s * scale * log2(e); m is the running max of those, l the running sum.
-    const float scale = (float)p.scale * TC_LOG2E, neg_inf = -NABLA_INF;
+    // A negative scale is carried by Q's sign (negation is exact in every dtype), so that the
+    // scores below are scaled by |scale|, and their maximum is the maximum of the scaled scores.
+    if (p.scale < 0) negate_fragments(qf);
+    // Scores s stay raw; in base 2 they are s * scale * log2(e), folded into the exponent's FFMA
+    // (one instruction where a multiply and a subtraction were). m is the running max of the raw
+    // scores, l the running sum. A zero scale becomes a tiny one (every probability rounds to the
+    // same value), so that a masked score (-inf) never meets a zero factor.
+    const float scale = fmaxf(fabsf((float)p.scale) * TC_LOG2E, 1e-30f), neg_inf = -NABLA_INF;
     float acc[MB][NO][4], m[MB][2], l[MB][2];
     zero_fragments(acc);
 #pragma unroll
@@ -419,7 +439,6 @@ __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float
         zero_fragments(s);
         mma_rows<T, MB, KD, NS, STRIDE>(s, qf, ks[b]);
         // Element e of block j: row mine + 16 r + group + 8 (e / 2), key t0 + 8 j + 2 tig + (e & 1).
-        each_element<MB, NS>([&](int r, int j, int e) { s[r][j][e] *= scale; });
         if (tile_needs_mask<MB, KEYS>(p, mine, t0, false)) hide_masked(s, p, mine, t0, false, neg_inf);
 #pragma unroll
         for (int r = 0; r < MB; ++r) {
@@ -432,23 +451,28 @@ __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const float m_new = fmaxf(m[r][h], quad_max(tile_max[h]));
-                alpha[h] = m[r][h] == neg_inf ? 0.0f : fast_exp2(m[r][h] - m_new);
+                alpha[h] = m[r][h] == neg_inf ? 0.0f : fast_exp2((m[r][h] - m_new) * scale);
                 m[r][h] = m_new;
-                base[h] = m_new == neg_inf ? 0.0f : m_new;  // a row with nothing visible yet
+                base[h] = m_new == neg_inf ? 0.0f : m_new * scale;  // a row with nothing visible yet
             }
 #pragma unroll
             for (int j = 0; j < NS; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    s[r][j][e] = fast_exp2(s[r][j][e] - base[e / 2]);  // exp2(-inf) = 0
+                    s[r][j][e] = fast_exp2(fmaf(s[r][j][e], scale, -base[e / 2]));  // exp2(-inf) = 0
                     row_sum[e / 2] += s[r][j][e];
                 }
 #pragma unroll
             for (int h = 0; h < 2; ++h) l[r][h] = l[r][h] * alpha[h] + quad_sum(row_sum[h]);
+            // Once the rows' maxima settle, most tiles leave them all alone (alpha = 2^0 = 1): the
+            // warp then skips rescaling its accumulators (a uniform branch around 4 NO multiplies
+            // a lane). Multiplying by 1 changes nothing, so the skip never changes a result.
+            if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
-            for (int n = 0; n < NO; ++n)
+                for (int n = 0; n < NO; ++n)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[r][n][e] *= alpha[e / 2];
+                    for (int e = 0; e < 4; ++e) acc[r][n][e] *= alpha[e / 2];
+            }
         }
         mma_tile<T, MB, NS, NO, STRIDE>(acc, s, vs[b]);
     });
@@ -461,7 +485,7 @@ __device__ void attention_tc_fwd(const T* q, const T* k, const T* v, T* o, float
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const i64 row = rows_from + group + 8 * h;
-            if (tig == 0 && row < p.sq) lse[head * p.sq + row] = (m[r][h] + log2f(l[r][h])) * TC_LN2;
+            if (tig == 0 && row < p.sq) lse[head * p.sq + row] = (m[r][h] * scale + log2f(l[r][h])) * TC_LN2;
         }
     }
 }

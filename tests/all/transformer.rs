@@ -259,6 +259,44 @@ fn tensor_core_attention_matches_the_cpu_across_several_query_and_key_tiles() {
     }
 }
 
+#[test]
+fn tensor_core_attention_matches_the_cpu_for_negative_zero_and_custom_scales() {
+    // The tensor-core forward keeps raw scores and folds the scale into its exponent, with a
+    // negative scale carried by Q's sign: the softmax must follow the scaled scores whatever
+    // their sign (a negative scale turns the smallest raw score into the largest).
+    for dev in devices_under_test("tensor-core attention scales").into_iter().filter(|d| d.is_cuda()) {
+        custom_scales_match_the_cpu(&dev, &[DType::BF16, DType::F16], 900);
+    }
+}
+
+/// Fused attention of `dtypes` on `dev` with scales -0.4, 0 and 0.3 (the default here is 1/8)
+/// against the CPU's f64 definition, forward and backward, causal and full, over several key
+/// tiles, so that the rows' running maxima move within a block.
+fn custom_scales_match_the_cpu(dev: &Device, dtypes: &[DType], seed: u64) {
+    let (b, h, sq, sk, d) = (1, 2, 150, 170, 64);
+    for &dtype in dtypes {
+        let (atol, rtol) = tolerance(dtype);
+        let q = randn(&[b, h, sq, d], dtype, seed);
+        let (k, v) = (randn(&[b, h, sk, d], dtype, seed + 1), randn(&[b, h, sk, d], dtype, seed + 2));
+        let g = randn(&[b, h, sq, d], dtype, seed + 3);
+        for scale in [-0.4, 0.0, 0.3] {
+            for causal in [false, true] {
+                let attend = |q: &Tensor, k: &Tensor, v: &Tensor| {
+                    q.scaled_dot_product_attention(k, v, causal, Some(scale)).unwrap()
+                };
+                let gpu = with_gradients(&q, &k, &v, &g, dev, attend);
+                let cpu = nabla::cpu::reference(|| with_gradients(&q, &k, &v, &g, &Device::Cpu, attend));
+                let size = 4.0 + (sk as f64).sqrt();
+                for (i, (a, c)) in gpu.iter().zip(&cpu).enumerate() {
+                    let what = format!("attention {dtype} scale {scale} causal={causal} output {i}");
+                    let grad = if i == 0 { 1.0 } else { 2.0 };
+                    assert_close(&what, a, c, (atol * size * grad, rtol * size * grad));
+                }
+            }
+        }
+    }
+}
+
 /// A long sequence, f32 forward: 1000 queries over 1000 keys on `dev`, against the CPU.
 fn long_f32_sequence_matches_the_cpu(dev: &Device) {
     let (q, k, v) = (
@@ -299,6 +337,7 @@ fn f32_attention_on_the_tensor_cores_in_3xtf32_matches_the_cpu_at_f32_tolerance(
         // TF32 product (10-bit mantissas) misses f32's tolerance by far: these pass only with
         // all three of 3xTF32's.
         tensor_core_tiles_match_the_cpu(&dev, &[DType::F32], 700);
+        custom_scales_match_the_cpu(&dev, &[DType::F32], 710);
         long_f32_sequence_matches_the_cpu(&dev);
         set_f32_attention(1).unwrap();
     }

@@ -119,6 +119,14 @@ inline T __shfl_xor_sync(unsigned int, T v, int mask, int width = 32) {
     return out;
 }
 
+// Whether any lane of the warp passes a nonzero predicate (a butterfly of exchanges: every lane
+// ends with the OR of all 32).
+inline int __any_sync(unsigned int mask, int predicate) {
+    int any = predicate != 0;
+    for (int offset = 16; offset > 0; offset /= 2) any |= __shfl_xor_sync(mask, any, offset);
+    return any;
+}
+
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline unsigned int __float_as_uint(float f) { unsigned int i; std::memcpy(&i, &f, 4); return i; }
