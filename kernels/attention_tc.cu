@@ -147,16 +147,27 @@ __device__ __forceinline__ void negate_fragments(Reg (&frag)[MB][KD][4]) {
 // caller commits and waits. A row of D values (a multiple of 8, so of 16 bytes in every dtype
 // here) is whole 16-byte chunks, and every row starts 16-byte aligned: the host passes dense
 // buffers at offset 0, and the padded tile rows are multiples of 16 bytes from a 16-byte aligned
-// base.
+// base. The block is TC_WARPS warps (the host launches them so), so a thread's copies are known
+// at compile time: the same chunk c of rows TC_WARPS 32 / CHUNKS apart, from one 64-bit base
+// with 32-bit offsets, each behind one compare (in a runtime-strided loop, with a 64-bit address
+// and bound per copy, they took about a sixth of the forward's instructions).
 template <typename T, int D, int R, typename S, int STRIDE>
 __device__ __forceinline__ void stage_tile(S (*tile)[STRIDE], const T* m, i64 first, i64 rows) {
     static_assert(sizeof(S) == sizeof(T) && (STRIDE * sizeof(S)) % 16 == 0, "rows of 16-byte chunks");
-    constexpr int PER = 16 / sizeof(T), CHUNKS = D / PER;
+    constexpr int PER = 16 / sizeof(T), CHUNKS = D / PER, THREADS = TC_WARPS * 32;
     static_assert(D % PER == 0, "rows are whole 16-byte chunks");
-    for (int e = threadIdx.x; e < R * CHUNKS; e += blockDim.x) {
-        const int r = e / CHUNKS, c = e % CHUNKS;
-        const bool valid = first + r < rows;
-        cp_async_16(&tile[r][PER * c], valid ? m + (first + r) * D + PER * c : m, valid);
+    const i64 remaining = rows - first;
+    const int left = remaining < R ? (int)remaining : R;  // rows of this tile inside the matrix
+    const int r0 = (int)threadIdx.x / CHUNKS, c = (int)threadIdx.x % CHUNKS;
+    const T* src = m + (first + r0) * D + PER * c;  // this thread's first copy
+    S* dst = &tile[r0][PER * c];
+#pragma unroll
+    for (int e0 = 0; e0 < R * CHUNKS; e0 += THREADS) {
+        const int r = r0 + e0 / CHUNKS;  // the rows of a thread's copies step by THREADS / CHUNKS
+        if ((R * CHUNKS) % THREADS == 0 || e0 + (int)threadIdx.x < R * CHUNKS) {
+            const bool valid = r < left;
+            cp_async_16(dst + (e0 / CHUNKS) * STRIDE, valid ? src + (e0 / CHUNKS) * D : m, valid);
+        }
     }
 }
 

@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 const OP: &str = "scaled_dot_product_attention";
 /// Query (or key) rows per block of version 1 (`kernels/attention.cu`): one per warp.
 const ROWS_PER_BLOCK: usize = 8;
-/// Warps per block of the tensor-core version (`kernels/attention_tc.cu`).
+/// Warps per block of the tensor-core version: `TC_WARPS` in `kernels/attention_tc.cu`, whose
+/// tile copies are laid out for exactly that many threads (every attention test fails if the two
+/// part).
 const TC_WARPS: usize = 4;
 
 /// Rows per block of the tensor-core version's pass `kind` at head size `d` for `dtype`: 16 per
