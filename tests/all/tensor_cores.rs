@@ -316,6 +316,37 @@ fn version_4_of_the_f32_gemm_is_launched_with_the_shared_memory_its_stages_take(
     assert_eq!(nabla::cuda::gemm::FMA_V4_SHARED_BYTES, 2 * define(header, "SGEMM4_STAGES") * stage * 4);
 }
 
+/// Runs in child processes: each variable is read once per process.
+#[test]
+fn the_opt_in_engine_versions_default_to_1_and_follow_their_variables() {
+    use nabla::cuda::gemm::{fma_conv, fma_gemm, set_fma_conv, set_fma_gemm, set_tensor_core_conv, tensor_core_conv};
+    const NAME: &str = "tensor_cores::the_opt_in_engine_versions_default_to_1_and_follow_their_variables";
+    type Switch = (&'static str, u8, fn() -> u8, fn(u8) -> nabla::Result<()>);
+    let switches: [Switch; 3] = [
+        ("NABLA_FMA_GEMM", 4, fma_gemm, set_fma_gemm),
+        ("NABLA_FMA_CONV", 2, fma_conv, set_fma_conv),
+        ("NABLA_TENSOR_CORE_CONV", 2, tensor_core_conv, set_tensor_core_conv),
+    ];
+    if std::env::var_os("NABLA_TEST_CHILD").is_some() {
+        for (var, newest, get, set) in switches {
+            let expected = match std::env::var(var).ok().and_then(|v| v.parse::<u8>().ok()) {
+                Some(v) if (1..=newest).contains(&v) => v,
+                _ => 1, // unset, or a value that is not a version: the default
+            };
+            assert_eq!(get(), expected, "{var}={:?}", std::env::var(var));
+            let other = if expected == 1 { newest } else { 1 };
+            set(other).unwrap();
+            assert_eq!(get(), other, "a call overrides {var}");
+            assert!(set(newest + 1).is_err() && set(0).is_err(), "{var}: unknown versions are refused");
+        }
+        return;
+    }
+    for value in ["1", "2", "4", "9", "two"] {
+        let vars: Vec<(&str, &str)> = switches.iter().map(|s| (s.0, value)).collect();
+        in_child_process(NAME, &vars);
+    }
+}
+
 /// Runs in child processes: the variable is read once per process.
 #[test]
 fn the_tensor_core_gemm_version_defaults_to_2_and_follows_nabla_tensor_core_gemm() {
