@@ -140,6 +140,22 @@ pub(crate) fn chosen_version(slot: &AtomicU8, var: &str, versions: std::ops::Ran
     }
 }
 
+/// Stores `version` in `slot` for `op` (a `set_*` function) when it is one of `versions`, else an
+/// error naming them.
+fn store_version(
+    slot: &AtomicU8,
+    op: &'static str,
+    versions: std::ops::RangeInclusive<u8>,
+    version: u8,
+) -> crate::Result<()> {
+    if !versions.contains(&version) {
+        let (first, last) = (versions.start(), versions.end());
+        return Err(crate::Error::invalid(op, format!("version {version} is not one of {first} to {last}")));
+    }
+    slot.store(version, Ordering::Relaxed);
+    Ok(())
+}
+
 /// The tensor-core GEMM versions.
 const TENSOR_CORE_GEMM_VERSIONS: std::ops::RangeInclusive<u8> = 1..=3;
 
@@ -153,11 +169,7 @@ pub const TENSOR_CORE_V3_SHARED_BYTES: u32 = 2 * 3 * 128 * 64 * 2;
 /// Products versions 2 and 3 cannot take run on version 1 either way; the bench
 /// `matmul_*_flops` times all three. Any other version is an error.
 pub fn set_tensor_core_gemm(version: u8) -> crate::Result<()> {
-    if !TENSOR_CORE_GEMM_VERSIONS.contains(&version) {
-        return Err(crate::Error::invalid("set_tensor_core_gemm", format!("version {version} is not 1, 2 or 3")));
-    }
-    TENSOR_CORE_GEMM.store(version, Ordering::Relaxed);
-    Ok(())
+    store_version(&TENSOR_CORE_GEMM, "set_tensor_core_gemm", TENSOR_CORE_GEMM_VERSIONS, version)
 }
 
 /// The tensor-core GEMM version in force (see [`set_tensor_core_gemm`]; without a call,
@@ -179,11 +191,7 @@ static TENSOR_CORE_CONV: AtomicU8 = AtomicU8::new(0);
 /// Chooses the tensor-core convolution for the whole process: 1 (the default) or 2
 /// (`NABLA_TENSOR_CORE_CONV` chooses without code). Any other version is an error.
 pub fn set_tensor_core_conv(version: u8) -> crate::Result<()> {
-    if !(1..=2).contains(&version) {
-        return Err(crate::Error::invalid("set_tensor_core_conv", format!("version {version} is not 1 or 2")));
-    }
-    TENSOR_CORE_CONV.store(version, Ordering::Relaxed);
-    Ok(())
+    store_version(&TENSOR_CORE_CONV, "set_tensor_core_conv", 1..=2, version)
 }
 
 /// The tensor-core convolution in force (see [`set_tensor_core_conv`]; without a call,
@@ -206,11 +214,7 @@ static FMA_CONV: AtomicU8 = AtomicU8::new(0);
 /// Chooses the f32 convolution for the whole process: 1 (the default) or 2 (`NABLA_FMA_CONV`
 /// chooses without code). Any other version is an error.
 pub fn set_fma_conv(version: u8) -> crate::Result<()> {
-    if !(1..=2).contains(&version) {
-        return Err(crate::Error::invalid("set_fma_conv", format!("version {version} is not 1 or 2")));
-    }
-    FMA_CONV.store(version, Ordering::Relaxed);
-    Ok(())
+    store_version(&FMA_CONV, "set_fma_conv", 1..=2, version)
 }
 
 /// The f32 convolution in force (see [`set_fma_conv`]; without a call, `NABLA_FMA_CONV`, else 1).
@@ -238,15 +242,17 @@ const FMA_GEMM_VERSIONS: std::ops::RangeInclusive<u8> = 1..=4;
 /// `SGEMM4_STAGE_FLOATS` in kernels/sgemm_v4.cuh).
 pub const FMA_V4_SHARED_BYTES: u32 = 2 * 4 * 128 * 20 * 4;
 
+/// Whether `dev` can run the FMA pipeline of version 4 (the f32 GEMM's and version 2 of the f32
+/// convolution): `cp.async` (sm_80+) and [`FMA_V4_SHARED_BYTES`] of shared memory for a block.
+pub fn fma_pipeline_fits(dev: &super::CudaDevice) -> bool {
+    dev.arch().0 >= 8 && FMA_V4_SHARED_BYTES as usize <= dev.max_shared_per_block()
+}
+
 /// Chooses the FMA-pipe GEMM version for f32 matmuls and linear layers on a GPU, for the whole
 /// process: 1 (the default), 2, 3 or 4 (`NABLA_FMA_GEMM` chooses without code). Products
 /// versions 2-4 cannot take run on version 1 either way. Any other version is an error.
 pub fn set_fma_gemm(version: u8) -> crate::Result<()> {
-    if !FMA_GEMM_VERSIONS.contains(&version) {
-        return Err(crate::Error::invalid("set_fma_gemm", format!("version {version} is not 1, 2, 3 or 4")));
-    }
-    FMA_GEMM.store(version, Ordering::Relaxed);
-    Ok(())
+    store_version(&FMA_GEMM, "set_fma_gemm", FMA_GEMM_VERSIONS, version)
 }
 
 /// The FMA-pipe GEMM version in force (see [`set_fma_gemm`]; without a call, `NABLA_FMA_GEMM`,

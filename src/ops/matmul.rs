@@ -284,7 +284,10 @@ fn matmul_forward(
                 (DType::F32, 4) => crate::cuda::gemm::FMA_V4_SHARED_BYTES,
                 _ => 0,
             };
-            let fits = dynamic_shared as usize <= dev.max_shared_per_block() && (version != 4 || dev.arch().0 >= 8);
+            let fits = match (dtype, version) {
+                (DType::F32, 4) => crate::cuda::gemm::fma_pipeline_fits(&dev),
+                _ => dynamic_shared as usize <= dev.max_shared_per_block(),
+            };
             let (version, dynamic_shared) = if fits { (version, dynamic_shared) } else { (2, 0) };
             let (kernel, cfg, splits) = match pipelined.then(layout).flatten() {
                 Some(layout) => {

@@ -125,9 +125,10 @@ fn conv2d_rejects_mismatched_shapes_with_the_shapes_in_the_message() {
 /// multiple of 8 (one of them 4) input channels per group, ragged against the 128 x 128 tiles and
 /// the 16- and 32-deep stages (a depth of 4, 8 and 9 taps x 64 channels; 136 output channels;
 /// 288 pixels). At stride 1 the input gradient runs as the same forward over the output gradient,
-/// its taps stepping back (negative padding and dilation; one case pads a 1 x 1 kernel), and where an output plane holds a whole number of chunks (8 pixels of
-/// 16 bits, 4 of f32) the weight gradient runs on the pipeline too (one case splits its depth);
-/// all are held to the CPU reference (the other layers take version 1).
+/// its taps stepping back (negative padding and dilation; one case pads a 1 x 1 kernel), and
+/// where an output plane holds a whole number of chunks (8 pixels of 16 bits, 4 of f32) the
+/// weight gradient runs on the pipeline too (one case splits its depth); all are held to the CPU
+/// reference (the other layers take version 1).
 #[test]
 fn conv2d_forward_and_gradients_on_the_channels_last_pipelines_match_the_reference() {
     assert!(nabla::cuda::gemm::set_tensor_core_conv(3).is_err(), "an unknown version is refused");

@@ -298,18 +298,17 @@ fn version_3_of_the_tensor_core_gemm_is_launched_with_the_shared_memory_its_stag
 fn version_4_of_the_f32_gemm_is_launched_with_the_shared_memory_its_stages_take() {
     let header = include_str!("../../kernels/sgemm_v4.cuh");
     let v2 = include_str!("../../kernels/sgemm_v2.cuh");
+    // The value a header gives `name` (`#define name value`).
+    fn value<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+        text.lines().find_map(|l| l.strip_prefix(&format!("#define {name} "))).map(str::trim)
+    }
     let define = |text: &str, name: &str| -> u32 {
-        let prefix = format!("#define {name} ");
-        let line = text.lines().find_map(|l| l.strip_prefix(&prefix)).map(str::trim);
-        line.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} is not a number in its header"))
+        value(text, name).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} is not a number in its header"))
     };
     // A stage of each operand is the larger layout: 128 rows of 16 depths and 4 of padding
     // (k-major) against 16 depths of 128 and 4 (mn-major).
-    fn line<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-        text.lines().find(|l| l.starts_with(&format!("#define {name} "))).map(str::trim)
-    }
-    assert_eq!(line(header, "SGEMM4_K_STRIDE"), Some("#define SGEMM4_K_STRIDE (SGEMM2_BK + 4)"));
-    assert_eq!(line(v2, "SGEMM2_STRIDE"), Some("#define SGEMM2_STRIDE (SGEMM2_TILE + 4)"));
+    assert_eq!(value(header, "SGEMM4_K_STRIDE"), Some("(SGEMM2_BK + 4)"));
+    assert_eq!(value(v2, "SGEMM2_STRIDE"), Some("(SGEMM2_TILE + 4)"));
     let (tile, depth) = (define(v2, "SGEMM2_TILE"), define(v2, "SGEMM2_BK"));
     let stage = tile * (depth + 4);
     assert!(stage >= depth * (tile + 4), "the k-major tile is the larger");

@@ -27,8 +27,7 @@ pub(super) fn pipelined_forward(dev: &CudaDevice, dtype: DType, d: &Dims) -> boo
         DType::F32 => {
             !gemm::uses_tensor_cores(dtype, dev)
                 && gemm::fma_conv() == 2
-                && dev.arch().0 >= 8
-                && gemm::FMA_V4_SHARED_BYTES as usize <= dev.max_shared_per_block()
+                && gemm::fma_pipeline_fits(dev)
                 && cg.is_multiple_of(4)
         }
         _ => false,
@@ -75,10 +74,15 @@ pub(super) fn transposed(d: &Dims, w: &Tensor) -> Result<(Dims, Conv2dParams, Te
     Ok((t, params, w_t))
 }
 
+/// Dynamic shared memory a version-2 kernel of `dtype` is launched with: the f32 kernels' stages
+/// take 80 KiB of it (the FMA pipeline of sgemm_v4.cuh), the 16-bit kernels' are static.
+fn dynamic_shared(dtype: DType) -> u32 {
+    if dtype == DType::F32 { gemm::FMA_V4_SHARED_BYTES } else { 0 }
+}
+
 /// Version 2 of the forward (`conv2d_fwd_v2_*`) of layer `d` with kernel parameters `params`
 /// (`d.params()`, or [`transposed`]'s): y = x * w (+ bias), x NCHW (copied here to NHWC), w
-/// already [o, kh, kw, cg], y NCHW. The f32 kernel's stages take 80 KiB of dynamic shared memory,
-/// the 16-bit kernels' 48 KiB of static.
+/// already [o, kh, kw, cg], y NCHW.
 pub(super) fn forward_v2(
     dev: &Arc<CudaDevice>,
     x: &Tensor,
@@ -94,9 +98,7 @@ pub(super) fn forward_v2(
     };
     let gemm = (d.o / d.opt.groups, d.n * d.oh * d.ow, d.ksize());
     let (mut cfg, _) = gemm::pipelined_config(gemm, d.opt.groups, dev.multiprocessors(), 1);
-    if x.dtype() == DType::F32 {
-        cfg.shared_mem_bytes = gemm::FMA_V4_SHARED_BYTES;
-    }
+    cfg.shared_mem_bytes = dynamic_shared(x.dtype());
     let buffers = [Some(&*xl.buf), Some(&*wl.buf), bias, Some(&*y.buf)];
     launch_kernel(dev, &format!("conv2d_fwd_v2_{}", x.dtype()), cfg, &buffers, params)
 }
@@ -109,9 +111,7 @@ pub(super) fn grad_weight_v2(dev: &Arc<CudaDevice>, dy: &Tensor, x: &Tensor, d: 
     let (g, cg) = (d.opt.groups, d.c / d.opt.groups);
     let gemm = (d.o / g, d.ksize(), d.n * d.oh * d.ow);
     let (mut cfg, splits) = gemm::pipelined_config(gemm, g, dev.multiprocessors(), MAX_WEIGHT_SPLITS);
-    if dy.dtype() == DType::F32 {
-        cfg.shared_mem_bytes = gemm::FMA_V4_SHARED_BYTES;
-    }
+    cfg.shared_mem_bytes = dynamic_shared(dy.dtype());
     let count = d.o * d.ksize();
     let out = if splits == 1 {
         dev.alloc("conv2d", dy.dtype(), count)?
