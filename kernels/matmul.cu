@@ -4,7 +4,8 @@
 // through (row, column) strides, which gives transposed operands without copies, and through
 // per-batch strides unravelled over the batch shape (once per batch entry), which gives
 // broadcast batch dims. The linear_* kernels add a bias [n] to every row in the epilogue (the
-// Linear layer's x Wᵀ + b in one kernel). Compute bound on the FMA pipes for large m, n, k; f16/bf16 accumulate
+// Linear layer's x Wᵀ + b in one kernel); with MatmulParams::relu every kernel clamps C at zero
+// as it writes it (linear_relu). Compute bound on the FMA pipes for large m, n, k; f16/bf16 accumulate
 // in f32. The *_tc_* kernels are the same problems on the tensor cores (mma_gemm.cuh), for
 // f16/bf16 on sm_80+; the *_v2_* kernels are version 2 of those (mma_pipeline.cuh: cp.async
 // and ldmatrix) for operands dense along one axis; mma_probe_* and ldmatrix_probe run one
@@ -28,12 +29,14 @@ struct MatmulBatch {
     __device__ A b(const T* column, i64 k) const { return (A)up(column[k * b_rs]); }
     const T* bias;  // [n], added to every row when Bias
     A* partial;     // this split's m x n partial sums when the depth is split, else null
+    bool relu;      // clamp at zero after the bias (NaN kept, as the relu kernel)
     __device__ void store(i64 r, i64 col, A v) const {
         if (partial) {
             partial[r * n + col] = v;
             return;
         }
         if (Bias) v += (A)up(bias[col]);
+        if (relu && v < (A)0) v = (A)0;
         pc[r * n + col] = down<T>(v);
     }
 };
@@ -72,6 +75,7 @@ struct MatmulProblem {
         q.b_rs = p.b_row_stride;
         q.b_cs = p.b_col_stride;
         q.n = p.n;
+        q.relu = p.relu != 0;
         return q;
     }
 };
@@ -145,22 +149,24 @@ PIPE_VERSION(v2) PIPE_VERSION(v3)
 
 // The second half of a split-depth product: C[i] = the splits' partial sums at i (Acc<T>,
 // [splits][count]) added in split order, so the result does not depend on scheduling, plus
-// bias[i % n] when has_bias, narrowed to T. Memory bound: splits + 1 reads and one write an
-// element.
+// bias[i % n] when has_bias, clamped at zero when relu (MatmulParams::relu), narrowed to T.
+// Memory bound: splits + 1 reads and one write an element.
 template <typename T>
 __device__ void split_sum(const typename Acc<T>::type* partial, const T* bias, T* c, i64 count, i64 splits, i64 n,
-                          i64 has_bias) {
+                          i64 has_bias, i64 relu) {
+    typedef typename Acc<T>::type A;
     GRID_STRIDE_LOOP(i, count) {
-        typename Acc<T>::type v = partial[i];
+        A v = partial[i];
         for (i64 s = 1; s < splits; ++s) v += partial[s * count + i];
-        if (has_bias) v += (typename Acc<T>::type)up(bias[i % n]);
+        if (has_bias) v += (A)up(bias[i % n]);
+        if (relu && v < (A)0) v = (A)0;
         c[i] = down<T>(v);
     }
 }
 #define SPLIT_SUM(T, tname) \
     extern "C" __global__ void matmul_split_sum_##tname(const Acc<T>::type* partial, const T* bias, T* c, i64 count, \
-                                                        i64 splits, i64 n, i64 has_bias) { \
-        split_sum<T>(partial, bias, c, count, splits, n, has_bias); \
+                                                        i64 splits, i64 n, i64 has_bias, i64 relu) { \
+        split_sum<T>(partial, bias, c, count, splits, n, has_bias, relu); \
     }
 SPLIT_SUM(float, f32) SPLIT_SUM(double, f64) SPLIT_SUM(f16, f16) SPLIT_SUM(bf16, bf16)
 

@@ -41,6 +41,9 @@ struct MatmulParams {
     // without the bias, to the Acc<T> workspace the host passes as C, at (s batch + b) m n; then
     // matmul_split_sum_* adds the splits up (and the bias) into C.
     long long splits;
+    // 1 when the epilogue clamps C at zero after the bias (max(v, 0), NaN kept: linear_relu's
+    // ReLU, applied as C is written; with split depths, by matmul_split_sum_*).
+    long long relu;
 };
 
 // A reduction of `outer` rows of `inner` elements each. Element (row, i) is logical element
@@ -143,6 +146,7 @@ struct Conv2dParams {
     long long dw;
     long long groups;
     long long splits;  // depth splits of the grad-weight GEMM (1: none)
+    long long relu;    // 1: the forward clamps Y at zero after the bias (conv2d_relu; NaN kept)
     // The divisors of the implicit-GEMM loaders' inner loops.
     struct FastDiv div_taps;  // kh kw
     struct FastDiv div_kw;

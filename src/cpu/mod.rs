@@ -384,6 +384,17 @@ pub(crate) fn like<T>(_like: &[T], v: Vec<T>) -> Vec<T> {
     v
 }
 
+/// Sets every negative element of `values` to zero, NaN kept (as `Tensor::relu`): the ReLU a
+/// fused op (`linear_relu`, `conv2d_relu`) applies to its fresh output in place.
+pub(crate) fn clamp_at_zero<T: PartialOrd + Default>(values: &mut [T]) {
+    values.iter_mut().filter(|x| **x < T::default()).for_each(|x| *x = T::default());
+}
+
+/// [`clamp_at_zero`] on float storage (integer storage is left as is: fused ops are float-only).
+pub(crate) fn clamp_storage_at_zero(storage: &mut crate::storage::CpuStorage) {
+    with_float_vec!(storage, v => clamp_at_zero(v));
+}
+
 /// f32 results rounded once into float storage of `dtype` (a 16-bit float or f32).
 pub(crate) fn narrow_vec(dtype: crate::DType, values: Vec<f32>) -> crate::storage::CpuStorage {
     use crate::storage::CpuStorage;

@@ -34,6 +34,7 @@ pub struct MatmulParams {
     pub b_row_stride: i64,
     pub b_col_stride: i64,
     pub splits: i64,
+    pub relu: i64,
 }
 
 /// Mirror of `struct ReduceParams` in kernels/params.h.
@@ -134,6 +135,7 @@ pub struct Conv2dParams {
     pub dw: i64,
     pub groups: i64,
     pub splits: i64,
+    pub relu: i64,
     pub div_taps: FastDiv,
     pub div_kw: FastDiv,
     pub div_ow: FastDiv,

@@ -44,6 +44,11 @@ impl Module for Conv2d {
         x.conv2d(&self.weight, self.bias.as_ref(), self.options)
     }
 
+    /// One convolution with the ReLU applied as it writes ([`Tensor::conv2d_relu`]).
+    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        x.conv2d_relu(&self.weight, self.bias.as_ref(), self.options)
+    }
+
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("weight".to_string(), self.weight.clone())];
         out.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));

@@ -48,8 +48,9 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// Refuses an input whose last dim is not the layer's `in_features`.
+    fn check_input(&self, x: &Tensor) -> Result<()> {
         let in_features = self.weight.shape()[1];
         if x.shape().last() != Some(&in_features) {
             return Err(Error::shape(
@@ -57,7 +58,20 @@ impl Module for Linear {
                 format!("input {:?} does not end in {in_features} features", x.shape()),
             ));
         }
+        Ok(())
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
         x.linear(&self.weight, self.bias.as_ref())
+    }
+
+    /// One product with the ReLU in its epilogue ([`Tensor::linear_relu`]).
+    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
+        x.linear_relu(&self.weight, self.bias.as_ref())
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
@@ -159,19 +173,25 @@ impl Module for Dropout {
 }
 
 /// Modules applied in order; parameters are named by position (`0.weight`), as `nn.Sequential`.
+/// A module followed by a ReLU runs as one [`Module::forward_relu`] (a Linear layer then clamps
+/// its output in the product's epilogue); the result is the same as running them in turn.
 #[derive(Default)]
 pub struct Sequential {
     layers: Vec<Box<dyn Module>>,
+    /// Whether each module is `Activation::Relu`.
+    is_relu: Vec<bool>,
 }
 
 impl Sequential {
     /// An empty sequence.
     pub fn new() -> Self {
-        Sequential { layers: Vec::new() }
+        Sequential::default()
     }
 
     /// Appends a module.
-    pub fn push(mut self, layer: impl Module + 'static) -> Self {
+    pub fn push<M: Module + 'static>(mut self, layer: M) -> Self {
+        let relu = (&layer as &dyn std::any::Any).downcast_ref::<Activation>() == Some(&Activation::Relu);
+        self.is_relu.push(relu);
         self.layers.push(Box::new(layer));
         self
     }
@@ -201,8 +221,15 @@ impl Sequential {
 impl Module for Sequential {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
-        for layer in &self.layers {
-            h = layer.forward(&h)?;
+        let mut i = 0;
+        while let Some(layer) = self.layers.get(i) {
+            if self.is_relu.get(i + 1) == Some(&true) {
+                h = layer.forward_relu(&h)?;
+                i += 2;
+            } else {
+                h = layer.forward(&h)?;
+                i += 1;
+            }
         }
         Ok(h)
     }

@@ -28,6 +28,13 @@ pub trait Module: Send + Sync {
     /// Applies the module to a batch.
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
 
+    /// ReLU of the module's output. A layer whose kernels can clamp its output as they write it
+    /// (Linear) overrides this to do so in one pass; [`Sequential`] calls it wherever a ReLU
+    /// module follows.
+    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward(x)?.relu()
+    }
+
     /// Parameters with their dotted names (`layers.0.weight`), in a stable order.
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         Vec::new()

@@ -47,7 +47,7 @@ impl Tensor {
         if let Some(low) = crate::amp::product_dtype(&[self, rhs]) {
             return crate::amp::in_low_precision(&[self, rhs], low, |t| t[0].matmul(&t[1]));
         }
-        self.matmul_plus("matmul", rhs, None)
+        self.matmul_plus("matmul", rhs, None, false)
     }
 
     /// The affine map of `torch.nn.functional.linear`: `x Wᵀ + b` for input `[..., in]`, weight
@@ -55,20 +55,33 @@ impl Tensor {
     /// matrix product's epilogue (one kernel on the GPU, no second pass over the output).
     /// Under [`crate::amp::autocast`], f32 operands are multiplied in the autocast dtype.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        const OP: &str = "linear";
+        self.linear_then("linear", weight, bias, false)
+    }
+
+    /// `relu(x Wᵀ + b)`: [`Tensor::linear`] followed by [`Tensor::relu`], with the ReLU applied as
+    /// the product's epilogue writes each output (one kernel on the GPU, one pass on the CPU)
+    /// and its backward taken from the saved output, so the pre-activation is never stored.
+    /// Equal to the two ops, NaN included; [`crate::nn::Sequential`] uses it wherever a ReLU
+    /// follows a Linear layer.
+    pub fn linear_relu(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.linear_then("linear_relu", weight, bias, true)
+    }
+
+    /// `linear`, then ReLU when `relu`.
+    fn linear_then(&self, op: &'static str, weight: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
         let operands: Vec<&Tensor> = [Some(self), Some(weight), bias].into_iter().flatten().collect();
         if let Some(low) = crate::amp::product_dtype(&operands) {
-            return crate::amp::in_low_precision(&operands, low, |t| t[0].linear(&t[1], t.get(2)));
+            return crate::amp::in_low_precision(&operands, low, |t| t[0].linear_then(op, &t[1], t.get(2), relu));
         }
         let (Some(&features), [out, inputs]) = (self.shape().last(), weight.shape()) else {
             return Err(Error::shape(
-                OP,
+                op,
                 format!("input [..., in] and weight [out, in], got {:?} and {:?}", self.shape(), weight.shape()),
             ));
         };
         if features != *inputs || bias.is_some_and(|b| b.shape() != [*out]) {
             return Err(Error::shape(
-                OP,
+                op,
                 format!(
                     "input {:?}, weight {:?} and bias {:?} do not fit",
                     self.shape(),
@@ -77,11 +90,12 @@ impl Tensor {
                 ),
             ));
         }
-        self.matmul_plus(OP, &weight.t()?, bias)
+        self.matmul_plus(op, &weight.t()?, bias, relu)
     }
 
-    /// `self x rhs`, plus `bias` (`[n]`, one value per output column) when given.
-    fn matmul_plus(&self, op: &'static str, rhs: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    /// `self x rhs`, plus `bias` (`[n]`, one value per output column) when given, then clamped
+    /// at zero when `relu`.
+    fn matmul_plus(&self, op: &'static str, rhs: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
         const OP: &str = "matmul";
         self.check_same(op, rhs)?;
         if let Some(b) = bias {
@@ -95,10 +109,10 @@ impl Tensor {
             ));
         }
         if self.rank() == 1 {
-            return self.unsqueeze(0)?.matmul_plus(op, rhs, bias)?.squeeze(-2);
+            return self.unsqueeze(0)?.matmul_plus(op, rhs, bias, relu)?.squeeze(-2);
         }
         if rhs.rank() == 1 {
-            return self.matmul_plus(op, &rhs.unsqueeze(-1)?, bias)?.squeeze(-1);
+            return self.matmul_plus(op, &rhs.unsqueeze(-1)?, bias, relu)?.squeeze(-1);
         }
         let (m, k) = (self.shape()[self.rank() - 2], self.shape()[self.rank() - 1]);
         let (k2, n) = (rhs.shape()[rhs.rank() - 2], rhs.shape()[rhs.rank() - 1]);
@@ -113,13 +127,17 @@ impl Tensor {
         let a = self.with_layout(self.layout.broadcast_as(&with([m, k]))?);
         let b = rhs.with_layout(rhs.layout.broadcast_as(&with([k, n]))?);
         let bias_in = bias.map(|b| b.dense()).transpose()?.map(|b| b.detach());
-        let out = matmul_forward(&a, &b, bias_in.as_ref(), &batch_shape, [m, k, n], self.dtype)?;
+        let out = matmul_forward(&a, &b, bias_in.as_ref(), relu, &batch_shape, [m, k, n], self.dtype)?;
+        // ReLU's backward masks g where the output is zero (step(relu(z)) = step(z)).
+        let relu_out = relu.then(|| out.detach());
         let (a_in, b_in, rhs_in) = (a.detach(), b.detach(), rhs.detach());
         let (a_shape, b_shape) = (self.shape().to_vec(), rhs.shape().to_vec());
         let (a_needs, b_needs) = (self.requires_grad(), rhs.requires_grad());
         let mut inputs = vec![self, rhs];
         inputs.extend(bias);
         Ok(record(out, &inputs, move |g| {
+            let masked = relu_out.as_ref().map(|y| super::unary::relu_grad(y, g)).transpose()?;
+            let g = masked.as_ref().unwrap_or(g);
             // dA = g Bᵀ and dB = Aᵀ g over the broadcast batch, summed back to each operand;
             // an operand outside the graph (a batch of inputs) gets none. The bias gets g
             // summed over every row.
@@ -169,11 +187,12 @@ fn shared_matrix_grads(
 }
 
 /// The product of operands already broadcast to `batch_shape + [m, k]` and `batch_shape + [k, n]`,
-/// plus the dense `[n]` bias on every row when given.
+/// plus the dense `[n]` bias on every row when given, clamped at zero when `relu`.
 fn matmul_forward(
     a: &Tensor,
     b: &Tensor,
     bias: Option<&Tensor>,
+    relu: bool,
     batch_shape: &[usize],
     [m, k, n]: [usize; 3],
     dtype: DType,
@@ -195,11 +214,13 @@ fn matmul_forward(
                 // accumulated onto (beta = 1) rather than added in a second pass.
                 (CpuStorage::F32(va), CpuStorage::F32(vb)) if fast => {
                     let bias: Option<Vec<f32>> = bias_as(DType::F32)?.map(|b| b.iter().map(|&x| x as f32).collect());
-                    CpuStorage::F32(gemm::matmul(va, &a.layout, vb, &b.layout, batch_shape, dims, bias.as_deref()))
+                    let c = gemm::matmul(va, &a.layout, vb, &b.layout, batch_shape, dims, bias.as_deref());
+                    CpuStorage::F32(clamp_if(relu, c))
                 }
                 (CpuStorage::F64(va), CpuStorage::F64(vb)) => {
                     let bias = bias_as(DType::F64)?;
-                    CpuStorage::F64(gemm::matmul(va, &a.layout, vb, &b.layout, batch_shape, dims, bias.as_deref()))
+                    let c = gemm::matmul(va, &a.layout, vb, &b.layout, batch_shape, dims, bias.as_deref());
+                    CpuStorage::F64(clamp_if(relu, c))
                 }
                 // The fast path widens 16-bit floats to f32 and accumulates in f32, as on the
                 // GPU, bias included, then rounds once. The reference (f32 and 16-bit operands)
@@ -210,12 +231,12 @@ fn matmul_forward(
                         let (da, db): (Vec<f32>, Vec<f32>) = (sa.gather(&a.layout), sb.gather(&b.layout));
                         let bias: Option<Vec<f32>> = bias.map(|t| t.to_vec::<f32>()).transpose()?;
                         let c = gemm::matmul(&da, &la, &db, &lb, batch_shape, dims, bias.as_deref());
-                        crate::cpu::narrow_vec(dtype, c)
+                        crate::cpu::narrow_vec(dtype, clamp_if(relu, c))
                     } else {
                         let (da, db): (Vec<f64>, Vec<f64>) = (sa.gather(&a.layout), sb.gather(&b.layout));
                         let mut c = gemm::matmul(&da, &la, &db, &lb, batch_shape, dims, None);
                         add_to_rows(&mut c, bias_as(DType::F64)?.as_deref());
-                        CpuStorage::from_f64(dtype, &c)
+                        CpuStorage::from_f64(dtype, &clamp_if(relu, c))
                     }
                 }
             };
@@ -247,6 +268,7 @@ fn matmul_forward(
                 b_offset: b.offset() as i64,
                 b_row_stride: sb_[r] as i64,
                 b_col_stride: sb_[r + 1] as i64,
+                relu: relu as i64,
                 ..Default::default()
             };
             for d in 0..r {
@@ -333,9 +355,9 @@ fn matmul_forward(
                     ((batch * m * n) as i64, splits as i64, n as i64, bias_buf.is_some() as i64);
                 let mut launch = dev.stream.launch_builder(&f);
                 launch.arg(&*ws.buf).arg(bias_buf.unwrap_or(&*ws.buf)).arg(&mut *out.buf);
-                launch.arg(&count).arg(&splits).arg(&n).arg(&has_bias);
+                launch.arg(&count).arg(&splits).arg(&n).arg(&has_bias).arg(&p.relu);
                 // SAFETY: matmul_split_sum_<T>(const Acc* partial, const T* bias, T* c, i64
-                // count, i64 splits, i64 n, i64 has_bias) reads splits * count partial sums and,
+                // count, i64 splits, i64 n, i64 has_bias, i64 relu) reads splits * count partial sums and,
                 // when has_bias, the [n] bias (else the stand-in is never read), and writes
                 // count elements of C.
                 unsafe { launch.launch(crate::cuda::elementwise_config(count as usize)) }
@@ -345,6 +367,14 @@ fn matmul_forward(
         }
         _ => unreachable!("check_same rejects mixed devices"),
     }
+}
+
+/// `c` with every negative element set to zero when `relu` (NaN kept, as `Tensor::relu`).
+fn clamp_if<T: PartialOrd + Default>(relu: bool, mut c: Vec<T>) -> Vec<T> {
+    if relu {
+        crate::cpu::clamp_at_zero(&mut c);
+    }
+    c
 }
 
 /// Adds `bias` (one value per column) to every row of the row-major `c`.

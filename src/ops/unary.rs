@@ -349,13 +349,22 @@ fn unary_backward(op: UnaryOp, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Opt
         UnaryOp::Sqrt => g.div(y)?.mul_scalar(0.5)?,
         UnaryOp::Tanh => g.mul(&y.mul(y)?.neg()?.add_scalar(1.0)?)?,
         UnaryOp::Sigmoid => g.mul(&y.mul(&y.neg()?.add_scalar(1.0)?)?)?,
-        UnaryOp::Relu | UnaryOp::Gelu if let Some(gx) = activation_backward(op, x, g)? => gx,
-        UnaryOp::Relu => g.mul(&x.unary_forward(UnaryOp::Step)?)?,
+        UnaryOp::Relu => relu_grad(x, g)?,
+        UnaryOp::Gelu if let Some(gx) = activation_backward(op, x, g)? => gx,
         UnaryOp::Gelu => g.mul(&x.unary_forward(UnaryOp::GeluGrad)?)?,
         // Piecewise constant: zero almost everywhere. GeluGrad is not differentiated further.
         UnaryOp::Sign | UnaryOp::Step | UnaryOp::GeluGrad => return Ok(None),
     };
     Ok(Some(gx))
+}
+
+/// ReLU's input gradient g · step(x), from its input `x` or equally from its output
+/// (step(relu(x)) = step(x)), as `linear_relu` passes it.
+pub(crate) fn relu_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+    match activation_backward(UnaryOp::Relu, x, g)? {
+        Some(gx) => Ok(gx),
+        None => g.mul(&x.unary_forward(UnaryOp::Step)?),
+    }
 }
 
 /// The error function in f64, from `libm` (a port of musl's, within an ulp or so).

@@ -170,11 +170,17 @@ fn conv2d_forward_and_gradients_on_the_channels_last_pipelines_match_the_referen
             let w = randn(&ws, DType::F32, 20 + seed as u64).to_dtype(dtype).unwrap();
             let b = with_bias.then(|| randn(&[ws[0]], DType::F32, 30 + seed as u64).to_dtype(dtype).unwrap());
             let on_gpu = |t: &Tensor| t.to_device(&dev).unwrap();
-            let got = on_gpu(&x).conv2d(&on_gpu(&w), b.as_ref().map(on_gpu).as_ref(), o).unwrap();
-            let (shape, want) = naive_conv(&x, &w, b.as_ref(), o);
+            // every other case with the ReLU in the epilogue
+            let relu = seed % 2 == 1;
+            let (xg, wg, bg) = (on_gpu(&x), on_gpu(&w), b.as_ref().map(on_gpu));
+            let got = if relu { xg.conv2d_relu(&wg, bg.as_ref(), o) } else { xg.conv2d(&wg, bg.as_ref(), o) }.unwrap();
+            let (shape, mut want) = naive_conv(&x, &w, b.as_ref(), o);
+            if relu {
+                want.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
             let want = Tensor::from_vec(want, &shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
             let depth = (ws[1] * ws[2] * ws[3]) as f64;
-            let what = format!("{dtype} conv2d forward, version 2, {xs:?} * {ws:?}");
+            let what = format!("{dtype} conv2d forward, version 2, {xs:?} * {ws:?}, ReLU: {relu}");
             let got = got.to_device(&Device::Cpu).unwrap();
             assert_close(&what, &got, &want, (2.0 * rounding * depth.sqrt(), 2.0 * rounding));
             // The gradients of Σ y g, on the GPU and by the CPU reference.
@@ -293,10 +299,17 @@ fn conv2d_forward_and_backward_on_the_gpu_match_the_cpu_over_random_shapes() {
                 let b = randn(&[ws[0]], dtype, 90 + i as u64);
                 let depth = (ws[1] * ws[2] * ws[3]) as f64;
                 let tol = (atol * (depth.sqrt() + 1.0) * 4.0, rtol * 4.0);
+                // every third case with the ReLU in the epilogue, its backward masked by the output
+                let relu = i % 3 == 2;
                 let run = |device: &Device| -> Vec<Tensor> {
                     let leaves: Vec<Tensor> =
                         [&x, &w, &b].iter().map(|t| t.to_device(device).unwrap().requires_grad_().unwrap()).collect();
-                    let y = leaves[0].conv2d(&leaves[1], Some(&leaves[2]), *opt).unwrap();
+                    let y = if relu {
+                        leaves[0].conv2d_relu(&leaves[1], Some(&leaves[2]), *opt)
+                    } else {
+                        leaves[0].conv2d(&leaves[1], Some(&leaves[2]), *opt)
+                    };
+                    let y = y.unwrap();
                     let g = randn(y.shape(), dtype, 7).to_device(device).unwrap();
                     y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
                     let mut out = vec![y.detach()];
@@ -314,7 +327,7 @@ fn conv2d_forward_and_backward_on_the_gpu_match_the_cpu_over_random_shapes() {
                         (g.numel().max(1) as f64).sqrt() * 4.0
                     };
                     assert_close(
-                        &format!("conv2d {what} {dtype} case {i} {xs:?} {ws:?} {opt:?}"),
+                        &format!("conv2d {what} {dtype} case {i} {xs:?} {ws:?} {opt:?}, ReLU: {relu}"),
                         g,
                         c,
                         (tol.0 * scale, tol.1),

@@ -254,6 +254,9 @@ fn matmul_matches_cpu_reference_for_odd_batched_broadcast_and_transposed_shapes(
                 compare(&format!("linear {dtype} {x_shape:?} x [65, 33]ᵀ + b"), dev, &inputs, tol, |t| {
                     t[0].linear(&t[1], Some(&t[2]))
                 });
+                compare(&format!("linear_relu {dtype} {x_shape:?} x [65, 33]ᵀ + b"), dev, &inputs, tol, |t| {
+                    t[0].linear_relu(&t[1], Some(&t[2]))
+                });
             }
             let inputs = [randn(&[45, 77], dtype, 50), randn(&[91, 45], dtype, 51)];
             compare(&format!("matmul {dtype} aᵀ x bᵀ"), dev, &inputs, tol, |t| t[0].t()?.matmul(&t[1].t()?));

@@ -1,7 +1,7 @@
 //! Split-depth matrix products: few output tiles and a long depth (a linear layer's weight
 //! gradient over many tokens) run as partial products over depth ranges, added up by a second
-//! kernel. Every dtype, both tensor-core GEMM versions and the bias path against the f64
-//! reference.
+//! kernel. Every dtype, both tensor-core GEMM versions and the bias and ReLU epilogues against
+//! the f64 reference.
 
 use nabla::{DType, Device, Generator, Tensor};
 
@@ -20,8 +20,9 @@ fn split_depth_products_match_the_reference_for_every_dtype_layout_and_bias() {
             let randn = |shape: &[usize], rng: &mut Generator| Tensor::randn(shape, dtype, &Device::Cpu, rng).unwrap();
             let (x, w, bias) = (randn(&[m, k], &mut rng), randn(&[n, k], &mut rng), randn(&[n], &mut rng));
             let (dy, batched) = (randn(&[k, n], &mut rng), randn(&[2, m, k], &mut rng));
-            let cases: [(&str, crate::common::Product); 4] = [
+            let cases: [(&str, crate::common::Product); 5] = [
                 ("linear x Wᵀ + b", |v| v[0].linear(&v[1], Some(&v[2]))),
+                ("relu(x Wᵀ + b), clamped as the splits are added", |v| v[0].linear_relu(&v[1], Some(&v[2]))),
                 ("weight gradient dYᵀ X", |v| t(&v[3]).matmul(&t(&v[0]))),
                 ("batched X Wᵀ", |v| v[4].matmul(&t(&v[1]))),
                 ("X Wᵀ", |v| v[0].matmul(&t(&v[1]))),

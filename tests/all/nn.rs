@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use nabla::data::synthetic;
-use nabla::nn::{Activation, Dropout, Init, Linear, Mlp, Module, Neuron, Perceptron, Sequential, init};
+use nabla::nn::{Activation, ConvNet, Dropout, Init, Linear, Mlp, Module, Neuron, Perceptron, Sequential, init};
 use nabla::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
 use nabla::{DType, Device, Error, Generator, Tensor, metrics};
 
@@ -44,6 +44,94 @@ fn linear_computes_x_w_transpose_plus_b_and_rejects_wrong_widths() {
     assert!(err.contains("linear") && err.contains("[6]"), "{err}");
     let err = x.linear(&w, Some(&Tensor::zeros(&[3], DType::F32, &Device::Cpu).unwrap())).unwrap_err().to_string();
     assert!(err.contains("linear") && err.contains("[3]"), "{err}");
+}
+
+#[test]
+fn sequential_runs_each_linear_layer_and_the_relu_after_it_as_one_product_with_the_same_outputs_and_gradients() {
+    for dev in devices_under_test("linear_relu in Sequential") {
+        let mut rng = Generator::new(31);
+        let mlp = Mlp::new(&[13, 17, 9, 5], Activation::Relu, 0.0, &dev, &mut rng).unwrap();
+        let x = randn(&[6, 13], DType::F32, 32).to_device(&dev).unwrap();
+        let params = mlp.parameters();
+        let fused = mlp.forward(&x).unwrap();
+        fused.sum_all().unwrap().backward().unwrap();
+        let fused_grads: Vec<Vec<f32>> = params.iter().map(|p| p.grad().unwrap().to_vec().unwrap()).collect();
+        params.iter().for_each(|p| p.zero_grad());
+        // The same network written as separate ops: a product, then a ReLU kernel.
+        let p = |i: usize| &params[i];
+        let h = x.linear(p(0), Some(p(1))).unwrap().relu().unwrap();
+        let h = h.linear(p(2), Some(p(3))).unwrap().relu().unwrap();
+        let unfused = h.linear(p(4), Some(p(5))).unwrap();
+        unfused.sum_all().unwrap().backward().unwrap();
+        assert_eq!(fused.to_vec::<f32>().unwrap(), unfused.to_vec::<f32>().unwrap(), "{dev:?}");
+        let pre = x.linear(p(0), Some(p(1))).unwrap().to_vec::<f32>().unwrap();
+        assert!(pre.iter().any(|v| *v < 0.0) && pre.iter().any(|v| *v > 0.0), "the ReLU clamps some units");
+        for (i, param) in params.iter().enumerate() {
+            assert_eq!(fused_grads[i], param.grad().unwrap().to_vec::<f32>().unwrap(), "{dev:?} parameter {i}");
+        }
+        // a ReLU after a ReLU, and one after a layer with no fused form, are still applied
+        let seq = Sequential::new()
+            .push(Linear::new(13, 7, false, Init::Xavier, &dev, &mut rng).unwrap())
+            .push(Activation::Relu)
+            .push(Activation::Relu)
+            .push(Activation::Tanh)
+            .push(Activation::Relu);
+        let w = seq.parameters()[0].clone();
+        let want = x.linear(&w, None).unwrap().relu().unwrap().tanh().unwrap().relu().unwrap();
+        assert_eq!(seq.forward(&x).unwrap().to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
+    }
+}
+
+#[test]
+fn lenet_runs_each_convolution_and_linear_layer_with_its_relu_fused_and_matches_the_modules_run_one_at_a_time() {
+    for dev in devices_under_test("conv2d_relu in LeNet-5") {
+        let net = ConvNet::lenet5(2, 16, 5, &dev, &mut Generator::new(41)).unwrap();
+        let x = randn(&[3, 2, 16, 16], DType::F32, 42).to_device(&dev).unwrap();
+        let params = net.parameters();
+        let run = |fused: bool| -> (Vec<f32>, Vec<Vec<f32>>) {
+            params.iter().for_each(|p| p.zero_grad());
+            let y = if fused {
+                net.forward(&x).unwrap()
+            } else {
+                // forward_each runs every module, ReLUs included, on its own
+                let last = |out: Vec<(String, Tensor)>| out.last().unwrap().1.clone();
+                let h = last(net.features.forward_each(&x).unwrap()).flatten(1, -1).unwrap();
+                last(net.classifier.forward_each(&h).unwrap())
+            };
+            y.mul(&randn(y.shape(), DType::F32, 43).to_device(&dev).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let grads = params.iter().map(|p| p.grad().unwrap().to_vec().unwrap()).collect();
+            (y.to_vec().unwrap(), grads)
+        };
+        let (fused, unfused) = (run(true), run(false));
+        assert_eq!(fused.0, unfused.0, "{dev:?} outputs");
+        for (i, (a, b)) in fused.1.iter().zip(&unfused.1).enumerate() {
+            assert_eq!(a, b, "{dev:?} gradient of parameter {i}");
+        }
+        let first = net.features.forward_each(&x).unwrap()[0].1.to_vec::<f32>().unwrap();
+        assert!(first.iter().any(|v| *v < 0.0) && first.iter().any(|v| *v > 0.0), "the ReLU clamps some outputs");
+    }
+}
+
+#[test]
+fn linear_relu_keeps_nan_and_names_itself_in_shape_errors() {
+    for dev in devices_under_test("linear_relu NaN") {
+        let x =
+            Tensor::from_vec(vec![f32::NAN, 1.0, 2.0, -3.0], &[2, 2], &Device::Cpu).unwrap().to_device(&dev).unwrap();
+        let w = Tensor::from_vec(vec![1.0f32, 0.0, 0.0, 1.0, -1.0, -1.0], &[3, 2], &Device::Cpu).unwrap();
+        let w = w.to_device(&dev).unwrap();
+        let got = x.linear_relu(&w, None).unwrap().to_vec::<f32>().unwrap();
+        let want = x.linear(&w, None).unwrap().relu().unwrap().to_vec::<f32>().unwrap();
+        assert!(got[..3].iter().all(|v| v.is_nan()) && want[..3].iter().all(|v| v.is_nan()), "{got:?}");
+        assert_eq!(got[3..], [2.0, 0.0, 1.0]);
+        assert_eq!(got[3..], want[3..]);
+        let err = x.linear_relu(&w.t().unwrap(), None).unwrap_err().to_string();
+        assert!(err.contains("linear_relu") && err.contains("[2, 3]"), "{err}");
+    }
 }
 
 #[test]

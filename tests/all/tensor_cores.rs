@@ -240,8 +240,10 @@ fn layouts_match_reference(
     fn t(v: &Tensor) -> Tensor {
         v.transpose(0, 1).unwrap()
     }
-    let cases: [(&str, crate::common::Product); 5] = [
+    let cases: [(&str, crate::common::Product); 7] = [
         ("linear kk", |v| v[0].linear(&v[2], Some(&v[4]))),
+        ("linear kk, ReLU in the epilogue", |v| v[0].linear_relu(&v[2], Some(&v[4]))),
+        ("kn, ReLU in the epilogue, no bias", |v| v[0].linear_relu(&t(&v[3]), None)),
         ("kk", |v| v[0].matmul(&t(&v[2]))),
         ("kn", |v| v[0].matmul(&v[3])),
         ("mk", |v| t(&v[1]).matmul(&t(&v[2]))),

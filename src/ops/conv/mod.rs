@@ -167,6 +167,7 @@ impl Dims {
             dw: i(o.dilation.1),
             groups: i(o.groups),
             splits: 1,
+            relu: 0,
             div_taps: FastDiv::new(self.kh * self.kw),
             div_kw: FastDiv::new(self.kw),
             div_ow: FastDiv::new(self.ow),
@@ -219,23 +220,46 @@ impl Tensor {
     /// optional `[O]` bias, as `torch.nn.functional.conv2d` (a cross-correlation). Under
     /// [`crate::amp::autocast`], f32 operands are convolved in the autocast dtype.
     pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv2dOptions) -> Result<Tensor> {
-        const OP: &str = "conv2d";
+        self.conv2d_then("conv2d", weight, bias, opt, false)
+    }
+
+    /// `relu(conv2d(x, w, b))`: [`Tensor::conv2d`] followed by [`Tensor::relu`], with the ReLU
+    /// applied as the convolution writes each output (one kernel on the GPU) and its backward
+    /// taken from the saved output, so the pre-activation is never stored. Equal to the two
+    /// ops, NaN included; [`crate::nn::Sequential`] uses it wherever a ReLU follows a Conv2d.
+    pub fn conv2d_relu(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv2dOptions) -> Result<Tensor> {
+        self.conv2d_then("conv2d_relu", weight, bias, opt, true)
+    }
+
+    /// `conv2d`, then ReLU when `relu`.
+    fn conv2d_then(
+        &self,
+        op: &'static str,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        opt: Conv2dOptions,
+        relu: bool,
+    ) -> Result<Tensor> {
         let operands: Vec<&Tensor> = [Some(self), Some(weight), bias].into_iter().flatten().collect();
         if let Some(low) = crate::amp::product_dtype(&operands) {
-            return crate::amp::in_low_precision(&operands, low, |t| t[0].conv2d(&t[1], t.get(2), opt));
+            return crate::amp::in_low_precision(&operands, low, |t| t[0].conv2d_then(op, &t[1], t.get(2), opt, relu));
         }
-        self.check_same(OP, weight)?;
-        self.check_float(OP)?;
+        self.check_same(op, weight)?;
+        self.check_float(op)?;
         if let Some(b) = bias {
-            self.check_same(OP, b)?;
+            self.check_same(op, b)?;
         }
-        let d = conv_dims(self.shape(), weight.shape(), bias.map(|b| b.shape()), opt)?;
-        let out = conv_forward(&self.detach(), &weight.detach(), bias.map(Tensor::detach).as_ref(), d)?;
+        let d = conv_dims(op, self.shape(), weight.shape(), bias.map(|b| b.shape()), opt)?;
+        let out = conv_forward(&self.detach(), &weight.detach(), bias.map(Tensor::detach).as_ref(), d, relu)?;
+        // ReLU's backward masks g where the output is zero (step(relu(z)) = step(z)).
+        let relu_out = relu.then(|| out.detach());
         let (x, w) = (self.detach(), weight.detach());
         let (x_needs, w_needs) = (self.requires_grad(), weight.requires_grad());
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
         Ok(record(out, &inputs, move |g| {
+            let masked = relu_out.as_ref().map(|y| crate::ops::unary::relu_grad(y, g)).transpose()?;
+            let g = masked.as_ref().unwrap_or(g);
             // Skip the gradients nobody asked for (the first layer's input, typically).
             let gx = if x_needs { Some(conv_backward_input(g, &w, d)?) } else { None };
             let gw = if w_needs { Some(conv_backward_weight(g, &x, d)?) } else { None };
@@ -248,16 +272,21 @@ impl Tensor {
     }
 }
 
-fn conv_dims(x: &[usize], w: &[usize], bias: Option<&[usize]>, opt: Conv2dOptions) -> Result<DimsWithBias> {
-    const OP: &str = "conv2d";
-    let bad = |detail: String| Error::shape(OP, detail);
+fn conv_dims(
+    op: &'static str,
+    x: &[usize],
+    w: &[usize],
+    bias: Option<&[usize]>,
+    opt: Conv2dOptions,
+) -> Result<DimsWithBias> {
+    let bad = |detail: String| Error::shape(op, detail);
     let ([n, c, h, wd], [o, cg, kh, kw]) = (x, w) else {
         return Err(bad(format!("input must be [N, C, H, W] and weight [O, C/groups, KH, KW], got {x:?} and {w:?}")));
     };
     let (n, c, h, wd, o, cg, kh, kw) = (*n, *c, *h, *wd, *o, *cg, *kh, *kw);
     let g = opt.groups;
     if g == 0 || opt.stride.0 == 0 || opt.stride.1 == 0 || opt.dilation.0 == 0 || opt.dilation.1 == 0 {
-        return Err(Error::invalid(OP, format!("stride, dilation and groups must be positive, got {opt:?}")));
+        return Err(Error::invalid(op, format!("stride, dilation and groups must be positive, got {opt:?}")));
     }
     if c % g != 0 || o % g != 0 || cg * g != c {
         return Err(bad(format!("input {x:?} and weight {w:?} do not fit {g} group(s)")));
@@ -280,8 +309,8 @@ fn conv_dims(x: &[usize], w: &[usize], bias: Option<&[usize]>, opt: Conv2dOption
             opt.dilation
         )));
     };
-    crate::layout::checked_numel(OP, &[n, o, oh, ow])?;
-    crate::layout::checked_numel(OP, &[n, c, oh, ow, kh, kw])?;
+    crate::layout::checked_numel(op, &[n, o, oh, ow])?;
+    crate::layout::checked_numel(op, &[n, c, oh, ow, kh, kw])?;
     Ok(DimsWithBias(Dims { n, c, h, w: wd, o, kh, kw, oh, ow, opt }, bias.is_some()))
 }
 
@@ -295,7 +324,8 @@ impl DimsWithBias {
     }
 }
 
-fn conv_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, d: DimsWithBias) -> Result<Tensor> {
+/// The convolution of layer `d`, clamped at zero when `relu`.
+fn conv_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, d: DimsWithBias, relu: bool) -> Result<Tensor> {
     let d = d.0;
     let out_shape = [d.n, d.o, d.oh, d.ow];
     let (x, w) = (x.dense()?, w.dense()?);
@@ -303,7 +333,10 @@ fn conv_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, d: DimsWithBias) 
         (StorageRef::Cpu(xs), StorageRef::Cpu(ws)) => {
             if crate::cpu::fast() {
                 let b = bias.map(|b| b.to_vec::<f64>()).transpose()?;
-                let y = fast_conv(Pass::Forward, &d, (&xs, &x.layout), (&ws, &w.layout), b.as_deref());
+                let mut y = fast_conv(Pass::Forward, &d, (&xs, &x.layout), (&ws, &w.layout), b.as_deref());
+                if relu {
+                    crate::cpu::clamp_storage_at_zero(&mut y);
+                }
                 return Ok(Tensor::from_cpu(y, &out_shape));
             }
             let (xv, wv) = (xs.gather_f64(&x.layout), ws.gather_f64(&w.layout));
@@ -323,6 +356,9 @@ fn conv_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, d: DimsWithBias) 
                     out.iter_mut().zip(xv[xi..].iter().step_by(sw)).for_each(|(o, v)| *o += k * v);
                 }
             });
+            if relu {
+                crate::cpu::clamp_at_zero(&mut y);
+            }
             Ok(Tensor::from_cpu(CpuStorage::from_f64(x.dtype, &y), &out_shape))
         }
         (StorageRef::Cuda(xs), StorageRef::Cuda(ws)) => {
@@ -335,14 +371,15 @@ fn conv_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, d: DimsWithBias) 
                 _ => None,
             };
             let plan = d.plan(&dev, d.o / d.opt.groups, d.n * d.oh * d.ow, d.ksize(), 1)?;
+            let params = Conv2dParams { relu: relu as i64, ..d.params() };
             if pipelined_forward(&dev, x.dtype, &d) {
                 // Channels last: every tap's input channels, and a filter's, contiguous.
                 let w_ohwc = w.detach().permute(&[0, 2, 3, 1])?.dense()?;
-                forward_v2(&dev, &x, &w_ohwc, b_buf, &y, (&d, d.params()))?;
+                forward_v2(&dev, &x, &w_ohwc, b_buf, &y, (&d, params))?;
                 return Ok(Tensor::from_cuda(y, &out_shape));
             }
             let buffers = [Some(&*xs.buf), Some(&*ws.buf), b_buf, Some(&*y.buf)];
-            launch(&dev, "conv2d_fwd", x.dtype, d, plan, &buffers)?;
+            launch(&dev, "conv2d_fwd", x.dtype, params, plan, &buffers)?;
             Ok(Tensor::from_cuda(y, &out_shape))
         }
         _ => unreachable!("check_same rejects mixed devices"),
@@ -390,7 +427,7 @@ fn conv_backward_input(dy: &Tensor, w: &Tensor, d: DimsWithBias) -> Result<Tenso
                 return Ok(Tensor::from_cuda(dx, &in_shape));
             }
             let buffers = [Some(&*gs.buf), Some(&*ws.buf), Some(&*dx.buf)];
-            launch(&gs.device, "conv2d_bwd_input", dy.dtype, d, plan, &buffers)?;
+            launch(&gs.device, "conv2d_bwd_input", dy.dtype, d.params(), plan, &buffers)?;
             Ok(Tensor::from_cuda(dx, &in_shape))
         }
         _ => unreachable!("one device throughout"),
@@ -429,7 +466,7 @@ fn conv_backward_weight(dy: &Tensor, x: &Tensor, d: DimsWithBias) -> Result<Tens
             if plan.splits == 1 {
                 let dw = dev.alloc("conv2d", dy.dtype, w_shape.iter().product())?;
                 let buffers = [Some(&*gs.buf), Some(&*xs.buf), Some(&*dw.buf), None];
-                launch(dev, "conv2d_bwd_weight", dy.dtype, d, plan, &buffers)?;
+                launch(dev, "conv2d_bwd_weight", dy.dtype, d.params(), plan, &buffers)?;
                 return Ok(Tensor::from_cuda(dw, &w_shape));
             }
             // Split-K: one partial sum per depth range in the accumulation type (the kernel
@@ -437,7 +474,7 @@ fn conv_backward_weight(dy: &Tensor, x: &Tensor, d: DimsWithBias) -> Result<Tens
             let acc = if dy.dtype == DType::F64 { DType::F64 } else { DType::F32 };
             let partial = dev.alloc("conv2d", acc, plan.splits * d.o * d.ksize())?;
             let buffers = [Some(&*gs.buf), Some(&*xs.buf), None, Some(&*partial.buf)];
-            launch(dev, "conv2d_bwd_weight", dy.dtype, d, plan, &buffers)?;
+            launch(dev, "conv2d_bwd_weight", dy.dtype, d.params(), plan, &buffers)?;
             Tensor::from_cuda(partial, &[plan.splits, d.o * d.ksize()])
                 .sum(&[0], false)?
                 .to_dtype(dy.dtype)?
@@ -539,11 +576,11 @@ fn launch(
     dev: &Arc<CudaDevice>,
     base: &str,
     dtype: DType,
-    d: Dims,
+    params: Conv2dParams,
     plan: GemmPlan,
     buffers: &[Option<&CudaSlice<u8>>],
 ) -> Result<()> {
-    let params = Conv2dParams { splits: plan.splits as i64, ..d.params() };
+    let params = Conv2dParams { splits: plan.splits as i64, ..params };
     let kernel = plan.kernel(&crate::cuda::gemm::engine_base(base, dtype, dev), dtype);
     launch_kernel(dev, &kernel, plan.config(), buffers, params)
 }

@@ -77,6 +77,16 @@ pub fn cases() -> Vec<Case> {
     case!("linear with bias, batched input", [a(), randn(&[5, 4], DType::F64, 50), randn(&[5], DType::F64, 51)], |t| {
         t[0].linear(&t[1], Some(&t[2]))
     });
+    case!(
+        "linear_relu with bias, batched input",
+        [a(), randn(&[5, 4], DType::F64, 58), randn(&[5], DType::F64, 59)],
+        |t| { t[0].linear_relu(&t[1], Some(&t[2])) }
+    );
+    case!(
+        "linear_relu without bias, vector input",
+        [randn(&[4], DType::F64, 60), randn(&[3, 4], DType::F64, 61)],
+        |t| { t[0].linear_relu(&t[1], None) }
+    );
     case!("linear without bias, vector input", [randn(&[4], DType::F64, 52), randn(&[3, 4], DType::F64, 53)], |t| {
         t[0].linear(&t[1], None)
     });
@@ -128,6 +138,11 @@ pub fn cases() -> Vec<Case> {
         "conv2d strided padded with bias",
         [randn(&[2, 2, 6, 5], DType::F64, 35), randn(&[3, 2, 3, 2], DType::F64, 36), randn(&[3], DType::F64, 37)],
         move |t| { t[0].conv2d(&t[1], Some(&t[2]), conv((2, 1), (1, 2), (1, 1), 1)) }
+    );
+    case!(
+        "conv2d_relu strided padded with bias",
+        [randn(&[2, 2, 6, 5], DType::F64, 141), randn(&[3, 2, 3, 2], DType::F64, 142), randn(&[3], DType::F64, 143)],
+        move |t| { t[0].conv2d_relu(&t[1], Some(&t[2]), conv((2, 1), (1, 2), (1, 1), 1)) }
     );
     case!(
         "conv2d dilated grouped",
