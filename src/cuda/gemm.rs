@@ -142,7 +142,7 @@ pub(crate) fn chosen_version(slot: &AtomicU8, var: &str, versions: std::ops::Ran
 
 /// Stores `version` in `slot` for `op` (a `set_*` function) when it is one of `versions`, else an
 /// error naming them.
-fn store_version(
+pub(crate) fn store_version(
     slot: &AtomicU8,
     op: &'static str,
     versions: std::ops::RangeInclusive<u8>,

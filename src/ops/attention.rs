@@ -15,7 +15,7 @@ use crate::cuda::{CudaStorage, launch_error};
 use crate::storage::CpuStorage;
 use crate::{DType, Device, Error, Result, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::AtomicU8;
 
 const OP: &str = "scaled_dot_product_attention";
 /// Query (or key) rows per block of version 1 (`kernels/attention.cu`): one per warp.
@@ -89,11 +89,7 @@ const F32_ATTENTION_VERSIONS: std::ops::RangeInclusive<u8> = 1..=2;
 /// always run on the tensor cores (sm_80+); `set_float32_matmul_precision` does not apply here.
 /// Any other version is an error. The bench `attention/f32_*` times both.
 pub fn set_f32_attention(version: u8) -> Result<()> {
-    if !F32_ATTENTION_VERSIONS.contains(&version) {
-        return Err(Error::invalid("set_f32_attention", format!("version {version} is not 1 or 2")));
-    }
-    F32_ATTENTION.store(version, Ordering::Relaxed);
-    Ok(())
+    crate::cuda::gemm::store_version(&F32_ATTENTION, "set_f32_attention", F32_ATTENTION_VERSIONS, version)
 }
 
 /// The f32 attention version in force (see [`set_f32_attention`]; without a call,
