@@ -5,7 +5,9 @@
 // per-batch strides unravelled over the batch shape (once per batch entry), which gives
 // broadcast batch dims. The linear_* kernels add a bias [n] to every row in the epilogue (the
 // Linear layer's x Wᵀ + b in one kernel); with MatmulParams::relu every kernel clamps C at zero
-// as it writes it (linear_relu). Compute bound on the FMA pipes for large m, n, k; f16/bf16 accumulate
+// as it writes it (linear_relu), and with MatmulParams::out_acc (products without a bias or a
+// ReLU) writes C in the accumulation type, f32 for f16/bf16: autocast's gradient products, which
+// need no cast back. Compute bound on the FMA pipes for large m, n, k; f16/bf16 accumulate
 // in f32. The *_tc_* kernels are the same problems on the tensor cores (mma_gemm.cuh), for
 // f16/bf16 on sm_80+; the *_v2_* kernels are version 2 of those (mma_pipeline.cuh: cp.async
 // and ldmatrix) for operands dense along one axis; mma_probe_* and ldmatrix_probe run one
@@ -28,7 +30,11 @@ struct MatmulBatch {
     __device__ A a(const T* row, i64 k) const { return (A)up(row[k * a_cs]); }
     __device__ A b(const T* column, i64 k) const { return (A)up(column[k * b_rs]); }
     const T* bias;  // [n], added to every row when Bias
-    A* partial;     // this split's m x n partial sums when the depth is split, else null
+    // Where the store writes A values as they are: this split's m x n partial sums when the depth
+    // is split, or C itself when p.out_acc (the host asks it only of products without a bias or
+    // a ReLU: a third store path, A values with the epilogue, cost the 128-register pipelined
+    // kernels a stack frame); else null, and C is written rounded to T.
+    A* partial;
     bool relu;      // clamp at zero after the bias (NaN kept, as the relu kernel)
     __device__ void store(i64 r, i64 col, A v) const {
         if (partial) {
@@ -69,7 +75,8 @@ struct MatmulProblem {
         q.bias = bias;
         q.pc = c + batch * p.m * p.n;
         typedef typename Acc<T>::type A;
-        q.partial = p.splits > 1 ? (A*)(void*)c + (split * p.batch + batch) * p.m * p.n : nullptr;
+        // (with splits, C is the host's A-typed workspace [splits][batch][m][n]; with out_acc, C)
+        q.partial = p.splits > 1 || p.out_acc ? (A*)(void*)c + (split * p.batch + batch) * p.m * p.n : nullptr;
         q.a_rs = p.a_row_stride;
         q.a_cs = p.a_col_stride;
         q.b_rs = p.b_row_stride;
@@ -149,24 +156,28 @@ PIPE_VERSION(v2) PIPE_VERSION(v3)
 
 // The second half of a split-depth product: C[i] = the splits' partial sums at i (Acc<T>,
 // [splits][count]) added in split order, so the result does not depend on scheduling, plus
-// bias[i % n] when has_bias, clamped at zero when relu (MatmulParams::relu), narrowed to T.
-// Memory bound: splits + 1 reads and one write an element.
+// bias[i % n] when has_bias, clamped at zero when relu (MatmulParams::relu), narrowed to T, or
+// left in Acc<T> when out_acc (MatmulParams::out_acc; C is then Acc<T>). Memory bound: splits + 1
+// reads and one write an element.
 template <typename T>
 __device__ void split_sum(const typename Acc<T>::type* partial, const T* bias, T* c, i64 count, i64 splits, i64 n,
-                          i64 has_bias, i64 relu) {
+                          i64 has_bias, i64 relu, i64 out_acc) {
     typedef typename Acc<T>::type A;
     GRID_STRIDE_LOOP(i, count) {
         A v = partial[i];
         for (i64 s = 1; s < splits; ++s) v += partial[s * count + i];
         if (has_bias) v += (A)up(bias[i % n]);
         if (relu && v < (A)0) v = (A)0;
-        c[i] = down<T>(v);
+        if (out_acc)
+            ((A*)(void*)c)[i] = v;
+        else
+            c[i] = down<T>(v);
     }
 }
 #define SPLIT_SUM(T, tname) \
     extern "C" __global__ void matmul_split_sum_##tname(const Acc<T>::type* partial, const T* bias, T* c, i64 count, \
-                                                        i64 splits, i64 n, i64 has_bias, i64 relu) { \
-        split_sum<T>(partial, bias, c, count, splits, n, has_bias, relu); \
+                                                        i64 splits, i64 n, i64 has_bias, i64 relu, i64 out_acc) { \
+        split_sum<T>(partial, bias, c, count, splits, n, has_bias, relu, out_acc); \
     }
 SPLIT_SUM(float, f32) SPLIT_SUM(double, f64) SPLIT_SUM(f16, f16) SPLIT_SUM(bf16, bf16)
 

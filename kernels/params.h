@@ -44,6 +44,10 @@ struct MatmulParams {
     // 1 when the epilogue clamps C at zero after the bias (max(v, 0), NaN kept: linear_relu's
     // ReLU, applied as C is written; with split depths, by matmul_split_sum_*).
     long long relu;
+    // 1 when C holds the accumulation type (f32 for f16/bf16 operands), written from the
+    // accumulators without rounding to T: autocast's gradient products, whose f32 results need
+    // no cast. Only for products without a bias or a ReLU (their epilogue is not applied).
+    long long out_acc;
 };
 
 // A reduction of `outer` rows of `inner` elements each. Element (row, i) is logical element

@@ -7,8 +7,12 @@
 //! parameter's gradient arrives in f32.
 //!
 //! Unlike PyTorch, a product's output is returned in f32 rather than in the 16-bit dtype, so that
-//! every op outside the product list needs no casting rules (nabla's binary ops take one dtype);
-//! the product's output is still rounded once to the 16-bit dtype, as PyTorch's is.
+//! every op outside the product list needs no casting rules (nabla's binary ops take one dtype).
+//! Every product's output is still rounded once to the 16-bit dtype, as PyTorch's is. In the
+//! backward of `linear` (every Linear layer, the GPT's and ViT's projections and MLPs), the
+//! input and weight gradients are written in f32 straight from their f32 accumulators: one
+//! kernel each, no rounding to the 16-bit dtype and no cast back (the incoming gradient is
+//! rounded to it once, as the tensor cores need).
 //!
 //! f16's range is narrow (largest 65504, smallest normal 6e-5), so small gradients flush to zero
 //! unless the loss is scaled up first: [`crate::optim::GradScaler`] does that dynamically. bf16

@@ -35,6 +35,7 @@ pub struct MatmulParams {
     pub b_col_stride: i64,
     pub splits: i64,
     pub relu: i64,
+    pub out_acc: i64,
 }
 
 /// Mirror of `struct ReduceParams` in kernels/params.h.

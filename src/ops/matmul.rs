@@ -47,7 +47,7 @@ impl Tensor {
         if let Some(low) = crate::amp::product_dtype(&[self, rhs]) {
             return crate::amp::in_low_precision(&[self, rhs], low, |t| t[0].matmul(&t[1]));
         }
-        self.matmul_plus("matmul", rhs, None, false)
+        self.matmul_plus("matmul", rhs, Epilogue::default())
     }
 
     /// The affine map of `torch.nn.functional.linear`: `x Wᵀ + b` for input `[..., in]`, weight
@@ -69,10 +69,6 @@ impl Tensor {
 
     /// `linear`, then ReLU when `relu`.
     fn linear_then(&self, op: &'static str, weight: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
-        let operands: Vec<&Tensor> = [Some(self), Some(weight), bias].into_iter().flatten().collect();
-        if let Some(low) = crate::amp::product_dtype(&operands) {
-            return crate::amp::in_low_precision(&operands, low, |t| t[0].linear_then(op, &t[1], t.get(2), relu));
-        }
         let (Some(&features), [out, inputs]) = (self.shape().last(), weight.shape()) else {
             return Err(Error::shape(
                 op,
@@ -90,13 +86,55 @@ impl Tensor {
                 ),
             ));
         }
-        self.matmul_plus(op, &weight.t()?, bias, relu)
+        let operands: Vec<&Tensor> = [Some(self), Some(weight), bias].into_iter().flatten().collect();
+        if let Some(low) = crate::amp::product_dtype(&operands) {
+            return self.linear_mixed(op, low, weight, bias, relu);
+        }
+        self.matmul_plus(op, &weight.t()?, Epilogue { bias, relu, out_acc: false })
     }
 
-    /// `self x rhs`, plus `bias` (`[n]`, one value per output column) when given, then clamped
-    /// at zero when `relu`.
-    fn matmul_plus(&self, op: &'static str, rhs: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+    /// Autocast's `linear`, one node on the f32 tensors the caller passed: x, W and b rounded to
+    /// `low`, the product there with f32 accumulation, its output (bias and ReLU added in the
+    /// epilogue) rounded to `low` as PyTorch's is and widened to f32. The backward rounds g to
+    /// `low` once and writes dX = g W and dW = gᵀ x in f32 straight from their accumulators (no
+    /// rounding to `low` and no cast back), and sums the bias's gradient from g in f32.
+    fn linear_mixed(
+        &self,
+        op: &'static str,
+        low: DType,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let cast = |t: &Tensor| t.detach().to_dtype(low);
+        let (x_low, w_low, b_low) = (cast(self)?, cast(weight)?, bias.map(cast).transpose()?);
+        let epilogue = Epilogue { bias: b_low.as_ref(), relu, out_acc: false };
+        let out = x_low.matmul_plus(op, &w_low.t()?, epilogue)?.to_dtype(DType::F32)?;
+        let relu_out = relu.then(|| out.detach());
+        let x_shape = self.shape().to_vec();
+        let needs = [self.requires_grad(), weight.requires_grad(), false];
+        let n = w_low.shape()[0];
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        let has_bias = bias.is_some();
+        Ok(record(out, &inputs, move |g| {
+            let masked = relu_out.as_ref().map(|y| super::unary::relu_grad(y, g)).transpose()?;
+            let g = masked.as_ref().unwrap_or(g);
+            let mut grads = shared_matrix_grads(&g.to_dtype(low)?, &x_low, &w_low.t()?, &x_shape, needs, true)?;
+            // dW arrives as the [in, out] view of Wᵀ's gradient; the weight is [out, in].
+            grads[1] = grads[1].take().map(|gw| gw.t()).transpose()?;
+            if has_bias {
+                grads.push(Some(g.sum_to(&[n])?));
+            }
+            Ok(grads)
+        }))
+    }
+
+    /// `self x rhs` with `epilogue`: plus its bias (`[n]`, one value per output column) when
+    /// given, clamped at zero when it says `relu`, in the accumulation type when `out_acc`.
+    fn matmul_plus(&self, op: &'static str, rhs: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         const OP: &str = "matmul";
+        let Epilogue { bias, relu, out_acc } = epilogue;
         self.check_same(op, rhs)?;
         if let Some(b) = bias {
             self.check_same(op, b)?;
@@ -109,10 +147,10 @@ impl Tensor {
             ));
         }
         if self.rank() == 1 {
-            return self.unsqueeze(0)?.matmul_plus(op, rhs, bias, relu)?.squeeze(-2);
+            return self.unsqueeze(0)?.matmul_plus(op, rhs, epilogue)?.squeeze(-2);
         }
         if rhs.rank() == 1 {
-            return self.matmul_plus(op, &rhs.unsqueeze(-1)?, bias, relu)?.squeeze(-1);
+            return self.matmul_plus(op, &rhs.unsqueeze(-1)?, epilogue)?.squeeze(-1);
         }
         let (m, k) = (self.shape()[self.rank() - 2], self.shape()[self.rank() - 1]);
         let (k2, n) = (rhs.shape()[rhs.rank() - 2], rhs.shape()[rhs.rank() - 1]);
@@ -127,7 +165,8 @@ impl Tensor {
         let a = self.with_layout(self.layout.broadcast_as(&with([m, k]))?);
         let b = rhs.with_layout(rhs.layout.broadcast_as(&with([k, n]))?);
         let bias_in = bias.map(|b| b.dense()).transpose()?.map(|b| b.detach());
-        let out = matmul_forward(&a, &b, bias_in.as_ref(), relu, &batch_shape, [m, k, n], self.dtype)?;
+        let epilogue = Epilogue { bias: bias_in.as_ref(), relu, out_acc };
+        let out = matmul_forward(&a, &b, epilogue, &batch_shape, [m, k, n], self.dtype)?;
         // ReLU's backward masks g where the output is zero (step(relu(z)) = step(z)).
         let relu_out = relu.then(|| out.detach());
         let (a_in, b_in, rhs_in) = (a.detach(), b.detach(), rhs.detach());
@@ -142,7 +181,7 @@ impl Tensor {
             // an operand outside the graph (a batch of inputs) gets none. The bias gets g
             // summed over every row.
             if b_shape.len() == 2 && a_shape.len() >= 2 {
-                return shared_matrix_grads(g, &a_in, &rhs_in, &a_shape, [a_needs, b_needs, bias_in.is_some()]);
+                return shared_matrix_grads(g, &a_in, &rhs_in, &a_shape, [a_needs, b_needs, bias_in.is_some()], false);
             }
             let ga = if a_needs { Some(g.matmul(&b_in.t()?)?.sum_to(&a_shape)?) } else { None };
             let gb = if b_needs { Some(a_in.t()?.matmul(g)?.sum_to(&b_shape)?) } else { None };
@@ -160,22 +199,25 @@ impl Tensor {
 /// one product, not one per batch entry summed afterwards: dA = g Wᵀ, dW = Aᵀ g, and the bias's
 /// g summed over the rows. When `W` is the transposed view of a dense `[n, k]` weight (as
 /// `linear` passes it), dW is computed as the dense (gᵀ A) and handed back transposed, so the
-/// weight's gradient arrives dense with no transposing copy. `wanted`: which of the three.
+/// weight's gradient arrives dense with no transposing copy. `wanted`: which of the three;
+/// `out_acc`: the products give their result in the accumulation type (autocast's linear).
 fn shared_matrix_grads(
     g: &Tensor,
     a: &Tensor,
     w: &Tensor,
     a_shape: &[usize],
     [a_needs, w_needs, bias_needs]: [bool; 3],
+    out_acc: bool,
 ) -> Result<Vec<Option<Tensor>>> {
     let (k, n) = (w.shape()[0], w.shape()[1]);
     let rows = g.numel() / n.max(1);
     let g2 = g.reshape(&[rows, n])?;
-    let ga = if a_needs { Some(g2.matmul(&w.t()?)?.reshape(a_shape)?) } else { None };
+    let product = |l: &Tensor, r: &Tensor| l.matmul_plus("matmul", r, Epilogue { out_acc, ..Epilogue::default() });
+    let ga = if a_needs { Some(product(&g2, &w.t()?)?.reshape(a_shape)?) } else { None };
     let gw = if w_needs {
         let a2 = a.reshape(&[rows, k])?;
         let transposed_dense = w.strides() == [1, k] && w.offset() == 0;
-        Some(if transposed_dense { g2.t()?.matmul(&a2)?.t()? } else { a2.t()?.matmul(&g2)? })
+        Some(if transposed_dense { product(&g2.t()?, &a2)?.t()? } else { product(&a2.t()?, &g2)? })
     } else {
         None
     };
@@ -186,22 +228,35 @@ fn shared_matrix_grads(
     Ok(grads)
 }
 
+/// What a product does as it writes its output: add a dense `[n]` bias to every row, clamp at
+/// zero (`relu`), or keep the accumulation type rather than rounding to the operands' dtype
+/// (`out_acc`: f32 for f16/bf16 operands; only without a bias or a ReLU, which the kernels
+/// cannot add on that path within their registers).
+#[derive(Clone, Copy, Default)]
+struct Epilogue<'a> {
+    bias: Option<&'a Tensor>,
+    relu: bool,
+    out_acc: bool,
+}
+
 /// The product of operands already broadcast to `batch_shape + [m, k]` and `batch_shape + [k, n]`,
-/// plus the dense `[n]` bias on every row when given, clamped at zero when `relu`.
+/// finished by `epilogue`.
 fn matmul_forward(
     a: &Tensor,
     b: &Tensor,
-    bias: Option<&Tensor>,
-    relu: bool,
+    epilogue: Epilogue,
     batch_shape: &[usize],
     [m, k, n]: [usize; 3],
     dtype: DType,
 ) -> Result<Tensor> {
     const OP: &str = "matmul";
+    let Epilogue { bias, relu, out_acc } = epilogue;
+    debug_assert!(!out_acc || (bias.is_none() && !relu), "out_acc products have no epilogue");
+    let out_dtype = if out_acc { dtype.accumulator() } else { dtype };
     let batch: usize = batch_shape.iter().product();
     let out_shape: Vec<usize> = batch_shape.iter().copied().chain([m, n]).collect();
     if a.device() == crate::Device::Cpu {
-        crate::storage::check_allocatable(OP, &out_shape, a.dtype())?;
+        crate::storage::check_allocatable(OP, &out_shape, out_dtype)?;
     }
 
     match (a.storage(), b.storage()) {
@@ -231,12 +286,12 @@ fn matmul_forward(
                         let (da, db): (Vec<f32>, Vec<f32>) = (sa.gather(&a.layout), sb.gather(&b.layout));
                         let bias: Option<Vec<f32>> = bias.map(|t| t.to_vec::<f32>()).transpose()?;
                         let c = gemm::matmul(&da, &la, &db, &lb, batch_shape, dims, bias.as_deref());
-                        crate::cpu::narrow_vec(dtype, clamp_if(relu, c))
+                        crate::cpu::narrow_vec(out_dtype, clamp_if(relu, c))
                     } else {
                         let (da, db): (Vec<f64>, Vec<f64>) = (sa.gather(&a.layout), sb.gather(&b.layout));
                         let mut c = gemm::matmul(&da, &la, &db, &lb, batch_shape, dims, None);
                         add_to_rows(&mut c, bias_as(DType::F64)?.as_deref());
-                        CpuStorage::from_f64(dtype, &clamp_if(relu, c))
+                        CpuStorage::from_f64(out_dtype, &clamp_if(relu, c))
                     }
                 }
             };
@@ -250,7 +305,7 @@ fn matmul_forward(
                 ));
             }
             let dev = sa.device.clone();
-            let mut out = dev.alloc(OP, dtype, batch * m * n)?;
+            let mut out = dev.alloc(OP, out_dtype, batch * m * n)?;
             if batch * m * n == 0 {
                 return Ok(Tensor::from_cuda(out, &out_shape));
             }
@@ -269,6 +324,7 @@ fn matmul_forward(
                 b_row_stride: sb_[r] as i64,
                 b_col_stride: sb_[r + 1] as i64,
                 relu: relu as i64,
+                out_acc: (out_dtype != dtype) as i64,
                 ..Default::default()
             };
             for d in 0..r {
@@ -345,8 +401,9 @@ fn matmul_forward(
             // SAFETY: matmul_<T>(const T* a, const T* b, T* c, MatmulParams) and linear_<T>(a,
             // b, const T* bias, c, params) read A and B through the params' strides (inside
             // their buffers, as the views are) and the dense [n] bias, and write batch * m * n
-            // contiguous elements of C, or with p.splits > 1 splits * batch * m * n partial sums
-            // in the accumulation type to the workspace passed as C.
+            // contiguous elements of C (of the accumulation type when p.out_acc, as `out` was
+            // allocated), or with p.splits > 1 splits * batch * m * n partial sums in the
+            // accumulation type to the workspace passed as C.
             unsafe { launch.launch(cfg) }.map_err(|e| launch_error(OP, &kernel, e))?;
             if let Some(ws) = &partial {
                 let sum = format!("matmul_split_sum_{dtype}");
@@ -355,11 +412,11 @@ fn matmul_forward(
                     ((batch * m * n) as i64, splits as i64, n as i64, bias_buf.is_some() as i64);
                 let mut launch = dev.stream.launch_builder(&f);
                 launch.arg(&*ws.buf).arg(bias_buf.unwrap_or(&*ws.buf)).arg(&mut *out.buf);
-                launch.arg(&count).arg(&splits).arg(&n).arg(&has_bias).arg(&p.relu);
+                launch.arg(&count).arg(&splits).arg(&n).arg(&has_bias).arg(&p.relu).arg(&p.out_acc);
                 // SAFETY: matmul_split_sum_<T>(const Acc* partial, const T* bias, T* c, i64
-                // count, i64 splits, i64 n, i64 has_bias, i64 relu) reads splits * count partial sums and,
+                // count, i64 splits, i64 n, i64 has_bias, i64 relu, i64 out_acc) reads splits * count partial sums and,
                 // when has_bias, the [n] bias (else the stand-in is never read), and writes
-                // count elements of C.
+                // count elements of C (of the accumulation type when out_acc).
                 unsafe { launch.launch(crate::cuda::elementwise_config(count as usize)) }
                     .map_err(|e| launch_error(OP, &sum, e))?;
             }

@@ -29,15 +29,35 @@ fn autocast_runs_products_in_the_low_dtype_and_returns_f32_results_and_f32_gradi
         let autocast = with_gradients(&[&x, &w, &b], &g, |t| {
             nabla::autocast(low, || t[0].linear(&t[1], Some(&t[2]))).unwrap().unwrap()
         });
-        // The definition: each operand cast to the low dtype, the product there, the result cast back.
-        let by_hand = with_gradients(&[&x, &w, &b], &g, |t| {
-            let cast: Vec<Tensor> = t.iter().map(|t| t.to_dtype(low).unwrap()).collect();
-            cast[0].linear(&cast[1], Some(&cast[2])).unwrap().to_dtype(DType::F32).unwrap()
-        });
+        // The definition: each operand rounded to the low dtype, the product there (f32
+        // accumulation), the result rounded to it; backward, g rounded to the low dtype once,
+        // dX = g W and dW = gᵀ x accumulated in f32 and kept in f32 (not rounded), and the
+        // bias's gradient g summed in f32.
+        let round = |t: &Tensor| t.to_dtype(low).unwrap().to_dtype(DType::F32).unwrap();
+        let (xr, wr, br, gr) = (round(&x), round(&w), round(&b), round(&g));
+        let by_hand = [
+            round(&xr.linear(&wr, Some(&br)).unwrap()),
+            gr.matmul(&wr).unwrap(),
+            gr.t().unwrap().matmul(&xr).unwrap(),
+            g.sum(&[0], false).unwrap(),
+        ];
         for (i, (a, h)) in autocast.iter().zip(&by_hand).enumerate() {
             assert_eq!(a.dtype(), DType::F32, "{low} output {i} comes back in f32");
-            assert_eq!(a.to_vec::<f32>().unwrap(), h.to_vec::<f32>().unwrap(), "{low} output {i}");
+            // (the output: one rounding of nearly equal f32 sums may land a step apart)
+            let tol = if i == 0 { (1e-5, 2f64.powi(-7)) } else { (1e-5, 1e-6) };
+            assert_close(&format!("{low} output {i}"), a, h, tol);
+            // the gradients come from the f32 accumulators: not rounded to the low dtype
+            let (kept, rounded) = (a.to_vec::<f32>().unwrap(), round(a).to_vec::<f32>().unwrap());
+            assert_eq!(kept == rounded, i == 0, "{low} output {i}: rounded to {low} only in the forward");
         }
+        // with the ReLU in the epilogue, the same product clamped, its gradient masked
+        let fused = with_gradients(&[&x, &w, &b], &g, |t| {
+            nabla::autocast(low, || t[0].linear_relu(&t[1], Some(&t[2]))).unwrap().unwrap()
+        });
+        let relu = autocast[0].relu().unwrap();
+        assert_eq!(fused[0].to_vec::<f32>().unwrap(), relu.to_vec::<f32>().unwrap(), "{low} linear_relu");
+        let masked = round(&g.mul(&relu.sign().unwrap()).unwrap());
+        assert_close(&format!("{low} linear_relu dX"), &fused[1], &masked.matmul(&wr).unwrap(), (1e-5, 1e-6));
         // The rounding is real: the f32 product differs from the autocast one.
         let plain = x.linear(&w, Some(&b)).unwrap().to_vec::<f32>().unwrap();
         assert_ne!(plain, autocast[0].to_vec::<f32>().unwrap(), "{low}: the inputs were rounded");
@@ -85,22 +105,37 @@ fn autocast_covers_matmul_convolution_and_attention_and_leaves_other_ops_in_f32(
 #[test]
 fn autocast_on_the_gpu_matches_the_cpu_autocast_within_the_low_dtypes_tolerance() {
     let Some(gpu) = cuda_or_skip("autocast on the GPU") else { return };
-    let (x, w, b) = (randn(&[37, 70], 20), randn(&[33, 70], 21), randn(&[33], 22));
-    let g = randn(&[37, 33], 23);
-    for low in [DType::BF16, DType::F16] {
-        let run = |device: &Device| {
-            let moved: Vec<Tensor> = [&x, &w, &b].iter().map(|t| t.to_device(device).unwrap()).collect();
-            let out = with_gradients(&moved.iter().collect::<Vec<_>>(), &g.to_device(device).unwrap(), |t| {
-                nabla::autocast(low, || t[0].linear(&t[1], Some(&t[2]))).unwrap().unwrap()
-            });
-            out.into_iter().map(|t| t.to_device(&Device::Cpu).unwrap()).collect::<Vec<_>>()
-        };
-        let (on_gpu, on_cpu) = (run(&gpu), nabla::cpu::reference(|| run(&Device::Cpu)));
-        let (atol, rtol) = crate::common::tolerance(low);
-        for (i, (a, c)) in on_gpu.iter().zip(&on_cpu).enumerate() {
-            assert_eq!(a.dtype(), DType::F32);
-            // A product of depth 70 (output, weight gradient) or 37 (input gradient), rounded once.
-            assert_close(&format!("{low} autocast linear, output {i}"), a, c, (atol * 9.0, rtol * 9.0));
+    // Depth 70 (the first tensor-core GEMM: not a multiple of 8), and 2048 rows, whose weight
+    // gradient is one output tile 2048 deep (version 2, its depth split and the splits added up
+    // in f32).
+    for (seed, (m, k, n)) in [(37, 70, 33), (2048, 16, 24)].into_iter().enumerate() {
+        let seed = 20 + 4 * seed as u64;
+        let (x, w, b) = (randn(&[m, k], seed), randn(&[n, k], seed + 1), randn(&[n], seed + 2));
+        let g = randn(&[m, n], seed + 3);
+        for (low, relu) in [(DType::BF16, false), (DType::F16, false), (DType::BF16, true)] {
+            let run = |device: &Device| {
+                let moved: Vec<Tensor> = [&x, &w, &b].iter().map(|t| t.to_device(device).unwrap()).collect();
+                let out = with_gradients(&moved.iter().collect::<Vec<_>>(), &g.to_device(device).unwrap(), |t| {
+                    let bias = Some(&t[2]);
+                    let y = nabla::autocast(low, || {
+                        if relu { t[0].linear_relu(&t[1], bias) } else { t[0].linear(&t[1], bias) }
+                    });
+                    y.unwrap().unwrap()
+                });
+                out.into_iter().map(|t| t.to_device(&Device::Cpu).unwrap()).collect::<Vec<_>>()
+            };
+            let (on_gpu, on_cpu) = (run(&gpu), nabla::cpu::reference(|| run(&Device::Cpu)));
+            for (i, (a, c)) in on_gpu.iter().zip(&on_cpu).enumerate() {
+                assert_eq!(a.dtype(), DType::F32);
+                // The same rounded operands on both sides: the output, rounded to the low dtype,
+                // may land a step apart; the gradients, kept in f32, differ by f32 accumulation
+                // alone (depth n and m; the bias gradient sums m values), far below a 16-bit
+                // rounding.
+                let what = format!("{low} autocast linear {m}x{k}x{n}, ReLU: {relu}, output {i}");
+                let (atol, rtol) = crate::common::tolerance(low);
+                let tol = if i == 0 { (atol * 9.0, rtol * 9.0) } else { (2e-6 * [k, n, m, m][i] as f64, 1e-5) };
+                assert_close(&what, a, c, tol);
+            }
         }
     }
 }
