@@ -385,9 +385,24 @@ pub(crate) fn like<T>(_like: &[T], v: Vec<T>) -> Vec<T> {
 }
 
 /// Sets every negative element of `values` to zero, NaN kept (as `Tensor::relu`): the ReLU a
-/// fused op (`linear_relu`, `conv2d_relu`) applies to its fresh output in place.
-pub(crate) fn clamp_at_zero<T: PartialOrd + Default>(values: &mut [T]) {
-    values.iter_mut().filter(|x| **x < T::default()).for_each(|x| *x = T::default());
+/// fused op (`linear_relu`, `conv2d_relu`) applies to its fresh output in place. Every element
+/// is written through a select, which vectorises: a store behind a branch on the sign (half the
+/// elements of an activation, at random) mispredicted often enough to make LeNet-5's CPU step
+/// 35% slower than running a separate ReLU. Large outputs are split over the pool.
+pub(crate) fn clamp_at_zero<T: PartialOrd + Default + Copy + Send>(values: &mut [T]) {
+    /// Elements per parallel task.
+    const CHUNK: usize = 1 << 14;
+    let clamp = |chunk: &mut [T]| {
+        for x in chunk {
+            *x = if *x < T::default() { T::default() } else { *x };
+        }
+    };
+    if values.len() < PARALLEL_MIN {
+        clamp(values);
+    } else {
+        use rayon::prelude::*;
+        install(|| values.par_chunks_mut(CHUNK).for_each(clamp));
+    }
 }
 
 /// [`clamp_at_zero`] on float storage (integer storage is left as is: fused ops are float-only).

@@ -427,7 +427,7 @@ fn matmul_forward(
 }
 
 /// `c` with every negative element set to zero when `relu` (NaN kept, as `Tensor::relu`).
-fn clamp_if<T: PartialOrd + Default>(relu: bool, mut c: Vec<T>) -> Vec<T> {
+fn clamp_if<T: PartialOrd + Default + Copy + Send>(relu: bool, mut c: Vec<T>) -> Vec<T> {
     if relu {
         crate::cpu::clamp_at_zero(&mut c);
     }
