@@ -388,7 +388,7 @@ pub(crate) fn like<T>(_like: &[T], v: Vec<T>) -> Vec<T> {
 /// fused op (`linear_relu`, `conv2d_relu`) applies to its fresh output in place. Every element
 /// is written through a select, which vectorises: a store behind a branch on the sign (half the
 /// elements of an activation, at random) mispredicted often enough to make LeNet-5's CPU step
-/// 35% slower than running a separate ReLU. Large outputs are split over the pool.
+/// a third slower than running a separate ReLU (docs/benchmarks.md). Large outputs are split over the pool.
 pub(crate) fn clamp_at_zero<T: PartialOrd + Default + Copy + Send>(values: &mut [T]) {
     /// Elements per parallel task.
     const CHUNK: usize = 1 << 14;

@@ -29,7 +29,7 @@ pub trait Module: Send + Sync {
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
 
     /// ReLU of the module's output. A layer whose kernels can clamp its output as they write it
-    /// (Linear) overrides this to do so in one pass; [`Sequential`] calls it wherever a ReLU
+    /// (Linear, Conv2d) overrides this to do so in one pass; [`Sequential`] calls it wherever a ReLU
     /// module follows.
     fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
         self.forward(x)?.relu()

@@ -118,8 +118,7 @@ impl Tensor {
         inputs.extend(bias);
         let has_bias = bias.is_some();
         Ok(record(out, &inputs, move |g| {
-            let masked = relu_out.as_ref().map(|y| super::unary::relu_grad(y, g)).transpose()?;
-            let g = masked.as_ref().unwrap_or(g);
+            let g = &super::unary::relu_masked(relu_out.as_ref(), g)?;
             let mut grads = shared_matrix_grads(&g.to_dtype(low)?, &x_low, &w_low.t()?, &x_shape, needs, true)?;
             // dW arrives as the [in, out] view of Wᵀ's gradient; the weight is [out, in].
             grads[1] = grads[1].take().map(|gw| gw.t()).transpose()?;
@@ -175,8 +174,7 @@ impl Tensor {
         let mut inputs = vec![self, rhs];
         inputs.extend(bias);
         Ok(record(out, &inputs, move |g| {
-            let masked = relu_out.as_ref().map(|y| super::unary::relu_grad(y, g)).transpose()?;
-            let g = masked.as_ref().unwrap_or(g);
+            let g = &super::unary::relu_masked(relu_out.as_ref(), g)?;
             // dA = g Bᵀ and dB = Aᵀ g over the broadcast batch, summed back to each operand;
             // an operand outside the graph (a batch of inputs) gets none. The bias gets g
             // summed over every row.

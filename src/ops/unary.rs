@@ -367,6 +367,15 @@ pub(crate) fn relu_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The gradient reaching a product that clamped its own output (`linear_relu`, `conv2d_relu`):
+/// g masked by ReLU's step at that `output` when there was one, else g itself.
+pub(crate) fn relu_masked(output: Option<&Tensor>, g: &Tensor) -> Result<Tensor> {
+    match output {
+        Some(y) => relu_grad(y, g),
+        None => Ok(g.clone()),
+    }
+}
+
 /// The error function in f64, from `libm` (a port of musl's, within an ulp or so).
 pub fn erf(x: f64) -> f64 {
     libm::erf(x)

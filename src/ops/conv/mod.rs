@@ -258,8 +258,7 @@ impl Tensor {
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
         Ok(record(out, &inputs, move |g| {
-            let masked = relu_out.as_ref().map(|y| crate::ops::unary::relu_grad(y, g)).transpose()?;
-            let g = masked.as_ref().unwrap_or(g);
+            let g = &crate::ops::unary::relu_masked(relu_out.as_ref(), g)?;
             // Skip the gradients nobody asked for (the first layer's input, typically).
             let gx = if x_needs { Some(conv_backward_input(g, &w, d)?) } else { None };
             let gw = if w_needs { Some(conv_backward_weight(g, &x, d)?) } else { None };
