@@ -80,19 +80,24 @@ fn softmax(c: &mut Criterion) {
 }
 
 fn matmul(c: &mut Criterion) {
-    // (row, dtype, f32 precision, tensor-core GEMM version, FMA GEMM version, GPU only): f32
-    // with version 1 of the FMA-pipe GEMM (the default), with versions 2 and 3 (`f32_v2`,
-    // `f32_v3`: 16-byte loads, two shared buffers) and as TF32 (as PyTorch's "high"); f16 and
-    // bf16 with version 2 of the tensor-core GEMM (cp.async pipeline, ldmatrix; the default), then
-    // with version 3 (`_v3`: 64-deep stages in dynamic shared memory) and version 1 (`_v1`). The row names match `benches/peer/matmul.py`'s (`f32_v*` against its
-    // `f32`). TF32, bf16 and the other versions are GPU rows (the CPU computes f32 as f32, and its
-    // 16-bit path is f16's).
+    // (row, dtype, f32 precision, tensor-core GEMM version, f32 GEMM version, GPU only): f32
+    // with version 1 of the f32 GEMM (FMA pipes, the default), with versions 2-4 (`f32_v2` ..
+    // `f32_v4`: 16-byte loads, two shared buffers or a cp.async pipeline) and 5 (`f32_v5`: 3xTF32
+    // on the tensor cores), and as TF32 (as PyTorch's "high") on versions 2 (`tf32`), 3 and 1 of
+    // the tensor-core GEMM; f16 and bf16 with version 2 of the tensor-core GEMM (cp.async
+    // pipeline, ldmatrix; the default), then with version 3 (`_v3`: 64-deep stages in dynamic
+    // shared memory) and version 1 (`_v1`). The row names match `benches/peer/matmul.py`'s
+    // (`f32_v*` against its `f32`, `tf32_v*` against its `tf32`). TF32, bf16 and the other
+    // versions are GPU rows (the CPU computes f32 as f32, and its 16-bit path is f16's).
     let rows = [
         ("f32", DType::F32, "highest", 2, 1, false),
         ("f32_v2", DType::F32, "highest", 2, 2, true),
         ("f32_v3", DType::F32, "highest", 2, 3, true),
         ("f32_v4", DType::F32, "highest", 2, 4, true),
-        ("tf32", DType::F32, "high", 1, 1, true),
+        ("f32_v5", DType::F32, "highest", 2, 5, true),
+        ("tf32", DType::F32, "high", 2, 1, true),
+        ("tf32_v3", DType::F32, "high", 3, 1, true),
+        ("tf32_v1", DType::F32, "high", 1, 1, true),
         ("f16", DType::F16, "highest", 2, 1, false),
         ("bf16", DType::BF16, "highest", 2, 1, true),
         ("f16_v3", DType::F16, "highest", 3, 1, true),
@@ -100,11 +105,11 @@ fn matmul(c: &mut Criterion) {
         ("f16_v1", DType::F16, "highest", 1, 1, true),
         ("bf16_v1", DType::BF16, "highest", 1, 1, true),
     ];
-    let (default_version, default_fma) = (nabla::cuda::gemm::tensor_core_gemm(), nabla::cuda::gemm::fma_gemm());
-    for (name, dtype, precision, version, fma, gpu_only) in rows {
+    let (default_version, default_f32) = (nabla::cuda::gemm::tensor_core_gemm(), nabla::cuda::gemm::f32_gemm());
+    for (name, dtype, precision, version, f32_version, gpu_only) in rows {
         nabla::set_float32_matmul_precision(precision).unwrap();
         nabla::cuda::gemm::set_tensor_core_gemm(version).unwrap();
-        nabla::cuda::gemm::set_fma_gemm(fma).unwrap();
+        nabla::cuda::gemm::set_f32_gemm(f32_version).unwrap();
         let mut group = c.benchmark_group(format!("matmul_{name}_flops"));
         for device in devices().into_iter().filter(|d| d.is_cuda() || !gpu_only) {
             let n = size(device, 1024, 4096);
@@ -122,7 +127,7 @@ fn matmul(c: &mut Criterion) {
     }
     nabla::set_float32_matmul_precision("highest").unwrap();
     nabla::cuda::gemm::set_tensor_core_gemm(default_version).unwrap();
-    nabla::cuda::gemm::set_fma_gemm(default_fma).unwrap();
+    nabla::cuda::gemm::set_f32_gemm(default_f32).unwrap();
 }
 
 criterion_group! {

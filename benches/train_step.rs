@@ -48,13 +48,15 @@ fn step(c: &mut Criterion) {
 /// One AdamW step of the char-GPT presets on random tokens (76 characters, as the shipped
 /// plays): `--preset cpu`'s model on the CPU, `--preset gpu`'s on the GPU, there also with the
 /// products autocast to bf16 (`--precision bf16`; its PyTorch twin: `benches/peer/char_gpt.py`,
-/// whose whole run is the comparison in docs/benchmarks.md), and in f32 with attention on the
-/// tensor cores in 3xTF32 (`f32_attention_v2`: `nabla::ops::attention::set_f32_attention(2)`).
+/// whose whole run is the comparison in docs/benchmarks.md), in f32 with attention on the
+/// tensor cores in 3xTF32 (`f32_attention_v2`: `nabla::ops::attention::set_f32_attention(2)`),
+/// and in f32 with both attention and the products in 3xTF32 (`f32_gemm_v5_attention_v2`:
+/// `nabla::cuda::gemm::set_f32_gemm(5)` too): an f32 step at f32's accuracy on the tensor cores.
 fn gpt_step(c: &mut Criterion) {
+    use nabla::cuda::gemm::{f32_gemm, set_f32_gemm, set_tensor_core_gemm, tensor_core_gemm};
     use nabla::ops::attention::{f32_attention, set_f32_attention};
     let devices = common::devices();
-    let default_version = nabla::cuda::gemm::tensor_core_gemm();
-    let default_attention = f32_attention();
+    let (default_version, default_attention, default_f32) = (tensor_core_gemm(), f32_attention(), f32_gemm());
     let mut group = c.benchmark_group("char_gpt_adamw_step");
     group.sample_size(10);
     for &device in &devices {
@@ -66,30 +68,36 @@ fn gpt_step(c: &mut Criterion) {
         let mut opt = Adam::new(model.parameters(), AdamConfig::adamw(1e-3)).unwrap();
         let x = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
         let y = Tensor::randint(0, 76, &[batch, context], &device, &mut rng).unwrap();
-        // (precision, tensor-core GEMM version, f32 attention version): f32 as configured, f32
-        // with version 2 of f32 attention (the row `f32_attention_v2`), bf16 with the default
+        // (precision, tensor-core GEMM version, f32 attention version, f32 GEMM version): f32 as
+        // configured, f32 with version 2 of f32 attention (the row `f32_attention_v2`), and with
+        // version 5 of the f32 GEMM as well (`f32_gemm_v5_attention_v2`), bf16 with the default
         // version 2 of the GEMM, then with versions 3 and 1 (the rows `bf16_gemm_v3`,
         // `bf16_gemm_v1`).
-        let rows: &[(Precision, u8, u8)] = if device.is_cuda() {
+        let rows: &[(Precision, u8, u8, u8)] = if device.is_cuda() {
             &[
-                (Precision::F32, 2, default_attention),
-                (Precision::F32, 2, 2),
-                (Precision::Bf16, 2, default_attention),
-                (Precision::Bf16, 3, default_attention),
-                (Precision::Bf16, 1, default_attention),
+                (Precision::F32, 2, default_attention, default_f32),
+                (Precision::F32, 2, 2, default_f32),
+                (Precision::F32, 2, 2, 5),
+                (Precision::Bf16, 2, default_attention, default_f32),
+                (Precision::Bf16, 3, default_attention, default_f32),
+                (Precision::Bf16, 1, default_attention, default_f32),
             ]
         } else {
-            &[(Precision::F32, 1, default_attention)]
+            &[(Precision::F32, 1, default_attention, default_f32)]
         };
-        for &(precision, version, attention) in rows {
+        for &(precision, version, attention, f32_version) in rows {
             let gemm = if version == 2 { String::new() } else { format!("_gemm_v{version}") };
+            let f32_gemm_name =
+                if f32_version == default_f32 { String::new() } else { format!("_gemm_v{f32_version}") };
             let attention_name =
                 if attention == default_attention { String::new() } else { format!("_attention_v{attention}") };
-            let name =
-                format!("{device}/{precision}{gemm}{attention_name}/{layers}x{width}_context{context}_batch{batch}");
+            let name = format!(
+                "{device}/{precision}{gemm}{f32_gemm_name}{attention_name}/{layers}x{width}_context{context}_batch{batch}"
+            );
             if device.is_cuda() {
-                nabla::cuda::gemm::set_tensor_core_gemm(version).unwrap();
+                set_tensor_core_gemm(version).unwrap();
                 set_f32_attention(attention).unwrap();
+                set_f32_gemm(f32_version).unwrap();
             }
             group.bench_function(name, |b| {
                 b.iter(|| {
@@ -105,8 +113,9 @@ fn gpt_step(c: &mut Criterion) {
     }
     group.finish();
     if devices.iter().any(|d| d.is_cuda()) {
-        nabla::cuda::gemm::set_tensor_core_gemm(default_version).unwrap();
+        set_tensor_core_gemm(default_version).unwrap();
         set_f32_attention(default_attention).unwrap();
+        set_f32_gemm(default_f32).unwrap();
     }
 }
 

@@ -129,30 +129,38 @@ GEMM_INSTANTIATE(MATMUL_TC, float, f32, 1, 2) GEMM_INSTANTIATE(LINEAR_TC, float,
 // Versions 2 and 3 (mma_pipeline.cuh), one instantiation per operand layout: the first letter
 // says along which axis A is contiguous (k or m), the second B (k or n). matmul_v2_kn_* is a
 // plain row-major product, linear_v2_kk_* a linear layer's x Wᵀ. Two blocks a multiprocessor
-// (PIPE_BLOCKS_PER_SM).
+// (PIPE_BLOCKS_PER_SM). f32 operands run on the same pipeline as TF32 (matmul_tf32_v2_*,
+// matmul_tf32_v3_*: set_float32_matmul_precision "high") and as 3xTF32 on version 2's stages
+// (matmul_v5_*: version 5 of the f32 GEMM, whose versions 2-4 are FMA-pipe kernels).
 // Each version's stage depth, and whether its stages live in dynamic shared memory (version 3's
-// 96 KiB) rather than static (version 2's 48 KiB).
+// 96 KiB) rather than static (version 2's 48 KiB). f32 stages hold half as many values, always
+// in dynamic shared memory: an mn-major f32 tile's padded rows take version 2's past 48 KiB.
 #define PIPE_SHAPE_v2 PIPE_V2_BK, false
 #define PIPE_SHAPE_v3 PIPE_V3_BK, true
-#define MATMUL_PIPE(V, T, tname, layout, a_k_major, b_k_major) \
+#define PIPE_SHAPE_tf32_v2 PIPE_V2_BK / 2, true
+#define PIPE_SHAPE_tf32_v3 PIPE_V3_BK / 2, true
+#define PIPE_SHAPE_v5 PIPE_V2_BK / 2, true
+#define MATMUL_PIPE(V, T, M, tname, layout, a_k_major, b_k_major) \
     extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) \
         matmul_##V##_##layout##_##tname(const T* a, const T* b, T* c, const __grid_constant__ MatmulParams p) { \
         const MatmulProblem<T, false> pb{a, b, nullptr, c, p}; \
-        mma_pipelined_gemm<T, a_k_major, b_k_major, PIPE_SHAPE_##V>(pb); \
+        mma_pipelined_gemm<T, M, a_k_major, b_k_major, PIPE_SHAPE_##V>(pb); \
     }
-#define LINEAR_PIPE(V, T, tname, layout, a_k_major, b_k_major) \
+#define LINEAR_PIPE(V, T, M, tname, layout, a_k_major, b_k_major) \
     extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) linear_##V##_##layout##_##tname( \
         const T* a, const T* b, const T* bias, T* c, const __grid_constant__ MatmulParams p) { \
         const MatmulProblem<T, true> pb{a, b, bias, c, p}; \
-        mma_pipelined_gemm<T, a_k_major, b_k_major, PIPE_SHAPE_##V>(pb); \
+        mma_pipelined_gemm<T, M, a_k_major, b_k_major, PIPE_SHAPE_##V>(pb); \
     }
-#define PIPE_LAYOUTS(KERNEL, V, T, tname) \
-    KERNEL(V, T, tname, kk, true, true) KERNEL(V, T, tname, kn, true, false) KERNEL(V, T, tname, mk, false, true) \
-    KERNEL(V, T, tname, mn, false, false)
+#define PIPE_LAYOUTS(KERNEL, V, T, M, tname) \
+    KERNEL(V, T, M, tname, kk, true, true) KERNEL(V, T, M, tname, kn, true, false) \
+    KERNEL(V, T, M, tname, mk, false, true) KERNEL(V, T, M, tname, mn, false, false)
 #define PIPE_VERSION(V) \
-    PIPE_LAYOUTS(MATMUL_PIPE, V, f16, f16) PIPE_LAYOUTS(MATMUL_PIPE, V, bf16, bf16) \
-    PIPE_LAYOUTS(LINEAR_PIPE, V, f16, f16) PIPE_LAYOUTS(LINEAR_PIPE, V, bf16, bf16)
+    PIPE_LAYOUTS(MATMUL_PIPE, V, f16, f16, f16) PIPE_LAYOUTS(MATMUL_PIPE, V, bf16, bf16, bf16) \
+    PIPE_LAYOUTS(LINEAR_PIPE, V, f16, f16, f16) PIPE_LAYOUTS(LINEAR_PIPE, V, bf16, bf16, bf16)
 PIPE_VERSION(v2) PIPE_VERSION(v3)
+#define PIPE_F32(V, M) PIPE_LAYOUTS(MATMUL_PIPE, V, float, M, f32) PIPE_LAYOUTS(LINEAR_PIPE, V, float, M, f32)
+PIPE_F32(tf32_v2, Tf32) PIPE_F32(tf32_v3, Tf32) PIPE_F32(v5, Tf32x3)
 
 // The second half of a split-depth product: C[i] = the splits' partial sums at i (Acc<T>,
 // [splits][count]) added in split order, so the result does not depend on scheduling, plus

@@ -222,25 +222,43 @@ pub fn fma_conv() -> u8 {
     chosen_version(&FMA_CONV, "NABLA_FMA_CONV", 1..=2, 1)
 }
 
-/// Which FMA-pipe GEMM runs f32 matmuls and linear layers (when they do not run as TF32): 1,
-/// the tiled engine every product can use (`kernels/tiled_gemm.cuh`, the default, measured at
-/// 55-59% of cuBLAS on an H200), or, wherever [`pipelined_layout`] accepts the operands, 2, 3 or
-/// 4: a warp-tiled 8 x 8 register tile, 16 deep a step, 128 x 128 tiles. 2 and 3
-/// (`kernels/sgemm_v2.cuh`) stage 16-byte loads through registers into two shared buffers; 2
-/// loops over a step's depths at two blocks a multiprocessor, 3 unrolls them at one. 4
-/// (`kernels/sgemm_v4.cuh`, sm_80+; version 2 runs on older cards) copies by `cp.async` into a
-/// 4-stage pipeline in 80 KiB of dynamic shared memory. Versions 2-4 are not yet timed on a
-/// GPU: the bench `matmul_f32_*` times them all, so that a GPU session can pick the default.
-/// 0 means not chosen yet: the first use reads `NABLA_FMA_GEMM`.
-static FMA_GEMM: AtomicU8 = AtomicU8::new(0);
+/// Which GEMM runs f32 matmuls and linear layers (when they do not run as TF32): 1, the tiled
+/// engine on the FP32 pipes every product can use (`kernels/tiled_gemm.cuh`, the default,
+/// measured at 55-59% of cuBLAS on an H200), or, wherever [`pipelined_layout`] accepts the
+/// operands:
+/// - 2, 3 or 4, on the FP32 pipes: a warp-tiled 8 x 8 register tile, 16 deep a step, 128 x 128
+///   tiles. 2 and 3 (`kernels/sgemm_v2.cuh`) stage 16-byte loads through registers into two
+///   shared buffers; 2 loops over a step's depths at two blocks a multiprocessor, 3 unrolls
+///   them at one. 4 (`kernels/sgemm_v4.cuh`, sm_80+; version 2 runs on older cards) copies by
+///   `cp.async` into a 4-stage pipeline in 80 KiB of dynamic shared memory.
+/// - 5, on the tensor cores (sm_80+; version 2 runs on older cards): 3xTF32, each f32 operand
+///   split into two TF32 parts and three m16n8k8 products taken per f32 product (CUTLASS's "fast
+///   f32", as f32 attention version 2 does), on the `cp.async` pipeline of the 16-bit tensor-core
+///   GEMM (`kernels/mma_pipeline.cuh`, 16 f32 values deep a stage). Its error is f32's order (the
+///   dropped small x small term is 2^-22 of a product), not TF32's; the TF32 peak is 7x the FP32
+///   pipes', so a third of it is still above them.
+///
+/// Versions 2-5 are not yet timed on a GPU: the bench `matmul_f32_*` times them all, so that a
+/// GPU session can pick the default.
+/// 0 means not chosen yet: the first use reads `NABLA_F32_GEMM`.
+static F32_GEMM: AtomicU8 = AtomicU8::new(0);
 
-/// The FMA-pipe GEMM versions.
-const FMA_GEMM_VERSIONS: std::ops::RangeInclusive<u8> = 1..=4;
+/// The f32 GEMM versions.
+const F32_GEMM_VERSIONS: std::ops::RangeInclusive<u8> = 1..=5;
 
 /// Dynamic shared memory a block of FMA-pipe GEMM version 4 uses: four stages of A and of B, each
 /// the larger of a 128 x (16 + 4) and a 16 x (128 + 4) f32 tile (`SGEMM4_STAGES` and
 /// `SGEMM4_STAGE_FLOATS` in kernels/sgemm_v4.cuh).
 pub const FMA_V4_SHARED_BYTES: u32 = 2 * 4 * 128 * 20 * 4;
+
+/// Dynamic shared memory a block of the tensor-core pipeline takes for f32 operands (TF32 and
+/// 3xTF32) `depth` values deep a stage: three stages of A and of B, each at most `depth` rows of
+/// 128 + 8 f32 values (an mn-major tile's padded rows; `PIPE_STAGES`, `PIPE_BM` and
+/// `PipeOperand::ROW_STRIDE` in kernels/mma_pipeline.cuh). Depth 16 (TF32 version 2, f32
+/// version 5): 51 KiB; 32 (TF32 version 3): 102 KiB.
+pub const fn f32_pipe_shared_bytes(depth: u32) -> u32 {
+    2 * 3 * depth * (128 + 8) * 4
+}
 
 /// Whether `dev` can run the FMA pipeline of version 4 (the f32 GEMM's and version 2 of the f32
 /// convolution): `cp.async` (sm_80+) and [`FMA_V4_SHARED_BYTES`] of shared memory for a block.
@@ -248,17 +266,49 @@ pub fn fma_pipeline_fits(dev: &super::CudaDevice) -> bool {
     dev.arch().0 >= 8 && FMA_V4_SHARED_BYTES as usize <= dev.max_shared_per_block()
 }
 
-/// Chooses the FMA-pipe GEMM version for f32 matmuls and linear layers on a GPU, for the whole
-/// process: 1 (the default), 2, 3 or 4 (`NABLA_FMA_GEMM` chooses without code). Products
-/// versions 2-4 cannot take run on version 1 either way. Any other version is an error.
-pub fn set_fma_gemm(version: u8) -> crate::Result<()> {
-    store_version(&FMA_GEMM, "set_fma_gemm", FMA_GEMM_VERSIONS, version)
+/// Chooses the f32 GEMM version for f32 matmuls and linear layers on a GPU, for the whole
+/// process: 1 (the default) to 5 (`NABLA_F32_GEMM` chooses without code). Products versions 2-5
+/// cannot take run on version 1 either way. Any other version is an error.
+pub fn set_f32_gemm(version: u8) -> crate::Result<()> {
+    store_version(&F32_GEMM, "set_f32_gemm", F32_GEMM_VERSIONS, version)
 }
 
-/// The FMA-pipe GEMM version in force (see [`set_fma_gemm`]; without a call, `NABLA_FMA_GEMM`,
-/// else 1).
-pub fn fma_gemm() -> u8 {
-    chosen_version(&FMA_GEMM, "NABLA_FMA_GEMM", FMA_GEMM_VERSIONS, 1)
+/// The f32 GEMM version in force (see [`set_f32_gemm`]; without a call, `NABLA_F32_GEMM`, else
+/// 1).
+pub fn f32_gemm() -> u8 {
+    chosen_version(&F32_GEMM, "NABLA_F32_GEMM", F32_GEMM_VERSIONS, 1)
+}
+
+/// The pipelined GEMM that runs products of `dtype` on `dev` under the versions in force, as its
+/// kernels' name infix (`v2`, `v3` and `v4` of the 16-bit tensor-core or the f32 FMA GEMM,
+/// `tf32_v2` and `tf32_v3` for f32 as TF32, `v5` for f32 in 3xTF32) and the dynamic shared
+/// memory its block takes, or `None` for version 1 (the engines every product can use). A
+/// version `dev` cannot run (too little shared memory a block, or `cp.async` before sm_80) falls
+/// back to its family's version 2. The caller still asks [`pipelined_layout`] whether the
+/// operands suit it.
+pub fn pipelined_kernel(dtype: crate::DType, dev: &super::CudaDevice) -> Option<(&'static str, u32)> {
+    use crate::DType::{BF16, F16, F32};
+    let fits = |bytes: u32| bytes as usize <= dev.max_shared_per_block();
+    match (dtype, uses_tensor_cores(dtype, dev)) {
+        (F16 | BF16, true) => match tensor_core_gemm() {
+            1 => None,
+            3 if fits(TENSOR_CORE_V3_SHARED_BYTES) => Some(("v3", TENSOR_CORE_V3_SHARED_BYTES)),
+            _ => Some(("v2", 0)),
+        },
+        (F32, true) => match tensor_core_gemm() {
+            1 => None,
+            3 if fits(f32_pipe_shared_bytes(32)) => Some(("tf32_v3", f32_pipe_shared_bytes(32))),
+            _ => Some(("tf32_v2", f32_pipe_shared_bytes(16))),
+        },
+        (F32, false) => match f32_gemm() {
+            1 => None,
+            3 => Some(("v3", 0)),
+            4 if fma_pipeline_fits(dev) => Some(("v4", FMA_V4_SHARED_BYTES)),
+            5 if dev.arch().0 >= 8 && fits(f32_pipe_shared_bytes(16)) => Some(("v5", f32_pipe_shared_bytes(16))),
+            _ => Some(("v2", 0)),
+        },
+        _ => None,
+    }
 }
 
 /// The operand layout of a version-2 kernel for `m` x `k` times `k` x `n` products of `dtype`,

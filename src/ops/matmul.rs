@@ -22,15 +22,19 @@ pub(crate) fn kernel_names() -> Vec<String> {
         .iter()
         .flat_map(|d| GemmPlan::infixes().map(move |t| [format!("matmul_tc_{t}{d}"), format!("linear_tc_{t}{d}")]))
         .flatten();
-    // Versions 2 and 3 of the tensor-core GEMM for f16/bf16, versions 2-4 of the FMA GEMM for f32.
-    let versions = |d: DType| if d == DType::F32 { 2..=4 } else { 2..=3 };
+    // Versions 2 and 3 of the tensor-core GEMM for f16/bf16 and for f32 as TF32, versions 2-5 of
+    // the f32 GEMM.
+    let versions = |d: DType| match d {
+        DType::F32 => &["v2", "v3", "v4", "v5", "tf32_v2", "tf32_v3"][..],
+        _ => &["v2", "v3"][..],
+    };
     let pipelined = [DType::F16, DType::BF16, DType::F32]
         .into_iter()
-        .flat_map(|d| versions(d).map(move |v| (d, v)))
+        .flat_map(|d| versions(d).iter().map(move |v| (d, v)))
         .flat_map(|(d, v)| {
             ["kk", "kn", "mk", "mn"]
                 .into_iter()
-                .flat_map(move |l| [format!("matmul_v{v}_{l}_{d}"), format!("linear_v{v}_{l}_{d}")])
+                .flat_map(move |l| [format!("matmul_{v}_{l}_{d}"), format!("linear_{v}_{l}_{d}")])
         });
     let split_sums = DType::ALL.iter().filter(|d| d.is_float()).map(|d| format!("matmul_split_sum_{d}"));
     let probes =
@@ -331,16 +335,8 @@ fn matmul_forward(
                 p.b_batch_strides[d] = sb_[d] as i64;
             }
             let base = if bias.is_some() { "linear" } else { "matmul" };
-            // Versions 2 and 3 of the tensor-core GEMM for f16/bf16, of the FMA-pipe GEMM for f32
-            // (not as TF32); each takes operands dense along one axis.
-            let version = match dtype {
-                DType::F16 | DType::BF16 if crate::cuda::gemm::uses_tensor_cores(dtype, &dev) => {
-                    crate::cuda::gemm::tensor_core_gemm()
-                }
-                DType::F32 if !crate::cuda::gemm::uses_tensor_cores(dtype, &dev) => crate::cuda::gemm::fma_gemm(),
-                _ => 1,
-            };
-            let pipelined = version > 1;
+            // The pipelined versions (the tensor-core GEMM's for f16/bf16 and TF32, the f32
+            // GEMM's), which take operands dense along one axis.
             let layout = || {
                 let batch_strides = p.a_batch_strides[..r].iter().chain(&p.b_batch_strides[..r]);
                 crate::cuda::gemm::pipelined_layout(
@@ -352,24 +348,13 @@ fn matmul_forward(
                 )
             };
             let (sms, max_splits) = (dev.multiprocessors(), crate::cuda::gemm::max_matmul_splits(batch * m * n));
-            // Tensor-core version 3 and FMA-pipe version 4 keep their stages in dynamic shared
-            // memory (96 and 80 KiB a block), and version 4 copies by cp.async (sm_80+): a card
-            // that cannot give them that runs version 2.
-            let dynamic_shared = match (dtype, version) {
-                (DType::F16 | DType::BF16, 3) => crate::cuda::gemm::TENSOR_CORE_V3_SHARED_BYTES,
-                (DType::F32, 4) => crate::cuda::gemm::FMA_V4_SHARED_BYTES,
-                _ => 0,
-            };
-            let fits = match (dtype, version) {
-                (DType::F32, 4) => crate::cuda::gemm::fma_pipeline_fits(&dev),
-                _ => dynamic_shared as usize <= dev.max_shared_per_block(),
-            };
-            let (version, dynamic_shared) = if fits { (version, dynamic_shared) } else { (2, 0) };
-            let (kernel, cfg, splits) = match pipelined.then(layout).flatten() {
-                Some(layout) => {
+            let pipelined = crate::cuda::gemm::pipelined_kernel(dtype, &dev)
+                .and_then(|(version, shared)| layout().map(|layout| (version, shared, layout)));
+            let (kernel, cfg, splits) = match pipelined {
+                Some((version, dynamic_shared, layout)) => {
                     let (mut cfg, splits) = crate::cuda::gemm::pipelined_config((m, n, k), batch, sms, max_splits);
                     cfg.shared_mem_bytes = dynamic_shared;
-                    (format!("{base}_v{version}_{layout}_{dtype}"), cfg, splits)
+                    (format!("{base}_{version}_{layout}_{dtype}"), cfg, splits)
                 }
                 None => {
                     let plan = crate::cuda::gemm::plan(m, n, k, batch, sms, max_splits);

@@ -198,22 +198,24 @@ fn the_pipelined_gemm_takes_only_operands_whose_16_byte_chunks_are_whole_and_ali
     assert_eq!(pipelined_layout(DType::F32, (40, 66, 24), (24, 1), (66, 1), none()), None, "n of 66");
 }
 
-/// Runs in a child process: the GEMM version is a process-wide setting. On the emulator, version
-/// 4's launches fail unless the host raised the kernels' dynamic shared memory limit, and its
-/// shared memory starts as NaN patterns, so a stage read before its copies land shows.
+/// Runs in a child process: the GEMM version is a process-wide setting. On the emulator, the
+/// launches of versions 4 and 5 fail unless the host raised the kernels' dynamic shared memory
+/// limit, and their shared memory starts as NaN patterns, so a stage read before its copies land
+/// shows. Version 5 (3xTF32 on the tensor cores) is held to f32's tolerance, which TF32 products
+/// miss by two orders of magnitude.
 #[test]
-fn versions_2_to_4_of_the_f32_gemm_match_the_reference_for_every_operand_layout_and_split_depths() {
-    assert!(nabla::cuda::gemm::set_fma_gemm(5).is_err(), "an unknown version is refused");
+fn versions_2_to_5_of_the_f32_gemm_match_the_reference_for_every_operand_layout_and_split_depths() {
+    assert!(nabla::cuda::gemm::set_f32_gemm(6).is_err(), "an unknown version is refused");
     if !in_child_process(
-        "tensor_cores::versions_2_to_4_of_the_f32_gemm_match_the_reference_for_every_operand_layout_and_split_depths",
+        "tensor_cores::versions_2_to_5_of_the_f32_gemm_match_the_reference_for_every_operand_layout_and_split_depths",
         &[],
     ) {
         return;
     }
-    let Some(gpu) = crate::common::cuda_or_skip("versions 2 to 4 of the f32 GEMM") else { return };
-    assert_eq!(nabla::cuda::gemm::fma_gemm(), 1, "version 1 is the default");
-    for version in [2, 3, 4] {
-        nabla::cuda::gemm::set_fma_gemm(version).unwrap();
+    let Some(gpu) = crate::common::cuda_or_skip("versions 2 to 5 of the f32 GEMM") else { return };
+    assert_eq!(nabla::cuda::gemm::f32_gemm(), 1, "version 1 is the default");
+    for version in [2, 3, 4, 5] {
+        nabla::cuda::gemm::set_f32_gemm(version).unwrap();
         let mut rng = Generator::new(65);
         // Ragged against the 128 x 128 tiles and the 16-deep steps; depths of one, two and several
         // steps; a batch broadcast against a plain matrix; a long depth over few tiles, which splits.
@@ -233,6 +235,16 @@ fn layouts_match_reference(
     rng: &mut Generator,
     what: &str,
 ) {
+    let (cases, host) = layout_cases(dtype, (m, k, n), rng);
+    crate::common::assert_products_match_reference(&cases, &host, gpu, dtype, k, what);
+}
+
+/// The products of [`layouts_match_reference`] and the host operands they take.
+fn layout_cases(
+    dtype: DType,
+    (m, k, n): (usize, usize, usize),
+    rng: &mut Generator,
+) -> ([(&'static str, crate::common::Product); 7], [Tensor; 5]) {
     let mut randn = |shape: &[usize]| Tensor::randn(shape, dtype, &Device::Cpu, rng).unwrap();
     let (x, xt) = (randn(&[2, m, k]), randn(&[k, m]));
     let (w, wt) = (randn(&[n, k]), randn(&[k, n]));
@@ -249,8 +261,58 @@ fn layouts_match_reference(
         ("mk", |v| t(&v[1]).matmul(&t(&v[2]))),
         ("mn", |v| t(&v[1]).matmul(&v[3])),
     ];
-    let host = [x, xt, w, wt, bias];
-    crate::common::assert_products_match_reference(&cases, &host, gpu, dtype, k, what);
+    (cases, [x, xt, w, wt, bias])
+}
+
+/// Runs in a child process: the precision and the GEMM version are process-wide settings. f32
+/// operands as TF32 on the tensor-core pipeline (versions 2 and 3 of the tensor-core GEMM, whose
+/// f32 stages hold 16 and 32 depths, padded rows for mn-major operands) against the f64
+/// reference: each output within TF32's error relative to the largest output, and that error
+/// above what the same products give in f32 (the rounding to TF32 happens).
+#[test]
+fn tf32_products_on_versions_2_and_3_of_the_tensor_core_gemm_match_the_reference_for_every_operand_layout() {
+    if !in_child_process(
+        "tensor_cores::tf32_products_on_versions_2_and_3_of_the_tensor_core_gemm_match_the_reference_for_every_operand_layout",
+        &[],
+    ) {
+        return;
+    }
+    let Some(gpu) = crate::common::cuda_or_skip("TF32 on the tensor-core pipeline") else { return };
+    // The largest error of each case against the f64 reference, relative to its largest output.
+    let worst = |cases: &[(&str, crate::common::Product)], host: &[Tensor]| -> Vec<f64> {
+        let on_gpu: Vec<Tensor> = host.iter().map(|v| v.to_device(&gpu).unwrap()).collect();
+        cases
+            .iter()
+            .map(|(name, product)| {
+                let want = nabla::cpu::reference(|| product(host)).unwrap().to_vec::<f64>().unwrap();
+                let got = product(&on_gpu).unwrap().to_vec::<f64>().unwrap();
+                let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let error = got.iter().zip(&want).fold(0f64, |m, (x, y)| m.max((x - y).abs() / scale));
+                assert!(got.iter().all(|v| v.is_finite()), "{name}: not finite");
+                error
+            })
+            .collect()
+    };
+    for version in [2, 3] {
+        nabla::cuda::gemm::set_tensor_core_gemm(version).unwrap();
+        let mut rng = Generator::new(66);
+        // Ragged against the 128 x 128 tiles and the 16- and 32-deep stages; depths of one, two
+        // and several stages; a long depth over one tile, which splits.
+        for (m, k, n) in [(136, 44, 200), (8, 12, 4), (72, 100, 132), (16, 1024, 24)] {
+            let (cases, host) = layout_cases(DType::F32, (m, k, n), &mut rng);
+            nabla::set_float32_matmul_precision("highest").unwrap();
+            let exact = worst(&cases, &host);
+            nabla::set_float32_matmul_precision("high").unwrap();
+            let tf32 = worst(&cases, &host);
+            for ((name, _), (e, t)) in cases.iter().zip(exact.iter().zip(&tf32)) {
+                let what = format!("version {version}, {m}x{k}x{n}, {name}");
+                // 10 mantissa bits: within about 1e-3 of the largest output at these depths.
+                assert!(*t < 3e-3, "{what}: TF32 relative error {t}");
+                assert!(*t > 4.0 * e.max(1e-7), "{what}: TF32 rounding shows ({t} against f32's {e})");
+            }
+        }
+    }
+    nabla::set_float32_matmul_precision("highest").unwrap();
 }
 
 /// Runs in a child process: the GEMM version is a process-wide setting. On the emulator, version
@@ -282,18 +344,48 @@ fn versions_2_and_3_of_the_tensor_core_gemm_match_the_reference_for_every_operan
     }
 }
 
+/// The number `kernels/mma_pipeline.cuh` defines `name` as (`#define name value`).
+fn pipeline_define(name: &str) -> u32 {
+    let header = include_str!("../../kernels/mma_pipeline.cuh");
+    let prefix = format!("#define {name} ");
+    let line = header.lines().find_map(|l| l.strip_prefix(&prefix));
+    line.and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("{name} is not a number in the header"))
+}
+
 #[test]
 fn version_3_of_the_tensor_core_gemm_is_launched_with_the_shared_memory_its_stages_take() {
-    let header = include_str!("../../kernels/mma_pipeline.cuh");
-    let define = |name: &str| -> u32 {
-        let prefix = format!("#define {name} ");
-        let line = header.lines().find_map(|l| l.strip_prefix(&prefix));
-        line.and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("{name} is not a number in the header"))
-    };
+    let define = pipeline_define;
     // Both operands' stages of 16-bit values.
     let stages = 2 * define("PIPE_STAGES") * define("PIPE_BM") * define("PIPE_V3_BK") * 2;
     assert_eq!(nabla::cuda::gemm::TENSOR_CORE_V3_SHARED_BYTES, stages);
     assert!(stages > 48 * 1024, "version 3 is the one past the default limit");
+}
+
+#[test]
+fn the_f32_tensor_core_pipeline_is_launched_with_the_shared_memory_its_stages_take() {
+    let (header, define) = (include_str!("../../kernels/mma_pipeline.cuh"), pipeline_define);
+    assert!(header.contains("ROW_STRIDE = SCALAR_READS ? ROW_LEN + PIPE_F32_ROW_PAD : ROW_LEN"));
+    // Both operands' stages at their largest: depth rows of 128 + padding f32 values (mn-major)
+    // against 128 rows of depth values (k-major). f32 stages hold half the 16-bit depth.
+    let stages = |depth: u32| {
+        let (rows, pad) = (define("PIPE_BM"), define("PIPE_F32_ROW_PAD"));
+        assert!(depth * (rows + pad) >= rows * depth, "the mn-major tile is the larger");
+        2 * define("PIPE_STAGES") * depth * (rows + pad) * 4
+    };
+    let (v2, v3) = (define("PIPE_V2_BK") / 2, define("PIPE_V3_BK") / 2);
+    assert_eq!(nabla::cuda::gemm::f32_pipe_shared_bytes(v2), stages(v2));
+    assert_eq!(nabla::cuda::gemm::f32_pipe_shared_bytes(v3), stages(v3));
+    let matmul = include_str!("../../kernels/matmul.cu");
+    for shape in [
+        "PIPE_SHAPE_tf32_v2 PIPE_V2_BK / 2, true",
+        "PIPE_SHAPE_tf32_v3 PIPE_V3_BK / 2, true",
+        "PIPE_SHAPE_v5 PIPE_V2_BK / 2, true",
+    ] {
+        assert!(
+            matmul.contains(&format!("#define {shape}")),
+            "{shape}: the depth the host assumes, in dynamic shared memory"
+        );
+    }
 }
 
 #[test]
@@ -320,11 +412,11 @@ fn version_4_of_the_f32_gemm_is_launched_with_the_shared_memory_its_stages_take(
 /// Runs in child processes: each variable is read once per process.
 #[test]
 fn the_opt_in_engine_versions_default_to_1_and_follow_their_variables() {
-    use nabla::cuda::gemm::{fma_conv, fma_gemm, set_fma_conv, set_fma_gemm, set_tensor_core_conv, tensor_core_conv};
+    use nabla::cuda::gemm::{f32_gemm, fma_conv, set_f32_gemm, set_fma_conv, set_tensor_core_conv, tensor_core_conv};
     const NAME: &str = "tensor_cores::the_opt_in_engine_versions_default_to_1_and_follow_their_variables";
     type Switch = (&'static str, u8, fn() -> u8, fn(u8) -> nabla::Result<()>);
     let switches: [Switch; 3] = [
-        ("NABLA_FMA_GEMM", 4, fma_gemm, set_fma_gemm),
+        ("NABLA_F32_GEMM", 5, f32_gemm, set_f32_gemm),
         ("NABLA_FMA_CONV", 2, fma_conv, set_fma_conv),
         ("NABLA_TENSOR_CORE_CONV", 2, tensor_core_conv, set_tensor_core_conv),
     ];
@@ -342,7 +434,7 @@ fn the_opt_in_engine_versions_default_to_1_and_follow_their_variables() {
         }
         return;
     }
-    for value in ["1", "2", "4", "9", "two"] {
+    for value in ["1", "2", "4", "5", "9", "two"] {
         let vars: Vec<(&str, &str)> = switches.iter().map(|s| (s.0, value)).collect();
         in_child_process(NAME, &vars);
     }
