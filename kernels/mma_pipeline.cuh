@@ -117,7 +117,7 @@ struct PipeOperand {
         const T* src;     // chunk 0's source in the next stage
         i64 step;         // elements from one stage's chunk to the next stage's
         i64 apart;        // elements from chunk s's source to chunk s + 1's
-        int dst;          // chunk 0's offset in a stage, in elements (chunk s: + s PIPE_THREADS CHUNK)
+        int dst;          // chunk 0's offset in a stage, in elements (chunk s: + s DST_APART)
         int dk;           // chunk 0's depth relative to the stage's first
         unsigned inside;  // bit s: chunk s's i lies inside the operand
         __device__ Loader(const T* b, i64 stride, i64 i0, i64 extent, i64 k_begin)
@@ -168,6 +168,7 @@ struct PipeOperand {
         const int i_block = a_order ? (j & 1) : (j >> 1), k_block = a_order ? (j >> 1) : (j & 1);
         if (K_MAJOR) {
             const int row = i + 8 * i_block + within;
+            // (kk / CHUNK as a shift: kk is signed, and a signed division costs instructions)
             ldmatrix_x4(r, tile + chunk_dst(row, (kk >> (CHUNK == 8 ? 3 : 2)) + k_block));
         } else {
             const int row = kk + 8 * k_block + within;

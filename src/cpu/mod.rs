@@ -390,19 +390,11 @@ pub(crate) fn like<T>(_like: &[T], v: Vec<T>) -> Vec<T> {
 /// elements of an activation, at random) mispredicted often enough to make LeNet-5's CPU step
 /// a third slower than running a separate ReLU (docs/benchmarks.md). Large outputs are split over the pool.
 pub(crate) fn clamp_at_zero<T: PartialOrd + Default + Copy + Send>(values: &mut [T]) {
-    /// Elements per parallel task.
-    const CHUNK: usize = 1 << 14;
-    let clamp = |chunk: &mut [T]| {
+    elementwise::for_chunks(values, |_, chunk| {
         for x in chunk {
             *x = if *x < T::default() { T::default() } else { *x };
         }
-    };
-    if values.len() < PARALLEL_MIN {
-        clamp(values);
-    } else {
-        use rayon::prelude::*;
-        install(|| values.par_chunks_mut(CHUNK).for_each(clamp));
-    }
+    });
 }
 
 /// [`clamp_at_zero`] on float storage (integer storage is left as is: fused ops are float-only).
