@@ -116,14 +116,28 @@ fn conv(c: &mut Criterion) {
             let (oh, ow) = (y.shape()[2], y.shape()[3]);
             let flops = 2 * n * layer.out_channels * oh * ow * ci * layer.kernel * layer.kernel;
             forward_and_backward(&mut group, "", &device, &x, &weight, layer.options, flops);
-            // f32 on the GPU's FP32 pipes on version 2 (`_v2`: channels-last copies on the f32
-            // GEMM's cp.async pipeline; its forward, at stride 1 its input gradient, and its
-            // weight gradient), for layers with a multiple of 4 input channels.
+            // f32 on the GPU over channels-last copies (its forward, at stride 1 its input
+            // gradient, and its weight gradient), for layers with a multiple of 4 input channels:
+            // version 2 on the FP32 pipes (`_v2`, the f32 GEMM's cp.async pipeline), version 3 in
+            // 3xTF32 on the tensor cores (`_v3`); then as TF32 (set_float32_matmul_precision
+            // "high") on versions 1 and 2 of the tensor-core convolution (`_tf32`, `_tf32_v2`;
+            // `benches/peer/conv.py` times cuDNN's TF32 beside them).
             if device.is_cuda() && ci.is_multiple_of(4) {
-                let default_version = nabla::cuda::gemm::fma_conv();
-                nabla::cuda::gemm::set_fma_conv(2).unwrap();
-                forward_and_backward(&mut group, "_v2", &device, &x, &weight, layer.options, flops);
-                nabla::cuda::gemm::set_fma_conv(default_version).unwrap();
+                use nabla::cuda::gemm::{f32_conv, set_f32_conv, set_tensor_core_conv, tensor_core_conv};
+                let default_version = f32_conv();
+                for (version, label) in [(2, "_v2"), (3, "_v3")] {
+                    set_f32_conv(version).unwrap();
+                    forward_and_backward(&mut group, label, &device, &x, &weight, layer.options, flops);
+                }
+                set_f32_conv(default_version).unwrap();
+                let (default_precision, default_version) = (nabla::float32_matmul_precision(), tensor_core_conv());
+                nabla::set_float32_matmul_precision("high").unwrap();
+                for (version, label) in [(1, "_tf32"), (2, "_tf32_v2")] {
+                    set_tensor_core_conv(version).unwrap();
+                    forward_and_backward(&mut group, label, &device, &x, &weight, layer.options, flops);
+                }
+                nabla::set_float32_matmul_precision(default_precision).unwrap();
+                set_tensor_core_conv(default_version).unwrap();
             }
             // bf16 on the GPU, for layers whose channels suit the channels-last pipeline: on
             // version 1 of the tensor-core convolution, then on version 2 (`_v2`: its forward, at

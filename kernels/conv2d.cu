@@ -158,18 +158,25 @@ struct ConvGradInput : ConvShape {
 // Grad input, direct: for layers with few input channels per group (a network's first layer
 // reads 1-3), where the implicit GEMM above fills cg of its 64 tile rows and, at stride
 // (sh, sw), spends all but 1 / (sh sw) of its depth on terms whose division is inexact (zeros).
-// Each thread owns one input pixel and DIRECT_CHANNELS of its channels and visits only the taps
-// that reach an output pixel:
+// Each thread owns DIRECT_ROWS input pixels of one column, sh rows apart (so that they reach
+// the same taps), and DIRECT_CHANNELS of their channels, and visits only the taps that reach an
+// output pixel:
 //   dX[n, ci, iy, ix] = Σ_{ky, kx: iy + ph - ky dh = oy sh, ix + pw - kx dw = ox sw, in range}
 //                       Σ_o W[o, ci, ky, kx] · dY[n, o, oy, ox]
-// A warp holds 32 pixels of one input row whose columns share their residue modulo sw
-// (ix = rx + sw j), so every lane takes the same taps: a tap's dY reads are 32 consecutive
-// elements, and its weights are one warp-uniform (broadcast) read of a DirectWeights quad, which
-// the host packs as [groups, channel blocks, kh, kw, og] quads of DIRECT_CHANNELS channels
-// (zero past cg). Warps are numbered over (n, group, channel block, iy, rx, run of 32 along the
-// row) in a grid-stride loop, in 64 bits. Work per pixel: og · cg · (reaching taps)
-// multiply-adds, two loads per DIRECT_CHANNELS of them: bound by the L1 load rate.
+// A warp holds 32 columns of those rows whose columns share their residue modulo sw
+// (ix = rx + sw j), so every lane takes the same taps: a tap's dY reads are, per row, 32
+// consecutive elements, and its weights are one warp-uniform (broadcast) read of a
+// DirectWeights quad, which the host packs as [groups, channel blocks, kh, kw, og] quads of
+// DIRECT_CHANNELS channels (zero past cg), shared by the thread's rows. Row p of a thread lies at
+// iy = ry + sh (DIRECT_ROWS rg + p); a tap that reaches row 0 at output row oy reaches row p at
+// oy + p. Warps are numbered over (n, group, channel block, ry, row group rg, rx, run of 32
+// along the row) in a grid-stride loop, in 64 bits. Work per pixel: og · cg · (reaching taps)
+// multiply-adds; per tap and output channel a thread makes DIRECT_ROWS dY loads and one weight
+// load for DIRECT_ROWS · DIRECT_CHANNELS multiply-adds: bound by the L1 load rate. (With one row
+// a thread, two loads per four multiply-adds, AlexNet's first layer's grad input took 3.45 ms on
+// an H200 under ncu at 73% of the L1's throughput.)
 constexpr int DIRECT_CHANNELS = 4;
+constexpr int DIRECT_ROWS = 4;
 
 // One weight per channel of a channel block. The host's packed buffer starts at an allocation
 // (256-byte aligned) and holds whole quads, so every quad is aligned to its size.
@@ -183,51 +190,78 @@ __device__ void conv_grad_input_direct(const T* dy, const DirectWeights<T>* wq, 
     typedef typename Acc<T>::type A;
     const ConvShape s{p};
     const i64 og = s.og(), cg = s.cg(), ohow = p.oh * p.ow;
-    const int taps = s.taps(), lane = (int)(threadIdx.x % 32);
+    const int taps = s.taps(), lane = (int)(threadIdx.x % 32), oh = (int)p.oh, sh = (int)p.sh;
     const i64 runs = ((p.w + p.sw - 1) / p.sw + 31) / 32;  // runs of 32 per residue class and row
+    const i64 row_groups = ((p.h + p.sh - 1) / p.sh + DIRECT_ROWS - 1) / DIRECT_ROWS;  // per residue class
     const i64 blocks = (cg + DIRECT_CHANNELS - 1) / DIRECT_CHANNELS;
-    const i64 warps = p.n * p.groups * blocks * p.h * p.sw * runs;
+    const i64 warps = p.n * p.groups * blocks * p.sh * row_groups * p.sw * runs;
     const i64 warps_per_block = blockDim.x / 32;
     for (i64 wi = blockIdx.x * warps_per_block + threadIdx.x / 32; wi < warps; wi += gridDim.x * warps_per_block) {
         i64 r = wi;
         const i64 run = r % runs; r /= runs;
         const i64 rx = r % p.sw; r /= p.sw;
-        const int iy = (int)(r % p.h); r /= p.h;
+        const i64 rg = r % row_groups; r /= row_groups;
+        const i64 ry = r % p.sh; r /= p.sh;
         const i64 block = r % blocks; r /= blocks;
         const i64 g = r % p.groups, n = r / p.groups;
         const int ix = (int)(rx + p.sw * (run * 32 + lane));
-        if (ix >= p.w) continue;
+        const int iy0 = (int)(ry + p.sh * DIRECT_ROWS * rg);  // row 0's
+        if (ix >= p.w || iy0 >= p.h) continue;
+        // rows past the image: at most DIRECT_ROWS - 1 of them, in the last row group
+        const int left = ((int)p.h - iy0 + sh - 1) / sh, rows = left < DIRECT_ROWS ? left : DIRECT_ROWS;
         const T* grad = dy + (n * p.o + g * og) * ohow;
         const DirectWeights<T>* wb = wq + (g * blocks + block) * taps * og;
-        A acc[DIRECT_CHANNELS];
+        A acc[DIRECT_ROWS][DIRECT_CHANNELS];
 #pragma unroll
-        for (int c = 0; c < DIRECT_CHANNELS; ++c) acc[c] = A(0);
+        for (int q = 0; q < DIRECT_ROWS; ++q)
+#pragma unroll
+            for (int c = 0; c < DIRECT_CHANNELS; ++c) acc[q][c] = A(0);
         for (int ky = 0; ky < (int)p.kh; ++ky) {
-            const int ty = iy + (int)p.ph - ky * (int)p.dh;
-            if (ty < 0) break;  // ty only falls as ky grows
-            const int oy = fast_div(ty, p.div_sh);
-            if (oy * (int)p.sh != ty || oy >= p.oh) continue;
+            // Row q reads output row oy + q. Decided from the last row, whose ty is the largest,
+            // so the division sees no negative value.
+            const int ty_last = iy0 + sh * (DIRECT_ROWS - 1) + (int)p.ph - ky * (int)p.dh;
+            if (ty_last < 0) break;  // ty only falls as ky grows
+            const int oy_last = fast_div(ty_last, p.div_sh);
+            if (oy_last * sh != ty_last) continue;
+            const int oy = oy_last - (DIRECT_ROWS - 1);
+            // bit q: row q lies in the image and reads an output row in range (warp-uniform)
+            unsigned reach = 0;
+#pragma unroll
+            for (int q = 0; q < DIRECT_ROWS; ++q) reach |= (unsigned)(q < rows && oy + q >= 0 && oy + q < oh) << q;
+            if (!reach) continue;
             for (int kx = 0; kx < (int)p.kw; ++kx) {
                 const int tx = ix + (int)p.pw - kx * (int)p.dw;
                 if (tx < 0) break;
                 const int ox = fast_div(tx, p.div_sw);
                 if (ox * (int)p.sw != tx || ox >= p.ow) continue;
-                const T* gp = grad + (i64)oy * p.ow + ox;
-                const DirectWeights<T>* wp = wb + (ky * (int)p.kw + kx) * og;
-#pragma unroll 4
-                for (i64 o = 0; o < og; ++o) {
-                    const A v = (A)up(gp[o * ohow]);
-                    const DirectWeights<T> q = wp[o];
+                // Row q's dY at output channel 0, advanced a channel at a time; a row the tap does
+                // not reach reads nothing (its load is predicated off, its value zero).
+                const T* rows_dy[DIRECT_ROWS];
 #pragma unroll
-                    for (int c = 0; c < DIRECT_CHANNELS; ++c) acc[c] += v * (A)up(q.v[c]);
+                for (int q = 0; q < DIRECT_ROWS; ++q) rows_dy[q] = grad + ((reach >> q & 1) ? (i64)(oy + q) * p.ow + ox : 0);
+                const DirectWeights<T>* wp = wb + (ky * (int)p.kw + kx) * og;
+#pragma unroll 2
+                for (i64 o = 0; o < og; ++o) {
+                    const DirectWeights<T> w = wp[o];
+#pragma unroll
+                    for (int q = 0; q < DIRECT_ROWS; ++q) {
+                        A v = A(0);
+                        if (reach >> q & 1) v = (A)up(*rows_dy[q]);
+                        rows_dy[q] += ohow;
+#pragma unroll
+                        for (int c = 0; c < DIRECT_CHANNELS; ++c) acc[q][c] += v * (A)up(w.v[c]);
+                    }
                 }
             }
         }
         const i64 c0 = block * DIRECT_CHANNELS;
-        // unrolled with a guard, so acc stays in registers (a loop to cg - c0 would index it at run time)
+        // unrolled with guards, so acc stays in registers (loops to cg - c0 and rows would index it at run time)
 #pragma unroll
-        for (int c = 0; c < DIRECT_CHANNELS; ++c)
-            if (c0 + c < cg) dx[((n * p.c + g * cg + c0 + c) * p.h + iy) * p.w + ix] = down<T>(acc[c]);
+        for (int q = 0; q < DIRECT_ROWS; ++q)
+#pragma unroll
+            for (int c = 0; c < DIRECT_CHANNELS; ++c)
+                if (q < rows && c0 + c < cg)
+                    dx[((n * p.c + g * cg + c0 + c) * p.h + iy0 + (i64)sh * q) * p.w + ix] = down<T>(acc[q][c]);
     }
 }
 
@@ -352,7 +386,9 @@ GEMM_INSTANTIATE(CONV_TC, float, f32, 1, 2)  // as TF32, when set_float32_matmul
 // the NCHW tensors), so the depth runs over (ky, kx, ci) and a chunk never straddles a tap when
 // cg is a multiple of 8 (the host's condition). W's rows are then a plain k-major matrix; a
 // pixel's row of the implicit patch matrix is, per tap, cg contiguous channels of one input
-// pixel, or zeros in the padding. Y is stored NCHW through ConvForward::store. Bound: the
+// pixel, or zeros in the padding. Y is stored NCHW through ConvForward::store. f32 layers run
+// on the same pipeline on the TF32 tensor cores (chunks of 4 channels, cg a multiple of 4):
+// rounded to TF32, or in 3xTF32 at f32's accuracy (mma_pipeline.cuh's Tf32, Tf32x3). Bound: the
 // tensor pipes for large layers, like the GEMM.
 
 // The forward as for_each_tile's problem: ConvForward's shape, and a view per group that stores
@@ -375,24 +411,25 @@ struct ConvForwardPipe : ConvForward<T> {
     };
     __device__ View group(i64 g, i64) const { return {*this, g * (i64)((int)this->p.o / (int)this->p.groups), (int)g}; }
 };
-#define CONV_PIPE(T, suffix) \
-    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) conv2d_fwd_v2_##suffix( \
-        const T* x_nhwc, const T* w_ohwc, const T* bias, T* y, const __grid_constant__ Conv2dParams p) { \
-        typedef PipeOperand<true, PIPE_V2_BK> Op; \
-        typedef typename Op::template Loader<T> WeightLoader; \
-        typedef ConvPatchLoader<T, PIPE_V2_BK> PatchLoader; \
-        const ConvForwardPipe<T> pb{{{p}, x_nhwc, w_ohwc, bias, y}}; \
-        const int og = (int)p.o / (int)p.groups, cg = (int)p.c / (int)p.groups; \
-        const i64 ksize = (i64)cg * p.kh * p.kw, cols = p.n * p.oh * p.ow; \
-        /* (a generic lambda here, in a kernel that is not a template, is a host function to NVRTC) */ \
-        typedef typename ConvForwardPipe<T>::View View; \
-        mma_pipeline<T, PIPE_V2_BK, false, Op, Op>(pb, [&](const View& q, i64 row0, i64 col0, i64 k_begin) { \
-            return PipeLoaders<WeightLoader, PatchLoader>{ \
-                WeightLoader(w_ohwc + q.first_channel * ksize, ksize, row0, og, k_begin), \
-                PatchLoader(p, x_nhwc + q.g * cg, col0, cols, k_begin)}; \
-        }); \
-    }
-CONV_PIPE(f16, f16) CONV_PIPE(bf16, bf16)
+
+// The forward on mma_pipeline for one block: operands of type T multiplied as M (T itself for
+// 16-bit values; Tf32 or Tf32x3 for f32), BK values deep a stage, in static or dynamic shared
+// memory, SLICES slices a turn.
+template <typename T, typename M, int BK, bool DYNAMIC, int SLICES>
+__device__ void conv_forward_pipelined(const T* x_nhwc, const T* w_ohwc, const T* bias, T* y, const Conv2dParams& p) {
+    typedef PipeOperand<true, BK, typename PipeMath<M>::Stored> Op;
+    typedef typename Op::template Loader<T> WeightLoader;
+    typedef ConvPatchLoader<T, BK, Op> PatchLoader;
+    const ConvForwardPipe<T> pb{{{p}, x_nhwc, w_ohwc, bias, y}};
+    const int og = (int)p.o / (int)p.groups, cg = (int)p.c / (int)p.groups;
+    const i64 ksize = (i64)cg * p.kh * p.kw, cols = p.n * p.oh * p.ow;
+    // (NVRTC takes a generic lambda's call operator for a host function: the view's type is spelled)
+    typedef typename ConvForwardPipe<T>::View View;
+    mma_pipeline<M, BK, DYNAMIC, Op, Op, SLICES>(pb, [&](const View& q, i64 row0, i64 col0, i64 k_begin) {
+        return PipeLoaders<WeightLoader, PatchLoader>{WeightLoader(w_ohwc + q.first_channel * ksize, ksize, row0, og, k_begin),
+                                                      PatchLoader(p, x_nhwc + q.g * cg, col0, cols, k_begin)};
+    });
+}
 
 // The f32 forward on the FMA pipes' cp.async pipeline (version 4 of the f32 GEMM, sgemm_v4.cuh),
 // with the same channels-last operands in 4-channel chunks (cg a multiple of 4, the host's
@@ -420,7 +457,8 @@ extern "C" __global__ void __launch_bounds__(SGEMM2_THREADS, 2) conv2d_fwd_v2_f3
 // one image are contiguous, so with oh ow a multiple of 8 (the host's condition) its rows are a
 // k-major operand in 16-byte chunks. The patch matrix's rows, per pixel, are runs of cg channels
 // of X (NHWC): an mn-major operand whose 16-byte chunks are 8 channels of one tap. dW comes out
-// as [o, kh, kw, cg] (the host puts it back as [o, cg, kh, kw]), or as split partial sums.
+// as [o, kh, kw, cg] (the host puts it back as [o, cg, kh, kw]), or as split partial sums. f32
+// layers as the forward's: chunks of 4 values (oh ow and cg multiples of 4), as TF32 or 3xTF32.
 
 // The weight gradient as for_each_tile's problem: ConvGradWeight's shape and splits, and a view
 // that stores dW as [o, kh, kw, cg] (or the split's partial sums in that order).
@@ -445,25 +483,46 @@ struct ConvGradWeightPipe : ConvGradWeight<T> {
     }
 };
 
-#define CONV_PIPE_WEIGHT(T, suffix) \
-    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) conv2d_bwd_weight_v2_##suffix( \
+// The weight gradient on mma_pipeline for one block, as conv_forward_pipelined.
+template <typename T, typename M, int BK, bool DYNAMIC>
+__device__ void conv_grad_weight_pipelined(const T* dy, const T* x_nhwc, T* dw_ohwc, float* partial,
+                                           const Conv2dParams& p) {
+    typedef typename PipeMath<M>::Stored S;
+    typedef PipeOperand<true, BK, S> RowsOp;
+    typedef PipeOperand<false, BK, S> ColumnsOp;
+    typedef ConvGradRowsLoader<T, BK, RowsOp> RowsLoader;
+    typedef ConvPatchColumnsLoader<T, BK, ColumnsOp> ColumnsLoader;
+    const ConvGradWeightPipe<T> pb{{{p}, dy, x_nhwc, dw_ohwc, partial}};
+    typedef typename ConvGradWeightPipe<T>::View View;
+    const int og = (int)p.o / (int)p.groups, cg = (int)p.c / (int)p.groups;
+    const i64 ohow = p.oh * p.ow, ksize = (i64)cg * p.kh * p.kw;
+    mma_pipeline<M, BK, DYNAMIC, RowsOp, ColumnsOp>(pb, [&](const View& q, i64 row0, i64 col0, i64 k_begin) {
+        return PipeLoaders<RowsLoader, ColumnsLoader>{RowsLoader(p, dy + q.first_channel * ohow, row0, og, k_begin),
+                                                      ColumnsLoader(p, x_nhwc + q.g * cg, col0, ksize, k_begin)};
+    });
+}
+
+// Both pipelined passes of one version: V names the kernels (conv2d_fwd_V_tname,
+// conv2d_bwd_weight_V_tname), M the product (see conv_forward_pipelined), BK and DYNAMIC the stages.
+// - v2, f16/bf16: 32 deep, 48 KiB of static shared memory.
+// - tf32_v2, f32 rounded to TF32 (set_float32_matmul_precision "high" with tensor-core
+//   convolution version 2): 16 f32 values deep, 51 KiB of dynamic shared memory
+//   (cuda::gemm::f32_pipe_shared_bytes).
+// - v3, f32 in 3xTF32 (version 3 of the f32 convolution): the same stages, f32's accuracy.
+// The 3xTF32 forward takes one slice a turn (fwd_slices): with two, ptxas spills in its main
+// loop (12 local loads a stage, sm_90). The other kernels take two: with one, the weight
+// gradients spill, and the TF32 forward issues 243 instructions a stage instead of 216.
+#define CONV_PIPE(V, T, M, tname, bk, dynamic, fwd_slices) \
+    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) conv2d_fwd_##V##_##tname( \
+        const T* x_nhwc, const T* w_ohwc, const T* bias, T* y, const __grid_constant__ Conv2dParams p) { \
+        conv_forward_pipelined<T, M, bk, dynamic, fwd_slices>(x_nhwc, w_ohwc, bias, y, p); \
+    } \
+    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) conv2d_bwd_weight_##V##_##tname( \
         const T* dy, const T* x_nhwc, T* dw_ohwc, float* partial, const __grid_constant__ Conv2dParams p) { \
-        typedef PipeOperand<true, PIPE_V2_BK> RowsOp; \
-        typedef PipeOperand<false, PIPE_V2_BK> ColumnsOp; \
-        typedef ConvGradRowsLoader<T, PIPE_V2_BK> RowsLoader; \
-        typedef ConvPatchColumnsLoader<T, PIPE_V2_BK> ColumnsLoader; \
-        const ConvGradWeightPipe<T> pb{{{p}, dy, x_nhwc, dw_ohwc, partial}}; \
-        typedef typename ConvGradWeightPipe<T>::View View; \
-        const int og = (int)p.o / (int)p.groups, cg = (int)p.c / (int)p.groups; \
-        const i64 ohow = p.oh * p.ow, ksize = (i64)cg * p.kh * p.kw; \
-        mma_pipeline<T, PIPE_V2_BK, false, RowsOp, ColumnsOp>( \
-            pb, [&](const View& q, i64 row0, i64 col0, i64 k_begin) { \
-                return PipeLoaders<RowsLoader, ColumnsLoader>{ \
-                    RowsLoader(p, dy + q.first_channel * ohow, row0, og, k_begin), \
-                    ColumnsLoader(p, x_nhwc + q.g * cg, col0, ksize, k_begin)}; \
-            }); \
+        conv_grad_weight_pipelined<T, M, bk, dynamic>(dy, x_nhwc, dw_ohwc, partial, p); \
     }
-CONV_PIPE_WEIGHT(f16, f16) CONV_PIPE_WEIGHT(bf16, bf16)
+CONV_PIPE(v2, f16, f16, f16, PIPE_V2_BK, false, 2) CONV_PIPE(v2, bf16, bf16, bf16, PIPE_V2_BK, false, 2)
+CONV_PIPE(tf32_v2, float, Tf32, f32, PIPE_V2_BK / 2, true, 2) CONV_PIPE(v3, float, Tf32x3, f32, PIPE_V2_BK / 2, true, 1)
 
 // The f32 weight gradient on the FMA pipes' cp.async pipeline (sgemm_v4.cuh), with the same
 // loaders in 4-value chunks: dY's rows k-major (oh ow a multiple of 4, the host's condition), the

@@ -273,7 +273,10 @@ template <> struct PipeMath<Tf32x3> : PipeMathF32<Tf32x3> {};
 // (PipeOperand) say how the stages are laid out in shared memory, where PIPE_STAGES stages of
 // A, then as many of B, each OpA::TILE or OpB::TILE elements of PipeMath<M>::Stored (PIPE_BM x
 // BK, and for an f32 mn-major operand its padding), are static (DYNAMIC false) or dynamic.
-template <typename M, int BK, bool DYNAMIC, typename OpA, typename OpB, typename Problem, typename MakeLoaders>
+// SLICES: the slices a turn of the inner loop takes, 2 or 1 (where ptxas would spill the
+// registers of two).
+template <typename M, int BK, bool DYNAMIC, typename OpA, typename OpB, int SLICES = 2, typename Problem,
+          typename MakeLoaders>
 __device__ void mma_pipeline(const Problem& p, MakeLoaders loaders) {
     typedef PipeMath<M> Math;
     typedef typename Math::Stored S;
@@ -321,12 +324,19 @@ __device__ void mma_pipeline(const Problem& p, MakeLoaders loaders) {
             const S* a_tile = as[use];
             const S* b_tile = bs[use];
             use = use + 1 == PIPE_STAGES ? 0 : use + 1;
-            // Two slices a turn (16 deep for 16-bit values, 8 for f32): version 2's whole stage;
-            // version 3's four unrolled spill its m-major layouts at 128 registers (ptxas hoists
-            // every slice's addresses).
+            // SLICES slices a turn (16 deep for 16-bit values, 8 for f32): with two, version 2's
+            // whole stage; version 3's four unrolled spill its m-major layouts at 128 registers
+            // (ptxas hoists every slice's addresses).
+            // (#pragma unroll takes no template argument in g++, the emulator's compiler)
+            if (SLICES == 1) {
+#pragma unroll 1
+                for (int kk = 0; kk < BK; kk += Math::SLICE)
+                    Math::template slice<OpA, OpB>(acc, a_tile, b_tile, kk, warp_row, warp_col);
+            } else {
 #pragma unroll 2
-            for (int kk = 0; kk < BK; kk += Math::SLICE)
-                Math::template slice<OpA, OpB>(acc, a_tile, b_tile, kk, warp_row, warp_col);
+                for (int kk = 0; kk < BK; kk += Math::SLICE)
+                    Math::template slice<OpA, OpB>(acc, a_tile, b_tile, kk, warp_row, warp_col);
+            }
         }
         cp_async_wait<0>();
         __syncthreads();  // the next tile of the grid-stride loop reuses the stages

@@ -1,6 +1,7 @@
 """PyTorch (cuDNN) twin of benches/conv.rs, timed with CUDA events after warm-up, median of 50,
-TF32 off: conv2d forward and forward+backward on the three layers, and one LeNet-5 training
-step at batch 256 with SGD momentum. Run it in the same device session as the nabla benches.
+TF32 off: conv2d forward and forward+backward on the four layers (also with TF32 on, and in bf16
+channels-last, where nabla's rows do), and one LeNet-5 training step at batch 256 with SGD
+momentum. Run it in the same device session as the nabla benches.
 
     python3 benches/peer/conv.py
 """
@@ -40,6 +41,11 @@ for name, shape, out_c, k, stride, pad in LAYERS:
     flops = 2 * y.numel() * shape[1] * k * k
     fwd, both = forward_and_both_ms(x, w, stride, pad)
     print(f"{name}: forward {fwd:.3f} ms ({flops / fwd / 1e9:.1f} TFLOP/s), forward+backward {both:.3f} ms")
+    if shape[1] % 4 == 0:  # the layers nabla's *_tf32 rows time
+        torch.backends.cudnn.allow_tf32 = True
+        fwd, both = forward_and_both_ms(x, w, stride, pad)
+        torch.backends.cudnn.allow_tf32 = False
+        print(f"{name}: TF32 forward {fwd:.3f} ms ({flops / fwd / 1e9:.1f} TFLOP/s), forward+backward {both:.3f} ms")
     if shape[1] % 8 == 0:  # the layers nabla's *_bf16 rows time
         xb = x.detach().to(torch.bfloat16, memory_format=torch.channels_last).requires_grad_()
         wb = w.detach().to(torch.bfloat16, memory_format=torch.channels_last).requires_grad_()

@@ -178,13 +178,15 @@ pub fn tensor_core_gemm() -> u8 {
     chosen_version(&TENSOR_CORE_GEMM, "NABLA_TENSOR_CORE_GEMM", TENSOR_CORE_GEMM_VERSIONS, 2)
 }
 
-/// Which tensor-core convolution runs f16/bf16 layers: 1 (the default), the implicit GEMMs of
+/// Which tensor-core convolution runs f16/bf16 layers, and f32 layers as TF32 (under
+/// [`set_float32_matmul_precision`] "high"): 1 (the default), the implicit GEMMs of
 /// `mma_gemm.cuh` that gather every patch element through registers, or 2, the `cp.async`
 /// pipeline of `mma_pipeline.cuh` over channels-last copies, for layers whose input channels
-/// per group are a multiple of 8: the forward (`conv2d_fwd_v2_*`), at stride 1 the input
-/// gradient (the same kernel over dY, its taps stepping back), and where an output plane holds a
-/// multiple of 8 pixels the weight gradient (`conv2d_bwd_weight_v2_*`). The other passes run on
-/// version 1 either way. Version 2 is opt-in until a GPU has timed it.
+/// per group are a multiple of a 16-byte chunk (8 16-bit values, 4 f32): the forward
+/// (`conv2d_fwd_v2_*`, `conv2d_fwd_tf32_v2_f32`), at stride 1 the input gradient (the same
+/// kernel over dY, its taps stepping back), and where an output plane holds a multiple of a
+/// chunk of pixels the weight gradient (`conv2d_bwd_weight_v2_*`, `..._tf32_v2_f32`). The other
+/// passes run on version 1 either way. Version 2 is opt-in until a GPU has timed it.
 /// 0 means not chosen yet: the first use reads `NABLA_TENSOR_CORE_CONV`.
 static TENSOR_CORE_CONV: AtomicU8 = AtomicU8::new(0);
 
@@ -200,26 +202,32 @@ pub fn tensor_core_conv() -> u8 {
     chosen_version(&TENSOR_CORE_CONV, "NABLA_TENSOR_CORE_CONV", 1..=2, 1)
 }
 
-/// Which convolution runs f32 layers on the FP32 pipes (when they do not run as TF32): 1 (the
-/// default), the implicit GEMMs of `tiled_gemm.cuh` that gather every patch element one load at a
-/// time, or 2, version 4's `cp.async` pipeline of the f32 GEMM (`kernels/sgemm_v4.cuh`) over
-/// channels-last copies, for layers whose input channels per group are a multiple of 4, on sm_80+:
-/// the forward (`conv2d_fwd_v2_f32`), at stride 1 the input gradient (the same kernel over dY,
-/// its taps stepping back), and where an output plane holds a multiple of 4 pixels the weight
-/// gradient (`conv2d_bwd_weight_v2_f32`). The other passes run on version 1 either way. Version 2
-/// is opt-in until a GPU has timed it.
-/// 0 means not chosen yet: the first use reads `NABLA_FMA_CONV`.
-static FMA_CONV: AtomicU8 = AtomicU8::new(0);
+/// Which convolution runs f32 layers (when they do not run as TF32): 1 (the default), the implicit
+/// GEMMs of `tiled_gemm.cuh` on the FP32 pipes that gather every patch element one load at a
+/// time, or, on sm_80+ over channels-last copies, for layers whose input channels per group are a
+/// multiple of 4: the forward (`conv2d_fwd_v*_f32`), at stride 1 the input gradient (the same
+/// kernel over dY, its taps stepping back), and where an output plane holds a multiple of 4
+/// pixels the weight gradient (`conv2d_bwd_weight_v*_f32`), on
+/// - 2, the FP32 pipes: version 4's `cp.async` pipeline of the f32 GEMM (`kernels/sgemm_v4.cuh`);
+/// - 3, the tensor cores in 3xTF32 (as version 5 of the f32 GEMM, f32's accuracy): the
+///   `cp.async` pipeline of the tensor-core GEMM (`kernels/mma_pipeline.cuh`).
+///
+/// The other passes run on version 1 either way. Versions 2 and 3 are opt-in until a GPU has
+/// timed them. 0 means not chosen yet: the first use reads `NABLA_F32_CONV`.
+static F32_CONV: AtomicU8 = AtomicU8::new(0);
 
-/// Chooses the f32 convolution for the whole process: 1 (the default) or 2 (`NABLA_FMA_CONV`
+/// The f32 convolution versions.
+const F32_CONV_VERSIONS: std::ops::RangeInclusive<u8> = 1..=3;
+
+/// Chooses the f32 convolution for the whole process: 1 (the default), 2 or 3 (`NABLA_F32_CONV`
 /// chooses without code). Any other version is an error.
-pub fn set_fma_conv(version: u8) -> crate::Result<()> {
-    store_version(&FMA_CONV, "set_fma_conv", 1..=2, version)
+pub fn set_f32_conv(version: u8) -> crate::Result<()> {
+    store_version(&F32_CONV, "set_f32_conv", F32_CONV_VERSIONS, version)
 }
 
-/// The f32 convolution in force (see [`set_fma_conv`]; without a call, `NABLA_FMA_CONV`, else 1).
-pub fn fma_conv() -> u8 {
-    chosen_version(&FMA_CONV, "NABLA_FMA_CONV", 1..=2, 1)
+/// The f32 convolution in force (see [`set_f32_conv`]; without a call, `NABLA_F32_CONV`, else 1).
+pub fn f32_conv() -> u8 {
+    chosen_version(&F32_CONV, "NABLA_F32_CONV", F32_CONV_VERSIONS, 1)
 }
 
 /// Which GEMM runs f32 matmuls and linear layers (when they do not run as TF32): 1, the tiled

@@ -119,36 +119,21 @@ fn conv2d_rejects_mismatched_shapes_with_the_shapes_in_the_message() {
     assert!(x.conv2d(&w3, None, Conv2dOptions { stride: (0, 1), ..Default::default() }).is_err());
 }
 
-/// Runs in a child process: the convolution versions are process-wide settings. Version 2 of the
-/// tensor-core convolution gathers channels-last chunks of 8 channels by cp.async, version 2 of
-/// the f32 convolution chunks of 4 (on the f32 GEMM's version-4 pipeline); the cases have a
-/// multiple of 8 (one of them 4) input channels per group, ragged against the 128 x 128 tiles and
-/// the 16- and 32-deep stages (a depth of 4, 8 and 9 taps x 64 channels; 136 output channels;
-/// 288 pixels). At stride 1 the input gradient runs as the same forward over the output gradient,
-/// its taps stepping back (negative padding and dilation; one case pads a 1 x 1 kernel), and
-/// where an output plane holds a whole number of chunks (8 pixels of 16 bits, 4 of f32) the
-/// weight gradient runs on the pipeline too (one case splits its depth); all are held to the CPU
-/// reference (the other layers take version 1).
-#[test]
-fn conv2d_forward_and_gradients_on_the_channels_last_pipelines_match_the_reference() {
-    assert!(nabla::cuda::gemm::set_tensor_core_conv(3).is_err(), "an unknown version is refused");
-    assert!(nabla::cuda::gemm::set_fma_conv(3).is_err(), "an unknown version is refused");
-    const NAME: &str = "conv::conv2d_forward_and_gradients_on_the_channels_last_pipelines_match_the_reference";
-    if !in_child_process(NAME, &[]) {
-        return;
-    }
-    let Some(dev) = cuda_or_skip("conv2d forward, version 2") else { return };
-    assert_eq!(nabla::cuda::gemm::tensor_core_conv(), 1, "version 1 is the default");
-    assert_eq!(nabla::cuda::gemm::fma_conv(), 1, "version 1 is the default");
-    nabla::cuda::gemm::set_tensor_core_conv(2).unwrap();
-    nabla::cuda::gemm::set_fma_conv(2).unwrap();
+/// Layers with a multiple of 8 (one of them 4) input channels per group, ragged against the
+/// pipelines' 128 x 128 tiles and their 16- and 32-deep stages (a depth of 4, 8 and 9 taps x 64
+/// channels; 136 output channels; 288 pixels), with or without a bias. At stride 1 the input
+/// gradient runs as the pipelined forward over the output gradient, its taps stepping back
+/// (negative padding and dilation; one case pads a 1 x 1 kernel), and where an output plane holds
+/// a whole number of chunks (8 pixels of 16 bits, 4 of f32) the weight gradient runs on the
+/// pipeline too (one case splits its depth).
+fn channels_last_cases() -> [([usize; 4], [usize; 4], Conv2dOptions, bool); 7] {
     let opt = |s: (usize, usize), p: (usize, usize), d: (usize, usize), g| Conv2dOptions {
         stride: s,
         padding: p,
         dilation: d,
         groups: g,
     };
-    let cases = [
+    [
         ([2, 16, 12, 12], [24, 16, 3, 3], opt((1, 1), (1, 1), (1, 1), 1), true),
         ([3, 32, 9, 10], [16, 16, 3, 2], opt((2, 1), (1, 0), (2, 1), 2), false),
         ([1, 8, 5, 7], [8, 8, 1, 1], opt((1, 1), (1, 0), (1, 1), 1), true),
@@ -156,51 +141,98 @@ fn conv2d_forward_and_gradients_on_the_channels_last_pipelines_match_the_referen
         ([2, 16, 9, 8], [16, 8, 3, 3], opt((1, 1), (2, 1), (2, 1), 2), false),
         ([8, 16, 16, 16], [16, 16, 3, 3], opt((1, 1), (1, 1), (1, 1), 1), false),
         ([2, 8, 7, 9], [12, 4, 3, 3], opt((1, 1), (1, 1), (1, 1), 2), true),
-    ];
-    for dtype in [DType::BF16, DType::F16, DType::F32] {
-        // f32 accumulation of K products of unit normals (about √K in size), rounded to dtype
-        // (f32: the accumulation's own rounding, K additions).
-        let rounding = match dtype {
-            DType::BF16 => 2f64.powi(-8),
-            DType::F16 => 2f64.powi(-11),
-            _ => 2f64.powi(-18),
-        };
-        for (seed, (xs, ws, o, with_bias)) in cases.into_iter().enumerate() {
-            let x = randn(&xs, DType::F32, 10 + seed as u64).to_dtype(dtype).unwrap();
-            let w = randn(&ws, DType::F32, 20 + seed as u64).to_dtype(dtype).unwrap();
-            let b = with_bias.then(|| randn(&[ws[0]], DType::F32, 30 + seed as u64).to_dtype(dtype).unwrap());
-            let on_gpu = |t: &Tensor| t.to_device(&dev).unwrap();
-            // every other case with the ReLU in the epilogue
-            let relu = seed % 2 == 1;
-            let (xg, wg, bg) = (on_gpu(&x), on_gpu(&w), b.as_ref().map(on_gpu));
-            let got = if relu { xg.conv2d_relu(&wg, bg.as_ref(), o) } else { xg.conv2d(&wg, bg.as_ref(), o) }.unwrap();
-            let (shape, mut want) = naive_conv(&x, &w, b.as_ref(), o);
-            if relu {
-                want.iter_mut().for_each(|v| *v = v.max(0.0));
-            }
-            let want = Tensor::from_vec(want, &shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
-            let depth = (ws[1] * ws[2] * ws[3]) as f64;
-            let what = format!("{dtype} conv2d forward, version 2, {xs:?} * {ws:?}, ReLU: {relu}");
-            let got = got.to_device(&Device::Cpu).unwrap();
-            assert_close(&what, &got, &want, (2.0 * rounding * depth.sqrt(), 2.0 * rounding));
-            // The gradients of Σ y g, on the GPU and by the CPU reference.
-            let g = randn(&shape, DType::F32, 40 + seed as u64).to_dtype(dtype).unwrap();
-            let grads = |device: &Device| {
-                let xl = x.to_device(device).unwrap().requires_grad_().unwrap();
-                let wl = w.to_device(device).unwrap().requires_grad_().unwrap();
-                let y = xl.conv2d(&wl, None, o).unwrap();
-                y.mul(&g.to_device(device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
-                [xl, wl].map(|t| t.grad().unwrap().to_device(&Device::Cpu).unwrap())
-            };
-            let (gpu, cpu) = (grads(&dev), nabla::cpu::reference(|| grads(&Device::Cpu)));
-            let depth = (ws[0] / o.groups * ws[2] * ws[3]) as f64;
-            let what = format!("{dtype} conv2d grad input, {xs:?} * {ws:?}");
-            assert_close(&what, &gpu[0], &cpu[0], (2.0 * rounding * depth.sqrt(), 2.0 * rounding));
-            let depth = (shape[0] * shape[2] * shape[3]) as f64;
-            let what = format!("{dtype} conv2d grad weight, {xs:?} * {ws:?}");
-            assert_close(&what, &gpu[1], &cpu[1], (2.0 * rounding * depth.sqrt(), 2.0 * rounding));
+    ]
+}
+
+/// [`channels_last_cases`] in `dtype` on `dev` under the versions in force (`label` names them in
+/// failures): the forward (every other case with the ReLU in its epilogue) and both gradients
+/// of Σ y g against the CPU reference, within a sum of depth products each rounded by `rounding`.
+fn assert_channels_last_cases_match_the_reference(dev: &Device, dtype: DType, rounding: f64, label: &str) {
+    for (seed, (xs, ws, o, with_bias)) in channels_last_cases().into_iter().enumerate() {
+        let x = randn(&xs, DType::F32, 10 + seed as u64).to_dtype(dtype).unwrap();
+        let w = randn(&ws, DType::F32, 20 + seed as u64).to_dtype(dtype).unwrap();
+        let b = with_bias.then(|| randn(&[ws[0]], DType::F32, 30 + seed as u64).to_dtype(dtype).unwrap());
+        let on_gpu = |t: &Tensor| t.to_device(dev).unwrap();
+        let relu = seed % 2 == 1;
+        let (xg, wg, bg) = (on_gpu(&x), on_gpu(&w), b.as_ref().map(on_gpu));
+        let got = if relu { xg.conv2d_relu(&wg, bg.as_ref(), o) } else { xg.conv2d(&wg, bg.as_ref(), o) }.unwrap();
+        let (shape, mut want) = naive_conv(&x, &w, b.as_ref(), o);
+        if relu {
+            want.iter_mut().for_each(|v| *v = v.max(0.0));
         }
+        let want = Tensor::from_vec(want, &shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let depth = (ws[1] * ws[2] * ws[3]) as f64;
+        let what = format!("{dtype} conv2d forward, {label}, {xs:?} * {ws:?}, ReLU: {relu}");
+        let got = got.to_device(&Device::Cpu).unwrap();
+        assert_close(&what, &got, &want, (2.0 * rounding * depth.sqrt(), 2.0 * rounding));
+        // The gradients of Σ y g, on the GPU and by the CPU reference.
+        let g = randn(&shape, DType::F32, 40 + seed as u64).to_dtype(dtype).unwrap();
+        let grads = |device: &Device| {
+            let xl = x.to_device(device).unwrap().requires_grad_().unwrap();
+            let wl = w.to_device(device).unwrap().requires_grad_().unwrap();
+            let y = xl.conv2d(&wl, None, o).unwrap();
+            y.mul(&g.to_device(device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+            [xl, wl].map(|t| t.grad().unwrap().to_device(&Device::Cpu).unwrap())
+        };
+        let (gpu, cpu) = (grads(dev), nabla::cpu::reference(|| grads(&Device::Cpu)));
+        let depth = (ws[0] / o.groups * ws[2] * ws[3]) as f64;
+        let what = format!("{dtype} conv2d grad input, {label}, {xs:?} * {ws:?}");
+        assert_close(&what, &gpu[0], &cpu[0], (2.0 * rounding * depth.sqrt(), 2.0 * rounding));
+        let depth = (shape[0] * shape[2] * shape[3]) as f64;
+        let what = format!("{dtype} conv2d grad weight, {label}, {xs:?} * {ws:?}");
+        assert_close(&what, &gpu[1], &cpu[1], (2.0 * rounding * depth.sqrt(), 2.0 * rounding));
     }
+}
+
+/// f32 accumulation of K products of unit normals (about √K in size), rounded to dtype (f32:
+/// the accumulation's own rounding, K additions).
+fn accumulation_rounding(dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => 2f64.powi(-8),
+        DType::F16 => 2f64.powi(-11),
+        _ => 2f64.powi(-18),
+    }
+}
+
+/// Runs in a child process: the convolution versions are process-wide settings. Version 2 of the
+/// tensor-core convolution gathers channels-last chunks of 8 channels by cp.async, version 2 of
+/// the f32 convolution chunks of 4 (on the f32 GEMM's version-4 pipeline), over
+/// [`channels_last_cases`], held to the CPU reference (the passes they do not take run on version 1).
+#[test]
+fn conv2d_forward_and_gradients_on_the_channels_last_pipelines_match_the_reference() {
+    assert!(nabla::cuda::gemm::set_tensor_core_conv(3).is_err(), "an unknown version is refused");
+    assert!(nabla::cuda::gemm::set_f32_conv(4).is_err(), "an unknown version is refused");
+    const NAME: &str = "conv::conv2d_forward_and_gradients_on_the_channels_last_pipelines_match_the_reference";
+    if !in_child_process(NAME, &[]) {
+        return;
+    }
+    let Some(dev) = cuda_or_skip("conv2d forward, version 2") else { return };
+    assert_eq!(nabla::cuda::gemm::tensor_core_conv(), 1, "version 1 is the default");
+    assert_eq!(nabla::cuda::gemm::f32_conv(), 1, "version 1 is the default");
+    nabla::cuda::gemm::set_tensor_core_conv(2).unwrap();
+    nabla::cuda::gemm::set_f32_conv(2).unwrap();
+    for dtype in [DType::BF16, DType::F16, DType::F32] {
+        assert_channels_last_cases_match_the_reference(&dev, dtype, accumulation_rounding(dtype), "version 2");
+    }
+}
+
+/// Runs in a child process (process-wide settings): f32 layers on the tensor-core pipeline of the
+/// 16-bit convolution, over [`channels_last_cases`]. Version 3 of the f32 convolution (3xTF32:
+/// each value split into two TF32 parts, three products for one) is held to f32's tolerance,
+/// which a plain TF32 product misses; TF32 (`set_float32_matmul_precision("high")` with tensor-core
+/// convolution version 2) to one of a TF32 rounding (2^-11) of each operand.
+#[test]
+fn f32_convolutions_on_the_tensor_core_pipeline_in_3xtf32_and_as_tf32_match_the_reference() {
+    const NAME: &str = "conv::f32_convolutions_on_the_tensor_core_pipeline_in_3xtf32_and_as_tf32_match_the_reference";
+    if !in_child_process(NAME, &[]) {
+        return;
+    }
+    let Some(dev) = cuda_or_skip("f32 conv2d on the tensor cores") else { return };
+    nabla::cuda::gemm::set_f32_conv(3).unwrap();
+    assert_channels_last_cases_match_the_reference(&dev, DType::F32, accumulation_rounding(DType::F32), "3xTF32");
+    nabla::set_float32_matmul_precision("high").unwrap();
+    nabla::cuda::gemm::set_tensor_core_conv(2).unwrap();
+    assert_channels_last_cases_match_the_reference(&dev, DType::F32, 2f64.powi(-10), "TF32");
 }
 
 #[test]

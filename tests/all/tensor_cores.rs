@@ -412,12 +412,12 @@ fn version_4_of_the_f32_gemm_is_launched_with_the_shared_memory_its_stages_take(
 /// Runs in child processes: each variable is read once per process.
 #[test]
 fn the_opt_in_engine_versions_default_to_1_and_follow_their_variables() {
-    use nabla::cuda::gemm::{f32_gemm, fma_conv, set_f32_gemm, set_fma_conv, set_tensor_core_conv, tensor_core_conv};
+    use nabla::cuda::gemm::{f32_conv, f32_gemm, set_f32_conv, set_f32_gemm, set_tensor_core_conv, tensor_core_conv};
     const NAME: &str = "tensor_cores::the_opt_in_engine_versions_default_to_1_and_follow_their_variables";
     type Switch = (&'static str, u8, fn() -> u8, fn(u8) -> nabla::Result<()>);
     let switches: [Switch; 3] = [
         ("NABLA_F32_GEMM", 5, f32_gemm, set_f32_gemm),
-        ("NABLA_FMA_CONV", 2, fma_conv, set_fma_conv),
+        ("NABLA_F32_CONV", 3, f32_conv, set_f32_conv),
         ("NABLA_TENSOR_CORE_CONV", 2, tensor_core_conv, set_tensor_core_conv),
     ];
     if std::env::var_os("NABLA_TEST_CHILD").is_some() {
@@ -434,7 +434,7 @@ fn the_opt_in_engine_versions_default_to_1_and_follow_their_variables() {
         }
         return;
     }
-    for value in ["1", "2", "4", "5", "9", "two"] {
+    for value in ["1", "2", "3", "4", "5", "9", "two"] {
         let vars: Vec<(&str, &str)> = switches.iter().map(|s| (s.0, value)).collect();
         in_child_process(NAME, &vars);
     }

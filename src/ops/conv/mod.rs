@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 mod pipelined;
 use pipelined::{
-    forward_v2, grad_weight_v2, pipelined_forward, pipelined_grad_input, pipelined_grad_weight, transposed,
+    forward_pipelined, grad_weight_pipelined, pipelined_forward, pipelined_grad_input, pipelined_grad_weight,
+    transposed,
 };
 
 /// Stride, padding, dilation and groups of a 2-D convolution (PyTorch's defaults: 1, 0, 1, 1).
@@ -61,7 +62,9 @@ pub(crate) fn kernel_names() -> Vec<String> {
     let direct = [DType::F32, DType::F64, DType::F16, DType::BF16].map(|d| format!("{DIRECT_INPUT}_{d}"));
     let pipelined =
         [DType::F16, DType::BF16].into_iter().flat_map(|d| ["fwd", "bwd_weight"].map(|p| format!("conv2d_{p}_v2_{d}")));
-    let pipelined_f32 = ["conv2d_fwd_v2_f32", "conv2d_bwd_weight_v2_f32"].map(String::from);
+    // f32: on the FMA pipes (v2), as TF32 (tf32_v2) and in 3xTF32 (v3)
+    let pipelined_f32 =
+        ["v2", "tf32_v2", "v3"].into_iter().flat_map(|v| ["fwd", "bwd_weight"].map(|p| format!("conv2d_{p}_{v}_f32")));
     gemms.chain(direct).chain(pipelined).chain(pipelined_f32).collect()
 }
 
@@ -72,6 +75,9 @@ const DIRECT_THREADS: u32 = 256;
 /// Channels per thread of the direct grad-input kernel (its `DIRECT_CHANNELS`): the innermost
 /// axis of the packed weights it reads, so the two must agree.
 const DIRECT_CHANNELS: usize = 4;
+/// Input rows per thread of the direct grad-input kernel (its `DIRECT_ROWS`), which sizes its
+/// grid (the kernel's loop covers the warps its own constant implies, whatever the grid).
+const DIRECT_ROWS: usize = 4;
 
 /// Splits at most of the grad-weight GEMM's depth (the workspace holds one partial per split).
 const MAX_WEIGHT_SPLITS: usize = 128;
@@ -371,10 +377,10 @@ fn conv_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, d: DimsWithBias, 
             };
             let plan = d.plan(&dev, d.o / d.opt.groups, d.n * d.oh * d.ow, d.ksize(), 1)?;
             let params = Conv2dParams { relu: relu as i64, ..d.params() };
-            if pipelined_forward(&dev, x.dtype, &d) {
+            if let Some(pipe) = pipelined_forward(&dev, x.dtype, &d) {
                 // Channels last: every tap's input channels, and a filter's, contiguous.
                 let w_ohwc = w.detach().permute(&[0, 2, 3, 1])?.dense()?;
-                forward_v2(&dev, &x, &w_ohwc, b_buf, &y, (&d, params))?;
+                forward_pipelined(&dev, pipe, &x, &w_ohwc, b_buf, &y, (&d, params))?;
                 return Ok(Tensor::from_cuda(y, &out_shape));
             }
             let buffers = [Some(&*xs.buf), Some(&*ws.buf), b_buf, Some(&*y.buf)];
@@ -414,9 +420,9 @@ fn conv_backward_input(dy: &Tensor, w: &Tensor, d: DimsWithBias) -> Result<Tenso
             let og = d.o / d.opt.groups;
             // (the plan also refuses sizes the kernels cannot index in 32 bits)
             let plan = d.plan(&gs.device, d.c / d.opt.groups, d.n * d.h * d.w, og * d.kh * d.kw, 1)?;
-            if pipelined_grad_input(&gs.device, dy.dtype, &d) {
+            if let Some(pipe) = pipelined_grad_input(&gs.device, dy.dtype, &d) {
                 let (t, params, w_t) = transposed(&d, &w)?;
-                forward_v2(&gs.device, &dy, &w_t, None, &dx, (&t, params))?;
+                forward_pipelined(&gs.device, pipe, &dy, &w_t, None, &dx, (&t, params))?;
                 return Ok(Tensor::from_cuda(dx, &in_shape));
             }
             if d.direct_grad_input() {
@@ -459,8 +465,8 @@ fn conv_backward_weight(dy: &Tensor, x: &Tensor, d: DimsWithBias) -> Result<Tens
         (StorageRef::Cuda(gs), StorageRef::Cuda(xs)) => {
             let dev = &gs.device;
             let plan = d.plan(dev, d.o / d.opt.groups, d.ksize(), d.n * d.oh * d.ow, MAX_WEIGHT_SPLITS)?;
-            if pipelined_grad_weight(dev, dy.dtype, &d) {
-                return grad_weight_v2(dev, &dy, &x, &d);
+            if let Some(pipe) = pipelined_grad_weight(dev, dy.dtype, &d) {
+                return grad_weight_pipelined(dev, pipe, &dy, &x, &d);
             }
             if plan.splits == 1 {
                 let dw = dev.alloc("conv2d", dy.dtype, w_shape.iter().product())?;
@@ -556,12 +562,14 @@ fn direct_weights(w: &Tensor, d: &Dims) -> Result<Tensor> {
         .contiguous()
 }
 
-/// Launches the direct grad-input kernel on (dy, w, dx): one warp per run of 32 input pixels
-/// of a row and residue class, per block of channels, covered by a grid-stride loop.
+/// Launches the direct grad-input kernel on (dy, w, dx): one warp per run of 32 input columns
+/// of a residue class, over DIRECT_ROWS rows of a residue class, per block of channels, covered
+/// by a grid-stride loop.
 fn launch_direct_input(dev: &Arc<CudaDevice>, dtype: DType, d: &Dims, buffers: [&CudaSlice<u8>; 3]) -> Result<()> {
-    let (cg, sw) = (d.c / d.opt.groups, d.opt.stride.1);
+    let (cg, (sh, sw)) = (d.c / d.opt.groups, d.opt.stride);
     let runs = d.w.div_ceil(sw).div_ceil(32);
-    let warps = d.n * d.opt.groups * cg.div_ceil(DIRECT_CHANNELS) * d.h * sw * runs;
+    let row_groups = d.h.div_ceil(sh).div_ceil(DIRECT_ROWS);
+    let warps = d.n * d.opt.groups * cg.div_ceil(DIRECT_CHANNELS) * sh * row_groups * sw * runs;
     let warps_per_block = (DIRECT_THREADS / 32) as usize;
     let blocks = warps.div_ceil(warps_per_block).clamp(1, 1 << 24) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (DIRECT_THREADS, 1, 1), shared_mem_bytes: 0 };

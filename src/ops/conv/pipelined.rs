@@ -1,8 +1,9 @@
-//! Version 2 of the convolutions (opt-in): f16/bf16 on the tensor cores
-//! (`cuda::gemm::set_tensor_core_conv`, the pipeline of kernels/mma_pipeline.cuh) and f32 on the
-//! FP32 pipes (`cuda::gemm::set_fma_conv`, the pipeline of kernels/sgemm_v4.cuh): which passes of
-//! a layer they take, the channels-last copies they need, and their launches (`conv2d_fwd_v2_*`,
-//! `conv2d_bwd_weight_v2_*` in kernels/conv2d.cu).
+//! The pipelined convolutions (opt-in), over channels-last copies: f16/bf16 on the tensor cores
+//! and f32 as TF32 (`cuda::gemm::set_tensor_core_conv` 2, the pipeline of
+//! kernels/mma_pipeline.cuh), f32 on the FP32 pipes (`cuda::gemm::set_f32_conv` 2, the pipeline
+//! of kernels/sgemm_v4.cuh) or in 3xTF32 (`set_f32_conv` 3, mma_pipeline.cuh's): which passes of
+//! a layer they take, the copies they need, and their launches (`conv2d_fwd_*`,
+//! `conv2d_bwd_weight_*` in kernels/conv2d.cu).
 
 use super::{Dims, MAX_WEIGHT_SPLITS, launch_kernel};
 use crate::cuda::CudaDevice;
@@ -13,41 +14,69 @@ use crate::{Conv2dOptions, DType, Result, Tensor};
 use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 
-/// Whether the forward runs on version 2: f16/bf16 on a card with tensor cores
-/// ([`gemm::set_tensor_core_conv`]) with input channels per group a multiple of 8, or f32 off the
-/// tensor cores ([`gemm::set_fma_conv`]) on sm_80+ with a multiple of 4, so that a 16-byte chunk of
-/// channels never straddles a tap and every chunk is aligned (`ConvPatchLoader` in
-/// kernels/conv2d.cu).
-pub(super) fn pipelined_forward(dev: &CudaDevice, dtype: DType, d: &Dims) -> bool {
-    let cg = d.c / d.opt.groups;
-    match dtype {
-        DType::F16 | DType::BF16 => {
-            gemm::uses_tensor_cores(dtype, dev) && gemm::tensor_core_conv() == 2 && cg.is_multiple_of(8)
-        }
-        DType::F32 => {
-            !gemm::uses_tensor_cores(dtype, dev)
-                && gemm::fma_conv() == 2
-                && gemm::fma_pipeline_fits(dev)
-                && cg.is_multiple_of(4)
-        }
-        _ => false,
-    }
+/// A pipelined convolution: its kernels' name infix (`conv2d_fwd_{infix}_{dtype}`) and the
+/// dynamic shared memory a block takes.
+#[derive(Clone, Copy)]
+pub(super) struct Pipeline {
+    infix: &'static str,
+    shared_bytes: u32,
 }
 
-/// Whether the weight gradient runs on version 2 (`conv2d_bwd_weight_v2_*`): as
-/// [`pipelined_forward`], with a whole number of 16-byte chunks in an output plane (oh ow a
-/// multiple of 8 values of 16 bits, or of 4 of f32).
-pub(super) fn pipelined_grad_weight(dev: &CudaDevice, dtype: DType, d: &Dims) -> bool {
+/// The pipelined convolution that runs layers of `dtype` on `dev` under the versions in force,
+/// or `None` for version 1:
+/// - f16/bf16 with tensor-core convolution version 2: `v2` (16-bit stages, static);
+/// - f32 as TF32 ([`gemm::uses_tensor_cores`]) with tensor-core convolution version 2: `tf32_v2`;
+/// - f32 otherwise, f32 convolution version 2: `v2` on the FMA pipes (80 KiB), or 3: `v3`, 3xTF32
+///   on the tensor cores.
+///
+/// Each needs `cp.async` (sm_80+) and its stages' shared memory; a card without them runs
+/// version 1.
+pub(super) fn pipeline(dev: &CudaDevice, dtype: DType) -> Option<Pipeline> {
+    let fits = |shared_bytes: u32| shared_bytes as usize <= dev.max_shared_per_block();
+    let f32_tensor_cores = gemm::f32_pipe_shared_bytes(16);
+    let (infix, shared_bytes) = match dtype {
+        _ if dev.arch().0 < 8 => return None,
+        DType::F16 | DType::BF16 if gemm::tensor_core_conv() == 2 => ("v2", 0),
+        DType::F32 if gemm::uses_tensor_cores(dtype, dev) => match gemm::tensor_core_conv() {
+            2 => ("tf32_v2", f32_tensor_cores),
+            _ => return None,
+        },
+        DType::F32 => match gemm::f32_conv() {
+            2 => ("v2", gemm::FMA_V4_SHARED_BYTES),
+            3 => ("v3", f32_tensor_cores),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    fits(shared_bytes).then_some(Pipeline { infix, shared_bytes })
+}
+
+/// The pipelined convolution that runs the forward of layer `d` (see [`pipeline`]): one whose
+/// 16-byte chunks of channels (8 16-bit values or 4 f32) never straddle a tap and are all
+/// aligned, that is, whose input channels per group are a multiple of a chunk
+/// (`ConvPatchLoader` in kernels/conv_loaders.cuh).
+pub(super) fn pipelined_forward(dev: &CudaDevice, dtype: DType, d: &Dims) -> Option<Pipeline> {
     let chunk = 16 / dtype.size_in_bytes();
-    pipelined_forward(dev, dtype, d) && (d.oh * d.ow).is_multiple_of(chunk)
+    pipeline(dev, dtype).filter(|_| (d.c / d.opt.groups).is_multiple_of(chunk))
 }
 
-/// Whether the input gradient runs as version 2's forward over the output gradient (see
-/// [`transposed`]): as [`pipelined_forward`] for the transposed layer, at stride 1 (at larger
-/// strides most of its products would be with zeros), and when the direct kernel does not take
-/// the layer.
-pub(super) fn pipelined_grad_input(dev: &CudaDevice, dtype: DType, d: &Dims) -> bool {
-    d.opt.stride == (1, 1) && !d.direct_grad_input() && pipelined_forward(dev, dtype, &transposed_dims(d))
+/// The pipelined convolution that runs the weight gradient of layer `d`
+/// (`conv2d_bwd_weight_*`): as [`pipelined_forward`], with a whole number of 16-byte chunks in an
+/// output plane (oh ow a multiple of 8 values of 16 bits, or of 4 of f32).
+pub(super) fn pipelined_grad_weight(dev: &CudaDevice, dtype: DType, d: &Dims) -> Option<Pipeline> {
+    let chunk = 16 / dtype.size_in_bytes();
+    pipelined_forward(dev, dtype, d).filter(|_| (d.oh * d.ow).is_multiple_of(chunk))
+}
+
+/// The pipelined convolution whose forward over the output gradient gives the input gradient of
+/// layer `d` (see [`transposed`]): as [`pipelined_forward`] for the transposed layer, at stride
+/// 1 (at larger strides most of its products would be with zeros), and when the direct kernel
+/// does not take the layer.
+pub(super) fn pipelined_grad_input(dev: &CudaDevice, dtype: DType, d: &Dims) -> Option<Pipeline> {
+    if d.opt.stride != (1, 1) || d.direct_grad_input() {
+        return None;
+    }
+    pipelined_forward(dev, dtype, &transposed_dims(d))
 }
 
 /// The sizes of the transposed layer: dY's o channels in, x's c out, dY's plane in, x's out.
@@ -74,17 +103,12 @@ pub(super) fn transposed(d: &Dims, w: &Tensor) -> Result<(Dims, Conv2dParams, Te
     Ok((t, params, w_t))
 }
 
-/// Dynamic shared memory a version-2 kernel of `dtype` is launched with: the f32 kernels' stages
-/// take 80 KiB of it (the FMA pipeline of sgemm_v4.cuh), the 16-bit kernels' are static.
-fn dynamic_shared(dtype: DType) -> u32 {
-    if dtype == DType::F32 { gemm::FMA_V4_SHARED_BYTES } else { 0 }
-}
-
-/// Version 2 of the forward (`conv2d_fwd_v2_*`) of layer `d` with kernel parameters `params`
-/// (`d.params()`, or [`transposed`]'s): y = x * w (+ bias), x NCHW (copied here to NHWC), w
-/// already [o, kh, kw, cg], y NCHW.
-pub(super) fn forward_v2(
+/// The forward of layer `d` on pipeline `pipe` (`conv2d_fwd_{infix}_*`) with kernel parameters
+/// `params` (`d.params()`, or [`transposed`]'s): y = x * w (+ bias), x NCHW (copied here to
+/// NHWC), w already [o, kh, kw, cg], y NCHW.
+pub(super) fn forward_pipelined(
     dev: &Arc<CudaDevice>,
+    pipe: Pipeline,
     x: &Tensor,
     w_ohwc: &Tensor,
     bias: Option<&CudaSlice<u8>>,
@@ -98,20 +122,26 @@ pub(super) fn forward_v2(
     };
     let gemm = (d.o / d.opt.groups, d.n * d.oh * d.ow, d.ksize());
     let (mut cfg, _) = gemm::pipelined_config(gemm, d.opt.groups, dev.multiprocessors(), 1);
-    cfg.shared_mem_bytes = dynamic_shared(x.dtype());
+    cfg.shared_mem_bytes = pipe.shared_bytes;
     let buffers = [Some(&*xl.buf), Some(&*wl.buf), bias, Some(&*y.buf)];
-    launch_kernel(dev, &format!("conv2d_fwd_v2_{}", x.dtype()), cfg, &buffers, params)
+    launch_kernel(dev, &format!("conv2d_fwd_{}_{}", pipe.infix, x.dtype()), cfg, &buffers, params)
 }
 
-/// Version 2 of the weight gradient (`conv2d_bwd_weight_v2_*`, where [`pipelined_grad_weight`]
-/// allows): dY read in place (NCHW), x copied to NHWC, dW made as [o, kh,
-/// kw, cg] (in split partial sums when the depth splits) and put back as [o, cg, kh, kw].
-pub(super) fn grad_weight_v2(dev: &Arc<CudaDevice>, dy: &Tensor, x: &Tensor, d: &Dims) -> Result<Tensor> {
+/// The weight gradient of layer `d` on pipeline `pipe` (`conv2d_bwd_weight_{infix}_*`, where
+/// [`pipelined_grad_weight`] allows): dY read in place (NCHW), x copied to NHWC, dW made as [o,
+/// kh, kw, cg] (in split partial sums when the depth splits) and put back as [o, cg, kh, kw].
+pub(super) fn grad_weight_pipelined(
+    dev: &Arc<CudaDevice>,
+    pipe: Pipeline,
+    dy: &Tensor,
+    x: &Tensor,
+    d: &Dims,
+) -> Result<Tensor> {
     let x_nhwc = x.detach().permute(&[0, 2, 3, 1])?.dense()?;
     let (g, cg) = (d.opt.groups, d.c / d.opt.groups);
     let gemm = (d.o / g, d.ksize(), d.n * d.oh * d.ow);
     let (mut cfg, splits) = gemm::pipelined_config(gemm, g, dev.multiprocessors(), MAX_WEIGHT_SPLITS);
-    cfg.shared_mem_bytes = dynamic_shared(dy.dtype());
+    cfg.shared_mem_bytes = pipe.shared_bytes;
     let count = d.o * d.ksize();
     let out = if splits == 1 {
         dev.alloc("conv2d", dy.dtype(), count)?
@@ -126,7 +156,8 @@ pub(super) fn grad_weight_v2(dev: &Arc<CudaDevice>, dy: &Tensor, x: &Tensor, d: 
         [Some(&*gs.buf), Some(&*xs.buf), None, Some(&*out.buf)]
     };
     let params = Conv2dParams { splits: splits as i64, ..d.params() };
-    launch_kernel(dev, &format!("conv2d_bwd_weight_v2_{}", dy.dtype()), cfg, &buffers, params)?;
+    let kernel = format!("conv2d_bwd_weight_{}_{}", pipe.infix, dy.dtype());
+    launch_kernel(dev, &kernel, cfg, &buffers, params)?;
     let dw = if splits == 1 {
         Tensor::from_cuda(out, &[count])
     } else {
