@@ -453,12 +453,14 @@ extern "C" __global__ void __launch_bounds__(SGEMM2_THREADS, 2) conv2d_fwd_v2_f3
 
 // The weight gradient on the same pipeline (version 2): dW[o, (ky, kx, ci)] = Σ_m dY[o, m]
 // P[m, (ky, kx, ci)] per group, rows the group's output channels, columns the taps' channels
-// (ky, kx, ci), depth the output pixels m = (n, oy, ox). dY stays NCHW: a channel's pixels of
-// one image are contiguous, so with oh ow a multiple of 8 (the host's condition) its rows are a
-// k-major operand in 16-byte chunks. The patch matrix's rows, per pixel, are runs of cg channels
-// of X (NHWC): an mn-major operand whose 16-byte chunks are 8 channels of one tap. dW comes out
-// as [o, kh, kw, cg] (the host puts it back as [o, cg, kh, kw]), or as split partial sums. f32
-// layers as the forward's: chunks of 4 values (oh ow and cg multiples of 4), as TF32 or 3xTF32.
+// (ky, kx, ci), depth the output pixels m = (n, oy, ox). A channel's pixels of one image are
+// contiguous in dY (NCHW), so where oh ow is a multiple of 8 its rows are a k-major operand in
+// 16-byte chunks read in place; elsewhere a chunk would straddle two images and lose its
+// alignment, and the host packs dY as [o, n oh ow] instead, each row zero-padded to a whole
+// chunk (the `packed` kernels). The patch matrix's rows, per pixel, are runs of cg channels of X
+// (NHWC): an mn-major operand whose 16-byte chunks are 8 channels of one tap. dW comes out as
+// [o, kh, kw, cg] (the host puts it back as [o, cg, kh, kw]), or as split partial sums. f32
+// layers as the forward's: chunks of 4 values, as TF32 or 3xTF32.
 
 // The weight gradient as for_each_tile's problem: ConvGradWeight's shape and splits, and a view
 // that stores dW as [o, kh, kw, cg] (or the split's partial sums in that order).
@@ -483,27 +485,59 @@ struct ConvGradWeightPipe : ConvGradWeight<T> {
     }
 };
 
-// The weight gradient on mma_pipeline for one block, as conv_forward_pipelined.
-template <typename T, typename M, int BK, bool DYNAMIC>
+// The loader of dY's rows (k-major: a row per output channel, the depth its pixels m = (n, oy,
+// ox)) for Op's stages: dY in place (NCHW; PACKED false), where an output plane holds a whole
+// number of chunks, else a packed copy [o, n oh ow rounded up to a chunk] (PACKED true; zeros
+// past n oh ow), whose rows are a plain k-major matrix with Loader's chunks (Op's loader: a
+// template over the element for PipeOperand, f32's own for Sgemm4Operand).
+template <typename T, int BK, typename Op, typename OpLoader, bool PACKED>
+struct ConvGradRows;
+template <typename T, int BK, typename Op, typename OpLoader>
+struct ConvGradRows<T, BK, Op, OpLoader, false> {
+    typedef ConvGradRowsLoader<T, BK, Op> Loader;
+    // elements from one channel's row to the next's: an image's plane
+    __device__ static i64 stride(const Conv2dParams& p) { return p.oh * p.ow; }
+    __device__ static Loader make(const Conv2dParams& p, const T* dy, i64 stride, i64 first_channel, i64 row0,
+                                  i64 og, i64 k_begin) {
+        return Loader(p, dy + first_channel * stride, row0, og, k_begin);
+    }
+};
+template <typename T, int BK, typename Op, typename OpLoader>
+struct ConvGradRows<T, BK, Op, OpLoader, true> {
+    typedef OpLoader Loader;
+    // elements from one channel's row to the next's: n oh ow rounded up to a chunk
+    __device__ static i64 stride(const Conv2dParams& p) {
+        return (p.n * p.oh * p.ow + Op::CHUNK - 1) / Op::CHUNK * Op::CHUNK;
+    }
+    __device__ static Loader make(const Conv2dParams&, const T* dy, i64 stride, i64 first_channel, i64 row0, i64 og,
+                                  i64 k_begin) {
+        return Loader(dy + first_channel * stride, stride, row0, og, k_begin);
+    }
+};
+
+// The weight gradient on mma_pipeline for one block, as conv_forward_pipelined, dY in place or
+// packed (ConvGradRows).
+template <typename T, typename M, int BK, bool DYNAMIC, bool PACKED>
 __device__ void conv_grad_weight_pipelined(const T* dy, const T* x_nhwc, T* dw_ohwc, float* partial,
                                            const Conv2dParams& p) {
     typedef typename PipeMath<M>::Stored S;
     typedef PipeOperand<true, BK, S> RowsOp;
     typedef PipeOperand<false, BK, S> ColumnsOp;
-    typedef ConvGradRowsLoader<T, BK, RowsOp> RowsLoader;
+    typedef ConvGradRows<T, BK, RowsOp, typename RowsOp::template Loader<T>, PACKED> Rows;
     typedef ConvPatchColumnsLoader<T, BK, ColumnsOp> ColumnsLoader;
     const ConvGradWeightPipe<T> pb{{{p}, dy, x_nhwc, dw_ohwc, partial}};
     typedef typename ConvGradWeightPipe<T>::View View;
     const int og = (int)p.o / (int)p.groups, cg = (int)p.c / (int)p.groups;
-    const i64 ohow = p.oh * p.ow, ksize = (i64)cg * p.kh * p.kw;
+    const i64 ksize = (i64)cg * p.kh * p.kw, stride = Rows::stride(p);
     mma_pipeline<M, BK, DYNAMIC, RowsOp, ColumnsOp>(pb, [&](const View& q, i64 row0, i64 col0, i64 k_begin) {
-        return PipeLoaders<RowsLoader, ColumnsLoader>{RowsLoader(p, dy + q.first_channel * ohow, row0, og, k_begin),
-                                                      ColumnsLoader(p, x_nhwc + q.g * cg, col0, ksize, k_begin)};
+        return PipeLoaders<typename Rows::Loader, ColumnsLoader>{Rows::make(p, dy, stride, q.first_channel, row0, og, k_begin),
+                                                                 ColumnsLoader(p, x_nhwc + q.g * cg, col0, ksize, k_begin)};
     });
 }
 
 // Both pipelined passes of one version: V names the kernels (conv2d_fwd_V_tname,
-// conv2d_bwd_weight_V_tname), M the product (see conv_forward_pipelined), BK and DYNAMIC the stages.
+// conv2d_bwd_weight_V_tname, and conv2d_bwd_weight_packed_V_tname over a packed copy of dY), M
+// the product (see conv_forward_pipelined), BK and DYNAMIC the stages.
 // - v2, f16/bf16: 32 deep, 48 KiB of static shared memory.
 // - tf32_v2, f32 rounded to TF32 (set_float32_matmul_precision "high" with tensor-core
 //   convolution version 2): 16 f32 values deep, 51 KiB of dynamic shared memory
@@ -519,26 +553,41 @@ __device__ void conv_grad_weight_pipelined(const T* dy, const T* x_nhwc, T* dw_o
     } \
     extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) conv2d_bwd_weight_##V##_##tname( \
         const T* dy, const T* x_nhwc, T* dw_ohwc, float* partial, const __grid_constant__ Conv2dParams p) { \
-        conv_grad_weight_pipelined<T, M, bk, dynamic>(dy, x_nhwc, dw_ohwc, partial, p); \
+        conv_grad_weight_pipelined<T, M, bk, dynamic, false>(dy, x_nhwc, dw_ohwc, partial, p); \
+    } \
+    extern "C" __global__ void __launch_bounds__(PIPE_THREADS, PIPE_BLOCKS_PER_SM) \
+        conv2d_bwd_weight_packed_##V##_##tname(const T* dy_packed, const T* x_nhwc, T* dw_ohwc, float* partial, \
+                                               const __grid_constant__ Conv2dParams p) { \
+        conv_grad_weight_pipelined<T, M, bk, dynamic, true>(dy_packed, x_nhwc, dw_ohwc, partial, p); \
     }
 CONV_PIPE(v2, f16, f16, f16, PIPE_V2_BK, false, 2) CONV_PIPE(v2, bf16, bf16, bf16, PIPE_V2_BK, false, 2)
 CONV_PIPE(tf32_v2, float, Tf32, f32, PIPE_V2_BK / 2, true, 2) CONV_PIPE(v3, float, Tf32x3, f32, PIPE_V2_BK / 2, true, 1)
 
 // The f32 weight gradient on the FMA pipes' cp.async pipeline (sgemm_v4.cuh), with the same
-// loaders in 4-value chunks: dY's rows k-major (oh ow a multiple of 4, the host's condition), the
-// patch matrix's rows mn-major (cg a multiple of 4). 80 KiB of dynamic shared memory; sm_80+.
-extern "C" __global__ void __launch_bounds__(SGEMM2_THREADS, 2) conv2d_bwd_weight_v2_f32(
-    const float* dy, const float* x_nhwc, float* dw_ohwc, float* partial, const __grid_constant__ Conv2dParams p) {
+// loaders in 4-value chunks: dY's rows k-major (in place where oh ow is a multiple of 4, else
+// packed: ConvGradRows), the patch matrix's rows mn-major (cg a multiple of 4). 80 KiB of dynamic
+// shared memory; sm_80+.
+template <bool PACKED>
+__device__ void conv_grad_weight_fma(const float* dy, const float* x_nhwc, float* dw_ohwc, float* partial,
+                                     const Conv2dParams& p) {
     typedef Sgemm4Operand<true, 64> RowsOp;
     typedef Sgemm4Operand<false, 32> ColumnsOp;
-    typedef ConvGradRowsLoader<float, SGEMM2_BK, RowsOp> RowsLoader;
+    typedef ConvGradRows<float, SGEMM2_BK, RowsOp, RowsOp::Loader, PACKED> Rows;
     typedef ConvPatchColumnsLoader<float, SGEMM2_BK, ColumnsOp> ColumnsLoader;
     const ConvGradWeightPipe<float> pb{{{p}, dy, x_nhwc, dw_ohwc, partial}};
     typedef ConvGradWeightPipe<float>::View View;
     const int og = (int)p.o / (int)p.groups, cg = (int)p.c / (int)p.groups;
-    const i64 ohow = p.oh * p.ow, ksize = (i64)cg * p.kh * p.kw;
+    const i64 ksize = (i64)cg * p.kh * p.kw, stride = Rows::stride(p);
     fma_pipeline<RowsOp, ColumnsOp>(pb, [&](const View& q, i64 row0, i64 col0, i64 k_begin) {
-        return PipeLoaders<RowsLoader, ColumnsLoader>{RowsLoader(p, dy + q.first_channel * ohow, row0, og, k_begin),
-                                                      ColumnsLoader(p, x_nhwc + q.g * cg, col0, ksize, k_begin)};
+        return PipeLoaders<typename Rows::Loader, ColumnsLoader>{Rows::make(p, dy, stride, q.first_channel, row0, og, k_begin),
+                                                                 ColumnsLoader(p, x_nhwc + q.g * cg, col0, ksize, k_begin)};
     });
+}
+extern "C" __global__ void __launch_bounds__(SGEMM2_THREADS, 2) conv2d_bwd_weight_v2_f32(
+    const float* dy, const float* x_nhwc, float* dw_ohwc, float* partial, const __grid_constant__ Conv2dParams p) {
+    conv_grad_weight_fma<false>(dy, x_nhwc, dw_ohwc, partial, p);
+}
+extern "C" __global__ void __launch_bounds__(SGEMM2_THREADS, 2) conv2d_bwd_weight_packed_v2_f32(
+    const float* dy_packed, const float* x_nhwc, float* dw_ohwc, float* partial, const __grid_constant__ Conv2dParams p) {
+    conv_grad_weight_fma<true>(dy_packed, x_nhwc, dw_ohwc, partial, p);
 }

@@ -184,9 +184,10 @@ pub fn tensor_core_gemm() -> u8 {
 /// pipeline of `mma_pipeline.cuh` over channels-last copies, for layers whose input channels
 /// per group are a multiple of a 16-byte chunk (8 16-bit values, 4 f32): the forward
 /// (`conv2d_fwd_v2_*`, `conv2d_fwd_tf32_v2_f32`), at stride 1 the input gradient (the same
-/// kernel over dY, its taps stepping back), and where an output plane holds a multiple of a
-/// chunk of pixels the weight gradient (`conv2d_bwd_weight_v2_*`, `..._tf32_v2_f32`). The other
-/// passes run on version 1 either way. Version 2 is opt-in until a GPU has timed it.
+/// kernel over dY, its taps stepping back), and the weight gradient (`conv2d_bwd_weight_v2_*`,
+/// `..._tf32_v2_f32`, over dY in place where an output plane holds a whole number of chunks, else
+/// over a packed copy: `conv2d_bwd_weight_packed_*`). The other passes run on version 1 either
+/// way. Version 2 is opt-in until a GPU has timed it.
 /// 0 means not chosen yet: the first use reads `NABLA_TENSOR_CORE_CONV`.
 static TENSOR_CORE_CONV: AtomicU8 = AtomicU8::new(0);
 
@@ -206,8 +207,9 @@ pub fn tensor_core_conv() -> u8 {
 /// GEMMs of `tiled_gemm.cuh` on the FP32 pipes that gather every patch element one load at a
 /// time, or, on sm_80+ over channels-last copies, for layers whose input channels per group are a
 /// multiple of 4: the forward (`conv2d_fwd_v*_f32`), at stride 1 the input gradient (the same
-/// kernel over dY, its taps stepping back), and where an output plane holds a multiple of 4
-/// pixels the weight gradient (`conv2d_bwd_weight_v*_f32`), on
+/// kernel over dY, its taps stepping back), and the weight gradient (`conv2d_bwd_weight_v*_f32`,
+/// or `conv2d_bwd_weight_packed_v*_f32` over a packed copy of dY where an output plane's pixels
+/// are not a multiple of 4), on
 /// - 2, the FP32 pipes: version 4's `cp.async` pipeline of the f32 GEMM (`kernels/sgemm_v4.cuh`);
 /// - 3, the tensor cores in 3xTF32 (as version 5 of the f32 GEMM, f32's accuracy): the
 ///   `cp.async` pipeline of the tensor-core GEMM (`kernels/mma_pipeline.cuh`).

@@ -123,10 +123,12 @@ fn conv2d_rejects_mismatched_shapes_with_the_shapes_in_the_message() {
 /// pipelines' 128 x 128 tiles and their 16- and 32-deep stages (a depth of 4, 8 and 9 taps x 64
 /// channels; 136 output channels; 288 pixels), with or without a bias. At stride 1 the input
 /// gradient runs as the pipelined forward over the output gradient, its taps stepping back
-/// (negative padding and dilation; one case pads a 1 x 1 kernel), and where an output plane holds
-/// a whole number of chunks (8 pixels of 16 bits, 4 of f32) the weight gradient runs on the
-/// pipeline too (one case splits its depth).
-fn channels_last_cases() -> [([usize; 4], [usize; 4], Conv2dOptions, bool); 7] {
+/// (negative padding and dilation; one case pads a 1 x 1 kernel). The weight gradient runs on
+/// the pipeline too, reading dY in place where an output plane holds a whole number of chunks
+/// (8 pixels of 16 bits, 4 of f32: 144, 64, 72 and 256 pixels) and a packed copy elsewhere (49,
+/// 63 and 729 pixels, and 36 in 16 bits; its rows padded to a chunk but for f32's 4 x 729); two
+/// cases split its depth, one of them packed.
+fn channels_last_cases() -> [([usize; 4], [usize; 4], Conv2dOptions, bool); 8] {
     let opt = |s: (usize, usize), p: (usize, usize), d: (usize, usize), g| Conv2dOptions {
         stride: s,
         padding: p,
@@ -141,6 +143,7 @@ fn channels_last_cases() -> [([usize; 4], [usize; 4], Conv2dOptions, bool); 7] {
         ([2, 16, 9, 8], [16, 8, 3, 3], opt((1, 1), (2, 1), (2, 1), 2), false),
         ([8, 16, 16, 16], [16, 16, 3, 3], opt((1, 1), (1, 1), (1, 1), 1), false),
         ([2, 8, 7, 9], [12, 4, 3, 3], opt((1, 1), (1, 1), (1, 1), 2), true),
+        ([4, 8, 29, 29], [8, 8, 3, 3], opt((1, 1), (0, 0), (1, 1), 1), false),
     ]
 }
 

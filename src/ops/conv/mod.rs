@@ -60,11 +60,13 @@ pub(crate) fn kernel_names() -> Vec<String> {
         BASES.iter().flat_map(move |b| GemmPlan::infixes().map(move |t| format!("{b}{tc}_{t}{d}")))
     });
     let direct = [DType::F32, DType::F64, DType::F16, DType::BF16].map(|d| format!("{DIRECT_INPUT}_{d}"));
+    // 16-bit on the tensor cores (v2); f32 on the FMA pipes (v2), as TF32 (tf32_v2) and in 3xTF32
+    // (v3); the weight gradient over dY in place or packed
+    let passes = ["fwd", "bwd_weight", "bwd_weight_packed"];
     let pipelined =
-        [DType::F16, DType::BF16].into_iter().flat_map(|d| ["fwd", "bwd_weight"].map(|p| format!("conv2d_{p}_v2_{d}")));
-    // f32: on the FMA pipes (v2), as TF32 (tf32_v2) and in 3xTF32 (v3)
+        [DType::F16, DType::BF16].into_iter().flat_map(move |d| passes.map(|p| format!("conv2d_{p}_v2_{d}")));
     let pipelined_f32 =
-        ["v2", "tf32_v2", "v3"].into_iter().flat_map(|v| ["fwd", "bwd_weight"].map(|p| format!("conv2d_{p}_{v}_f32")));
+        ["v2", "tf32_v2", "v3"].into_iter().flat_map(move |v| passes.map(|p| format!("conv2d_{p}_{v}_f32")));
     gemms.chain(direct).chain(pipelined).chain(pipelined_f32).collect()
 }
 

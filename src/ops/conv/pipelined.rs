@@ -60,12 +60,10 @@ pub(super) fn pipelined_forward(dev: &CudaDevice, dtype: DType, d: &Dims) -> Opt
     pipeline(dev, dtype).filter(|_| (d.c / d.opt.groups).is_multiple_of(chunk))
 }
 
-/// The pipelined convolution that runs the weight gradient of layer `d`
-/// (`conv2d_bwd_weight_*`): as [`pipelined_forward`], with a whole number of 16-byte chunks in an
-/// output plane (oh ow a multiple of 8 values of 16 bits, or of 4 of f32).
+/// The pipelined convolution that runs the weight gradient of layer `d` (`conv2d_bwd_weight_*`,
+/// see [`grad_weight_pipelined`]): as [`pipelined_forward`].
 pub(super) fn pipelined_grad_weight(dev: &CudaDevice, dtype: DType, d: &Dims) -> Option<Pipeline> {
-    let chunk = 16 / dtype.size_in_bytes();
-    pipelined_forward(dev, dtype, d).filter(|_| (d.oh * d.ow).is_multiple_of(chunk))
+    pipelined_forward(dev, dtype, d)
 }
 
 /// The pipelined convolution whose forward over the output gradient gives the input gradient of
@@ -127,9 +125,13 @@ pub(super) fn forward_pipelined(
     launch_kernel(dev, &format!("conv2d_fwd_{}_{}", pipe.infix, x.dtype()), cfg, &buffers, params)
 }
 
-/// The weight gradient of layer `d` on pipeline `pipe` (`conv2d_bwd_weight_{infix}_*`, where
-/// [`pipelined_grad_weight`] allows): dY read in place (NCHW), x copied to NHWC, dW made as [o,
-/// kh, kw, cg] (in split partial sums when the depth splits) and put back as [o, cg, kh, kw].
+/// The weight gradient of layer `d` on pipeline `pipe` (where [`pipelined_grad_weight`] allows):
+/// x copied to NHWC, dW made as [o, kh, kw, cg] (in split partial sums when the depth splits)
+/// and put back as [o, cg, kh, kw]. dY's rows (a channel's pixels) are read in place (NCHW,
+/// `conv2d_bwd_weight_{infix}_*`) where an output plane holds a whole number of 16-byte chunks
+/// (8 values of 16 bits, 4 of f32), else from a copy packed as [o, n oh ow], each row padded with
+/// zeros to a whole chunk (`conv2d_bwd_weight_packed_{infix}_*`): in place, a chunk would straddle
+/// two images and lose its alignment.
 pub(super) fn grad_weight_pipelined(
     dev: &Arc<CudaDevice>,
     pipe: Pipeline,
@@ -148,6 +150,9 @@ pub(super) fn grad_weight_pipelined(
     } else {
         dev.alloc("conv2d", DType::F32, splits * count)?
     };
+    let chunk = 16 / dy.dtype().size_in_bytes();
+    let packed = !(d.oh * d.ow).is_multiple_of(chunk);
+    let dy = if packed { packed_rows(dy, d, chunk)? } else { dy.clone() };
     let (dy_s, x_s) = (dy.storage(), x_nhwc.storage());
     let (StorageRef::Cuda(gs), StorageRef::Cuda(xs)) = (&dy_s, &x_s) else { unreachable!("one device throughout") };
     let buffers = if splits == 1 {
@@ -156,7 +161,8 @@ pub(super) fn grad_weight_pipelined(
         [Some(&*gs.buf), Some(&*xs.buf), None, Some(&*out.buf)]
     };
     let params = Conv2dParams { splits: splits as i64, ..d.params() };
-    let kernel = format!("conv2d_bwd_weight_{}_{}", pipe.infix, dy.dtype());
+    let base = if packed { "conv2d_bwd_weight_packed" } else { "conv2d_bwd_weight" };
+    let kernel = format!("{base}_{}_{}", pipe.infix, dy.dtype());
     launch_kernel(dev, &kernel, cfg, &buffers, params)?;
     let dw = if splits == 1 {
         Tensor::from_cuda(out, &[count])
@@ -164,4 +170,18 @@ pub(super) fn grad_weight_pipelined(
         Tensor::from_cuda(out, &[splits, count]).sum(&[0], false)?.to_dtype(dy.dtype())?
     };
     dw.reshape(&[d.o, d.kh, d.kw, cg])?.permute(&[0, 3, 1, 2])?.dense()
+}
+
+/// dY [n, o, oh, ow] as rows [o, n oh ow + pad], each padded with zeros to a multiple of `chunk`
+/// values, so that every 16-byte chunk of a row is whole and aligned (the `packed` weight-gradient
+/// kernels read them as a plain k-major matrix).
+fn packed_rows(dy: &Tensor, d: &Dims, chunk: usize) -> Result<Tensor> {
+    let depth = d.n * d.oh * d.ow;
+    let rows = dy.detach().permute(&[1, 0, 2, 3])?.dense()?.reshape(&[d.o, depth])?;
+    let pad = depth.next_multiple_of(chunk) - depth;
+    if pad == 0 {
+        return Ok(rows);
+    }
+    let zeros = Tensor::zeros(&[d.o, pad], dy.dtype(), &dy.device())?;
+    Tensor::cat(&[&rows, &zeros], 1)
 }
